@@ -1,0 +1,22 @@
+"""unseen: what an image classifier does with classes it never saw, and how to make it say "I don't know".
+
+Library entry points::
+
+    from unseen import RunConfig, run_experiment
+    result = run_experiment(RunConfig(dataset="digits", holdout=("9",)))
+    result.metrics["scores"]["energy"]["auroc"]
+"""
+
+__version__ = "0.1.0"
+
+from .config import RunConfig, resolve_config  # noqa: E402
+from .errors import UnseenError  # noqa: E402
+
+
+def run_experiment(*args, **kwargs):  # noqa: D103 - thin lazy import keeps `import unseen` fast
+    from .experiment import run_experiment as _run
+
+    return _run(*args, **kwargs)
+
+
+__all__ = ["RunConfig", "UnseenError", "resolve_config", "run_experiment", "__version__"]

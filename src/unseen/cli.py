@@ -1,0 +1,171 @@
+"""Command line: ``unseen run | datasets | scores``; a thin layer over the library.
+
+Every ``unseen run`` flag is generated from a field of :class:`unseen.config.RunConfig`.
+Mistakes a user can make end with one line on stderr and exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import fields
+
+from .config import RunConfig, flag_name, parse_value, resolve_config
+from .errors import UnseenError
+
+EXIT_USAGE = 2
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line (no usage dump) and exit code 2."""
+
+    def error(self, message: str):  # type: ignore[override]
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _value_parser(name: str) -> Callable[[str], object]:
+    def parse(text: str) -> object:
+        return parse_value(name, text)
+
+    parse.__name__ = name
+    return parse
+
+
+def add_run_options(parser: argparse.ArgumentParser) -> None:
+    """One flag per RunConfig field, grouped as in the dataclass, plus --config."""
+    groups: dict[str, argparse._ArgumentGroup] = {}
+    for f in fields(RunConfig):
+        meta = f.metadata
+        group = groups.setdefault(
+            meta["group"], parser.add_argument_group(f"{meta['group']} options")
+        )
+        default = f.default
+        shown = (
+            ",".join(default)
+            if isinstance(default, tuple)
+            else ("auto" if default is None else default)
+        )
+        help_text = f"{meta['help']} [default: {shown}]"
+        if isinstance(default, bool):
+            group.add_argument(
+                flag_name(f.name),
+                dest=f.name,
+                action="store_const",
+                const=True,
+                default=argparse.SUPPRESS,
+                help=help_text,
+            )
+            group.add_argument(
+                "--no-" + f.name.replace("_", "-"), dest=f.name, action="store_const", const=False,
+                default=argparse.SUPPRESS, help=argparse.SUPPRESS,
+            )  # fmt: skip
+        else:
+            metavar = meta["metavar"] or (
+                "{" + ",".join(meta["choices"]) + "}" if meta["choices"] else "VALUE"
+            )
+            group.add_argument(
+                flag_name(f.name),
+                dest=f.name,
+                type=_value_parser(f.name),
+                default=argparse.SUPPRESS,
+                metavar=metavar,
+                help=help_text,
+            )
+    parser.add_argument(
+        "--config",
+        metavar="FILE",
+        default=None,
+        help="TOML file with the same option names; flags override it",
+    )
+    parser.add_argument(
+        "--quiet", action="store_true", help="no progress bar or log lines, only the final table"
+    )
+
+
+def config_from_args(args: argparse.Namespace) -> RunConfig:
+    overrides = {f.name: getattr(args, f.name) for f in fields(RunConfig) if hasattr(args, f.name)}
+    return resolve_config(overrides, config_file=args.config)
+
+
+# ----------------------------------------------------------------------------- commands
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from .console import run_summary
+    from .experiment import run_experiment
+
+    cfg = config_from_args(args)
+    result = run_experiment(cfg, progress=not args.quiet, log=None if args.quiet else print)
+    heads = result.metrics["heads"] if "heads" in result.metrics else {cfg.head[0]: result.metrics}
+    for head, metrics in heads.items():
+        if len(heads) > 1:
+            print(f"\n== head: {head}")
+        print(run_summary(metrics))
+    print(f"\nrun folder: {result.run_dir}")
+    return 0
+
+
+def cmd_datasets(args: argparse.Namespace) -> int:
+    from .data import describe_sources
+
+    for name, description, where in describe_sources(args.data_root):
+        print(f"{name:14s} {description}\n{'':14s} {where}")
+    return 0
+
+
+def cmd_scores(args: argparse.Namespace) -> int:
+    from .scores import SCORES
+
+    print("higher score = more likely a known class, for every score")
+    for name, cls in SCORES.items():
+        print(f"{name:14s} {cls.description}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
+    parser = Parser(
+        prog="unseen",
+        description="What does my image classifier do with classes it never saw in training?",
+    )
+    parser.add_argument("--version", action="version", version=f"unseen {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
+    sub.required = True
+
+    run = sub.add_parser(
+        "run",
+        help="train with classes held out, evaluate on the full test set, write a run folder",
+        description="Train with classes held out, evaluate on the full test set and report what the "
+        "naive accuracy hides. Scores follow one convention: higher = more likely a known class.",
+    )
+    add_run_options(run)
+    run.set_defaults(func=cmd_run)
+
+    ds = sub.add_parser(
+        "datasets", help="list the data sources, where each was found or how to get it"
+    )
+    ds.add_argument("--data-root", default=None, metavar="DIR", help="also look in this folder")
+    ds.set_defaults(func=cmd_datasets)
+
+    sc = sub.add_parser("scores", help="list the rejection scores")
+    sc.set_defaults(func=cmd_scores)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+        return int(args.func(args) or 0)
+    except UnseenError as exc:
+        print(f"unseen: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("unseen: interrupted.", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

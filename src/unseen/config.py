@@ -1,0 +1,415 @@
+"""Run configuration: one frozen dataclass, resolved as defaults -> TOML file -> flags.
+
+Every field of :class:`RunConfig` is at once a config-file key, a command-line flag
+(``--batch-size`` for ``batch_size``) and an entry of the run folder's ``config.json``.
+Each field carries its help text, its parser and its validator in ``metadata``, so the
+CLI is generated from this file and a value is checked the same way wherever it comes from.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+# ----------------------------------------------------------------------------- parsers
+
+
+def parse_bool(text: str) -> bool:
+    low = text.strip().lower()
+    if low in {"1", "true", "yes", "on"}:
+        return True
+    if low in {"0", "false", "no", "off"}:
+        return False
+    raise ValueError("expected true or false")
+
+
+def parse_list(text: str) -> tuple[str, ...]:
+    """Comma-separated list; empty items are dropped."""
+    return tuple(part.strip() for part in text.split(",") if part.strip())
+
+
+def parse_optional_str(text: str) -> str | None:
+    text = text.strip()
+    return None if text.lower() in {"", "none", "null"} else text
+
+
+def parse_optional_int(text: str) -> int | None:
+    text = text.strip()
+    return None if text.lower() in {"", "none", "auto"} else int(text)
+
+
+def parse_optional_float(text: str) -> float | None:
+    text = text.strip()
+    return None if text.lower() in {"", "none", "auto"} else float(text)
+
+
+def _positive(v: float | int | None) -> str | None:
+    return None if v is None or v > 0 else "must be positive"
+
+
+def _non_negative(v: float | int) -> str | None:
+    return None if v >= 0 else "must be zero or more"
+
+
+def _fraction_open(v: float) -> str | None:
+    return None if 0.0 < v < 1.0 else "must be between 0 and 1 (exclusive)"
+
+
+def _fraction_closed_open(v: float) -> str | None:
+    return None if 0.0 <= v < 1.0 else "must be at least 0 and below 1"
+
+
+def _one_of(*choices: str) -> Callable[[Any], str | None]:
+    def check(v: Any) -> str | None:
+        return None if v in choices else f"must be one of: {', '.join(choices)}"
+
+    return check
+
+
+def opt(
+    default: Any,
+    help: str,
+    *,
+    parse: Callable[[str], Any] = str,
+    check: Callable[[Any], str | None] | None = None,
+    metavar: str | None = None,
+    choices: tuple[str, ...] | None = None,
+    group: str = "run",
+) -> Any:
+    """A config field: its default plus everything the CLI and the file loader need."""
+    if choices is not None and check is None:
+        check = _one_of(*choices)
+    return field(
+        default=default,
+        metadata={
+            "help": help,
+            "parse": parse,
+            "check": check,
+            "metavar": metavar,
+            "choices": choices,
+            "group": group,
+        },
+    )
+
+
+# ----------------------------------------------------------------------------- config
+
+DEFAULT_SCORES = ("msp", "maxlogit", "energy", "entropy")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Every setting of one run. Field order is the order of ``unseen run --help``."""
+
+    # data and split
+    dataset: str = opt(
+        "digits",
+        "data source: digits, fashion-mnist, mnist, cifar10, cifar100, svhn, folder:PATH or "
+        "npz:PATH (see `unseen datasets`)",
+        metavar="NAME",
+        group="data",
+    )
+    data_root: str | None = opt(
+        None,
+        "folder holding the dataset files (default: look in the usual places)",
+        parse=parse_optional_str,
+        metavar="DIR",
+        group="data",
+    )
+    download: bool = opt(
+        False,
+        "allow torchvision to download cifar10/cifar100/svhn into --data-root (needs internet)",
+        parse=parse_bool,
+        group="data",
+    )
+    holdout: tuple[str, ...] | None = opt(
+        None,
+        "classes held out of training, by index or name, comma-separated (e.g. 9 or 'Ankle boot'; "
+        "default: the last class, 9 for digits)",
+        parse=lambda s: parse_list(s) or None,
+        metavar="CLASSES",
+        group="data",
+    )
+    known: tuple[str, ...] | None = opt(
+        None,
+        "the classes to train on instead (the complement of --holdout; give only one of the two)",
+        parse=lambda s: parse_list(s) or None,
+        metavar="CLASSES",
+        group="data",
+    )
+    val_fraction: float = opt(
+        0.1,
+        "fraction of known-class training images kept out of training to calibrate thresholds",
+        parse=float,
+        check=_fraction_open,
+        metavar="F",
+        group="data",
+    )
+    train_subset: int | None = opt(
+        None,
+        "use at most this many training images (seeded, stratified; for quick runs)",
+        parse=parse_optional_int,
+        check=_positive,
+        metavar="N",
+        group="data",
+    )
+    test_subset: int | None = opt(
+        None,
+        "use at most this many test images (seeded, stratified; for quick runs)",
+        parse=parse_optional_int,
+        check=_positive,
+        metavar="N",
+        group="data",
+    )
+
+    # model and training
+    model: str = opt("resnet20", "network: resnet20 or resnet18", metavar="NAME", group="model")
+    stem: str = opt(
+        "auto",
+        "resnet18 input stem: small (3x3 conv, no max-pool), imagenet, or auto (small up to 64 px)",
+        choices=("auto", "small", "imagenet"),
+        group="model",
+    )
+    head: tuple[str, ...] = opt(
+        ("softmax",),
+        "classification head(s); several comma-separated train one model each",
+        parse=parse_list,
+        metavar="HEADS",
+        group="model",
+    )
+    epochs: int | None = opt(
+        None,
+        "training epochs (default: chosen per dataset so that the default run fits a minute on a CPU)",
+        parse=parse_optional_int,
+        check=_positive,
+        metavar="N",
+        group="training",
+    )
+    batch_size: int = opt(
+        128, "training batch size", parse=int, check=_positive, metavar="N", group="training"
+    )
+    lr: float = opt(
+        0.1,
+        "peak learning rate (SGD, Nesterov momentum)",
+        parse=float,
+        check=_positive,
+        metavar="LR",
+        group="training",
+    )
+    momentum: float = opt(
+        0.9, "SGD momentum", parse=float, check=_fraction_closed_open, metavar="M", group="training"
+    )
+    weight_decay: float = opt(
+        5e-4, "weight decay", parse=float, check=_non_negative, metavar="WD", group="training"
+    )
+    schedule: str = opt(
+        "onecycle",
+        "learning-rate schedule",
+        choices=("onecycle", "cosine", "constant"),
+        group="training",
+    )
+    label_smoothing: float = opt(
+        0.0,
+        "label smoothing of the cross-entropy loss",
+        parse=float,
+        check=_fraction_closed_open,
+        metavar="E",
+        group="training",
+    )
+    augment: str = opt(
+        "standard",
+        "augmentation preset: none or standard (random crop with padding, plus flip where it keeps the meaning)",
+        metavar="PRESET",
+        group="training",
+    )
+    flip: bool | None = opt(
+        None,
+        "force horizontal flips on or off (default: off for digits, mnist and svhn, on otherwise)",
+        parse=lambda s: None if s.strip().lower() in {"", "auto", "none"} else parse_bool(s),
+        metavar="BOOL",
+        group="training",
+    )
+
+    # evaluation
+    scores: tuple[str, ...] = opt(
+        DEFAULT_SCORES,
+        "rejection scores to compute, comma-separated, or 'all' (see `unseen scores`)",
+        parse=parse_list,
+        metavar="NAMES",
+        group="evaluation",
+    )
+    known_acceptance: float = opt(
+        0.95,
+        "fraction of known validation images each calibrated threshold accepts",
+        parse=float,
+        check=_fraction_open,
+        metavar="F",
+        group="evaluation",
+    )
+
+    # execution
+    seed: int = opt(
+        0,
+        "random seed (split, initialisation, batches, augmentation)",
+        parse=int,
+        metavar="N",
+        group="execution",
+    )
+    device: str = opt("auto", "where to train", choices=("auto", "cpu", "cuda"), group="execution")
+    precision: str = opt(
+        "auto",
+        "arithmetic: auto (bf16 autocast on CUDA, and on CPUs with AMX), bf16 or fp32",
+        choices=("auto", "bf16", "fp32"),
+        group="execution",
+    )
+    out: str | None = opt(
+        None,
+        "run folder (default: runs/<time>-<dataset>-<holdout>)",
+        parse=parse_optional_str,
+        metavar="DIR",
+        group="execution",
+    )
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict (tuples become lists)."""
+        return {
+            f.name: list(v) if isinstance(v := getattr(self, f.name), tuple) else v
+            for f in fields(self)
+        }
+
+    def replace(self, **changes: Any) -> RunConfig:
+        return dataclasses.replace(self, **changes)
+
+
+# ----------------------------------------------------------------------------- resolving
+
+FIELDS: dict[str, dataclasses.Field] = {f.name: f for f in fields(RunConfig)}
+
+
+def flag_name(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def parse_value(name: str, raw: Any, *, source: str = "flag") -> Any:
+    """Convert one raw value (flag text or TOML value) for field ``name`` and check it.
+
+    Raises :class:`ConfigError` naming the option and what it accepts.
+    """
+    f = FIELDS[name]
+    where = flag_name(name) if source == "flag" else f"'{name}' in {source}"
+    if isinstance(raw, bool):
+        text = "true" if raw else "false"
+    elif isinstance(raw, (list, tuple)):
+        text = ",".join(str(x) for x in raw)
+    elif isinstance(raw, (str, int, float)):
+        text = str(raw)
+    else:
+        raise ConfigError(f"{where} got a {type(raw).__name__}; expected a string, number or list.")
+    parser = f.metadata["parse"]
+    try:
+        value = parser(text)
+    except (ValueError, TypeError):
+        kind = {int: "an integer", float: "a number", parse_bool: "true or false"}.get(parser)
+        if kind is None:
+            kind = (
+                getattr(parser, "__name__", "a value")
+                .replace("parse_optional_", "")
+                .replace("parse_", "")
+            )
+            kind = {"int": "an integer or 'auto'", "float": "a number or 'auto'"}.get(
+                kind, "a valid value"
+            )
+        raise ConfigError(f"{where} must be {kind}, not {text!r}.") from None
+    check = f.metadata["check"]
+    problem = check(value) if check is not None and value is not None else None
+    if problem:
+        raise ConfigError(f"{where} {problem} (got {text!r}).")
+    return value
+
+
+def load_toml(path: str | Path) -> dict[str, Any]:
+    """Read a TOML config file; keys may use - or _. Unknown keys are an error."""
+    path = Path(path)
+    try:
+        with path.open("rb") as fh:
+            data = tomllib.load(fh)
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist.") from None
+    except IsADirectoryError:
+        raise ConfigError(f"config file {path} is a folder, not a TOML file.") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"config file {path} is not valid TOML ({exc}).") from None
+    if "run" in data and isinstance(data["run"], dict):  # allow a [run] table
+        data = {**{k: v for k, v in data.items() if k != "run"}, **data["run"]}
+    out: dict[str, Any] = {}
+    for key, raw in data.items():
+        name = key.replace("-", "_")
+        if name not in FIELDS:
+            raise ConfigError(
+                f"config file {path} has an unknown key '{key}'; valid keys: {', '.join(FIELDS)}."
+            )
+        out[name] = parse_value(name, raw, source=str(path))
+    return out
+
+
+def resolve_config(
+    overrides: Mapping[str, Any] | None = None,
+    config_file: str | Path | None = None,
+    base: RunConfig | None = None,
+) -> RunConfig:
+    """Defaults (or ``base``), then the TOML file, then ``overrides`` (already parsed values)."""
+    values: dict[str, Any] = {}
+    if config_file is not None:
+        values.update(load_toml(config_file))
+    for name, value in (overrides or {}).items():
+        if name not in FIELDS:
+            raise ConfigError(f"unknown option '{name}'.")
+        values[name] = value
+    cfg = (base or RunConfig()).replace(**values)
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: RunConfig) -> None:
+    """Cross-field checks and registry names, all before any work starts."""
+    from .augment import AUGMENTATIONS
+    from .data import check_dataset_name
+    from .heads import HEADS
+    from .models import MODELS
+    from .scores import check_score_names
+
+    for f in fields(cfg):
+        check = f.metadata["check"]
+        value = getattr(cfg, f.name)
+        if check is not None and value is not None and (problem := check(value)):
+            raise ConfigError(f"{flag_name(f.name)} {problem} (got {value!r}).")
+    if cfg.known is not None and cfg.holdout is not None:
+        raise ConfigError("give --holdout or --known, not both.")
+    check_dataset_name(cfg.dataset)
+    if cfg.model not in MODELS:
+        raise ConfigError(
+            f"--model {cfg.model!r} is not known; choose one of: {', '.join(MODELS)}."
+        )
+    if not cfg.head:
+        raise ConfigError(f"--head needs at least one head; choose from: {', '.join(HEADS)}.")
+    for head in cfg.head:
+        if head not in HEADS:
+            raise ConfigError(f"--head {head!r} is not known; choose from: {', '.join(HEADS)}.")
+    if len(set(cfg.head)) != len(cfg.head):
+        raise ConfigError("--head lists the same head twice.")
+    if cfg.augment not in AUGMENTATIONS:
+        raise ConfigError(
+            f"--augment {cfg.augment!r} is not known; choose one of: {', '.join(AUGMENTATIONS)}."
+        )
+    check_score_names(cfg.scores)

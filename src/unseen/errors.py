@@ -1,0 +1,21 @@
+"""The one exception type for mistakes a user can cause.
+
+Anything raised as :class:`UnseenError` is printed by the CLI as one sentence and ends the
+process with exit code 2; any other exception is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+
+class UnseenError(Exception):
+    """A problem with the user's input, data or files, explained in one sentence."""
+
+    exit_code = 2
+
+
+class ConfigError(UnseenError):
+    """An option or config-file value that is not accepted."""
+
+
+class DataError(UnseenError):
+    """Data that is missing, truncated or malformed."""

@@ -1,0 +1,44 @@
+"""One forward pass: logits and penultimate features for a set of images."""
+
+from __future__ import annotations
+
+import torch
+
+from .hardware import autocast
+from .models import Classifier
+from .scores import Outputs
+
+
+@torch.no_grad()
+def forward_pass(
+    model: Classifier,
+    images: torch.Tensor,
+    device: torch.device,
+    precision: str = "fp32",
+    batch_size: int = 1024,
+    labels: torch.Tensor | None = None,
+) -> Outputs:
+    """Run ``images`` (uint8 ``N x C x H x W``, any device) through ``model`` in eval mode.
+
+    Returns float32 logits and features on ``device``.
+    """
+    was_training = model.training
+    model.eval()
+    logits, feats = [], []
+    try:
+        for start in range(0, len(images), batch_size):
+            xb = images[start : start + batch_size].to(device, non_blocking=True)
+            xb = xb.float().div_(255).contiguous(memory_format=torch.channels_last)
+            with autocast(device, precision):
+                f = model.forward_features(xb)
+                z = model.forward_head(f)
+            feats.append(f.float())
+            logits.append(z.float())
+    finally:
+        model.train(was_training)
+    k, d = model.num_classes, model.feature_dim
+    return Outputs(
+        logits=torch.cat(logits) if logits else torch.empty(0, k, device=device),
+        features=torch.cat(feats) if feats else torch.empty(0, d, device=device),
+        labels=None if labels is None else labels.to(device),
+    )

@@ -1,0 +1,151 @@
+"""Metrics of a rejection score: pure functions of NumPy arrays.
+
+Convention (the same for every score in :mod:`unseen.scores`): **a higher score means
+more likely a known class**. "Positive" below means known. A threshold ``t`` accepts an
+image (calls it known) when ``score >= t``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+from sklearn.metrics import auc, average_precision_score, f1_score, roc_auc_score, roc_curve
+
+
+def _both_present(is_known: np.ndarray) -> bool:
+    return bool(is_known.any() and (~is_known).any())
+
+
+def auroc(score: np.ndarray, is_known: np.ndarray) -> float:
+    """Area under the ROC curve, known = positive. NaN without both groups."""
+    is_known = np.asarray(is_known, bool)
+    return float(roc_auc_score(is_known, score)) if _both_present(is_known) else math.nan
+
+
+def aupr_in(score: np.ndarray, is_known: np.ndarray) -> float:
+    """Average precision with known images as the positive class."""
+    is_known = np.asarray(is_known, bool)
+    return float(average_precision_score(is_known, score)) if _both_present(is_known) else math.nan
+
+
+def aupr_out(score: np.ndarray, is_known: np.ndarray) -> float:
+    """Average precision with unseen images as the positive class (scored by ``-score``)."""
+    is_known = np.asarray(is_known, bool)
+    return (
+        float(average_precision_score(~is_known, -np.asarray(score)))
+        if _both_present(is_known)
+        else math.nan
+    )
+
+
+def fpr_at_tpr(score: np.ndarray, is_known: np.ndarray, tpr: float = 0.95) -> float:
+    """Fraction of unseen images accepted at the highest threshold accepting >= ``tpr`` of known ones."""
+    is_known = np.asarray(is_known, bool)
+    if not _both_present(is_known):
+        return math.nan
+    fprs, tprs, _ = roc_curve(is_known, score, drop_intermediate=False)
+    return float(fprs[np.searchsorted(tprs, tpr - 1e-12, side="left")])
+
+
+def oscr(score: np.ndarray, is_known: np.ndarray, correct: np.ndarray) -> float:
+    """Open-Set Classification Rate (Dhamija et al. 2018): area under CCR vs FPR.
+
+    CCR(t) is the fraction of known images that are both accepted (score >= t) and
+    correctly classified; FPR(t) the fraction of unseen images accepted. At the lowest
+    threshold everything is accepted, so the curve ends at (1, closed-set accuracy).
+    """
+    score = np.asarray(score, float)
+    is_known = np.asarray(is_known, bool)
+    if not _both_present(is_known):
+        return math.nan
+    order = np.argsort(-score, kind="stable")
+    s = score[order]
+    unseen_cum = np.cumsum(~is_known[order])
+    correct_cum = np.cumsum((is_known & np.asarray(correct, bool))[order])
+    last_of_tie = np.r_[np.nonzero(np.diff(s))[0], len(s) - 1]
+    x = np.r_[0.0, unseen_cum[last_of_tie] / (~is_known).sum()]
+    y = np.r_[0.0, correct_cum[last_of_tie] / is_known.sum()]
+    return float(auc(x, y))
+
+
+def calibrate_threshold(val_scores: np.ndarray, known_acceptance: float = 0.95) -> float:
+    """Threshold accepting at least ``known_acceptance`` of the known validation images."""
+    val_scores = np.asarray(val_scores, float)
+    if val_scores.size == 0:
+        raise ValueError("no validation scores to calibrate on")
+    return float(np.quantile(val_scores, 1.0 - known_acceptance, method="lower"))
+
+
+def open_set_metrics(
+    score: np.ndarray, threshold: float, predicted: np.ndarray, labels: np.ndarray, num_known: int
+) -> dict[str, float]:
+    """Metrics of the K+1-way decision: a known class if ``score >= threshold``, else unseen.
+
+    ``labels`` are 0..K-1 for known images and -1 for unseen ones; ``predicted`` is the
+    argmax over known classes.
+    """
+    labels = np.asarray(labels)
+    accept = np.asarray(score) >= threshold
+    open_pred = np.where(accept, predicted, num_known)
+    open_true = np.where(labels < 0, num_known, labels)
+    is_unseen = labels < 0
+    return {
+        "threshold": float(threshold),
+        "open_set_accuracy": float(np.mean(open_pred == open_true)),
+        "open_set_macro_f1": float(
+            f1_score(
+                open_true,
+                open_pred,
+                labels=list(range(num_known + 1)),
+                average="macro",
+                zero_division=0,
+            )
+        ),
+        "unseen_rejected": float(np.mean(~accept[is_unseen])) if is_unseen.any() else math.nan,
+        "known_rejected": float(np.mean(~accept[~is_unseen])) if (~is_unseen).any() else math.nan,
+    }
+
+
+def score_metrics(
+    test_score: np.ndarray,
+    val_score: np.ndarray,
+    predicted: np.ndarray,
+    labels: np.ndarray,
+    num_known: int,
+    known_acceptance: float = 0.95,
+) -> dict[str, float]:
+    """Every metric of one score: threshold-free ones on the test set, then the calibrated ones."""
+    labels = np.asarray(labels)
+    is_known = labels >= 0
+    correct = is_known & (np.asarray(predicted) == labels)
+    out = {
+        "auroc": auroc(test_score, is_known),
+        "aupr_in": aupr_in(test_score, is_known),
+        "aupr_out": aupr_out(test_score, is_known),
+        "fpr_at_95_tpr": fpr_at_tpr(test_score, is_known, 0.95),
+        "oscr": oscr(test_score, is_known, correct),
+    }
+    threshold = calibrate_threshold(val_score, known_acceptance)
+    out.update(open_set_metrics(test_score, threshold, predicted, labels, num_known))
+    return out
+
+
+def confidence_summary(msp: np.ndarray) -> dict[str, float]:
+    """Mean, std and share above 0.9 of max-softmax probabilities."""
+    msp = np.asarray(msp, float)
+    if msp.size == 0:
+        return {"mean_msp": math.nan, "std_msp": math.nan, "frac_msp_above_0_9": math.nan}
+    return {
+        "mean_msp": float(msp.mean()),
+        "std_msp": float(msp.std()),
+        "frac_msp_above_0_9": float(np.mean(msp > 0.9)),
+    }
+
+
+def predicted_as(predicted: np.ndarray, names: Sequence[str]) -> dict[str, int]:
+    """How many images went to each known class (classes with none are left out), largest first."""
+    counts = np.bincount(np.asarray(predicted, int), minlength=len(names))
+    pairs = sorted(((names[i], int(c)) for i, c in enumerate(counts) if c > 0), key=lambda p: -p[1])
+    return dict(pairs)

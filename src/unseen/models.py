@@ -1,0 +1,150 @@
+"""Networks: one registry from a name to a builder; every model splits features from head.
+
+All models take images as floats in ``[0, 1]`` of shape ``N x C x H x W`` and normalise
+them inside (the per-channel mean and std of the known training images are buffers, so
+a saved model carries them to ``unseen predict``). ``forward_features`` returns the
+penultimate features ``N x D``; ``forward_head`` maps them to logits ``N x K``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .errors import ConfigError
+
+
+class Classifier(nn.Module):
+    """Normalisation + backbone (images -> features) + linear head (features -> logits)."""
+
+    def __init__(self, backbone: nn.Module, feature_dim: int, num_classes: int, in_channels: int):
+        super().__init__()
+        self.register_buffer("mean", torch.full((1, in_channels, 1, 1), 0.5))
+        self.register_buffer("std", torch.full((1, in_channels, 1, 1), 0.5))
+        self.backbone = backbone
+        self.head = nn.Linear(feature_dim, num_classes)
+        self.feature_dim = feature_dim
+        self.num_classes = num_classes
+        self.in_channels = in_channels
+
+    def set_normalization(self, mean: torch.Tensor, std: torch.Tensor) -> None:
+        self.mean.copy_(mean.reshape(self.mean.shape))
+        self.std.copy_(std.clamp_min(1e-3).reshape(self.std.shape))
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.backbone((x - self.mean) / self.std)
+
+    def forward_head(self, features: torch.Tensor) -> torch.Tensor:
+        return self.head(features)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+
+# ----------------------------------------------------------------------------- ResNet-20
+
+
+class BasicBlock(nn.Module):
+    def __init__(self, c_in: int, c_out: int, stride: int):
+        super().__init__()
+        self.conv1 = nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(c_out)
+        self.conv2 = nn.Conv2d(c_out, c_out, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(c_out)
+        self.shortcut: nn.Module = nn.Identity()
+        if stride != 1 or c_in != c_out:
+            self.shortcut = nn.Sequential(
+                nn.Conv2d(c_in, c_out, 1, stride, bias=False), nn.BatchNorm2d(c_out)
+            )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return F.relu(out + self.shortcut(x))
+
+
+class CifarResNet(nn.Module):
+    """The CIFAR ResNet of He et al. (2016): 3 stages of ``n`` blocks, widths 16/32/64."""
+
+    def __init__(
+        self, in_channels: int, blocks_per_stage: int = 3, widths: tuple[int, ...] = (16, 32, 64)
+    ):
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_channels, widths[0], 3, 1, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(widths[0])
+        layers, c = [], widths[0]
+        for i, w in enumerate(widths):
+            for j in range(blocks_per_stage):
+                layers.append(BasicBlock(c, w, 2 if (i > 0 and j == 0) else 1))
+                c = w
+        self.layers = nn.Sequential(*layers)
+        self.out_dim = c
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.layers(F.relu(self.bn1(self.conv1(x))))
+        return torch.flatten(F.adaptive_avg_pool2d(x, 1), 1)
+
+
+def build_resnet20(
+    in_channels: int, num_classes: int, image_size: int, stem: str = "auto"
+) -> Classifier:
+    body = CifarResNet(in_channels, blocks_per_stage=3)
+    return Classifier(body, body.out_dim, num_classes, in_channels)
+
+
+# ----------------------------------------------------------------------------- ResNet-18
+
+
+class TorchvisionBackbone(nn.Module):
+    """torchvision's ResNet without its ``fc``: images -> pooled features."""
+
+    def __init__(self, net: nn.Module):
+        super().__init__()
+        self.net = net
+        self.net.fc = nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+def resolve_stem(stem: str, image_size: int) -> str:
+    if stem == "auto":
+        return "small" if image_size <= 64 else "imagenet"
+    return stem
+
+
+def build_resnet18(
+    in_channels: int, num_classes: int, image_size: int, stem: str = "auto"
+) -> Classifier:
+    """torchvision's ResNet-18; the small-image stem (3x3 stride-1 conv, no max-pool) up to 64 px."""
+    from torchvision.models import resnet18
+
+    net = resnet18(weights=None)
+    if resolve_stem(stem, image_size) == "small":
+        net.conv1 = nn.Conv2d(in_channels, 64, 3, 1, 1, bias=False)
+        net.maxpool = nn.Identity()
+    elif in_channels != 3:
+        net.conv1 = nn.Conv2d(in_channels, 64, 7, 2, 3, bias=False)
+    nn.init.kaiming_normal_(net.conv1.weight, mode="fan_out", nonlinearity="relu")
+    return Classifier(TorchvisionBackbone(net), 512, num_classes, in_channels)
+
+
+#: name -> builder(in_channels, num_classes, image_size, stem) -> Classifier
+MODELS: dict[str, Callable[..., Classifier]] = {
+    "resnet20": build_resnet20,
+    "resnet18": build_resnet18,
+}
+
+
+def create_model(
+    name: str, in_channels: int, num_classes: int, image_size: int, stem: str = "auto"
+) -> Classifier:
+    if name not in MODELS:
+        raise ConfigError(f"--model {name!r} is not known; choose one of: {', '.join(MODELS)}.")
+    return MODELS[name](in_channels, num_classes, image_size, stem)

@@ -1,0 +1,123 @@
+"""The run folder: what a run leaves behind, written atomically.
+
+Layout (see the README): ``config.json``, ``metrics.json``, ``history.csv``,
+``scores.npz``, ``model.pt``, ``detectors.pt``. Every file is written to a temporary
+name in the same folder and renamed into place, so a reader never sees half a file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import json
+import math
+import os
+import tempfile
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import IO, Any
+
+import numpy as np
+import torch
+
+from .errors import UnseenError
+
+FORMAT_VERSION = 1
+
+
+def atomic_write(path: str | Path, write: Callable[[IO[bytes]], None]) -> Path:
+    """Call ``write(fh)`` on a temporary file beside ``path``, fsync it, then rename it into place."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            write(fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def _jsonable(value: Any) -> Any:
+    """NaN and infinities become null (JSON has no NaN); tuples become lists."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, (np.floating, np.integer)):
+        return _jsonable(value.item())
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
+def write_json(path: str | Path, data: Any) -> Path:
+    text = json.dumps(_jsonable(data), indent=2, allow_nan=False) + "\n"
+    return atomic_write(path, lambda fh: fh.write(text.encode()))
+
+
+def read_json(path: str | Path) -> Any:
+    path = Path(path)
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise UnseenError(f"{path} does not exist.") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise UnseenError(f"{path} is not valid JSON ({exc}).") from None
+
+
+def write_csv(path: str | Path, rows: Sequence[dict]) -> Path:
+    buf = io.StringIO()
+    if rows:
+        writer = csv.DictWriter(buf, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return atomic_write(path, lambda fh: fh.write(buf.getvalue().encode()))
+
+
+def write_npz(path: str | Path, **arrays: np.ndarray) -> Path:
+    return atomic_write(path, lambda fh: np.savez_compressed(fh, **arrays))
+
+
+def save_torch(path: str | Path, obj: Any) -> Path:
+    """Save tensors, dicts, lists, strings and numbers only, so ``weights_only`` loading works."""
+    return atomic_write(path, lambda fh: torch.save(obj, fh))
+
+
+def load_torch(path: str | Path, map_location: str | torch.device = "cpu") -> Any:
+    """Load a checkpoint with ``weights_only=True``: a pickle that carries code is refused."""
+    path = Path(path)
+    if not path.is_file():
+        raise UnseenError(f"{path} does not exist.")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:  # UnpicklingError, RuntimeError for zip damage, EOFError...
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UnseenError(
+            f"{path} could not be loaded as a weights-only PyTorch file ({first[:200]})."
+        ) from None
+
+
+def default_run_dir(dataset: str, unseen_names: Sequence[str], root: str | Path = "runs") -> Path:
+    """``runs/<time>-<dataset>-<holdout>``, made unique if two runs start in the same second."""
+    import re
+    import time
+
+    def slug(s: str) -> str:
+        return re.sub(r"[^A-Za-z0-9.]+", "-", s).strip("-").lower() or "x"
+
+    stem = f"{time.strftime('%Y%m%d-%H%M%S')}-{slug(Path(dataset).name if ':' in dataset else dataset)}-{slug('+'.join(unseen_names)) or 'none'}"
+    path = Path(root) / stem
+    n = 1
+    while path.exists():
+        n += 1
+        path = Path(root) / f"{stem}-{n}"
+    return path

@@ -1,0 +1,182 @@
+"""Split a dataset into known classes, unseen classes and a validation slice.
+
+Known classes are remapped to ``0..K-1`` in ascending order of their original index; unseen
+test images get label ``-1``. The validation slice (seeded, stratified) comes out of the
+known-class *training* images and is never trained on: thresholds are calibrated on it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .data import ImageData
+from .errors import ConfigError
+
+UNSEEN = -1
+
+
+@dataclass(frozen=True)
+class Split:
+    """Which classes are known and which are held out, by original index."""
+
+    classes: tuple[str, ...]
+    known: tuple[int, ...]
+    unseen: tuple[int, ...]
+
+    @property
+    def known_names(self) -> list[str]:
+        return [self.classes[i] for i in self.known]
+
+    @property
+    def unseen_names(self) -> list[str]:
+        return [self.classes[i] for i in self.unseen]
+
+    @property
+    def num_known(self) -> int:
+        return len(self.known)
+
+    def remap(self, labels: torch.Tensor) -> torch.Tensor:
+        """Original labels -> 0..K-1 for known classes, -1 for unseen ones."""
+        table = torch.full((len(self.classes),), UNSEEN, dtype=torch.long)
+        table[list(self.known)] = torch.arange(len(self.known))
+        return table[labels.long()]
+
+    def to_dict(self) -> dict:
+        return {
+            "classes": list(self.classes),
+            "known": list(self.known),
+            "unseen": list(self.unseen),
+            "known_names": self.known_names,
+            "unseen_names": self.unseen_names,
+            "mapping": {self.classes[orig]: new for new, orig in enumerate(self.known)},
+        }
+
+
+def resolve_classes(
+    tokens: tuple[str, ...] | list[str], classes: tuple[str, ...], option: str
+) -> list[int]:
+    """Class tokens (exact names, case-insensitive, or indices) -> sorted original indices.
+
+    A token that is a class name wins over the same token read as an index.
+    """
+    lower = {c.lower(): i for i, c in enumerate(classes)}
+    out = []
+    for tok in tokens:
+        t = str(tok).strip()
+        if t.lower() in lower:
+            out.append(lower[t.lower()])
+        elif t.lstrip("-").isdigit() and 0 <= int(t) < len(classes):
+            out.append(int(t))
+        else:
+            shown = ", ".join(f"{i}={c}" for i, c in enumerate(classes[:20]))
+            more = ", ..." if len(classes) > 20 else ""
+            raise ConfigError(
+                f"{option} {t!r} is not a class of this dataset; classes are {shown}{more}."
+            )
+    return sorted(set(out))
+
+
+def make_split(
+    classes: tuple[str, ...],
+    holdout: tuple[str, ...] | None = None,
+    known: tuple[str, ...] | None = None,
+) -> Split:
+    """Known/unseen split from ``holdout`` or its complement ``known`` (not both).
+
+    With neither, the last class is held out (class 9 of a ten-class dataset).
+    """
+    if holdout is not None and known is not None:
+        raise ConfigError("give --holdout or --known, not both.")
+    n = len(classes)
+    if known is not None:
+        known_idx = resolve_classes(known, classes, "--known")
+    else:
+        held = resolve_classes(holdout, classes, "--holdout") if holdout is not None else [n - 1]
+        known_idx = [i for i in range(n) if i not in held]
+    unseen_idx = [i for i in range(n) if i not in known_idx]
+    if not known_idx:
+        raise ConfigError("every class is held out; keep at least two known classes.")
+    if len(known_idx) < 2:
+        raise ConfigError(f"only one known class ({classes[known_idx[0]]}); keep at least two.")
+    return Split(tuple(classes), tuple(known_idx), tuple(unseen_idx))
+
+
+@dataclass(frozen=True)
+class SplitData:
+    """Tensors ready for training and evaluation (uint8 images, remapped labels)."""
+
+    split: Split
+    x_train: torch.Tensor
+    y_train: torch.Tensor
+    x_val: torch.Tensor
+    y_val: torch.Tensor
+    x_test: torch.Tensor
+    #: remapped: 0..K-1 for known classes, -1 for unseen
+    y_test: torch.Tensor
+    #: original dataset labels of the test images
+    y_test_original: torch.Tensor
+
+    @property
+    def test_is_unseen(self) -> torch.Tensor:
+        return self.y_test == UNSEEN
+
+
+def stratified_subset(labels: np.ndarray, n: int, seed: int) -> np.ndarray:
+    """Indices of a seeded, stratified subset of ``n`` items (all items if ``n`` >= len)."""
+    if n >= len(labels):
+        return np.arange(len(labels))
+    from sklearn.model_selection import train_test_split
+
+    counts = np.bincount(labels)
+    stratify = labels if counts[counts > 0].min() >= 2 and n >= (counts > 0).sum() else None
+    keep, _ = train_test_split(
+        np.arange(len(labels)), train_size=n, stratify=stratify, random_state=seed
+    )
+    return np.sort(keep)
+
+
+def split_data(
+    data: ImageData,
+    split: Split,
+    *,
+    val_fraction: float = 0.1,
+    seed: int = 0,
+    train_subset: int | None = None,
+    test_subset: int | None = None,
+) -> SplitData:
+    """Drop unseen classes from training, carve the validation slice, remap labels."""
+    from sklearn.model_selection import train_test_split
+
+    y_train = data.y_train.numpy()
+    train_idx = np.arange(len(y_train))
+    if train_subset is not None:
+        train_idx = stratified_subset(y_train, train_subset, seed)
+    train_idx = train_idx[np.isin(y_train[train_idx], split.known)]
+    known_labels = y_train[train_idx]
+    if len(train_idx) < 4:
+        raise ConfigError(f"only {len(train_idx)} known-class training images; need more to train.")
+    counts = np.bincount(known_labels)
+    stratify = known_labels if counts[counts > 0].min() >= 2 else None
+    fit_idx, val_idx = train_test_split(
+        train_idx, test_size=val_fraction, stratify=stratify, random_state=seed
+    )
+    fit_idx, val_idx = np.sort(fit_idx), np.sort(val_idx)
+
+    test_idx = np.arange(len(data.y_test))
+    if test_subset is not None:
+        test_idx = stratified_subset(data.y_test.numpy(), test_subset, seed)
+
+    remap = split.remap
+    return SplitData(
+        split=split,
+        x_train=data.x_train[fit_idx],
+        y_train=remap(data.y_train[fit_idx]),
+        x_val=data.x_train[val_idx],
+        y_val=remap(data.y_train[val_idx]),
+        x_test=data.x_test[test_idx],
+        y_test=remap(data.y_test[test_idx]),
+        y_test_original=data.y_test[test_idx].clone(),
+    )
