@@ -151,6 +151,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     sc = sub.add_parser("scores", help="list the rejection scores")
     sc.set_defaults(func=cmd_scores)
+
+    # --- `unseen report` (issue 6) registers here
+
+    # --- `unseen sweep` (issue 7) registers here
+
+    # --- `unseen predict` (issue 9) registers here
     return parser
 
 

@@ -281,6 +281,18 @@ class RunConfig:
         group="execution",
     )
 
+    # --- one-vs-rest heads (issue 3): fields go here
+
+    # --- augmentation and pretrained weights (issue 4): fields go here
+
+    # --- detectors (issue 5): fields go here
+
+    # --- protocols / rare classes (issue 7): fields go here
+
+    # --- robustness, resume (issue 10): fields go here
+
+    # --- speed (issue 8): fields go here
+
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict (tuples become lists)."""
         return {
