@@ -33,7 +33,8 @@ def table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
     for n, r in enumerate(cells):
         lines.append(
             "  ".join(
-                c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths, strict=True))
+                c.ljust(w) if i == 0 else c.rjust(w)
+                for i, (c, w) in enumerate(zip(r, widths, strict=True))
             )
         )
         if n == 0:

@@ -28,7 +28,15 @@ from .hardware import configure_threads, describe_device, resolve_device, resolv
 from .heads import HEADS
 from .metrics import confidence_summary, predicted_as, score_metrics
 from .models import Classifier, create_model
-from .runfolder import FORMAT_VERSION, default_run_dir, save_torch, write_csv, write_json, write_npz
+from .runfolder import (
+    FORMAT_VERSION,
+    default_run_dir,
+    mark_finished,
+    save_torch,
+    write_csv,
+    write_json,
+    write_npz,
+)
 from .scores import FitContext, Outputs, Score, create_score, expand_score_names, max_softmax
 from .splits import Split, SplitData, make_split, split_data
 from .train import TrainResult, TrainSettings, train_model
@@ -271,4 +279,5 @@ def run_experiment(
     metrics = per_head[cfg.head[0]] if len(cfg.head) == 1 else {"heads": per_head}
     if len(cfg.head) > 1:
         write_json(run_dir / "metrics.json", metrics)
+    mark_finished(run_dir, heads=list(cfg.head))
     return RunResult(run_dir, cfg, metrics)

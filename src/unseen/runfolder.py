@@ -121,3 +121,44 @@ def default_run_dir(dataset: str, unseen_names: Sequence[str], root: str | Path 
         n += 1
         path = Path(root) / f"{stem}-{n}"
     return path
+
+
+# ----------------------------------------------------------------------------- finished marker
+
+FINISHED_FILE = "run.json"
+
+
+def mark_finished(run_dir: str | Path, **info: Any) -> Path:
+    """Write ``run.json`` with status "finished": the last file a run writes."""
+    import time
+
+    from . import __version__
+
+    return write_json(
+        Path(run_dir) / FINISHED_FILE,
+        {"status": "finished", "format_version": FORMAT_VERSION, "unseen_version": __version__,
+         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **info},
+    )  # fmt: skip
+
+
+def is_finished(run_dir: str | Path) -> bool:
+    path = Path(run_dir) / FINISHED_FILE
+    if not path.is_file():
+        return False
+    try:
+        return json.loads(path.read_text()).get("status") == "finished"
+    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
+        return False
+
+
+def require_finished(run_dir: str | Path) -> Path:
+    """Raise a one-line error unless ``run_dir`` holds a finished run."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise UnseenError(f"run folder {run_dir} does not exist.")
+    if not is_finished(run_dir):
+        raise UnseenError(
+            f"{run_dir} is not a finished run (no {FINISHED_FILE} with status 'finished'); "
+            "finish it with `unseen run --resume --out DIR` or run it again."
+        )
+    return run_dir
