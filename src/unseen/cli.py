@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import fields
 
 from .config import RunConfig, flag_name, parse_value, resolve_config
-from .errors import UnseenError
+from .errors import Interrupted, UnseenError
 
 EXIT_USAGE = 2
 
@@ -85,14 +85,20 @@ def add_run_options(parser: argparse.ArgumentParser) -> None:
 
 def config_from_args(args: argparse.Namespace) -> RunConfig:
     overrides = {f.name: getattr(args, f.name) for f in fields(RunConfig) if hasattr(args, f.name)}
-    return resolve_config(overrides, config_file=args.config)
+    cfg = resolve_config(overrides, config_file=args.config)
+    if cfg.resume and cfg.out:  # resume from the run's own options; flags must agree with them
+        from .checkpoint import saved_config
+
+        if (base := saved_config(cfg.out)) is not None:
+            cfg = resolve_config(overrides, config_file=args.config, base=base)
+    return cfg
 
 
 # ----------------------------------------------------------------------------- commands
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from .console import run_summary
+    from .console import heads_summary, run_summary
     from .experiment import run_experiment
 
     cfg = config_from_args(args)
@@ -101,7 +107,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     for head, metrics in heads.items():
         if len(heads) > 1:
             print(f"\n== head: {head}")
-        print(run_summary(metrics))
+        print(run_summary(metrics, with_scores=len(heads) == 1))
+    if len(heads) > 1:  # one table, heads side by side
+        print("\n" + heads_summary(heads))
     print(f"\nrun folder: {result.run_dir}")
     return 0
 
@@ -120,6 +128,13 @@ def cmd_scores(args: argparse.Namespace) -> int:
     print("higher score = more likely a known class, for every score")
     for name, cls in SCORES.items():
         print(f"{name:14s} {cls.description}")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from .report import report_command
+
+    report_command(args.runs, out=args.out, tsne=not args.no_tsne, each=args.each)
     return 0
 
 
@@ -153,18 +168,63 @@ def build_parser() -> argparse.ArgumentParser:
     sc.set_defaults(func=cmd_scores)
 
     # --- `unseen report` (issue 6) registers here
+    rep = sub.add_parser(
+        "report",
+        help="rebuild a run's report.html/report.md, or compare several runs (mean ± std over seeds)",
+        description="Given one finished run folder, rebuild its report.html, report.md and plots/ "
+        "from the files in it (no retraining). Given several runs, or a folder of runs, write a "
+        "comparison: one row per configuration (runs differing only in seed and out), mean and "
+        "standard deviation over its runs of every metric of every score.",
+    )
+    rep.add_argument("runs", nargs="+", metavar="RUN", help="run folder(s), or folder(s) of runs")
+    rep.add_argument(
+        "--out",
+        metavar="DIR",
+        default=None,
+        help="comparison folder [default: FOLDER/comparison for one folder of runs, else ./comparison]",
+    )
+    rep.add_argument(
+        "--each", action="store_true", help="also rebuild the report of every compared run"
+    )
+    rep.add_argument(
+        "--no-tsne", action="store_true", help="leave out the t-SNE projection (the slowest plot)"
+    )
+    rep.set_defaults(func=cmd_report)
 
     # --- `unseen sweep` (issue 7) registers here
+    from .sweep import add_sweep_arguments, cmd_sweep
+
+    sw = sub.add_parser(
+        "sweep",
+        help="run a protocol (leave-one-out, Neal et al. splits, random splits, rare class, "
+        "seeds) and aggregate it; resumable",
+        description="Expand a protocol into runs, run those not finished yet (re-running the "
+        "command resumes an interrupted sweep) and print mean and standard deviation over runs. "
+        "Every `unseen run` option applies to every run; --out is the sweep folder "
+        "[default: sweeps/<dataset>-<protocol>].",
+    )
+    add_sweep_arguments(sw)
+    add_run_options(sw)
+    sw.set_defaults(func=cmd_sweep)
 
     # --- `unseen predict` (issue 9) registers here
+    from .predict_cli import add_predict_parser
+
+    add_predict_parser(sub)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     try:
-        args = parser.parse_args(argv)
+        try:
+            args = parser.parse_args(argv)
+        except SystemExit as exc:  # --help, --version, or a usage error already printed
+            return int(exc.code or 0)
         return int(args.func(args) or 0)
+    except Interrupted as exc:  # Ctrl-C or SIGTERM, checkpoint saved: not an error
+        print(f"unseen: {exc}", file=sys.stderr)
+        return exc.exit_code
     except UnseenError as exc:
         print(f"unseen: error: {exc}", file=sys.stderr)
         return exc.exit_code

@@ -72,10 +72,13 @@ def oscr(score: np.ndarray, is_known: np.ndarray, correct: np.ndarray) -> float:
 
 def calibrate_threshold(val_scores: np.ndarray, known_acceptance: float = 0.95) -> float:
     """Threshold accepting at least ``known_acceptance`` of the known validation images."""
-    val_scores = np.asarray(val_scores, float)
+    val_scores = np.sort(np.asarray(val_scores, float).ravel())
     if val_scores.size == 0:
         raise ValueError("no validation scores to calibrate on")
-    return float(np.quantile(val_scores, 1.0 - known_acceptance, method="lower"))
+    n = val_scores.size
+    # the largest threshold that still accepts ceil(acceptance * n) images (score >= t)
+    n_accept = min(n, max(1, math.ceil(known_acceptance * n - 1e-9)))
+    return float(val_scores[n - n_accept])
 
 
 def open_set_metrics(
@@ -115,8 +118,14 @@ def score_metrics(
     labels: np.ndarray,
     num_known: int,
     known_acceptance: float = 0.95,
+    threshold: float | None = None,
 ) -> dict[str, float]:
-    """Every metric of one score: threshold-free ones on the test set, then the calibrated ones."""
+    """Every metric of one score: threshold-free ones on the test set, then the calibrated ones.
+
+    The open-set decision uses ``threshold`` when given (a score with its own rule, e.g.
+    DOC's margin >= 0), otherwise the validation threshold accepting ``known_acceptance``.
+    ``val_known_accepted`` is the share of validation images that threshold accepts.
+    """
     labels = np.asarray(labels)
     is_known = labels >= 0
     correct = is_known & (np.asarray(predicted) == labels)
@@ -127,8 +136,15 @@ def score_metrics(
         "fpr_at_95_tpr": fpr_at_tpr(test_score, is_known, 0.95),
         "oscr": oscr(test_score, is_known, correct),
     }
-    threshold = calibrate_threshold(val_score, known_acceptance)
+    threshold_from = "validation" if threshold is None else "score"
+    if threshold is None:
+        threshold = calibrate_threshold(val_score, known_acceptance)
     out.update(open_set_metrics(test_score, threshold, predicted, labels, num_known))
+    val_score = np.asarray(val_score, float)
+    out["threshold_from"] = threshold_from
+    out["val_known_accepted"] = (
+        float(np.mean(val_score >= threshold)) if val_score.size else math.nan
+    )
     return out
 
 

@@ -17,6 +17,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .augment import AugmentSpec
+from .checkpoint import Checkpointing, FiniteGuard, Position, diverged
 from .evaluate import forward_pass
 from .hardware import autocast
 from .heads import Head
@@ -33,6 +34,10 @@ class TrainSettings:
     schedule: str = "onecycle"
     label_smoothing: float = 0.0
     seed: int = 0
+    #: class imbalance: "none", "weighted-loss" or "sampler" (see :func:`class_weights`)
+    balance: str = "none"
+    #: learning rate of the backbone relative to the head (fine-tuning pretrained weights)
+    backbone_lr_scale: float = 1.0
 
 
 @dataclass
@@ -52,9 +57,57 @@ def steps_per_epoch(n: int, batch_size: int) -> int:
     return full + (1 if rest >= 2 else 0)
 
 
+def class_weights(y: torch.Tensor) -> torch.Tensor:
+    """Balanced class weights ``n / (K * n_c)`` (scikit-learn's "balanced"); 0 for absent classes.
+
+    ``K`` counts the classes present in ``y``. Used as loss weights by ``balance="weighted-loss"``
+    and, per image, as sampling weights by ``balance="sampler"``.
+    """
+    counts = torch.bincount(y.long()).float()
+    present = counts > 0
+    weights = torch.zeros_like(counts)
+    weights[present] = len(y) / (int(present.sum()) * counts[present])
+    return weights
+
+
+def weighted_loss(
+    head: Head, logits: torch.Tensor, y: torch.Tensor, label_smoothing: float, weights: torch.Tensor
+) -> torch.Tensor:
+    """``sum_i w[y_i] loss_i / sum_i w[y_i]`` for any head whose loss is a per-image mean.
+
+    Computed class by class (the head's loss of the images of one class is the mean of their
+    per-image losses), so it works for every head; for the softmax head it equals
+    ``F.cross_entropy(logits, y, weight=weights)``.
+    """
+    total = logits.new_zeros(())
+    norm = logits.new_zeros(())
+    for c in torch.unique(y).tolist():
+        mine = y == c
+        n_c = mine.sum()
+        total = total + weights[c] * n_c * head.loss(logits[mine], y[mine], label_smoothing)
+        norm = norm + weights[c] * n_c
+    return total / norm
+
+
 def make_optimizer(model: torch.nn.Module, s: TrainSettings) -> torch.optim.Optimizer:
+    """SGD over the trainable parameters; the head first, then the backbone at ``lr * scale``.
+
+    Frozen parameters (``requires_grad=False``) are left out. With ``backbone_lr_scale`` 1 all
+    parameters form one group; otherwise a model with a ``head`` gets two groups, whose peak
+    learning rates the schedulers follow separately.
+    """
+    trainable = [q for q in model.parameters() if q.requires_grad]
+    groups: list[dict] | list[torch.nn.Parameter] = trainable
+    head = getattr(model, "head", None)
+    if s.backbone_lr_scale != 1.0 and isinstance(head, torch.nn.Module):
+        head_ids = {id(q) for q in head.parameters()}
+        head_params = [q for q in trainable if id(q) in head_ids]
+        rest = [q for q in trainable if id(q) not in head_ids]
+        groups = [{"params": head_params, "lr": s.lr}]
+        if rest:
+            groups.append({"params": rest, "lr": s.lr * s.backbone_lr_scale})
     return torch.optim.SGD(
-        model.parameters(),
+        groups,
         lr=s.lr,
         momentum=s.momentum,
         nesterov=s.momentum > 0,
@@ -90,11 +143,17 @@ def train_model(
     y_val: torch.Tensor | None = None,
     progress: bool = True,
     on_epoch_end: Callable[[int, dict], None] | None = None,
+    checkpoint: Checkpointing | None = None,
 ) -> TrainResult:
     """Train ``model`` in place and return its per-epoch history.
 
     ``x_train`` is uint8 ``N x C x H x W``; ``y_train`` holds labels 0..K-1. Validation
     accuracy is measured after every epoch on ``x_val``/``y_val`` when given.
+
+    With ``checkpoint``, the full training state is saved after every epoch (and resumed
+    from when ``checkpoint.resume``), and SIGINT/SIGTERM stop after the current step with a
+    checkpoint (raising :class:`unseen.checkpoint.Interrupted`). A NaN or infinite loss
+    raises :class:`unseen.checkpoint.TrainingDiverged` naming the first bad epoch and step.
     """
     torch.manual_seed(settings.seed)
     generator = torch.Generator(device=device).manual_seed(settings.seed)
@@ -104,23 +163,62 @@ def train_model(
     model.train()
     n = len(x)
     steps = steps_per_epoch(n, settings.batch_size)
+    weights = class_weights(y)
+    sample_weights = weights[y]
     opt = make_optimizer(model, settings)
     sched = make_scheduler(opt, settings, steps * settings.epochs)
     result = TrainResult()
+    pos = Position()
+    if checkpoint is not None:
+        pos = checkpoint.start(
+            model=model, optimizer=opt, scheduler=sched, generator=generator, result=result
+        )
+    guard = FiniteGuard(device)
     bar = tqdm(
-        range(settings.epochs),
+        range(pos.epoch, settings.epochs),
+        initial=pos.epoch,
+        total=settings.epochs,
         desc="training",
         unit="epoch",
         disable=None if progress else True,
         leave=False,
     )
     start = time.perf_counter()
+    eval_seconds = 0.0
+    save_seconds = 0.0  # writing checkpoints is not training time either
+
+    def train_seconds() -> float:
+        return pos.train_seconds + time.perf_counter() - start - eval_seconds - save_seconds
+
+    def save(epoch: int, step: int, epoch_state: dict | None = None) -> float:
+        assert checkpoint is not None
+        return checkpoint.save(
+            model=model, optimizer=opt, scheduler=sched, generator=generator,
+            history=result.history, images_seen=result.images_seen,
+            train_seconds=train_seconds(), epoch=epoch, step=step, epoch_state=epoch_state,
+        )  # fmt: skip
+
+    def stop_if_diverged() -> None:
+        if (bad := guard.first_bad()) is not None:
+            epoch, step = divmod(bad[0], steps)
+            raise diverged(epoch, step, steps, bad[1], settings.lr, checkpoint)
+
     for epoch in bar:
-        perm = torch.randperm(n, device=device, generator=generator)
-        loss_sum = torch.zeros((), device=device)
-        correct = torch.zeros((), device=device, dtype=torch.long)
-        seen = 0
-        for step in range(steps):
+        first_step = 0
+        if pos.epoch_state is not None and epoch == pos.epoch:  # resume inside this epoch
+            perm = pos.epoch_state["perm"].to(device)
+            loss_sum = pos.epoch_state["loss_sum"].to(device)
+            correct = pos.epoch_state["correct"].to(device)
+            seen, first_step = int(pos.epoch_state["seen"]), pos.step
+        elif settings.balance == "sampler":
+            perm = torch.multinomial(sample_weights, n, replacement=True, generator=generator)
+        else:
+            perm = torch.randperm(n, device=device, generator=generator)
+        if first_step == 0:
+            loss_sum = torch.zeros((), device=device)
+            correct = torch.zeros((), device=device, dtype=torch.long)
+            seen = 0
+        for step in range(first_step, steps):
             idx = perm[step * settings.batch_size : (step + 1) * settings.batch_size]
             xb = augment(x[idx].float().div_(255), generator).contiguous(
                 memory_format=torch.channels_last
@@ -128,14 +226,23 @@ def train_model(
             yb = y[idx]
             with autocast(device, precision):
                 logits = model(xb)
-            loss = head.loss(logits.float(), yb, settings.label_smoothing)
+            if settings.balance == "weighted-loss":
+                loss = weighted_loss(head, logits.float(), yb, settings.label_smoothing, weights)
+            else:
+                loss = head.loss(logits.float(), yb, settings.label_smoothing)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             sched.step()
             loss_sum += loss.detach() * len(idx)
-            correct += (logits.detach().argmax(1) == yb).sum()
+            correct += (head.predict(logits.detach()) == yb).sum()
             seen += len(idx)
+            guard.update(loss, epoch * steps + step)
+            if checkpoint is not None and checkpoint.stop_requested() is not None:
+                stop_if_diverged()  # never save a checkpoint with NaN weights
+                save(epoch, step + 1, dict(perm=perm, loss_sum=loss_sum, correct=correct, seen=seen))
+                raise checkpoint.interrupted(epoch, step + 1, steps)
+        stop_if_diverged()
         result.images_seen += seen
         row = {
             "epoch": epoch + 1,
@@ -145,14 +252,21 @@ def train_model(
             "lr": opt.param_groups[0]["lr"],
         }
         if x_val is not None and y_val is not None and len(x_val):
+            val_start = time.perf_counter()
             val = forward_pass(model, x_val, device, precision)
-            row["val_accuracy"] = float((val.logits.argmax(1).cpu() == y_val.cpu()).float().mean())
-        row["seconds"] = time.perf_counter() - start
+            row["val_accuracy"] = float((head.predict(val.logits).cpu() == y_val.cpu()).float().mean())
+            eval_seconds += time.perf_counter() - val_start
+        row["seconds"] = pos.wall_seconds + time.perf_counter() - start
         result.history.append(row)
         bar.set_postfix(loss=f"{row['loss']:.3f}", val_acc=f"{row['val_accuracy']:.3f}")
         if on_epoch_end is not None:
             on_epoch_end(epoch, row)
+        if checkpoint is not None:
+            save_seconds += save(epoch + 1, 0)
+            if checkpoint.stop_requested() is not None:
+                raise checkpoint.interrupted(epoch + 1, 0, steps)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-    result.seconds = time.perf_counter() - start
+    # training time excludes the per-epoch validation passes and checkpoint writes
+    result.seconds = train_seconds()
     return result

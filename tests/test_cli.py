@@ -1,0 +1,131 @@
+"""The command line end to end: a real run on digits, config precedence, and bad input."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from unseen.cli import build_parser, config_from_args, main
+
+SCORE_KEYS = {
+    "auroc", "aupr_in", "aupr_out", "fpr_at_95_tpr", "oscr", "threshold",
+    "open_set_accuracy", "open_set_macro_f1", "unseen_rejected", "known_rejected",
+}  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def cli_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("cli") / "run"
+    argv = ["run", "--out", str(out), "--epochs", "15", "--device", "cpu", "--precision", "fp32", "--quiet"]
+    assert main(argv) == 0
+    return out
+
+
+def test_run_writes_every_file_and_metric(cli_run):
+    for name in ("config.json", "metrics.json", "history.csv", "scores.npz", "model.pt", "run.json"):
+        assert (cli_run / name).is_file(), name
+    m = json.loads((cli_run / "metrics.json").read_text())
+    for key in ("closed_set_accuracy", "all_test_accuracy", "known_classes", "unseen_classes", "unseen_confidence",
+                "known_confidence", "unseen_predicted_as", "scores", "train_seconds", "train_images_per_second", "device"):  # fmt: skip
+        assert key in m, key
+    assert m["unseen_classes"] == ["9"] and len(m["known_classes"]) == 9
+    assert set(m["unseen_confidence"]) == {"mean_msp", "std_msp", "frac_msp_above_0_9"}
+    assert set(m["scores"]) == {"msp", "maxlogit", "energy", "entropy"}
+    for s in m["scores"].values():
+        assert SCORE_KEYS <= set(s)
+    assert m["closed_set_accuracy"] >= 0.9
+    # the naive figure counts every unseen image wrong, so it sits below closed-set accuracy
+    n_known, n_unseen = m["num_test_known"], m["num_test_unseen"]
+    assert m["all_test_accuracy"] == pytest.approx(m["closed_set_accuracy"] * n_known / (n_known + n_unseen))
+    assert sum(m["unseen_predicted_as"].values()) == n_unseen
+
+
+def test_scores_npz_agrees_with_metrics(cli_run):
+    from unseen.metrics import auroc
+
+    z = np.load(cli_run / "scores.npz")
+    m = json.loads((cli_run / "metrics.json").read_text())
+    assert z["is_unseen"].sum() == m["num_test_unseen"]
+    assert (z["label"][z["is_unseen"]] == 9).all()
+    assert auroc(z["score_energy"], ~z["is_unseen"]) == pytest.approx(m["scores"]["energy"]["auroc"])
+    known = ~z["is_unseen"]
+    assert np.mean(z["predicted"][known] == z["label_known"][known]) == pytest.approx(m["closed_set_accuracy"])
+
+
+def test_config_json_holds_resolved_settings(cli_run):
+    c = json.loads((cli_run / "config.json").read_text())
+    assert c["epochs"] == 15 and c["holdout"] == ["9"] and c["dataset"] == "digits"
+    assert c["flip"] is False  # digits are not flipped
+    assert c["split"]["mapping"]["8"] == 8
+
+
+def test_model_checkpoint_loads_weights_only(cli_run):
+    import torch
+
+    ck = torch.load(cli_run / "model.pt", weights_only=True)
+    assert ck["format_version"] == 1 and ck["num_classes"] == 9
+    assert ck["split"]["unseen_names"] == ["9"] and "head.weight" in ck["state_dict"]
+
+
+def test_history_has_one_row_per_epoch(cli_run):
+    lines = (cli_run / "history.csv").read_text().strip().splitlines()
+    assert lines[0].startswith("epoch,loss,train_accuracy,val_accuracy") and len(lines) == 16
+
+
+def test_toml_config_then_flags_override(tmp_path):
+    cfg_file = tmp_path / "c.toml"
+    cfg_file.write_text('dataset = "digits"\nepochs = 7\nholdout = [3, 4]\nlabel-smoothing = 0.1\n')
+    args = build_parser().parse_args(["run", "--config", str(cfg_file), "--epochs", "2"])
+    cfg = config_from_args(args)
+    assert cfg.epochs == 2 and cfg.holdout == ("3", "4") and cfg.label_smoothing == 0.1
+
+
+BAD = [
+    (["run", "--epochs", "0"], "--epochs must be positive"),
+    (["run", "--epochs", "two"], "--epochs must be"),
+    (["run", "--model", "vgg"], "choose one of: resnet20, resnet18"),
+    (["run", "--dataset", "imagenet"], "--dataset 'imagenet' is not known"),
+    (["run", "--holdout", "Hat"], "'Hat' is not a class"),
+    (["run", "--holdout", "0,1,2,3,4,5,6,7,8,9"], "every class is held out"),
+    (["run", "--holdout", "1", "--known", "2,3"], "not both"),
+    (["run", "--scores", "foo"], "--scores 'foo' is not known"),
+    (["run", "--val-fraction", "1.5"], "--val-fraction must be between 0 and 1"),
+    (["run", "--device", "tpu"], "must be one of: auto, cpu, cuda"),
+    (["run", "--config", "/nonexistent.toml"], "does not exist"),
+    (["run", "--no-such-flag"], "unrecognized arguments"),
+    (["run", "--dataset", "fashion-mnist", "--data-root", "/nonexistent"], "IDX files not found"),
+]
+
+
+@pytest.mark.parametrize("argv, fragment", BAD)
+def test_bad_input_is_one_line_and_exit_2(argv, fragment, capsys, monkeypatch):
+    monkeypatch.chdir("/tmp")
+    code = main(argv)
+    err = capsys.readouterr().err.strip()
+    assert code == 2
+    assert fragment in err and len(err.splitlines()) == 1, err
+
+
+def test_bad_toml_key_is_rejected(tmp_path, capsys):
+    f = tmp_path / "c.toml"
+    f.write_text("epochz = 3\n")
+    assert main(["run", "--config", str(f)]) == 2
+    assert "unknown key 'epochz'" in capsys.readouterr().err
+
+
+def test_error_from_a_real_process_has_no_traceback():
+    r = subprocess.run([sys.executable, "-m", "unseen", "run", "--holdout", "Hat"], capture_output=True, text=True)
+    assert r.returncode == 2
+    assert "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_datasets_and_scores_commands(capsys):
+    assert main(["datasets"]) == 0
+    out = capsys.readouterr().out
+    assert "digits" in out and "fashion-mnist" in out and "npz:PATH" in out
+    assert main(["scores"]) == 0
+    assert "higher score = more likely a known class" in capsys.readouterr().out

@@ -1,0 +1,106 @@
+"""Every metric against hand-computed answers (known = positive, higher score = known)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from unseen import metrics as M
+
+
+def test_auroc_perfect_reversed_and_tied():
+    known = np.array([True, True, False, False])
+    assert M.auroc(np.array([0.9, 0.8, 0.2, 0.1]), known) == 1.0
+    assert M.auroc(np.array([0.1, 0.2, 0.8, 0.9]), known) == 0.0
+    assert M.auroc(np.array([0.5, 0.5, 0.5, 0.5]), known) == 0.5
+    # one of four known/unseen pairs mis-ordered: 3/4
+    assert M.auroc(np.array([0.9, 0.3, 0.4, 0.1]), known) == pytest.approx(0.75)
+
+
+def test_metrics_without_both_groups_are_nan():
+    s = np.array([0.1, 0.2])
+    assert math.isnan(M.auroc(s, np.array([True, True])))
+    assert math.isnan(M.fpr_at_tpr(s, np.array([False, False])))
+    assert math.isnan(M.oscr(s, np.array([True, True]), np.array([True, True])))
+
+
+def test_aupr_in_and_out():
+    known = np.array([True, True, False, False])
+    perfect = np.array([0.9, 0.8, 0.2, 0.1])
+    assert M.aupr_in(perfect, known) == 1.0
+    assert M.aupr_out(perfect, known) == 1.0
+    # ranking known, unseen, known, unseen from the top:
+    s = np.array([4.0, 2.0, 3.0, 1.0])
+    # AP(known positive) = (1/1 + 2/3) / 2
+    assert M.aupr_in(s, known) == pytest.approx((1 + 2 / 3) / 2)
+    # AP(unseen positive) on -score: order 1(u),2(k),3(u),4(k) -> (1/1 + 2/3) / 2
+    assert M.aupr_out(s, known) == pytest.approx((1 + 2 / 3) / 2)
+
+
+def test_fpr_at_95_tpr_edge_cases():
+    known_scores = np.arange(100, 120, dtype=float)  # 20 known images
+    unseen_scores = np.arange(0, 10, dtype=float)
+    s = np.r_[known_scores, unseen_scores]
+    k = np.r_[np.ones(20, bool), np.zeros(10, bool)]
+    assert M.fpr_at_tpr(s, k) == 0.0  # perfectly separated
+    assert M.fpr_at_tpr(-s, k) == 1.0  # reversed: accepting 95% of known accepts all unseen
+    assert M.fpr_at_tpr(np.zeros(30), k) == 1.0  # all tied: the only threshold accepts all
+    # 19 of 20 known (95%) are accepted at threshold 101; unseen scores 100.5 and 101.5 -> one accepted
+    s2 = np.r_[known_scores, [100.5, 101.5], np.zeros(8)]
+    assert M.fpr_at_tpr(s2, k) == pytest.approx(1 / 10)
+
+
+def test_oscr_ends_at_closed_set_accuracy():
+    rng = np.random.default_rng(0)
+    known = np.r_[np.ones(50, bool), np.zeros(30, bool)]
+    correct = np.r_[rng.random(50) < 0.8, np.zeros(30, bool)]
+    closed = correct[:50].mean()
+    separated = np.r_[rng.random(50) + 10, rng.random(30)]
+    assert M.oscr(separated, known, correct) == pytest.approx(closed)  # CCR reaches acc at FPR 0
+    reversed_ = np.r_[rng.random(50), rng.random(30) + 10]
+    assert M.oscr(reversed_, known, correct) == pytest.approx(0.0)  # CCR > 0 only at FPR 1
+
+
+def test_oscr_hand_computed():
+    # order by score: k-correct(4), u(3), k-wrong(2), u(1); 2 known, 2 unseen
+    s = np.array([4.0, 3.0, 2.0, 1.0])
+    known = np.array([True, False, True, False])
+    correct = np.array([True, False, False, False])
+    # curve (FPR, CCR): (0,0) -> (0,.5) -> (.5,.5) -> (.5,.5) -> (1,.5): area 0.5
+    assert M.oscr(s, known, correct) == pytest.approx(0.5)
+    # unseen first: (0,0)->(.5,0)->(.5,.5)->(1,.5): area .25
+    s2 = np.array([3.0, 4.0, 2.0, 1.0])
+    assert M.oscr(s2, known, correct) == pytest.approx(0.25)
+
+
+def test_calibrate_threshold_accepts_target_fraction():
+    val = np.arange(100, dtype=float)
+    t = M.calibrate_threshold(val, 0.95)
+    assert t == 5.0
+    assert np.mean(val >= t) == 0.95
+    assert np.mean(val >= M.calibrate_threshold(val, 0.9)) == 0.9
+    with pytest.raises(ValueError):
+        M.calibrate_threshold(np.array([]), 0.95)
+
+
+def test_open_set_metrics_hand_computed():
+    # K = 2 known classes; labels -1 = unseen
+    labels = np.array([0, 0, 1, 1, -1, -1])
+    predicted = np.array([0, 1, 1, 1, 0, 1])
+    score = np.array([0.9, 0.8, 0.3, 0.7, 0.2, 0.9])
+    out = M.open_set_metrics(score, 0.5, predicted, labels, 2)
+    # accepted: 0,1,3,5 ; open predictions: [0,1,2,1,2,1]; truth: [0,0,1,1,2,2]
+    assert out["open_set_accuracy"] == pytest.approx(3 / 6)
+    assert out["unseen_rejected"] == pytest.approx(0.5)
+    assert out["known_rejected"] == pytest.approx(0.25)
+    # per-class F1: class0 P=1 R=.5 -> 2/3; class1 P=1/3 R=1/2 -> .4; unknown P=1/2 R=1/2 -> .5
+    assert out["open_set_macro_f1"] == pytest.approx((2 / 3 + 0.4 + 0.5) / 3)
+
+
+def test_confidence_summary_and_predicted_as():
+    c = M.confidence_summary(np.array([0.95, 0.5, 0.99, 0.7]))
+    assert c["mean_msp"] == pytest.approx(0.785)
+    assert c["frac_msp_above_0_9"] == 0.5
+    assert M.predicted_as(np.array([2, 2, 0]), ["a", "b", "c"]) == {"c": 2, "a": 1}

@@ -1,0 +1,395 @@
+"""`unseen predict` and `unseen.load`: a digits run with one digit held out, used on new files.
+
+The run trains for 20 epochs on the bundled digits (a few seconds on a CPU). Its test split
+(540 images, 54 per digit) is written as PNG files and fed back through the CLI and the API.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import unseen
+from unseen.cli import main
+from unseen.config import FIELDS, RunConfig
+from unseen.data import load_dataset
+from unseen.errors import UnseenError
+from unseen.metrics import calibrate_threshold
+from unseen.predict import Predictor, convert_channels, load, resize_images
+
+HOLDOUT = "9"
+EPOCHS = 20
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory) -> Path:
+    from unseen.experiment import run_experiment
+
+    out = tmp_path_factory.mktemp("predict") / "run"
+    extra = {"report": False} if "report" in FIELDS else {}
+    cfg = RunConfig(
+        out=str(out), epochs=EPOCHS, holdout=(HOLDOUT,), device="cpu", precision="fp32", **extra
+    )
+    run_experiment(cfg, progress=False, log=None)
+    return out
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load_dataset("digits")
+
+
+@pytest.fixture(scope="module")
+def pngs(tmp_path_factory, digits) -> dict[str, list[Path]]:
+    """The digits test split as PNG files: known/<i>_<digit>.png and unseen/<i>_<digit>.png."""
+    root = tmp_path_factory.mktemp("pngs")
+    out: dict[str, list[Path]] = {"known": [], "unseen": []}
+    for i, (x, y) in enumerate(zip(digits.x_test, digits.y_test, strict=True)):
+        kind = "unseen" if str(int(y)) == HOLDOUT else "known"
+        path = root / kind / f"{i:04d}_{int(y)}.png"
+        path.parent.mkdir(exist_ok=True)
+        Image.fromarray(x[0].numpy(), mode="L").save(path)
+        out[kind].append(path)
+    return out
+
+
+@pytest.fixture(scope="module")
+def predictor(run_dir) -> Predictor:
+    return load(run_dir, device="cpu")
+
+
+def cli(capsys, *args: str) -> tuple[int, str, str]:
+    rc = main(["predict", *map(str, args)])
+    captured = capsys.readouterr()
+    return rc, captured.out, captured.err
+
+
+def read_csv(text: str) -> list[dict[str, str]]:
+    return list(csv.DictReader(io.StringIO(text)))
+
+
+# ----------------------------------------------------------------------------- the CLI on PNG files
+
+
+def test_held_out_digits_come_back_unknown_and_known_acceptance_near_target(
+    capsys, run_dir, pngs, tmp_path
+):
+    out = tmp_path / "pred.csv"
+    rc, stdout, _ = cli(capsys, run_dir, pngs["known"][0].parent, pngs["unseen"][0].parent,
+                        "--output", out)  # fmt: skip
+    assert rc == 0 and "wrote 540 row(s)" in stdout
+    rows = read_csv(out.read_text())
+    assert len(rows) == 540 and all(r["error"] == "" for r in rows)
+    unseen_rows = [r for r in rows if "/unseen/" in r["input"]]
+    known_rows = [r for r in rows if "/known/" in r["input"]]
+    assert len(unseen_rows) == 54 and len(known_rows) == 486
+    rejected = np.mean([r["prediction"] == "unknown" for r in unseen_rows])
+    accepted = np.mean([r["prediction"] != "unknown" for r in known_rows])
+    # Measured: 0.70 of the held-out 9s rejected (energy); a proportion over 54 images has a
+    # standard error of ~0.06, so 0.5 leaves a margin of more than three of them.
+    assert rejected > 0.5, rejected
+    # The threshold accepts 95% of ~113 validation images: the acceptance it gives on the
+    # population has a standard deviation of sqrt(.95 * .05 / 113) ~ 0.02, the 486 test images
+    # add ~0.01; 0.85 is more than 4 combined standard deviations below 0.95.
+    assert 0.85 <= accepted <= 1.0, accepted
+    # accepted images get their known class, as the closed-set argmax
+    for r in known_rows:
+        if r["prediction"] != "unknown":
+            assert r["prediction"] == r["closest"] and r["class_index"] != "-1"
+    assert {r["threshold"] for r in rows} == {rows[0]["threshold"]}
+
+
+def test_cli_scores_equal_the_run_s_own_test_scores(capsys, run_dir, pngs, tmp_path):
+    """PNG files are lossless and 8x8: the scores must be the ones the run computed."""
+    rc, stdout, _ = cli(capsys, run_dir, *pngs["known"][:40], *pngs["unseen"][:10],
+                        "--format", "csv", "--score", "msp")  # fmt: skip
+    assert rc == 0
+    rows = read_csv(stdout)
+    stored = np.load(run_dir / "scores.npz")
+    index = [int(Path(r["input"]).name.split("_")[0]) for r in rows]
+    np.testing.assert_allclose(
+        [float(r["score"]) for r in rows], stored["score_msp"][index], rtol=1e-5, atol=1e-6
+    )
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert float(rows[0]["threshold"]) == pytest.approx(metrics["scores"]["msp"]["threshold"])
+    names = metrics["known_classes"]
+    assert [r["closest"] for r in rows] == [names[i] for i in stored["predicted"][index]]
+
+
+def test_corrupt_file_gets_its_own_row_and_the_rest_go_on(capsys, run_dir, pngs, tmp_path):
+    bad = tmp_path / "broken.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n this is not really a png")
+    truncated = tmp_path / "truncated.png"
+    truncated.write_bytes(pngs["known"][0].read_bytes()[:30])
+    rc, stdout, err = cli(capsys, run_dir, pngs["known"][0], bad, truncated, tmp_path / "missing.png",
+                          "--format", "json")  # fmt: skip
+    assert rc == 0
+    rows = json.loads(stdout)["predictions"]
+    assert [r["error"] is None for r in rows] == [True, False, False, False]
+    assert rows[1]["prediction"] is None and "could not be read" in rows[1]["error"]
+    assert "does not exist" in rows[3]["error"]
+    assert "3 input(s) could not be read" in err
+
+    rc, stdout, err = cli(capsys, run_dir, bad, tmp_path / "missing.png")
+    assert rc == 2
+    assert err.strip().startswith("unseen: error: none of the 2 input(s) could be read")
+    assert "Traceback" not in err
+    assert "broken.png" in stdout  # the rows still say why, file by file
+
+
+def test_npz_input_matches_the_png_files(capsys, run_dir, pngs, digits, tmp_path):
+    x = digits.x_test[:30, 0].numpy()
+    for key, array in {"x": x, "images": x[..., None], "x_test": x}.items():
+        path = tmp_path / f"{key}.npz"
+        np.savez(path, **{key: array, "y": np.zeros(len(x))})
+        rc, stdout, _ = cli(capsys, run_dir, path, "--format", "csv")
+        assert rc == 0
+        npz_rows = read_csv(stdout)
+        assert [r["input"] for r in npz_rows] == [f"{path}[{i}]" for i in range(30)]
+        rc, stdout, _ = cli(capsys, run_dir, *sorted(pngs["known"] + pngs["unseen"])[:30],
+                            "--format", "csv")  # fmt: skip
+        png_rows = read_csv(stdout)
+        assert [r["prediction"] for r in npz_rows] == [r["prediction"] for r in png_rows]
+        assert [r["score"] for r in npz_rows] == [r["score"] for r in png_rows]
+
+    wrong = tmp_path / "wrong.npz"
+    np.savez(wrong, pixels=x)
+    rc, stdout, _ = cli(capsys, run_dir, wrong, pngs["known"][0], "--format", "csv")
+    rows = read_csv(stdout)
+    assert rc == 0 and "no array named x, images, x_test" in rows[0]["error"]
+    assert rows[1]["error"] == ""
+
+
+def test_json_csv_and_table_formats_agree(capsys, run_dir, pngs, tmp_path):
+    files = pngs["known"][:5] + pngs["unseen"][:5]
+    _, csv_text, _ = cli(capsys, run_dir, *files, "--format", "csv")
+    _, json_text, _ = cli(capsys, run_dir, *files, "--format", "json")
+    rc, table_text, _ = cli(capsys, run_dir, *files)
+    doc = json.loads(json_text)
+    rows = read_csv(csv_text)
+    assert rc == 0 and doc["score"] == "energy" and doc["known_acceptance"] == 0.95
+    assert doc["classes"] == [str(d) for d in range(10) if str(d) != HOLDOUT]
+    assert [r["prediction"] for r in rows] == [r["prediction"] for r in doc["predictions"]]
+    assert [float(r["score"]) for r in rows] == [r["score"] for r in doc["predictions"]]
+    assert all(r["threshold"] == doc["threshold"] for r in doc["predictions"])
+    lines = table_text.splitlines()
+    assert lines[0].split()[:4] == ["input", "prediction", "score", "threshold"]
+    assert "10 image(s)" in table_text
+    # --output FILE picks the format from its suffix
+    out = tmp_path / "p.json"
+    assert cli(capsys, run_dir, *files, "--output", out)[0] == 0
+    assert json.loads(out.read_text())["predictions"] == doc["predictions"]
+
+
+# ----------------------------------------------------------------------------- thresholds
+
+
+def test_known_acceptance_recalibration_is_monotonic(predictor, run_dir, digits):
+    val = np.load(run_dir / "scores.npz")["val_score_energy"]
+    test_scores = predictor.scores(digits.x_test)
+    thresholds, accepted = [], []
+    for f in (0.5, 0.8, 0.9, 0.95, 0.99, 1.0):
+        p = predictor.with_options(known_acceptance=f)
+        assert p.threshold == calibrate_threshold(val, f)
+        assert np.mean(val >= p.threshold) >= f  # the definition, on the validation images
+        thresholds.append(p.threshold)
+        accepted.append(int((p.predict(digits.x_test) >= 0).sum()))
+        assert accepted[-1] == int((test_scores >= p.threshold).sum())
+    assert thresholds == sorted(thresholds, reverse=True)
+    assert accepted == sorted(accepted)
+    assert accepted[0] < accepted[-1]
+    assert predictor.threshold == calibrate_threshold(val, 0.95)  # the original is unchanged
+
+
+def test_threshold_override_and_cli_recalibration(capsys, run_dir, pngs):
+    files = pngs["known"][:20] + pngs["unseen"][:20]
+    counts = {}
+    for flag in (["--threshold", "-1e9"], ["--threshold", "1e9"],
+                 ["--known-acceptance", "0.6"], ["--known-acceptance", "0.99"]):  # fmt: skip
+        rc, stdout, _ = cli(capsys, run_dir, *files, "--format", "json", *flag)
+        doc = json.loads(stdout)
+        counts[flag[1]] = sum(r["prediction"] == "unknown" for r in doc["predictions"])
+        if flag[0] == "--threshold":
+            assert doc["threshold"] == float(flag[1]) and doc["known_acceptance"] is None
+    assert counts["-1e9"] == 0 and counts["1e9"] == 40
+    assert counts["0.6"] >= counts["0.99"]
+    rc, _, err = cli(capsys, run_dir, *files, "--threshold", "1", "--known-acceptance", "0.9")
+    assert rc == 2 and "not allowed with argument" in err
+    rc, _, err = cli(capsys, run_dir, *files, "--known-acceptance", "1.5")
+    assert rc == 2
+
+
+def test_score_choice(capsys, predictor, run_dir, pngs):
+    assert predictor.score_name == "energy"
+    assert set(predictor.available_scores) == {"msp", "maxlogit", "energy", "entropy"}
+    rc, _, err = cli(capsys, run_dir, pngs["known"][0], "--score", "nope")
+    assert rc == 2 and "score 'nope' is not available" in err and "energy" in err
+
+
+# ----------------------------------------------------------------------------- the Python API
+
+
+def test_api_gives_identical_results_for_tensors_arrays_and_pil(predictor, digits):
+    x = digits.x_test[:64]  # uint8 N x 1 x 8 x 8
+    expected = predictor.predict(x)
+    assert expected.dtype == np.int64 and expected.shape == (64,)
+    assert set(expected.tolist()) <= set(range(-1, len(predictor.classes)))
+    arr = x[:, 0].numpy()
+    variants = {
+        "tensor N1HW": x,
+        "float tensor": x.float() / 255,
+        "array NHW": arr,
+        "array NHWC": arr[..., None],
+        "float array": arr.astype(np.float32) / 255,
+        "list of arrays": list(arr),
+        "list of tensors": list(x),
+        "list of PIL": [Image.fromarray(a, mode="L") for a in arr],
+        "list of RGB PIL": [Image.fromarray(a, mode="L").convert("RGB") for a in arr],
+    }
+    for name, images in variants.items():
+        np.testing.assert_array_equal(predictor.predict(images), expected, err_msg=name)
+    single = predictor.predict(Image.fromarray(arr[3], mode="L"))
+    assert single.tolist() == [expected[3]]
+    names = predictor.predict_names(x)
+    assert names == [predictor.classes[i] if i >= 0 else "unknown" for i in expected]
+    assert predictor.classes == tuple(str(d) for d in range(10) if str(d) != HOLDOUT)
+    assert predictor.predict([]).shape == (0,)
+    # scores: the chosen one, equal to the run's stored test scores
+    stored = np.load(predictor.run_dir / "scores.npz")
+    np.testing.assert_allclose(predictor.scores(digits.x_test), stored["score_energy"], rtol=1e-5)
+    every = predictor.all_scores(x)
+    np.testing.assert_allclose(every["msp"], stored["score_msp"][:64], rtol=1e-5)
+
+
+def test_unseen_load_is_the_lazy_entry_point(run_dir):
+    p = unseen.load(run_dir, score="msp", known_acceptance=0.9, device="cpu")
+    assert isinstance(p, Predictor) and p.score_name == "msp" and p.known_acceptance == 0.9
+    assert "msp" in repr(p)
+
+
+def test_input_conversion_channels_size_and_range(predictor):
+    rng = np.random.default_rng(0)
+    rgb = rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)
+    pil = Image.fromarray(rgb, mode="RGB")
+    # RGB -> L as PIL does it
+    expected = np.array(pil.convert("L"))
+    assert np.array_equal(predictor.prepare(pil)[0, 0].numpy(), expected)
+    assert np.array_equal(predictor.prepare(rgb)[0, 0].numpy(), expected)
+    rgba = np.concatenate([rgb, np.full((8, 8, 1), 7, np.uint8)], axis=2)
+    assert np.array_equal(predictor.prepare(rgba)[0, 0].numpy(), expected)
+    # L -> RGB repeats the channel
+    gray = torch.from_numpy(rng.integers(0, 256, (2, 1, 5, 5), dtype=np.uint8))
+    assert torch.equal(convert_channels(gray, 3), gray.repeat(1, 3, 1, 1))
+    # any size is resized to the training size (8 x 8); compare with PIL's own resampling
+    big = rng.integers(0, 256, (32, 24), dtype=np.uint8)
+    ref = np.array(Image.fromarray(big).resize((8, 8), Image.BILINEAR), dtype=int)
+    got = predictor.prepare(big)
+    assert got.shape == (1, 1, 8, 8) and got.dtype == torch.uint8
+    assert np.abs(got[0, 0].numpy().astype(int) - ref).max() <= 1
+    assert resize_images(gray, (5, 5)) is gray
+    # floats must be in [0, 1]; integers in 0..255
+    with pytest.raises(UnseenError, match=r"\[0, 1\]"):
+        predictor.prepare(np.full((8, 8), 200.0))
+    with pytest.raises(UnseenError, match="0..255"):
+        predictor.prepare(np.full((8, 8), 300, dtype=np.int64))
+    with pytest.raises(UnseenError, match="not understood"):
+        predictor.prepare(np.zeros((2, 8, 8, 7), np.uint8))
+    with pytest.raises(UnseenError, match="cannot read an image"):
+        predictor.prepare("digit.png")
+
+
+# ----------------------------------------------------------------------------- run folders
+
+
+def copy_run(run_dir: Path, tmp_path: Path) -> Path:
+    return Path(shutil.copytree(run_dir, tmp_path / "copy"))
+
+
+def test_incompatible_version_and_missing_keys_give_one_clear_error(capsys, run_dir, pngs, tmp_path):
+    run = copy_run(run_dir, tmp_path)
+    ckpt = torch.load(run / "model.pt", weights_only=True)
+    torch.save({**ckpt, "format_version": 999, "unseen_version": "9.9"}, run / "model.pt")
+    with pytest.raises(UnseenError, match="format 999"):
+        load(run)
+    rc, _, err = cli(capsys, run, pngs["known"][0])
+    assert rc == 2 and "rerun the experiment" in err and "Traceback" not in err
+
+    torch.save({k: v for k, v in ckpt.items() if k != "split"}, run / "model.pt")
+    with pytest.raises(UnseenError, match="lacks split"):
+        load(run)
+    state = dict(ckpt["state_dict"])
+    state.pop("head.weight")
+    torch.save({**ckpt, "state_dict": state}, run / "model.pt")
+    with pytest.raises(UnseenError, match="do not fit"):
+        load(run)
+    torch.save([1, 2, 3], run / "model.pt")
+    with pytest.raises(UnseenError, match="not an unseen model file"):
+        load(run)
+
+
+class _Payload:
+    """Pickles into a call that would create a file: weights-only loading must refuse it."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+def test_model_file_carrying_code_is_refused(run_dir, tmp_path):
+    run = copy_run(run_dir, tmp_path)
+    marker = tmp_path / "code-ran"
+    torch.save({"format_version": 1, "state_dict": _Payload(marker)}, run / "model.pt")
+    with pytest.raises(UnseenError, match="weights-only"):
+        load(run)
+    assert not marker.exists()
+    # the same for detectors.pt
+    run2 = Path(shutil.copytree(run_dir, tmp_path / "copy2"))
+    torch.save({"energy": {"x_": _Payload(marker)}}, run2 / "detectors.pt")
+    with pytest.raises(UnseenError, match="weights-only"):
+        load(run2)
+    assert not marker.exists()
+
+
+def test_unfinished_run_is_refused(run_dir, tmp_path):
+    run = copy_run(run_dir, tmp_path)
+    (run / "run.json").unlink()
+    with pytest.raises(UnseenError, match="not a finished run"):
+        load(run)
+    with pytest.raises(UnseenError, match="does not exist"):
+        load(tmp_path / "nowhere")
+
+
+def test_multi_head_run_folders(capsys, run_dir, pngs, tmp_path):
+    """RUN/<head>/ holds each head's files; run.json at the top lists the heads."""
+    multi = tmp_path / "multi"
+    shutil.copytree(run_dir, multi / "softmax")
+    shutil.copytree(run_dir, multi / "other")
+    (multi / "softmax" / "run.json").unlink()
+    (multi / "other" / "run.json").unlink()
+    (multi / "run.json").write_text(
+        json.dumps({"status": "finished", "format_version": 1, "heads": ["softmax", "other"]})
+    )
+    assert load(multi, head="softmax").run_dir == multi / "softmax"
+    assert load(multi / "softmax").run_dir == multi / "softmax"
+    with pytest.raises(UnseenError, match="pass --head NAME"):
+        load(multi)
+    with pytest.raises(UnseenError, match="no head 'nope'"):
+        load(multi, head="nope")
+    with pytest.raises(UnseenError, match="is the folder of head 'softmax'"):
+        load(multi / "softmax", head="other")
+    rc, stdout, _ = cli(capsys, multi, pngs["known"][0], "--head", "softmax", "--format", "csv")
+    assert rc == 0 and read_csv(stdout)[0]["error"] == ""
+    # a head folder of an unfinished multi-head run is refused
+    (multi / "run.json").unlink()
+    with pytest.raises(UnseenError, match="not a finished run"):
+        load(multi / "softmax")

@@ -1,0 +1,340 @@
+"""Reports (issue 6): plot numbers against hand-computed values, the run report's files, the
+``unseen report`` command and comparisons, and the HTML in a real headless browser."""
+
+from __future__ import annotations
+
+import base64
+import json
+import math
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from unseen import plots
+from unseen.cli import main
+from unseen.metrics import auroc
+from unseen.report import aggregate_runs, build_report, find_runs, write_comparison
+
+# ----------------------------------------------------------------------------- plot numbers
+
+
+def test_confusion_counts_match_hand_computed():
+    # original classes 0..3; known 0, 1, 3 (network indices 0, 1, 2); unseen 2
+    labels = np.array([0, 0, 1, 3, 2, 2])
+    predicted = np.array([0, 1, 1, 2, 2, 0])  # network indices -> original 0, 1, 1, 3, 3, 0
+    counts = plots.confusion_counts(labels, predicted, known=[0, 1, 3], unseen=[2])
+    expected = np.array(
+        [
+            [1, 1, 0],  # true 0
+            [0, 1, 0],  # true 1
+            [0, 0, 1],  # true 3
+            [1, 0, 1],  # true 2 (unseen): one went to class 0, one to class 3
+        ]
+    )
+    np.testing.assert_array_equal(counts, expected)
+    fig = plots.confusion_figure(counts, ["0", "1", "3", "2"], ["0", "1", "3"], num_known=3)
+    ax = fig.axes[0]
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["0", "1", "3", "2 (unseen)"]
+    cell_texts = sorted(int(t.get_text()) for t in ax.texts)
+    assert cell_texts == sorted(expected[expected > 0].tolist())
+
+
+def test_expected_calibration_error_hand_example():
+    # two bins: (0.9, 1.0] holds 0.95 twice with accuracy 1/2 -> gap 0.45;
+    # (0.6, 0.7] holds 0.65 twice with accuracy 1 -> gap 0.35; each bin half the images
+    conf = np.array([0.95, 0.95, 0.65, 0.65])
+    correct = np.array([1, 0, 1, 1])
+    assert plots.expected_calibration_error(conf, correct, n_bins=10) == pytest.approx(0.4)
+    b = plots.calibration_bins(conf, correct, n_bins=10)
+    assert b.counts.tolist() == [0] * 6 + [2, 0, 0, 2]
+    assert b.accuracy[9] == pytest.approx(0.5) and b.accuracy[6] == pytest.approx(1.0)
+    assert math.isnan(b.accuracy[0])
+    # the ends of [0, 1] fall into the first and last bins
+    ends = plots.calibration_bins(np.array([0.0, 1.0]), np.array([1, 1]), n_bins=4)
+    assert ends.counts.tolist() == [1, 0, 0, 1]
+
+
+def test_ece_of_always_wrong_images_is_their_mean_confidence():
+    conf = np.random.default_rng(0).uniform(0.2, 1.0, 500)
+    ece = plots.expected_calibration_error(conf, np.zeros(500), n_bins=15)
+    assert ece == pytest.approx(conf.mean())
+    assert math.isnan(plots.expected_calibration_error(np.array([]), np.array([])))
+
+
+def test_reliability_figure_titles_carry_the_ece():
+    conf = np.array([0.95, 0.95, 0.65, 0.65])
+    fig = plots.reliability_figure(conf, np.array([1, 0, 1, 1]), np.array([0.8, 0.6]), n_bins=10)
+    left, right = fig.axes
+    assert "ECE 0.400" in left.get_title()
+    assert "ECE 0.700" in right.get_title()  # always wrong: mean confidence
+
+
+def test_histogram_marks_the_calibrated_threshold():
+    rng = np.random.default_rng(1)
+    fig = plots.score_histogram(rng.normal(2, 1, 300), rng.normal(0, 1, 40), 0.37, "energy")
+    ax = fig.axes[0]
+    lines = [ln for ln in ax.lines if ln.get_label() == "threshold"]
+    assert len(lines) == 1
+    assert np.allclose(lines[0].get_xdata(), [0.37, 0.37])
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert labels == ["known (300)", "unseen (40)", "threshold"]
+
+
+def test_roc_figure_curves_integrate_to_auroc():
+    rng = np.random.default_rng(2)
+    is_known = np.r_[np.ones(200, bool), np.zeros(60, bool)]
+    scores = {"a": np.r_[rng.normal(1, 1, 200), rng.normal(0, 1, 60)], "b": rng.normal(0, 1, 260)}
+    fig = plots.roc_figure(scores, is_known)
+    curves = {
+        ln.get_label().split(" ")[0]: ln
+        for ln in fig.axes[0].lines
+        if "AUROC" in str(ln.get_label())
+    }
+    assert set(curves) == {"a", "b"}
+    for name, ln in curves.items():
+        x, y = ln.get_xdata(), ln.get_ydata()
+        assert (x[0], y[0], x[-1], y[-1]) == (0, 0, 1, 1)
+        assert np.trapezoid(y, x) == pytest.approx(auroc(scores[name], is_known), abs=1e-9)
+
+
+def test_projection_subsamples_by_class_and_matches_pca():
+    from sklearn.decomposition import PCA
+
+    rng = np.random.default_rng(3)
+    labels = np.r_[np.zeros(400, int), np.ones(100, int), np.full(20, 2)]
+    feats = rng.normal(size=(520, 16)) + labels[:, None] * 3.0
+    proj = plots.project_features(feats, labels, max_points=104, tsne_points=0)
+    assert set(proj.coords) == {"PCA"}
+    assert 100 <= len(proj.index) <= 108
+    kept = np.bincount(labels[proj.index], minlength=3)
+    assert kept.tolist() == [80, 20, 4]  # proportional, every class kept
+    ref = PCA(n_components=16).fit(feats).transform(feats[proj.index])[:, :2]
+    got = proj.coords["PCA"]
+    # principal axes are defined up to sign
+    for k in range(2):
+        assert np.allclose(np.abs(got[:, k]), np.abs(ref[:, k]), atol=1e-4)
+
+    with_tsne = plots.project_features(feats, labels, max_points=300, tsne_points=60)
+    t = with_tsne.coords["t-SNE"]
+    assert t.shape == (len(with_tsne.index), 2)
+    assert 55 <= np.isfinite(t[:, 0]).sum() <= 65  # only the t-SNE subsample has coordinates
+    fig = plots.projection_figure(with_tsne, labels, ["a", "b", "c"], unseen=[2])
+    legend = [t.get_text() for t in fig.legends[0].get_texts()]
+    assert legend == ["a", "b", "c (unseen)"]
+
+
+def test_training_figure_plots_history_columns():
+    history = [
+        {"epoch": "1", "loss": "2.0", "train_accuracy": "0.3", "val_accuracy": "0.4", "lr": "0.1"},
+        {"epoch": "2", "loss": "1.0", "train_accuracy": "0.6", "val_accuracy": "nan", "lr": "0.05"},
+    ]
+    fig = plots.training_figure(history)
+    loss_ax, acc_ax, lr_ax = fig.axes
+    assert loss_ax.lines[0].get_ydata().tolist() == [2.0, 1.0]
+    assert [ln.get_label() for ln in acc_ax.lines] == ["training (augmented)", "validation"]
+    assert lr_ax.lines[0].get_ydata().tolist() == [0.1, 0.05]
+
+
+# ----------------------------------------------------------------------------- the run report
+
+PLOTS = ("roc", "confusion", "reliability", "projection", "training")
+
+
+def _metrics(run: Path) -> dict:
+    return json.loads((run / "metrics.json").read_text())
+
+
+def test_run_writes_scores_logits_and_features(digits_run):
+    d = np.load(digits_run / "scores.npz")
+    assert d["logits"].dtype == np.float32 and d["features"].dtype == np.float16
+    assert d["logits"].shape == (len(d["label"]), len(_metrics(digits_run)["known_classes"]))
+    assert len(d["features"]) == len(d["label"])
+    np.testing.assert_array_equal(d["logits"].argmax(1), d["predicted"])
+
+
+def test_run_report_is_self_contained_and_matches_the_plots(digits_run):
+    html_text = (digits_run / "report.html").read_text()
+    score_names = list(_metrics(digits_run)["scores"])
+    expected = {f"hist_{n}.png" for n in score_names} | {f"{p}.png" for p in PLOTS}
+    pngs = {p.name: p.read_bytes() for p in (digits_run / "plots").glob("*.png")}
+    assert set(pngs) == expected
+    # every image is an embedded PNG equal to the file in plots/; nothing is fetched
+    embedded = re.findall(r'<img src="data:image/png;base64,([A-Za-z0-9+/=]+)"', html_text)
+    assert len(embedded) == len(expected) == html_text.count("<img")
+    assert sorted(base64.b64decode(e) for e in embedded) == sorted(pngs.values())
+    assert not re.search(r'(src|href)="(https?:|//|plots/)', html_text)
+    assert "<link" not in html_text
+    # the facts and the score table
+    for fact in ("digits", "resnet20", "softmax", "standard", "cpu", "trained from scratch"):
+        assert fact in html_text
+    table = re.search(r'<table class="scores" id="score-table">.*?</table>', html_text, re.S)
+    assert table and all(f"<td>{n}</td>" in table.group(0) for n in score_names)
+    # report.md links every PNG by a path relative to the run folder
+    md = (digits_run / "report.md").read_text()
+    links = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", md)
+    assert sorted(Path(link).name for link in links) == sorted(expected)
+    assert all((digits_run / link).is_file() for link in links)
+
+
+def _copy_run(src: Path, dst: Path, seed: int | None = None, **config_changes) -> Path:
+    shutil.copytree(src, dst, ignore=shutil.ignore_patterns("model.pt", "detectors.pt"))
+    cfg = json.loads((dst / "config.json").read_text())
+    if seed is not None:
+        cfg["seed"] = seed
+    cfg.update(config_changes)
+    (dst / "config.json").write_text(json.dumps(cfg))
+    return dst
+
+
+def _set_metric(run: Path, score: str, key: str, value: float, closed: float) -> None:
+    m = _metrics(run)
+    m["scores"][score][key] = value
+    m["closed_set_accuracy"] = closed
+    (run / "metrics.json").write_text(json.dumps(m))
+
+
+def test_report_command_rebuilds_a_run_report(digits_run, tmp_path, capsys):
+    run = _copy_run(digits_run, tmp_path / "run")
+    (run / "report.html").unlink()
+    shutil.rmtree(run / "plots")
+    assert main(["report", str(run), "--no-tsne"]) == 0
+    assert (run / "report.html").is_file() and (run / "plots" / "roc.png").is_file()
+    assert "report:" in capsys.readouterr().out
+    # without t-SNE, the projection caption names PCA only
+    assert "PCA of the penultimate" in (run / "report.html").read_text()
+
+
+def test_report_command_refuses_unfinished_run(digits_run, tmp_path, capsys):
+    run = _copy_run(digits_run, tmp_path / "run")
+    (run / "run.json").unlink()
+    assert main(["report", str(run)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "not a finished run" in err
+    assert main(["report", str(tmp_path / "missing")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+
+
+def test_multi_head_run_gets_a_section_per_head(digits_run, tmp_path):
+    top = tmp_path / "multi"
+    top.mkdir()
+    cfg = json.loads((digits_run / "config.json").read_text())
+    heads = ["softmax", "ovr"]
+    for head in heads:
+        _copy_run(digits_run, top / head, head=[head])
+        m = _metrics(top / head)
+        m["head"] = head
+        (top / head / "metrics.json").write_text(json.dumps(m))
+    (top / "config.json").write_text(json.dumps({**cfg, "head": heads}))
+    (top / "metrics.json").write_text(json.dumps({"heads": {h: _metrics(top / h) for h in heads}}))
+    shutil.copy(digits_run / "run.json", top / "run.json")
+    path = build_report(top, tsne=False)
+    text = path.read_text()
+    assert 'id="head-softmax"' in text and 'id="head-ovr"' in text
+    assert text.count('id="score-table"') == 2
+    for head in heads:
+        assert (top / head / "plots" / "confusion.png").is_file()
+        assert (top / head / "report.html").is_file()  # each head folder is a run with a report
+    md = (top / "report.md").read_text()
+    assert "(ovr/plots/roc.png)" in md and "(softmax/plots/roc.png)" in md
+    # a comparison of the multi-head run has one row per head
+    rows = aggregate_runs([top])
+    assert sorted(r["head"] for r in rows) == heads
+
+
+def test_aggregate_groups_seeds_and_averages(digits_run, tmp_path):
+    a = _copy_run(digits_run, tmp_path / "sweep" / "a", seed=0)
+    b = _copy_run(digits_run, tmp_path / "sweep" / "b", seed=1, out="elsewhere")
+    c = _copy_run(digits_run, tmp_path / "sweep" / "c", seed=0, lr=0.05)
+    _set_metric(a, "msp", "auroc", 0.80, closed=0.90)
+    _set_metric(b, "msp", "auroc", 0.90, closed=0.96)
+    _set_metric(c, "msp", "auroc", 0.70, closed=0.50)
+    rows = aggregate_runs([a, b, c])
+    assert len(rows) == 2
+    same = next(r for r in rows if r["n_runs"] == 2)
+    other = next(r for r in rows if r["n_runs"] == 1)
+    assert sorted(same["seeds"]) == [0, 1]
+    assert same["scores"]["msp"]["auroc"]["mean"] == pytest.approx(0.85)
+    assert same["scores"]["msp"]["auroc"]["std"] == pytest.approx(np.std([0.8, 0.9], ddof=1))
+    assert same["metrics"]["closed_set_accuracy"]["mean"] == pytest.approx(0.93)
+    assert other["scores"]["msp"]["auroc"] == {"mean": 0.70, "std": None, "n": 1}
+    assert same["label"] == "lr=0.1" and other["label"] == "lr=0.05"
+    # other scores: both runs have the fixture's value, so std 0
+    energy = same["scores"]["energy"]["oscr"]
+    assert energy["std"] == pytest.approx(0.0) and energy["n"] == 2
+
+    out = write_comparison([a, b, c], tmp_path / "cmp")
+    text = out.read_text()
+    assert "0.850 ± 0.071" in text and 'id="score-table"' in text
+    saved = json.loads((tmp_path / "cmp" / "comparison.json").read_text())
+    assert saved[0]["scores"]["msp"]["auroc"]["n"] in (1, 2)
+    assert (tmp_path / "cmp" / "comparison.csv").read_text().count("\n") > 10
+    assert (tmp_path / "cmp" / "plots" / "compare_auroc.png").is_file()
+
+
+def test_folder_of_runs_skips_unfinished_and_writes_inside(digits_run, tmp_path, capsys):
+    sweep = tmp_path / "sweep"
+    _copy_run(digits_run, sweep / "s0", seed=0)
+    _copy_run(digits_run, sweep / "nested" / "s1", seed=1)
+    unfinished = _copy_run(digits_run, sweep / "s2", seed=2)
+    (unfinished / "run.json").unlink()
+    assert [p.name for p in find_runs([sweep])] == ["s1", "s0"]
+    assert main(["report", str(sweep)]) == 0
+    captured = capsys.readouterr()
+    assert "skipping" in captured.err and "s2" in captured.err
+    text = (sweep / "comparison" / "comparison.html").read_text()
+    assert "2 run(s)" in text
+    # a folder with no runs at all, and an explicit unfinished run, are one-line errors
+    (tmp_path / "empty").mkdir()
+    assert main(["report", str(tmp_path / "empty"), str(sweep)]) == 2
+    assert main(["report", str(sweep / "s0"), str(unfinished)]) == 2
+    assert "not a finished run" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------- in a browser
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+def _dump_dom(page: Path, tmp_path: Path) -> str:
+    cmd = [
+        CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+        "--disable-component-update", "--disable-sync", "--no-first-run",
+        f"--user-data-dir={tmp_path / 'chromium-profile'}", "--virtual-time-budget=5000",
+        "--dump-dom", page.resolve().as_uri(),
+    ]  # fmt: skip
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return done.stdout
+
+
+@pytest.mark.skipif(
+    CHROMIUM is None, reason="chromium is not installed (.ci/run installs it with apt-get)"
+)
+def test_report_renders_in_headless_chromium(digits_run, tmp_path):
+    dom = _dump_dom(digits_run / "report.html", tmp_path)
+    body = re.search(r"<body([^>]*)>", dom)
+    assert body, dom[:500]
+    loaded = re.search(r'data-images-loaded="(\d+)/(\d+)"', body.group(1))
+    assert loaded, f"the page's load script did not run: {body.group(0)}"
+    ok, total = map(int, loaded.groups())
+    assert total == len(list((digits_run / "plots").glob("*.png"))) and ok == total
+    assert 'id="score-table"' in dom
+    for name in _metrics(digits_run)["scores"]:
+        assert f"<td>{name}</td>" in dom
+
+
+@pytest.mark.skipif(
+    CHROMIUM is None, reason="chromium is not installed (.ci/run installs it with apt-get)"
+)
+def test_comparison_renders_in_headless_chromium(digits_run, tmp_path):
+    a = _copy_run(digits_run, tmp_path / "a", seed=0)
+    b = _copy_run(digits_run, tmp_path / "b", seed=1)
+    page = write_comparison([a, b], tmp_path / "cmp")
+    dom = _dump_dom(page, tmp_path)
+    loaded = re.search(r'<body[^>]*data-images-loaded="(\d+)/(\d+)"', dom)
+    assert loaded and loaded.group(1) == loaded.group(2) != "0"
+    assert 'id="score-table"' in dom and 'id="config-table"' in dom

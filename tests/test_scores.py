@@ -1,0 +1,49 @@
+"""The sign convention of the logit scores: higher = more likely a known class."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from unseen.errors import ConfigError
+from unseen.scores import (
+    SCORES,
+    Outputs,
+    energy,
+    expand_score_names,
+    max_logit,
+    max_softmax,
+    negative_entropy,
+)
+
+BASE = ["msp", "maxlogit", "energy", "entropy"]
+
+
+def _outputs(logits: torch.Tensor) -> Outputs:
+    return Outputs(logits=logits, features=torch.zeros(len(logits), 4))
+
+
+@pytest.mark.parametrize("name", BASE)
+def test_confident_logits_score_higher_than_flat_ones(name):
+    confident = torch.tensor([[12.0, 0.0, 0.0], [0.0, 9.0, 1.0]])
+    flat = torch.tensor([[1.0, 1.0, 1.0], [0.5, 0.4, 0.5]])
+    s = SCORES[name]()
+    assert (s.score(_outputs(confident)).min() > s.score(_outputs(flat)).max()).item()
+
+
+def test_logit_score_values():
+    z = torch.tensor([[2.0, 0.0], [0.0, 0.0]])
+    assert torch.allclose(max_softmax(z), torch.tensor([math.exp(2) / (math.exp(2) + 1), 0.5]))
+    assert torch.allclose(max_logit(z), torch.tensor([2.0, 0.0]))
+    assert torch.allclose(energy(z), torch.tensor([math.log(math.exp(2) + 1), math.log(2)]))
+    assert torch.allclose(negative_entropy(z)[1], torch.tensor(-math.log(2)))
+    assert (negative_entropy(z) <= 0).all()
+
+
+def test_score_names():
+    assert expand_score_names(["energy", "msp", "energy"]) == ["energy", "msp"]
+    assert set(BASE) <= set(expand_score_names(["all"]))
+    with pytest.raises(ConfigError, match="not known"):
+        expand_score_names(["nope"])

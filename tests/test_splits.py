@@ -1,0 +1,89 @@
+"""Split and remap logic."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from unseen.data import FASHION_CLASSES, ImageData, load_dataset
+from unseen.errors import ConfigError
+from unseen.splits import UNSEEN, make_split, split_data
+
+
+def test_default_holds_out_last_class():
+    s = make_split(FASHION_CLASSES)
+    assert s.unseen == (9,) and s.known == tuple(range(9))
+    assert s.unseen_names == ["Ankle boot"]
+
+
+def test_holdout_class_zero_remaps_the_rest():
+    s = make_split(tuple("abcd"), holdout=("0",))
+    assert s.known == (1, 2, 3)
+    assert s.remap(torch.tensor([0, 1, 2, 3, 1])).tolist() == [UNSEEN, 0, 1, 2, 0]
+    assert s.to_dict()["mapping"] == {"b": 0, "c": 1, "d": 2}
+
+
+def test_holdout_by_name_case_insensitive_and_several():
+    s = make_split(FASHION_CLASSES, holdout=("ankle boot", "Sandal"))
+    assert s.unseen == (5, 9)
+    assert s.remap(torch.tensor([6, 7, 8])).tolist() == [5, 6, 7]
+
+
+def test_known_is_the_complement():
+    s = make_split(FASHION_CLASSES, known=("0", "1", "Dress"))
+    assert s.known == (0, 1, 3)
+    assert len(s.unseen) == 7
+
+
+@pytest.mark.parametrize(
+    "kwargs, fragment",
+    [
+        (dict(holdout=("Hat",)), "'Hat' is not a class"),
+        (dict(holdout=("10",)), "'10' is not a class"),
+        (dict(holdout=tuple(str(i) for i in range(10))), "every class is held out"),
+        (dict(holdout=tuple(str(i) for i in range(9))), "only one known class"),
+        (dict(holdout=("1",), known=("2",)), "not both"),
+    ],
+)
+def test_bad_splits_are_one_clear_error(kwargs, fragment):
+    with pytest.raises(ConfigError, match=fragment):
+        make_split(FASHION_CLASSES, **kwargs)
+
+
+def _toy(n_per_class=20, classes=4) -> ImageData:
+    y = torch.arange(classes).repeat_interleave(n_per_class)
+    x = torch.randint(0, 255, (len(y), 1, 4, 4), dtype=torch.uint8)
+    return ImageData("toy", x, y, x.clone(), y.clone(), tuple("abcd"[:classes]), "test")
+
+
+def test_split_data_excludes_unseen_from_training_and_keeps_validation_apart():
+    data = _toy()
+    s = make_split(data.classes, holdout=("b",))
+    sd = split_data(data, s, val_fraction=0.25, seed=3)
+    assert len(sd.x_train) + len(sd.x_val) == 60  # three known classes x 20
+    assert set(sd.y_train.tolist()) == {0, 1, 2} and set(sd.y_val.tolist()) == {0, 1, 2}
+    assert np.bincount(sd.y_val.numpy()).tolist() == [5, 5, 5]  # stratified
+    assert (sd.y_test == UNSEEN).sum() == 20
+    assert sd.y_test_original[sd.y_test == UNSEEN].unique().tolist() == [1]
+    # seeded: same seed same slice, another seed another slice
+    again = split_data(data, s, val_fraction=0.25, seed=3)
+    other = split_data(data, s, val_fraction=0.25, seed=4)
+    assert torch.equal(sd.x_val, again.x_val)
+    assert not torch.equal(sd.x_val, other.x_val)
+
+
+def test_subsets_are_stratified():
+    data = _toy(n_per_class=50)
+    s = make_split(data.classes)
+    sd = split_data(data, s, train_subset=80, test_subset=40, seed=0)
+    assert len(sd.x_train) + len(sd.x_val) == 60  # 80 drawn, the held-out quarter dropped
+    assert np.bincount(sd.y_test_original.numpy()).tolist() == [10, 10, 10, 10]
+
+
+def test_digits_default_split_sizes():
+    data = load_dataset("digits")
+    assert data.x_train.dtype == torch.uint8 and data.x_train.shape[1:] == (1, 8, 8)
+    assert len(data.y_train) + len(data.y_test) == 1797
+    sd = split_data(data, make_split(data.classes), val_fraction=0.1, seed=0)
+    assert (sd.y_train >= 0).all() and int(sd.test_is_unseen.sum()) == int((data.y_test == 9).sum())

@@ -1,0 +1,494 @@
+"""unseen sweep: protocol expansion, config hash, resuming, aggregation, rare classes, balance."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from unseen import sweep
+from unseen.cli import main
+from unseen.config import RunConfig, resolve_config
+from unseen.data import load_dataset
+from unseen.errors import ConfigError
+from unseen.rare import rare_keep_count, rare_metrics, resolve_rare
+from unseen.runfolder import is_finished, mark_finished, write_json
+from unseen.splits import make_split, split_data
+from unseen.sweep import SweepOptions, config_hash, expand
+
+DIGITS = tuple(str(i) for i in range(10))
+TINY = RunConfig(epochs=1, train_subset=200, scores=("msp",), device="cpu", precision="fp32")
+
+
+# ----------------------------------------------------------------------------- expansion
+
+
+def test_loo_expands_to_one_run_per_class_and_seed():
+    runs = expand(TINY, DIGITS, SweepOptions("loo", seeds=2))
+    assert len(runs) == 20
+    assert [r.config.holdout for r in runs[:4]] == [("0",), ("0",), ("1",), ("1",)]
+    assert [r.config.seed for r in runs[:4]] == [0, 1, 0, 1]
+    assert all(r.config.known is None for r in runs)
+    assert {r.tags["condition"] for r in runs} == set(DIGITS)
+    # only seed and holdout change: every other field is the base's
+    assert runs[5].config == TINY.replace(holdout=("2",), seed=1)
+
+
+def test_seeds_start_at_the_given_seed():
+    runs = expand(TINY.replace(seed=5), DIGITS, SweepOptions("loo", seeds=3))
+    assert sorted({r.config.seed for r in runs}) == [5, 6, 7]
+
+
+def test_neal6_uses_the_published_splits():
+    runs = expand(TINY, DIGITS, SweepOptions("neal6"))
+    assert [r.config.known for r in runs] == [
+        ("0", "1", "2", "4", "5", "9"),
+        ("0", "3", "5", "7", "8", "9"),
+        ("0", "1", "5", "6", "7", "8"),
+        ("3", "4", "5", "7", "8", "9"),
+        ("0", "1", "2", "3", "7", "8"),
+    ]
+    assert all(r.config.holdout is None for r in runs)
+    with pytest.raises(ConfigError, match="ten-class"):
+        expand(TINY, DIGITS[:8], SweepOptions("neal6"))
+
+
+def test_neal6_uses_class_names_of_the_dataset():
+    names = tuple(f"c{i}" for i in range(10))
+    runs = expand(TINY, names, SweepOptions("neal6"))
+    assert runs[3].config.known == ("c3", "c4", "c5", "c7", "c8", "c9")
+
+
+def test_random_splits_are_distinct_seeded_and_prefix_stable():
+    five = expand(TINY, DIGITS, SweepOptions("random:6"))
+    assert len(five) == 5
+    known = [r.config.known for r in five]
+    assert len(set(known)) == 5
+    assert all(len(k) == 6 and list(k) == sorted(k) for k in known)
+    # independent of --seed, and the first splits of a longer list are the same
+    again = expand(TINY.replace(seed=3), DIGITS, SweepOptions("random:6", splits=7))
+    assert [r.config.known for r in again][:5] == known
+    with pytest.raises(ConfigError, match="known classes"):
+        expand(TINY, DIGITS, SweepOptions("random:10"))
+    with pytest.raises(ConfigError, match="different"):
+        expand(TINY, DIGITS[:4], SweepOptions("random:3", splits=5))  # only 4 splits exist
+
+
+def test_rare_expands_fractions_and_balance_modes():
+    runs = expand(TINY, DIGITS, SweepOptions("rare:3"))
+    assert [r.config.rare for r in runs] == [
+        ("3:0",),
+        ("3:0.001",),
+        ("3:0.01",),
+        ("3:0.1",),
+        ("3:1",),
+    ]
+    assert all(r.config.holdout is None and r.config.known is None for r in runs)
+    both = expand(
+        TINY, DIGITS, SweepOptions("rare:3", fractions=(0.0, 0.5), balances=("none", "sampler"))
+    )
+    assert [(r.tags["condition"], r.config.balance) for r in both] == [
+        (0.0, "none"), (0.0, "sampler"), (0.5, "none"), (0.5, "sampler"),
+    ]  # fmt: skip
+    with pytest.raises(ConfigError, match="not a class"):
+        expand(TINY, DIGITS, SweepOptions("rare:cat"))
+
+
+def test_protocol_and_option_mistakes_are_config_errors():
+    for bad in ("lo", "random", "random:x", "rare:"):
+        with pytest.raises(ConfigError):
+            expand(TINY, DIGITS, SweepOptions(bad))
+    with pytest.raises(ConfigError, match="--splits"):
+        expand(TINY, DIGITS, SweepOptions("loo", splits=3))
+    with pytest.raises(ConfigError, match="--fractions"):
+        expand(TINY, DIGITS, SweepOptions("loo", fractions=(0.5,)))
+    with pytest.raises(ConfigError, match="holdout"):
+        expand(TINY.replace(holdout=("3",)), DIGITS, SweepOptions("loo"))
+    with pytest.raises(ConfigError):
+        sweep.parse_fractions("0.5,2")
+    assert sweep.parse_balances("all") == ("none", "weighted-loss", "sampler")
+
+
+# ----------------------------------------------------------------------------- hash
+
+
+def test_config_hash_ignores_out_and_changes_with_settings():
+    h = config_hash(TINY)
+    assert len(h) == 64
+    assert config_hash(TINY.replace(out="/somewhere/else")) == h
+    assert config_hash(TINY.replace(epochs=2)) != h
+    assert config_hash(TINY.replace(holdout=("3",))) != config_hash(TINY.replace(holdout=("4",)))
+    # a setting given explicitly at its default value is the same configuration
+    assert config_hash(TINY.replace(batch_size=128)) == h
+
+
+def test_config_hash_is_stable_across_processes():
+    code = (
+        "from unseen.config import RunConfig; from unseen.sweep import config_hash; "
+        "print(config_hash(RunConfig(epochs=1, train_subset=200, scores=('msp',), "
+        "device='cpu', precision='fp32')))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == config_hash(TINY)
+
+
+def test_run_folders_are_named_from_label_and_hash(tmp_path):
+    runs = sweep.plan(TINY, DIGITS, SweepOptions("loo"), tmp_path)
+    r = runs[3]
+    assert r.run_dir == tmp_path / "runs" / f"loo-3-seed0-{config_hash(r.config)[:8]}"
+    assert config_hash(r.config) == config_hash(r.config.replace(out=None))
+
+
+# ----------------------------------------------------------------------------- resuming
+
+
+def _fake_metrics(cfg: RunConfig, auroc: float = 0.9) -> dict:
+    return {
+        "closed_set_accuracy": 0.5 + cfg.seed / 10,
+        "unseen_predicted_as": {"1": 3, "7": 1},
+        "scores": {
+            "msp": {"auroc": auroc, "fpr_at_95_tpr": 0.4, "oscr": 0.7, "open_set_accuracy": 0.8}
+        },
+    }
+
+
+@pytest.fixture
+def fake_runs(monkeypatch):
+    """Replace training by a fake that writes metrics.json and run.json; record the calls."""
+    calls: list[RunConfig] = []
+
+    def fake_run_experiment(cfg, progress=True, log=print):
+        calls.append(cfg)
+        write_json(Path(cfg.out) / "metrics.json", _fake_metrics(cfg))
+        mark_finished(cfg.out, heads=list(cfg.head))
+
+    monkeypatch.setattr("unseen.experiment.run_experiment", fake_run_experiment)
+    return calls
+
+
+def test_second_invocation_trains_nothing(tmp_path, fake_runs):
+    opts = SweepOptions("random:8", splits=2, seeds=2)
+    first = sweep.run_sweep(TINY, opts, tmp_path, report=False, log=None)
+    assert len(fake_runs) == 4
+    assert [o.status for o in first.outcomes] == ["finished"] * 4
+    mtimes = {r.run_dir: (r.run_dir / "run.json").stat().st_mtime_ns for r in first.runs}
+    second = sweep.run_sweep(TINY, opts, tmp_path, report=False, log=None)
+    assert len(fake_runs) == 4  # nothing ran again
+    assert [o.status for o in second.outcomes] == ["skipped"] * 4
+    assert {r.run_dir: (r.run_dir / "run.json").stat().st_mtime_ns for r in second.runs} == mtimes
+    assert second.summary["runs_finished"] == 4
+    # a changed setting is a different run: all four run again, in new folders
+    sweep.run_sweep(TINY.replace(lr=0.05), opts, tmp_path, report=False, log=None)
+    assert len(fake_runs) == 8
+    assert len(list((tmp_path / "runs").iterdir())) == 8
+
+
+def test_interrupted_sweep_continues_where_it_stopped(tmp_path, monkeypatch):
+    done: list[str] = []
+
+    def flaky(cfg, progress=True, log=print):
+        if len(done) == 2:
+            raise KeyboardInterrupt
+        done.append(cfg.out)
+        write_json(Path(cfg.out) / "metrics.json", _fake_metrics(cfg))
+        mark_finished(cfg.out)
+
+    monkeypatch.setattr("unseen.experiment.run_experiment", flaky)
+    opts = SweepOptions("random:8", splits=4)
+    with pytest.raises(KeyboardInterrupt):
+        sweep.run_sweep(TINY, opts, tmp_path, report=False, log=None)
+    runs = sweep.plan(TINY, DIGITS, opts, tmp_path)
+    assert [is_finished(r.run_dir) for r in runs] == [True, True, False, False]
+
+    again: list[str] = []
+
+    def record(cfg, progress=True, log=print):
+        again.append(cfg.out)
+        write_json(Path(cfg.out) / "metrics.json", _fake_metrics(cfg))
+        mark_finished(cfg.out)
+
+    monkeypatch.setattr("unseen.experiment.run_experiment", record)
+    sweep.run_sweep(TINY, opts, tmp_path, report=False, log=None)
+    assert again == [str(r.run_dir) for r in runs[2:]]
+
+
+def test_a_failed_run_is_reported_and_the_others_still_run(tmp_path, monkeypatch):
+    def sometimes(cfg, progress=True, log=print):
+        if cfg.known == expand(TINY, DIGITS, SweepOptions("random:8"))[0].config.known:
+            raise ConfigError("boom")
+        write_json(Path(cfg.out) / "metrics.json", _fake_metrics(cfg))
+        mark_finished(cfg.out)
+
+    monkeypatch.setattr("unseen.experiment.run_experiment", sometimes)
+    result = sweep.run_sweep(
+        TINY, SweepOptions("random:8", splits=3), tmp_path, report=False, log=None
+    )
+    assert [o.status for o in result.outcomes] == ["failed", "finished", "finished"]
+    assert result.failed[0].error == "boom"
+    assert (result.runs[0].run_dir / "error.txt").is_file()
+    assert result.summary["runs_finished"] == 2
+
+
+# ----------------------------------------------------------------------------- aggregation
+
+
+def _write_fake_run(folder: Path, metrics: dict) -> None:
+    write_json(folder / "metrics.json", metrics)
+    mark_finished(folder)
+
+
+def test_aggregation_matches_hand_computed_means_and_stds(tmp_path):
+    base = TINY
+    runs = expand(base, DIGITS, SweepOptions("loo", seeds=3))[:6]  # classes 0 and 1, seeds 0-2
+    runs = [
+        sweep.PlannedRun(r.label, r.config.replace(out=str(tmp_path / r.label)), r.tags)
+        for r in runs
+    ]
+    aurocs = [0.8, 0.9, 1.0, 0.6, 0.7, None]  # a missing value (NaN written as null)
+    accs = [0.90, 0.92, 0.94, 0.80, 0.84, 0.88]
+    absorbed = [{"7": 5, "1": 2}, {"7": 1, "1": 4}, {"1": 1}, {"4": 3}, {"4": 1, "9": 2}, {"9": 1}]
+    for r, a, acc, ab in zip(runs, aurocs, accs, absorbed, strict=True):
+        _write_fake_run(
+            r.run_dir,
+            {"closed_set_accuracy": acc, "unseen_predicted_as": ab,
+             "scores": {"msp": {"auroc": a, "fpr_at_95_tpr": 1 - (a or 0), "oscr": 0.5}}},
+        )  # fmt: skip
+    runs.append(
+        sweep.PlannedRun("unfinished", TINY.replace(out=str(tmp_path / "nothing")), runs[0].tags)
+    )
+    summary = sweep.aggregate(sweep.load_records(runs), "loo")
+    (v,) = summary["variants"]
+    assert v["runs"] == 6
+    acc = v["closed_set_accuracy"]
+    assert acc["mean"] == pytest.approx(sum(accs) / 6)
+    assert acc["std"] == pytest.approx(np.std(accs, ddof=1))
+    au = v["scores"]["msp"]["auroc"]
+    assert au["n"] == 5
+    assert au["mean"] == pytest.approx((0.8 + 0.9 + 1.0 + 0.6 + 0.7) / 5)
+    m = 0.8
+    assert au["std"] == pytest.approx(
+        math.sqrt(sum((x - m) ** 2 for x in [0.8, 0.9, 1.0, 0.6, 0.7]) / 4)
+    )
+    assert v["scores"]["msp"]["oscr"] == {"mean": 0.5, "std": 0.0, "n": 6}
+    c0, c1 = v["conditions"]
+    assert (c0["condition"], c1["condition"]) == ("0", "1")
+    assert c0["auroc"]["msp"]["mean"] == pytest.approx(0.9)
+    assert c0["auroc"]["msp"]["std"] == pytest.approx(0.1)
+    assert c1["auroc"]["msp"] == {
+        "mean": pytest.approx(0.65),
+        "std": pytest.approx(math.sqrt(0.005)),
+        "n": 2,
+    }
+    # class 0: "7" took 6 of 13, "1" took 7 of 13 -> "1"
+    assert c0["absorbed_by"] == {"class": "1", "share": pytest.approx(7 / 13)}
+    assert c1["absorbed_by"] == {"class": "4", "share": pytest.approx(4 / 7)}
+    text = sweep.format_summary(summary)
+    # hardest first: class 1 (0.65) before class 0 (0.9)
+    assert text.index("\n1 ") < text.index("\n0 ")
+    assert "0.900 ± 0.100" in text
+
+
+def test_single_run_has_no_std():
+    assert sweep.stat([0.7]) == {"mean": 0.7, "std": None, "n": 1}
+    assert sweep.stat([None, float("nan")]) == {"mean": None, "std": None, "n": 0}
+
+
+# ----------------------------------------------------------------------------- rare classes
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load_dataset("digits")
+
+
+def test_rare_subsampling_counts(digits):
+    rare = resolve_rare(("3:0.1",), digits.classes)
+    assert rare == [(3, 0.1)]
+    split = make_split(digits.classes, None, None, rare=rare)
+    assert split.known == tuple(range(10))  # with --rare nothing else is held out
+    n3 = int((digits.y_train == 3).sum())
+    sd = split_data(digits, split, seed=0, rare=rare)
+    assert int((sd.y_train == 3).sum()) == math.floor(0.1 * n3 + 0.5)
+    assert int((sd.y_val == 3).sum()) == 0  # the kept images are all trained on
+    # other classes are untouched: training + validation hold all their images
+    for c in (0, 5):
+        assert int((sd.y_train == c).sum() + (sd.y_val == c).sum()) == int(
+            (digits.y_train == c).sum()
+        )
+
+
+def test_rare_keep_rule():
+    assert rare_keep_count(127, 0.001) == 1  # at least one image when the class has any
+    assert rare_keep_count(127, 0.01) == 1
+    assert rare_keep_count(127, 0.1) == 13
+    assert rare_keep_count(125, 0.1) == 13  # 12.5 rounds up
+    assert rare_keep_count(127, 1.0) == 127
+    assert rare_keep_count(127, 0.0) == 0
+    assert rare_keep_count(0, 0.5) == 0
+
+
+def test_smaller_fractions_keep_subsets_of_larger_ones(digits):
+    kept = {}
+    for f in (0.05, 0.2, 0.6):
+        rare = [(3, f)]
+        sd = split_data(digits, make_split(digits.classes, rare=rare), seed=1, rare=rare)
+        kept[f] = {bytes(x.numpy()) for x, y in zip(sd.x_train, sd.y_train, strict=True) if y == 3}
+    assert kept[0.05] <= kept[0.2] <= kept[0.6]
+    assert len(kept[0.05]) < len(kept[0.2]) < len(kept[0.6])
+
+
+def test_rare_fraction_zero_makes_the_class_unseen(digits):
+    rare = [(3, 0.0)]
+    split = make_split(digits.classes, rare=rare)
+    assert split.unseen == (3,)
+    sd = split_data(digits, split, seed=0, rare=rare)
+    assert int((sd.y_test == -1).sum()) == int((digits.y_test == 3).sum())
+
+
+def test_rare_class_must_be_known_unless_absent(digits):
+    with pytest.raises(ConfigError, match="held out"):
+        make_split(digits.classes, holdout=("3",), rare=[(3, 0.5)])
+    assert make_split(digits.classes, holdout=("3",), rare=[(3, 0.0)]).unseen == (3,)
+    with pytest.raises(ConfigError, match="twice"):
+        resolve_rare(("3:0.5", "3:0.1"), digits.classes)
+
+
+def test_rare_option_parsing():
+    cfg = resolve_config({"rare": ("Ankle boot:0.01",)})
+    assert cfg.rare == ("Ankle boot:0.01",)
+    from unseen.config import parse_value
+
+    assert parse_value("rare", "3:0.5, 7:0") == ("3:0.5", "7:0")
+    for bad in ("3", "3:2", "3:x", ":0.5"):
+        with pytest.raises(ConfigError, match="CLASS:FRACTION"):
+            parse_value("rare", bad)
+
+
+def test_rare_metrics_known_answer():
+    # known classes 0, 3, 5 -> remapped 0, 1, 2; class 3 is rare; class 9 is unseen
+    y_orig = np.array([0, 0, 3, 3, 3, 5, 5, 9])
+    predicted = np.array([0, 1, 1, 0, 1, 2, 1, 1])
+    score = np.array([0.9, 0.8, 0.3, 0.85, 0.2, 0.7, 0.6, 0.1])
+    y_train = np.array([0, 0, 1, 2, 2])
+    out = rare_metrics([(3, 0.1)], DIGITS, [0, 3, 5], y_train, y_orig, predicted, {"s": score})
+    r = out["3"]
+    assert r["train_images"] == 1 and r["test_images"] == 3 and r["known"]
+    assert r["recall"] == pytest.approx(2 / 3)
+    # predicted as 3 among known-class images: indices 1, 2, 4, 6 -> 2 of 4 are 3s
+    assert r["precision"] == pytest.approx(0.5)
+    assert r["predicted_as"] == {"3": 2, "0": 1}
+    # others (0,0,5,5): 0.9 0.8 0.7 0.6 vs rare 0.3 0.85 0.2: pairs won = 4+3+2+2... computed
+    pos, neg = [0.9, 0.8, 0.7, 0.6], [0.3, 0.85, 0.2]
+    expected = np.mean([[p > n for n in neg] for p in pos])
+    assert r["auroc_vs_known"]["s"] == pytest.approx(expected)
+
+
+def test_rare_metrics_when_the_class_is_absent():
+    y_orig = np.array([0, 3, 3, 5])
+    out = rare_metrics(
+        [(3, 0.0)], DIGITS, [0, 5], np.array([0, 1]), y_orig, np.array([0, 1, 0, 1]),
+        {"s": np.array([0.9, 0.1, 0.2, 0.8])},
+    )  # fmt: skip
+    r = out["3"]
+    assert not r["known"] and r["train_images"] == 0
+    assert math.isnan(r["recall"]) and math.isnan(r["precision"])
+    assert r["predicted_as"] == {"5": 1, "0": 1}
+    assert r["auroc_vs_known"]["s"] == 1.0
+
+
+# ----------------------------------------------------------------------------- balance
+
+
+def test_class_weights_and_weighted_loss_match_torch():
+    from unseen.heads import HEADS
+    from unseen.train import class_weights, weighted_loss
+
+    y = torch.tensor([0, 0, 0, 1, 2, 2])
+    w = class_weights(y)
+    assert torch.allclose(w, torch.tensor([6 / (3 * 3), 6 / (3 * 1), 6 / (3 * 2)]))
+    logits = torch.randn(6, 3, generator=torch.Generator().manual_seed(0))
+    expected = F.cross_entropy(logits, y, weight=w)
+    got = weighted_loss(HEADS["softmax"], logits, y, 0.0, w)
+    assert torch.allclose(got, expected, atol=1e-6)
+
+
+# ----------------------------------------------------------------------------- command line
+
+
+def test_rare_on_unseen_run(tmp_path, capsys):
+    out = tmp_path / "run"
+    rc = main(
+        ["run", "--rare", "3:0.05", "--epochs", "1", "--train-subset", "300", "--scores", "msp",
+         "--device", "cpu", "--precision", "fp32", "--quiet", "--out", str(out), "--no-report"]
+    )  # fmt: skip
+    assert rc == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    config = json.loads((out / "config.json").read_text())
+    assert config["rare"] == ["3:0.05"] and config["split"]["unseen"] == []
+    r = metrics["rare"]["3"]
+    digits = load_dataset("digits")
+    from unseen.splits import stratified_subset
+
+    keep = stratified_subset(digits.y_train.numpy(), 300, 0)
+    n3 = int((digits.y_train.numpy()[keep] == 3).sum())
+    assert r["train_images"] == rare_keep_count(n3, 0.05)
+    # recall recomputed independently from scores.npz
+    arrays = np.load(out / "scores.npz")
+    is3 = arrays["label"] == 3
+    assert r["recall"] == pytest.approx(np.mean(arrays["predicted"][is3] == 3))
+    assert "rare class 3" in capsys.readouterr().out
+
+
+def test_bad_rare_and_protocol_exit_2(capsys):
+    assert main(["run", "--rare", "3:1.5"]) == 2
+    assert "CLASS:FRACTION" in capsys.readouterr().err
+    assert main(["sweep", "--protocol", "nope", "--epochs", "1"]) == 2
+    assert "--protocol" in capsys.readouterr().err
+    assert main(["sweep", "--protocol", "neal6", "--known", "1,2,3", "--dry-run"]) == 2
+
+
+def test_dry_run_lists_folders(tmp_path, capsys):
+    rc = main(["sweep", "--protocol", "loo", "--epochs", "1", "--dry-run", "--out", str(tmp_path)])
+    assert rc == 0
+    lines = [ln for ln in capsys.readouterr().out.splitlines() if "to run" in ln]
+    assert len(lines) == 10
+    assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.slow
+def test_sweep_end_to_end_on_digits(tmp_path, capsys):
+    args = ["sweep", "--protocol", "rare:3", "--fractions", "0,0.5", "--epochs", "1",
+            "--train-subset", "200", "--scores", "msp", "--device", "cpu", "--precision", "fp32",
+            "--no-report", "--out", str(tmp_path), "--quiet"]  # fmt: skip
+    assert main(args) == 0
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["runs_finished"] == 2
+    (v,) = summary["variants"]
+    by_fraction = {c["condition"]: c for c in v["conditions"]}
+    assert by_fraction[0.0]["rare"]["train_images"]["mean"] == 0
+    assert by_fraction[0.5]["rare"]["train_images"]["mean"] > 0
+    # at fraction 0 the rare class is the only unseen class: both AUROCs are the same number
+    run0 = next(r for r in summary["runs"] if r["tags"]["condition"] == 0.0)
+    m0 = json.loads((Path(run0["dir"]) / "metrics.json").read_text())
+    assert m0["rare"]["3"]["auroc_vs_known"]["msp"] == pytest.approx(m0["scores"]["msp"]["auroc"])
+    assert "rare class per fraction" in capsys.readouterr().out
+    mtimes = [(Path(r["dir"]) / "metrics.json").stat().st_mtime_ns for r in summary["runs"]]
+    assert main(args) == 0  # resumes: nothing left to run, nothing rewritten
+    assert [(Path(r["dir"]) / "metrics.json").stat().st_mtime_ns for r in summary["runs"]] == mtimes
+
+
+@pytest.mark.slow
+def test_parallel_jobs(tmp_path):
+    base = TINY.replace(epochs=1, train_subset=150)
+    result = sweep.run_sweep(
+        base, SweepOptions("random:8", splits=2, jobs=2), tmp_path, report=False, log=None
+    )
+    assert [o.status for o in result.outcomes] == ["finished", "finished"]
+    assert all(is_finished(r.run_dir) for r in result.runs)
