@@ -116,7 +116,7 @@ def test_cli_scores_equal_the_run_s_own_test_scores(capsys, run_dir, pngs, tmp_p
     stored = np.load(run_dir / "scores.npz")
     index = [int(Path(r["input"]).name.split("_")[0]) for r in rows]
     np.testing.assert_allclose(
-        [float(r["score"]) for r in rows], stored["score_msp"][index], rtol=1e-5, atol=1e-6
+        [float(r["score"]) for r in rows], stored["score_msp"][index], rtol=1e-4, atol=1e-5
     )
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert float(rows[0]["threshold"]) == pytest.approx(metrics["scores"]["msp"]["threshold"])
@@ -147,6 +147,9 @@ def test_corrupt_file_gets_its_own_row_and_the_rest_go_on(capsys, run_dir, pngs,
 
 def test_npz_input_matches_the_png_files(capsys, run_dir, pngs, digits, tmp_path):
     x = digits.x_test[:30, 0].numpy()
+    first_pngs = sorted(pngs["known"] + pngs["unseen"], key=lambda p: p.name)[:30]
+    rc, stdout, _ = cli(capsys, run_dir, *first_pngs, "--format", "csv")
+    png_rows = read_csv(stdout)
     for key, array in {"x": x, "images": x[..., None], "x_test": x}.items():
         path = tmp_path / f"{key}.npz"
         np.savez(path, **{key: array, "y": np.zeros(len(x))})
@@ -154,9 +157,6 @@ def test_npz_input_matches_the_png_files(capsys, run_dir, pngs, digits, tmp_path
         assert rc == 0
         npz_rows = read_csv(stdout)
         assert [r["input"] for r in npz_rows] == [f"{path}[{i}]" for i in range(30)]
-        rc, stdout, _ = cli(capsys, run_dir, *sorted(pngs["known"] + pngs["unseen"])[:30],
-                            "--format", "csv")  # fmt: skip
-        png_rows = read_csv(stdout)
         assert [r["prediction"] for r in npz_rows] == [r["prediction"] for r in png_rows]
         assert [r["score"] for r in npz_rows] == [r["score"] for r in png_rows]
 
@@ -212,13 +212,17 @@ def test_known_acceptance_recalibration_is_monotonic(predictor, run_dir, digits)
 def test_threshold_override_and_cli_recalibration(capsys, run_dir, pngs):
     files = pngs["known"][:20] + pngs["unseen"][:20]
     counts = {}
-    for flag in (["--threshold", "-1e9"], ["--threshold", "1e9"],
-                 ["--known-acceptance", "0.6"], ["--known-acceptance", "0.99"]):  # fmt: skip
-        rc, stdout, _ = cli(capsys, run_dir, *files, "--format", "json", *flag)
+    for flag in ("--threshold=-1e9", "--threshold=1e9", "--known-acceptance=0.6",
+                 "--known-acceptance=0.99"):  # fmt: skip
+        rc, stdout, _ = cli(capsys, run_dir, *files, "--format", "json", flag)
+        assert rc == 0
         doc = json.loads(stdout)
-        counts[flag[1]] = sum(r["prediction"] == "unknown" for r in doc["predictions"])
-        if flag[0] == "--threshold":
-            assert doc["threshold"] == float(flag[1]) and doc["known_acceptance"] is None
+        option, value = flag.split("=")
+        counts[value] = sum(r["prediction"] == "unknown" for r in doc["predictions"])
+        if option == "--threshold":
+            assert doc["threshold"] == float(value) and doc["known_acceptance"] is None
+        else:
+            assert doc["known_acceptance"] == float(value)
     assert counts["-1e9"] == 0 and counts["1e9"] == 40
     assert counts["0.6"] >= counts["0.99"]
     rc, _, err = cli(capsys, run_dir, *files, "--threshold", "1", "--known-acceptance", "0.9")
@@ -264,9 +268,9 @@ def test_api_gives_identical_results_for_tensors_arrays_and_pil(predictor, digit
     assert predictor.predict([]).shape == (0,)
     # scores: the chosen one, equal to the run's stored test scores
     stored = np.load(predictor.run_dir / "scores.npz")
-    np.testing.assert_allclose(predictor.scores(digits.x_test), stored["score_energy"], rtol=1e-5)
+    np.testing.assert_allclose(predictor.scores(digits.x_test), stored["score_energy"], rtol=1e-4)
     every = predictor.all_scores(x)
-    np.testing.assert_allclose(every["msp"], stored["score_msp"][:64], rtol=1e-5)
+    np.testing.assert_allclose(every["msp"], stored["score_msp"][:64], rtol=1e-4, atol=1e-5)
 
 
 def test_unseen_load_is_the_lazy_entry_point(run_dir):
@@ -313,7 +317,9 @@ def copy_run(run_dir: Path, tmp_path: Path) -> Path:
     return Path(shutil.copytree(run_dir, tmp_path / "copy"))
 
 
-def test_incompatible_version_and_missing_keys_give_one_clear_error(capsys, run_dir, pngs, tmp_path):
+def test_incompatible_version_and_missing_keys_give_one_clear_error(
+    capsys, run_dir, pngs, tmp_path
+):
     run = copy_run(run_dir, tmp_path)
     ckpt = torch.load(run / "model.pt", weights_only=True)
     torch.save({**ckpt, "format_version": 999, "unseen_version": "9.9"}, run / "model.pt")

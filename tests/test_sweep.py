@@ -15,7 +15,7 @@ import torch.nn.functional as F
 
 from unseen import sweep
 from unseen.cli import main
-from unseen.config import RunConfig, resolve_config
+from unseen.config import FIELDS, RunConfig, resolve_config
 from unseen.data import load_dataset
 from unseen.errors import ConfigError
 from unseen.rare import rare_keep_count, rare_metrics, resolve_rare
@@ -125,8 +125,10 @@ def test_config_hash_ignores_out_and_changes_with_settings():
     assert config_hash(TINY.replace(out="/somewhere/else")) == h
     assert config_hash(TINY.replace(epochs=2)) != h
     assert config_hash(TINY.replace(holdout=("3",))) != config_hash(TINY.replace(holdout=("4",)))
+    # where and how to run is not part of the configuration
+    assert config_hash(TINY.replace(resume=True, overwrite=True, data_root="/data")) == h
     # a setting given explicitly at its default value is the same configuration
-    assert config_hash(TINY.replace(batch_size=128)) == h
+    assert config_hash(TINY.replace(lr=FIELDS["lr"].default)) == h
 
 
 def test_config_hash_is_stable_across_processes():
@@ -190,6 +192,18 @@ def test_second_invocation_trains_nothing(tmp_path, fake_runs):
     assert len(list((tmp_path / "runs").iterdir())) == 8
 
 
+def test_overwrite_runs_finished_runs_again(tmp_path, fake_runs):
+    opts = SweepOptions("random:8", splits=2)
+    sweep.run_sweep(TINY, opts, tmp_path, report=False, log=None)
+    assert all(c.resume and not c.overwrite for c in fake_runs)  # unfinished runs continue
+    again = sweep.run_sweep(TINY.replace(overwrite=True), opts, tmp_path, report=False, log=None)
+    assert len(fake_runs) == 4
+    assert [o.status for o in again.outcomes] == ["finished"] * 2
+    assert [r.run_dir for r in again.runs] == [
+        r.run_dir for r in sweep.plan(TINY, DIGITS, opts, tmp_path)
+    ]
+
+
 def test_interrupted_sweep_continues_where_it_stopped(tmp_path, monkeypatch):
     done: list[str] = []
 
@@ -207,6 +221,10 @@ def test_interrupted_sweep_continues_where_it_stopped(tmp_path, monkeypatch):
     runs = sweep.plan(TINY, DIGITS, opts, tmp_path)
     assert [is_finished(r.run_dir) for r in runs] == [True, True, False, False]
 
+    partial = sweep.run_sweep(TINY, opts, tmp_path, summary_only=True, report=False, log=None)
+    assert partial.summary["runs_finished"] == 2 and partial.summary["variants"][0]["runs"] == 2
+    assert json.loads((tmp_path / "summary.json").read_text())["runs_planned"] == 4
+
     again: list[str] = []
 
     def record(cfg, progress=True, log=print):
@@ -217,6 +235,27 @@ def test_interrupted_sweep_continues_where_it_stopped(tmp_path, monkeypatch):
     monkeypatch.setattr("unseen.experiment.run_experiment", record)
     sweep.run_sweep(TINY, opts, tmp_path, report=False, log=None)
     assert again == [str(r.run_dir) for r in runs[2:]]
+
+
+def test_an_interrupted_run_stops_the_sweep(tmp_path, monkeypatch):
+    import pickle
+
+    from unseen.errors import Interrupted
+
+    calls: list[str] = []
+
+    def stopped(cfg, progress=True, log=print):
+        calls.append(cfg.out)
+        raise Interrupted("stopped by SIGTERM in epoch 1", 143)
+
+    monkeypatch.setattr("unseen.experiment.run_experiment", stopped)
+    with pytest.raises(Interrupted, match="run the same `unseen sweep` command") as info:
+        sweep.run_sweep(TINY, SweepOptions("random:8", splits=3), tmp_path, report=False, log=None)
+    assert info.value.exit_code == 143
+    assert len(calls) == 1  # the other runs were not started
+    # what a --jobs worker raises comes back intact through pickling
+    back = pickle.loads(pickle.dumps(sweep.RunInterrupted("stopped", 130)))
+    assert isinstance(back, Interrupted) and back.exit_code == 130 and str(back) == "stopped"
 
 
 def test_a_failed_run_is_reported_and_the_others_still_run(tmp_path, monkeypatch):
@@ -422,6 +461,7 @@ def test_class_weights_and_weighted_loss_match_torch():
 # ----------------------------------------------------------------------------- command line
 
 
+@pytest.mark.slow
 def test_rare_on_unseen_run(tmp_path, capsys):
     out = tmp_path / "run"
     rc = main(

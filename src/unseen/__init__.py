@@ -2,9 +2,12 @@
 
 Library entry points::
 
-    from unseen import RunConfig, run_experiment
+    from unseen import RunConfig, load, run_experiment
     result = run_experiment(RunConfig(dataset="digits", holdout=("9",)))
     result.metrics["scores"]["energy"]["auroc"]
+
+    predictor = load(result.run_dir)          # the model with its reject option
+    predictor.predict(images)                 # known class index, or -1 for "unknown"
 """
 
 __version__ = "0.1.0"
@@ -19,4 +22,11 @@ def run_experiment(*args, **kwargs):  # noqa: D103 - thin lazy import keeps `imp
     return _run(*args, **kwargs)
 
 
-__all__ = ["RunConfig", "UnseenError", "resolve_config", "run_experiment", "__version__"]
+def load(*args, **kwargs):  # noqa: D103 - lazy; see unseen.predict.load
+    """Restore a finished run folder as a Predictor (see :func:`unseen.predict.load`)."""
+    from .predict import load as _load
+
+    return _load(*args, **kwargs)
+
+
+__all__ = ["RunConfig", "UnseenError", "load", "resolve_config", "run_experiment", "__version__"]

@@ -17,11 +17,17 @@ from .errors import Interrupted, UnseenError
 EXIT_USAGE = 2
 
 
+def one_line(message: object) -> str:
+    """``message`` on one line: newlines and other control characters (which may come from
+    the user's own input) are shown escaped, as in ``'\\n'``."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(message))
+
+
 class Parser(argparse.ArgumentParser):
     """argparse, but a usage error is one line (no usage dump) and exit code 2."""
 
     def error(self, message: str):  # type: ignore[override]
-        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {one_line(message)} (see {self.prog} --help)\n")
 
 
 def _value_parser(name: str) -> Callable[[str], object]:
@@ -223,10 +229,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return int(exc.code or 0)
         return int(args.func(args) or 0)
     except Interrupted as exc:  # Ctrl-C or SIGTERM, checkpoint saved: not an error
-        print(f"unseen: {exc}", file=sys.stderr)
+        print(f"unseen: {one_line(exc)}", file=sys.stderr)
         return exc.exit_code
     except UnseenError as exc:
-        print(f"unseen: error: {exc}", file=sys.stderr)
+        print(f"unseen: error: {one_line(exc)}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         print("unseen: interrupted.", file=sys.stderr)

@@ -9,6 +9,7 @@ CLI is generated from this file and a value is checked the same way wherever it 
 from __future__ import annotations
 
 import dataclasses
+import math
 import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
@@ -54,12 +55,32 @@ def parse_optional_float(text: str) -> float | None:
     return None if text.lower() in {"", "none", "auto"} else float(text)
 
 
+def _parse_rare(text: str) -> tuple[str, ...] | None:
+    """``--rare``: CLASS:FRACTION items (see :mod:`unseen.rare`)."""
+    from .rare import parse_rare
+
+    return parse_rare(text)
+
+
+def _finite(v: float | int) -> bool:
+    """False for NaN and infinities (Python ints are always finite)."""
+    return isinstance(v, int) or math.isfinite(v)
+
+
 def _positive(v: float | int | None) -> str | None:
-    return None if v is None or v > 0 else "must be positive"
+    return None if v is None or (v > 0 and _finite(v)) else "must be a positive finite number"
 
 
 def _non_negative(v: float | int) -> str | None:
-    return None if v >= 0 else "must be zero or more"
+    return None if v >= 0 and _finite(v) else "must be a finite number, zero or more"
+
+
+#: seeds go to torch, numpy and scikit-learn; the latter accepts 0 .. 2**32 - 1
+MAX_SEED = 2**32 - 1
+
+
+def _seed_range(v: int) -> str | None:
+    return None if 0 <= v <= MAX_SEED else f"must be an integer from 0 to {MAX_SEED}"
 
 
 def _fraction_open(v: float) -> str | None:
@@ -86,8 +107,12 @@ def opt(
     metavar: str | None = None,
     choices: tuple[str, ...] | None = None,
     group: str = "run",
+    accepts: str | None = None,
 ) -> Any:
-    """A config field: its default plus everything the CLI and the file loader need."""
+    """A config field: its default plus everything the CLI and the file loader need.
+
+    ``accepts`` says what ``parse`` takes, for the error message when it fails (needed for
+    parsers other than int, float, parse_bool and the parse_optional_* functions)."""
     if choices is not None and check is None:
         check = _one_of(*choices)
     return field(
@@ -99,6 +124,7 @@ def opt(
             "metavar": metavar,
             "choices": choices,
             "group": group,
+            "accepts": accepts,
         },
     )
 
@@ -129,7 +155,8 @@ class RunConfig:
     )
     download: bool = opt(
         False,
-        "allow torchvision to download cifar10/cifar100/svhn into --data-root (needs internet)",
+        "allow torchvision to download cifar10/cifar100/svhn into --data-root, and the ImageNet "
+        "weights of --pretrained torchvision into torch's hub cache (needs internet)",
         parse=parse_bool,
         group="data",
     )
@@ -196,13 +223,18 @@ class RunConfig:
         metavar="N",
         group="training",
     )
-    batch_size: int = opt(
-        128, "training batch size", parse=int, check=_positive, metavar="N", group="training"
+    batch_size: int | None = opt(
+        None,
+        "training batch size (default auto: 128 on a CPU, 512 on a GPU)",
+        parse=parse_optional_int,
+        check=_positive,
+        metavar="N",
+        group="training",
     )
-    lr: float = opt(
-        0.1,
-        "peak learning rate (SGD, Nesterov momentum)",
-        parse=float,
+    lr: float | None = opt(
+        None,
+        "peak learning rate of SGD with Nesterov momentum (default auto: 0.1 x sqrt(batch / 128))",
+        parse=parse_optional_float,
         check=_positive,
         metavar="LR",
         group="training",
@@ -229,7 +261,8 @@ class RunConfig:
     )
     augment: str = opt(
         "standard",
-        "augmentation preset: none or standard (random crop with padding, plus flip where it keeps the meaning)",
+        "augmentation preset: none, standard (random crop with padding, plus flip where it keeps "
+        "the meaning) or strong (standard + one TrivialAugment operation per image + random erasing)",
         metavar="PRESET",
         group="training",
     )
@@ -239,6 +272,7 @@ class RunConfig:
         parse=lambda s: None if s.strip().lower() in {"", "auto", "none"} else parse_bool(s),
         metavar="BOOL",
         group="training",
+        accepts="true, false or auto",
     )
 
     # evaluation
@@ -263,6 +297,7 @@ class RunConfig:
         0,
         "random seed (split, initialisation, batches, augmentation)",
         parse=int,
+        check=_seed_range,
         metavar="N",
         group="execution",
     )
@@ -280,18 +315,171 @@ class RunConfig:
         metavar="DIR",
         group="execution",
     )
+    # --- reports (issue 6)
+    report: bool = opt(
+        True,
+        "write report.html and report.md with plots into the run folder (--no-report skips it; "
+        "`unseen report RUN` builds it later)",
+        parse=parse_bool,
+        group="execution",
+    )
 
     # --- one-vs-rest heads (issue 3): fields go here
+    doc_alpha: float = opt(
+        3.0,
+        "DOC per-class thresholds of the ovr-doc score: t_k = max(0.5, 1 - alpha * sigma_k), "
+        "sigma_k from class k's validation sigmoids mirrored about 1 (one-vs-rest heads)",
+        parse=float,
+        check=_non_negative,
+        metavar="ALPHA",
+        group="evaluation",
+    )
 
     # --- augmentation and pretrained weights (issue 4): fields go here
+    pretrained: str | None = opt(
+        None,
+        "start from pretrained weights: 'torchvision' (ImageNet-1k ResNet-18, needs --model "
+        "resnet18; offline the file must be in torch's hub cache), a run folder or its model.pt, "
+        "a .pt/.pth state dict or a .safetensors file; the head is always replaced",
+        parse=parse_optional_str,
+        metavar="SOURCE",
+        group="model",
+    )
+    freeze_backbone: bool = opt(
+        False,
+        "linear probe: train only the head; backbone weights and batch-norm statistics stay fixed",
+        parse=parse_bool,
+        group="model",
+    )
+    backbone_lr_scale: float = opt(
+        1.0,
+        "learning rate of the backbone relative to the head's --lr (e.g. 0.1 when fine-tuning)",
+        parse=float,
+        check=_positive,
+        metavar="F",
+        group="model",
+    )
+    input_size: int | None = opt(
+        None,
+        "resize images to N x N inside the model, in training, evaluation and prediction "
+        "(default auto: 4x up-sampling for ImageNet weights with the ImageNet stem on images of "
+        "64 px or less, a run checkpoint's own size, otherwise none)",
+        parse=parse_optional_int,
+        check=_positive,
+        metavar="N",
+        group="model",
+    )
 
     # --- detectors (issue 5): fields go here
+    knn_k: int = opt(
+        50,
+        "knn score: distance to the k-th nearest normalised training feature",
+        parse=int,
+        check=_positive,
+        metavar="K",
+        group="detectors",
+    )
+    knn_bank: int | None = opt(
+        10000,
+        "knn score: at most this many training features in the neighbour bank (seeded random "
+        "subset, for speed); 'all' keeps every one",
+        parse=lambda s: None if s.strip().lower() in {"all", "none", ""} else int(s),
+        check=_positive,
+        metavar="N",
+        group="detectors",
+        accepts="an integer or 'all'",
+    )
+    vim_dim: int | None = opt(
+        None,
+        "vim score: dimension of the principal subspace (auto: half the feature dimension, "
+        "at most 1000)",
+        parse=parse_optional_int,
+        check=_positive,
+        metavar="D",
+        group="detectors",
+    )
+    react_percentile: float = opt(
+        90.0,
+        "react score: clip features at this percentile of the training activations",
+        parse=float,
+        check=lambda v: None if 0 < v <= 100 else "must be above 0 and at most 100",
+        metavar="P",
+        group="detectors",
+    )
+    openmax_tail: int = opt(
+        20,
+        "openmax score: Weibull fit on this many largest distances to each class mean",
+        parse=int,
+        check=lambda v: None if v >= 2 else "must be at least 2",
+        metavar="N",
+        group="detectors",
+    )
+    openmax_alpha: int = opt(
+        3,
+        "openmax score: number of top logits revised",
+        parse=int,
+        check=_positive,
+        metavar="N",
+        group="detectors",
+    )
+    odin_temperature: float = opt(
+        1000.0,
+        "odin score: softmax temperature",
+        parse=float,
+        check=_positive,
+        metavar="T",
+        group="detectors",
+    )
+    odin_epsilon: float = opt(
+        0.0014,
+        "odin score: input perturbation size, in [0, 1] pixel units",
+        parse=float,
+        check=_non_negative,
+        metavar="EPS",
+        group="detectors",
+    )
 
     # --- protocols / rare classes (issue 7): fields go here
+    rare: tuple[str, ...] | None = opt(
+        None,
+        "train on only FRACTION of a class's training images, CLASS:FRACTION, comma-separated "
+        "for several (e.g. 'Ankle boot:0.01'); fraction 0 leaves the class out (unseen); with "
+        "--rare and no --holdout/--known no other class is held out",
+        parse=lambda s: _parse_rare(s),
+        metavar="CLASS:F",
+        group="data",
+    )
+    balance: str = opt(
+        "none",
+        "counter class imbalance in training: none, weighted-loss (class weights n/(K*n_c)) or "
+        "sampler (draw images with probability 1/n_c, with replacement)",
+        choices=("none", "weighted-loss", "sampler"),
+        group="training",
+    )
 
     # --- robustness, resume (issue 10): fields go here
+    resume: bool = opt(
+        False,
+        "continue the unfinished run in --out from its last checkpoint (the other options must "
+        "match the run's config.json); a finished run is left as it is",
+        parse=parse_bool,
+        group="execution",
+    )
+    overwrite: bool = opt(
+        False,
+        "start again in an --out folder that already holds a run (finished or not)",
+        parse=parse_bool,
+        group="execution",
+    )
 
     # --- speed (issue 8): fields go here
+    compile: bool = opt(
+        False,
+        "compile the network with torch.compile for training (pays on long GPU runs; the first "
+        "epoch then includes the compile time)",
+        parse=parse_bool,
+        group="execution",
+    )
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict (tuples become lists)."""
@@ -342,6 +530,7 @@ def parse_value(name: str, raw: Any, *, source: str = "flag") -> Any:
             kind = {"int": "an integer or 'auto'", "float": "a number or 'auto'"}.get(
                 kind, "a valid value"
             )
+        kind = f.metadata.get("accepts") or kind
         raise ConfigError(f"{where} must be {kind}, not {text!r}.") from None
     check = f.metadata["check"]
     problem = check(value) if check is not None and value is not None else None
@@ -408,6 +597,7 @@ def validate(cfg: RunConfig) -> None:
             raise ConfigError(f"{flag_name(f.name)} {problem} (got {value!r}).")
     if cfg.known is not None and cfg.holdout is not None:
         raise ConfigError("give --holdout or --known, not both.")
+    _check_run_folder_options(cfg)
     check_dataset_name(cfg.dataset)
     if cfg.model not in MODELS:
         raise ConfigError(
@@ -425,3 +615,45 @@ def validate(cfg: RunConfig) -> None:
             f"--augment {cfg.augment!r} is not known; choose one of: {', '.join(AUGMENTATIONS)}."
         )
     check_score_names(cfg.scores)
+    if cfg.knn_bank is not None and cfg.knn_k > cfg.knn_bank:  # detectors (issue 5)
+        raise ConfigError(
+            f"--knn-k {cfg.knn_k} is larger than --knn-bank {cfg.knn_bank}; lower k or enlarge the bank."
+        )
+    _check_pretrained(cfg)
+    _check_one_vs_rest_scores(cfg)
+
+
+def _check_one_vs_rest_scores(cfg: RunConfig) -> None:
+    """Scores for sigmoid logits, named explicitly, need at least one one-vs-rest head."""
+    from .heads import HEADS
+    from .scores import SCORES
+
+    ovr_only = [n for n in cfg.scores if n in SCORES and SCORES[n].one_vs_rest_only]
+    if ovr_only and not any(HEADS[h].one_vs_rest for h in cfg.head):
+        raise ConfigError(
+            f"--scores {','.join(ovr_only)} needs a one-vs-rest head; add --head ovr "
+            "(or ovr-separate), e.g. --head softmax,ovr."
+        )
+
+
+def _check_run_folder_options(cfg: RunConfig) -> None:
+    """``--resume`` and ``--overwrite`` need a run folder and exclude each other (issue 10)."""
+    if cfg.resume and cfg.overwrite:
+        raise ConfigError("give --resume or --overwrite, not both.")
+    if cfg.resume and not cfg.out:
+        raise ConfigError("--resume needs --out DIR, the run folder to continue.")
+    if cfg.out is not None:
+        if "\x00" in cfg.out:
+            raise ConfigError("--out must be a folder path, not text with a NUL character.")
+        if Path(cfg.out).exists() and not Path(cfg.out).is_dir():
+            raise ConfigError(f"--out {cfg.out} is a file, not a folder.")
+
+
+def _check_pretrained(cfg: RunConfig) -> None:
+    """--pretrained torchvision has weights for resnet18 only (files are checked when loaded)."""
+    is_torchvision = cfg.pretrained is not None and cfg.pretrained.lower() == "torchvision"
+    if is_torchvision and cfg.model != "resnet18":
+        raise ConfigError(
+            f"--pretrained torchvision has ImageNet weights for --model resnet18 only "
+            f"(got --model {cfg.model}); add --model resnet18."
+        )

@@ -44,16 +44,22 @@ def table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
 
 def score_table(scores: dict[str, dict], sort_by: str | None = None) -> str:
     names = list(scores)
-    if sort_by:
-        names.sort(key=lambda n: -(scores[n].get(sort_by) or -math.inf))
+    if sort_by:  # best first; missing or NaN values last, ties keep their order
+
+        def key(n: str) -> float:
+            v = scores[n].get(sort_by)
+            return -v if isinstance(v, (int, float)) and not math.isnan(v) else math.inf
+
+        names.sort(key=key)
     return table(
         ["score"] + [label for _, label in SCORE_COLUMNS],
         [[n] + [scores[n].get(k) for k, _ in SCORE_COLUMNS] for n in names],
     )
 
 
-def run_summary(metrics: dict) -> str:
-    """What a finished run prints: the figures a naive evaluation hides, then one row per score."""
+def run_summary(metrics: dict, with_scores: bool = True) -> str:
+    """What a finished run prints: the figures a naive evaluation hides, then one row per score
+    (left out with ``with_scores=False``, when several heads share one table)."""
     uc, kc = metrics["unseen_confidence"], metrics["known_confidence"]
     absorbed = (
         ", ".join(f"{k} {v}" for k, v in list(metrics["unseen_predicted_as"].items())[:4]) or "-"
@@ -61,11 +67,82 @@ def run_summary(metrics: dict) -> str:
     lines = [
         f"closed-set accuracy {fmt(metrics['closed_set_accuracy'])} (known classes) | "
         f"all-test accuracy {fmt(metrics['all_test_accuracy'])} (what a naive evaluation reports)",
-        f"max-softmax on known images: mean {fmt(kc['mean_msp'])}, {fmt(kc['frac_msp_above_0_9'])} above 0.9 | "
+        f"{metrics.get('confidence_from', 'max softmax probability')} on known images: "
+        f"mean {fmt(kc['mean_msp'])}, {fmt(kc['frac_msp_above_0_9'])} above 0.9 | "
         f"on unseen images: mean {fmt(uc['mean_msp'])}, {fmt(uc['frac_msp_above_0_9'])} above 0.9",
         f"unseen images were labelled as: {absorbed}",
         f"training: {fmt(metrics['train_seconds'], 1)} s, {fmt(metrics['train_images_per_second'], 0)} images/s on {metrics['device']}",
-        "",
-        score_table(metrics["scores"]),
     ]
+    if with_scores:
+        lines += ["", score_table(metrics["scores"], sort_by="auroc")]
+        if metrics.get("logits", "softmax logits") != "softmax logits":  # one-vs-rest (issue 3)
+            lines.append(_logits_note(metrics))
+    for name, r in metrics.get("rare", {}).items():  # --rare (issue 7)
+        aurocs = ", ".join(f"{s} {fmt(v)}" for s, v in r["auroc_vs_known"].items())
+        lines.append(
+            f"rare class {name} (fraction {r['fraction']:g}, {r['train_images']} training images): "
+            f"recall {fmt(r['recall'])}, precision {fmt(r['precision'])} | AUROC other known "
+            f"classes vs {name}: {aurocs}"
+        )
+    if metrics.get("pretrained_on"):  # --pretrained (issue 4)
+        lines.append(f"started from pretrained weights: {metrics['pretrained_on']}")
+    if metrics.get("pretrained_warning"):
+        lines.append(f"warning: {metrics['pretrained_warning']}")
     return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------- several heads (issue 3)
+
+
+def _logits_note(metrics: dict) -> str:
+    return (
+        f"note: logit scores (msp, maxlogit, energy, entropy) of head {metrics.get('head')} are "
+        f"computed on its {metrics['logits']}; ovr-doc rejects at its own DOC thresholds "
+        "(margin 0), the other scores at the validation threshold"
+    )
+
+
+def heads_summary(heads: dict[str, dict]) -> str:
+    """Several heads trained on the same split and seed, side by side: one row per head, then
+    one row per head and score."""
+    overview = table(
+        ["head", "closed-acc", "all-test-acc", "conf-known", "conf-unseen", "train-s", "logits"],
+        [
+            [
+                head,
+                m["closed_set_accuracy"],
+                m["all_test_accuracy"],
+                m["known_confidence"]["mean_msp"],
+                m["unseen_confidence"]["mean_msp"],
+                fmt(m.get("train_seconds"), 1),
+                "softmax" if m.get("logits", "softmax logits") == "softmax logits" else "one-vs-rest",
+            ]
+            for head, m in heads.items()
+        ],
+    )
+    rows = []
+    for head, m in heads.items():
+        scores = m["scores"]
+        names = sorted(scores, key=lambda n: -_num(scores[n].get("auroc")))
+        rows += [[head, n] + [scores[n].get(k) for k, _ in SCORE_COLUMNS] for n in names]
+    by_score = table(["head", "score"] + [label for _, label in SCORE_COLUMNS], rows)
+    lines = [
+        "heads side by side (same split, same seed); conf = mean of each head's own "
+        "probability (max softmax, or max sigmoid for one-vs-rest)",
+        "",
+        overview,
+        "",
+        by_score,
+    ]
+    if any(m.get("logits", "softmax logits") != "softmax logits" for m in heads.values()):
+        lines += [
+            "",
+            "on one-vs-rest heads, msp/maxlogit/energy/entropy are computed on one-vs-rest "
+            "logits; ovr-doc rejects at its own DOC thresholds (margin 0), every other score "
+            "at the threshold accepting --known-acceptance of the validation images",
+        ]
+    return "\n".join(lines)
+
+
+def _num(value: object) -> float:
+    return value if isinstance(value, (int, float)) and not math.isnan(value) else -math.inf

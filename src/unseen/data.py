@@ -377,6 +377,11 @@ def _npz_source(path: str) -> tuple[Callable, Callable]:
                     raise DataError(f"npz file {file} lacks the arrays {', '.join(missing)}.")
                 arrays = {k: npz[k] for k in npz.files}
         except (zipfile.BadZipFile, OSError, EOFError, ValueError) as exc:
+            if "allow_pickle" in str(exc):  # object arrays: loading them would run pickle
+                raise DataError(
+                    f"npz file {file} holds object arrays, which are not loaded (unpickling "
+                    "can run code); save plain uint8 images and integer labels."
+                ) from None
             raise DataError(
                 f"npz file {file} is truncated or not an npz archive ({type(exc).__name__})."
             ) from None

@@ -19,3 +19,11 @@ class ConfigError(UnseenError):
 
 class DataError(UnseenError):
     """Data that is missing, truncated or malformed."""
+
+
+class Interrupted(UnseenError):
+    """A run stopped by SIGINT or SIGTERM after saving a checkpoint (exit 130 or 143)."""
+
+    def __init__(self, message: str, exit_code: int):
+        super().__init__(message)
+        self.exit_code = exit_code

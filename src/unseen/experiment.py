@@ -11,9 +11,10 @@ thin layer over it.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -21,33 +22,63 @@ import torch
 
 from . import __version__
 from .augment import make_augment_spec
+from .checkpoint import (
+    CHECKPOINT_FILE,
+    Checkpointing,
+    catch_signals,
+    check_run_folder,
+    check_same_config,
+    clear_run_state,
+)
 from .config import RunConfig, validate
 from .data import ImageData, load_dataset
 from .evaluate import forward_pass
 from .hardware import configure_threads, describe_device, resolve_device, resolve_precision
 from .heads import HEADS
-from .metrics import confidence_summary, predicted_as, score_metrics
-from .models import Classifier, create_model
+from .metrics import confidence_summary, open_set_metrics, predicted_as, score_metrics
+from .models import Classifier
+from .ovr import build_model_for_head, train_separate
+from .pretrained import (
+    LoadReport,
+    PretrainedSource,
+    apply_pretrained,
+    leakage_warning,
+    resolve_model_settings,
+    resolve_pretrained,
+)
+from .rare import rare_metrics, resolve_rare
 from .runfolder import (
     FORMAT_VERSION,
     default_run_dir,
+    is_finished,
     mark_finished,
+    read_json,
     save_torch,
     write_csv,
     write_json,
     write_npz,
 )
-from .scores import FitContext, Outputs, Score, create_score, expand_score_names, max_softmax
+from .scores import FitContext, Outputs, Score, create_score, max_softmax, scores_for_head
 from .splits import Split, SplitData, make_split, split_data
 from .train import TrainResult, TrainSettings, train_model
 
 #: epochs when --epochs is not given: the default digits run fits a minute on 2 CPU cores
 DEFAULT_EPOCHS = {"digits": 60}
-FALLBACK_EPOCHS = 10
+FALLBACK_EPOCHS = 15
 
 
 def default_epochs(dataset: str) -> int:
     return DEFAULT_EPOCHS.get(dataset, FALLBACK_EPOCHS)
+
+
+def default_batch_size(device: torch.device) -> int:
+    """128 on a CPU; 512 on a GPU, where small batches leave the chip idle."""
+    return 512 if device.type == "cuda" else 128
+
+
+def default_lr(batch_size: int) -> float:
+    """0.1 at batch 128, scaled by the square root of the batch size."""
+    return round(0.1 * math.sqrt(batch_size / 128), 4)
 
 
 @dataclass
@@ -67,16 +98,24 @@ class Prepared:
     split_data: SplitData
     device: torch.device
     precision: str
+    #: ``--rare`` classes as (original index, fraction)
+    rare: list[tuple[int, float]] = field(default_factory=list)
+    #: ``--pretrained`` weights as loaded (issue 4), and how they fitted the network
+    pretrained: PretrainedSource | None = None
+    load_report: LoadReport | None = None
 
 
 def prepare(cfg: RunConfig) -> Prepared:
     """Validate, load the data, split it, pick the device; resolve every 'auto' setting."""
     validate(cfg)
+    # pretrained weights first: a missing file fails in a second, before any data is read
+    pretrained = resolve_pretrained(cfg.pretrained, cfg.download) if cfg.pretrained else None
     configure_threads()
     device = resolve_device(cfg.device)
     precision = resolve_precision(cfg.precision, device)
     data = load_dataset(cfg.dataset, cfg.data_root, cfg.download)
-    split = make_split(data.classes, cfg.holdout, cfg.known)
+    rare = resolve_rare(cfg.rare, data.classes)
+    split = make_split(data.classes, cfg.holdout, cfg.known, rare=rare)
     sd = split_data(
         data,
         split,
@@ -84,13 +123,22 @@ def prepare(cfg: RunConfig) -> Prepared:
         seed=cfg.seed,
         train_subset=cfg.train_subset,
         test_subset=cfg.test_subset,
+        rare=rare,
     )
     cfg = cfg.replace(
         epochs=cfg.epochs or default_epochs(cfg.dataset),
+        batch_size=cfg.batch_size or default_batch_size(device),
+        lr=cfg.lr or default_lr(cfg.batch_size or default_batch_size(device)),
         holdout=tuple(split.unseen_names) if cfg.known is None else None,
         flip=make_augment_spec(cfg.augment, data.image_size[0], data.flip_ok, cfg.flip).flip,
     )
-    return Prepared(cfg, data, split, sd, device, precision)
+    if pretrained is not None:
+        cfg = cfg.replace(
+            **resolve_model_settings(
+                cfg.model, cfg.stem, cfg.input_size, pretrained, data.image_size[0]
+            )
+        )
+    return Prepared(cfg, data, split, sd, device, precision, rare, pretrained=pretrained)
 
 
 def channel_stats(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -102,8 +150,18 @@ def channel_stats(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 def build_model(p: Prepared, head: str) -> Classifier:
     torch.manual_seed(p.config.seed)
     h, _ = p.data.image_size
-    model = create_model(p.config.model, p.data.channels, p.split.num_known, h, p.config.stem)
+    cfg = p.config
+    model = build_model_for_head(
+        cfg.model, p.data.channels, p.split.num_known, cfg.input_size or h, cfg.stem, head
+    )
     model.set_normalization(*channel_stats(p.split_data.x_train))
+    classifiers = [m for m in model.modules() if isinstance(m, Classifier)]
+    for net in classifiers:
+        net.input_size = cfg.input_size
+        if p.pretrained is not None:
+            p.load_report = apply_pretrained(net, p.pretrained)
+        if cfg.freeze_backbone:
+            net.freeze_backbone()
     return model
 
 
@@ -111,7 +169,7 @@ def fit_scores(
     names: list[str], model: Classifier, p: Prepared, val: Outputs, head: str
 ) -> dict[str, Score]:
     """Fit every score on known-class data only: the validation slice, and training images if asked."""
-    scores = {name: create_score(name) for name in names}
+    scores = {name: create_score(name, p.config) for name in names}
     train = None
     if any(s.needs_train for s in scores.values()):
         sd = p.split_data
@@ -119,7 +177,42 @@ def fit_scores(
     ctx = FitContext(
         train, val, model.head.weight.detach().float(), model.head.bias.detach().float(), head
     )
-    return {name: s.fit(ctx) for name, s in scores.items()}
+    fitted = {}
+    for name, s in scores.items():
+        start = time.perf_counter()
+        fitted[name] = s.fit(ctx)
+        s._seconds = time.perf_counter() - start  # fit + scoring time, for metrics.json
+    return fitted
+
+
+def apply_score(s: Score, outputs: Outputs, model: Classifier, images: torch.Tensor, p: Prepared):
+    """One score for a set of images as a NumPy array: from the forward pass's outputs, or, for
+    ``needs_model`` scores (ODIN), by running ``model`` on ``images`` again."""
+    start = time.perf_counter()
+    if s.needs_model:
+        values = s.score_images(model, images, p.device, p.precision)
+    else:
+        values = s.score(outputs)
+    s._seconds = getattr(s, "_seconds", 0.0) + time.perf_counter() - start
+    return values.float().cpu().numpy()
+
+
+def add_fit_summaries(
+    metrics: dict, fitted: dict[str, Score], test: Outputs, p: Prepared, head: str
+) -> None:
+    """Per score in metrics.json: what its fit produced (``fit``), its time (``seconds``), and
+    the metrics of its own decision rule where it has one (``own_decision``, OpenMax)."""
+    labels = p.split_data.y_test.numpy()
+    predicted = HEADS[head].predict(test.logits).cpu().numpy()
+    for name, s in fitted.items():
+        entry = metrics["scores"][name]
+        entry["fit"] = s.fit_summary()
+        entry["seconds"] = getattr(s, "_seconds", None)
+        accepts = s.accepts(test)
+        if accepts is not None:
+            entry["own_decision"] = open_set_metrics(
+                accepts.float().cpu().numpy(), 0.5, predicted, labels, p.split.num_known
+            )
 
 
 def build_metrics(
@@ -127,12 +220,24 @@ def build_metrics(
     test: Outputs,
     test_scores: dict[str, np.ndarray],
     val_scores: dict[str, np.ndarray],
+    head: str = "softmax",
+    thresholds: dict[str, float | None] | None = None,
 ) -> dict:
+    """Closed-set and per-score open-set metrics of one head.
+
+    ``known_confidence``/``unseen_confidence`` summarise the head's own probabilities (max
+    softmax, or max sigmoid for one-vs-rest heads; ``confidence_from`` says which).
+    ``thresholds`` gives a score's own decision threshold (None: calibrate on validation).
+    """
     sd, split = p.split_data, p.split
     labels = sd.y_test.numpy()
     predicted = test.logits.argmax(1).cpu().numpy()
     is_unseen = labels < 0
-    msp = max_softmax(test.logits).cpu().numpy()
+    if HEADS[head].one_vs_rest:
+        msp = HEADS[head].probabilities(test.logits.float()).amax(1).cpu().numpy()
+    else:
+        msp = max_softmax(test.logits).cpu().numpy()
+    thresholds = thresholds or {}
     names = split.known_names
     return {
         "closed_set_accuracy": float(np.mean(predicted[~is_unseen] == labels[~is_unseen])),
@@ -144,6 +249,8 @@ def build_metrics(
         "known_confidence": confidence_summary(msp[~is_unseen]),
         "unseen_confidence": confidence_summary(msp[is_unseen]),
         "unseen_predicted_as": predicted_as(predicted[is_unseen], names),
+        "confidence_from": HEADS[head].confidence,
+        "logits": HEADS[head].logits_kind,
         "scores": {
             name: score_metrics(
                 test_scores[name],
@@ -152,14 +259,24 @@ def build_metrics(
                 labels,
                 split.num_known,
                 p.config.known_acceptance,
+                thresholds.get(name),
             )
             for name in test_scores
         },
     }
 
 
-def run_head(p: Prepared, head: str, run_dir: Path, progress: bool = True) -> dict:
-    """Train one model with ``head``, score the test set, write the run folder; return metrics."""
+def run_head(
+    p: Prepared,
+    head: str,
+    run_dir: Path,
+    progress: bool = True,
+    checkpoint: Checkpointing | None = None,
+) -> dict:
+    """Train one model with ``head``, score the test set, write the run folder; return metrics.
+
+    With ``checkpoint``, training saves (and on resume restores) its state every epoch and
+    Ctrl-C/SIGTERM stop it cleanly with a checkpoint (see :mod:`unseen.checkpoint`)."""
     cfg, sd = p.config, p.split_data
     model = build_model(p, head)
     spec = make_augment_spec(cfg.augment, p.data.image_size[0], p.data.flip_ok, cfg.flip)
@@ -172,22 +289,47 @@ def run_head(p: Prepared, head: str, run_dir: Path, progress: bool = True) -> di
         schedule=cfg.schedule,
         label_smoothing=cfg.label_smoothing,
         seed=cfg.seed,
+        balance=cfg.balance,
+        backbone_lr_scale=cfg.backbone_lr_scale,
+        compile=cfg.compile,
     )
-    trained: TrainResult = train_model(
-        model, sd.x_train, sd.y_train, settings, HEADS[head], spec, p.device, p.precision,
-        x_val=sd.x_val, y_val=sd.y_val, progress=progress,
-    )  # fmt: skip
+    trained: TrainResult
+    with catch_signals(checkpoint):
+        if HEADS[head].separate:  # K binary networks, one after another
+            trained = train_separate(
+                model, sd.x_train, sd.y_train, settings, spec, p.device, p.precision,
+                x_val=sd.x_val, y_val=sd.y_val, progress=progress, checkpoint=checkpoint,
+            )  # fmt: skip
+        else:
+            trained = train_model(
+                model, sd.x_train, sd.y_train, settings, HEADS[head], spec, p.device, p.precision,
+                x_val=sd.x_val, y_val=sd.y_val, progress=progress, checkpoint=checkpoint,
+            )  # fmt: skip
 
     start = time.perf_counter()
     test = forward_pass(model, sd.x_test, p.device, p.precision, labels=sd.y_test)
     val = forward_pass(model, sd.x_val, p.device, p.precision, labels=sd.y_val)
-    names = expand_score_names(cfg.scores)
+    names = scores_for_head(cfg.scores, head)
     fitted = fit_scores(names, model, p, val, head)
-    test_scores = {n: s.score(test).float().cpu().numpy() for n, s in fitted.items()}
-    val_scores = {n: s.score(val).float().cpu().numpy() for n, s in fitted.items()}
+    test_scores = {n: apply_score(s, test, model, sd.x_test, p) for n, s in fitted.items()}
+    val_scores = {n: apply_score(s, val, model, sd.x_val, p) for n, s in fitted.items()}
     eval_seconds = time.perf_counter() - start
 
-    metrics = build_metrics(p, test, test_scores, val_scores)
+    thresholds = {n: s.decision_threshold() for n, s in fitted.items()}
+    metrics = build_metrics(p, test, test_scores, val_scores, head, thresholds)
+    if "ovr-doc" in fitted:  # the fitted DOC thresholds, by class name
+        t = fitted["ovr-doc"].thresholds_.cpu().tolist()
+        metrics["scores"]["ovr-doc"]["class_thresholds"] = dict(
+            zip(p.split.known_names, t, strict=True)
+        )
+        metrics["scores"]["ovr-doc"]["doc_alpha"] = fitted["ovr-doc"].alpha_
+    add_fit_summaries(metrics, fitted, test, p, head)
+    if p.rare:
+        metrics["rare"] = rare_metrics(
+            p.rare, p.split.classes, p.split.known, sd.y_train.numpy(),
+            sd.y_test_original.numpy(), HEADS[head].predict(test.logits).cpu().numpy(), test_scores,
+        )  # fmt: skip
+    metrics.update(pretrained_metrics(p))
     metrics.update(
         head=head,
         model=cfg.model,
@@ -198,12 +340,44 @@ def run_head(p: Prepared, head: str, run_dir: Path, progress: bool = True) -> di
         eval_seconds=eval_seconds,
         device=describe_device(p.device),
         precision=p.precision,
-        final_val_accuracy=trained.history[-1]["val_accuracy"] if trained.history else None,
+        # K-way accuracy of the final model (for ovr-separate the history holds per-network
+        # binary accuracies instead)
+        final_val_accuracy=(
+            float((HEADS[head].predict(val.logits) == val.labels).float().mean())
+            if len(val)
+            else None
+        ),
     )
     write_run_files(
         run_dir, p, head, model, trained, test, test_scores, val_scores, fitted, metrics
     )
     return metrics
+
+
+def config_extras(p: Prepared) -> dict:
+    """config.json entries beyond the options: the resolved augmentation and weight loading."""
+    cfg = p.config
+    spec = make_augment_spec(cfg.augment, p.data.image_size[0], p.data.flip_ok, cfg.flip)
+    return {
+        "augmentation": spec.to_dict(),
+        "pretrained_weights": p.load_report.to_dict() if p.load_report is not None else None,
+    }
+
+
+def pretrained_metrics(p: Prepared) -> dict:
+    """metrics.json entries of issue 4: augmentation, and where the weights came from."""
+    cfg = p.config
+    src = p.pretrained
+    return {
+        "augment": cfg.augment,
+        "pretrained_on": src.description if src is not None else None,
+        "pretrained_warning": (
+            leakage_warning(src, cfg.dataset, p.split.unseen_names) if src is not None else None
+        ),
+        "pretrained_weights": p.load_report.to_dict() if p.load_report is not None else None,
+        "freeze_backbone": cfg.freeze_backbone,
+        "input_size": cfg.input_size,
+    }
 
 
 def write_run_files(
@@ -217,6 +391,9 @@ def write_run_files(
         "is_unseen": sd.test_is_unseen.numpy(),
         "predicted": test.logits.argmax(1).cpu().numpy(),
         "val_label": sd.y_val.numpy(),
+        # test outputs for the report (reliability diagram, feature projection)
+        "logits": test.logits.float().cpu().numpy(),
+        "features": test.features.cpu().numpy().astype(np.float16),
     }
     arrays.update({f"score_{n}": v for n, v in test_scores.items()})
     arrays.update({f"val_score_{n}": v for n, v in val_scores.items()})
@@ -237,9 +414,25 @@ def checkpoint_payload(p: Prepared, head: str, model: Classifier) -> dict:
         "model": p.config.model,
         "in_channels": p.data.channels,
         "image_size": list(p.data.image_size),
+        # images are resized to this inside the model (None: used as they are)
+        "input_size": p.config.input_size,
         "num_classes": p.split.num_known,
         "split": p.split.to_dict(),
     }
+
+
+def write_run_report(run_dir: Path, say: Callable[[str], None]) -> None:
+    """Write report.html/report.md (issue 6). A failure here costs the report, never the run:
+    it is logged and ``unseen report RUN`` can build the report later."""
+    from .report import build_report
+
+    start = time.perf_counter()
+    try:
+        path = build_report(run_dir, check_finished=False)
+    except Exception as exc:  # noqa: BLE001 - the run's results are already on disk
+        say(f"report: not written ({type(exc).__name__}: {exc}); try `unseen report {run_dir}`")
+        return
+    say(f"report: {path} ({time.perf_counter() - start:.1f} s)")
 
 
 def _to_cpu(obj):
@@ -257,10 +450,23 @@ def run_experiment(
 ) -> RunResult:
     """Run the whole experiment for ``cfg`` and return its metrics and run folder."""
     say = log or (lambda _msg: None)
+    validate(cfg)
+    # an --out folder that holds a run needs --resume or --overwrite: decided before any work
+    folder = "new"
+    if cfg.out:
+        folder = check_run_folder(Path(cfg.out), resume=cfg.resume, overwrite=cfg.overwrite)
     p = prepare(cfg)
     cfg = p.config
     run_dir = Path(cfg.out) if cfg.out else default_run_dir(cfg.dataset, p.split.unseen_names)
     sd = p.split_data
+    if folder != "new" and (run_dir / "config.json").is_file():
+        current = {**cfg.to_dict(), "split": p.split.to_dict(), **config_extras(p)}
+        check_same_config(read_json(run_dir / "config.json"), current, run_dir)
+    if folder == "finished":
+        say(f"{run_dir} holds a finished run with these options; nothing to resume.")
+        return RunResult(run_dir, cfg, read_json(run_dir / "metrics.json"))
+    if cfg.overwrite and cfg.out:
+        clear_run_state(run_dir, cfg.head)
     say(
         f"{cfg.dataset}: {len(sd.x_train)} training, {len(sd.x_val)} validation, {len(sd.x_test)} test images "
         f"({int(sd.test_is_unseen.sum())} of unseen classes) from {p.data.source}"
@@ -271,13 +477,53 @@ def run_experiment(
     say(
         f"{cfg.model}, {cfg.epochs} epochs on {describe_device(p.device)}, {p.precision}; run folder {run_dir}"
     )
-    write_json(run_dir / "config.json", {**cfg.to_dict(), "split": p.split.to_dict()})
+    if p.pretrained is not None:
+        build_model(p, cfg.head[0])  # fits the weights once to report how they fitted
+        for line in p.load_report.lines() if p.load_report is not None else []:
+            say(line)
+        if warning := leakage_warning(p.pretrained, cfg.dataset, p.split.unseen_names):
+            say(f"warning: {warning}")
+    if cfg.freeze_backbone and p.pretrained is None:
+        say("note: --freeze-backbone without --pretrained trains a head on random features")
+    write_json(
+        run_dir / "config.json",
+        {**cfg.to_dict(), "split": p.split.to_dict(), **config_extras(p)},
+    )
     per_head = {}
+    checkpoints: list[Checkpointing] = []
     for head in cfg.head:
         head_dir = run_dir if len(cfg.head) == 1 else run_dir / head
-        per_head[head] = run_head(p, head, head_dir, progress)
+        if len(cfg.head) > 1:  # each head's folder is a complete one-head run folder
+            say(f"head {head}: {HEADS[head].description}")
+            write_json(
+                head_dir / "config.json",
+                {
+                    **cfg.replace(head=(head,)).to_dict(),
+                    "split": p.split.to_dict(),
+                    **config_extras(p),
+                },
+            )
+        head_cfg = {**cfg.replace(head=(head,)).to_dict(), "split": p.split.to_dict()}
+        checkpoint = Checkpointing(
+            head_dir / CHECKPOINT_FILE,
+            {**head_cfg, **config_extras(p)},
+            resume=cfg.resume,
+            resume_hint=f"unseen run --resume --out {run_dir}",
+        )
+        checkpoints.append(checkpoint)
+        if len(cfg.head) > 1 and cfg.resume and is_finished(head_dir):
+            say(f"head {head}: finished before the interruption")
+            per_head[head] = read_json(head_dir / "metrics.json")
+            continue
+        per_head[head] = run_head(p, head, head_dir, progress, checkpoint)
+        if len(cfg.head) > 1:
+            mark_finished(head_dir, heads=[head])
     metrics = per_head[cfg.head[0]] if len(cfg.head) == 1 else {"heads": per_head}
     if len(cfg.head) > 1:
         write_json(run_dir / "metrics.json", metrics)
+    if cfg.report:
+        write_run_report(run_dir, say)
     mark_finished(run_dir, heads=list(cfg.head))
+    for checkpoint in checkpoints:  # kept until the run is finished; model.pt has the weights
+        checkpoint.remove()
     return RunResult(run_dir, cfg, metrics)

@@ -12,8 +12,11 @@ from .errors import ConfigError
 
 
 def resolve_device(name: str = "auto") -> torch.device:
+    """The torch device for ``--device``; on a GPU, cuDNN may pick its fastest kernels."""
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and torch.cuda.is_available():
+        torch.backends.cudnn.benchmark = True  # shapes repeat every step: autotune once
     if name == "cuda" and not torch.cuda.is_available():
         raise ConfigError(
             "--device cuda was asked for, but PyTorch sees no CUDA GPU here; use --device cpu or auto."
@@ -48,12 +51,23 @@ def autocast(device: torch.device, precision: str):
     return contextlib.nullcontext()
 
 
-def configure_threads() -> int:
-    """Use every core the process may run on for intra-op parallelism."""
+#: environment variable that caps the threads of one run (set by `unseen sweep --jobs N`)
+THREADS_ENV = "UNSEEN_NUM_THREADS"
+
+
+def available_cores() -> int:
+    """Cores this process may run on."""
     try:
-        n = len(os.sched_getaffinity(0))
+        return len(os.sched_getaffinity(0))
     except AttributeError:  # pragma: no cover - not Linux
-        n = os.cpu_count() or 1
+        return os.cpu_count() or 1
+
+
+def configure_threads() -> int:
+    """Use every core the process may run on for intra-op parallelism (or $UNSEEN_NUM_THREADS)."""
+    n = available_cores()
+    with contextlib.suppress(ValueError):
+        n = max(1, int(os.environ.get(THREADS_ENV, n)))
     if torch.get_num_threads() != n:
         torch.set_num_threads(n)
     return n

@@ -29,13 +29,41 @@ class Classifier(nn.Module):
         self.feature_dim = feature_dim
         self.num_classes = num_classes
         self.in_channels = in_channels
+        #: images are resized to ``input_size x input_size`` first (None: used as they come);
+        #: saved in model.pt as ``input_size`` so that evaluation and prediction do the same
+        self.input_size: int | None = None
+        #: linear probe: backbone weights fixed and its batch norm kept in eval mode
+        self.backbone_frozen = False
 
     def set_normalization(self, mean: torch.Tensor, std: torch.Tensor) -> None:
         self.mean.copy_(mean.reshape(self.mean.shape))
         self.std.copy_(std.clamp_min(1e-3).reshape(self.std.shape))
 
+    def freeze_backbone(self) -> None:
+        """Train only the head: no gradients for the backbone, batch-norm statistics frozen."""
+        self.backbone_frozen = True
+        for param in self.backbone.parameters():
+            param.requires_grad_(False)
+        self.backbone.eval()
+
+    def train(self, mode: bool = True) -> Classifier:
+        super().train(mode)
+        if self.backbone_frozen:
+            self.backbone.eval()
+        return self
+
+    def resize(self, x: torch.Tensor) -> torch.Tensor:
+        """Bilinear resize to ``input_size`` (anti-aliased when shrinking); a no-op when unset."""
+        size = self.input_size
+        if size is None or tuple(x.shape[-2:]) == (size, size):
+            return x
+        shrink = size < min(x.shape[-2:])
+        return F.interpolate(
+            x, size=(size, size), mode="bilinear", align_corners=False, antialias=shrink
+        )
+
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        return self.backbone((x - self.mean) / self.std)
+        return self.backbone((self.resize(x) - self.mean) / self.std)
 
     def forward_head(self, features: torch.Tensor) -> torch.Tensor:
         return self.head(features)
@@ -143,8 +171,16 @@ MODELS: dict[str, Callable[..., Classifier]] = {
 
 
 def create_model(
-    name: str, in_channels: int, num_classes: int, image_size: int, stem: str = "auto"
+    name: str,
+    in_channels: int,
+    num_classes: int,
+    image_size: int,
+    stem: str = "auto",
+    input_size: int | None = None,
 ) -> Classifier:
+    """Build ``name``; with ``input_size`` images are resized to it inside the model first."""
     if name not in MODELS:
         raise ConfigError(f"--model {name!r} is not known; choose one of: {', '.join(MODELS)}.")
-    return MODELS[name](in_channels, num_classes, image_size, stem)
+    model = MODELS[name](in_channels, num_classes, input_size or image_size, stem)
+    model.input_size = input_size
+    return model

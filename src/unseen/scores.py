@@ -52,16 +52,52 @@ class Score:
     needs_train: ClassVar[bool] = False
     #: True when computing the score needs the model itself (e.g. input perturbation)
     needs_model: ClassVar[bool] = False
+    #: True when the score only makes sense on one-vs-rest (sigmoid) logits
+    one_vs_rest_only: ClassVar[bool] = False
+    #: False for costly scores (e.g. ODIN's extra passes) that ``--scores all`` leaves out;
+    #: they run only when named
+    in_all: ClassVar[bool] = True
+
+    @classmethod
+    def from_config(cls, config: Any) -> Score:
+        """Build the score with its settings taken from a RunConfig (default: no settings)."""
+        return cls()
 
     def fit(self, context: FitContext) -> Score:
         return self
 
+    def decision_threshold(self) -> float | None:
+        """The threshold of the score's own accept/reject rule, or None (the default) when the
+        open-set metrics should calibrate one on the validation slice (``--known-acceptance``)."""
+        return None
+
     def score(self, outputs: Outputs) -> torch.Tensor:
         raise NotImplementedError
+
+    def score_images(
+        self, model: Any, images: torch.Tensor, device: Any = "cpu", precision: str = "fp32"
+    ) -> torch.Tensor:
+        """For ``needs_model`` scores: score uint8 ``images`` by running ``model`` again."""
+        raise NotImplementedError(f"score '{self.name}' scores outputs, not images")
+
+    def accepts(self, outputs: Outputs) -> torch.Tensor | None:
+        """The score's own accept (True = known) rule when it has one that is not a threshold
+        on the score (OpenMax: known unless "unknown" wins); None otherwise."""
+        return None
 
     def fitted_state(self) -> dict[str, Any]:
         """The learned attributes (names ending in ``_``), for the run folder."""
         return {k: v for k, v in vars(self).items() if k.endswith("_") and not k.startswith("_")}
+
+    def fit_summary(self) -> dict[str, Any]:
+        """The JSON-friendly scalars of the fitted state (T, k, clip value...), for metrics.json."""
+        out: dict[str, Any] = {}
+        for k, v in self.fitted_state().items():
+            if isinstance(v, torch.Tensor) and v.numel() == 1:
+                v = v.item()
+            if isinstance(v, (bool, int, float, str)):
+                out[k.rstrip("_")] = v
+        return out
 
     def load_fitted_state(self, state: dict[str, Any]) -> Score:
         for k, v in state.items():
@@ -129,10 +165,14 @@ register(logit_score("entropy", negative_entropy, "negative entropy of the softm
 
 
 def expand_score_names(names: Iterable[str]) -> list[str]:
-    """Resolve 'all' and check names against the registry, keeping order, dropping repeats."""
+    """Resolve 'all' and check names against the registry, keeping order, dropping repeats.
+
+    'all' is every registered score except those with ``in_all = False`` (ODIN), which run
+    only when named, e.g. ``--scores all,odin``.
+    """
     out: list[str] = []
     for n in names:
-        for name in SCORES if n == "all" else [n]:
+        for name in [s for s, c in SCORES.items() if c.in_all] if n == "all" else [n]:
             if name not in SCORES:
                 raise ConfigError(
                     f"--scores {name!r} is not known; choose from: {', '.join(SCORES)}, or all."
@@ -149,6 +189,125 @@ def check_score_names(names: Iterable[str]) -> None:
         )
 
 
-def create_score(name: str) -> Score:
+def create_score(name: str, config: Any = None) -> Score:
+    """A fresh score; with a RunConfig, its settings (e.g. ``doc_alpha``) come from it."""
     expand_score_names([name])
-    return SCORES[name]()
+    return SCORES[name]() if config is None else SCORES[name].from_config(config)
+
+
+def scores_for_head(names: Iterable[str], head: str) -> list[str]:
+    """The scores a model with ``head`` computes: the requested ones that apply to it (scores
+    for one-vs-rest logits are skipped on a softmax head), then those the head always adds."""
+    from .heads import HEADS
+
+    h = HEADS[head]
+    out = [n for n in expand_score_names(names) if h.one_vs_rest or not SCORES[n].one_vs_rest_only]
+    return out + [n for n in h.scores if n not in out]
+
+
+# ----------------------------------------------------------------------------- one-vs-rest (issue 3)
+
+
+def _require_one_vs_rest(score: Score, context: FitContext) -> None:
+    from .heads import is_one_vs_rest
+
+    if not is_one_vs_rest(context.head):
+        raise ConfigError(
+            f"score '{score.name}' needs a one-vs-rest head (--head ovr or ovr-separate), "
+            f"not '{context.head}'."
+        )
+
+
+def max_sigmoid(logits: torch.Tensor) -> torch.Tensor:
+    """Largest one-vs-rest probability ``max_k sigmoid(z_k)``."""
+    return logits.float().sigmoid().amax(dim=1)
+
+
+def doc_thresholds(
+    probabilities: torch.Tensor, labels: torch.Tensor, alpha: float = 3.0
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-class rejection thresholds of DOC (Shu, Xu and Liu 2017).
+
+    For class k, take the sigmoid outputs ``p`` of class k's own known images at output k,
+    add their mirror images ``2 - p`` about 1, and fit a Gaussian with mean 1: its standard
+    deviation is ``sigma_k = sqrt(mean((1 - p)^2))``. The threshold is
+    ``t_k = max(0.5, 1 - alpha * sigma_k)``; a class with no images keeps 0.5.
+
+    ``probabilities`` is N x K, ``labels`` N in 0..K-1 (others are ignored).
+    Returns ``(thresholds, sigmas)``, both K float32 tensors (sigma NaN for an empty class).
+    """
+    p = probabilities.float()
+    k = p.shape[1]
+    sigmas = torch.full((k,), float("nan"), device=p.device)
+    for c in range(k):
+        own = p[labels == c, c]
+        if len(own):
+            mirrored = torch.cat([own, 2.0 - own])
+            sigmas[c] = mirrored.std(correction=0)  # mean of the mirrored set is exactly 1
+    thresholds = (1.0 - alpha * sigmas).nan_to_num(0.5).clamp_min(0.5)
+    return thresholds, sigmas
+
+
+@register
+class OvrScore(Score):
+    name = "ovr"
+    description = (
+        "one-vs-rest heads only: largest sigmoid; rejected when no class claims the image "
+        "(threshold calibrated on validation)"
+    )
+    one_vs_rest_only = True
+
+    def fit(self, context: FitContext) -> Score:
+        _require_one_vs_rest(self, context)
+        return self
+
+    def score(self, outputs: Outputs) -> torch.Tensor:
+        return max_sigmoid(outputs.logits)
+
+
+@register
+class OvrDocScore(Score):
+    """DOC: class k is accepted when its sigmoid clears its own threshold ``t_k``.
+
+    The score is the margin ``max_k (p_k - t_k)``: an image is rejected exactly when no
+    class's sigmoid reaches its threshold, i.e. when the margin is below 0, so the score's
+    decision threshold is 0 (not a validation quantile). The predicted class of an accepted
+    image is ``argmax_k p_k``, as in DOC.
+    """
+
+    name = "ovr-doc"
+    description = (
+        "one-vs-rest heads only: DOC per-class thresholds t_k = max(0.5, 1 - alpha*sigma_k) "
+        "from validation sigmoids; score = max_k (p_k - t_k), rejected below 0"
+    )
+    one_vs_rest_only = True
+
+    def __init__(self, alpha: float = 3.0):
+        self.alpha = alpha
+
+    @classmethod
+    def from_config(cls, config: Any) -> Score:
+        return cls(alpha=config.doc_alpha)
+
+    def fit(self, context: FitContext) -> Score:
+        _require_one_vs_rest(self, context)
+        val = context.val
+        if val.labels is None:
+            raise ValueError("ovr-doc needs the labels of the validation images")
+        self.thresholds_, self.sigmas_ = doc_thresholds(
+            val.logits.float().sigmoid(), val.labels, self.alpha
+        )
+        self.alpha_ = float(self.alpha)
+        return self
+
+    def score(self, outputs: Outputs) -> torch.Tensor:
+        p = outputs.logits.float().sigmoid()
+        return (p - self.thresholds_.to(p.device)).amax(dim=1)
+
+    def decision_threshold(self) -> float | None:
+        return 0.0
+
+
+# ----------------------------------------------------------------------------- detectors (issue 5)
+
+from . import detectors as _detectors  # noqa: E402,F401  (registers mahalanobis, knn, vim, ...)

@@ -7,6 +7,7 @@ known-class *training* images and is never trained on: thresholds are calibrated
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -83,10 +84,14 @@ def make_split(
     classes: tuple[str, ...],
     holdout: tuple[str, ...] | None = None,
     known: tuple[str, ...] | None = None,
+    rare: Sequence[tuple[int, float]] = (),
 ) -> Split:
     """Known/unseen split from ``holdout`` or its complement ``known`` (not both).
 
-    With neither, the last class is held out (class 9 of a ten-class dataset).
+    With neither, the last class is held out (class 9 of a ten-class dataset) -- unless
+    ``rare`` classes are given (``(original index, fraction)``, see :mod:`unseen.rare`): then
+    no class is held out. A rare class at fraction 0 is never trained on and becomes unseen;
+    one at a fraction above 0 must be known.
     """
     if holdout is not None and known is not None:
         raise ConfigError("give --holdout or --known, not both.")
@@ -94,8 +99,17 @@ def make_split(
     if known is not None:
         known_idx = resolve_classes(known, classes, "--known")
     else:
-        held = resolve_classes(holdout, classes, "--holdout") if holdout is not None else [n - 1]
+        default = [] if rare else [n - 1]
+        held = resolve_classes(holdout, classes, "--holdout") if holdout is not None else default
         known_idx = [i for i in range(n) if i not in held]
+    for cls, frac in rare:
+        if frac == 0.0:
+            known_idx = [i for i in known_idx if i != cls]
+        elif cls not in known_idx:
+            raise ConfigError(
+                f"--rare class {classes[cls]!r} is held out; a rare class with a fraction above 0 "
+                "must be a known class (fraction 0 leaves it out)."
+            )
     unseen_idx = [i for i in range(n) if i not in known_idx]
     if not known_idx:
         raise ConfigError("every class is held out; keep at least two known classes.")
@@ -146,15 +160,28 @@ def split_data(
     seed: int = 0,
     train_subset: int | None = None,
     test_subset: int | None = None,
+    rare: Sequence[tuple[int, float]] = (),
 ) -> SplitData:
-    """Drop unseen classes from training, carve the validation slice, remap labels."""
+    """Drop unseen classes from training, carve the validation slice, remap labels.
+
+    ``rare`` classes (``(original index, fraction)``, after ``train_subset``) keep only that
+    fraction of their training images (see :mod:`unseen.rare`), and all of those are trained
+    on: the validation slice comes from the other known classes.
+    """
     from sklearn.model_selection import train_test_split
+
+    from .rare import subsample_class
 
     y_train = data.y_train.numpy()
     train_idx = np.arange(len(y_train))
     if train_subset is not None:
         train_idx = stratified_subset(y_train, train_subset, seed)
     train_idx = train_idx[np.isin(y_train[train_idx], split.known)]
+    rare_known = [(cls, frac) for cls, frac in rare if cls in split.known]
+    for cls, frac in rare_known:
+        train_idx = subsample_class(train_idx, y_train, cls, frac, seed)
+    is_rare = np.isin(y_train[train_idx], [cls for cls, _ in rare_known])
+    rare_idx, train_idx = train_idx[is_rare], train_idx[~is_rare]
     known_labels = y_train[train_idx]
     if len(train_idx) < 4:
         raise ConfigError(f"only {len(train_idx)} known-class training images; need more to train.")
@@ -163,7 +190,7 @@ def split_data(
     fit_idx, val_idx = train_test_split(
         train_idx, test_size=val_fraction, stratify=stratify, random_state=seed
     )
-    fit_idx, val_idx = np.sort(fit_idx), np.sort(val_idx)
+    fit_idx, val_idx = np.sort(np.concatenate([fit_idx, rare_idx])), np.sort(val_idx)
 
     test_idx = np.arange(len(data.y_test))
     if test_subset is not None:

@@ -1,0 +1,466 @@
+"""Runs that survive interruption: training checkpoints, resume, clean stops, safe weight loading.
+
+A run writes ``checkpoint.pt`` into its (head's) folder after every epoch: the model,
+optimiser and scheduler states, the torch RNG states (global and the training
+``torch.Generator``), the history and the epoch reached. ``unseen run --resume --out DIR``
+continues from it and, on the CPU with the same seed, ends with exactly the metrics of an
+uninterrupted run. Ctrl-C (SIGINT) and SIGTERM do not kill training: they set a flag, the
+loop finishes the current step, saves a checkpoint that includes the position inside the
+epoch, and the process exits with 130 (SIGINT) or 143 (SIGTERM). A second signal stops at
+once. The checkpoint is deleted when the run finishes (``model.pt`` keeps the final weights).
+
+Every file is loaded with ``torch.load(weights_only=True)``: a pickle that carries code is
+refused, and a file that is not what it should be gives one clear sentence.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import signal
+import threading
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from .errors import ConfigError, Interrupted, UnseenError
+from .runfolder import FINISHED_FILE, _jsonable, is_finished, load_torch, read_json, save_torch
+
+CHECKPOINT_FILE = "checkpoint.pt"
+CHECKPOINT_KIND = "unseen-training-checkpoint"
+CHECKPOINT_VERSION = 1
+
+if TYPE_CHECKING:
+    from .config import RunConfig
+
+#: config keys that do not change a run's results: ``--resume`` accepts a difference in these
+RESUME_IGNORED_KEYS = frozenset({"out", "resume", "overwrite", "data_root", "download", "report"})
+
+#: exit codes of a run stopped by a signal (the shell's 128 + signal number)
+SIGNAL_EXIT_CODES = {signal.SIGINT: 130, signal.SIGTERM: 143}
+
+
+class TrainingDiverged(UnseenError):
+    """The training loss became NaN or infinite (exit code 2: usually a too-high --lr)."""
+
+
+# ----------------------------------------------------------------------------- config check
+
+
+def _canonical(value: Any) -> str:
+    return json.dumps(_jsonable(value), sort_keys=True)
+
+
+def config_differences(
+    saved: Mapping[str, Any],
+    current: Mapping[str, Any],
+    ignore: frozenset[str] = RESUME_IGNORED_KEYS,
+) -> list[str]:
+    """Keys (outside ``ignore``) whose values differ, compared as JSON; absent counts as differing."""
+    missing = object()
+    keys = sorted((set(saved) | set(current)) - ignore)
+    return [
+        k
+        for k in keys
+        if (saved.get(k, missing) is missing)
+        or (current.get(k, missing) is missing)
+        or _canonical(saved[k]) != _canonical(current[k])
+    ]
+
+
+def check_same_config(saved: Mapping[str, Any], current: Mapping[str, Any], where: Path) -> None:
+    """Refuse to resume when an option that changes results differs from the saved run."""
+    differing = config_differences(saved, current)
+    if not differing:
+        return
+
+    def show(mapping: Mapping[str, Any], key: str) -> str:
+        return _canonical(mapping[key]) if key in mapping else "absent"
+
+    detail = "; ".join(f"{k}: {show(saved, k)} -> {show(current, k)}" for k in differing[:6])
+    more = f" and {len(differing) - 6} more" if len(differing) > 6 else ""
+    raise ConfigError(
+        f"cannot resume {where}: the options differ from the saved run in {detail}{more}; "
+        "resume with the same options, or pass --overwrite to start again."
+    )
+
+
+def saved_config(run_dir: str | Path) -> RunConfig | None:
+    """The options of the run in ``run_dir`` (its config.json), as the base that
+    ``--resume`` starts from, so ``unseen run --resume --out DIR`` needs no other flag.
+    None when the folder has no config.json."""
+    from .config import FIELDS, RunConfig, parse_value
+
+    path = Path(run_dir) / "config.json"
+    if not path.is_file():
+        return None
+    data = read_json(path)
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path} is not a run's config.json (it holds no table of options).")
+    values: dict[str, Any] = {}
+    for key, raw in data.items():
+        if key not in FIELDS or key in {"out", "resume", "overwrite"}:
+            continue
+        if raw is None:
+            values[key] = None
+        elif isinstance(raw, list) and all(isinstance(x, str) for x in raw):
+            values[key] = tuple(raw)
+        else:
+            values[key] = parse_value(key, raw, source=str(path))
+    return RunConfig().replace(**values)
+
+
+# ----------------------------------------------------------------------------- run folder state
+
+
+def clear_run_state(run_dir: Path, heads: tuple[str, ...] = ()) -> None:
+    """Forget an earlier run in ``run_dir`` (for ``--overwrite``): its finished marker, metrics
+    and checkpoints, at the top and in the head subfolders. Other files are rewritten by the run."""
+    folders = [run_dir] + [run_dir / h for h in heads if (run_dir / h).is_dir()]
+    for folder in folders:
+        for name in (FINISHED_FILE, "metrics.json"):
+            (folder / name).unlink(missing_ok=True)
+        for ckpt in folder.glob("checkpoint*.pt"):
+            ckpt.unlink()
+
+
+def check_run_folder(run_dir: Path, *, resume: bool, overwrite: bool) -> str:
+    """What to do with ``--out``, decided before any work starts.
+
+    Returns ``"new"`` (start a run), ``"resume"`` (continue an unfinished run) or
+    ``"finished"`` (``--resume`` of a run that already finished: nothing to do). Raises a
+    :class:`ConfigError` for a folder that holds a run when neither option allows it.
+    """
+    if run_dir.exists() and not run_dir.is_dir():
+        raise ConfigError(f"--out {run_dir} is a file, not a folder.")
+    if not run_dir.is_dir() or not any(run_dir.iterdir()):
+        return "new"
+    if overwrite:  # the caller clears the old run once the options and data are known good
+        return "new"
+    finished = is_finished(run_dir)
+    if resume:
+        return "finished" if finished else "resume"
+    if finished:
+        raise ConfigError(
+            f"{run_dir} already holds a finished run; pass --overwrite to replace it, "
+            "or choose another --out."
+        )
+    if (run_dir / "config.json").is_file():
+        raise ConfigError(
+            f"{run_dir} holds an unfinished run; pass --resume to continue it, --overwrite "
+            "to start it again, or choose another --out."
+        )
+    raise ConfigError(
+        f"--out {run_dir} is a folder with other files in it, not a run folder; choose a new "
+        "or empty folder, or pass --overwrite to write into it anyway."
+    )
+
+
+# ----------------------------------------------------------------------------- weights
+
+
+def _shape(t: torch.Tensor) -> str:
+    return "x".join(str(s) for s in t.shape) or "scalar"
+
+
+def state_dict_problems(model: torch.nn.Module, state: Any) -> str | None:
+    """Why ``state`` cannot be loaded into ``model`` (None when it fits exactly)."""
+    if not isinstance(state, Mapping):
+        return f"it holds a {type(state).__name__}, not a state dict (names -> tensors)"
+    not_tensors = [str(k) for k, v in state.items() if not isinstance(v, torch.Tensor)]
+    if not_tensors:
+        return f"it is not a state dict: {', '.join(not_tensors[:3])} are not tensors"
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [str(k) for k in state if k not in expected]
+    mismatched = [
+        f"{k} is {_shape(state[k])}, the model needs {_shape(v)}"
+        for k, v in expected.items()
+        if k in state and state[k].shape != v.shape
+    ]
+    parts = []
+    if mismatched:
+        parts.append(f"{len(mismatched)} shapes do not fit ({'; '.join(mismatched[:2])})")
+    if missing:
+        parts.append(f"{len(missing)} weights are missing (e.g. {', '.join(missing[:2])})")
+    if unexpected:
+        parts.append(f"{len(unexpected)} are unknown (e.g. {', '.join(unexpected[:2])})")
+    return "; ".join(parts) or None
+
+
+def load_weights(model: torch.nn.Module, state: Any, source: str | Path) -> None:
+    """Load a state dict into ``model`` strictly, or raise one clear :class:`UnseenError`.
+
+    ``state`` may be a plain state dict or a dict holding one under ``state_dict`` (a
+    run's ``model.pt``) or ``model`` (a training checkpoint).
+    """
+    if isinstance(state, Mapping):
+        for key in ("state_dict", "model"):
+            if key in state and isinstance(state[key], Mapping):
+                state = state[key]
+                break
+    problem = state_dict_problems(model, state)
+    if problem:
+        raise UnseenError(f"the weights in {source} do not fit this model: {problem}.")
+    model.load_state_dict(state, strict=True)
+
+
+# ----------------------------------------------------------------------------- signals
+
+
+class StopSignal:
+    """While active, SIGINT and SIGTERM only record that a stop was asked for.
+
+    The training loop polls :attr:`requested` at safe points. The first signal re-installs
+    the previous handlers, so a second Ctrl-C or SIGTERM stops the process at once. Outside
+    the main thread (where Python cannot install handlers) this does nothing.
+    """
+
+    def __init__(self, enabled: bool = True):
+        self.enabled = enabled and threading.current_thread() is threading.main_thread()
+        self.requested: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        self.requested = signum
+        self._restore()
+
+    def _restore(self) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+        self._previous = {}
+
+    def __enter__(self) -> StopSignal:
+        if self.enabled:
+            for signum in SIGNAL_EXIT_CODES:
+                self._previous[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._restore()
+
+
+@contextlib.contextmanager
+def catch_signals(checkpoint: Checkpointing | None) -> Iterator[None]:
+    """While training with ``checkpoint``, turn SIGINT/SIGTERM into a clean stop request."""
+    if checkpoint is None:
+        yield
+        return
+    with StopSignal() as stop:
+        checkpoint.stop = stop
+        try:
+            yield
+        finally:
+            checkpoint.stop = None
+
+
+# ----------------------------------------------------------------------------- divergence
+
+
+class FiniteGuard:
+    """Remembers the first training step whose loss was NaN or infinite, without a device sync.
+
+    ``update`` runs a few tiny tensor operations on the loss's device every step; ``check``
+    reads the result (one sync), so the loop may call it once per epoch and still report
+    the exact step.
+    """
+
+    def __init__(self, device: torch.device):
+        self.first_step = torch.full((), -1, dtype=torch.long, device=device)
+        self.value = torch.zeros((), device=device)
+
+    def update(self, loss: torch.Tensor, global_step: int) -> None:
+        loss = loss.detach().float()
+        new = ~torch.isfinite(loss) & (self.first_step < 0)
+        self.first_step.masked_fill_(new, global_step)
+        self.value = torch.where(new, loss, self.value)
+
+    def first_bad(self) -> tuple[int, float] | None:
+        """``(global step, loss value)`` of the first non-finite loss, or None."""
+        step = int(self.first_step)
+        return None if step < 0 else (step, float(self.value))
+
+
+# ----------------------------------------------------------------------------- checkpoints
+
+
+@dataclass
+class Position:
+    """Where a (resumed) training run continues: 0-based epoch and the next step in it."""
+
+    epoch: int = 0
+    step: int = 0
+    #: the permutation and running sums of a partly done epoch (when ``step > 0``)
+    epoch_state: dict[str, Any] | None = None
+    #: training seconds and wall-clock seconds spent before the interruption
+    train_seconds: float = 0.0
+    wall_seconds: float = 0.0
+
+
+@dataclass
+class Checkpointing:
+    """Where a training run saves its checkpoint, and whether to start from it.
+
+    ``config`` (the run's resolved options) is stored in the checkpoint and must match on
+    resume; ``resume_hint`` is the command that continues the run, for messages.
+    """
+
+    path: Path
+    config: dict[str, Any]
+    resume: bool = False
+    resume_hint: str = ""
+    #: the active signal catcher whose flag the training loop polls (None: signals act as usual)
+    stop: StopSignal | None = None
+
+    def member(self, k: int) -> Checkpointing:
+        """The checkpoint of the k-th network of a head that trains several in turn."""
+        path = self.path.with_name(f"{self.path.stem}-{k}{self.path.suffix}")
+        return dataclasses.replace(self, path=path)
+
+    def stop_requested(self) -> int | None:
+        """The signal number of a pending stop request, or None."""
+        return None if self.stop is None else self.stop.requested
+
+    def remove(self) -> None:
+        """Delete this checkpoint and those of its members (after the run has finished)."""
+        for p in self.path.parent.glob(f"{self.path.stem}*{self.path.suffix}"):
+            p.unlink(missing_ok=True)
+
+    def save(
+        self,
+        *,
+        model: torch.nn.Module,
+        optimizer: torch.optim.Optimizer,
+        scheduler: torch.optim.lr_scheduler.LRScheduler,
+        generator: torch.Generator,
+        history: list[dict],
+        images_seen: int,
+        train_seconds: float,
+        epoch: int,
+        step: int,
+        epoch_state: dict[str, Any] | None,
+    ) -> float:
+        """Write the checkpoint atomically; return the seconds it took.
+
+        ``epoch`` is the 0-based epoch to continue with and ``step`` the next step in it;
+        ``epoch_state`` holds that epoch's permutation and running sums when ``step > 0``.
+        """
+        start = time.perf_counter()
+        device = generator.device
+        save_torch(
+            self.path,
+            {
+                "kind": CHECKPOINT_KIND,
+                "format_version": CHECKPOINT_VERSION,
+                "config": self.config,
+                "epoch": epoch,
+                "step": step,
+                "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "torch_rng": torch.get_rng_state(),
+                "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
+                "generator": generator.get_state(),
+                "history": history,
+                "images_seen": images_seen,
+                "train_seconds": train_seconds,
+                "epoch_state": None
+                if epoch_state is None
+                else {
+                    k: v.cpu() if isinstance(v, torch.Tensor) else v for k, v in epoch_state.items()
+                },
+            },
+        )
+        return time.perf_counter() - start
+
+    def load(self) -> dict[str, Any] | None:
+        """The saved training state when resuming and a checkpoint exists, else None."""
+        if not self.resume or not self.path.is_file():
+            return None
+        state = load_torch(self.path)
+        required = ("model", "optimizer", "scheduler", "generator", "torch_rng", "epoch", "step")
+        if not isinstance(state, dict) or state.get("kind") != CHECKPOINT_KIND:
+            raise UnseenError(
+                f"{self.path} is not an unseen training checkpoint; delete it or pass --overwrite."
+            )
+        missing = [k for k in required if k not in state]
+        if state.get("format_version") != CHECKPOINT_VERSION or missing:
+            raise UnseenError(
+                f"{self.path} was written by another version of unseen (format "
+                f"{state.get('format_version')!r}); pass --overwrite to start again."
+            )
+        check_same_config(state.get("config") or {}, self.config, self.path)
+        return state
+
+    def start(
+        self,
+        *,
+        model: torch.nn.Module,
+        optimizer: torch.optim.Optimizer,
+        scheduler: torch.optim.lr_scheduler.LRScheduler,
+        generator: torch.Generator,
+        result: Any,
+    ) -> Position:
+        """Where training starts: from the checkpoint when resuming (model, optimiser,
+        scheduler, RNGs, ``result.history`` and ``result.images_seen`` restored), else at 0."""
+        state = self.load()
+        if state is None:
+            return Position()
+        load_weights(model, state["model"], self.path)
+        try:
+            optimizer.load_state_dict(state["optimizer"])
+            scheduler.load_state_dict(state["scheduler"])
+            torch.set_rng_state(state["torch_rng"])
+            generator.set_state(state["generator"])
+            if state.get("cuda_rng") is not None and generator.device.type == "cuda":
+                torch.cuda.set_rng_state(state["cuda_rng"], generator.device)
+        except (ValueError, RuntimeError, KeyError, TypeError, IndexError) as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise UnseenError(
+                f"{self.path} does not fit this run ({first[:160]}); pass --overwrite to start again."
+            ) from None
+        result.history = list(state.get("history") or [])
+        result.images_seen = int(state.get("images_seen") or 0)
+        return Position(
+            epoch=int(state["epoch"]),
+            step=int(state["step"]),
+            epoch_state=state.get("epoch_state"),
+            train_seconds=float(state.get("train_seconds") or 0.0),
+            wall_seconds=float(result.history[-1]["seconds"]) if result.history else 0.0,
+        )
+
+    def interrupted(self, epoch: int, step: int, steps: int) -> Interrupted:
+        """The error ending a run stopped by a signal, once the checkpoint is saved."""
+        signum = self.stop_requested() or signal.SIGINT
+        name = signal.Signals(signum).name
+        where = (
+            f"after epoch {epoch}" if step == 0 else f"in epoch {epoch + 1}, step {step} of {steps}"
+        )
+        hint = f"; continue with: {self.resume_hint}" if self.resume_hint else ""
+        return Interrupted(
+            f"stopped by {name} {where}; checkpoint saved to {self.path}{hint}",
+            SIGNAL_EXIT_CODES.get(signal.Signals(signum), 128 + signum),
+        )
+
+
+def diverged(
+    epoch: int, step: int, steps: int, value: float, lr: float, checkpoint: Checkpointing | None
+) -> TrainingDiverged:
+    """The message for a loss that stopped being finite at (0-based) ``epoch``/``step``."""
+    kept = ""
+    if checkpoint is not None:
+        kept = (
+            f"; the last good checkpoint is kept in {checkpoint.path}"
+            if checkpoint.path.is_file()
+            else "; no checkpoint was kept (it diverged in the first epoch)"
+        )
+    return TrainingDiverged(
+        f"training diverged: the loss became {value} in epoch {epoch + 1}, step {step + 1} of "
+        f"{steps}; lower the learning rate (--lr {lr:g} now, try --lr {lr / 10:g}) and start "
+        f"again{' with --overwrite' if checkpoint is not None else ''}{kept}."
+    )

@@ -1,0 +1,667 @@
+"""Feature-space and post-hoc detectors, all from the one forward pass of a run.
+
+Every score here follows the convention of :mod:`unseen.scores`: **higher = more likely a
+known class**. Distances are therefore negated. Each detector learns only from known-class
+data: the known training images without augmentation (``FitContext.train``, computed when a
+score sets ``needs_train``) or the validation slice (``FitContext.val``); never from test or
+unseen images. Fitted state lives in attributes ending in ``_`` (saved to ``detectors.pt``);
+``fit_summary()`` gives the JSON-friendly part (written to ``metrics.json`` under
+``scores.<name>.fit``).
+
+==============  ================  =========================================================
+score           fits on           score (higher = known)
+==============  ================  =========================================================
+mahalanobis     train features    ``-min_k (x-mu_k)^T S^+ (x-mu_k)``, S shared covariance
+rmd             train features    ``-min_k [MD_k(x) - MD_0(x)]``, MD_0: one background Gaussian
+knn             train features    ``-|| z - z_(k) ||``, z = x/||x||, z_(k) k-th nearest bank entry
+vim             train feats+head  ``logsumexp(logits) - alpha ||P_res (x - u)||``
+react           train features    ``logsumexp(W min(x, c) + b)``, c the p-th percentile
+temperature     validation        ``max softmax(logits / T)``, T minimises validation NLL
+openmax         train logits      ``1 - P(unknown)`` after Weibull recalibration
+odin            (nothing)         ``max softmax(f(x~) / T)``, x~ = x - eps sign(grad)
+==============  ================  =========================================================
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .errors import ConfigError, DataError
+from .hardware import autocast
+from .scores import FitContext, Outputs, Score, register
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def _train(score: Score, context: FitContext) -> Outputs:
+    """The known training outputs, with labels, or a clear error."""
+    train = context.train
+    if train is None or train.labels is None:
+        raise ValueError(f"score '{score.name}' needs the labelled known training outputs")
+    if len(train) == 0:
+        raise DataError(f"score '{score.name}' has no known training images to fit on.")
+    return train
+
+
+def class_means(features: torch.Tensor, labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """Per-class means ``K x D`` of ``features``; every class must have at least one row."""
+    counts = torch.bincount(labels, minlength=num_classes).to(features.dtype)
+    if bool((counts == 0).any()):
+        missing = int((counts == 0).nonzero()[0, 0])
+        raise DataError(
+            f"known class {missing} has no training images, so its class mean cannot be fitted; "
+            "use a larger --train-subset."
+        )
+    sums = torch.zeros(num_classes, features.shape[1], dtype=features.dtype, device=features.device)
+    sums.index_add_(0, labels, features)
+    return sums / counts[:, None]
+
+
+def whitening(precision: torch.Tensor) -> torch.Tensor:
+    """``L`` with ``L L^T = precision`` (precision symmetric positive semi-definite); used when
+    a score is restored from ``detectors.pt``."""
+    evals, evecs = torch.linalg.eigh(precision)
+    return evecs * evals.clamp_min(0).sqrt()
+
+
+def squared_mahalanobis(x: torch.Tensor, means: torch.Tensor, whiten: torch.Tensor) -> torch.Tensor:
+    """``N x K`` squared Mahalanobis distances ``(x - mu_k)^T P (x - mu_k)`` with ``P = L L^T``.
+
+    Computed in float64 as squared Euclidean distances between whitened points.
+    """
+    z = x.double() @ whiten
+    m = means.double() @ whiten
+    d = (z * z).sum(1, keepdim=True) - 2 * z @ m.T + (m * m).sum(1)[None, :]
+    return d.clamp_min(0)
+
+
+def gaussian_fit(centred: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
+    """Maximum-likelihood covariance of already centred rows, from one eigendecomposition.
+
+    Returns ``(covariance, precision, whitening, rank)``: the precision is the pseudo-inverse
+    (eigenvalues below ``D * eps * max eigenvalue`` count as zero, as in ``pinv``/``pinvh``),
+    ``whitening`` the ``D x rank`` matrix ``L`` with ``L L^T = precision``.
+    """
+    cov = centred.T @ centred / centred.shape[0]
+    cov = (cov + cov.T) / 2
+    evals, evecs = torch.linalg.eigh(cov)
+    keep = evals > evals.abs().max() * cov.shape[0] * torch.finfo(cov.dtype).eps
+    inv = torch.where(keep, 1 / evals, torch.zeros_like(evals))
+    precision = (evecs * inv) @ evecs.T
+    return cov, precision, evecs[:, keep] * inv[keep].sqrt(), int(keep.sum())
+
+
+# ----------------------------------------------------------------------------- Mahalanobis
+
+
+@register
+class Mahalanobis(Score):
+    """Lee et al. (2018), penultimate layer only and without input preprocessing.
+
+    Class means ``mu_k`` and one covariance shared by all classes (the maximum-likelihood
+    covariance of the training features centred on their own class means, as scikit-learn's
+    ``EmpiricalCovariance`` on the pooled centred features). The precision is the
+    pseudo-inverse, so dead (constant) feature dimensions do no harm. Score: minus the
+    smallest squared Mahalanobis distance to a class mean.
+    """
+
+    name = "mahalanobis"
+    description = "minus the smallest Mahalanobis distance to a class mean (shared covariance; train features)"
+    needs_train = True
+
+    def fit(self, context: FitContext) -> Score:
+        train = _train(self, context)
+        x = train.features.double()
+        k = context.head_weight.shape[0]
+        self.means_ = class_means(x, train.labels, k)
+        self.covariance_, self.precision_, self._whiten, self.covariance_rank_ = gaussian_fit(
+            x - self.means_[train.labels]
+        )
+        self.feature_dim_ = int(x.shape[1])
+        self.fit_on_ = "train"
+        return self
+
+    def class_distances(self, features: torch.Tensor) -> torch.Tensor:
+        if getattr(self, "_whiten", None) is None:
+            self._whiten = whitening(self.precision_)
+        dev = features.device
+        return squared_mahalanobis(features, self.means_.to(dev), self._whiten.to(dev))
+
+    def score(self, outputs: Outputs) -> torch.Tensor:
+        return -self.class_distances(outputs.features).amin(dim=1)
+
+
+@register
+class RelativeMahalanobis(Mahalanobis):
+    """Ren et al. (2021): class distance minus the distance to one background Gaussian.
+
+    ``MD_k`` as in :class:`Mahalanobis`; ``MD_0`` uses the mean and maximum-likelihood
+    covariance of all training features together. Score ``-min_k (MD_k(x) - MD_0(x))``.
+    """
+
+    name = "rmd"
+    description = "relative Mahalanobis: minus min_k (MD_k - MD_background) (train features)"
+
+    def fit(self, context: FitContext) -> Score:
+        super().fit(context)
+        x = _train(self, context).features.double()
+        self.background_mean_ = x.mean(0)
+        (
+            self.background_covariance_,
+            self.background_precision_,
+            self._bg_whiten,
+            self.background_rank_,
+        ) = gaussian_fit(x - self.background_mean_)
+        return self
+
+    def score(self, outputs: Outputs) -> torch.Tensor:
+        if getattr(self, "_bg_whiten", None) is None:
+            self._bg_whiten = whitening(self.background_precision_)
+        dev = outputs.features.device
+        d0 = squared_mahalanobis(
+            outputs.features, self.background_mean_.to(dev)[None], self._bg_whiten.to(dev)
+        )[:, 0]
+        return -(self.class_distances(outputs.features).amin(dim=1) - d0)
+
+
+# ----------------------------------------------------------------------------- KNN
+
+
+def _faiss():
+    try:
+        import faiss  # type: ignore[import-not-found]
+    except ImportError:
+        return None
+    return faiss
+
+
+def kth_neighbour_distance(
+    queries: torch.Tensor, bank: torch.Tensor, k: int, max_elements: int = 2**25
+) -> torch.Tensor:
+    """Euclidean distance from each (unit-norm) query to its ``k``-th nearest (unit-norm) bank row.
+
+    Brute force in float32: similarities ``q @ bank.T`` in chunks of queries bounded to
+    ``max_elements`` entries, ``topk`` of each row, then ``||q - b|| = sqrt(2 - 2 q.b)``.
+    """
+    if len(queries) == 0:
+        return torch.empty(0, device=queries.device)
+    bank = bank.to(queries.device, torch.float32)
+    q = queries.float()
+    rows = max(1, max_elements // max(1, len(bank)))
+    out = []
+    for start in range(0, len(q), rows):
+        sims = q[start : start + rows] @ bank.T
+        kth = sims.topk(k, dim=1, sorted=False).values.amin(dim=1)
+        out.append((2 - 2 * kth).clamp_min(0).sqrt())
+    return torch.cat(out)
+
+
+@register
+class KNN(Score):
+    """Sun et al. (2022): distance to the k-th nearest L2-normalised training feature.
+
+    The bank is every known training feature, or a seeded random subset of ``bank_size`` of
+    them (``--knn-bank``; the speed default). ``k`` is clipped to the bank size. faiss
+    (``IndexFlatL2``, exact) is used on CPU when it is installed, torch otherwise.
+    """
+
+    name = "knn"
+    description = (
+        "minus the distance to the k-th nearest normalised training feature (Sun et al. 2022)"
+    )
+    needs_train = True
+
+    def __init__(self, k: int = 50, bank_size: int | None = 10000, seed: int = 0):
+        self.k = k
+        self.bank_size = bank_size
+        self.seed = seed
+
+    @classmethod
+    def from_config(cls, config: Any) -> Score:
+        return cls(k=config.knn_k, bank_size=config.knn_bank, seed=config.seed)
+
+    def fit(self, context: FitContext) -> Score:
+        x = _train(self, context).features.float()
+        n_total = len(x)
+        if self.bank_size is not None and n_total > self.bank_size:
+            g = torch.Generator().manual_seed(self.seed)
+            keep = torch.randperm(n_total, generator=g)[: self.bank_size].sort().values
+            x = x[keep.to(x.device)]
+        self.bank_ = F.normalize(x, dim=1)
+        self.k_ = int(min(self.k, len(self.bank_)))
+        self.bank_size_ = int(len(self.bank_))
+        self.train_size_ = int(n_total)
+        self.fit_on_ = "train"
+        return self
+
+    def score(self, outputs: Outputs) -> torch.Tensor:
+        q = F.normalize(outputs.features.float(), dim=1)
+        faiss = _faiss()
+        if faiss is not None and q.device.type == "cpu" and len(q):
+            index = faiss.IndexFlatL2(self.bank_.shape[1])
+            index.add(np.ascontiguousarray(self.bank_.cpu().numpy(), dtype=np.float32))
+            d2, _ = index.search(np.ascontiguousarray(q.numpy(), dtype=np.float32), self.k_)
+            return -torch.from_numpy(d2[:, -1]).clamp_min(0).sqrt()
+        return -kth_neighbour_distance(q, self.bank_, self.k_)
+
+
+# ----------------------------------------------------------------------------- ViM
+
+
+def auto_vim_dim(feature_dim: int) -> int:
+    """Principal-subspace size when ``--vim-dim`` is auto: half the features, at most 1000."""
+    return max(1, min(1000, feature_dim // 2))
+
+
+@register
+class ViM(Score):
+    """Wang et al. (2022), Virtual-logit Matching.
+
+    Origin ``u = -pinv(W) b`` (the point the head maps to zero logits); the principal
+    subspace is spanned by the ``D`` leading eigenvectors of ``(x - u)^T (x - u) / N`` on the
+    training features; the residual is the projection on the other ``N - D`` eigenvectors.
+    ``alpha = mean_train(max logit) / mean_train(||x_res||)``. Score = energy minus the
+    virtual logit: ``logsumexp(logits) - alpha ||x_res||``. ``D`` defaults to
+    :func:`auto_vim_dim` (the paper uses 512 for 768 features and 1000 for 2048).
+    """
+
+    name = "vim"
+    description = (
+        "virtual-logit matching: energy minus alpha * residual norm outside the principal subspace"
+    )
+    needs_train = True
+
+    def __init__(self, dim: int | None = None):
+        self.dim = dim
+
+    @classmethod
+    def from_config(cls, config: Any) -> Score:
+        return cls(dim=config.vim_dim)
+
+    def fit(self, context: FitContext) -> Score:
+        train = _train(self, context)
+        w, b = context.head_weight.double(), context.head_bias.double()
+        x = train.features.double().to(w.device)
+        n_feat = x.shape[1]
+        dim = auto_vim_dim(n_feat) if self.dim is None else self.dim
+        if not 0 < dim < n_feat:
+            raise ConfigError(
+                f"--vim-dim {dim} must be below the feature dimension {n_feat} of this model."
+            )
+        self.origin_ = -(torch.linalg.pinv(w) @ b)
+        centred = x - self.origin_
+        evals, evecs = torch.linalg.eigh(centred.T @ centred / len(x))  # ascending
+        self.residual_basis_ = evecs[:, : n_feat - dim].contiguous()
+        train_logits = train.logits.double().to(w.device)
+        residual = (centred @ self.residual_basis_).norm(dim=1)
+        self.alpha_ = float(train_logits.amax(1).mean() / residual.mean().clamp_min(1e-12))
+        self.dim_ = int(dim)
+        self.explained_variance_ = float(
+            evals[n_feat - dim :].sum() / evals.sum().clamp_min(1e-300)
+        )
+        self.fit_on_ = "train"
+        return self
+
+    def score(self, outputs: Outputs) -> torch.Tensor:
+        dev = outputs.features.device
+        x = outputs.features.double() - self.origin_.to(dev)
+        virtual = self.alpha_ * (x @ self.residual_basis_.to(dev)).norm(dim=1)
+        return torch.logsumexp(outputs.logits.double(), dim=1) - virtual
+
+
+# ----------------------------------------------------------------------------- ReAct
+
+
+def percentile(x: torch.Tensor, q: float) -> float:
+    """The ``q``-th percentile of all entries of ``x`` with linear interpolation, as
+    ``numpy.percentile``; sorted on the GPU when ``x`` is there, else with NumPy."""
+    flat = x.detach().float().flatten()
+    if flat.device.type == "cpu":
+        return float(np.percentile(flat.numpy(), q))
+    return sorted_percentile(flat.sort().values, q)
+
+
+def sorted_percentile(v: torch.Tensor, q: float) -> float:
+    """``numpy.percentile``'s linear interpolation on an already sorted 1-d tensor."""
+    v = v.double()
+    pos = q / 100 * (len(v) - 1)
+    lo = int(math.floor(pos))
+    hi = min(lo + 1, len(v) - 1)
+    return float(v[lo] + (pos - lo) * (v[hi] - v[lo]))
+
+
+@register
+class ReAct(Score):
+    """Sun, Guo and Li (2021): clip features at ``c``, then the energy of the head's logits.
+
+    ``c`` is the ``percentile``-th percentile (linear interpolation, as ``numpy.percentile``)
+    of all training activations (every entry of the ``N x D`` feature matrix).
+    """
+
+    name = "react"
+    description = "energy of the head applied to features clipped at a training percentile"
+    needs_train = True
+
+    def __init__(self, percentile: float = 90.0):
+        self.percentile = percentile
+
+    @classmethod
+    def from_config(cls, config: Any) -> Score:
+        return cls(percentile=config.react_percentile)
+
+    def fit(self, context: FitContext) -> Score:
+        self.clip_ = percentile(_train(self, context).features, self.percentile)
+        self.percentile_ = float(self.percentile)
+        self.head_weight_ = context.head_weight.float()
+        self.head_bias_ = context.head_bias.float()
+        self.fit_on_ = "train"
+        return self
+
+    def score(self, outputs: Outputs) -> torch.Tensor:
+        dev = outputs.features.device
+        clipped = outputs.features.float().clamp(max=self.clip_)
+        logits = clipped @ self.head_weight_.to(dev).T + self.head_bias_.to(dev)
+        return torch.logsumexp(logits, dim=1)
+
+
+# ----------------------------------------------------------------------------- temperature
+
+
+def nll(logits: torch.Tensor, labels: torch.Tensor, temperature: float) -> float:
+    """Mean negative log-likelihood of ``labels`` under ``softmax(logits / temperature)``."""
+    return float(F.cross_entropy(logits.double() / temperature, labels))
+
+
+def fit_temperature(
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    bounds: tuple[float, float] = (0.01, 100.0),
+    tol: float = 1e-10,
+) -> float:
+    """The temperature in ``bounds`` minimising the NLL of ``labels`` under softmax(logits/T).
+
+    The NLL is convex in ``beta = 1/T`` (a log-sum-exp of linear functions minus a linear
+    one), so its derivative ``mean(E_p[z] - z_y)`` is increasing: a Newton iteration on it,
+    safeguarded by bisection, finds the minimiser; at a bound when the NLL still falls there.
+    """
+    z = logits.double()
+    zy = z.gather(1, labels.to(z.device).long()[:, None])[:, 0]
+
+    def derivatives(beta: float) -> tuple[float, float]:
+        p = (beta * z).softmax(dim=1)
+        mean = (p * z).sum(1)
+        var = (p * z * z).sum(1) - mean**2
+        return float((mean - zy).mean()), float(var.clamp_min(0).mean())
+
+    lo, hi = 1.0 / bounds[1], 1.0 / bounds[0]
+    if derivatives(lo)[0] >= 0:
+        return bounds[1]
+    if derivatives(hi)[0] <= 0:
+        return bounds[0]
+    beta = min(max(1.0, lo), hi)
+    for _ in range(100):
+        g, h = derivatives(beta)
+        if g > 0:
+            hi = beta
+        else:
+            lo = beta
+        step = beta - g / h if h > 0 else math.nan
+        beta = step if lo < step < hi else (lo + hi) / 2
+        if abs(g) < tol or hi - lo < tol * beta:
+            break
+    return 1.0 / beta
+
+
+#: the search range of the temperature
+TEMPERATURE_BOUNDS = (0.01, 100.0)
+
+
+@register
+class Temperature(Score):
+    """Temperature-scaled max softmax (Guo et al. 2017); ``T`` minimises the validation NLL."""
+
+    name = "temperature"
+    description = "max softmax of logits / T, T fitted by NLL on the validation slice"
+
+    def fit(self, context: FitContext) -> Score:
+        val = context.val
+        if val.labels is None or len(val) == 0:
+            raise DataError("score 'temperature' needs labelled validation images to fit T.")
+        lo, hi = TEMPERATURE_BOUNDS
+        self.temperature_ = fit_temperature(val.logits, val.labels, TEMPERATURE_BOUNDS)
+        # at a bound the NLL still fell: e.g. a perfectly separated validation slice (T -> 0)
+        self.at_bound_ = not lo * 1.001 < self.temperature_ < hi / 1.001
+        self.val_nll_at_1_ = nll(val.logits.cpu(), val.labels.cpu(), 1.0)
+        self.val_nll_ = nll(val.logits.cpu(), val.labels.cpu(), self.temperature_)
+        self.fit_on_ = "validation"
+        return self
+
+    def score(self, outputs: Outputs) -> torch.Tensor:
+        return (outputs.logits.double() / self.temperature_).softmax(dim=1).amax(dim=1)
+
+
+# ----------------------------------------------------------------------------- OpenMax
+
+
+def weibull_mle(x: np.ndarray) -> tuple[float, float]:
+    """Maximum-likelihood Weibull ``(shape, scale)`` with location 0 for positive ``x``.
+
+    The shape solves ``sum(x^c ln x) / sum(x^c) - 1/c - mean(ln x) = 0`` (increasing in c;
+    scipy's brentq), then ``scale = mean(x^c)^(1/c)``: the same optimum as
+    ``scipy.stats.weibull_min.fit(x, floc=0)``, much faster. ``x`` needs two distinct values.
+    """
+    from scipy.optimize import brentq
+
+    x = np.asarray(x, float)
+    top = float(x.max())
+    u = x / top  # the shape does not depend on the unit
+    log_u = np.log(u)
+    mean_log = float(log_u.mean())
+
+    def g(c: float) -> float:
+        w = u**c
+        return float((w * log_u).sum() / w.sum()) - 1.0 / c - mean_log
+
+    lo, hi = 1e-3, 1.0
+    while g(hi) < 0 and hi < 1e6:
+        lo, hi = hi, hi * 4
+    shape = brentq(g, lo, hi, xtol=1e-12, rtol=1e-12)
+    return float(shape), float(top * np.mean(u**shape) ** (1.0 / shape))
+
+
+def fit_weibull_tail(distances: np.ndarray, tail_size: int) -> tuple[float, float, int]:
+    """Weibull (shape, scale, location 0) fitted to the ``tail_size`` largest distances.
+
+    Returns ``(shape, scale, n_tail)``. With fewer than two distinct positive tail values
+    the fit is degenerate; then shape 1 and scale = the tail mean are used.
+    """
+    tail = np.sort(np.asarray(distances, float))[-tail_size:]
+    tail = tail[tail > 0]
+    if len(tail) < 2 or np.ptp(tail) <= 1e-9 * float(tail.max()):
+        return 1.0, max(float(tail.mean()) if len(tail) else 1.0, 1e-12), len(tail)
+    shape, scale = weibull_mle(tail)
+    return shape, scale, len(tail)
+
+
+def openmax_probabilities(
+    logits: torch.Tensor,
+    mavs: torch.Tensor,
+    shape: torch.Tensor,
+    scale: torch.Tensor,
+    alpha: int,
+) -> torch.Tensor:
+    """OpenMax probabilities ``N x (K+1)``; column 0 is "unknown".
+
+    The top ``alpha`` classes by logit, rank ``r = 0..alpha-1``, are revised with weights
+    ``(alpha - r) / alpha``: ``v_k <- v_k (1 - w_r CDF_k(||v - mav_k||))`` where ``CDF_k`` is
+    class k's Weibull; the unknown logit is the sum of what was taken away.
+    """
+    v = logits.double()
+    dist = torch.cdist(v, mavs.double().to(v.device), compute_mode="donot_use_mm_for_euclid_dist")
+    sh, sc = shape.double().to(v.device), scale.double().to(v.device)
+    wscore = 1 - torch.exp(-((dist / sc).clamp_min(0) ** sh))
+    alpha = min(alpha, v.shape[1])
+    ranks = v.argsort(dim=1, descending=True)[:, :alpha]
+    weights = torch.zeros_like(v)
+    rank_weights = (alpha - torch.arange(alpha, device=v.device, dtype=v.dtype)) / alpha
+    weights.scatter_(1, ranks, rank_weights.expand(len(v), alpha))
+    revised = v * (1 - weights * wscore)
+    unknown = (v - revised).sum(dim=1, keepdim=True)
+    return torch.cat([unknown, revised], dim=1).softmax(dim=1)
+
+
+@register
+class OpenMax(Score):
+    """Bendale and Boult (2016).
+
+    Mean activation vectors (logit vectors) per class from the correctly classified training
+    images (all of the class's images when none is correct); a Weibull fitted with scipy to
+    the ``tail_size`` largest Euclidean distances of each class's images to its mean; the top
+    ``alpha`` logits revised as in the authors' code. Score ``1 - P(unknown)``; OpenMax's own
+    decision (unseen when P(unknown) is the largest probability) is reported beside it.
+    """
+
+    name = "openmax"
+    description = (
+        "1 - P(unknown) after Weibull recalibration of the top logits (Bendale and Boult 2016)"
+    )
+    needs_train = True
+
+    def __init__(self, tail_size: int = 20, alpha: int = 3):
+        self.tail_size = tail_size
+        self.alpha = alpha
+
+    @classmethod
+    def from_config(cls, config: Any) -> Score:
+        return cls(tail_size=config.openmax_tail, alpha=config.openmax_alpha)
+
+    def fit(self, context: FitContext) -> Score:
+        train = _train(self, context)
+        logits, labels = train.logits.double().cpu(), train.labels.cpu()
+        k = context.head_weight.shape[0]
+        correct = logits.argmax(1) == labels
+        mavs, shapes, scales, tails = [], [], [], []
+        for c in range(k):
+            use = (labels == c) & correct
+            if not bool(use.any()):
+                use = labels == c
+            if not bool(use.any()):
+                raise DataError(f"known class {c} has no training images for OpenMax to fit.")
+            av = logits[use]
+            mav = av.mean(0)
+            shape, scale, n_tail = fit_weibull_tail((av - mav).norm(dim=1).numpy(), self.tail_size)
+            mavs.append(mav)
+            shapes.append(shape)
+            scales.append(scale)
+            tails.append(n_tail)
+        self.mavs_ = torch.stack(mavs)
+        self.weibull_shape_ = torch.tensor(shapes, dtype=torch.float64)
+        self.weibull_scale_ = torch.tensor(scales, dtype=torch.float64)
+        self.tail_counts_ = torch.tensor(tails)
+        self.tail_size_ = int(self.tail_size)
+        self.alpha_ = int(min(self.alpha, k))
+        self.fit_on_ = "train"
+        return self
+
+    def probabilities(self, outputs: Outputs) -> torch.Tensor:
+        return openmax_probabilities(
+            outputs.logits, self.mavs_, self.weibull_shape_, self.weibull_scale_, self.alpha_
+        )
+
+    def score(self, outputs: Outputs) -> torch.Tensor:
+        return 1 - self.probabilities(outputs)[:, 0]
+
+    def accepts(self, outputs: Outputs) -> torch.Tensor:
+        """OpenMax's own rule: known unless the unknown probability is the largest."""
+        return self.probabilities(outputs).argmax(dim=1) != 0
+
+    def fit_summary(self) -> dict[str, Any]:
+        out = super().fit_summary()
+        out["weibull_shape"] = self.weibull_shape_.tolist()
+        out["weibull_scale"] = self.weibull_scale_.tolist()
+        return out
+
+
+# ----------------------------------------------------------------------------- ODIN
+
+
+def odin_scores(
+    model: torch.nn.Module,
+    images: torch.Tensor,
+    temperature: float = 1000.0,
+    epsilon: float = 0.0014,
+    device: torch.device | str = "cpu",
+    precision: str = "fp32",
+    batch_size: int = 256,
+) -> torch.Tensor:
+    """ODIN (Liang et al. 2018): ``max softmax(f(x~)/T)`` with ``x~ = x - eps sign(grad_x L)``.
+
+    ``L`` is the cross-entropy of ``f(x)/T`` against the predicted class; ``x`` is the image in
+    ``[0, 1]`` (uint8 ``images`` are divided by 255), so ``epsilon`` is in pixel units. The
+    authors add ``eps * sign / std`` to normalised inputs, which is the same step in pixel
+    units. The perturbed image is not clipped to ``[0, 1]`` (as in the authors' code).
+    """
+    device = torch.device(device)
+    was_training = model.training
+    model.eval()
+    out = []
+    try:
+        for start in range(0, len(images), batch_size):
+            xb = images[start : start + batch_size].to(device)
+            x = (xb.float() / 255 if xb.dtype == torch.uint8 else xb.float()).requires_grad_(True)
+            with torch.enable_grad(), autocast(device, precision):
+                logits = model(x).float()
+                loss = F.cross_entropy(logits / temperature, logits.argmax(1), reduction="sum")
+            (grad,) = torch.autograd.grad(loss, x)
+            with torch.no_grad(), autocast(device, precision):
+                z = model((x - epsilon * grad.sign()).detach()).float()
+            out.append((z.double() / temperature).softmax(dim=1).amax(dim=1))
+    finally:
+        model.train(was_training)
+    return torch.cat(out) if out else torch.empty(0, dtype=torch.float64, device=device)
+
+
+@register
+class ODIN(Score):
+    """ODIN: temperature scaling plus input perturbation; a second pass (with gradients)
+    through the model, so it runs only when named (``--scores all`` leaves it out)."""
+
+    name = "odin"
+    description = (
+        "temperature plus input perturbation (Liang et al. 2018); extra passes, run only when named"
+    )
+    needs_model = True
+    in_all = False
+
+    def __init__(self, temperature: float = 1000.0, epsilon: float = 0.0014):
+        self.temperature = temperature
+        self.epsilon = epsilon
+
+    @classmethod
+    def from_config(cls, config: Any) -> Score:
+        return cls(temperature=config.odin_temperature, epsilon=config.odin_epsilon)
+
+    def fit(self, context: FitContext) -> Score:
+        self.temperature_ = float(self.temperature)
+        self.epsilon_ = float(self.epsilon)
+        self.fit_on_ = "nothing (fixed settings)"
+        return self
+
+    def score(self, outputs: Outputs) -> torch.Tensor:
+        if self.epsilon != 0:
+            raise RuntimeError("odin perturbs the inputs: call score_images(model, images, ...)")
+        return (outputs.logits.double() / self.temperature).softmax(dim=1).amax(dim=1)
+
+    def score_images(
+        self,
+        model: torch.nn.Module,
+        images: torch.Tensor,
+        device: torch.device | str = "cpu",
+        precision: str = "fp32",
+    ) -> torch.Tensor:
+        return odin_scores(model, images, self.temperature, self.epsilon, device, precision)

@@ -1,0 +1,432 @@
+"""The report's figures: pure functions of NumPy arrays returning matplotlib figures.
+
+Figures are built with :class:`matplotlib.figure.Figure` directly (never ``pyplot``), so
+they render with the Agg backend whatever the session's backend is, hold no global state
+and need no display. Conventions are those of :mod:`unseen.metrics`: a higher score means
+more likely a known class, and known = positive in ROC curves.
+
+The numbers behind a figure come from separate functions (``confusion_counts``,
+``calibration_bins``, ``expected_calibration_error``, ``project_features``) so that they
+can be tested against hand-computed values.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
+from sklearn.metrics import confusion_matrix, roc_auc_score, roc_curve
+
+KNOWN_COLOR = "#1f77b4"
+UNSEEN_COLOR = "#d62728"
+DPI = 100
+
+
+def figure_png(fig: Figure, dpi: int = DPI) -> bytes:
+    """Render ``fig`` to PNG bytes (Agg)."""
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
+    return buf.getvalue()
+
+
+# ----------------------------------------------------------------------------- score histograms
+
+
+def score_histogram(
+    known: np.ndarray,
+    unseen: np.ndarray,
+    threshold: float | None,
+    name: str,
+    bins: int = 50,
+) -> Figure:
+    """Overlapping histograms of one score on known and unseen test images.
+
+    The calibrated threshold is a vertical dashed line (label ``threshold``): images at or
+    above it are accepted as known. Histograms are densities so that groups of different
+    sizes compare.
+    """
+    known = np.asarray(known, float)
+    unseen = np.asarray(unseen, float)
+    both = np.concatenate([known, unseen])
+    both = both[np.isfinite(both)]
+    lo, hi = (float(both.min()), float(both.max())) if both.size else (0.0, 1.0)
+    if threshold is not None and math.isfinite(threshold):
+        lo, hi = min(lo, threshold), max(hi, threshold)
+    if hi <= lo:
+        lo, hi = lo - 0.5, hi + 0.5
+    edges = np.linspace(lo, hi, bins + 1)
+    fig = Figure(figsize=(5.2, 3.4))
+    ax = fig.add_subplot()
+    for values, label, color in (
+        (known, f"known ({len(known)})", KNOWN_COLOR),
+        (unseen, f"unseen ({len(unseen)})", UNSEEN_COLOR),
+    ):
+        values = values[np.isfinite(values)]
+        if values.size:
+            ax.hist(values, bins=edges, density=True, alpha=0.55, color=color, label=label)
+    if threshold is not None and math.isfinite(threshold):
+        ax.axvline(threshold, color="black", linestyle="--", linewidth=1.2, label="threshold")
+    ax.set_xlabel(f"{name} (higher = more likely known)")
+    ax.set_ylabel("density")
+    ax.set_title(f"{name}: known vs unseen test images")
+    ax.legend(fontsize=8, frameon=False)
+    fig.tight_layout()
+    return fig
+
+
+# ----------------------------------------------------------------------------- ROC
+
+
+def roc_figure(scores: Mapping[str, np.ndarray], is_known: np.ndarray) -> Figure:
+    """ROC curves of every score in one axes (known = positive), AUROC in the legend."""
+    is_known = np.asarray(is_known, bool)
+    fig = Figure(figsize=(4.8, 4.4))
+    ax = fig.add_subplot()
+    both = bool(is_known.any() and (~is_known).any())
+    for name, score in scores.items():
+        if not both:
+            break
+        fpr, tpr, _ = roc_curve(is_known, np.asarray(score, float))
+        ax.plot(
+            fpr, tpr, linewidth=1.4, label=f"{name} (AUROC {roc_auc_score(is_known, score):.3f})"
+        )
+    ax.plot([0, 1], [0, 1], color="grey", linestyle=":", linewidth=1)
+    ax.axhline(0.95, color="grey", linestyle="--", linewidth=0.8)
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1.01)
+    ax.set_xlabel("unseen images accepted (FPR)")
+    ax.set_ylabel("known images accepted (TPR)")
+    ax.set_title("ROC, known = positive" if both else "ROC needs known and unseen test images")
+    if both:
+        ax.legend(fontsize=8, loc="lower right", frameon=False)
+    fig.tight_layout()
+    return fig
+
+
+# ----------------------------------------------------------------------------- confusion matrix
+
+
+def confusion_counts(
+    labels: np.ndarray,
+    predicted: np.ndarray,
+    known: Sequence[int],
+    unseen: Sequence[int],
+) -> np.ndarray:
+    """Counts of true class (rows) x predicted known class (columns).
+
+    ``labels`` are original class indices; ``predicted`` indices into ``known`` (0..K-1, the
+    classifier's argmax). Rows are the known classes in ``known`` order, then the unseen
+    classes in ``unseen`` order; columns the K known classes. Row ``K + j`` tells where the
+    images of unseen class ``unseen[j]`` went.
+    """
+    known, unseen = list(known), list(unseen)
+    predicted_original = np.asarray(known)[np.asarray(predicted, int)] if len(predicted) else []
+    full = confusion_matrix(np.asarray(labels, int), predicted_original, labels=known + unseen)
+    return full[:, : len(known)]
+
+
+def confusion_figure(
+    counts: np.ndarray, row_names: Sequence[str], col_names: Sequence[str], num_known: int
+) -> Figure:
+    """The confusion matrix, coloured by row share, counts written in the cells.
+
+    The rows after ``num_known`` (unseen classes) are set off by a line and labelled
+    ``name (unseen)``.
+    """
+    counts = np.asarray(counts)
+    rows, cols = counts.shape
+    share = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
+    size = min(16.0, max(4.0, 0.45 * cols + 2.5)), min(16.0, max(3.5, 0.4 * rows + 1.8))
+    fig = Figure(figsize=size)
+    ax = fig.add_subplot()
+    im = ax.imshow(share, cmap="Blues", vmin=0, vmax=1, aspect="auto")
+    if rows * cols <= 900:
+        for i in range(rows):
+            for j in range(cols):
+                if counts[i, j]:
+                    ax.text(j, i, str(counts[i, j]), ha="center", va="center", fontsize=7,
+                            color="white" if share[i, j] > 0.6 else "black")  # fmt: skip
+    labels = [f"{n} (unseen)" if i >= num_known else str(n) for i, n in enumerate(row_names)]
+    tick_size = 8 if max(rows, cols) <= 30 else 5
+    ax.set_yticks(range(rows), labels, fontsize=tick_size)
+    ax.set_xticks(range(cols), [str(c) for c in col_names], fontsize=tick_size,
+                  rotation=90 if cols > 10 else 0)  # fmt: skip
+    for tick in ax.get_yticklabels()[num_known:]:
+        tick.set_color(UNSEEN_COLOR)
+    if num_known < rows:
+        ax.axhline(num_known - 0.5, color=UNSEEN_COLOR, linewidth=1.5)
+    ax.set_xlabel("predicted class")
+    ax.set_ylabel("true class")
+    ax.set_title("where test images went (colour: share of the row)")
+    fig.colorbar(im, ax=ax, fraction=0.04, pad=0.02)
+    fig.tight_layout()
+    return fig
+
+
+# ----------------------------------------------------------------------------- calibration
+
+
+@dataclass
+class CalibrationBins:
+    """Equal-width confidence bins over [0, 1]: bin ``b`` holds ``edges[b] < c <= edges[b+1]``
+    (the first bin also holds 0). Accuracy and mean confidence are NaN in empty bins."""
+
+    edges: np.ndarray
+    counts: np.ndarray
+    accuracy: np.ndarray
+    confidence: np.ndarray
+
+
+def calibration_bins(
+    confidence: np.ndarray, correct: np.ndarray, n_bins: int = 15
+) -> CalibrationBins:
+    confidence = np.asarray(confidence, float)
+    correct = np.asarray(correct, float)
+    edges = np.linspace(0.0, 1.0, n_bins + 1)
+    idx = np.clip(np.searchsorted(edges, confidence, side="left") - 1, 0, n_bins - 1)
+    counts = np.bincount(idx, minlength=n_bins)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        acc = np.bincount(idx, weights=correct, minlength=n_bins) / counts
+        conf = np.bincount(idx, weights=confidence, minlength=n_bins) / counts
+    return CalibrationBins(edges, counts, acc, conf)
+
+
+def expected_calibration_error(
+    confidence: np.ndarray, correct: np.ndarray, n_bins: int = 15
+) -> float:
+    """ECE (Guo et al. 2017): sum over bins of |bin share| x |accuracy - mean confidence|.
+
+    On unseen images every prediction is wrong, so their ECE is their mean confidence.
+    NaN for no images.
+    """
+    b = calibration_bins(confidence, correct, n_bins)
+    n = b.counts.sum()
+    if n == 0:
+        return math.nan
+    filled = b.counts > 0
+    return float(np.sum(b.counts[filled] / n * np.abs(b.accuracy[filled] - b.confidence[filled])))
+
+
+def reliability_figure(
+    known_confidence: np.ndarray,
+    known_correct: np.ndarray,
+    unseen_confidence: np.ndarray,
+    n_bins: int = 15,
+    name: str = "max-softmax",
+) -> Figure:
+    """Left: accuracy vs MSP confidence on known images, with ECE. Right: the MSP
+    distribution of unseen images, which are always wrong (their ECE is their mean MSP)."""
+    fig = Figure(figsize=(9.0, 3.8))
+    left, right = fig.subplots(1, 2)
+    b = calibration_bins(known_confidence, known_correct, n_bins)
+    width = b.edges[1] - b.edges[0]
+    centers = b.edges[:-1] + width / 2
+    filled = b.counts > 0
+    ece_known = expected_calibration_error(known_confidence, known_correct, n_bins)
+    left.bar(centers[filled], b.accuracy[filled], width=width * 0.95, color=KNOWN_COLOR,
+             edgecolor="white", label="accuracy")  # fmt: skip
+    left.plot([0, 1], [0, 1], color="grey", linestyle=":", linewidth=1, label="perfect calibration")
+    left.plot(b.confidence[filled], b.accuracy[filled], "o", color="black", markersize=3,
+              label="mean confidence")  # fmt: skip
+    left.set_xlim(0, 1)
+    left.set_ylim(0, 1.02)
+    left.set_xlabel(f"{name} confidence")
+    left.set_ylabel("accuracy")
+    left.set_title(f"known images ({len(known_confidence)}): ECE {ece_known:.3f}", fontsize=10)
+    left.legend(fontsize=7, loc="upper left", frameon=False)
+
+    unseen_confidence = np.asarray(unseen_confidence, float)
+    if unseen_confidence.size:
+        ece_unseen = expected_calibration_error(
+            unseen_confidence, np.zeros(len(unseen_confidence)), n_bins
+        )
+        weights = np.full(len(unseen_confidence), 1.0 / len(unseen_confidence))
+        right.hist(unseen_confidence, bins=b.edges, weights=weights, color=UNSEEN_COLOR, alpha=0.75,
+                   edgecolor="white")  # fmt: skip
+        right.set_title(
+            f"unseen images ({len(unseen_confidence)}): always wrong, ECE {ece_unseen:.3f}",
+            fontsize=10,
+        )
+    else:
+        right.set_title("no unseen test images", fontsize=10)
+    right.set_xlim(0, 1)
+    right.set_xlabel(f"{name} confidence")
+    right.set_ylabel("share of unseen images")
+    fig.tight_layout()
+    return fig
+
+
+# ----------------------------------------------------------------------------- projection
+
+
+@dataclass
+class Projection:
+    """2-D coordinates of the rows ``index`` of the feature matrix, per method."""
+
+    index: np.ndarray
+    coords: dict[str, np.ndarray]
+
+
+def subsample_index(labels: np.ndarray, max_points: int, seed: int = 0) -> np.ndarray:
+    """At most ``max_points`` row indices, stratified by label (every label keeps a share), sorted."""
+    labels = np.asarray(labels)
+    n = len(labels)
+    if n <= max_points:
+        return np.arange(n)
+    rng = np.random.default_rng(seed)
+    keep = []
+    for value in np.unique(labels):
+        rows = np.flatnonzero(labels == value)
+        k = max(1, round(len(rows) * max_points / n))
+        keep.append(rng.choice(rows, size=min(k, len(rows)), replace=False))
+    return np.sort(np.concatenate(keep))
+
+
+def project_features(
+    features: np.ndarray,
+    labels: np.ndarray,
+    max_points: int = 3000,
+    tsne_points: int = 1500,
+    seed: int = 0,
+) -> Projection:
+    """PCA of all test features shown on a stratified subsample of ``max_points``; t-SNE
+    (on the first 50 principal components) of at most ``tsne_points`` of those when
+    ``tsne_points > 0``. t-SNE is the slow part (a few seconds for 1,500 points); it runs on one
+    thread, which is as fast as several on a busy machine and makes the layout repeatable."""
+    from sklearn.decomposition import PCA
+    from sklearn.manifold import TSNE
+    from threadpoolctl import threadpool_limits
+
+    x = np.asarray(features, np.float32)
+    x = np.nan_to_num(x, nan=0.0, posinf=0.0, neginf=0.0)
+    index = subsample_index(labels, max_points, seed)
+    coords: dict[str, np.ndarray] = {}
+    if len(x) < 3 or x.shape[1] < 2:
+        return Projection(index, coords)
+    pca = PCA(n_components=min(50, x.shape[1], len(x)), random_state=seed).fit(x)
+    pcs = pca.transform(x[index])
+    coords["PCA"] = pcs[:, :2]
+    if tsne_points > 0 and len(index) > 10:
+        sub = subsample_index(np.asarray(labels)[index], tsne_points, seed)
+        perplexity = float(min(30.0, (len(sub) - 1) / 3))
+        tsne = TSNE(n_components=2, init="pca", perplexity=perplexity, random_state=seed,
+                    max_iter=500)  # fmt: skip
+        t = np.full((len(index), 2), np.nan)
+        with threadpool_limits(limits=1):
+            t[sub] = tsne.fit_transform(pcs[sub])
+        coords["t-SNE"] = t
+    return Projection(index, coords)
+
+
+def projection_figure(
+    projection: Projection, labels: np.ndarray, class_names: Sequence[str], unseen: Sequence[int]
+) -> Figure:
+    """One panel per method; known classes coloured dots, unseen classes black-edged crosses.
+
+    ``labels`` are original class indices of all test images; ``unseen`` the unseen ones.
+    """
+    from matplotlib import colormaps
+
+    labels = np.asarray(labels)[projection.index]
+    methods = list(projection.coords)
+    fig = Figure(figsize=(5.2 * max(1, len(methods)) + 1.6, 4.6))
+    axes = fig.subplots(1, max(1, len(methods)), squeeze=False)[0]
+    present = [c for c in range(len(class_names)) if (labels == c).any()]
+    known_present = [c for c in present if c not in set(unseen)]
+    cmap = colormaps["tab10" if len(known_present) <= 10 else "tab20"]
+    unseen_markers = ["X", "P", "*", "D", "s", "^", "v"]
+    for ax, method in zip(axes, methods, strict=False):
+        xy = projection.coords[method]
+        for n, c in enumerate(known_present):
+            rows = (labels == c) & np.isfinite(xy[:, 0])
+            ax.scatter(xy[rows, 0], xy[rows, 1], s=5, alpha=0.6, color=cmap(n % cmap.N),
+                       label=str(class_names[c]), rasterized=True, linewidths=0)  # fmt: skip
+        for n, c in enumerate(c for c in present if c in set(unseen)):
+            rows = (labels == c) & np.isfinite(xy[:, 0])
+            ax.scatter(xy[rows, 0], xy[rows, 1], s=22, color="black", alpha=0.8,
+                       marker=unseen_markers[n % len(unseen_markers)],
+                       label=f"{class_names[c]} (unseen)", rasterized=True, linewidths=0)  # fmt: skip
+        shown = int(np.isfinite(xy[:, 0]).sum())
+        ax.set_title(f"{method} of test features ({shown} images)", fontsize=10)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    if not methods:
+        axes[0].set_title("too few test images to project")
+    else:
+        handles, names = axes[0].get_legend_handles_labels()
+        right = 1 - 1.6 / fig.get_figwidth()
+        fig.tight_layout(rect=(0, 0, right, 1))
+        fig.legend(handles, names, loc="center left", bbox_to_anchor=(right, 0.5), fontsize=7,
+                   frameon=False, markerscale=2)  # fmt: skip
+    return fig
+
+
+# ----------------------------------------------------------------------------- training curves
+
+
+def training_figure(history: Sequence[Mapping[str, float]]) -> Figure:
+    """Loss, accuracy (training and validation) and learning rate per epoch."""
+    fig = Figure(figsize=(11.0, 3.2))
+    axes = fig.subplots(1, 3)
+
+    def column(key: str) -> np.ndarray:
+        return np.array([_float(row.get(key)) for row in history], float)
+
+    epochs = column("epoch") if history else np.array([])
+    axes[0].plot(epochs, column("loss") if history else [], marker="o", markersize=3)
+    axes[0].set_title("training loss", fontsize=10)
+    for key, label in (("train_accuracy", "training (augmented)"), ("val_accuracy", "validation")):
+        values = column(key) if history else np.array([])
+        if np.isfinite(values).any():
+            axes[1].plot(epochs, values, marker="o", markersize=3, label=label)
+    axes[1].set_title("accuracy on known classes", fontsize=10)
+    axes[1].legend(fontsize=8, frameon=False)
+    axes[2].plot(epochs, column("lr") if history else [], color="grey")
+    axes[2].set_title("learning rate", fontsize=10)
+    for ax in axes:
+        ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    fig.tight_layout()
+    return fig
+
+
+def _float(value: object) -> float:
+    try:
+        return float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return math.nan
+
+
+# ----------------------------------------------------------------------------- comparison
+
+
+def comparison_figure(
+    labels: Sequence[str],
+    score_names: Sequence[str],
+    metric: str,
+    means: np.ndarray,
+    stds: np.ndarray,
+) -> Figure:
+    """Grouped horizontal bars: one group per configuration, one bar per score, error bars =
+    standard deviation over seeds. ``means``/``stds`` are configurations x scores (NaN = absent)."""
+    means = np.asarray(means, float)
+    stds = np.nan_to_num(np.asarray(stds, float), nan=0.0)
+    n_cfg, n_scores = means.shape
+    fig = Figure(figsize=(7.5, max(2.5, 0.28 * n_cfg * max(n_scores, 1) + 1.2)))
+    ax = fig.add_subplot()
+    height = 0.8 / max(n_scores, 1)
+    for j, name in enumerate(score_names):
+        y = np.arange(n_cfg) + (j - (n_scores - 1) / 2) * height
+        ok = np.isfinite(means[:, j])
+        ax.barh(y[ok], means[ok, j], height=height * 0.9, xerr=stds[ok, j], capsize=2, label=name)
+    ax.set_yticks(range(n_cfg), labels, fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlabel(f"{metric} (mean ± std over seeds)")
+    ax.legend(fontsize=8, frameon=False, loc="lower right")
+    fig.tight_layout()
+    return fig

@@ -1,0 +1,901 @@
+"""Use a trained run with its reject option: ``unseen predict`` and :func:`unseen.load`.
+
+A :class:`Predictor` restores a run folder's model (``model.pt``, loaded with
+``weights_only=True``) and its fitted rejection scores (``detectors.pt``), and labels new
+images with a known class or "unknown". An image is accepted as known when
+``score >= threshold`` (every score is oriented so that higher = more likely known); the
+threshold defaults to the one the run calibrated on its known-class validation images
+(``scores.npz``, ``val_score_<name>``), so it accepts about ``known_acceptance`` of the
+known-class images.
+
+Image conventions (the same for every entry point):
+
+* PIL images of any mode; NumPy arrays channels-last (``H x W``, ``H x W x C``,
+  ``N x H x W`` or ``N x H x W x C``); torch tensors channels-first (``H x W``,
+  ``C x H x W``, ``N x H x W`` or ``N x C x H x W``); or a list of any of these.
+  A 3-D input is one image when its channel axis (last for arrays, first for tensors) has
+  1, 3 or 4 entries, otherwise a batch of grayscale images. A 4-D input whose channel axis
+  is not 1/3/4 long is read in the other layout when that one fits.
+* ``uint8`` values are 0..255; floating-point values must lie in ``[0, 1]`` (they are
+  rounded to 0..255, as the training images were); other integer types must lie in 0..255.
+* Channels follow the model: RGB(A) becomes grayscale (ITU-R 601-2 luma) for a
+  one-channel model, grayscale is repeated for a three-channel one, alpha is dropped.
+* Every image is resized to the training image size (bilinear, antialiased); the aspect
+  ratio is *not* kept, as for folder datasets in training: crop beforehand if that matters.
+* Normalisation happens inside the model (its mean/std buffers), as in training.
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import io
+import json
+import math
+import sys
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .errors import UnseenError
+from .evaluate import forward_pass
+from .models import Classifier
+from .runfolder import (
+    FINISHED_FILE,
+    FORMAT_VERSION,
+    atomic_write,
+    is_finished,
+    load_torch,
+    require_finished,
+)
+from .scores import SCORES, Outputs, Score, create_score
+
+UNKNOWN = -1
+UNKNOWN_NAME = "unknown"
+#: the score used when none is asked for (if the run computed it; else the run's first score)
+DEFAULT_SCORE = "energy"
+#: file extensions read from folders (a file named explicitly is tried whatever its extension)
+IMAGE_EXTENSIONS = (
+    ".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm",
+)  # fmt: skip
+#: npz array names tried, in order
+NPZ_KEYS = ("x", "images", "x_test")
+_CHANNEL_COUNTS = (1, 3, 4)
+_REQUIRED_KEYS = ("state_dict", "model", "in_channels", "image_size", "num_classes", "split")
+
+
+# ----------------------------------------------------------------------------- run folder
+
+
+def locate_run(run_dir: str | Path, head: str | None = None) -> Path:
+    """The folder holding ``model.pt`` for ``run_dir`` (and ``head`` for multi-head runs).
+
+    Accepts a single-head run folder, a multi-head run folder with ``head``, or a head's
+    subfolder ``RUN/<head>/`` directly. Raises :class:`UnseenError` for unfinished runs.
+    """
+    path = Path(run_dir)
+    if not path.is_dir():
+        raise UnseenError(f"run folder {path} does not exist.")
+    if (path / "model.pt").is_file() and not is_finished(path) and _is_head_folder(path):
+        return _check_head(path, head)  # RUN/<head>/ of a finished multi-head run
+    require_finished(path)
+    heads = _run_heads(path)
+    if head is not None and (path / head / "model.pt").is_file():
+        return path / head
+    if (path / "model.pt").is_file():
+        return _check_head(path, head)
+    if head is not None:
+        raise UnseenError(
+            f"run folder {path} has no head {head!r}; its heads are: {', '.join(heads) or 'none'}."
+        )
+    if len(heads) > 1:
+        raise UnseenError(
+            f"run folder {path} holds one model per head ({', '.join(heads)}); "
+            f"pass --head NAME (or point at {path}/<head>/)."
+        )
+    raise UnseenError(f"run folder {path} has no model.pt.")
+
+
+def _run_heads(path: Path) -> list[str]:
+    try:
+        info = json.loads((path / FINISHED_FILE).read_text())
+    except (OSError, ValueError):
+        return []
+    heads = info.get("heads") if isinstance(info, dict) else None
+    return [str(h) for h in heads] if isinstance(heads, list) else []
+
+
+def _is_head_folder(path: Path) -> bool:
+    return is_finished(path.parent) and path.name in _run_heads(path.parent)
+
+
+def _check_head(folder: Path, head: str | None) -> Path:
+    if head is None:
+        return folder
+    if _is_head_folder(folder):
+        if head != folder.name:
+            raise UnseenError(f"{folder} is the folder of head {folder.name!r}, not {head!r}.")
+        return folder
+    trained = _run_heads(folder)
+    if trained and head not in trained:
+        raise UnseenError(
+            f"run {folder} has no head {head!r}; its heads are: {', '.join(trained)}."
+        )
+    return folder
+
+
+def load_checkpoint(path: Path) -> dict[str, Any]:
+    """``model.pt`` loaded weights-only, checked against this version's format."""
+    from . import __version__
+
+    ckpt = load_torch(path)
+    if not isinstance(ckpt, dict):
+        raise UnseenError(f"{path} is not an unseen model file (it holds a {type(ckpt).__name__}).")
+    version = ckpt.get("format_version")
+    if version != FORMAT_VERSION:
+        raise UnseenError(
+            f"{path} has run-folder format {version!r} (written by unseen "
+            f"{ckpt.get('unseen_version', '?')}); this unseen {__version__} reads format "
+            f"{FORMAT_VERSION}: rerun the experiment with this version."
+        )
+    missing = [k for k in _REQUIRED_KEYS if k not in ckpt]
+    if missing:
+        raise UnseenError(
+            f"{path} lacks {', '.join(missing)}; it was not written by unseen {__version__}: "
+            "rerun the experiment with this version."
+        )
+    return ckpt
+
+
+def rebuild_model(ckpt: dict[str, Any], path: Path) -> torch.nn.Module:
+    """The network described by a checkpoint, with its weights (strict loading).
+
+    Built as training builds it (:func:`unseen.ovr.build_model_for_head`: one ``Classifier``,
+    or K one-output ones for ``ovr-separate``), with the checkpoint's ``input_size``.
+    """
+    from .heads import HEADS
+    from .ovr import build_model_for_head
+
+    cfg = ckpt.get("config") or {}
+    head = str(ckpt.get("head", "softmax"))
+    if head not in HEADS:
+        raise UnseenError(
+            f"{path} was trained with head {head!r}, which this version does not know: "
+            "rerun the experiment with this version."
+        )
+    height = int(ckpt["image_size"][0])
+    input_size = ckpt.get("input_size", cfg.get("input_size"))
+    input_size = int(input_size) if input_size else None
+    try:
+        model = build_model_for_head(
+            str(ckpt["model"]),
+            int(ckpt["in_channels"]),
+            int(ckpt["num_classes"]),
+            input_size or height,
+            str(cfg.get("stem", "auto")),
+            head,
+        )
+    except UnseenError as exc:
+        raise UnseenError(f"{path} cannot be rebuilt by this version: {exc}") from None
+    for net in model.modules():
+        if isinstance(net, Classifier):
+            net.input_size = input_size
+    try:
+        model.load_state_dict(ckpt["state_dict"], strict=True)
+    except (RuntimeError, KeyError, TypeError, AttributeError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UnseenError(
+            f"the weights in {path} do not fit a {ckpt['model']} network of this version "
+            f"({first[:160]}): rerun the experiment with this version."
+        ) from None
+    return model.eval()
+
+
+def run_config(ckpt: dict[str, Any]) -> Any:
+    """The run's RunConfig (its score settings, e.g. ODIN's temperature), or None if unreadable."""
+    from .config import FIELDS, RunConfig
+
+    cfg = ckpt.get("config")
+    if not isinstance(cfg, dict):
+        return None
+    values = {k: tuple(v) if isinstance(v, list) else v for k, v in cfg.items() if k in FIELDS}
+    try:
+        return RunConfig().replace(**values)
+    except (TypeError, ValueError):
+        return None
+
+
+def load_detectors(path: Path, device: torch.device, config: Any = None) -> dict[str, Score]:
+    """Fitted scores from ``detectors.pt``; names this version does not know are skipped."""
+    state = load_torch(path, map_location=device)
+    if not isinstance(state, dict) or not all(isinstance(v, dict) for v in state.values()):
+        raise UnseenError(f"{path} is not an unseen detectors file: rerun the experiment.")
+    out = {}
+    for name, fitted in state.items():
+        if name not in SCORES:
+            continue
+        try:
+            score = create_score(name, config)
+        except (AttributeError, TypeError, ValueError):  # settings missing from an older config
+            score = create_score(name)
+        out[name] = score.load_fitted_state(fitted)
+    return out
+
+
+# ----------------------------------------------------------------------------- images
+
+
+def _layout(t: torch.Tensor, channels_last: bool) -> torch.Tensor:
+    """One tensor in the documented layout -> N x C x H x W."""
+    first_ok, last_ok = t.shape[0] in _CHANNEL_COUNTS, t.shape[-1] in _CHANNEL_COUNTS
+    if t.ndim == 2:
+        return t[None, None]
+    if t.ndim == 3:
+        if channels_last and last_ok:
+            return t.permute(2, 0, 1)[None]
+        if not channels_last and first_ok:
+            return t[None]
+        return t[:, None]  # a batch of grayscale images
+    if t.ndim == 4:
+        c_first, c_last = t.shape[1] in _CHANNEL_COUNTS, t.shape[-1] in _CHANNEL_COUNTS
+        if (channels_last and c_last) or (not c_first and c_last):
+            return t.permute(0, 3, 1, 2)
+        if c_first:
+            return t
+    raise UnseenError(
+        f"an image array of shape {tuple(t.shape)} is not understood; give H x W, H x W x C or "
+        "N x H x W x C arrays, or C x H x W or N x C x H x W tensors, with 1, 3 or 4 channels."
+    )
+
+
+def _to_uint8(t: torch.Tensor) -> torch.Tensor:
+    if t.dtype == torch.uint8:
+        return t
+    if t.dtype == torch.bool or t.is_complex():
+        raise UnseenError(f"images of type {t.dtype} are not supported; give uint8 or float.")
+    if t.numel() == 0:
+        return t.to(torch.uint8)
+    if t.is_floating_point():
+        t = t.float()
+        lo, hi = float(t.min()), float(t.max())
+        if not (math.isfinite(lo) and math.isfinite(hi)) or lo < -1e-6 or hi > 1 + 1e-6:
+            raise UnseenError(
+                f"float images must lie in [0, 1] (got values from {lo:g} to {hi:g}); "
+                "divide 0..255 images by 255 or pass them as uint8."
+            )
+        return t.mul(255).round_().clamp_(0, 255).to(torch.uint8)
+    lo, hi = int(t.min()), int(t.max())
+    if lo < 0 or hi > 255:
+        raise UnseenError(
+            f"integer images must lie in 0..255 (got {lo} to {hi}); pass uint8 or floats in [0, 1]."
+        )
+    return t.to(torch.uint8)
+
+
+def _pil_to_array(image: Any) -> np.ndarray:
+    """A PIL image -> H x W or H x W x C uint8 (16-bit and float modes scaled to 0..255)."""
+    mode = image.mode
+    if mode in {"L", "RGB", "RGBA", "LA"}:
+        return np.array(image, dtype=np.uint8)
+    if mode in {"I;16", "I;16B", "I;16L", "I", "F"}:
+        a = np.asarray(image, dtype=np.float64)
+        top = 65535.0 if mode.startswith("I;16") or a.max(initial=0) > 255 else 255.0
+        return np.clip(np.rint(a * (255.0 / top)), 0, 255).astype(np.uint8)
+    if mode == "1":
+        return np.array(image.convert("L"), dtype=np.uint8)
+    return np.array(
+        image.convert("RGBA" if "transparency" in image.info else "RGB"), dtype=np.uint8
+    )
+
+
+def _is_pil(obj: Any) -> bool:
+    try:
+        from PIL import Image
+    except ImportError:  # pragma: no cover
+        return False
+    return isinstance(obj, Image.Image)
+
+
+def to_nchw_uint8(image: Any) -> torch.Tensor:
+    """One input (PIL image, array or tensor, single image or batch) -> uint8 N x C x H x W."""
+    if _is_pil(image):
+        return _layout(torch.from_numpy(np.ascontiguousarray(_pil_to_array(image))), True)
+    if isinstance(image, torch.Tensor):
+        return _to_uint8(_layout(image.detach().cpu(), channels_last=False))
+    if isinstance(image, np.ndarray):
+        if image.dtype == object or not (
+            np.issubdtype(image.dtype, np.number) or image.dtype == bool
+        ):
+            raise UnseenError(f"an image array of dtype {image.dtype} is not supported.")
+        return _to_uint8(_layout(torch.from_numpy(np.ascontiguousarray(image)), channels_last=True))
+    raise UnseenError(
+        f"cannot read an image from a {type(image).__name__}; give PIL images, NumPy arrays or "
+        "torch tensors (or a list of them)."
+    )
+
+
+def convert_channels(x: torch.Tensor, channels: int) -> torch.Tensor:
+    """uint8 N x C x H x W with C in 1..4 -> ``channels`` channels (alpha dropped).
+
+    RGB -> L uses PIL's integer ITU-R 601-2 luma (the weights sum to one exactly, so a
+    gray RGB image keeps its values, and the result equals ``Image.convert("L")``).
+    """
+    c = x.shape[1]
+    if c == 2:  # grayscale + alpha
+        x, c = x[:, :1], 1
+    elif c == 4:  # RGB + alpha
+        x, c = x[:, :3], 3
+    if c == channels:
+        return x
+    if c == 3 and channels == 1:
+        r, g, b = x.int().unbind(dim=1)
+        luma = (r * 19595 + g * 38470 + b * 7471 + 0x8000) >> 16
+        return luma.to(torch.uint8)[:, None]
+    if c == 1 and channels == 3:
+        return x.expand(-1, 3, -1, -1)
+    raise UnseenError(f"cannot turn {c}-channel images into the model's {channels} channels.")
+
+
+def resize_images(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """uint8 N x C x H x W -> N x C x size (bilinear, antialiased; the aspect ratio is not kept)."""
+    if tuple(x.shape[-2:]) == tuple(size):
+        return x
+    from torchvision.transforms.v2.functional import InterpolationMode, resize
+
+    return resize(x, list(size), interpolation=InterpolationMode.BILINEAR, antialias=True)
+
+
+def _as_list(images: Any) -> list[Any]:
+    if isinstance(images, (list, tuple)):
+        return list(images)
+    return [images]
+
+
+# ----------------------------------------------------------------------------- predictor
+
+
+@dataclass
+class Decision:
+    """What a predictor says about a batch of images (NumPy arrays of length N)."""
+
+    #: known class index 0..K-1, or -1 (unknown) when the score is below the threshold
+    label: np.ndarray
+    #: the closest known class (argmax of the logits), also for rejected images
+    closest: np.ndarray
+    #: the head's probability of the closest class (softmax, or sigmoid for one-vs-rest heads)
+    probability: np.ndarray
+    #: the rejection score (higher = more likely a known class)
+    score: np.ndarray
+
+
+class Predictor:
+    """A trained classifier with its reject option, restored from a run folder.
+
+    Use :func:`load` to make one. ``predict`` returns known class indices 0..K-1 (the
+    order of ``classes``) and -1 for "unknown"; an image is accepted when
+    ``score >= threshold``. See the module docstring for the accepted image formats.
+    """
+
+    def __init__(
+        self,
+        run_dir: Path,
+        checkpoint: dict[str, Any],
+        model: torch.nn.Module,
+        detectors: dict[str, Score],
+        device: torch.device,
+        precision: str,
+        batch_size: int = 256,
+    ):
+        split = checkpoint["split"]
+        self.run_dir = run_dir
+        self.head: str = str(checkpoint.get("head", "softmax"))
+        self.model = model.to(device)
+        self.detectors = detectors
+        self.device = device
+        self.precision = precision
+        self.batch_size = batch_size
+        #: known class names, in the order of the predicted indices
+        self.classes: tuple[str, ...] = tuple(split["known_names"])
+        #: the classes held out of training
+        self.unseen_classes: tuple[str, ...] = tuple(split.get("unseen_names", ()))
+        self.image_size: tuple[int, int] = (
+            int(checkpoint["image_size"][0]),
+            int(checkpoint["image_size"][1]),
+        )
+        self.in_channels = int(checkpoint["in_channels"])
+        self.run_known_acceptance = float(
+            (checkpoint.get("config") or {}).get("known_acceptance", 0.95)
+        )
+        self._val_scores: dict[str, np.ndarray] | None = None
+        self.score_name = ""
+        self.threshold = math.nan
+        #: the known acceptance the threshold was calibrated for (None for a given threshold)
+        self.known_acceptance: float | None = None
+        #: where the threshold comes from, in words
+        self.threshold_source = ""
+
+    # -- configuration
+
+    @property
+    def available_scores(self) -> list[str]:
+        return list(self.detectors)
+
+    def default_score(self) -> str:
+        if DEFAULT_SCORE in self.detectors:
+            return DEFAULT_SCORE
+        if not self.detectors:
+            raise UnseenError(f"{self.run_dir} has no scores this version can compute.")
+        return next(iter(self.detectors))
+
+    def validation_scores(self, name: str) -> np.ndarray:
+        """The run's scores of its known-class validation images (``scores.npz``)."""
+        if self._val_scores is None:
+            path = self.run_dir / "scores.npz"
+            try:
+                with np.load(path, allow_pickle=False) as npz:
+                    self._val_scores = {
+                        k[len("val_score_") :]: npz[k]
+                        for k in npz.files
+                        if k.startswith("val_score_")
+                    }
+            except FileNotFoundError:
+                raise UnseenError(f"{path} does not exist; pass a --threshold instead.") from None
+            except Exception as exc:  # zip damage, truncation
+                raise UnseenError(f"{path} could not be read ({type(exc).__name__}).") from None
+        if name not in self._val_scores or self._val_scores[name].size == 0:
+            raise UnseenError(
+                f"{self.run_dir / 'scores.npz'} has no validation scores for {name!r} to calibrate on; "
+                "pass a --threshold instead."
+            )
+        return self._val_scores[name]
+
+    def configure(
+        self,
+        score: str | None = None,
+        threshold: float | None = None,
+        known_acceptance: float | None = None,
+    ) -> Predictor:
+        """Choose the score and its threshold, in place; returns ``self``.
+
+        ``threshold`` is used as given; otherwise the threshold is calibrated on the run's
+        validation scores to accept ``known_acceptance`` of known images (default: the
+        run's own ``known_acceptance``). Give at most one of the two.
+        """
+        from .metrics import calibrate_threshold
+
+        if threshold is not None and known_acceptance is not None:
+            raise UnseenError("give a threshold or a known acceptance, not both.")
+        name = score or self.default_score()
+        if name not in self.detectors:
+            why = (
+                "this version has no score of that name"
+                if name not in SCORES
+                else "the run did not compute it"
+            )
+            raise UnseenError(
+                f"score {name!r} is not available for {self.run_dir} ({why}); "
+                f"choose from: {', '.join(self.detectors)}."
+            )
+        if threshold is not None:
+            if not math.isfinite(threshold):
+                raise UnseenError(f"the threshold must be a finite number, not {threshold}.")
+            self.threshold, self.known_acceptance, self.threshold_source = (
+                float(threshold),
+                None,
+                "given",
+            )
+        elif known_acceptance is None and self.detectors[name].decision_threshold() is not None:
+            # the score's own rule (e.g. ovr-doc: rejected below 0), as in the run's metrics
+            self.threshold = float(self.detectors[name].decision_threshold())
+            self.known_acceptance, self.threshold_source = None, "the score's own rule"
+        else:
+            acceptance = self.run_known_acceptance if known_acceptance is None else known_acceptance
+            if not 0.0 < acceptance <= 1.0:
+                raise UnseenError(
+                    f"the known acceptance must be above 0 and at most 1, not {acceptance}."
+                )
+            self.threshold = calibrate_threshold(self.validation_scores(name), acceptance)
+            self.known_acceptance = float(acceptance)
+            self.threshold_source = (
+                f"calibrated to accept {acceptance:.1%} of the run's known validation images"
+            )
+        self.score_name = name
+        return self
+
+    def with_options(
+        self,
+        score: str | None = None,
+        threshold: float | None = None,
+        known_acceptance: float | None = None,
+    ) -> Predictor:
+        """A copy (sharing the model) with another score or threshold; see :meth:`configure`."""
+        return copy.copy(self).configure(score, threshold, known_acceptance)
+
+    # -- images
+
+    def prepare(self, images: Any) -> torch.Tensor:
+        """Images in any accepted format -> uint8 N x C x H x W as the model was trained on."""
+        items = _as_list(images)
+        batches = [
+            resize_images(convert_channels(to_nchw_uint8(im), self.in_channels), self.image_size)
+            for im in items
+        ]
+        if not batches:
+            return torch.empty(0, self.in_channels, *self.image_size, dtype=torch.uint8)
+        return torch.cat(batches).contiguous()
+
+    def outputs(self, images: Any) -> Outputs:
+        """Logits and features of the images (on the predictor's device)."""
+        return self._forward(images)[1]
+
+    def _forward(self, images: Any) -> tuple[torch.Tensor, Outputs]:
+        x = images if _is_prepared(images, self) else self.prepare(images)
+        out = forward_pass(self.model, x, self.device, self.precision, batch_size=self.batch_size)
+        return x, out
+
+    def _apply(self, name: str, x: torch.Tensor, out: Outputs) -> np.ndarray:
+        s = self.detectors[name]
+        if s.needs_model:  # e.g. ODIN: perturbs the inputs, another pass through the model
+            values = s.score_images(self.model, x, self.device, self.precision)
+        else:
+            values = s.score(out)
+        return values.float().cpu().numpy()
+
+    def all_scores(self, images: Any) -> dict[str, np.ndarray]:
+        """Every score of the run that this version can compute, by name."""
+        x, out = self._forward(images)
+        return {n: self._apply(n, x, out) for n in self.detectors}
+
+    def scores(self, images: Any) -> np.ndarray:
+        """The chosen score (``score_name``) of each image; higher = more likely known."""
+        x, out = self._forward(images)
+        return self._apply(self.score_name, x, out)
+
+    def decide(self, images: Any) -> Decision:
+        """Labels, closest known classes, probabilities and scores in one forward pass."""
+        from .heads import HEADS
+
+        x, out = self._forward(images)
+        score = self._apply(self.score_name, x, out)
+        probs = HEADS[self.head].probabilities(out.logits.float())
+        prob, closest = probs.max(dim=1)
+        closest_np = closest.cpu().numpy().astype(np.int64)
+        label = np.where(score >= self.threshold, closest_np, UNKNOWN).astype(np.int64)
+        return Decision(label, closest_np, prob.float().cpu().numpy(), score)
+
+    def predict(self, images: Any) -> np.ndarray:
+        """Known class index 0..K-1 per image, or -1 (unknown) below the threshold."""
+        return self.decide(images).label
+
+    def predict_names(self, images: Any) -> list[str]:
+        """Known class name per image, or ``"unknown"``."""
+        return [self.name_of(i) for i in self.predict(images)]
+
+    def name_of(self, index: int) -> str:
+        return UNKNOWN_NAME if index < 0 else self.classes[int(index)]
+
+    def __repr__(self) -> str:
+        return (
+            f"Predictor({str(self.run_dir)!r}, head={self.head!r}, classes={list(self.classes)}, "
+            f"score={self.score_name!r}, threshold={self.threshold:.6g} ({self.threshold_source}))"
+        )
+
+
+def _is_prepared(images: Any, p: Predictor) -> bool:
+    return (
+        isinstance(images, torch.Tensor)
+        and images.dtype == torch.uint8
+        and images.ndim == 4
+        and tuple(images.shape[1:]) == (p.in_channels, *p.image_size)
+    )
+
+
+def resolve_predict_precision(run_dir: Path, device: torch.device) -> str:
+    """The precision the run evaluated in (its thresholds were calibrated on those scores)."""
+    metrics_path = run_dir / "metrics.json"
+    precision = "fp32"
+    if metrics_path.is_file():
+        try:
+            precision = str(json.loads(metrics_path.read_text()).get("precision", "fp32"))
+        except (ValueError, AttributeError, OSError):
+            precision = "fp32"
+    if precision not in {"fp32", "bf16"}:
+        precision = "fp32"
+    if precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        precision = "fp32"
+    return precision
+
+
+def load(
+    run_dir: str | Path,
+    *,
+    head: str | None = None,
+    score: str | None = None,
+    threshold: float | None = None,
+    known_acceptance: float | None = None,
+    device: str = "auto",
+    precision: str | None = None,
+    batch_size: int = 256,
+) -> Predictor:
+    """Restore a finished run folder as a :class:`Predictor`.
+
+    ``score`` defaults to ``energy`` when the run computed it, else the run's first score.
+    The threshold defaults to the run's calibration (``known_acceptance`` of its known
+    validation images accepted); pass ``known_acceptance`` to recalibrate on the stored
+    validation scores, or ``threshold`` to set it. ``precision`` defaults to the one the run
+    evaluated in, so that scores match the calibration. Nothing here needs the training data.
+    """
+    from .hardware import resolve_device
+
+    folder = locate_run(run_dir, head)
+    ckpt = load_checkpoint(folder / "model.pt")
+    dev = resolve_device(device)
+    if precision is None:
+        precision = resolve_predict_precision(folder, dev)
+    elif precision not in {"fp32", "bf16"}:
+        raise UnseenError(f"precision must be fp32 or bf16, not {precision!r}.")
+    model = rebuild_model(ckpt, folder / "model.pt")
+    detectors = load_detectors(folder / "detectors.pt", dev, run_config(ckpt))
+    predictor = Predictor(folder, ckpt, model, detectors, dev, precision, batch_size)
+    return predictor.configure(score, threshold, known_acceptance)
+
+
+# ----------------------------------------------------------------------------- files
+
+
+@dataclass
+class Item:
+    """One input image (decoded, not yet converted) or the reason it could not be read."""
+
+    name: str
+    image: Any = None
+    error: str | None = None
+
+
+def _decode_file(path: Path) -> Item:
+    from PIL import Image, ImageOps
+
+    try:
+        with Image.open(path) as im:
+            im.load()
+            image = ImageOps.exif_transpose(im)
+            image = image.copy() if image is im else image
+        return Item(str(path), image)
+    except Exception as exc:  # UnidentifiedImageError, OSError, DecompressionBombError, ...
+        reason = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else ""
+        reason = "" if str(path) in reason else reason  # PIL repeats the file name
+        return Item(
+            str(path),
+            error=f"could not be read as an image ({type(exc).__name__}{': ' + reason if reason else ''})",
+        )
+
+
+def _npz_items(path: Path) -> Iterator[Item]:
+    import zipfile
+
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            key = next((k for k in NPZ_KEYS if k in npz.files), None)
+            if key is None:
+                yield Item(
+                    str(path),
+                    error=f"npz has no array named {', '.join(NPZ_KEYS)} (it has: "
+                    f"{', '.join(npz.files) or 'none'})",
+                )
+                return
+            array = npz[key]
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError) as exc:
+        yield Item(str(path), error=f"could not be read as an npz archive ({type(exc).__name__})")
+        return
+    if array.ndim not in (3, 4) or (array.ndim == 4 and array.shape[-1] not in _CHANNEL_COUNTS):
+        yield Item(
+            str(path),
+            error=f"npz array {key!r} has shape {array.shape}; expected N x H x W or N x H x W x C",
+        )
+        return
+    if array.ndim == 3:
+        array = array[..., None]
+    for i in range(len(array)):
+        yield Item(f"{path}[{i}]", array[i])
+
+
+def iter_inputs(inputs: Iterable[str | Path]) -> Iterator[Item]:
+    """Image files, folders (searched recursively for image extensions) and npz files."""
+    for raw in inputs:
+        path = Path(raw)
+        if path.is_dir():
+            files = sorted(
+                p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
+            )
+            if not files:
+                yield Item(
+                    str(path), error=f"folder holds no image files ({' '.join(IMAGE_EXTENSIONS)})"
+                )
+            for f in files:
+                yield _decode_file(f)
+        elif not path.exists():
+            yield Item(str(path), error="does not exist")
+        elif path.suffix.lower() == ".npz":
+            yield from _npz_items(path)
+        else:
+            yield _decode_file(path)
+
+
+def _chunks(items: Iterable[Item], size: int) -> Iterator[list[Item]]:
+    chunk: list[Item] = []
+    for item in items:
+        chunk.append(item)
+        if len(chunk) >= size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+def predict_items(predictor: Predictor, items: Iterable[Item]) -> list[dict[str, Any]]:
+    """One row per item: input, prediction, class_index, score, threshold, closest, probability, error."""
+    rows: list[dict[str, Any]] = []
+    for chunk in _chunks(items, predictor.batch_size):
+        good: list[tuple[int, torch.Tensor]] = []
+        chunk_rows = []
+        for item in chunk:
+            row = {
+                "input": item.name,
+                "prediction": None,
+                "class_index": None,
+                "score": None,
+                "threshold": predictor.threshold,
+                "closest": None,
+                "probability": None,
+                "error": item.error,
+            }
+            if item.error is None:
+                try:
+                    good.append((len(chunk_rows), predictor.prepare(item.image)))
+                except UnseenError as exc:
+                    row["error"] = str(exc).rstrip(".")
+            chunk_rows.append(row)
+        if good:
+            d = predictor.decide(torch.cat([x for _, x in good]))
+            for j, (i, _) in enumerate(good):
+                chunk_rows[i].update(
+                    prediction=predictor.name_of(int(d.label[j])),
+                    class_index=int(d.label[j]),
+                    score=float(d.score[j]),
+                    closest=predictor.classes[int(d.closest[j])],
+                    probability=float(d.probability[j]),
+                )
+        rows.extend(chunk_rows)
+    return rows
+
+
+# ----------------------------------------------------------------------------- output
+
+COLUMNS = (
+    "input", "prediction", "class_index", "score", "threshold", "closest", "probability", "error",
+)  # fmt: skip
+
+
+def rows_to_csv(rows: Sequence[dict[str, Any]]) -> str:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(COLUMNS), lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: "" if row.get(k) is None else row[k] for k in COLUMNS})
+    return buf.getvalue()
+
+
+def rows_to_json(rows: Sequence[dict[str, Any]], predictor: Predictor) -> str:
+    doc = {
+        "run": str(predictor.run_dir),
+        "head": predictor.head,
+        "score": predictor.score_name,
+        "threshold": predictor.threshold,
+        "known_acceptance": predictor.known_acceptance,
+        "threshold_source": predictor.threshold_source,
+        "classes": list(predictor.classes),
+        "convention": "accepted as a known class when score >= threshold; otherwise 'unknown'",
+        "predictions": [{k: row.get(k) for k in COLUMNS} for row in rows],
+    }
+    return json.dumps(doc, indent=2) + "\n"
+
+
+def rows_to_table(rows: Sequence[dict[str, Any]]) -> str:
+    """Aligned plain-text columns: text left, numbers right."""
+
+    def num(v: Any) -> str:
+        return "" if v is None else f"{v:.4f}"
+
+    header = ["input", "prediction", "score", "threshold", "closest", "prob", "error"]
+    numeric = {2, 3, 5}
+    cells = [header] + [
+        [
+            r["input"], r["prediction"] or "-", num(r["score"]), num(r["threshold"]),
+            r["closest"] or "-", num(r["probability"]), r["error"] or "",
+        ]
+        for r in rows
+    ]  # fmt: skip
+    if not any(r["error"] for r in rows):
+        cells = [c[:-1] for c in cells]
+    widths = [max(len(c[i]) for c in cells) for i in range(len(cells[0]))]
+
+    def line(c: list[str]) -> str:
+        return "  ".join(
+            v.rjust(w) if i in numeric else v.ljust(w)
+            for i, (v, w) in enumerate(zip(c, widths, strict=True))
+        ).rstrip()
+
+    return "\n".join(
+        [line(cells[0]), line(["-" * w for w in widths])] + [line(c) for c in cells[1:]]
+    )
+
+
+def summary_line(rows: Sequence[dict[str, Any]], predictor: Predictor) -> str:
+    n_err = sum(r["error"] is not None for r in rows)
+    n_unknown = sum(r["class_index"] == UNKNOWN for r in rows)
+    n_ok = len(rows) - n_err
+    how = predictor.threshold_source
+    return (
+        f"{n_ok} image(s): {n_ok - n_unknown} known, {n_unknown} unknown"
+        f"{f'; {n_err} input(s) could not be read' if n_err else ''} | score {predictor.score_name}, "
+        f"threshold {predictor.threshold:.6g} ({how})"
+    )
+
+
+def format_for(fmt: str | None, output: str | None) -> str:
+    if fmt:
+        return fmt
+    suffix = Path(output).suffix.lower() if output else ""
+    return {".csv": "csv", ".json": "json"}.get(suffix, "table")
+
+
+def run_predict(
+    run_dir: str,
+    inputs: Sequence[str],
+    *,
+    head: str | None = None,
+    score: str | None = None,
+    threshold: float | None = None,
+    known_acceptance: float | None = None,
+    fmt: str | None = None,
+    output: str | None = None,
+    device: str = "auto",
+    batch_size: int = 256,
+) -> int:
+    """What ``unseen predict`` does; returns the exit code (see the CLI help)."""
+    if threshold is not None and known_acceptance is not None:
+        raise UnseenError("give --threshold or --known-acceptance, not both.")
+    predictor = load(
+        run_dir,
+        head=head,
+        score=score,
+        threshold=threshold,
+        known_acceptance=known_acceptance,
+        device=device,
+        batch_size=batch_size,
+    )
+    rows = predict_items(predictor, iter_inputs(inputs))
+    kind = format_for(fmt, output)
+    if kind == "csv":
+        text = rows_to_csv(rows)
+    elif kind == "json":
+        text = rows_to_json(rows, predictor)
+    else:
+        text = rows_to_table(rows) + "\n"
+    summary = summary_line(rows, predictor)
+    if output:
+        atomic_write(output, lambda fh: fh.write(text.encode()))
+        print(f"{summary}\nwrote {len(rows)} row(s) to {output}")
+    else:
+        sys.stdout.write(text)
+        if kind == "table":
+            print(f"\n{summary}")
+        else:
+            print(summary, file=sys.stderr)
+    if rows and all(r["error"] is not None for r in rows):
+        raise UnseenError(f"none of the {len(rows)} input(s) could be read as an image.")
+    return 0

@@ -1,0 +1,110 @@
+"""The ``unseen predict`` subcommand: argparse wiring only (the work is in :mod:`unseen.predict`).
+
+Kept apart from :mod:`unseen.predict` so that building the CLI parser imports no torch.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+
+def _fraction(text: str) -> float:
+    value = float(text)
+    if not 0.0 < value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be above 0 and at most 1, not {text}")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be positive, not {text}")
+    return value
+
+
+def _finite(text: str) -> float:
+    import math
+
+    value = float(text)
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a finite number, not {text}")
+    return value
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from .predict import run_predict
+
+    return run_predict(
+        args.run_dir,
+        args.inputs,
+        head=args.head,
+        score=args.score,
+        threshold=args.threshold,
+        known_acceptance=args.known_acceptance,
+        fmt=args.format,
+        output=args.output,
+        device=args.device,
+        batch_size=args.batch_size,
+    )
+
+
+def add_predict_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """Register ``unseen predict`` on the subcommand table ``sub``."""
+    p = sub.add_parser(
+        "predict",
+        help="label new images with a trained run's known classes or 'unknown'",
+        description="Label images with a finished run's known classes, or 'unknown' when the "
+        "rejection score is below the threshold (score >= threshold = known). The threshold "
+        "defaults to the run's own calibration on its known validation images. One row per "
+        "image; a file that cannot be read gets its own row with an error, and the exit code "
+        "is 2 only when no input could be read.",
+    )
+    p.add_argument("run_dir", metavar="RUN_DIR", help="a finished run folder (or RUN/<head>/)")
+    p.add_argument(
+        "inputs",
+        metavar="INPUT",
+        nargs="+",
+        help="image files, folders of images (searched recursively) or .npz files with an "
+        "array x, images or x_test (N x H x W or N x H x W x C)",
+    )
+    p.add_argument(
+        "--score",
+        metavar="NAME",
+        default=None,
+        help="rejection score of the run to use [default: energy if the run computed it, "
+        "else the run's first score]",
+    )
+    how = p.add_mutually_exclusive_group()
+    how.add_argument(
+        "--threshold",
+        type=_finite,
+        metavar="T",
+        default=None,
+        help="accept as known when score >= T (overrides the calibration)",
+    )
+    how.add_argument(
+        "--known-acceptance",
+        type=_fraction,
+        metavar="F",
+        default=None,
+        help="recalibrate the threshold to accept this fraction of the run's known validation "
+        "images [default: the run's own --known-acceptance]",
+    )
+    p.add_argument(
+        "--head", metavar="NAME", default=None, help="which head's model, for multi-head runs"
+    )
+    p.add_argument(
+        "--format",
+        choices=("table", "csv", "json"),
+        default=None,
+        help="output format [default: from the --output suffix (.csv, .json), else table]",
+    )
+    p.add_argument("--output", metavar="FILE", default=None, help="write there instead of stdout")
+    p.add_argument(
+        "--device", choices=("auto", "cpu", "cuda"), default="auto", help="where to run the model"
+    )
+    p.add_argument(
+        "--batch-size", type=_positive_int, metavar="N", default=256, help="images per forward pass"
+    )
+    p.set_defaults(func=cmd_predict)
+    return p

@@ -1,0 +1,157 @@
+"""Rare classes: a known class trained on only a fraction of its training images.
+
+``--rare "CLASS:FRACTION"`` keeps ``FRACTION`` of that class's training images (seeded; the
+kept images of a smaller fraction are a subset of those of a larger one with the same
+seed). The rules, applied in :func:`unseen.splits.make_split` and
+:func:`unseen.splits.split_data`:
+
+* ``FRACTION > 0``: the class stays *known*. It keeps ``max(1, floor(FRACTION * n + 0.5))``
+  of its ``n`` training images (at least one when it has any). All kept images are trained
+  on: none go to the validation slice, so the count is exactly what the model sees.
+* ``FRACTION == 0``: the class is never trained on, so it becomes *unseen* (label -1 in the
+  test set, like ``--holdout``): the run's AUROC and friends then measure how well the
+  scores detect it.
+* With ``--rare`` and neither ``--holdout`` nor ``--known``, no other class is held out
+  (all classes are known), instead of the usual default of holding out the last class.
+
+Whatever the fraction, :func:`rare_metrics` reports the class's closed-set recall and
+precision on the test set and, per score, the AUROC of *the other known classes* (positive)
+against *the rare class* (negative) -- the same orientation as every other AUROC here
+(higher score = more likely a known, well-trained class). At fraction 0 it is the detection
+AUROC of the absent class; at larger fractions a value near 0.5 means the scores no longer
+single the class out.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+
+from .errors import ConfigError
+from .metrics import auroc
+
+
+def parse_rare_item(text: str) -> tuple[str, float]:
+    """``"Ankle boot:0.01"`` -> ``("Ankle boot", 0.01)``; the fraction must be in [0, 1]."""
+    name, sep, frac = text.strip().rpartition(":")
+    if not sep or not name.strip():
+        raise ValueError(f"expected CLASS:FRACTION, got {text!r}")
+    value = float(frac)
+    if not 0.0 <= value <= 1.0:
+        raise ValueError(f"fraction must be between 0 and 1, got {frac!r}")
+    return name.strip(), value
+
+
+def parse_rare(text: str) -> tuple[str, ...] | None:
+    """Config parser: comma-separated ``CLASS:FRACTION`` items, normalised to ``"CLASS:F"``."""
+    items = [part for part in text.split(",") if part.strip()]
+    if not items or text.strip().lower() in {"none", "null"}:
+        return None
+    out = []
+    for item in items:
+        try:
+            name, frac = parse_rare_item(item)
+        except ValueError:
+            raise ConfigError(
+                f"--rare expects CLASS:FRACTION with a fraction from 0 to 1 "
+                f"(e.g. 'Ankle boot:0.01'), not {item.strip()!r}."
+            ) from None
+        out.append(f"{name}:{frac:g}")
+    return tuple(out)
+
+
+def resolve_rare(rare: Sequence[str] | None, classes: Sequence[str]) -> list[tuple[int, float]]:
+    """``cfg.rare`` -> ``[(original class index, fraction), ...]``, checked against ``classes``."""
+    from .splits import resolve_classes
+
+    out: dict[int, float] = {}
+    for item in rare or ():
+        try:
+            name, frac = parse_rare_item(item)
+        except ValueError:
+            raise ConfigError(f"--rare expects CLASS:FRACTION items, not {item!r}.") from None
+        (idx,) = resolve_classes((name,), tuple(classes), "--rare")
+        if idx in out:
+            raise ConfigError(f"--rare names class {classes[idx]!r} twice.")
+        out[idx] = frac
+    return sorted(out.items())
+
+
+def rare_keep_count(n: int, fraction: float) -> int:
+    """How many of ``n`` training images a class keeps at ``fraction`` (see the module rules)."""
+    if fraction <= 0.0 or n == 0:
+        return 0
+    return min(n, max(1, math.floor(fraction * n + 0.5)))
+
+
+def subsample_class(
+    indices: np.ndarray, labels: np.ndarray, cls: int, fraction: float, seed: int
+) -> np.ndarray:
+    """Drop all but ``rare_keep_count`` of the images of class ``cls`` from ``indices``.
+
+    ``labels[indices]`` are the classes. The kept images are the first ones of a permutation
+    seeded by ``(seed, cls)``, so smaller fractions keep subsets of larger ones.
+    """
+    mine = indices[labels[indices] == cls]
+    keep_n = rare_keep_count(len(mine), fraction)
+    order = np.random.default_rng([seed, cls]).permutation(len(mine))
+    kept = mine[np.sort(order[:keep_n])]
+    return np.sort(np.concatenate([indices[labels[indices] != cls], kept]))
+
+
+def rare_metrics(
+    rare: Sequence[tuple[int, float]],
+    classes: Sequence[str],
+    known: Sequence[int],
+    y_train: np.ndarray,
+    y_test_original: np.ndarray,
+    predicted: np.ndarray,
+    test_scores: dict[str, np.ndarray],
+) -> dict[str, dict]:
+    """Per rare class: training images, closed-set recall/precision, AUROC against the others.
+
+    ``known`` are the original indices of the known classes in order (``predicted`` and
+    ``y_train`` use the remapped labels 0..K-1); ``y_test_original`` the original test labels.
+    Recall and precision are closed-set, over the test images of known classes; both are
+    ``NaN`` when the class is unseen (fraction 0) and precision is ``NaN`` when nothing is
+    predicted as the class.
+    """
+    known = list(known)
+    y_test_original = np.asarray(y_test_original)
+    predicted = np.asarray(predicted)
+    test_known = np.isin(y_test_original, known)
+    out: dict[str, dict] = {}
+    for cls, frac in rare:
+        is_cls = y_test_original == cls
+        others = test_known & ~is_cls
+        entry: dict = {
+            "fraction": frac,
+            "known": cls in known,
+            "test_images": int(is_cls.sum()),
+            "train_images": 0,
+            "recall": math.nan,
+            "precision": math.nan,
+        }
+        if cls in known:
+            k = known.index(cls)
+            entry["train_images"] = int((np.asarray(y_train) == k).sum())
+            pred_cls = predicted == k
+            if is_cls.any():
+                entry["recall"] = float(np.mean(pred_cls[is_cls]))
+            if (pred_cls & test_known).any():
+                entry["precision"] = float(np.mean(is_cls[pred_cls & test_known]))
+        # images of the rare class went to which (other) known class
+        counts = np.bincount(predicted[is_cls].astype(int), minlength=len(known))
+        entry["predicted_as"] = {
+            classes[known[i]]: int(c)
+            for i, c in sorted(enumerate(counts), key=lambda p: -p[1])
+            if c > 0
+        }
+        subset = others | is_cls
+        entry["auroc_vs_known"] = {
+            name: auroc(np.asarray(s)[subset], others[subset]) for name, s in test_scores.items()
+        }
+        out[classes[cls]] = entry
+    return out

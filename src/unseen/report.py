@@ -1,0 +1,890 @@
+"""Reports: what a run did with unseen classes, as pictures a person opens in a browser.
+
+``build_report(run_dir)`` reads a finished run folder (config.json, metrics.json,
+history.csv, scores.npz) and writes, without retraining:
+
+* ``report.html``: self-contained (every figure embedded as a base64 PNG, inline CSS, no
+  external resource), opens offline;
+* ``report.md``: the same tables, linking the PNGs;
+* ``plots/*.png``: the figures (for a run with several heads, ``<head>/plots/*.png``; the
+  report then has one section per head).
+
+``write_comparison(run_dirs, out_dir)`` writes ``comparison.html``, ``comparison.md``,
+``comparison.json`` and ``comparison.csv``: one row per configuration (runs whose
+config.json differs only in :data:`GROUPING_IGNORES`, i.e. seeds of the same setting), mean
+and sample standard deviation over its runs of every metric of every score.
+``aggregate_runs(run_dirs)`` returns those rows as dicts, for other commands (``unseen sweep``).
+
+Scores follow the package convention: higher = more likely a known class.
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import html
+import io
+import json
+import math
+import os
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import plots
+from .errors import UnseenError
+from .runfolder import (
+    FINISHED_FILE,
+    atomic_write,
+    is_finished,
+    read_json,
+    require_finished,
+    write_json,
+)
+
+#: config.json keys that do not make a different configuration: runs differing only here
+#: are repetitions of one setting and are averaged together
+GROUPING_IGNORES = ("seed", "out", "report")
+
+#: metrics of each score shown in tables: key, column label, True when higher is better
+SCORE_METRICS = (
+    ("auroc", "AUROC", True),
+    ("aupr_in", "AUPR-in", True),
+    ("aupr_out", "AUPR-out", True),
+    ("fpr_at_95_tpr", "FPR@95TPR", False),
+    ("oscr", "OSCR", True),
+    ("open_set_accuracy", "open-set acc", True),
+    ("open_set_macro_f1", "open-set F1", True),
+    ("unseen_rejected", "unseen rejected", True),
+    ("known_rejected", "known rejected", False),
+    ("threshold", "threshold", None),
+)
+
+#: run-level metrics averaged in comparisons
+RUN_METRICS = (
+    ("closed_set_accuracy", "closed-set acc"),
+    ("all_test_accuracy", "all-test acc"),
+    ("final_val_accuracy", "val acc"),
+    ("train_seconds", "train s"),
+)
+
+_IMAGES_LOADED_SCRIPT = """<script>
+/* once loaded, sets the body attribute data-images-loaded to "loaded/total"; a browser test reads it */
+window.addEventListener("load", function () {
+  var imgs = document.images, ok = 0;
+  for (var i = 0; i < imgs.length; i++) { if (imgs[i].complete && imgs[i].naturalWidth > 0) ok++; }
+  document.body.setAttribute("data-images-loaded", ok + "/" + imgs.length);
+});
+</script>"""
+
+_CSS = """
+body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;max-width:1150px;margin:24px auto;
+padding:0 16px;color:#222;line-height:1.45}
+h1{font-size:1.6em;margin-bottom:0.2em}h2{margin-top:1.6em;border-bottom:1px solid #ddd;padding-bottom:4px}
+h3{margin-top:1.3em}table{border-collapse:collapse;margin:8px 0 16px;font-size:0.92em}
+th,td{border:1px solid #ddd;padding:4px 8px;text-align:right}th{background:#f4f4f4}
+td:first-child,th:first-child{text-align:left}table.kv td{text-align:left}
+.best{font-weight:bold;background:#eef6ee}.note{color:#555;font-size:0.92em}
+figure{margin:12px 0 24px}figure img{max-width:100%;height:auto;border:1px solid #eee}
+figcaption{color:#444;font-size:0.92em;max-width:900px}.grid{display:flex;flex-wrap:wrap;gap:8px}
+.grid figure{flex:0 1 540px}.headline{background:#fff8e6;border-left:4px solid #e0a000;padding:8px 12px}
+"""
+
+
+# ----------------------------------------------------------------------------- reading a run
+
+
+@dataclass
+class HeadRun:
+    """What one head of a run left: its folder, metrics, test arrays and training history."""
+
+    head: str
+    folder: Path
+    metrics: dict
+    arrays: dict[str, np.ndarray]
+    history: list[dict]
+
+
+def is_run(path: str | Path) -> bool:
+    """A run folder (finished or not) is a folder holding config.json."""
+    return (Path(path) / "config.json").is_file()
+
+
+def read_history(path: Path) -> list[dict]:
+    if not path.is_file():
+        return []
+    with path.open(newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def read_arrays(path: Path) -> dict[str, np.ndarray]:
+    if not path.is_file():
+        raise UnseenError(f"{path} does not exist; the run folder is incomplete.")
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            return {k: data[k] for k in data.files}
+    except (OSError, ValueError) as exc:
+        raise UnseenError(f"{path} could not be read as an .npz file ({exc}).") from None
+
+
+def run_heads(run_dir: Path, config: dict) -> list[str]:
+    return list(config.get("head") or ["softmax"])
+
+
+def head_folder(run_dir: Path, config: dict, head: str) -> Path:
+    """Where one head's files are: the run folder itself, or ``RUN/<head>`` for several heads."""
+    return run_dir if len(run_heads(run_dir, config)) == 1 else run_dir / head
+
+
+def load_head_metrics(run_dir: Path, config: dict) -> dict[str, dict]:
+    """head -> metrics.json of that head."""
+    return {
+        h: read_json(head_folder(run_dir, config, h) / "metrics.json")
+        for h in run_heads(run_dir, config)
+    }
+
+
+def load_run(run_dir: str | Path, check_finished: bool = True) -> tuple[dict, list[HeadRun]]:
+    """config.json and every head of a run; refuses unfinished runs unless ``check_finished``
+    is False (the run itself builds its report just before it marks itself finished)."""
+    run_dir = check_run_folder(run_dir) if check_finished else Path(run_dir)
+    config = read_json(run_dir / "config.json")
+    heads = []
+    for head, metrics in load_head_metrics(run_dir, config).items():
+        folder = head_folder(run_dir, config, head)
+        heads.append(
+            HeadRun(
+                head, folder, metrics, read_arrays(folder / "scores.npz"),
+                read_history(folder / "history.csv"),
+            )
+        )  # fmt: skip
+    return config, heads
+
+
+def check_run_folder(run_dir: str | Path) -> Path:
+    """A finished run folder, or a one-line error saying what the folder is instead."""
+    run_dir = Path(run_dir)
+    if run_dir.is_dir() and not is_run(run_dir) and is_run(run_dir.parent):
+        raise UnseenError(
+            f"{run_dir} is one head of the run {run_dir.parent}; give the run folder instead."
+        )
+    require_finished(run_dir)
+    if not is_run(run_dir):
+        raise UnseenError(f"{run_dir} has no config.json; it is not a run folder.")
+    return run_dir
+
+
+# ----------------------------------------------------------------------------- figures of a run
+
+
+@dataclass
+class Plot:
+    """One figure: its file (relative to the report), title, caption and PNG bytes."""
+
+    file: str
+    title: str
+    caption: str
+    png: bytes
+
+
+@dataclass
+class HeadSection:
+    head: HeadRun
+    plots: list[Plot] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
+def head_confidence(head: str, arrays: dict[str, np.ndarray]) -> tuple[np.ndarray | None, str]:
+    """Confidence of each test image and its name: the head's largest class probability from
+    the stored logits (max softmax, or max sigmoid for one-vs-rest heads), else the stored
+    ``msp`` score of an older run folder."""
+    from .heads import HEADS
+
+    if "logits" in arrays:
+        import torch
+
+        spec = HEADS.get(head)
+        logits = torch.from_numpy(arrays["logits"].astype(np.float32))
+        if spec is None or not getattr(spec, "one_vs_rest", False):
+            return logits.softmax(dim=1).amax(dim=1).double().numpy(), "max-softmax"
+        return spec.probabilities(logits).amax(dim=1).double().numpy(), "max-sigmoid"
+    if "score_msp" in arrays:
+        return arrays["score_msp"].astype(np.float64), "max-softmax"
+    return None, "max-softmax"
+
+
+def head_plots(
+    config: dict, h: HeadRun, prefix: str, tsne: bool = True, max_points: int = 3000
+) -> HeadSection:
+    """Every figure of one head; ``prefix`` is the plots folder relative to the head folder."""
+    section = HeadSection(h)
+    a, split = h.arrays, config.get("split", {})
+    classes = list(split.get("classes") or [])
+    known = list(split.get("known") or [])
+    unseen = list(split.get("unseen") or [])
+    is_unseen = a["is_unseen"].astype(bool)
+    score_names = list(h.metrics.get("scores", {}))
+
+    def add(stem: str, title: str, caption: str, make: Callable[[], Any]) -> None:
+        start = time.perf_counter()
+        fig = make()
+        png = plots.figure_png(fig)
+        section.seconds[stem] = time.perf_counter() - start
+        section.plots.append(Plot(f"{prefix}/{stem}.png", title, caption, png))
+
+    for name in score_names:
+        if f"score_{name}" not in a:
+            continue
+        s = a[f"score_{name}"]
+        threshold = h.metrics["scores"][name].get("threshold")
+        m = h.metrics["scores"][name]
+        add(
+            f"hist_{name}",
+            f"{name}: known vs unseen",
+            "Test images at or right of the dashed threshold (calibrated on the validation "
+            f"slice) are accepted as known: here {_pct(1 - (m.get('known_rejected') or 0))} of known "
+            f"test images; {_pct(m.get('unseen_rejected'))} of unseen images fall left of it and are "
+            "rejected. "
+            "The less the two histograms overlap, the better the score separates them.",
+            lambda s=s, t=threshold, n=name: plots.score_histogram(
+                s[~is_unseen], s[is_unseen], t, n
+            ),
+        )
+    if score_names and is_unseen.any() and (~is_unseen).any():
+        add(
+            "roc",
+            "ROC curves",
+            "Each curve sweeps one score's threshold: known images accepted (up) against unseen "
+            "images accepted (right). The dashed line is 95% of known images accepted: where it "
+            "crosses a curve is that score's FPR@95TPR. Higher and further left is better.",
+            lambda: plots.roc_figure(
+                {n: a[f"score_{n}"] for n in score_names if f"score_{n}" in a}, ~is_unseen
+            ),
+        )
+    if classes and known:
+        counts = plots.confusion_counts(a["label"], a["predicted"], known, unseen)
+        add(
+            "confusion",
+            "Confusion matrix with the unseen classes",
+            "Rows are true classes, columns the class the network predicted (it can only name known "
+            "classes). The red rows below the line are the unseen classes: they show which known "
+            "classes absorbed them. Colour is the share of the row, numbers are image counts.",
+            lambda: plots.confusion_figure(
+                counts,
+                [classes[i] for i in known + unseen],
+                [classes[i] for i in known],
+                len(known),
+            ),
+        )
+    msp, conf_name = head_confidence(h.head, a)
+    if msp is not None:
+        correct = a["predicted"] == a["label_known"]
+        add(
+            "reliability",
+            f"Reliability of the {conf_name} probability",
+            "Left: on known images, accuracy per confidence bin against the diagonal of perfect "
+            "calibration; ECE is the average gap weighted by bin size. Right: the confidence the "
+            "network gives unseen images, which it always gets wrong: the further right, the more "
+            "confidently an unseen image was given a known class's name.",
+            lambda: plots.reliability_figure(
+                msp[~is_unseen], correct[~is_unseen], msp[is_unseen], name=conf_name
+            ),
+        )
+    if "features" in a and classes:
+        labels = a["label"]
+        start = time.perf_counter()
+        proj = plots.project_features(a["features"], labels, max_points, 1500 if tsne else 0)
+        section.seconds["projection_fit"] = time.perf_counter() - start
+        methods = " and ".join(proj.coords) or "no projection"
+        add(
+            "projection",
+            "Test features in 2-D",
+            f"{methods} of the penultimate-layer features of the test images (a stratified sample "
+            "where there are many), coloured by true class; unseen classes are black markers. Unseen "
+            "images that sit inside a known cluster are the ones no feature-based score can reject. "
+            "t-SNE distances between clusters mean little; PCA is linear and faithful but crowded.",
+            lambda: plots.projection_figure(proj, labels, classes, unseen),
+        )
+    else:
+        section.notes.append(
+            "No feature projection: this run's scores.npz has no test features (written by an "
+            "older version); rerun it to get one."
+        )
+    if h.history:
+        add(
+            "training",
+            "Training curves",
+            "Per-epoch loss and accuracy on the known classes (training accuracy is measured on "
+            "augmented batches while the weights change; validation on the held-back slice), and the "
+            "learning-rate schedule.",
+            lambda: plots.training_figure(h.history),
+        )
+    return section
+
+
+# ----------------------------------------------------------------------------- formatting
+
+
+def _fmt(value: Any, digits: int = 3) -> str:
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def _pct(value: Any) -> str:
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "-"
+    return f"{100 * float(value):.1f}%"
+
+
+def _names(values: Sequence[Any]) -> str:
+    return ", ".join(map(str, values)) or "-"
+
+
+def summary_rows(config: dict, metrics: dict) -> list[tuple[str, str]]:
+    """The key/value facts of a run at the top of its report."""
+    split = config.get("split", {})
+    augment = config.get("augment", "-")
+    if config.get("flip") is not None:
+        augment += ", flips " + ("on" if config.get("flip") else "off")
+    pretrained = config.get("pretrained") or "none (trained from scratch)"
+    per_s = metrics.get("train_images_per_second")
+    train = f"{_fmt(metrics.get('train_seconds'), 1)} s for {config.get('epochs', '-')} epochs"
+    if per_s:
+        train += f" ({per_s:,.0f} images/s)"
+    return [
+        ("dataset", str(config.get("dataset", metrics.get("dataset", "-")))),
+        ("known classes", _names(split.get("known_names") or metrics.get("known_classes", []))),
+        ("unseen classes", _names(split.get("unseen_names") or metrics.get("unseen_classes", []))),
+        ("test images", f"{metrics.get('num_test_known', '-')} known, {metrics.get('num_test_unseen', '-')} unseen"),
+        ("model", str(config.get("model", metrics.get("model", "-")))),
+        ("head", str(metrics.get("head", "-"))),
+        ("augmentation", augment),
+        ("pretrained weights", str(pretrained)),
+        ("training", train),
+        ("device", f"{metrics.get('device', '-')}, {metrics.get('precision', '-')}"),
+        ("seed", str(config.get("seed", "-"))),
+        ("thresholds", f"calibrated to accept {_pct(config.get('known_acceptance'))} of known validation images"),
+    ]  # fmt: skip
+
+
+def headline(metrics: dict) -> str:
+    """The sentence a naive evaluation hides, in plain text."""
+    uc = metrics.get("unseen_confidence", {})
+    absorbed = ", ".join(
+        f"{k} ({v})" for k, v in list(metrics.get("unseen_predicted_as", {}).items())[:4]
+    )
+    text = (
+        f"Closed-set accuracy {_pct(metrics.get('closed_set_accuracy'))} on known classes; "
+        f"a naive evaluation over all test images reports {_pct(metrics.get('all_test_accuracy'))}. "
+    )
+    if metrics.get("num_test_unseen"):
+        text += (
+            f"The network labelled every one of the {metrics['num_test_unseen']} unseen images as a "
+            f"known class (mostly {absorbed or '-'}), with mean {metrics.get('confidence_from', 'max softmax probability')} "
+            f"{_fmt(uc.get('mean_msp'))}; {_pct(uc.get('frac_msp_above_0_9'))} of them above 0.9."
+        )
+    return text
+
+
+def best_values(scores: dict[str, dict]) -> dict[str, float]:
+    """Best value of each metric over scores (max, or min where lower is better)."""
+    best = {}
+    for key, _, higher in SCORE_METRICS:
+        values = [
+            v[key]
+            for v in scores.values()
+            if isinstance(v.get(key), (int, float)) and math.isfinite(v[key])
+        ]
+        if values and higher is not None and len(scores) > 1:
+            best[key] = max(values) if higher else min(values)
+    return best
+
+
+def score_table_html(scores: dict[str, dict]) -> str:
+    best = best_values(scores)
+    head = "".join(f"<th>{html.escape(label)}</th>" for _, label, _ in SCORE_METRICS)
+    rows = []
+    for name, m in scores.items():
+        cells = []
+        for key, _, _ in SCORE_METRICS:
+            v = m.get(key)
+            cls = ' class="best"' if key in best and v == best[key] else ""
+            cells.append(f"<td{cls}>{_fmt(v)}</td>")
+        rows.append(f"<tr><td>{html.escape(name)}</td>{''.join(cells)}</tr>")
+    return (
+        f'<table class="scores" id="score-table"><thead><tr><th>score</th>{head}</tr></thead>'
+        f"<tbody>{''.join(rows)}</tbody></table>"
+    )
+
+
+def score_table_md(scores: dict[str, dict]) -> str:
+    best = best_values(scores)
+    lines = [
+        "| score | " + " | ".join(label for _, label, _ in SCORE_METRICS) + " |",
+        "|---|" + "---:|" * len(SCORE_METRICS),
+    ]
+    for name, m in scores.items():
+        cells = []
+        for key, _, _ in SCORE_METRICS:
+            text = _fmt(m.get(key))
+            cells.append(f"**{text}**" if key in best and m.get(key) == best[key] else text)
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def kv_table_html(rows: Iterable[tuple[str, str]]) -> str:
+    body = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>" for k, v in rows)
+    return f'<table class="kv">{body}</table>'
+
+
+def img_tag(png: bytes, alt: str) -> str:
+    data = base64.b64encode(png).decode("ascii")
+    return f'<img src="data:image/png;base64,{data}" alt="{html.escape(alt)}">'
+
+
+def figure_html(p: Plot) -> str:
+    return (
+        f"<figure>{img_tag(p.png, p.title)}<figcaption><b>{html.escape(p.title)}.</b> "
+        f"{html.escape(p.caption)}</figcaption></figure>"
+    )
+
+
+def page(title: str, body: str) -> str:
+    return (
+        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">'
+        f"<title>{html.escape(title)}</title><style>{_CSS}</style>{_IMAGES_LOADED_SCRIPT}</head>\n"
+        f"<body>\n{body}\n</body></html>\n"
+    )
+
+
+def _write_text(path: Path, text: str) -> Path:
+    return atomic_write(path, lambda fh: fh.write(text.encode("utf-8")))
+
+
+def _write_bytes(path: Path, data: bytes) -> Path:
+    return atomic_write(path, lambda fh: fh.write(data))
+
+
+# ----------------------------------------------------------------------------- the run report
+
+
+def build_report(run_dir: str | Path, tsne: bool = True, check_finished: bool = True) -> Path:
+    """Write report.html, report.md and the plots of a finished run; return report.html's path.
+
+    Reads only the run folder: nothing is retrained or recomputed except the figures.
+    ``tsne=False`` leaves out the t-SNE panel (the slowest figure). For a run with several
+    heads, each head folder gets its own report and the run folder one with a section per
+    head (the PNGs are written once, in ``<head>/plots/``).
+    """
+    start = time.perf_counter()
+    run_dir = Path(run_dir)
+    config, heads = load_run(run_dir, check_finished=check_finished)
+    sections = [head_plots(config, h, "plots", tsne=tsne) for h in heads]
+    for s in sections:
+        for p in s.plots:
+            _write_bytes(s.head.folder / p.file, p.png)
+    multi = len(sections) > 1
+    if multi:
+        for s in sections:
+            head_config = {**config, "head": [s.head.head]}
+            _write_report_files(s.head.folder, head_config, [s], start)
+    return _write_report_files(run_dir, config, sections, start, multi=multi)
+
+
+def _write_report_files(
+    folder: Path,
+    config: dict,
+    sections: list[HeadSection],
+    start: float,
+    multi: bool = False,
+) -> Path:
+    """report.html and report.md in ``folder``; plots are linked relative to it."""
+    title = (
+        f"unseen report: {config.get('dataset', '?')}, unseen "
+        f"{_names(config.get('split', {}).get('unseen_names', []))}"
+    )
+    html_parts = [
+        f"<h1>{html.escape(title)}</h1>",
+        f'<p class="note">run folder {html.escape(str(folder.resolve()))}</p>',
+    ]
+    md_parts = [f"# {title}", "", f"Run folder `{folder.resolve()}`", ""]
+    if multi:
+        links = " · ".join(
+            f'<a href="#head-{html.escape(s.head.head)}">{html.escape(s.head.head)}</a>'
+            for s in sections
+        )
+        html_parts.append(
+            f"<p>One section per head (each head folder also has its own report): {links}</p>"
+        )
+    for s in sections:
+        h, m = s.head, s.head.metrics
+        rel = os.path.relpath(h.folder, folder)
+        prefix = "" if rel == "." else rel.replace(os.sep, "/") + "/"
+        if multi:
+            html_parts.append(
+                f'<h2 id="head-{html.escape(h.head)}">Head: {html.escape(h.head)}</h2>'
+            )
+            md_parts += [f"## Head: {h.head}", ""]
+        level = "h3" if multi else "h2"
+        md_level = "###" if multi else "##"
+        rows = summary_rows(config, m)
+        html_parts += [
+            f"<{level}>Run</{level}>", kv_table_html(rows),
+            f'<p class="headline">{html.escape(headline(m))}</p>',
+            f"<{level}>Rejection scores</{level}>",
+            '<p class="note">Every score: higher = more likely a known class. AUROC, AUPR, FPR@95TPR and '
+            "OSCR need no threshold; the open-set columns use the calibrated threshold. Best per column in "
+            "bold.</p>",
+            score_table_html(m.get("scores", {})),
+            f"<{level}>Figures</{level}>",
+        ]  # fmt: skip
+        md_parts += [f"{md_level} Run", "", "| | |", "|---|---|"]
+        md_parts += [f"| {k} | {v} |" for k, v in rows]
+        md_parts += ["", f"> {headline(m)}", "", f"{md_level} Rejection scores", "",
+                     "Higher = more likely a known class; best per column in bold.", "",
+                     score_table_md(m.get("scores", {})), "", f"{md_level} Figures", ""]  # fmt: skip
+        hist = [p for p in s.plots if p.file.rsplit("/", 1)[-1].startswith("hist_")]
+        others = [p for p in s.plots if p not in hist]
+        if hist:
+            html_parts.append(
+                '<div class="grid">' + "".join(figure_html(p) for p in hist) + "</div>"
+            )
+        html_parts += [figure_html(p) for p in others]
+        for p in hist + others:
+            md_parts += [f"**{p.title}.** {p.caption}", "", f"![{p.title}]({prefix}{p.file})", ""]
+        for note in s.notes:
+            html_parts.append(f'<p class="note">{html.escape(note)}</p>')
+            md_parts += [f"_{note}_", ""]
+    footer = (
+        f"Built {time.strftime('%Y-%m-%d %H:%M')} by unseen report in "
+        f"{time.perf_counter() - start:.1f} s from the run folder's files; rebuild with: "
+        f"unseen report {folder}"
+    )
+    html_parts.append(f'<p class="note">{html.escape(footer)}</p>')
+    md_parts += ["---", footer, ""]
+    _write_text(folder / "report.md", "\n".join(md_parts))
+    return _write_text(folder / "report.html", page(title, "\n".join(html_parts)))
+
+
+# ----------------------------------------------------------------------------- several runs
+
+
+def find_runs(
+    paths: Iterable[str | Path], on_skip: Callable[[str], None] | None = None
+) -> list[Path]:
+    """Expand ``paths`` into finished run folders.
+
+    A path that is a run must be finished (else a one-line error). A folder that is not a run
+    is searched (up to three levels down) for runs; unfinished runs found that way are skipped,
+    each reported through ``on_skip``.
+    """
+    found: list[Path] = []
+    for raw in paths:
+        path = Path(raw)
+        if is_run(path) or not path.is_dir():
+            found.append(check_run_folder(path))
+            continue
+        inside = _runs_below(path, depth=3)
+        if not inside:
+            raise UnseenError(
+                f"{path} is neither a run folder nor a folder of runs (no config.json found)."
+            )
+        for run in inside:
+            if is_finished(run):
+                found.append(run)
+            elif on_skip is not None:
+                on_skip(f"skipping {run}: not finished (no {FINISHED_FILE} with status 'finished')")
+    unique: list[Path] = []
+    for p in found:
+        if p.resolve() not in {q.resolve() for q in unique}:
+            unique.append(p)
+    return unique
+
+
+def _runs_below(folder: Path, depth: int) -> list[Path]:
+    out: list[Path] = []
+    for child in sorted(p for p in folder.iterdir() if p.is_dir()):
+        if is_run(child):
+            out.append(child)
+        elif depth > 1:
+            out.extend(_runs_below(child, depth - 1))
+    return out
+
+
+def _grouping_config(config: dict) -> dict:
+    return {k: v for k, v in config.items() if k not in GROUPING_IGNORES}
+
+
+def _stat(values: list[Any]) -> dict[str, Any]:
+    """Mean and sample standard deviation (ddof=1; None for a single run) of the finite values."""
+    finite = [float(v) for v in values if isinstance(v, (int, float)) and math.isfinite(float(v))]
+    if not finite:
+        return {"mean": None, "std": None, "n": 0}
+    return {
+        "mean": float(np.mean(finite)),
+        "std": float(np.std(finite, ddof=1)) if len(finite) > 1 else None,
+        "n": len(finite),
+    }
+
+
+def aggregate_runs(run_dirs: Iterable[str | Path]) -> list[dict]:
+    """One dict per configuration x head, averaging its runs (seeds).
+
+    Runs are grouped when their config.json is equal apart from :data:`GROUPING_IGNORES`; a run
+    with several heads gives one row per head. Each row: ``label`` (the settings that differ
+    between rows), ``head``, ``config`` (grouping config), ``runs`` (folders), ``seeds``,
+    ``n_runs``, ``metrics`` (run-level metric -> {mean, std, n}) and ``scores`` (score ->
+    metric -> {mean, std, n}). ``std`` is the sample standard deviation, None for one run.
+    Every folder must be a finished run.
+    """
+    groups: dict[tuple[str, str], dict] = {}
+    for raw in run_dirs:
+        run_dir = check_run_folder(raw)
+        config = read_json(run_dir / "config.json")
+        key_cfg = _grouping_config(config)
+        for head, metrics in load_head_metrics(run_dir, config).items():
+            key = (json.dumps(key_cfg, sort_keys=True, default=str), head)
+            g = groups.setdefault(
+                key, {"config": key_cfg, "head": head, "runs": [], "seeds": [], "m": []}
+            )
+            g["runs"].append(str(run_dir))
+            g["seeds"].append(config.get("seed"))
+            g["m"].append(metrics)
+    rows = []
+    for g in groups.values():
+        score_names: list[str] = []
+        for m in g["m"]:
+            score_names += [n for n in m.get("scores", {}) if n not in score_names]
+        rows.append({
+            "head": g["head"],
+            "config": g["config"],
+            "runs": g["runs"],
+            "seeds": g["seeds"],
+            "n_runs": len(g["runs"]),
+            "metrics": {k: _stat([m.get(k) for m in g["m"]]) for k, _ in RUN_METRICS},
+            "scores": {
+                n: {k: _stat([m.get("scores", {}).get(n, {}).get(k) for m in g["m"]])
+                    for k, _, _ in SCORE_METRICS if k != "threshold"}
+                for n in score_names
+            },
+        })  # fmt: skip
+    _label_rows(rows)
+    return rows
+
+
+def _label_rows(rows: list[dict]) -> None:
+    """Name each row by the settings that differ between rows (or dataset/model/head)."""
+    keys = sorted({k for r in rows for k in r["config"]} - {"split"})
+    varying = [
+        k for k in keys if len({json.dumps(r["config"].get(k), default=str) for r in rows}) > 1
+    ]
+    heads_vary = len({r["head"] for r in rows}) > 1
+    for r in rows:
+        parts = [f"{k}={_short(r['config'].get(k))}" for k in varying]
+        if heads_vary and "head" not in varying:
+            parts.append(f"head={r['head']}")
+        elif heads_vary:
+            parts.append(f"[{r['head']}]")
+        if not parts:
+            parts = [f"{r['config'].get('dataset')} {r['config'].get('model')} {r['head']}"]
+        r["label"] = ", ".join(parts)
+
+
+def _short(value: Any) -> str:
+    if isinstance(value, list):
+        return "+".join(map(str, value))
+    return str(value)
+
+
+def _pm(stat: dict, digits: int = 3) -> str:
+    if stat.get("mean") is None:
+        return "-"
+    text = _fmt(stat["mean"], digits)
+    return text + (f" ± {_fmt(stat['std'], digits)}" if stat.get("std") is not None else "")
+
+
+def write_comparison(run_dirs: Iterable[str | Path], out_dir: str | Path) -> Path:
+    """Write the comparison of several finished runs into ``out_dir``; return comparison.html.
+
+    Also writes comparison.md, comparison.json (the rows of :func:`aggregate_runs`) and
+    comparison.csv (one line per configuration x score x metric: mean, std, n).
+    """
+    start = time.perf_counter()
+    run_dirs = list(run_dirs)
+    if not run_dirs:
+        raise UnseenError("no runs to compare.")
+    rows = aggregate_runs(run_dirs)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    score_names: list[str] = []
+    for r in rows:
+        score_names += [n for n in r["scores"] if n not in score_names]
+
+    figures: list[Plot] = []
+    for metric, label in (("auroc", "AUROC"), ("oscr", "OSCR")):
+        means = np.array(
+            [
+                [_nan(r["scores"].get(n, {}).get(metric, {}).get("mean")) for n in score_names]
+                for r in rows
+            ]
+        )
+        stds = np.array(
+            [
+                [_nan(r["scores"].get(n, {}).get(metric, {}).get("std")) for n in score_names]
+                for r in rows
+            ]
+        )
+        if np.isfinite(means).any():
+            fig = plots.comparison_figure(
+                [r["label"] for r in rows], score_names, label, means, stds
+            )
+            png = plots.figure_png(fig)
+            figures.append(Plot(f"plots/compare_{metric}.png", f"{label} per configuration",
+                                "Bars are means over the runs of a configuration, whiskers one sample "
+                                "standard deviation (none for a single run).", png))  # fmt: skip
+    for p in figures:
+        _write_bytes(out_dir / p.file, p.png)
+
+    # the configurations table
+    cfg_head = (
+        ["configuration", "runs", "seeds"] + [label for _, label in RUN_METRICS] + ["reports"]
+    )
+    cfg_rows = []
+    for r in rows:
+        links = []
+        for n, run in enumerate(r["runs"]):
+            report = Path(run) / "report.html"
+            if report.is_file():
+                links.append((f"seed {r['seeds'][n]}", os.path.relpath(report, out_dir)))
+        cfg_rows.append((r, links))
+
+    title = f"unseen comparison: {len(rows)} configuration(s), {len(run_dirs)} run(s)"
+    h = [f"<h1>{html.escape(title)}</h1>",
+         '<p class="note">Runs whose config.json differs only in '
+         f"{', '.join(GROUPING_IGNORES)} are one configuration; values are mean ± sample standard "
+         "deviation over its runs. Every score: higher = more likely a known class.</p>",
+         "<h2>Configurations</h2>",
+         '<table id="config-table"><thead><tr>' + "".join(f"<th>{html.escape(c)}</th>" for c in cfg_head)
+         + "</tr></thead><tbody>"]  # fmt: skip
+    md = [f"# {title}", "",
+          f"Runs whose config.json differs only in {', '.join(GROUPING_IGNORES)} are one configuration; "
+          "values are mean ± sample standard deviation over its runs.", "", "## Configurations", "",
+          "| " + " | ".join(cfg_head) + " |", "|---|" + "---:|" * (len(cfg_head) - 1)]  # fmt: skip
+    for r, links in cfg_rows:
+        stats = [_pm(r["metrics"][k]) for k, _ in RUN_METRICS]
+        seeds = ", ".join(map(str, r["seeds"]))
+        link_html = (
+            " ".join(f'<a href="{html.escape(u)}">{html.escape(t)}</a>' for t, u in links) or "-"
+        )
+        h.append(
+            f"<tr><td>{html.escape(r['label'])}</td><td>{r['n_runs']}</td><td>{html.escape(seeds)}</td>"
+            + "".join(f"<td>{s}</td>" for s in stats) + f"<td>{link_html}</td></tr>"
+        )  # fmt: skip
+        link_md = " ".join(f"[{t}]({u})" for t, u in links) or "-"
+        md.append(
+            f"| {r['label']} | {r['n_runs']} | {seeds} | " + " | ".join(stats) + f" | {link_md} |"
+        )
+    h.append("</tbody></table>")
+
+    metric_cols = [(k, label) for k, label, _ in SCORE_METRICS if k != "threshold"]
+    h += ["<h2>Scores</h2>",
+          '<table class="scores" id="score-table"><thead><tr><th>configuration</th><th>score</th>'
+          + "".join(f"<th>{html.escape(label)}</th>" for _, label in metric_cols) + "</tr></thead><tbody>"]  # fmt: skip
+    md += ["", "## Scores", "", "| configuration | score | " + " | ".join(lb for _, lb in metric_cols) + " |",
+           "|---|---|" + "---:|" * len(metric_cols)]  # fmt: skip
+    for r in rows:
+        for n, stats in r["scores"].items():
+            cells = [_pm(stats[k]) for k, _ in metric_cols]
+            h.append(f"<tr><td>{html.escape(r['label'])}</td><td>{html.escape(n)}</td>"
+                     + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")  # fmt: skip
+            md.append(f"| {r['label']} | {n} | " + " | ".join(cells) + " |")
+    h.append("</tbody></table>")
+    if figures:
+        h.append("<h2>Figures</h2>")
+        h += [figure_html(p) for p in figures]
+        md += ["", "## Figures", ""]
+        for p in figures:
+            md += [f"**{p.title}.** {p.caption}", "", f"![{p.title}]({p.file})", ""]
+    footer = f"Built {time.strftime('%Y-%m-%d %H:%M')} by unseen report in {time.perf_counter() - start:.1f} s."
+    h.append(f'<p class="note">{html.escape(footer)}</p>')
+    md += ["", footer, ""]
+
+    write_json(out_dir / "comparison.json", rows)
+    buf = io.StringIO()
+    writer = csv.writer(buf)
+    writer.writerow(["configuration", "head", "n_runs", "score", "metric", "mean", "std", "n"])
+    for r in rows:
+        for k, _ in RUN_METRICS:
+            s = r["metrics"][k]
+            writer.writerow(
+                [r["label"], r["head"], r["n_runs"], "", k, s["mean"], s["std"], s["n"]]
+            )
+        for n, stats in r["scores"].items():
+            for k, s in stats.items():
+                writer.writerow(
+                    [r["label"], r["head"], r["n_runs"], n, k, s["mean"], s["std"], s["n"]]
+                )
+    _write_text(out_dir / "comparison.csv", buf.getvalue())
+    _write_text(out_dir / "comparison.md", "\n".join(md))
+    return _write_text(out_dir / "comparison.html", page(title, "\n".join(h)))
+
+
+def _nan(value: Any) -> float:
+    return math.nan if value is None else float(value)
+
+
+# ----------------------------------------------------------------------------- command
+
+
+def report_command(
+    paths: Sequence[str | Path],
+    out: str | Path | None = None,
+    tsne: bool = True,
+    each: bool = False,
+    log: Callable[[str], None] = print,
+) -> Path:
+    """``unseen report``: one run -> its report; several runs or folders of runs -> comparison.
+
+    The comparison goes to ``out``, by default ``<folder>/comparison`` for a single folder of
+    runs and ``./comparison`` otherwise. ``each`` also rebuilds every compared run's report.
+    Returns the path of the report or comparison written.
+    """
+    import sys
+
+    paths = [Path(p) for p in paths]
+    if not paths:
+        raise UnseenError("give at least one run folder.")
+    if len(paths) == 1 and (is_run(paths[0]) or not paths[0].is_dir()):
+        if out is not None:
+            raise UnseenError(
+                "--out names the folder of a comparison; a single run's report is written "
+                "into its run folder."
+            )
+        start = time.perf_counter()
+        path = build_report(paths[0], tsne=tsne)
+        log(f"report: {path} ({time.perf_counter() - start:.1f} s)")
+        return path
+    runs = find_runs(paths, on_skip=lambda msg: print(f"unseen: {msg}", file=sys.stderr))
+    if not runs:
+        raise UnseenError(f"no finished runs found in {', '.join(map(str, paths))}.")
+    if each:
+        for run in runs:
+            start = time.perf_counter()
+            path = build_report(run, tsne=tsne)
+            log(f"report: {path} ({time.perf_counter() - start:.1f} s)")
+    if out is None:
+        only = paths[0]
+        out = only / "comparison" if len(paths) == 1 and not is_run(only) else Path("comparison")
+    start = time.perf_counter()
+    path = write_comparison(runs, out)
+    log(f"comparison of {len(runs)} runs: {path} ({time.perf_counter() - start:.1f} s)")
+    return path

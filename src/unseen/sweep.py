@@ -1,0 +1,852 @@
+"""Protocols: many runs from one command, resumable, aggregated.
+
+``unseen sweep --protocol P [run options] --out DIR`` expands a protocol into run
+configurations (:func:`expand`), runs those not finished yet (:func:`run_plan`, optionally
+several at once) and aggregates their ``metrics.json`` files (:func:`aggregate`).
+
+Protocols (:data:`PROTOCOLS`):
+
+* ``loo`` -- each class held out in turn (one unseen class per run);
+* ``neal6`` -- the five 6-known / 4-unseen splits of Neal et al. (2018), ten-class datasets only;
+* ``random:K`` -- ``--splits N`` random splits with K known classes; split ``i`` is the
+  ``i``-th distinct draw of ``numpy.random.default_rng(0)``, independent of ``--seed``, so the
+  first splits of ``--splits 10`` are those of ``--splits 5``;
+* ``rare:CLASS`` -- the class kept at ``--fractions`` of its training images (see
+  :mod:`unseen.rare`), every other class known;
+* ``single`` -- the split given by the run options, unchanged (to repeat it with ``--seeds``).
+
+Every run is repeated for each of ``--seeds N`` seeds (``--seed`` .. ``--seed + N - 1``) and,
+with ``--compare-balance``, for each ``--balance`` mode. A run lives in
+``DIR/runs/<label>-<hash8>``, where the hash covers every configuration field except ``out``
+(:func:`config_hash`); a folder holding a finished run (``run.json``) is skipped, so running
+the same command again continues an interrupted sweep.
+
+Aggregates are means and *sample* standard deviations (``ddof=1``; ``null`` for a single run)
+over the finished runs; missing values (``null`` in ``metrics.json``) are left out and ``n``
+says how many values went in. Scores follow the tool's one convention: higher = more likely a
+known class, and AUROC takes known images as positives.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import math
+import os
+import re
+import time
+import traceback
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .config import RunConfig, validate
+from .errors import ConfigError, Interrupted, UnseenError
+from .runfolder import is_finished, read_json, write_json
+
+#: Neal et al. 2018 ("Open Set Learning with Counterfactual Images"), known classes per split
+NEAL6_SPLITS: tuple[tuple[int, ...], ...] = (
+    (0, 1, 2, 4, 5, 9),
+    (0, 3, 5, 7, 8, 9),
+    (0, 1, 5, 6, 7, 8),
+    (3, 4, 5, 7, 8, 9),
+    (0, 1, 2, 3, 7, 8),
+)
+DEFAULT_FRACTIONS = (0.0, 0.001, 0.01, 0.1, 1.0)
+DEFAULT_SPLITS = 5
+BALANCE_MODES = ("none", "weighted-loss", "sampler")
+PROTOCOLS = {
+    "loo": "each class held out in turn",
+    "neal6": "the five 6-known/4-unseen splits of Neal et al. 2018 (ten-class datasets)",
+    "random:K": "--splits N seeded random splits with K known classes",
+    "rare:CLASS": "CLASS kept at --fractions of its training images, all classes known",
+    "single": "the split of the run options as given (repeat it with --seeds)",
+}
+#: per-score metrics of the console tables (all numeric ones go to summary.json)
+TABLE_METRICS = (
+    ("auroc", "AUROC"),
+    ("fpr_at_95_tpr", "FPR@95"),
+    ("oscr", "OSCR"),
+    ("open_set_accuracy", "open-acc"),
+)
+
+
+# ----------------------------------------------------------------------------- hashing
+
+
+#: fields that say where the files are and how to run, not what: left out of the hash (the
+#: same keys ``--resume`` ignores, see :mod:`unseen.checkpoint`)
+NOT_HASHED = frozenset({"out", "resume", "overwrite", "data_root", "download", "report"})
+
+
+def hash_fields(cfg: RunConfig) -> dict[str, Any]:
+    """The fields a run's hash covers: those that differ from their default, except
+    :data:`NOT_HASHED` (``out``, ``resume``, ``overwrite``, ``data_root``, ``download``,
+    ``report``).
+
+    Fields at their default are left out so that a later version adding an option (with a
+    default) keeps the hashes, and so the folders, of an existing sweep.
+    """
+    values = cfg.to_dict()
+    return {
+        f.name: values[f.name]
+        for f in fields(cfg)
+        if f.name not in NOT_HASHED and getattr(cfg, f.name) != f.default
+    }
+
+
+def config_hash(cfg: RunConfig) -> str:
+    """SHA-256 (hex) of the canonical JSON of :func:`hash_fields`: stable across processes."""
+    text = json.dumps(hash_fields(cfg), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9.]+", "-", str(text)).strip("-").lower() or "x"
+
+
+# ----------------------------------------------------------------------------- expansion
+
+
+@dataclass(frozen=True)
+class PlannedRun:
+    """One run of a sweep: its configuration (``out`` set to its folder) and its place in it."""
+
+    label: str
+    config: RunConfig
+    #: protocol axis ("condition"), seed and balance mode of this run
+    tags: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def hash(self) -> str:
+        return config_hash(self.config)
+
+    @property
+    def run_dir(self) -> Path:
+        if self.config.out is None:
+            raise ValueError("planned run has no folder")
+        return Path(self.config.out)
+
+
+@dataclass(frozen=True)
+class SweepOptions:
+    """What ``unseen sweep`` adds to the run options."""
+
+    protocol: str
+    seeds: int = 1
+    splits: int | None = None
+    fractions: tuple[float, ...] | None = None
+    balances: tuple[str, ...] | None = None
+    jobs: int = 1
+
+
+def parse_protocol(text: str) -> tuple[str, str | None]:
+    """``"random:6"`` -> ``("random", "6")``; checks the protocol name."""
+    kind, sep, arg = text.strip().partition(":")
+    kind = kind.lower()
+    if kind in {"loo", "neal6", "single"} and not sep:
+        return kind, None
+    if kind in {"random", "rare"} and sep and arg.strip():
+        return kind, arg.strip()
+    raise ConfigError(f"--protocol {text!r} is not known; choose one of: {', '.join(PROTOCOLS)}.")
+
+
+def parse_fractions(text: str) -> tuple[float, ...]:
+    """``--fractions``: comma-separated numbers from 0 to 1, returned sorted and unique."""
+    try:
+        values = sorted({float(p) for p in text.split(",") if p.strip()})
+    except ValueError:
+        raise ConfigError(f"--fractions must be numbers from 0 to 1, not {text!r}.") from None
+    if not values or any(not 0.0 <= v <= 1.0 for v in values):
+        raise ConfigError(f"--fractions must be numbers from 0 to 1, not {text!r}.")
+    return tuple(values)
+
+
+def parse_balances(text: str) -> tuple[str, ...]:
+    """``--compare-balance``: comma-separated --balance modes, or ``all``."""
+    if text.strip().lower() == "all":
+        return BALANCE_MODES
+    modes = tuple(dict.fromkeys(p.strip() for p in text.split(",") if p.strip()))
+    bad = [m for m in modes if m not in BALANCE_MODES]
+    if bad or not modes:
+        raise ConfigError(
+            f"--compare-balance takes modes from {', '.join(BALANCE_MODES)} or 'all', not {text!r}."
+        )
+    return modes
+
+
+def random_splits(num_classes: int, k: int, count: int) -> list[tuple[int, ...]]:
+    """``count`` distinct sorted sets of ``k`` known classes from ``default_rng(0)``."""
+    if not 2 <= k <= num_classes - 1:
+        raise ConfigError(
+            f"--protocol random:{k} needs 2 to {num_classes - 1} known classes for a dataset of "
+            f"{num_classes} classes."
+        )
+    if count > math.comb(num_classes, k):
+        raise ConfigError(
+            f"--splits {count} is more than the {math.comb(num_classes, k)} different "
+            f"{k}-of-{num_classes} splits."
+        )
+    rng = np.random.default_rng(0)
+    out: list[tuple[int, ...]] = []
+    while len(out) < count:
+        pick = tuple(sorted(int(i) for i in rng.choice(num_classes, size=k, replace=False)))
+        if pick not in out:
+            out.append(pick)
+    return out
+
+
+def _split_name(i: int, known: Sequence[int]) -> str:
+    """``"2: known 0,1,5,6,7,8"`` (class indices), the condition of split ``i``."""
+    return f"{i}: known {','.join(str(c) for c in known)}"
+
+
+def expand(base: RunConfig, classes: Sequence[str], opts: SweepOptions) -> list[PlannedRun]:
+    """The runs of a protocol, without folders: one per condition x balance mode x seed.
+
+    ``base`` holds the run options; ``classes`` the dataset's class names.
+    """
+    from .rare import resolve_rare
+
+    kind, arg = parse_protocol(opts.protocol)
+    n = len(classes)
+    if opts.seeds < 1:
+        raise ConfigError(f"--seeds must be at least 1 (got {opts.seeds}).")
+    if opts.splits is not None and kind != "random":
+        raise ConfigError("--splits only applies to --protocol random:K.")
+    if opts.fractions is not None and kind != "rare":
+        raise ConfigError("--fractions only applies to --protocol rare:CLASS.")
+    if kind in {"loo", "neal6", "random"} and (base.holdout is not None or base.known is not None):
+        raise ConfigError(
+            f"--protocol {opts.protocol} chooses the known classes; drop --holdout/--known."
+        )
+    if base.rare is not None and kind not in {"single"}:
+        raise ConfigError(
+            "--rare cannot be combined with this protocol; use --protocol rare:CLASS "
+            "(or --protocol single to repeat one --rare run)."
+        )
+
+    # conditions: (label, tag value, config changes)
+    conditions: list[tuple[str, Any, dict[str, Any]]] = []
+    if kind == "loo":
+        if n < 3:
+            raise ConfigError("--protocol loo needs at least three classes.")
+        conditions = [(f"loo-{slug(c)}", c, {"holdout": (c,)}) for c in classes]
+    elif kind == "neal6":
+        if n != 10:
+            raise ConfigError(
+                f"--protocol neal6 is defined for ten-class datasets; {base.dataset} has {n} "
+                "classes (use random:K instead)."
+            )
+        conditions = [
+            (f"neal6-split{i}", _split_name(i, known), {"known": tuple(classes[c] for c in known)})
+            for i, known in enumerate(NEAL6_SPLITS)
+        ]
+    elif kind == "random":
+        try:
+            k = int(arg or "")
+        except ValueError:
+            raise ConfigError(f"--protocol random:K needs a number K, not {arg!r}.") from None
+        picks = random_splits(n, k, opts.splits or DEFAULT_SPLITS)
+        conditions = [
+            (
+                f"random{k}-split{i}",
+                _split_name(i, known),
+                {"known": tuple(classes[c] for c in known)},
+            )
+            for i, known in enumerate(picks)
+        ]
+    elif kind == "rare":
+        ((cls, _),) = resolve_rare((f"{arg}:1",), classes)
+        name = classes[cls]
+        conditions = [
+            (f"rare-{slug(name)}-f{f:g}", f, {"rare": (f"{name}:{f:g}",)})
+            for f in (opts.fractions or DEFAULT_FRACTIONS)
+        ]
+    else:  # single
+        conditions = [("single", "single", {})]
+
+    balances = opts.balances or (base.balance,)
+    runs = []
+    for (label, value, changes), balance, i in itertools.product(
+        conditions, balances, range(opts.seeds)
+    ):
+        seed = base.seed + i
+        cfg = base.replace(**changes, balance=balance, seed=seed, out=None)
+        suffix = (f"-{balance}" if opts.balances else "") + f"-seed{seed}"
+        tags = {"protocol": kind, "condition": value, "seed": seed, "balance": balance}
+        if kind == "rare":
+            tags["rare_class"] = classes[cls]
+        runs.append(PlannedRun(label + suffix, cfg, tags))
+    return runs
+
+
+def plan(
+    base: RunConfig, classes: Sequence[str], opts: SweepOptions, out_dir: str | Path
+) -> list[PlannedRun]:
+    """:func:`expand`, then give every run its folder ``out_dir/runs/<label>-<hash8>`` and check it."""
+    planned = []
+    for run in expand(base, classes, opts):
+        folder = Path(out_dir) / "runs" / f"{run.label}-{run.hash[:8]}"
+        # an unfinished run continues from its last checkpoint, unless --overwrite
+        cfg = run.config.replace(out=str(folder), resume=not base.overwrite)
+        validate(cfg)
+        planned.append(PlannedRun(run.label, cfg, run.tags))
+    return planned
+
+
+def default_sweep_dir(dataset: str, protocol: str) -> Path:
+    """``sweeps/<dataset>-<protocol>``: the same command finds the same folder again."""
+    name = Path(dataset).name if ":" in dataset else dataset
+    return Path("sweeps") / f"{slug(name)}-{slug(protocol)}"
+
+
+# ----------------------------------------------------------------------------- running
+
+
+class RunInterrupted(Interrupted):
+    """:class:`Interrupted` that survives pickling (out of a ``--jobs`` worker process)."""
+
+    def __reduce__(self):
+        return type(self), (str(self), self.exit_code)
+
+
+@dataclass
+class RunOutcome:
+    run: PlannedRun
+    status: str  # "finished", "skipped" or "failed"
+    seconds: float = 0.0
+    error: str | None = None
+
+
+def _run_one(cfg: RunConfig, threads: int | None = None) -> tuple[float, str | None]:
+    """Run one configuration (in this process or a worker); return (seconds, error or None).
+
+    A failure writes ``error.txt`` (with the traceback) into the run folder.
+    """
+    from . import experiment
+
+    if threads is not None:
+        import torch
+
+        from .hardware import THREADS_ENV
+
+        os.environ[THREADS_ENV] = str(threads)
+        torch.set_num_threads(threads)
+    start = time.perf_counter()
+    if cfg.out and not cfg.overwrite:  # continue a run an earlier sweep left unfinished (issue 10)
+        cfg = cfg.replace(resume=True)
+    if cfg.out:
+        (Path(cfg.out) / "error.txt").unlink(missing_ok=True)
+    try:
+        experiment.run_experiment(cfg, progress=False, log=None)
+    except Interrupted as exc:  # Ctrl-C or SIGTERM (checkpoint saved): stop the whole sweep
+        raise RunInterrupted(str(exc), exc.exit_code) from None
+    except Exception as exc:  # one failed run must not stop the sweep
+        detail = str(exc) if isinstance(exc, UnseenError) else f"{type(exc).__name__}: {exc}"
+        folder = Path(cfg.out) if cfg.out else None
+        if folder is not None:
+            folder.mkdir(parents=True, exist_ok=True)
+            (folder / "error.txt").write_text(traceback.format_exc())
+        return time.perf_counter() - start, detail.strip().splitlines()[
+            0
+        ] if detail.strip() else detail
+    return time.perf_counter() - start, None
+
+
+def run_plan(
+    runs: Sequence[PlannedRun], jobs: int = 1, log: Callable[[str], None] | None = print
+) -> list[RunOutcome]:
+    """Run every planned run whose folder holds no finished run; ``jobs`` at a time.
+
+    With ``jobs > 1`` the runs go to a pool of spawned processes, each limited to
+    ``cores // jobs`` threads.
+    """
+    say = log or (lambda _msg: None)
+    if jobs < 1:
+        raise ConfigError(f"--jobs must be at least 1 (got {jobs}).")
+    outcomes: dict[int, RunOutcome] = {}
+    todo = []
+    for i, run in enumerate(runs):
+        if is_finished(run.run_dir) and not run.config.overwrite:
+            outcomes[i] = RunOutcome(run, "skipped")
+        else:
+            todo.append(i)
+    total = len(runs)
+    say(f"{total} runs: {total - len(todo)} already finished, {len(todo)} to run")
+
+    def report(i: int, seconds: float, error: str | None) -> None:
+        run = runs[i]
+        done = len(outcomes) + 1
+        if error is None:
+            outcomes[i] = RunOutcome(run, "finished", seconds)
+            say(f"[{done}/{total}] {run.run_dir.name}: finished in {seconds:.1f} s")
+        else:
+            outcomes[i] = RunOutcome(run, "failed", seconds, error)
+            say(f"[{done}/{total}] {run.run_dir.name}: FAILED: {error}")
+
+    try:
+        _run_todo(runs, todo, jobs, report)
+    except Interrupted as exc:
+        raise Interrupted(
+            f"{exc}; the sweep stopped: run the same `unseen sweep` command again to continue it",
+            exc.exit_code,
+        ) from None
+    return [outcomes[i] for i in range(total)]
+
+
+def _run_todo(
+    runs: Sequence[PlannedRun],
+    todo: Sequence[int],
+    jobs: int,
+    report: Callable[[int, float, str | None], None],
+) -> None:
+    if jobs == 1 or len(todo) <= 1:
+        for i in todo:
+            report(i, *_run_one(runs[i].config))
+    else:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor, as_completed
+
+        from .hardware import available_cores
+
+        threads = max(1, available_cores() // jobs)
+        pool = ProcessPoolExecutor(
+            max_workers=min(jobs, len(todo)), mp_context=multiprocessing.get_context("spawn")
+        )
+        try:
+            futures = {pool.submit(_run_one, runs[i].config, threads): i for i in todo}
+            for fut in as_completed(futures):
+                report(futures[fut], *fut.result())
+        except BaseException:
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
+        pool.shutdown()
+
+
+# ----------------------------------------------------------------------------- aggregation
+
+
+def stat(values: Sequence[float | None]) -> dict[str, float | int | None]:
+    """Mean and sample standard deviation (ddof=1) of the non-missing values, and their count."""
+    vals = np.array(
+        [v for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))],
+        dtype=float,
+    )
+    if vals.size == 0:
+        return {"mean": None, "std": None, "n": 0}
+    return {
+        "mean": float(vals.mean()),
+        "std": float(vals.std(ddof=1)) if vals.size > 1 else None,
+        "n": int(vals.size),
+    }
+
+
+def load_records(runs: Sequence[PlannedRun]) -> list[dict]:
+    """One record per finished run and head: the run's tags, head and ``metrics.json``."""
+    records = []
+    for run in runs:
+        if not is_finished(run.run_dir):
+            continue
+        metrics = read_json(run.run_dir / "metrics.json")
+        per_head = metrics["heads"] if "heads" in metrics else {run.config.head[0]: metrics}
+        for head, m in per_head.items():
+            records.append(
+                {"label": run.label, "dir": str(run.run_dir), "tags": run.tags, "head": head,
+                 "metrics": m}
+            )  # fmt: skip
+    return records
+
+
+def _score_names(records: Sequence[dict]) -> list[str]:
+    names: dict[str, None] = {}
+    for r in records:
+        names.update(dict.fromkeys(r["metrics"].get("scores", {})))
+    return list(names)
+
+
+def _score_stats(records: Sequence[dict], names: Sequence[str]) -> dict[str, dict]:
+    out: dict[str, dict] = {}
+    for name in names:
+        per_run = [r["metrics"].get("scores", {}).get(name, {}) for r in records]
+        keys = dict.fromkeys(
+            k for m in per_run for k, v in m.items() if isinstance(v, (int, float)) or v is None
+        )
+        out[name] = {k: stat([m.get(k) for m in per_run]) for k in keys}
+    return out
+
+
+def _absorbed_by(records: Sequence[dict]) -> dict | None:
+    """The known class that took the most unseen images, summed over runs, and its share."""
+    totals: dict[str, int] = {}
+    for r in records:
+        for cls, count in r["metrics"].get("unseen_predicted_as", {}).items():
+            totals[cls] = totals.get(cls, 0) + int(count)
+    if not totals:
+        return None
+    top = max(totals, key=lambda c: totals[c])
+    return {"class": top, "share": totals[top] / sum(totals.values())}
+
+
+def _rare_stats(records: Sequence[dict], names: Sequence[str]) -> dict | None:
+    entries = [e for r in records for e in r["metrics"].get("rare", {}).values()]
+    if not entries:
+        return None
+    return {
+        "train_images": stat([e.get("train_images") for e in entries]),
+        "test_images": stat([e.get("test_images") for e in entries]),
+        "recall": stat([e.get("recall") for e in entries]),
+        "precision": stat([e.get("precision") for e in entries]),
+        "auroc_vs_known": {
+            n: stat([e.get("auroc_vs_known", {}).get(n) for e in entries]) for n in names
+        },
+    }
+
+
+def _variant(record: dict) -> tuple[str, str]:
+    return record["head"], record["tags"].get("balance", "none")
+
+
+def aggregate(records: Sequence[dict], protocol: str = "") -> dict:
+    """Means and standard deviations over runs, per variant (head x balance mode).
+
+    Each variant holds the overall statistics (closed-set accuracy and every per-score
+    metric) and one row per protocol condition (held-out class, split or fraction) with its
+    closed-set accuracy, per-score AUROC, the known class absorbing most unseen images and,
+    for rare-class runs, the rare class's training images, recall, precision and AUROC
+    against the other known classes.
+    """
+    names = _score_names(records)
+    variants = []
+    for key in dict.fromkeys(_variant(r) for r in records):
+        mine = [r for r in records if _variant(r) == key]
+        conditions = []
+        for cond in dict.fromkeys(r["tags"].get("condition") for r in mine):
+            rows = [r for r in mine if r["tags"].get("condition") == cond]
+            row = {
+                "condition": cond,
+                "runs": len(rows),
+                "closed_set_accuracy": stat(
+                    [r["metrics"].get("closed_set_accuracy") for r in rows]
+                ),
+                "auroc": {
+                    n: stat([r["metrics"].get("scores", {}).get(n, {}).get("auroc") for r in rows])
+                    for n in names
+                },
+                "absorbed_by": _absorbed_by(rows),
+            }
+            rare = _rare_stats(rows, names)
+            if rare is not None:
+                row["rare"] = rare
+            conditions.append(row)
+        variants.append(
+            {
+                "head": key[0],
+                "balance": key[1],
+                "runs": len(mine),
+                "closed_set_accuracy": stat(
+                    [r["metrics"].get("closed_set_accuracy") for r in mine]
+                ),
+                "scores": _score_stats(mine, names),
+                "conditions": conditions,
+            }
+        )
+    return {
+        "protocol": protocol,
+        "statistics": "mean and sample standard deviation (ddof=1) over runs; std is null "
+        "with one run; n = runs with a value",
+        "score_names": names,
+        "variants": variants,
+    }
+
+
+# ----------------------------------------------------------------------------- console
+
+
+def _ms(s: dict | None, digits: int = 3) -> str:
+    """``mean ± std`` (or just the mean, or ``-``)."""
+    if not s or s.get("mean") is None:
+        return "-"
+    if not s.get("std"):  # one run, or the same value in every run
+        return f"{s['mean']:.{digits}f}"
+    return f"{s['mean']:.{digits}f} ± {s['std']:.{digits}f}"
+
+
+def _variant_name(v: dict, many_heads: bool, many_balances: bool) -> str:
+    parts = ([v["head"]] if many_heads else []) + ([v["balance"]] if many_balances else [])
+    return " / ".join(parts)
+
+
+def format_summary(summary: dict) -> str:
+    """Console tables of :func:`aggregate`: overall per score, then per condition."""
+    from .console import table
+
+    variants = summary["variants"]
+    if not variants:
+        return "no finished runs to summarise."
+    names = summary["score_names"]
+    many_heads = len({v["head"] for v in variants}) > 1
+    many_bal = len({v["balance"] for v in variants}) > 1
+    vcol = ["variant"] if (many_heads or many_bal) else []
+    protocol = summary.get("protocol", "")
+    lines = []
+    for v in variants:
+        title = _variant_name(v, many_heads, many_bal)
+        lines.append(
+            (f"== {title}: " if title else "")
+            + f"{v['runs']} runs, closed-set accuracy {_ms(v['closed_set_accuracy'])}"
+        )
+        if protocol == "rare":  # only the fraction-0 runs have unseen images: see the table below
+            continue
+        lines.append(
+            table(
+                ["score"] + [label for _, label in TABLE_METRICS],
+                [[n] + [_ms(v["scores"][n].get(k)) for k, _ in TABLE_METRICS] for n in names],
+            )
+        )
+        lines.append("")
+
+    rows = []
+    is_rare = protocol == "rare"
+    for v in variants:
+        title = _variant_name(v, many_heads, many_bal)
+        for c in v["conditions"]:
+            cond = f"{c['condition']:g}" if is_rare else c["condition"]
+            row: list[object] = [cond] + ([title] if vcol else [])
+            if is_rare and "rare" in c:
+                r = c["rare"]
+                row += [_ms(r["train_images"], 0), _ms(r["recall"]), _ms(r["precision"])]
+                row += [_ms(r["auroc_vs_known"][n]) for n in names]
+                row += [_ms(c["closed_set_accuracy"])]
+            else:
+                row += [_ms(c["closed_set_accuracy"])] + [_ms(c["auroc"][n]) for n in names]
+                ab = c["absorbed_by"]
+                row.append(f"{ab['class']} ({ab['share']:.0%})" if ab else "-")
+            rows.append((c, row))
+    if is_rare:
+        rows.sort(key=lambda cr: (cr[0]["condition"], cr[1][1] if vcol else ""))
+        header = ["fraction", *vcol, "train imgs", "recall", "precision"]
+        header += [f"AUROC {n}" for n in names] + ["closed-acc"]
+        lines.append("")
+        lines.append(
+            "rare class per fraction (AUROC: other known classes vs the rare class, "
+            "higher = the scores single it out; at fraction 0 it is unseen)"
+        )
+    else:
+        if protocol == "loo":
+            # hardest to detect first: lowest mean AUROC of the first score
+            def key(cr):
+                m = cr[0]["auroc"].get(names[0], {}).get("mean") if names else None
+                return math.inf if m is None else m
+
+            rows.sort(key=key)
+            first = "held out"
+            lines.append(
+                f"per held-out class, hardest to detect first (by AUROC of {names[0] if names else '-'})"
+            )
+        else:
+            first = "split" if protocol in {"neal6", "random"} else "condition"
+            lines.append(f"per {first}")
+        header = [first, *vcol, "closed-acc"] + [f"AUROC {n}" for n in names] + ["absorbed by"]
+    lines.append(table(header, [row for _, row in rows]))
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------- whole sweep
+
+
+@dataclass
+class SweepResult:
+    out_dir: Path
+    runs: list[PlannedRun]
+    outcomes: list[RunOutcome]
+    summary: dict
+
+    @property
+    def failed(self) -> list[RunOutcome]:
+        return [o for o in self.outcomes if o.status == "failed"]
+
+
+def write_plan(
+    out_dir: Path, base: RunConfig, opts: SweepOptions, runs: Sequence[PlannedRun]
+) -> None:
+    write_json(
+        out_dir / "sweep.json",
+        {
+            "protocol": opts.protocol,
+            "seeds": opts.seeds,
+            "splits": opts.splits,
+            "fractions": opts.fractions,
+            "compare_balance": opts.balances,
+            "base_config": base.to_dict(),
+            "runs": [
+                {"label": r.label, "hash": r.hash, "dir": str(r.run_dir), "tags": r.tags}
+                for r in runs
+            ],
+        },
+    )
+
+
+def write_report(
+    out_dir: Path, run_dirs: Sequence[Path], say: Callable[[str], None]
+) -> Path | None:
+    """The comparison report of ``unseen report`` (issue 6), when that module provides it."""
+    try:
+        from .report import write_comparison
+    except (ImportError, AttributeError):
+        say("comparison report skipped: unseen.report.write_comparison is not available")
+        return None
+    if not run_dirs:
+        return None
+    try:
+        return write_comparison(run_dirs, out_dir / "report")
+    except Exception as exc:  # an optional extra: the sweep's own results are written already
+        say(f"comparison report skipped: {type(exc).__name__}: {exc}")
+        return None
+
+
+def run_sweep(
+    base: RunConfig,
+    opts: SweepOptions,
+    out_dir: str | Path | None = None,
+    *,
+    dry_run: bool = False,
+    summary_only: bool = False,
+    report: bool = True,
+    log: Callable[[str], None] | None = print,
+) -> SweepResult:
+    """Expand, run what is not finished, aggregate: ``summary.json`` and ``summary.txt`` in ``out_dir``.
+
+    ``dry_run`` only lists the run folders; ``summary_only`` aggregates the finished runs
+    without training the others.
+    """
+    from .data import load_dataset
+
+    say = log or (lambda _msg: None)
+    kind, _ = parse_protocol(opts.protocol)
+    out = Path(out_dir) if out_dir else default_sweep_dir(base.dataset, opts.protocol)
+    classes = load_dataset(base.dataset, base.data_root, base.download).classes
+    runs = plan(base.replace(out=None), classes, opts, out)
+    if dry_run:
+        for r in runs:
+            state = "finished" if is_finished(r.run_dir) else "to run"
+            say(f"{r.run_dir}  {state}")
+        return SweepResult(out, runs, [], {})
+    write_plan(out, base, opts, runs)
+    say(f"sweep {opts.protocol} on {base.dataset} in {out}")
+    if summary_only:  # aggregate what has finished, train nothing
+        outcomes = [RunOutcome(r, "skipped") for r in runs]
+    else:
+        outcomes = run_plan(runs, opts.jobs, say)
+    summary = aggregate(load_records(runs), kind)
+    summary.update(
+        {
+            "protocol_arg": opts.protocol,
+            "dataset": base.dataset,
+            "runs_planned": len(runs),
+            "runs_finished": sum(is_finished(r.run_dir) for r in runs),
+            "runs_failed": [
+                {"dir": str(o.run.run_dir), "error": o.error} for o in outcomes if o.status == "failed"
+            ],
+            "runs": [
+                {"label": r.label, "hash": r.hash, "dir": str(r.run_dir), "tags": r.tags,
+                 "finished": is_finished(r.run_dir)}
+                for r in runs
+            ],
+        }
+    )  # fmt: skip
+    write_json(out / "summary.json", summary)
+    text = format_summary(summary)
+    (out / "summary.txt").write_text(text + "\n")
+    if report:
+        finished = [r.run_dir for r in runs if is_finished(r.run_dir)]
+        path = write_report(out, finished, say)
+        if path is not None:
+            summary["report"] = str(path)
+            write_json(out / "summary.json", summary)
+    return SweepResult(out, runs, outcomes, summary)
+
+
+# ----------------------------------------------------------------------------- command line
+
+
+def add_sweep_arguments(parser) -> None:
+    """The options ``unseen sweep`` has besides the run options."""
+    g = parser.add_argument_group("sweep options")
+    g.add_argument(
+        "--protocol",
+        required=True,
+        metavar="P",
+        help="loo (each class held out in turn), neal6 (the five 6-known splits of Neal et al. "
+        "2018), random:K (random splits with K known classes), rare:CLASS (CLASS kept at "
+        "--fractions of its training images) or single (the run options' split)",
+    )
+    g.add_argument(
+        "--seeds", type=int, default=1, metavar="N",
+        help="repeat every run with N seeds: --seed .. --seed+N-1 [default: 1]",
+    )  # fmt: skip
+    g.add_argument(
+        "--splits", type=int, default=None, metavar="N",
+        help=f"number of random:K splits [default: {DEFAULT_SPLITS}]",
+    )  # fmt: skip
+    g.add_argument(
+        "--fractions", type=parse_fractions, default=None, metavar="LIST",
+        help="rare:CLASS fractions of the class's training images "
+        f"[default: {','.join(f'{f:g}' for f in DEFAULT_FRACTIONS)}]",
+    )  # fmt: skip
+    g.add_argument(
+        "--compare-balance", type=parse_balances, default=None, metavar="MODES",
+        help="run every condition once per --balance mode and compare them: comma-separated "
+        f"modes from {', '.join(BALANCE_MODES)}, or all [default: only --balance]",
+    )  # fmt: skip
+    g.add_argument(
+        "--jobs", type=int, default=1, metavar="N",
+        help="runs at a time, in separate processes sharing the cores [default: 1]",
+    )  # fmt: skip
+    g.add_argument(
+        "--dry-run", action="store_true", help="list the run folders and their state; train nothing"
+    )
+    g.add_argument(
+        "--summary-only",
+        action="store_true",
+        help="aggregate the runs finished so far; train nothing",
+    )
+
+
+def cmd_sweep(args) -> int:
+    """``unseen sweep``: run the protocol, print the tables, exit 1 if a run failed."""
+    from .cli import config_from_args
+
+    base = config_from_args(args)
+    if args.splits is not None and args.splits < 1:
+        raise ConfigError(f"--splits must be at least 1 (got {args.splits}).")
+    opts = SweepOptions(
+        protocol=args.protocol,
+        seeds=args.seeds,
+        splits=args.splits,
+        fractions=args.fractions,
+        balances=args.compare_balance,
+        jobs=args.jobs,
+    )
+    say = None if args.quiet else print
+    result = run_sweep(
+        base, opts, base.out, dry_run=args.dry_run, summary_only=args.summary_only, log=say
+    )
+    if args.dry_run:
+        if args.quiet:
+            for r in result.runs:
+                print(f"{r.run_dir}  {'finished' if is_finished(r.run_dir) else 'to run'}")
+        return 0
+    print()
+    print(format_summary(result.summary))
+    print(f"\nsweep folder: {result.out_dir} (summary.json, summary.txt, runs/)")
+    if result.failed:
+        print(f"{len(result.failed)} runs failed (see error.txt in their folders):")
+        for o in result.failed:
+            print(f"  {o.run.run_dir}: {o.error}")
+        return 1
+    return 0

@@ -1,0 +1,450 @@
+"""Detectors against independent computations, plus separation and sign tests for every score.
+
+The reference computations use scikit-learn, SciPy and plain NumPy, written from the papers,
+never the functions under test.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from scipy.special import logsumexp, softmax
+from scipy.stats import weibull_min
+from sklearn.covariance import EmpiricalCovariance
+
+from unseen import detectors as det
+from unseen.config import RunConfig
+from unseen.errors import ConfigError
+from unseen.evaluate import forward_pass
+from unseen.heads import is_one_vs_rest
+from unseen.metrics import auroc
+from unseen.models import Classifier
+from unseen.scores import SCORES, FitContext, Outputs, create_score, expand_score_names
+
+# ----------------------------------------------------------------------------- random features
+
+
+def random_problem(seed=0, n=400, d=6, k=3, n_test=60):
+    """Random labelled training features (non-negative, anisotropic), test features, a head."""
+    rng = np.random.default_rng(seed)
+    means = rng.normal(0, 2, (k, d))
+    mix = rng.normal(0, 1, (d, d)) * np.linspace(0.3, 1.5, d)
+    y = rng.integers(0, k, n)
+    y[:k] = np.arange(k)  # every class present
+    x = means[y] + rng.normal(0, 1, (n, d)) @ mix
+    xt = rng.normal(0, 3, (n_test, d))
+    w, b = rng.normal(0, 1, (k, d)), rng.normal(0, 1, k)
+    return x, y, xt, w, b
+
+
+def outputs(x, w, b, y=None) -> Outputs:
+    xt = torch.as_tensor(x, dtype=torch.float32)
+    logits = xt @ torch.as_tensor(w, dtype=torch.float32).T + torch.as_tensor(b).float()
+    return Outputs(logits, xt, None if y is None else torch.as_tensor(y))
+
+
+def context(x, y, w, b, val=None) -> FitContext:
+    train = outputs(x, w, b, y)
+    return FitContext(
+        train, val or train, torch.as_tensor(w).float(), torch.as_tensor(b).float(), "softmax"
+    )
+
+
+def f32(x):
+    """The float32 values the detectors see."""
+    return np.asarray(x, np.float32).astype(np.float64)
+
+
+# ----------------------------------------------------------------------------- Mahalanobis
+
+
+@pytest.mark.parametrize("dead_dimension", [False, True])
+def test_mahalanobis_matches_sklearn_shared_covariance(dead_dimension):
+    x, y, xt, w, b = random_problem(1)
+    if dead_dimension:  # a feature that is always 0 (a dead ReLU): singular covariance
+        x[:, 2] = 0.0
+    s = create_score("mahalanobis").fit(context(x, y, w, b))
+    xs, xts = f32(x), f32(xt)
+    mus = np.stack([xs[y == c].mean(0) for c in range(3)])
+    ec = EmpiricalCovariance(assume_centered=True).fit(xs - mus[y])  # pooled, centred per class
+    expected = -np.min([ec.mahalanobis(xts - mus[c]) for c in range(3)], axis=0)
+    np.testing.assert_allclose(s.score(outputs(xt, w, b)).numpy(), expected, rtol=1e-6, atol=1e-8)
+    np.testing.assert_allclose(s.covariance_.numpy(), ec.covariance_, rtol=1e-9, atol=1e-12)
+    assert s.fit_summary()["covariance_rank"] == (5 if dead_dimension else 6)
+
+
+def test_rmd_matches_sklearn_background_gaussian():
+    x, y, xt, w, b = random_problem(2)
+    s = create_score("rmd").fit(context(x, y, w, b))
+    xs, xts = f32(x), f32(xt)
+    mus = np.stack([xs[y == c].mean(0) for c in range(3)])
+    ec = EmpiricalCovariance(assume_centered=True).fit(xs - mus[y])
+    background = EmpiricalCovariance().fit(xs)
+    expected = -np.min(
+        [ec.mahalanobis(xts - mus[c]) - background.mahalanobis(xts) for c in range(3)], axis=0
+    )
+    np.testing.assert_allclose(s.score(outputs(xt, w, b)).numpy(), expected, rtol=1e-6, atol=1e-8)
+
+
+# ----------------------------------------------------------------------------- KNN
+
+
+def numpy_knn(train, test, k):
+    a = train / np.linalg.norm(train, axis=1, keepdims=True)
+    q = test / np.linalg.norm(test, axis=1, keepdims=True)
+    d = np.linalg.norm(q[:, None, :] - a[None, :, :], axis=2)
+    return -np.sort(d, axis=1)[:, k - 1]
+
+
+@pytest.mark.parametrize("k", [1, 7, 50])
+def test_knn_matches_brute_force_numpy(k):
+    x, y, xt, w, b = random_problem(3, n=200, d=8)
+    s = det.KNN(k=k, bank_size=None).fit(context(x, y, w, b))
+    got = s.score(outputs(xt, w, b)).numpy()
+    np.testing.assert_allclose(got, numpy_knn(f32(x), f32(xt), k), rtol=1e-4, atol=1e-5)
+
+
+def test_knn_chunks_and_bank_subset():
+    x, y, xt, w, b = random_problem(4, n=300, d=5)
+    s = det.KNN(k=4, bank_size=120, seed=3).fit(context(x, y, w, b))
+    assert s.bank_size_ == 120 and s.train_size_ == 300 and s.k_ == 4
+    # the bank is 120 distinct normalised training rows
+    a = f32(x) / np.linalg.norm(f32(x), axis=1, keepdims=True)
+    match = np.abs(s.bank_.numpy()[:, None, :] - a[None]).max(2) < 1e-6
+    assert (match.sum(1) == 1).all() and len(set(match.argmax(1))) == 120
+    q = torch.nn.functional.normalize(torch.as_tensor(xt).float(), dim=1)
+    chunked = det.kth_neighbour_distance(q, s.bank_, 4, max_elements=7 * 120)  # 7-row chunks
+    np.testing.assert_allclose(
+        -chunked.numpy(), numpy_knn(s.bank_.numpy().astype(float), f32(xt), 4), atol=1e-5
+    )
+    # k larger than the bank is clipped
+    assert det.KNN(k=1000, bank_size=None).fit(context(x, y, w, b)).k_ == 300
+
+
+# ----------------------------------------------------------------------------- ViM, ReAct
+
+
+def test_vim_matches_numpy_reimplementation():
+    x, y, xt, w, b = random_problem(5, n=500, d=10)
+    x = np.abs(x)
+    dim = 4
+    s = det.ViM(dim=dim).fit(context(x, y, w, b))
+    xs, xts, ws, bs = f32(x), f32(xt), f32(w), f32(b)
+    # Wang et al. (2022), following the authors' code
+    u = -np.linalg.pinv(ws) @ bs
+    ec = EmpiricalCovariance(assume_centered=True).fit(xs - u)
+    eig_vals, eigen_vectors = np.linalg.eig(ec.covariance_)
+    ns = np.ascontiguousarray(eigen_vectors.T[np.argsort(eig_vals * -1)[dim:]].T)
+    logit_train = xs @ ws.T + bs
+    v_train = np.linalg.norm((xs - u) @ ns, axis=-1)
+    alpha = logit_train.max(axis=-1).mean() / v_train.mean()
+    logit_test = xts @ ws.T + bs
+    expected = -alpha * np.linalg.norm((xts - u) @ ns, axis=-1) + logsumexp(logit_test, axis=-1)
+    assert s.alpha_ == pytest.approx(alpha, rel=1e-5)
+    np.testing.assert_allclose(s.score(outputs(xt, w, b)).numpy(), expected, rtol=1e-4, atol=1e-4)
+
+
+def test_vim_dimension_must_be_below_feature_dimension():
+    x, y, xt, w, b = random_problem(5, d=6)
+    with pytest.raises(ConfigError, match="vim-dim"):
+        det.ViM(dim=6).fit(context(x, y, w, b))
+    assert det.ViM().fit(context(x, y, w, b)).dim_ == 3  # auto: half of 6
+
+
+@pytest.mark.parametrize("percentile", [90.0, 50.0])
+def test_react_matches_numpy(percentile):
+    x, y, xt, w, b = random_problem(6)
+    x, xt = np.maximum(x, 0), np.maximum(xt, 0)  # post-ReLU features
+    s = det.ReAct(percentile=percentile).fit(context(x, y, w, b))
+    c = np.percentile(f32(x).ravel(), percentile)
+    expected = logsumexp(np.minimum(f32(xt), c) @ f32(w).T + f32(b), axis=1)
+    assert s.clip_ == pytest.approx(c, rel=1e-6)
+    np.testing.assert_allclose(s.score(outputs(xt, w, b)).numpy(), expected, rtol=1e-5)
+
+
+# ----------------------------------------------------------------------------- temperature
+
+
+def numpy_nll(z, y, t):
+    logp = z / t - logsumexp(z / t, axis=1, keepdims=True)
+    return -logp[np.arange(len(y)), y].mean()
+
+
+def test_temperature_minimises_validation_nll_and_recovers_a_known_temperature():
+    rng = np.random.default_rng(7)
+    z = rng.normal(0, 3, (6000, 4))
+    y = np.array([rng.choice(4, p=p) for p in softmax(z / 2.5, axis=1)])  # true T = 2.5
+    val = Outputs(torch.as_tensor(z).float(), torch.zeros(len(z), 2), torch.as_tensor(y))
+    ctx = FitContext(None, val, torch.zeros(4, 2), torch.zeros(4))
+    s = create_score("temperature").fit(ctx)
+    t = s.temperature_
+    zs = f32(z)
+    for other in (t * 1.01, t / 1.01, 1.0):
+        assert numpy_nll(zs, y, t) <= numpy_nll(zs, y, other) + 1e-12
+    grid = np.linspace(1.5, 4.0, 501)
+    assert t == pytest.approx(grid[np.argmin([numpy_nll(zs, y, g) for g in grid])], abs=6e-3)
+    assert t == pytest.approx(2.5, rel=0.08)
+    assert not s.at_bound_
+    expected = softmax(zs / t, axis=1).max(1)
+    np.testing.assert_allclose(s.score(val).numpy(), expected, rtol=1e-9)
+    assert json.dumps(s.fit_summary())  # JSON-friendly
+
+
+# ----------------------------------------------------------------------------- OpenMax
+
+
+def test_weibull_tail_fit_recovers_known_parameters():
+    sample = weibull_min.rvs(3.0, scale=2.0, size=4000, random_state=np.random.default_rng(8))
+    shape, scale, n = det.fit_weibull_tail(sample, tail_size=4000)
+    assert n == 4000
+    assert shape == pytest.approx(3.0, rel=0.06) and scale == pytest.approx(2.0, rel=0.03)
+    shape, scale, n = det.fit_weibull_tail(np.arange(100.0), tail_size=10)
+    assert n == 10
+    # the tail is the 10 largest values: the fitted CDF is near 0 below 90 and near 1 at 99+
+    assert (
+        weibull_min.cdf(85, shape, scale=scale)
+        < 0.05
+        < 0.9
+        < weibull_min.cdf(100, shape, scale=scale)
+    )
+
+
+def reference_openmax(v, mavs, shapes, scales, alpha):
+    """The per-image loop of the authors' compute_openmax.py (Euclidean distance)."""
+    out = []
+    for row in v:
+        ranked = np.argsort(row)[::-1]
+        weights = [((alpha + 1) - i) / float(alpha) for i in range(1, alpha + 1)]
+        revised, unknown = row.copy(), 0.0
+        for r in range(alpha):
+            c = ranked[r]
+            wscore = weibull_min.cdf(np.linalg.norm(row - mavs[c]), shapes[c], scale=scales[c])
+            revised[c] = row[c] * (1 - weights[r] * wscore)
+            unknown += row[c] - revised[c]
+        out.append(softmax(np.r_[unknown, revised]))
+    return np.array(out)
+
+
+def test_openmax_matches_reference_loop():
+    x, y, xt, w, b = random_problem(9, n=600, d=5, k=4)
+    s = det.OpenMax(tail_size=15, alpha=2).fit(context(x, y, w, b))
+    logits_train = outputs(x, w, b).logits.double().numpy()
+    correct = logits_train.argmax(1) == y
+    for c in range(4):
+        av = logits_train[(y == c) & correct]
+        mav = av.mean(0)
+        tail = np.sort(np.linalg.norm(av - mav, axis=1))[-15:]
+        np.testing.assert_allclose(s.mavs_[c].numpy(), mav, rtol=1e-9)
+        shape, _, scale = weibull_min.fit(tail, floc=0)  # scipy's numerical optimiser
+        got = s.weibull_shape_[c].item(), s.weibull_scale_[c].item()
+        np.testing.assert_allclose(got, (shape, scale), rtol=1e-4)
+        # the exact root is at least as likely as scipy's approximate optimum
+        loglik = weibull_min(got[0], scale=got[1]).logpdf(tail).sum()
+        assert loglik >= weibull_min(shape, scale=scale).logpdf(tail).sum() - 1e-9
+    out = outputs(xt, w, b)
+    expected = reference_openmax(
+        out.logits.double().numpy(), s.mavs_.numpy(), s.weibull_shape_.numpy(),
+        s.weibull_scale_.numpy(), 2,
+    )  # fmt: skip
+    np.testing.assert_allclose(s.probabilities(out).numpy(), expected, rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(s.score(out).numpy(), 1 - expected[:, 0], rtol=1e-9, atol=1e-12)
+    assert (s.accepts(out).numpy() == (expected.argmax(1) != 0)).all()
+    assert len(s.fit_summary()["weibull_shape"]) == 4
+
+
+# ----------------------------------------------------------------------------- ODIN
+
+
+def linear_model(w, b, std=1.0) -> Classifier:
+    """A Classifier whose features are the pixels (1 x 1 x D images) divided by ``std``."""
+    k, d = w.shape
+    model = Classifier(torch.nn.Flatten(), d, k, 1)
+    model.set_normalization(torch.zeros(1), torch.full((1,), std))
+    with torch.no_grad():
+        model.head.weight.copy_(torch.as_tensor(w))
+        model.head.bias.copy_(torch.as_tensor(b))
+    return model
+
+
+def test_odin_matches_analytic_gradient_of_a_linear_model():
+    rng = np.random.default_rng(10)
+    w, b = rng.normal(0, 3, (3, 6)), rng.normal(0, 1, 3)
+    x = rng.uniform(0, 1, (20, 1, 1, 6))
+    t, eps = 5.0, 0.05
+    model = linear_model(w, b)
+    got = det.odin_scores(model, torch.as_tensor(x).float(), t, eps).numpy()
+    xf, wf, bf = f32(x).reshape(20, 6), f32(w), f32(b)
+    p = softmax((xf @ wf.T + bf) / t, axis=1)
+    onehot = np.eye(3)[p.argmax(1)]
+    grad = (p - onehot) @ wf / t  # d/dx of cross-entropy(f(x)/T, predicted class)
+    x_tilde = xf - eps * np.sign(grad)
+    expected = softmax((x_tilde @ wf.T + bf) / t, axis=1).max(1)
+    np.testing.assert_allclose(got, expected, rtol=1e-5)
+    # the perturbation raises the max softmax (it descends the loss) compared to eps = 0
+    plain = det.odin_scores(model, torch.as_tensor(x).float(), t, 0.0).numpy()
+    assert (got >= plain - 1e-7).all() and (got > plain).any()
+
+
+def test_odin_runs_only_when_named():
+    assert "odin" not in expand_score_names(["all"])
+    assert expand_score_names(["all", "odin"])[-1] == "odin"
+    s = create_score("odin", RunConfig(odin_temperature=10.0, odin_epsilon=0.01))
+    assert (s.temperature, s.epsilon) == (10.0, 0.01)
+
+
+# ----------------------------------------------------------------------------- every score
+
+
+def synthetic_run(seed=0, k=3, d=16, std=0.1):
+    """Images whose pixels are the features (x std): known class c lights up block c of 4
+    dimensions, the unseen class the last block (a far-away cluster); noise elsewhere. Returns the model and the
+    uint8 images and labels of train, validation and test (unseen = -1)."""
+    rng = np.random.default_rng(seed)
+
+    def images(labels, ambiguous=0.0):
+        x = rng.uniform(0, 0.05, (len(labels), d))
+        for i, c in enumerate(labels):
+            block = c if c >= 0 else d // 4 - 1
+            x[i, 4 * block : 4 * block + 4] += rng.uniform(0.45, 0.75, 4)
+            if c >= 0:  # class-dependent offsets in the unseen block, so that the unseen
+                # direction is not one that relative Mahalanobis cancels by design
+                x[i, d - 4 :] += 0.05 * c
+            if c >= 0 and rng.random() < ambiguous:  # look like two classes at once
+                other = (c + 1 + rng.integers(k - 1)) % k
+                x[i, 4 * other : 4 * other + 4] += rng.uniform(0.3, 0.6, 4)
+        return torch.as_tensor(np.round(x * 255).clip(0, 255), dtype=torch.uint8).reshape(
+            len(labels), 1, 1, d
+        )
+
+    w = np.zeros((k, d))
+    for c in range(k):
+        w[c, 4 * c : 4 * c + 4] = 0.25
+    model = linear_model(w, np.zeros(k), std=std)
+    y_train = np.arange(300) % k
+    y_val = np.arange(90) % k
+    y_test = np.r_[np.arange(90) % k, -np.ones(60, int)]
+    # ambiguous training and validation images: a validation NLL with an interior minimum
+    return model, [
+        (images(y, a), torch.as_tensor(y))
+        for y, a in ((y_train, 0.15), (y_val, 0.15), (y_test, 0.0))
+    ]
+
+
+@pytest.mark.parametrize("name", list(SCORES))
+def test_every_score_separates_and_is_oriented_higher_known(name):
+    """Separation and sign for every registered score, including other engineers' scores:
+    known-class test images must score higher than a far-away unseen cluster."""
+    model, ((xtr, ytr), (xv, yv), (xte, yte)) = synthetic_run()
+    head = "ovr" if SCORES[name].one_vs_rest_only and is_one_vs_rest("ovr") else "softmax"
+    train = forward_pass(model, xtr, torch.device("cpu"), labels=ytr)
+    val = forward_pass(model, xv, torch.device("cpu"), labels=yv)
+    test = forward_pass(model, xte, torch.device("cpu"), labels=yte)
+    ctx = FitContext(train, val, model.head.weight.detach(), model.head.bias.detach(), head)
+    s = create_score(name, RunConfig()).fit(ctx)
+    values = s.score_images(model, xte, "cpu", "fp32") if s.needs_model else s.score(test)
+    values = values.float().numpy()
+    assert values.shape == (len(yte),) and np.isfinite(values).all()
+    a = auroc(values, yte.numpy() >= 0)
+    assert a > 0.97, f"{name}: AUROC {a:.3f} (below 0.5 would mean an inverted sign)"
+
+
+def test_fit_uses_known_training_data_only():
+    """The fitted state of a train-fitted detector depends on the training outputs only, and
+    not on what is scored afterwards."""
+    x, y, xt, w, b = random_problem(11)
+    ctx = context(x, y, w, b)
+    for name in ("mahalanobis", "rmd", "knn", "vim", "react", "openmax"):
+        s1 = create_score(name).fit(ctx)
+        before = {k: v.clone() if torch.is_tensor(v) else v for k, v in s1.fitted_state().items()}
+        s1.score(outputs(xt, w, b))
+        for key, v in s1.fitted_state().items():
+            assert torch.equal(v, before[key]) if torch.is_tensor(v) else v == before[key]
+        with pytest.raises(ValueError, match="training outputs"):
+            create_score(name).fit(FitContext(None, ctx.val, ctx.head_weight, ctx.head_bias))
+
+
+def test_detector_settings_come_from_the_config():
+    cfg = RunConfig(knn_k=7, knn_bank=None, vim_dim=5, react_percentile=80, openmax_tail=9,
+                    openmax_alpha=2)  # fmt: skip
+    knn, vim = create_score("knn", cfg), create_score("vim", cfg)
+    react, om = create_score("react", cfg), create_score("openmax", cfg)
+    assert (knn.k, knn.bank_size, vim.dim, react.percentile) == (7, None, 5, 80)
+    assert (om.tail_size, om.alpha) == (9, 2)
+
+
+def test_detector_options_are_checked():
+    from unseen.config import parse_value
+
+    assert parse_value("knn_bank", "all") is None
+    assert parse_value("knn_bank", "500") == 500
+    for name, bad in [("knn_k", "0"), ("react_percentile", "0"), ("react_percentile", "101"),
+                      ("openmax_tail", "1"), ("odin_epsilon", "-1"), ("vim_dim", "0")]:  # fmt: skip
+        with pytest.raises(ConfigError):
+            parse_value(name, bad)
+
+
+# ----------------------------------------------------------------------------- end to end
+
+
+@pytest.mark.slow
+def test_digits_run_with_every_score(tmp_path):
+    from unseen.cli import main
+
+    out = tmp_path / "run"
+    code = main(["run", "--epochs", "3", "--train-subset", "600", "--device", "cpu",
+                 "--precision", "fp32", "--scores", "all,odin", "--out", str(out), "--quiet"])  # fmt: skip
+    assert code == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    expected = [n for n in expand_score_names(["all", "odin"]) if not SCORES[n].one_vs_rest_only]
+    assert list(metrics["scores"]) == expected
+    for name, m in metrics["scores"].items():
+        assert 0.5 < m["auroc"] <= 1.0, name  # every score beats chance on digits
+        assert "fit" in m and m["seconds"] >= 0
+    assert metrics["scores"]["knn"]["fit"]["k"] == 50
+    assert 0 < metrics["scores"]["temperature"]["fit"]["temperature"] < 100
+    own = metrics["scores"]["openmax"]["own_decision"]
+    assert 0 <= own["unseen_rejected"] <= 1
+    detectors = torch.load(out / "detectors.pt", weights_only=True)
+    assert detectors["mahalanobis"]["precision_"].shape == (64, 64)
+    assert detectors["openmax"]["weibull_shape_"].shape == (9,)
+
+
+def test_temperature_at_the_bounds():
+    z = torch.tensor([[5.0, 0.0], [0.0, 5.0], [4.0, 1.0]] * 10)
+    y = z.argmax(1)  # perfectly separated: the NLL keeps falling as T -> 0
+    val = Outputs(z, torch.zeros(len(z), 2), y)
+    s = create_score("temperature").fit(FitContext(None, val, torch.zeros(2, 2), torch.zeros(2)))
+    assert s.temperature_ == det.TEMPERATURE_BOUNDS[0] and s.at_bound_
+    val = Outputs(z, torch.zeros(len(z), 2), 1 - y)  # always wrong: T -> infinity
+    s = create_score("temperature").fit(FitContext(None, val, torch.zeros(2, 2), torch.zeros(2)))
+    assert s.temperature_ == det.TEMPERATURE_BOUNDS[1] and s.at_bound_
+
+
+@pytest.mark.parametrize("name", ["mahalanobis", "rmd", "knn", "vim", "react", "openmax"])
+def test_restored_detector_scores_the_same(name, tmp_path):
+    """What detectors.pt holds is enough to score again (weights-only loading)."""
+    x, y, xt, w, b = random_problem(12)
+    s = create_score(name).fit(context(x, y, w, b))
+    torch.save(s.fitted_state(), tmp_path / "d.pt")
+    restored = create_score(name).load_fitted_state(
+        torch.load(tmp_path / "d.pt", weights_only=True)
+    )
+    out = outputs(xt, w, b)
+    np.testing.assert_allclose(restored.score(out).numpy(), s.score(out).numpy(), rtol=1e-6)
+
+
+def test_cli_rejects_knn_k_above_the_bank(capsys):
+    from unseen.cli import main
+
+    assert main(["run", "--knn-k", "100", "--knn-bank", "50"]) == 2
+    assert "--knn-k 100 is larger than --knn-bank 50" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("q", [0.0, 37.5, 90.0, 99.9, 100.0])
+def test_sorted_percentile_interpolates_like_numpy(q):
+    """The GPU path of ReAct's percentile (sort, then interpolate), run on the CPU."""
+    x = torch.rand(1001, dtype=torch.float64) ** 3
+    assert det.sorted_percentile(x.sort().values, q) == pytest.approx(np.percentile(x, q))

@@ -1,0 +1,612 @@
+"""Issue 10: runs that survive interruption, bad input and bad files.
+
+Every training here is tiny (200 digits, a few epochs, one thread) and on the CPU in fp32,
+where a resumed run must end with exactly the metrics of an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import gzip
+import json
+import os
+import pickle
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from unseen.checkpoint import (
+    CHECKPOINT_FILE,
+    Checkpointing,
+    FiniteGuard,
+    check_run_folder,
+    config_differences,
+    load_weights,
+    state_dict_problems,
+)
+from unseen.cli import main
+from unseen.config import FIELDS, RunConfig
+from unseen.errors import ConfigError, Interrupted, UnseenError
+from unseen.runfolder import is_finished, load_torch, require_finished
+
+#: a run of ~2 s: 4 epochs of 7 steps on 200 digits (9 held out), one score
+TINY = dict(
+    epochs=4, train_subset=200, test_subset=100, batch_size=24, scores=("msp",),
+    device="cpu", precision="fp32", **({"report": False} if "report" in FIELDS else {}),
+)  # fmt: skip
+#: the same run as command-line flags
+TINY_ARGS = [
+    "--epochs", "4", "--train-subset", "200", "--test-subset", "100", "--batch-size", "24",
+    "--scores", "msp", "--device", "cpu", "--precision", "fp32", "--quiet",
+    *(["--no-report"] if "report" in FIELDS else []),
+]  # fmt: skip
+
+
+def _is_timing(key: str) -> bool:
+    return key == "seconds" or key.endswith(("_seconds", "per_second", "_at"))
+
+
+def strip_timings(value):
+    """A metrics dict without the wall-clock entries (train_seconds, eval_seconds, ...)."""
+    if isinstance(value, dict):
+        return {k: strip_timings(v) for k, v in value.items() if not _is_timing(str(k))}
+    if isinstance(value, list):
+        return [strip_timings(v) for v in value]
+    return value
+
+
+def results(run_dir: Path) -> tuple[dict, list[list[str]], dict[str, np.ndarray]]:
+    """metrics.json and history.csv without timings, and every array of scores.npz."""
+    metrics = strip_timings(json.loads((run_dir / "metrics.json").read_text()))
+    rows = [line.split(",") for line in (run_dir / "history.csv").read_text().splitlines()]
+    keep = [i for i, name in enumerate(rows[0]) if not _is_timing(name)]
+    history = [[row[i] for i in keep] for row in rows]
+    with np.load(run_dir / "scores.npz") as npz:
+        arrays = {k: npz[k] for k in npz.files}
+    return metrics, history, arrays
+
+
+def assert_same_results(a: Path, b: Path) -> None:
+    ma, ha, xa = results(a)
+    mb, hb, xb = results(b)
+    assert ma == mb
+    assert ha == hb
+    assert xa.keys() == xb.keys()
+    for k in xa:
+        np.testing.assert_array_equal(xa[k], xb[k], err_msg=k)
+
+
+@pytest.fixture(autouse=True)
+def one_thread(monkeypatch):
+    """Two cores shared by many processes: one intra-op thread is both faster and steadier."""
+    monkeypatch.setenv("UNSEEN_NUM_THREADS", "1")
+
+
+def run(out: Path, **changes):
+    from unseen.experiment import run_experiment
+
+    cfg = RunConfig(out=str(out), **{**TINY, **changes})
+    return run_experiment(cfg, progress=False, log=None)
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory) -> Path:
+    """The uninterrupted run every resumed run is compared with."""
+    os.environ["UNSEEN_NUM_THREADS"] = "1"
+    out = tmp_path_factory.mktemp("ref") / "run"
+    run(out)
+    return out
+
+
+def cli(capsys, *argv: str) -> tuple[int, str, str]:
+    code = main(list(argv))
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def one_line_error(err: str) -> str:
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("unseen: "), err
+    assert "Traceback" not in err
+    return lines[0]
+
+
+# ----------------------------------------------------------------------------- 1. resume
+
+
+def interrupt_at(monkeypatch, call: int) -> None:
+    """Send a real SIGINT to this process the ``call``-th time the loop polls for a stop
+    (once per step and once after each epoch's checkpoint)."""
+    original = Checkpointing.stop_requested
+    calls = {"n": 0}
+
+    def poll(self):
+        calls["n"] += 1
+        if calls["n"] == call:
+            os.kill(os.getpid(), signal.SIGINT)
+        return original(self)
+
+    monkeypatch.setattr(Checkpointing, "stop_requested", poll)
+
+
+@pytest.mark.parametrize(
+    "call, where",
+    [(12, "in epoch 2, step 4 of 7"), (8, "after epoch 1"), (32, "after epoch 4")],
+)
+def test_interrupted_run_resumes_to_identical_metrics(
+    reference, tmp_path, monkeypatch, call, where
+):
+    # the loop polls 8 times an epoch: after each of its 7 steps and after the checkpoint
+    out = tmp_path / "run"
+    handler = signal.getsignal(signal.SIGINT)
+    interrupt_at(monkeypatch, call)
+    with pytest.raises(Interrupted) as info:
+        run(out)
+    assert info.value.exit_code == 130
+    assert where in str(info.value) and "SIGINT" in str(info.value)
+    assert f"unseen run --resume --out {out}" in str(info.value)
+    assert (out / CHECKPOINT_FILE).is_file()
+    assert not (out / "metrics.json").exists() and not (out / "model.pt").exists()
+    assert not is_finished(out)
+    # the handlers are back: a later Ctrl-C is a plain KeyboardInterrupt again
+    assert signal.getsignal(signal.SIGINT) is handler
+    monkeypatch.undo()
+    os.environ["UNSEEN_NUM_THREADS"] = "1"
+
+    run(out, resume=True)
+    assert is_finished(out)
+    assert not (out / CHECKPOINT_FILE).exists()  # deleted on success; model.pt has the weights
+    assert_same_results(reference, out)
+
+
+def test_resume_needs_no_flags_but_out(reference, tmp_path, capsys, monkeypatch):
+    out = tmp_path / "run"
+    interrupt_at(monkeypatch, 3)
+    code, _, err = cli(capsys, "run", *TINY_ARGS, "--out", str(out))
+    assert code == 130
+    assert one_line_error(err).startswith("unseen: stopped by SIGINT in epoch 1, step 3")
+    monkeypatch.undo()
+    code, _, err = cli(capsys, "run", "--resume", "--out", str(out), "--quiet")
+    assert code == 0, err
+    assert_same_results(reference, out)
+
+
+def test_resume_refuses_other_options(reference, tmp_path, capsys):
+    unfinished = tmp_path / "run"
+    shutil.copytree(reference, unfinished)
+    (unfinished / "run.json").unlink()
+    code, _, err = cli(capsys, "run", "--resume", "--out", str(unfinished), "--lr", "0.5",
+                       "--seed", "3", "--quiet")  # fmt: skip
+    line = one_line_error(err)
+    assert code == 2
+    assert "lr: " in line and "-> 0.5" in line and "seed: 0 -> 3" in line
+    assert "out" not in line.split("differ")[1].split(";")[0]
+
+
+def test_config_differences_ignores_only_harmless_keys():
+    saved = {"lr": 0.1, "out": "a", "holdout": ["9"], "resume": False, "epochs": 4}
+    assert config_differences(saved, {**saved, "out": "b", "resume": True}) == []
+    assert config_differences(saved, {**saved, "holdout": ("9",)}) == []  # tuple == list
+    assert config_differences(saved, {**saved, "epochs": 5, "lr": 0.1}) == ["epochs"]
+    assert config_differences(saved, {k: v for k, v in saved.items() if k != "lr"}) == ["lr"]
+
+
+def test_multi_head_run_checkpoints_and_resumes_per_head(tmp_path, monkeypatch):
+    from unseen.heads import HEADS
+
+    if "ovr" not in HEADS:
+        pytest.skip("needs a second head")
+    heads = ("softmax", "ovr")
+    ref = tmp_path / "ref"
+    run(ref, head=heads, epochs=2)
+    out = tmp_path / "run"
+    interrupt_at(monkeypatch, 2 * 8 + 3)  # head 2, epoch 1, step 3 (8 polls an epoch)
+    with pytest.raises(Interrupted):
+        run(out, head=heads, epochs=2)
+    assert is_finished(out / "softmax") and not is_finished(out)
+    assert (out / "ovr" / CHECKPOINT_FILE).is_file()
+    monkeypatch.undo()
+    os.environ["UNSEEN_NUM_THREADS"] = "1"
+    run(out, head=heads, epochs=2, resume=True)
+    for head in heads:
+        assert_same_results(ref / head, out / head)
+    assert strip_timings(json.loads((ref / "metrics.json").read_text())) == strip_timings(
+        json.loads((out / "metrics.json").read_text())
+    )
+    assert not list(out.rglob("checkpoint*.pt"))
+
+
+# ----------------------------------------------------------------------------- 2. run folders
+
+
+def _start(out: Path) -> subprocess.Popen:
+    env = {**os.environ, "UNSEEN_NUM_THREADS": "1"}
+    argv = [sys.executable, "-m", "unseen", "run", *TINY_ARGS, "--out", str(out)]
+    return subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+def _wait_for_checkpoint(proc: subprocess.Popen, out: Path, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while not (out / CHECKPOINT_FILE).is_file():
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline, "no checkpoint appeared"
+        time.sleep(0.01)
+
+
+@pytest.mark.slow
+def test_sigkill_mid_training_then_resume(reference, tmp_path, capsys):
+    out = tmp_path / "run"
+    proc = _start(out)
+    _wait_for_checkpoint(proc, out)
+    proc.kill()  # SIGKILL: no handler runs
+    proc.communicate()
+    assert proc.returncode == -signal.SIGKILL
+    assert not (out / "metrics.json").exists()
+    assert not (out / "model.pt").exists()
+    assert not is_finished(out)
+    assert not list(out.glob(".*.tmp"))  # no temporary file was left behind either
+    with pytest.raises(UnseenError, match="not a finished run"):
+        require_finished(out)
+    # without --resume the folder is refused, with it the run finishes
+    code, _, err = cli(capsys, "run", *TINY_ARGS, "--out", str(out))
+    assert code == 2 and "unfinished run; pass --resume" in one_line_error(err)
+    code, _, err = cli(capsys, "run", "--resume", "--out", str(out), "--quiet")
+    assert code == 0, err
+    assert_same_results(reference, out)
+
+
+@pytest.mark.slow
+def test_sigterm_saves_a_checkpoint_and_exits_143(reference, tmp_path, capsys):
+    out = tmp_path / "run"
+    proc = _start(out)
+    _wait_for_checkpoint(proc, out)
+    first = load_torch(out / CHECKPOINT_FILE)["epoch"]
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143
+    line = one_line_error(err.decode())
+    assert line.startswith("unseen: stopped by SIGTERM") and "checkpoint saved" in line
+    state = load_torch(out / CHECKPOINT_FILE)
+    assert (state["epoch"], state["step"]) > (first, 0)  # saved at the stop, not before
+    code, _, err = cli(capsys, "run", "--resume", "--out", str(out), "--quiet")
+    assert code == 0, err
+    assert_same_results(reference, out)
+
+
+def test_existing_run_folders(reference, tmp_path, capsys, monkeypatch):
+    finished = tmp_path / "finished"
+    shutil.copytree(reference, finished)
+    code, _, err = cli(capsys, "run", *TINY_ARGS, "--out", str(finished))
+    assert code == 2
+    assert "already holds a finished run; pass --overwrite" in one_line_error(err)
+
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "notes.txt").write_text("mine")
+    code, _, err = cli(capsys, "run", *TINY_ARGS, "--out", str(other))
+    assert code == 2 and "not a run folder" in one_line_error(err)
+
+    afile = tmp_path / "file"
+    afile.write_text("x")
+    code, _, err = cli(capsys, "run", *TINY_ARGS, "--out", str(afile))
+    assert code == 2 and "is a file, not a folder" in one_line_error(err)
+
+    for argv, message in [
+        (["--resume"], "--resume needs --out"),
+        (["--resume", "--overwrite", "--out", str(finished)], "give --resume or --overwrite"),
+    ]:
+        code, _, err = cli(capsys, "run", *TINY_ARGS, *argv)
+        assert code == 2 and message in one_line_error(err)
+
+    # --resume of a finished run trains nothing and reports its metrics
+    monkeypatch.setattr("unseen.experiment.train_model", lambda *a, **k: pytest.fail("trained"))
+    code, out, _ = cli(capsys, "run", "--resume", "--out", str(finished))
+    assert code == 0 and "nothing to resume" in out
+    assert_same_results(reference, finished)
+
+
+def test_overwrite_forgets_the_old_run_first(reference, tmp_path):
+    folder = tmp_path / "run"
+    shutil.copytree(reference, folder)
+    (folder / CHECKPOINT_FILE).write_bytes(b"stale")
+    assert check_run_folder(folder, resume=False, overwrite=True) == "new"
+    seen = {}
+
+    def fake_train(*args, **kwargs):  # what the folder holds while the new run trains
+        seen["finished"] = is_finished(folder)
+        seen["metrics"] = (folder / "metrics.json").exists()
+        raise KeyboardInterrupt
+
+    import unseen.experiment
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(unseen.experiment, "train_model", fake_train)
+        with pytest.raises(KeyboardInterrupt):
+            run(folder, overwrite=True, epochs=2)
+    assert seen == {"finished": False, "metrics": False}
+    assert not (folder / CHECKPOINT_FILE).exists()
+
+
+# ----------------------------------------------------------------------------- 3. NaN / inf
+
+
+def test_finite_guard_records_the_first_bad_step():
+    guard = FiniteGuard(torch.device("cpu"))
+    for step, value in enumerate([1.0, 2.0, float("inf"), float("nan"), 3.0]):
+        guard.update(torch.tensor(value), step)
+    assert guard.first_bad() == (2, float("inf"))
+    fresh = FiniteGuard(torch.device("cpu"))
+    fresh.update(torch.tensor(0.5), 0)
+    assert fresh.first_bad() is None
+
+
+def test_nan_loss_names_the_exact_step_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
+    from unseen import heads as heads_module
+    from unseen.augment import make_augment_spec
+    from unseen.checkpoint import TrainingDiverged
+    from unseen.models import create_model
+    from unseen.train import TrainSettings, train_model
+
+    softmax = heads_module.HEADS["softmax"]
+    calls = {"n": 0}
+
+    def poisoned(logits, targets, smoothing=0.0):
+        loss = softmax.loss(logits, targets, smoothing)
+        calls["n"] += 1
+        return loss * float("nan") if calls["n"] == 13 else loss  # global step 12
+
+    head = dataclasses.replace(softmax, loss=poisoned)
+    torch.manual_seed(0)
+    x = torch.randint(0, 256, (50, 1, 8, 8), dtype=torch.uint8)
+    y = torch.arange(50) % 3
+    model = create_model("resnet20", 1, 3, 8)
+    ckpt = Checkpointing(tmp_path / CHECKPOINT_FILE, {"lr": 0.1})
+    settings = TrainSettings(epochs=4, batch_size=10, lr=0.1)  # 5 steps an epoch
+    spec = make_augment_spec("standard", 8, False)
+    with pytest.raises(TrainingDiverged) as info:
+        train_model(model, x, y, settings, head, spec, torch.device("cpu"), progress=False,
+                    checkpoint=ckpt)  # fmt: skip
+    message = str(info.value)
+    assert "loss became nan in epoch 3, step 3 of 5" in message
+    assert "--lr 0.1 now" in message and str(ckpt.path) in message
+    assert info.value.exit_code == 2
+    state = load_torch(ckpt.path)
+    assert (state["epoch"], state["step"]) == (2, 0)  # the end of the last good epoch
+    assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
+
+
+def test_absurd_learning_rate_stops_with_exit_2(tmp_path, capsys):
+    out = tmp_path / "run"
+    code, _, err = cli(capsys, "run", *TINY_ARGS, "--lr", "1e6", "--out", str(out))
+    line = one_line_error(err)
+    assert code == 2
+    assert "training diverged: the loss became" in line and "in epoch 1, step" in line
+    assert "try --lr 100000" in line
+    assert not (out / "metrics.json").exists() and not is_finished(out)
+
+
+# ----------------------------------------------------------------------------- 5. bad files
+
+
+def _write_idx(path: Path, array: np.ndarray) -> None:
+    header = bytes([0, 0, 8, array.ndim]) + b"".join(int(s).to_bytes(4, "big") for s in array.shape)
+    data = header + array.astype(np.uint8).tobytes()
+    if path.suffix == ".gz":
+        data = gzip.compress(data)
+    path.write_bytes(data)
+
+
+@pytest.mark.parametrize("suffix", ["", ".gz"])
+def test_truncated_idx_files(tmp_path, capsys, suffix):
+    rng = np.random.default_rng(0)
+    for stem, shape in [("train-images-idx3-ubyte", (20, 28, 28)), ("train-labels-idx1-ubyte", (20,)),
+                        ("t10k-images-idx3-ubyte", (10, 28, 28)), ("t10k-labels-idx1-ubyte", (10,))]:  # fmt: skip
+        _write_idx(tmp_path / (stem + suffix), rng.integers(0, 10, shape))
+    bad = tmp_path / ("train-images-idx3-ubyte" + suffix)
+    bad.write_bytes(bad.read_bytes()[: len(bad.read_bytes()) // 2])
+    code, _, err = cli(capsys, "run", "--dataset", "mnist", "--data-root", str(tmp_path),
+                       "--out", str(tmp_path / "run"))  # fmt: skip
+    assert code == 2
+    assert f"{bad} is truncated or not an IDX file" in one_line_error(err)
+
+
+def test_bad_npz_files(tmp_path, capsys):
+    good = dict(
+        x_train=np.zeros((20, 8, 8), np.uint8), y_train=np.arange(20) % 4,
+        x_test=np.zeros((8, 8, 8), np.uint8), y_test=np.arange(8) % 4,
+    )  # fmt: skip
+    cases = {}
+    truncated = tmp_path / "truncated.npz"
+    np.savez(truncated, **good)
+    truncated.write_bytes(truncated.read_bytes()[:300])
+    cases[truncated] = "is truncated or not an npz archive"
+    objects = tmp_path / "objects.npz"
+    np.savez(objects, **{**good, "x_train": np.array([None] * 20, dtype=object)})
+    cases[objects] = "holds object arrays, which are not loaded (unpickling can run code)"
+    lacking = tmp_path / "lacking.npz"
+    np.savez(lacking, x_train=good["x_train"])
+    cases[lacking] = "lacks the arrays y_train, x_test, y_test"
+    floats = tmp_path / "floats.npz"
+    np.savez(floats, **{**good, "x_train": good["x_train"].astype(np.float32)})
+    cases[floats] = "must be uint8 images"
+    for path, expected in cases.items():
+        code, _, err = cli(capsys, "run", "--dataset", f"npz:{path}", "--out", str(tmp_path / "r"))
+        assert code == 2, path
+        assert expected in one_line_error(err), err
+
+
+def test_bad_image_folders(tmp_path, capsys):
+    from PIL import Image
+
+    root = tmp_path / "images"
+    for split in ("train", "test"):
+        for cls in ("cat", "dog", "owl"):
+            (root / split / cls).mkdir(parents=True)
+            for i in range(3):
+                Image.new("L", (8, 8), color=i * 40).save(root / split / cls / f"{i}.png")
+    broken = root / "train" / "dog" / "1.png"
+    broken.write_bytes(b"\x89PNG\r\n\x1a\n this is not a png")
+    code, _, err = cli(capsys, "run", "--dataset", f"folder:{root}", "--out", str(tmp_path / "r"))
+    assert code == 2 and f"image {broken} could not be decoded" in one_line_error(err)
+
+    broken.unlink()
+    for f in (root / "test" / "owl").iterdir():
+        f.unlink()
+    code, _, err = cli(capsys, "run", "--dataset", f"folder:{root}", "--out", str(tmp_path / "r"))
+    line = one_line_error(err)
+    assert code == 2 and "owl" in line and str(root / "test") in line
+
+
+@pytest.fixture(scope="module")
+def saved_checkpoint(tmp_path_factory) -> tuple[Path, dict]:
+    """An unfinished run folder (config.json) and a real checkpoint of it, loaded."""
+    os.environ["UNSEEN_NUM_THREADS"] = "1"
+    out = tmp_path_factory.mktemp("ckpt") / "run"
+    with pytest.MonkeyPatch.context() as mp:
+        # ask for a stop as soon as the first checkpoint exists: "after epoch 1"
+        mp.setattr(
+            Checkpointing,
+            "stop_requested",
+            lambda self: signal.SIGTERM if self.path.is_file() else None,
+        )
+        with pytest.raises(Interrupted):
+            run(out)
+    return out, load_torch(out / CHECKPOINT_FILE)
+
+
+def _unfinished_with(tmp_path: Path, saved: Path, payload) -> Path:
+    folder = tmp_path / "run"
+    folder.mkdir()
+    shutil.copy(saved / "config.json", folder / "config.json")
+    torch.save(payload, folder / CHECKPOINT_FILE)
+    return folder
+
+
+@pytest.mark.parametrize(
+    "tamper, expected",
+    [
+        (lambda s: [1, 2, 3], "is not an unseen training checkpoint"),
+        (lambda s: {**s, "model": [torch.zeros(3)]}, "holds a list, not a state dict"),
+        (
+            lambda s: {**s, "model": {**s["model"], "head.weight": torch.zeros(5, 7)}},
+            "head.weight is 5x7, the model needs 9x64",
+        ),
+        (
+            lambda s: {**s, "model": {k: v for k, v in s["model"].items() if k != "head.bias"}},
+            "1 weights are missing (e.g. head.bias)",
+        ),
+        (lambda s: {**s, "config": {**s["config"], "epochs": 9}}, "epochs: 9 -> 4"),
+    ],
+)
+def test_bad_checkpoints_give_one_line(saved_checkpoint, tmp_path, capsys, tamper, expected):
+    saved, state = saved_checkpoint
+    folder = _unfinished_with(tmp_path, saved, tamper(state))
+    code, _, err = cli(capsys, "run", "--resume", "--out", str(folder), "--quiet")
+    assert code == 2
+    assert expected in one_line_error(err)
+
+
+def test_truncated_checkpoint(saved_checkpoint, tmp_path, capsys):
+    saved, state = saved_checkpoint
+    folder = _unfinished_with(tmp_path, saved, state)
+    data = (folder / CHECKPOINT_FILE).read_bytes()
+    (folder / CHECKPOINT_FILE).write_bytes(data[: len(data) // 3])
+    code, _, err = cli(capsys, "run", "--resume", "--out", str(folder), "--quiet")
+    assert code == 2
+    assert "could not be loaded as a weights-only PyTorch file" in one_line_error(err)
+
+
+class _Payload:
+    """A pickle that runs code when unpickled: it creates the file ``marker``."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (str(self.marker), "w"))
+
+
+def test_a_pickle_carrying_code_is_refused(saved_checkpoint, tmp_path, capsys):
+    saved, state = saved_checkpoint
+    # control: the payload does run code when unpickled the unsafe way
+    control = tmp_path / "control-marker"
+    pickle.loads(pickle.dumps(_Payload(control)))
+    assert control.exists()
+
+    marker = tmp_path / "marker"
+    folder = _unfinished_with(tmp_path, saved, {**state, "model": _Payload(marker)})
+    code, _, err = cli(capsys, "run", "--resume", "--out", str(folder), "--quiet")
+    assert code == 2
+    assert "could not be loaded as a weights-only PyTorch file" in one_line_error(err)
+    with pytest.raises(UnseenError):
+        load_torch(folder / CHECKPOINT_FILE)
+    assert not marker.exists()
+
+
+def test_load_weights_explains_what_does_not_fit():
+    from unseen.models import create_model
+
+    model = create_model("resnet20", 1, 3, 8)
+    good = model.state_dict()
+    assert state_dict_problems(model, good) is None
+    assert "not a state dict" in state_dict_problems(model, {"head.weight": "x"})
+    assert "holds a str" in state_dict_problems(model, "weights")
+    extra = {**good, "extra.weight": torch.zeros(1)}
+    assert "1 are unknown (e.g. extra.weight)" in state_dict_problems(model, extra)
+    with pytest.raises(UnseenError, match=r"^the weights in f.pt do not fit this model: 1 shapes"):
+        load_weights(model, {"state_dict": {**good, "head.bias": torch.zeros(4)}}, "f.pt")
+    load_weights(model, {"state_dict": good}, "f.pt")  # model.pt layout loads
+
+
+# ----------------------------------------------------------------------------- 6. determinism
+
+
+def test_same_seed_same_metrics_fp32(reference, tmp_path):
+    again = tmp_path / "again"
+    run(again)
+    assert_same_results(reference, again)
+    # and the comparison can fail: another seed gives other results
+    other = tmp_path / "other"
+    run(other, seed=1)
+    assert results(reference)[0] != results(other)[0]
+
+
+def test_same_seed_same_metrics_bf16(tmp_path):
+    try:
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            torch.nn.functional.conv2d(torch.ones(1, 1, 4, 4), torch.ones(1, 1, 3, 3))
+    except RuntimeError as exc:  # pragma: no cover - CPUs without bf16 autocast
+        pytest.skip(f"no bf16 autocast on this CPU: {exc}")
+    a, b = tmp_path / "a", tmp_path / "b"
+    run(a, precision="bf16", epochs=2)
+    run(b, precision="bf16", epochs=2)
+    assert_same_results(a, b)
+
+
+def test_config_errors_never_touch_the_folder(reference, tmp_path, capsys):
+    folder = tmp_path / "run"
+    shutil.copytree(reference, folder)
+    before = sorted(p.name for p in folder.iterdir())
+    code, _, err = cli(capsys, "run", "--overwrite", "--out", str(folder), "--lr", "-1")
+    assert code == 2 and "--lr must be a positive finite number" in one_line_error(err)
+    assert sorted(p.name for p in folder.iterdir()) == before and is_finished(folder)
+
+
+def test_check_run_folder_states(tmp_path):
+    assert check_run_folder(tmp_path / "absent", resume=False, overwrite=False) == "new"
+    (tmp_path / "empty").mkdir()
+    assert check_run_folder(tmp_path / "empty", resume=True, overwrite=False) == "new"
+    unfinished = tmp_path / "unfinished"
+    unfinished.mkdir()
+    (unfinished / "config.json").write_text("{}")
+    assert check_run_folder(unfinished, resume=True, overwrite=False) == "resume"
+    with pytest.raises(ConfigError, match="holds an unfinished run"):
+        check_run_folder(unfinished, resume=False, overwrite=False)
