@@ -134,13 +134,13 @@ def test_each_bad_value_names_its_option(no_work, capsys):
 @pytest.mark.parametrize(
     "name, value, message",
     [
-        ("lr", "inf", "--lr must be a positive finite number"),
-        ("lr", "nan", "--lr must be a positive finite number"),
-        ("weight_decay", "1e309", "--weight-decay must be a finite number"),
+        ("lr", "inf", "--lr must be positive and finite"),
+        ("lr", "nan", "--lr must be positive and finite"),
+        ("weight_decay", "1e309", "--weight-decay must be zero or more, and finite"),
         ("seed", "-1", "--seed must be an integer from 0 to 4294967295"),
         ("seed", "4294967296", "--seed must be an integer from 0 to 4294967295"),
         ("flip", "maybe", "--flip must be true, false or auto"),
-        ("epochs", "0", "--epochs must be a positive finite number"),
+        ("epochs", "0", "--epochs must be positive and finite"),
         ("val_fraction", "1", "--val-fraction must be between 0 and 1"),
     ],
 )

@@ -247,7 +247,7 @@ def test_cli_run_softmax_and_ovr_side_by_side(tmp_path, capsys):
     out = tmp_path / "run"
     rc = main(
         ["run", "--head", "softmax,ovr", "--epochs", "2", "--train-subset", "300",
-         "--test-subset", "300", "--device", "cpu", "--precision", "fp32", "--quiet",
+         "--test-subset", "300", "--device", "cpu", "--precision", "fp32", "--quiet", "--no-report",
          "--out", str(out)]
     )  # fmt: skip
     assert rc == 0

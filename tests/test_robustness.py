@@ -596,7 +596,7 @@ def test_config_errors_never_touch_the_folder(reference, tmp_path, capsys):
     shutil.copytree(reference, folder)
     before = sorted(p.name for p in folder.iterdir())
     code, _, err = cli(capsys, "run", "--overwrite", "--out", str(folder), "--lr", "-1")
-    assert code == 2 and "--lr must be a positive finite number" in one_line_error(err)
+    assert code == 2 and "--lr must be positive and finite" in one_line_error(err)
     assert sorted(p.name for p in folder.iterdir()) == before and is_finished(folder)
 
 

@@ -68,11 +68,11 @@ def _finite(v: float | int) -> bool:
 
 
 def _positive(v: float | int | None) -> str | None:
-    return None if v is None or (v > 0 and _finite(v)) else "must be a positive finite number"
+    return None if v is None or (v > 0 and _finite(v)) else "must be positive and finite"
 
 
 def _non_negative(v: float | int) -> str | None:
-    return None if v >= 0 and _finite(v) else "must be a finite number, zero or more"
+    return None if v >= 0 and _finite(v) else "must be zero or more, and finite"
 
 
 #: seeds go to torch, numpy and scikit-learn; the latter accepts 0 .. 2**32 - 1
