@@ -354,7 +354,7 @@ def summary_rows(config: dict, metrics: dict) -> list[tuple[str, str]]:
     augment = config.get("augment", "-")
     if config.get("flip") is not None:
         augment += ", flips " + ("on" if config.get("flip") else "off")
-    pretrained = config.get("pretrained") or "none (trained from scratch)"
+    pretrained = metrics.get("pretrained_on") or config.get("pretrained") or "none (trained from scratch)"
     per_s = metrics.get("train_images_per_second")
     train = f"{_fmt(metrics.get('train_seconds'), 1)} s for {config.get('epochs', '-')} epochs"
     if per_s:
@@ -391,6 +391,8 @@ def headline(metrics: dict) -> str:
             f"known class (mostly {absorbed or '-'}), with mean {metrics.get('confidence_from', 'max softmax probability')} "
             f"{_fmt(uc.get('mean_msp'))}; {_pct(uc.get('frac_msp_above_0_9'))} of them above 0.9."
         )
+    if metrics.get("pretrained_warning"):
+        text += f" Warning: {metrics['pretrained_warning']}"
     return text
 
 
