@@ -234,7 +234,7 @@ def main(argv=None) -> int:
         return 0
     hw = out["hardware"]
     print(f"{args.dataset}, {args.model}, batch {args.batch_size}, {n} images timed; {hw['device']}, torch {hw['torch']}")
-    print(f"unseen loop       : {out['tool']['images_per_second']:10.0f} images/s  ({precision}, channels_last, GPU/CPU-resident batches{', compiled' if args.compile else ''})")
+    print(f"unseen loop       : {out['tool']['images_per_second']:10.0f} images/s  ({precision}, channels_last, data resident on the device{', compiled' if args.compile else ''})")
     if "conventional" in out:
         print(f"conventional loop : {out['conventional']['images_per_second']:10.0f} images/s  (fp32, NCHW, DataLoader with {args.workers} workers, per-image transforms)")
         print(f"speedup           : {out['speedup']:10.2f}x")

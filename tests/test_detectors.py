@@ -418,10 +418,13 @@ def test_temperature_at_the_bounds():
     y = z.argmax(1)  # perfectly separated: the NLL keeps falling as T -> 0
     val = Outputs(z, torch.zeros(len(z), 2), y)
     s = create_score("temperature").fit(FitContext(None, val, torch.zeros(2, 2), torch.zeros(2)))
-    assert s.temperature_ == det.TEMPERATURE_BOUNDS[0] and s.at_bound_
+    assert s.fitted_temperature_ == det.TEMPERATURE_BOUNDS[0] and s.at_bound_
+    # no calibrated optimum: the score falls back to T = 1 (plain MSP) instead of saturating
+    assert s.degenerate_ and s.temperature_ == 1.0
+    assert torch.equal(s.score(val), z.double().softmax(1).amax(1))
     val = Outputs(z, torch.zeros(len(z), 2), 1 - y)  # always wrong: T -> infinity
     s = create_score("temperature").fit(FitContext(None, val, torch.zeros(2, 2), torch.zeros(2)))
-    assert s.temperature_ == det.TEMPERATURE_BOUNDS[1] and s.at_bound_
+    assert s.temperature_ == det.TEMPERATURE_BOUNDS[1] and s.at_bound_ and not s.degenerate_
 
 
 @pytest.mark.parametrize("name", ["mahalanobis", "rmd", "knn", "vim", "react", "openmax"])

@@ -433,9 +433,12 @@ class Temperature(Score):
         if val.labels is None or len(val) == 0:
             raise DataError("score 'temperature' needs labelled validation images to fit T.")
         lo, hi = TEMPERATURE_BOUNDS
-        self.temperature_ = fit_temperature(val.logits, val.labels, TEMPERATURE_BOUNDS)
+        self.fitted_temperature_ = fit_temperature(val.logits, val.labels, TEMPERATURE_BOUNDS)
         # at a bound the NLL still fell: e.g. a perfectly separated validation slice (T -> 0)
-        self.at_bound_ = not lo * 1.001 < self.temperature_ < hi / 1.001
+        self.at_bound_ = not lo * 1.001 < self.fitted_temperature_ < hi / 1.001
+        # T -> 0 has no calibrated optimum and saturates every score at 1.0 (ties): use T = 1
+        self.degenerate_ = self.fitted_temperature_ <= lo * 1.001
+        self.temperature_ = 1.0 if self.degenerate_ else self.fitted_temperature_
         self.val_nll_at_1_ = nll(val.logits.cpu(), val.labels.cpu(), 1.0)
         self.val_nll_ = nll(val.logits.cpu(), val.labels.cpu(), self.temperature_)
         self.fit_on_ = "validation"
