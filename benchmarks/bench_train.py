@@ -66,12 +66,16 @@ class PerImageDataset(Dataset):
         return self.t(self.x[i]), self.y[i]
 
 
-def conventional_images_per_second(model, x, y, args, device, spec, mean, std, n_images: int) -> float:
+def conventional_images_per_second(
+    model, x, y, args, device, spec, mean, std, n_images: int
+) -> float:
     ds = PerImageDataset(x, y, spec.padding, spec.flip, mean, std)
     loader = DataLoader(ds, batch_size=args.batch_size, shuffle=True, num_workers=args.workers,
                         pin_memory=device.type == "cuda", drop_last=True, persistent_workers=args.workers > 0)  # fmt: skip
     model.to(device).train()
-    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, nesterov=True, weight_decay=5e-4)
+    opt = torch.optim.SGD(
+        model.parameters(), lr=0.05, momentum=0.9, nesterov=True, weight_decay=5e-4
+    )
     # the model normalises internally; undo that so both loops see the same arithmetic
     model.mean.zero_()
     model.std.fill_(1.0)
@@ -111,7 +115,9 @@ def evaluation_seconds(model, sd, device, precision) -> dict:
     val = forward_pass(model, sd.x_val, device, precision, labels=sd.y_val)
     sync(device)
     t2 = time.perf_counter()
-    ctx = FitContext(train, val, model.head.weight.detach().float(), model.head.bias.detach().float(), "softmax")
+    ctx = FitContext(
+        train, val, model.head.weight.detach().float(), model.head.bias.detach().float(), "softmax"
+    )
     per_score = {}
     for name, cls in SCORES.items():
         if getattr(cls, "needs_model", False) or getattr(cls, "one_vs_rest_only", False):
@@ -138,7 +144,12 @@ def evaluation_seconds(model, sd, device, precision) -> dict:
 def time_to_accuracy(args, p_data, sd, device, precision, spec) -> dict:
     model = create_model(args.model, p_data.channels, sd.split.num_known, p_data.image_size[0])
     model.set_normalization(*channel_stats(sd.x_train))
-    s = TrainSettings(epochs=args.epochs, batch_size=args.batch_size, lr=default_lr(args.batch_size), compile=args.compile)
+    s = TrainSettings(
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=default_lr(args.batch_size),
+        compile=args.compile,
+    )
     r = train_model(model, sd.x_train, sd.y_train, s, HEADS["softmax"], spec, device, precision,
                     x_val=sd.x_val, y_val=sd.y_val, progress=False)  # fmt: skip
     hit = next((h for h in r.history if h["val_accuracy"] >= args.target_accuracy), None)
@@ -154,16 +165,29 @@ def time_to_accuracy(args, p_data, sd, device, precision, spec) -> dict:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--dataset", default=None, help="default: fashion-mnist when found, else digits")
+    ap.add_argument(
+        "--dataset", default=None, help="default: fashion-mnist when found, else digits"
+    )
     ap.add_argument("--data-root", default=None)
     ap.add_argument("--model", default="resnet20")
     ap.add_argument("--batch-size", type=int, default=None, help="default: 128 on CPU, 512 on GPU")
     ap.add_argument("--device", default="auto")
-    ap.add_argument("--precision", default="auto", help="precision of unseen's loop (the conventional one is fp32)")
+    ap.add_argument(
+        "--precision",
+        default="auto",
+        help="precision of unseen's loop (the conventional one is fp32)",
+    )
     ap.add_argument("--images", type=int, default=8192, help="images timed per loop")
-    ap.add_argument("--workers", type=int, default=2, help="DataLoader workers of the conventional loop")
+    ap.add_argument(
+        "--workers", type=int, default=2, help="DataLoader workers of the conventional loop"
+    )
     ap.add_argument("--compile", action="store_true", help="torch.compile unseen's loop")
-    ap.add_argument("--target-accuracy", type=float, default=None, help="also time a full training to this val accuracy")
+    ap.add_argument(
+        "--target-accuracy",
+        type=float,
+        default=None,
+        help="also time a full training to this val accuracy",
+    )
     ap.add_argument("--epochs", type=int, default=15)
     ap.add_argument("--skip-conventional", action="store_true")
     ap.add_argument("--no-cudnn-benchmark", action="store_true", help="leave cuDNN's autotuner off")
@@ -212,14 +236,25 @@ def main(argv=None) -> int:
         "model": args.model,
         "batch_size": args.batch_size,
         "images_timed": n,
-        "tool": {"precision": precision, "channels_last": not args.compile, "compile": args.compile,
-                 "cudnn_benchmark": torch.backends.cudnn.benchmark},
+        "tool": {
+            "precision": precision,
+            "channels_last": not args.compile,
+            "compile": args.compile,
+            "cudnn_benchmark": torch.backends.cudnn.benchmark,
+        },
     }
     tool_model = fresh()
-    out["tool"]["images_per_second"] = tool_images_per_second(tool_model, x, y, args, device, precision, spec)
+    out["tool"]["images_per_second"] = tool_images_per_second(
+        tool_model, x, y, args, device, precision, spec
+    )
     if not args.skip_conventional:
         conv = conventional_images_per_second(fresh(), x, y, args, device, spec, mean, std, n)
-        out["conventional"] = {"precision": "fp32", "channels_last": False, "workers": args.workers, "images_per_second": conv}
+        out["conventional"] = {
+            "precision": "fp32",
+            "channels_last": False,
+            "workers": args.workers,
+            "images_per_second": conv,
+        }
         out["speedup"] = out["tool"]["images_per_second"] / conv
     out["evaluation"] = evaluation_seconds(tool_model, sd, device, precision)
     if args.target_accuracy is not None:
@@ -233,10 +268,16 @@ def main(argv=None) -> int:
         print(json.dumps(out, indent=2, default=str))
         return 0
     hw = out["hardware"]
-    print(f"{args.dataset}, {args.model}, batch {args.batch_size}, {n} images timed; {hw['device']}, torch {hw['torch']}")
-    print(f"unseen loop       : {out['tool']['images_per_second']:10.0f} images/s  ({precision}, channels_last, data resident on the device{', compiled' if args.compile else ''})")
+    print(
+        f"{args.dataset}, {args.model}, batch {args.batch_size}, {n} images timed; {hw['device']}, torch {hw['torch']}"
+    )
+    print(
+        f"unseen loop       : {out['tool']['images_per_second']:10.0f} images/s  ({precision}, channels_last, data resident on the device{', compiled' if args.compile else ''})"
+    )
     if "conventional" in out:
-        print(f"conventional loop : {out['conventional']['images_per_second']:10.0f} images/s  (fp32, NCHW, DataLoader with {args.workers} workers, per-image transforms)")
+        print(
+            f"conventional loop : {out['conventional']['images_per_second']:10.0f} images/s  (fp32, NCHW, DataLoader with {args.workers} workers, per-image transforms)"
+        )
         print(f"speedup           : {out['speedup']:10.2f}x")
     ev = out["evaluation"]
     print(f"evaluation        : forward pass over {ev['test_images']} test images {ev['forward_seconds']:.3f} s; "
@@ -245,7 +286,9 @@ def main(argv=None) -> int:
         print(f"    {name:12s} {sec if isinstance(sec, str) else f'{sec:.3f} s'}")
     if "time_to_accuracy" in out:
         t = out["time_to_accuracy"]
-        print(f"time to val acc {t['target_val_accuracy']}: {t['seconds_to_target']} s (epoch {t['reached_at_epoch']} of {t['epochs']}; final {t['final_val_accuracy']:.4f})")
+        print(
+            f"time to val acc {t['target_val_accuracy']}: {t['seconds_to_target']} s (epoch {t['reached_at_epoch']} of {t['epochs']}; final {t['final_val_accuracy']:.4f})"
+        )
     print(f"peak memory       : {out['peak_memory_mib']:.0f} MiB")
     return 0
 

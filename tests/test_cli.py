@@ -20,13 +20,31 @@ SCORE_KEYS = {
 @pytest.fixture(scope="module")
 def cli_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("cli") / "run"
-    argv = ["run", "--out", str(out), "--epochs", "15", "--device", "cpu", "--precision", "fp32", "--quiet"]
+    argv = [
+        "run",
+        "--out",
+        str(out),
+        "--epochs",
+        "15",
+        "--device",
+        "cpu",
+        "--precision",
+        "fp32",
+        "--quiet",
+    ]
     assert main(argv) == 0
     return out
 
 
 def test_run_writes_every_file_and_metric(cli_run):
-    for name in ("config.json", "metrics.json", "history.csv", "scores.npz", "model.pt", "run.json"):
+    for name in (
+        "config.json",
+        "metrics.json",
+        "history.csv",
+        "scores.npz",
+        "model.pt",
+        "run.json",
+    ):
         assert (cli_run / name).is_file(), name
     m = json.loads((cli_run / "metrics.json").read_text())
     for key in ("closed_set_accuracy", "all_test_accuracy", "known_classes", "unseen_classes", "unseen_confidence",
@@ -40,7 +58,9 @@ def test_run_writes_every_file_and_metric(cli_run):
     assert m["closed_set_accuracy"] >= 0.9
     # the naive figure counts every unseen image wrong, so it sits below closed-set accuracy
     n_known, n_unseen = m["num_test_known"], m["num_test_unseen"]
-    assert m["all_test_accuracy"] == pytest.approx(m["closed_set_accuracy"] * n_known / (n_known + n_unseen))
+    assert m["all_test_accuracy"] == pytest.approx(
+        m["closed_set_accuracy"] * n_known / (n_known + n_unseen)
+    )
     assert sum(m["unseen_predicted_as"].values()) == n_unseen
 
 
@@ -51,9 +71,13 @@ def test_scores_npz_agrees_with_metrics(cli_run):
     m = json.loads((cli_run / "metrics.json").read_text())
     assert z["is_unseen"].sum() == m["num_test_unseen"]
     assert (z["label"][z["is_unseen"]] == 9).all()
-    assert auroc(z["score_energy"], ~z["is_unseen"]) == pytest.approx(m["scores"]["energy"]["auroc"])
+    assert auroc(z["score_energy"], ~z["is_unseen"]) == pytest.approx(
+        m["scores"]["energy"]["auroc"]
+    )
     known = ~z["is_unseen"]
-    assert np.mean(z["predicted"][known] == z["label_known"][known]) == pytest.approx(m["closed_set_accuracy"])
+    assert np.mean(z["predicted"][known] == z["label_known"][known]) == pytest.approx(
+        m["closed_set_accuracy"]
+    )
 
 
 def test_config_json_holds_resolved_settings(cli_run):
@@ -118,7 +142,9 @@ def test_bad_toml_key_is_rejected(tmp_path, capsys):
 
 
 def test_error_from_a_real_process_has_no_traceback():
-    r = subprocess.run([sys.executable, "-m", "unseen", "run", "--holdout", "Hat"], capture_output=True, text=True)
+    r = subprocess.run(
+        [sys.executable, "-m", "unseen", "run", "--holdout", "Hat"], capture_output=True, text=True
+    )
     assert r.returncode == 2
     assert "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
 

@@ -19,7 +19,9 @@ from unseen.errors import ConfigError, DataError
 
 def write_idx(path: Path, array: np.ndarray, gz: bool) -> None:
     """Write an IDX file (the MNIST format): magic, dims, big-endian, then the raw uint8 data."""
-    header = struct.pack(">HBB", 0, 0x08, array.ndim) + b"".join(struct.pack(">I", d) for d in array.shape)
+    header = struct.pack(">HBB", 0, 0x08, array.ndim) + b"".join(
+        struct.pack(">I", d) for d in array.shape
+    )
     payload = header + array.astype(np.uint8).tobytes()
     path.parent.mkdir(parents=True, exist_ok=True)
     if gz:
@@ -48,7 +50,9 @@ def test_fashion_mnist_idx_in_torchvision_layout_or_flat(tmp_path, gz, layout):
     arrays = make_idx_set(tmp_path / layout, gz)
     data = load_dataset("fashion-mnist", str(tmp_path))
     assert data.x_train.shape == (30, 1, 28, 28) and data.x_train.dtype == torch.uint8
-    assert torch.equal(data.x_test[:, 0], torch.from_numpy(arrays["t10k-images-idx3-ubyte"].astype(np.uint8)))
+    assert torch.equal(
+        data.x_test[:, 0], torch.from_numpy(arrays["t10k-images-idx3-ubyte"].astype(np.uint8))
+    )
     assert data.y_train.tolist() == arrays["train-labels-idx1-ubyte"].tolist()
     assert data.classes[9] == "Ankle boot" and data.flip_ok
 
@@ -74,7 +78,9 @@ def test_truncated_idx_is_one_clear_error(tmp_path):
         load_dataset("fashion-mnist", str(tmp_path))
 
 
-@pytest.mark.skipif(not DEBIAN_FASHION_MNIST.is_dir(), reason="Debian's dataset-fashion-mnist is not installed")
+@pytest.mark.skipif(
+    not DEBIAN_FASHION_MNIST.is_dir(), reason="Debian's dataset-fashion-mnist is not installed"
+)
 def test_fashion_mnist_from_debian_package():
     data = load_dataset("fashion-mnist")
     assert data.x_train.shape == (60000, 1, 28, 28) and data.x_test.shape == (10000, 1, 28, 28)
@@ -91,7 +97,9 @@ def test_npz_source_grey_and_colour(tmp_path):
     assert d.x_train.shape == (12, 1, 6, 5) and d.classes == ("cat", "dog", "eel")
     colour = tmp_path / "c.npz"
     xc = rng.integers(0, 256, (4, 6, 5, 3), dtype=np.uint8)
-    np.savez(colour, x_train=xc, y_train=np.array([0, 1, 0, 1]), x_test=xc, y_test=np.array([0, 1, 0, 1]))
+    np.savez(
+        colour, x_train=xc, y_train=np.array([0, 1, 0, 1]), x_test=xc, y_test=np.array([0, 1, 0, 1])
+    )
     d = load_dataset(f"npz:{colour}")
     assert d.x_train.shape == (4, 3, 6, 5) and d.classes == ("0", "1")
     assert torch.equal(d.x_train[2, 1], torch.from_numpy(xc[2, :, :, 1]))
@@ -99,7 +107,13 @@ def test_npz_source_grey_and_colour(tmp_path):
 
 def test_npz_errors(tmp_path):
     bad = tmp_path / "b.npz"
-    np.savez(bad, x_train=np.zeros((2, 3, 3), np.float32), y_train=np.zeros(2, int), x_test=np.zeros((2, 3, 3), np.uint8), y_test=np.zeros(2, int))
+    np.savez(
+        bad,
+        x_train=np.zeros((2, 3, 3), np.float32),
+        y_train=np.zeros(2, int),
+        x_test=np.zeros((2, 3, 3), np.uint8),
+        y_test=np.zeros(2, int),
+    )
     with pytest.raises(DataError, match="must be uint8"):
         load_dataset(f"npz:{bad}")
     np.savez(bad, x_train=np.zeros((2, 3, 3), np.uint8))
@@ -120,7 +134,9 @@ def test_folder_source(tmp_path):
             d = tmp_path / split / cls
             d.mkdir(parents=True)
             for i in range(n):
-                Image.fromarray(rng.integers(0, 256, (7, 9, 3), dtype=np.uint8)).save(d / f"{i}.png")
+                Image.fromarray(rng.integers(0, 256, (7, 9, 3), dtype=np.uint8)).save(
+                    d / f"{i}.png"
+                )
     data = load_dataset(f"folder:{tmp_path}")
     assert data.classes == ("ant", "bee")
     assert data.x_train.shape == (6, 3, 7, 9) and data.x_test.shape == (4, 3, 7, 9)
@@ -150,13 +166,37 @@ def _write_cifar10(root: Path, monkeypatch) -> None:
         (base / name).write_bytes(pickle.dumps(obj))
         return [name, hashlib.md5((base / name).read_bytes()).hexdigest()]
 
-    train_list = [dump(f"data_batch_{i}", {"data": rng.integers(0, 256, (4, 3072), dtype=np.uint8), "labels": [i % 10, 1, 2, 3]}) for i in range(1, 6)]
-    test_list = [dump("test_batch", {"data": rng.integers(0, 256, (5, 3072), dtype=np.uint8), "labels": [0, 1, 2, 3, 9]})]
-    names = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+    train_list = [
+        dump(
+            f"data_batch_{i}",
+            {"data": rng.integers(0, 256, (4, 3072), dtype=np.uint8), "labels": [i % 10, 1, 2, 3]},
+        )
+        for i in range(1, 6)
+    ]
+    test_list = [
+        dump(
+            "test_batch",
+            {"data": rng.integers(0, 256, (5, 3072), dtype=np.uint8), "labels": [0, 1, 2, 3, 9]},
+        )
+    ]
+    names = [
+        "airplane",
+        "automobile",
+        "bird",
+        "cat",
+        "deer",
+        "dog",
+        "frog",
+        "horse",
+        "ship",
+        "truck",
+    ]
     meta = dump("batches.meta", {"label_names": names})
     monkeypatch.setattr(CIFAR10, "train_list", train_list)
     monkeypatch.setattr(CIFAR10, "test_list", test_list)
-    monkeypatch.setattr(CIFAR10, "meta", {"filename": "batches.meta", "key": "label_names", "md5": meta[1]})
+    monkeypatch.setattr(
+        CIFAR10, "meta", {"filename": "batches.meta", "key": "label_names", "md5": meta[1]}
+    )
 
 
 def test_cifar10_through_torchvision(tmp_path, monkeypatch):

@@ -115,7 +115,9 @@ def heads_summary(heads: dict[str, dict]) -> str:
                 m["known_confidence"]["mean_msp"],
                 m["unseen_confidence"]["mean_msp"],
                 fmt(m.get("train_seconds"), 1),
-                "softmax" if m.get("logits", "softmax logits") == "softmax logits" else "one-vs-rest",
+                "softmax"
+                if m.get("logits", "softmax logits") == "softmax logits"
+                else "one-vs-rest",
             ]
             for head, m in heads.items()
         ],

@@ -354,7 +354,9 @@ def summary_rows(config: dict, metrics: dict) -> list[tuple[str, str]]:
     augment = config.get("augment", "-")
     if config.get("flip") is not None:
         augment += ", flips " + ("on" if config.get("flip") else "off")
-    pretrained = metrics.get("pretrained_on") or config.get("pretrained") or "none (trained from scratch)"
+    pretrained = (
+        metrics.get("pretrained_on") or config.get("pretrained") or "none (trained from scratch)"
+    )
     per_s = metrics.get("train_images_per_second")
     train = f"{_fmt(metrics.get('train_seconds'), 1)} s for {config.get('epochs', '-')} epochs"
     if per_s:

@@ -248,7 +248,9 @@ def train_model(
             guard.update(loss, epoch * steps + step)
             if checkpoint is not None and checkpoint.stop_requested() is not None:
                 stop_if_diverged()  # never save a checkpoint with NaN weights
-                save(epoch, step + 1, dict(perm=perm, loss_sum=loss_sum, correct=correct, seen=seen))
+                save(
+                    epoch, step + 1, dict(perm=perm, loss_sum=loss_sum, correct=correct, seen=seen)
+                )
                 raise checkpoint.interrupted(epoch, step + 1, steps)
         stop_if_diverged()
         result.images_seen += seen
@@ -262,7 +264,9 @@ def train_model(
         if x_val is not None and y_val is not None and len(x_val):
             val_start = time.perf_counter()
             val = forward_pass(model, x_val, device, precision)
-            row["val_accuracy"] = float((head.predict(val.logits).cpu() == y_val.cpu()).float().mean())
+            row["val_accuracy"] = float(
+                (head.predict(val.logits).cpu() == y_val.cpu()).float().mean()
+            )
             eval_seconds += time.perf_counter() - val_start
         row["seconds"] = pos.wall_seconds + time.perf_counter() - start
         result.history.append(row)
