@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import IO, Any
 
 import numpy as np
-import torch
 
 from .errors import UnseenError
 
@@ -89,11 +88,15 @@ def write_npz(path: str | Path, **arrays: np.ndarray) -> Path:
 
 def save_torch(path: str | Path, obj: Any) -> Path:
     """Save tensors, dicts, lists, strings and numbers only, so ``weights_only`` loading works."""
+    import torch  # imported here so that the CLI starts without loading torch
+
     return atomic_write(path, lambda fh: torch.save(obj, fh))
 
 
-def load_torch(path: str | Path, map_location: str | torch.device = "cpu") -> Any:
+def load_torch(path: str | Path, map_location: Any = "cpu") -> Any:
     """Load a checkpoint with ``weights_only=True``: a pickle that carries code is refused."""
+    import torch
+
     path = Path(path)
     if not path.is_file():
         raise UnseenError(f"{path} does not exist.")
