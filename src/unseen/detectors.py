@@ -117,10 +117,11 @@ class Mahalanobis(Score):
     def fit(self, context: FitContext) -> Score:
         train = _train(self, context)
         x = train.features.double()
-        k = context.head_weight.shape[0]
-        self.means_ = class_means(x, train.labels, k)
-        self.covariance_, self.precision_, self._whiten, self.covariance_rank_ = gaussian_fit(
-            x - self.means_[train.labels]
+        if "class_gaussians" not in context.shared:  # mahalanobis and rmd fit the same ones
+            means = class_means(x, train.labels, context.head_weight.shape[0])
+            context.shared["class_gaussians"] = (means, *gaussian_fit(x - means[train.labels]))
+        self.means_, self.covariance_, self.precision_, self._whiten, self.covariance_rank_ = (
+            context.shared["class_gaussians"]
         )
         self.feature_dim_ = int(x.shape[1])
         self.fit_on_ = "train"

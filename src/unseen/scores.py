@@ -12,7 +12,7 @@ Scores work on torch tensors on whatever device the outputs live on.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import torch
@@ -41,6 +41,9 @@ class FitContext:
     head_weight: torch.Tensor  # K x D
     head_bias: torch.Tensor  # K
     head: str = "softmax"
+    #: results that several scores fit from the same data (e.g. the class Gaussians that
+    #: mahalanobis and rmd share), computed by the first score that needs them
+    shared: dict[str, Any] = field(default_factory=dict)
 
 
 class Score:
