@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 
 SCORE_COLUMNS = (
     ("auroc", "AUROC"),
@@ -26,16 +26,19 @@ def fmt(value: object, digits: int = 3) -> str:
     return str(value)
 
 
-def table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+def table(
+    header: Sequence[str], rows: Sequence[Sequence[object]], left: Collection[int] = (0,)
+) -> str:
+    """Aligned columns under a dashed rule: the ``left`` columns flush left, the rest right."""
     cells = [list(map(str, header))] + [[fmt(v) for v in row] for row in rows]
     widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
     lines = []
     for n, r in enumerate(cells):
         lines.append(
             "  ".join(
-                c.ljust(w) if i == 0 else c.rjust(w)
+                c.ljust(w) if i in left else c.rjust(w)
                 for i, (c, w) in enumerate(zip(r, widths, strict=True))
-            )
+            ).rstrip()
         )
         if n == 0:
             lines.append("  ".join("-" * w for w in widths))

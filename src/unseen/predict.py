@@ -806,13 +806,13 @@ def rows_to_json(rows: Sequence[dict[str, Any]], predictor: Predictor) -> str:
 
 def rows_to_table(rows: Sequence[dict[str, Any]]) -> str:
     """Aligned plain-text columns: text left, numbers right."""
+    from .console import table
 
     def num(v: Any) -> str:
         return "" if v is None else f"{v:.4f}"
 
     header = ["input", "prediction", "score", "threshold", "closest", "prob", "error"]
-    numeric = {2, 3, 5}
-    cells = [header] + [
+    cells = [
         [
             r["input"], r["prediction"] or "-", num(r["score"]), num(r["threshold"]),
             r["closest"] or "-", num(r["probability"]), r["error"] or "",
@@ -820,18 +820,8 @@ def rows_to_table(rows: Sequence[dict[str, Any]]) -> str:
         for r in rows
     ]  # fmt: skip
     if not any(r["error"] for r in rows):
-        cells = [c[:-1] for c in cells]
-    widths = [max(len(c[i]) for c in cells) for i in range(len(cells[0]))]
-
-    def line(c: list[str]) -> str:
-        return "  ".join(
-            v.rjust(w) if i in numeric else v.ljust(w)
-            for i, (v, w) in enumerate(zip(c, widths, strict=True))
-        ).rstrip()
-
-    return "\n".join(
-        [line(cells[0]), line(["-" * w for w in widths])] + [line(c) for c in cells[1:]]
-    )
+        header, cells = header[:-1], [c[:-1] for c in cells]
+    return table(header, cells, left=(0, 1, 4, 6))
 
 
 def summary_line(rows: Sequence[dict[str, Any]], predictor: Predictor) -> str:
