@@ -8,6 +8,7 @@ torchvision transforms to one image at a time, a ``DataLoader``, fp32, NCHW.
     python benchmarks/bench_train.py                       # Fashion-MNIST (or digits), resnet20
     python benchmarks/bench_train.py --model resnet18 --batch-size 512 --json
     python benchmarks/bench_train.py --target-accuracy 0.9 --epochs 15
+    python benchmarks/bench_train.py --model resnet18 --images 65536 --cuda-graphs both  # GPU
 
 Prints images/s of both loops and their ratio, evaluation time (one forward pass over the
 test set plus every score but odin), optionally the time to reach a validation accuracy,
@@ -38,7 +39,7 @@ from unseen.heads import HEADS
 from unseen.models import create_model
 from unseen.scores import SCORES, FitContext
 from unseen.splits import make_split, split_data
-from unseen.train import TrainSettings, train_model
+from unseen.train import TrainSettings, train_model, use_cuda_graphs
 
 
 def sync(device: torch.device) -> None:
@@ -96,12 +97,20 @@ def conventional_images_per_second(
                 return seen / (time.perf_counter() - start)
 
 
-def tool_images_per_second(model, x, y, args, device, precision, spec) -> float:
-    """Two epochs of unseen's own train_model on ``x``; the second one is timed."""
-    s = TrainSettings(epochs=2, batch_size=args.batch_size, lr=0.05, compile=args.compile)
+def tool_images_per_second(model, x, y, args, device, precision, spec, graphs: str) -> dict:
+    """Two epochs of unseen's own train_model on ``x``; the second one is timed.
+
+    The first epoch holds the one-off costs (cuDNN autotuning, graph capture, compilation)."""
+    s = TrainSettings(
+        epochs=2, batch_size=args.batch_size, lr=0.05, compile=args.compile, cuda_graphs=graphs
+    )
     result = train_model(model, x, y, s, HEADS["softmax"], spec, device, precision, progress=False)
     h = result.history
-    return len(x) / (h[1]["seconds"] - h[0]["seconds"])
+    return {
+        "images_per_second": len(x) / (h[1]["seconds"] - h[0]["seconds"]),
+        "first_epoch_seconds": h[0]["seconds"],
+        "cuda_graphs": result.cuda_graphs,
+    }
 
 
 def evaluation_seconds(model, sd, device, precision) -> dict:
@@ -147,8 +156,9 @@ def time_to_accuracy(args, p_data, sd, device, precision, spec) -> dict:
     s = TrainSettings(
         epochs=args.epochs,
         batch_size=args.batch_size,
-        lr=default_lr(args.batch_size),
+        lr=args.lr or default_lr(args.batch_size),
         compile=args.compile,
+        cuda_graphs="off" if args.cuda_graphs == "off" else "auto",
     )
     r = train_model(model, sd.x_train, sd.y_train, s, HEADS["softmax"], spec, device, precision,
                     x_val=sd.x_val, y_val=sd.y_val, progress=False)  # fmt: skip
@@ -183,6 +193,13 @@ def main(argv=None) -> int:
     )
     ap.add_argument("--compile", action="store_true", help="torch.compile unseen's loop")
     ap.add_argument(
+        "--cuda-graphs",
+        default="auto",
+        choices=("auto", "on", "off", "both"),
+        help="CUDA graphs in unseen's loop; 'both' times it without and with them, side by side",
+    )
+    ap.add_argument("--lr", type=float, default=None, help="of --target-accuracy's training")
+    ap.add_argument(
         "--target-accuracy",
         type=float,
         default=None,
@@ -190,7 +207,9 @@ def main(argv=None) -> int:
     )
     ap.add_argument("--epochs", type=int, default=15)
     ap.add_argument("--skip-conventional", action="store_true")
-    ap.add_argument("--no-cudnn-benchmark", action="store_true", help="leave cuDNN's autotuner off")
+    ap.add_argument(
+        "--cudnn-benchmark", action="store_true", help="let cuDNN time its kernels (autotuning)"
+    )
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
     if args.dataset is None:
@@ -199,11 +218,12 @@ def main(argv=None) -> int:
 
     threads = configure_threads()
     device = resolve_device(args.device)
-    if args.no_cudnn_benchmark:
-        torch.backends.cudnn.benchmark = False
+    torch.backends.cudnn.benchmark = args.cudnn_benchmark
     precision = resolve_precision(args.precision, device)
     args.batch_size = args.batch_size or default_batch_size(device)
     try:
+        if args.cuda_graphs in ("on", "both"):
+            use_cuda_graphs("on", device, "none")
         data = load_dataset(args.dataset, args.data_root)
     except UnseenError as exc:
         print(f"bench_train: {exc}", file=sys.stderr)
@@ -243,10 +263,16 @@ def main(argv=None) -> int:
             "cudnn_benchmark": torch.backends.cudnn.benchmark,
         },
     }
+    if args.cuda_graphs == "both":
+        plain = tool_images_per_second(fresh(), x, y, args, device, precision, spec, "off")
+        out["tool_without_cuda_graphs"] = plain
     tool_model = fresh()
-    out["tool"]["images_per_second"] = tool_images_per_second(
-        tool_model, x, y, args, device, precision, spec
+    mode = "on" if args.cuda_graphs == "both" else args.cuda_graphs
+    out["tool"].update(
+        tool_images_per_second(tool_model, x, y, args, device, precision, spec, mode)
     )
+    if args.cuda_graphs == "both":
+        out["cuda_graphs_speedup"] = out["tool"]["images_per_second"] / plain["images_per_second"]
     if not args.skip_conventional:
         conv = conventional_images_per_second(fresh(), x, y, args, device, spec, mean, std, n)
         out["conventional"] = {
@@ -271,9 +297,16 @@ def main(argv=None) -> int:
     print(
         f"{args.dataset}, {args.model}, batch {args.batch_size}, {n} images timed; {hw['device']}, torch {hw['torch']}"
     )
+    t = out["tool"]
+    extras = (", compiled" if args.compile else "") + (", CUDA graphs" if t["cuda_graphs"] else "")
     print(
-        f"unseen loop       : {out['tool']['images_per_second']:10.0f} images/s  ({precision}, channels_last, data resident on the device{', compiled' if args.compile else ''})"
+        f"unseen loop       : {t['images_per_second']:10.0f} images/s  ({precision}, channels_last, data resident on the device{extras}; first epoch {t['first_epoch_seconds']:.2f} s)"
     )
+    if "tool_without_cuda_graphs" in out:
+        p = out["tool_without_cuda_graphs"]
+        print(
+            f"  without graphs  : {p['images_per_second']:10.0f} images/s  (first epoch {p['first_epoch_seconds']:.2f} s); graphs {out['cuda_graphs_speedup']:.2f}x"
+        )
     if "conventional" in out:
         print(
             f"conventional loop : {out['conventional']['images_per_second']:10.0f} images/s  (fp32, NCHW, DataLoader with {args.workers} workers, per-image transforms)"
@@ -281,6 +314,7 @@ def main(argv=None) -> int:
         print(f"speedup           : {out['speedup']:10.2f}x")
     ev = out["evaluation"]
     print(f"evaluation        : forward pass over {ev['test_images']} test images {ev['forward_seconds']:.3f} s; "
+          f"over the training and validation images (for the scores' fits) {ev['train_val_forward_seconds']:.3f} s; "
           f"every score but odin (fit + score) {ev['scores_seconds']:.3f} s")  # fmt: skip
     for name, sec in ev["per_score_seconds"].items():
         print(f"    {name:12s} {sec if isinstance(sec, str) else f'{sec:.3f} s'}")

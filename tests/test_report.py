@@ -247,7 +247,9 @@ def test_multi_head_run_gets_a_section_per_head(digits_run, tmp_path):
 
 def test_aggregate_groups_seeds_and_averages(digits_run, tmp_path):
     a = _copy_run(digits_run, tmp_path / "sweep" / "a", seed=0)
-    b = _copy_run(digits_run, tmp_path / "sweep" / "b", seed=1, out="elsewhere")
+    # a resumed GPU run of another seed is still a repetition of the same setting
+    b = _copy_run(digits_run, tmp_path / "sweep" / "b", seed=1, out="elsewhere", resume=True,
+                  cuda_graphs="on", cudnn_benchmark=True)  # fmt: skip
     c = _copy_run(digits_run, tmp_path / "sweep" / "c", seed=0, lr=0.05)
     _set_metric(a, "msp", "auroc", 0.80, closed=0.90)
     _set_metric(b, "msp", "auroc", 0.90, closed=0.96)

@@ -610,3 +610,38 @@ def test_check_run_folder_states(tmp_path):
     assert check_run_folder(unfinished, resume=True, overwrite=False) == "resume"
     with pytest.raises(ConfigError, match="holds an unfinished run"):
         check_run_folder(unfinished, resume=False, overwrite=False)
+
+
+def test_background_checkpoint_is_a_snapshot_written_whole(tmp_path):
+    """save(background=True) copies the state first: changing the model afterwards does not
+    reach the file, and wait() leaves a checkpoint that resumes to the saved weights."""
+    from unseen.checkpoint import Checkpointing
+    from unseen.train import TrainResult
+
+    torch.manual_seed(0)
+    model = torch.nn.Linear(3, 2)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    model(torch.randn(4, 3)).sum().backward()
+    opt.step()
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
+    gen = torch.Generator().manual_seed(1)
+    ck = Checkpointing(tmp_path / "ck.pt", {"a": 1})
+    saved = {k: v.clone() for k, v in model.state_dict().items()}
+    buf = opt.state[model.weight]["momentum_buffer"].clone()
+    ck.save(model=model, optimizer=opt, scheduler=sched, generator=gen, history=[{"epoch": 1, "seconds": 0.1}],
+            images_seen=4, train_seconds=0.1, epoch=1, step=0, epoch_state=None,
+            background=True)  # fmt: skip
+    with torch.no_grad():  # training goes on while the file is written
+        model.weight.add_(100.0)
+        opt.state[model.weight]["momentum_buffer"].add_(100.0)
+    ck.wait()
+    fresh = torch.nn.Linear(3, 2)
+    fresh_opt = torch.optim.SGD(fresh.parameters(), lr=0.1, momentum=0.9)
+    fresh_sched = torch.optim.lr_scheduler.LambdaLR(fresh_opt, lambda _: 1.0)
+    resumed = Checkpointing(tmp_path / "ck.pt", {"a": 1}, resume=True)
+    pos = resumed.start(model=fresh, optimizer=fresh_opt, scheduler=fresh_sched,
+                        generator=torch.Generator(), result=TrainResult())  # fmt: skip
+    assert pos.epoch == 1
+    for k, v in fresh.state_dict().items():
+        assert torch.equal(v, saved[k])
+    assert torch.equal(fresh_opt.state[fresh.weight]["momentum_buffer"], buf)

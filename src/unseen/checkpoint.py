@@ -16,13 +16,15 @@ refused, and a file that is not what it should be gives one clear sentence.
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
 import json
 import signal
 import threading
 import time
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -39,7 +41,10 @@ if TYPE_CHECKING:
     from .config import RunConfig
 
 #: config keys that do not change a run's results: ``--resume`` accepts a difference in these
-RESUME_IGNORED_KEYS = frozenset({"out", "resume", "overwrite", "data_root", "download", "report"})
+RESUME_IGNORED_KEYS = frozenset(
+    {"out", "resume", "overwrite", "data_root", "download", "report", "cuda_graphs",
+     "cudnn_benchmark"}
+)  # fmt: skip
 
 #: exit codes of a run stopped by a signal (the shell's 128 + signal number)
 SIGNAL_EXIT_CODES = {signal.SIGINT: 130, signal.SIGTERM: 143}
@@ -302,6 +307,28 @@ class Position:
     wall_seconds: float = 0.0
 
 
+_WRITER: ThreadPoolExecutor | None = None
+
+
+def _writer() -> ThreadPoolExecutor:
+    """The one thread that writes background checkpoints (joined at interpreter exit)."""
+    global _WRITER
+    if _WRITER is None:
+        _WRITER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="unseen-checkpoint")
+    return _WRITER
+
+
+def _cpu_copy(obj: Any) -> Any:
+    """A deep copy with every tensor copied to the CPU (never sharing memory with ``obj``)."""
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().to("cpu", copy=True)
+    if isinstance(obj, dict):
+        return {k: _cpu_copy(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_cpu_copy(v) for v in obj)
+    return copy.deepcopy(obj)
+
+
 @dataclass
 class Checkpointing:
     """Where a training run saves its checkpoint, and whether to start from it.
@@ -316,6 +343,8 @@ class Checkpointing:
     resume_hint: str = ""
     #: the active signal catcher whose flag the training loop polls (None: signals act as usual)
     stop: StopSignal | None = None
+    #: a checkpoint still being written in the background (see ``save(background=True)``)
+    _pending: Future | None = field(default=None, init=False, repr=False, compare=False)
 
     def member(self, k: int) -> Checkpointing:
         """The checkpoint of the k-th network of a head that trains several in turn."""
@@ -344,39 +373,51 @@ class Checkpointing:
         epoch: int,
         step: int,
         epoch_state: dict[str, Any] | None,
+        background: bool = False,
     ) -> float:
         """Write the checkpoint atomically; return the seconds it took.
 
         ``epoch`` is the 0-based epoch to continue with and ``step`` the next step in it;
         ``epoch_state`` holds that epoch's permutation and running sums when ``step > 0``.
+
+        With ``background``, the state is copied to the CPU now and written by a writer
+        thread while training goes on; the returned seconds are those of the copy. The next
+        ``save`` (and :meth:`wait`) first waits for the previous write, so at most one is in
+        flight and the file on disk is always a complete checkpoint.
         """
         start = time.perf_counter()
         device = generator.device
-        save_torch(
-            self.path,
-            {
-                "kind": CHECKPOINT_KIND,
-                "format_version": CHECKPOINT_VERSION,
-                "config": self.config,
-                "epoch": epoch,
-                "step": step,
-                "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-                "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(),
-                "torch_rng": torch.get_rng_state(),
-                "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
-                "generator": generator.get_state(),
-                "history": history,
-                "images_seen": images_seen,
-                "train_seconds": train_seconds,
-                "epoch_state": None
-                if epoch_state is None
-                else {
-                    k: v.cpu() if isinstance(v, torch.Tensor) else v for k, v in epoch_state.items()
-                },
-            },
-        )
+        state = {
+            "kind": CHECKPOINT_KIND,
+            "format_version": CHECKPOINT_VERSION,
+            "config": self.config,
+            "epoch": epoch,
+            "step": step,
+            "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "torch_rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
+            "generator": generator.get_state(),
+            "history": history,
+            "images_seen": images_seen,
+            "train_seconds": train_seconds,
+            "epoch_state": None
+            if epoch_state is None
+            else {k: v.cpu() if isinstance(v, torch.Tensor) else v for k, v in epoch_state.items()},
+        }
+        self.wait()
+        if background:  # a snapshot the training loop cannot change while it is written
+            self._pending = _writer().submit(save_torch, self.path, _cpu_copy(state))
+        else:
+            save_torch(self.path, state)
         return time.perf_counter() - start
+
+    def wait(self) -> None:
+        """Block until a background write has finished (re-raising its error, if any)."""
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            pending.result()
 
     def load(self) -> dict[str, Any] | None:
         """The saved training state when resuming and a checkpoint exists, else None."""
@@ -436,6 +477,7 @@ class Checkpointing:
 
     def interrupted(self, epoch: int, step: int, steps: int) -> Interrupted:
         """The error ending a run stopped by a signal, once the checkpoint is saved."""
+        self.wait()  # on disk before the message says so
         signum = self.stop_requested() or signal.SIGINT
         name = signal.Signals(signum).name
         where = (

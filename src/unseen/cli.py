@@ -104,7 +104,7 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from .console import heads_summary, run_summary
+    from .console import heads_summary, run_summary, timing_line
     from .experiment import run_experiment
 
     cfg = config_from_args(args)
@@ -116,6 +116,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(run_summary(metrics, with_scores=len(heads) == 1))
     if len(heads) > 1:  # one table, heads side by side
         print("\n" + heads_summary(heads))
+    if result.seconds:
+        print(timing_line(result.seconds))
     print(f"\nrun folder: {result.run_dir}")
     return 0
 

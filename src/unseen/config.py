@@ -476,8 +476,23 @@ class RunConfig:
     compile: bool = opt(
         False,
         "compile the network with torch.compile for training (pays on long GPU runs; the first "
-        "epoch then includes the compile time)",
+        "epoch then includes the compile time; with --cuda-graphs the compiled network is "
+        "captured)",
         parse=parse_bool,
+        group="execution",
+    )
+    cudnn_benchmark: bool = opt(
+        False,
+        "let cuDNN time its kernels for every new shape and keep the fastest (on a GPU: costs "
+        "seconds at the start, for long runs; off: cuDNN's heuristics choose)",
+        parse=parse_bool,
+        group="execution",
+    )
+    cuda_graphs: str = opt(
+        "auto",
+        "replay each training step as one CUDA graph (auto: on for CUDA devices unless "
+        "--balance weighted-loss; off: eager steps, as on a CPU)",
+        choices=("auto", "on", "off"),
         group="execution",
     )
 

@@ -60,6 +60,15 @@ def score_table(scores: dict[str, dict], sort_by: str | None = None) -> str:
     )
 
 
+def timing_line(seconds: dict[str, float]) -> str:
+    """One line from :func:`unseen.experiment.wall_clock`'s breakdown."""
+    names = {"prepare": "data and setup", "train": "training", "validation": "per-epoch validation",
+             "checkpoint": "checkpoints", "eval": "evaluation and scores", "report": "report",
+             "other": "other"}  # fmt: skip
+    parts = ", ".join(f"{label} {seconds[k]:.1f}" for k, label in names.items() if k in seconds)
+    return f"time: {seconds['total']:.1f} s in all ({parts})"
+
+
 def run_summary(metrics: dict, with_scores: bool = True) -> str:
     """What a finished run prints: the figures a naive evaluation hides, then one row per score
     (left out with ``with_scores=False``, when several heads share one table)."""

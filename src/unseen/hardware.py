@@ -12,11 +12,9 @@ from .errors import ConfigError
 
 
 def resolve_device(name: str = "auto") -> torch.device:
-    """The torch device for ``--device``; on a GPU, cuDNN may pick its fastest kernels."""
+    """The torch device for ``--device``."""
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda" and torch.cuda.is_available():
-        torch.backends.cudnn.benchmark = True  # shapes repeat every step: autotune once
     if name == "cuda" and not torch.cuda.is_available():
         raise ConfigError(
             "--device cuda was asked for, but PyTorch sees no CUDA GPU here; use --device cpu or auto."
@@ -44,10 +42,13 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     return "bf16" if device.type == "cpu" and cpu_has_amx() else "fp32"
 
 
-def autocast(device: torch.device, precision: str):
-    """bf16 autocast context for the forward pass, or a no-op for fp32."""
+def autocast(device: torch.device, precision: str, cache: bool = True):
+    """bf16 autocast context for the forward pass, or a no-op for fp32.
+
+    ``cache=False`` turns off autocast's cache of bf16 weight copies (required inside a CUDA
+    graph capture)."""
     if precision == "bf16":
-        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16, cache_enabled=cache)
     return contextlib.nullcontext()
 
 

@@ -43,8 +43,12 @@ def softmax_loss(
 
 
 def one_vs_rest_targets(targets: torch.Tensor, num_classes: int) -> torch.Tensor:
-    """Binary targets N x K: 1 where the column is the image's own class, 0 elsewhere."""
-    return F.one_hot(targets.long(), num_classes).float()
+    """Binary targets N x K: 1 where the column is the image's own class, 0 elsewhere.
+
+    A comparison rather than ``F.one_hot``, whose range check synchronises with a GPU (and so
+    cannot run inside a CUDA graph)."""
+    classes = torch.arange(num_classes, device=targets.device)
+    return (targets.long().unsqueeze(1) == classes).float()
 
 
 def smooth_binary(targets: torch.Tensor, label_smoothing: float) -> torch.Tensor:

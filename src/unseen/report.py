@@ -47,8 +47,12 @@ from .runfolder import (
 )
 
 #: config.json keys that do not make a different configuration: runs differing only here
-#: are repetitions of one setting and are averaged together
-GROUPING_IGNORES = ("seed", "out", "report")
+#: are repetitions of one setting and are averaged together (the seed, and options that
+#: change where a run is written or how fast it runs, not what it computes)
+GROUPING_IGNORES = (
+    "seed", "out", "report", "resume", "overwrite", "data_root", "download", "cuda_graphs",
+    "cudnn_benchmark",
+)  # fmt: skip
 
 #: metrics of each score shown in tables: key, column label, True when higher is better
 SCORE_METRICS = (

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -18,6 +19,8 @@ from tqdm.auto import tqdm
 
 from .augment import AugmentSpec
 from .checkpoint import Checkpointing, FiniteGuard, Position, diverged
+from .cudagraphs import GraphedStep
+from .errors import ConfigError
 from .evaluate import forward_pass
 from .hardware import autocast
 from .heads import Head
@@ -40,6 +43,8 @@ class TrainSettings:
     backbone_lr_scale: float = 1.0
     #: train through ``torch.compile(model)`` (see ``--compile``)
     compile: bool = False
+    #: replay each full-size step as one CUDA graph: "auto" (on CUDA when possible), "on", "off"
+    cuda_graphs: str = "auto"
 
 
 @dataclass
@@ -47,6 +52,11 @@ class TrainResult:
     history: list[dict] = field(default_factory=list)
     seconds: float = 0.0
     images_seen: int = 0
+    #: whether full-size steps were replayed as CUDA graphs
+    cuda_graphs: bool = False
+    #: wall-clock seconds outside ``seconds``: per-epoch validation passes, checkpoint writes
+    validation_seconds: float = 0.0
+    checkpoint_seconds: float = 0.0
 
     @property
     def images_per_second(self) -> float:
@@ -89,6 +99,29 @@ def weighted_loss(
         total = total + weights[c] * n_c * head.loss(logits[mine], y[mine], label_smoothing)
         norm = norm + weights[c] * n_c
     return total / norm
+
+
+def use_cuda_graphs(mode: str, device: torch.device, balance: str) -> bool:
+    """Whether training replays its steps as CUDA graphs (see :mod:`unseen.cudagraphs`).
+
+    ``mode`` "auto" turns them on for CUDA devices unless the run uses the weighted loss
+    (whose per-class terms need the host); "on" raises :class:`ConfigError` where they cannot
+    run; "off" never uses them. With ``--compile`` the compiled network is captured.
+    """
+    if mode not in ("auto", "on", "off"):
+        raise ConfigError(f"--cuda-graphs must be auto, on or off, not {mode!r}.")
+    if mode == "off":
+        return False
+    blocker = None
+    if device.type != "cuda":
+        blocker = f"they need a CUDA device and this run trains on the {device.type}"
+    elif balance == "weighted-loss":
+        blocker = "--balance weighted-loss computes its loss class by class on the host"
+    if blocker is None:
+        return True
+    if mode == "on":
+        raise ConfigError(f"--cuda-graphs on cannot be used here: {blocker}.")
+    return False
 
 
 def make_optimizer(model: torch.nn.Module, s: TrainSettings) -> torch.optim.Optimizer:
@@ -182,6 +215,33 @@ def train_model(
             model=model, optimizer=opt, scheduler=sched, generator=generator, result=result
         )
     guard = FiniteGuard(device)
+
+    def loss_fn(logits: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
+        if settings.balance == "weighted-loss":
+            return weighted_loss(head, logits, yb, settings.label_smoothing, weights)
+        return head.loss(logits, yb, settings.label_smoothing)
+
+    def eager_step(xb: torch.Tensor, yb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        # a last, smaller batch skips the compiled network, which would compile again for it
+        net = forward if len(xb) == settings.batch_size else model
+        with autocast(device, precision):
+            logits = net(xb)
+        loss = loss_fn(logits.float(), yb)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        return loss.detach(), logits.detach()
+
+    graphed = use_cuda_graphs(settings.cuda_graphs, device, settings.balance)
+    train_step: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+    train_step = (
+        GraphedStep(
+            forward, loss_fn, opt, device, precision, settings.batch_size, odd_batch_model=model
+        )
+        if graphed
+        else eager_step
+    )
+    result.cuda_graphs = graphed
     bar = tqdm(
         range(pos.epoch, settings.epochs),
         initial=pos.epoch,
@@ -204,6 +264,7 @@ def train_model(
             model=model, optimizer=opt, scheduler=sched, generator=generator,
             history=result.history, images_seen=result.images_seen,
             train_seconds=train_seconds(), epoch=epoch, step=step, epoch_state=epoch_state,
+            background=device.type == "cuda",  # a GPU trains on while the CPU writes
         )  # fmt: skip
 
     def stop_if_diverged() -> None:
@@ -232,18 +293,15 @@ def train_model(
                 memory_format=torch.channels_last
             )
             yb = y[idx]
-            with autocast(device, precision):
-                logits = forward(xb)
-            if settings.balance == "weighted-loss":
-                loss = weighted_loss(head, logits.float(), yb, settings.label_smoothing, weights)
+            loss, logits = train_step(xb, yb)
+            if graphed:  # the graph's update is not optimizer.step(), which torch warns about
+                with warnings.catch_warnings():
+                    warnings.filterwarnings("ignore", "Detected call of `lr_scheduler.step")
+                    sched.step()
             else:
-                loss = head.loss(logits.float(), yb, settings.label_smoothing)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            loss_sum += loss.detach() * len(idx)
-            correct += (head.predict(logits.detach()) == yb).sum()
+                sched.step()
+            loss_sum += loss * len(idx)
+            correct += (head.predict(logits) == yb).sum()
             seen += len(idx)
             guard.update(loss, epoch * steps + step)
             if checkpoint is not None and checkpoint.stop_requested() is not None:
@@ -279,6 +337,11 @@ def train_model(
                 raise checkpoint.interrupted(epoch + 1, 0, steps)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+    if checkpoint is not None:  # the last checkpoint is on disk before training returns
+        wait_start = time.perf_counter()
+        checkpoint.wait()
+        save_seconds += time.perf_counter() - wait_start
     # training time excludes the per-epoch validation passes and checkpoint writes
     result.seconds = train_seconds()
+    result.validation_seconds, result.checkpoint_seconds = eval_seconds, save_seconds
     return result

@@ -1,0 +1,191 @@
+"""A training step replayed as one CUDA graph: forward, loss, backward and the SGD update.
+
+At batch 512 and 28 px, an eager ResNet-18 step on an H200 is bound by the host: the GPU waits
+while Python and the autograd engine launch some 500 small kernels. Captured once as a CUDA
+graph, the whole step is one launch, and the GPU runs back to back.
+
+What a graph needs, and how this module provides it:
+
+- **Static shapes and addresses.** Each full-size batch is copied into the same input tensors;
+  a batch of another size (the last, partial one of an epoch) runs eagerly through the same
+  code, so every image is still seen once an epoch.
+- **Hyperparameters that change without re-capture.** The learning rate and momentum of each
+  parameter group live in device tensors, refilled from the optimiser's ``param_groups``
+  (where the schedulers write them) before every step. :func:`sgd_update` reads them there.
+- **The optimiser's own state.** Momentum buffers are the ``torch.optim.SGD`` state tensors,
+  updated in place, so checkpoints and resumption work as in the eager loop.
+- **Warm-up before capture.** A few eager steps on a side stream (cuDNN picks its kernels,
+  ``torch.compile`` compiles), then capture; autocast's weight cache is off throughout.
+
+Randomness (the batch permutation and augmentation) stays outside the graph, on the caller's
+generator, so a graphed run draws exactly the batches an eager run draws.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from .hardware import autocast
+
+LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+@torch.no_grad()
+def sgd_update(
+    params: list[torch.Tensor],
+    grads: list[torch.Tensor],
+    momentum_buffers: list[torch.Tensor],
+    lr: torch.Tensor,
+    momentum: torch.Tensor,
+    weight_decay: float,
+    nesterov: bool,
+) -> None:
+    """``torch.optim.SGD``'s update (dampening 0) with the learning rate and momentum as tensors.
+
+    ``g = grad + weight_decay * p``; ``buf = momentum * buf + g``; the step direction is
+    ``g + momentum * buf`` with Nesterov, else ``buf``; ``p -= lr * direction``. A zero buffer
+    gives torch's first step (``buf = g``). Everything is in place and free of host
+    synchronisation, so it can be captured in a CUDA graph.
+    """
+    if not params:
+        return
+    g = torch._foreach_add(grads, params, alpha=weight_decay) if weight_decay else list(grads)
+    torch._foreach_mul_(momentum_buffers, momentum)
+    torch._foreach_add_(momentum_buffers, g)
+    if nesterov:
+        direction = torch._foreach_add(g, torch._foreach_mul(momentum_buffers, momentum))
+    else:
+        direction = momentum_buffers
+    torch._foreach_sub_(params, torch._foreach_mul(direction, lr))
+
+
+@dataclass
+class _Group:
+    """One optimiser parameter group: its trainable tensors and its hyperparameters on device."""
+
+    group: dict
+    params: list[torch.Tensor]
+    buffers: list[torch.Tensor]
+    lr: torch.Tensor
+    momentum: torch.Tensor
+
+
+class GraphedStep:
+    """``step(x, y) -> (loss, logits)``: one SGD step of ``model`` on a batch, graphed on CUDA.
+
+    ``optimizer`` must be a ``torch.optim.SGD`` without dampening; its ``param_groups`` supply
+    the hyperparameters at every call and its state holds the momentum buffers. Batches of
+    ``batch_size`` images are replayed from one graph after ``warmup`` eager steps; other
+    sizes run eagerly, through ``odd_batch_model`` when given (the uncompiled network when
+    ``model`` is ``torch.compile``'d, which would otherwise compile again for the new size). With ``capture=False`` (or on a CPU) every step runs eagerly through the
+    same code, which is how the tests check it on machines without a GPU.
+
+    The returned tensors are the graph's outputs: read (or copy) them before the next call.
+    """
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        loss_fn: LossFn,
+        optimizer: torch.optim.Optimizer,
+        device: torch.device,
+        precision: str,
+        batch_size: int,
+        warmup: int = 3,
+        capture: bool = True,
+        odd_batch_model: torch.nn.Module | None = None,
+    ):
+        if not isinstance(optimizer, torch.optim.SGD):
+            raise TypeError("GraphedStep implements SGD; got " + type(optimizer).__name__)
+        self.model, self.loss_fn, self.device, self.precision = model, loss_fn, device, precision
+        # batches of another size (a compiled model would recompile for them)
+        self.odd_batch_model = odd_batch_model or model
+        self.batch_size, self.warmup = batch_size, warmup
+        self.capture = capture and device.type == "cuda"
+        self.groups: list[_Group] = []
+        for group in optimizer.param_groups:
+            if group.get("dampening", 0) or group.get("maximize", False):
+                raise ValueError("GraphedStep supports SGD without dampening or maximize")
+            params = [q for q in group["params"] if q.requires_grad]
+            buffers = []
+            for q in params:
+                state = optimizer.state[q]
+                if state.get("momentum_buffer") is None:  # torch's first step: buf = grad
+                    state["momentum_buffer"] = torch.zeros_like(q)
+                buffers.append(state["momentum_buffer"])
+            self.groups.append(
+                _Group(
+                    group,
+                    params,
+                    buffers,
+                    lr=torch.zeros((), device=device),
+                    momentum=torch.zeros((), device=device),
+                )
+            )
+        self.params = [q for g in self.groups for q in g.params]
+        self.eager_steps = 0
+        self.graph: torch.cuda.CUDAGraph | None = None
+        self._static: tuple[torch.Tensor, ...] = ()
+
+    def _step(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        model = self.model if len(x) == self.batch_size else self.odd_batch_model
+        # autocast's cache of bf16 weight copies must not outlive a capture; off in every step,
+        # so that a compiled network sees the same autocast state and never recompiles
+        with autocast(self.device, self.precision, cache=False):
+            logits = model(x)
+        loss = self.loss_fn(logits.float(), y)
+        grads = torch.autograd.grad(loss, self.params, allow_unused=True, materialize_grads=True)
+        start = 0
+        for g in self.groups:
+            n = len(g.params)
+            sgd_update(
+                g.params, list(grads[start : start + n]), g.buffers, g.lr, g.momentum,
+                g.group["weight_decay"], g.group["nesterov"],
+            )  # fmt: skip
+            start += n
+        return loss.detach(), logits.detach()
+
+    def _load_hyperparameters(self) -> None:
+        for g in self.groups:  # a fill with a Python number: a kernel launch, no sync
+            g.lr.fill_(g.group["lr"])
+            g.momentum.fill_(g.group["momentum"])
+
+    def __call__(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        self._load_hyperparameters()
+        if not self.capture or len(x) != self.batch_size:
+            return self._step(x, y)
+        if self.graph is None:
+            if self.eager_steps < self.warmup:
+                self.eager_steps += 1
+                return self._warmup_step(x, y)
+            self._capture(x, y)
+        assert self.graph is not None
+        static_x, static_y, static_loss, static_logits = self._static
+        static_x.copy_(x)
+        static_y.copy_(y)
+        self.graph.replay()
+        return static_loss, static_logits
+
+    def _warmup_step(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """An eager step on a side stream, as PyTorch's CUDA graph recipe asks before capture."""
+        main = torch.cuda.current_stream(self.device)
+        side = torch.cuda.Stream(self.device)
+        side.wait_stream(main)
+        with torch.cuda.stream(side):
+            loss, logits = self._step(x, y)
+        main.wait_stream(side)
+        for t in (loss, logits):  # used on the main stream: keep their memory until it is done
+            t.record_stream(main)
+        return loss, logits
+
+    def _capture(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        static_x = torch.empty_like(x).copy_(x)
+        static_y = torch.empty_like(y).copy_(y)
+        torch.cuda.synchronize(self.device)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph):
+            loss, logits = self._step(static_x, static_y)
+        self._static = (static_x, static_y, loss, logits)
