@@ -320,8 +320,13 @@ def main(argv=None) -> int:
         print(f"    {name:12s} {sec if isinstance(sec, str) else f'{sec:.3f} s'}")
     if "time_to_accuracy" in out:
         t = out["time_to_accuracy"]
+        reached = (
+            f"{t['seconds_to_target']:.1f} s (epoch {t['reached_at_epoch']} of {t['epochs']})"
+            if t["seconds_to_target"] is not None
+            else f"not reached in {t['epochs']} epochs"
+        )
         print(
-            f"time to val acc {t['target_val_accuracy']}: {t['seconds_to_target']} s (epoch {t['reached_at_epoch']} of {t['epochs']}; final {t['final_val_accuracy']:.4f})"
+            f"time to val acc {t['target_val_accuracy']}: {reached}; final {t['final_val_accuracy']:.4f}"
         )
     print(f"peak memory       : {out['peak_memory_mib']:.0f} MiB")
     return 0
