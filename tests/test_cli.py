@@ -155,3 +155,19 @@ def test_datasets_and_scores_commands(capsys):
     assert "digits" in out and "fashion-mnist" in out and "npz:PATH" in out
     assert main(["scores"]) == 0
     assert "higher score = more likely a known class" in capsys.readouterr().out
+
+
+def test_run_json_records_where_the_time_went(digits_run):
+    from unseen.console import timing_line
+
+    seconds = json.loads((digits_run / "run.json").read_text())["seconds"]
+    parts = ["prepare", "train", "validation", "checkpoint", "eval", "report", "other"]
+    assert set(seconds) == {*parts, "total"}
+    assert all(seconds[k] >= 0 for k in parts) and seconds["train"] > 0
+    # "other" is what the named stages leave of the total
+    assert sum(seconds[k] for k in parts) == pytest.approx(seconds["total"])
+    line = timing_line(dict.fromkeys(parts, 1.0) | {"train": 2.25, "total": 8.25})
+    assert line == (
+        "time: 8.2 s in all (data and setup 1.0, training 2.2, per-epoch validation 1.0, "
+        "checkpoints 1.0, evaluation and scores 1.0, report 1.0, other 1.0)"
+    )
