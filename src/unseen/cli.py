@@ -117,7 +117,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if len(heads) > 1:  # one table, heads side by side
         print("\n" + heads_summary(heads))
     if result.seconds:
-        print(timing_line(result.seconds))
+        print("\n" + timing_line(result.seconds))
     print(f"\nrun folder: {result.run_dir}")
     return 0
 
