@@ -41,6 +41,9 @@ def test_known_is_the_complement():
     [
         (dict(holdout=("Hat",)), "'Hat' is not a class"),
         (dict(holdout=("10",)), "'10' is not a class"),
+        (dict(holdout=("-1",)), "'-1' is not a class"),
+        (dict(known=("1" * 5000,)), "is not a class"),  # beyond int()'s 4,300-digit limit
+        (dict(holdout=("\u00b2",)), "'\u00b2' is not a class"),  # isdigit() but not int()
         (dict(holdout=tuple(str(i) for i in range(10))), "every class is held out"),
         (dict(holdout=tuple(str(i) for i in range(9))), "only one known class"),
         (dict(holdout=("1",), known=("2",)), "not both"),

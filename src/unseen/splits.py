@@ -69,8 +69,8 @@ def resolve_classes(
         t = str(tok).strip()
         if t.lower() in lower:
             out.append(lower[t.lower()])
-        elif t.lstrip("-").isdigit() and 0 <= int(t) < len(classes):
-            out.append(int(t))
+        elif (index := _as_index(t)) is not None and 0 <= index < len(classes):
+            out.append(index)
         else:
             shown = ", ".join(f"{i}={c}" for i, c in enumerate(classes[:20]))
             more = ", ..." if len(classes) > 20 else ""
@@ -78,6 +78,17 @@ def resolve_classes(
                 f"{option} {t!r} is not a class of this dataset; classes are {shown}{more}."
             )
     return sorted(set(out))
+
+
+def _as_index(token: str) -> int | None:
+    """``token`` as a class index when it is a plain ASCII integer of sane length, else None.
+
+    (``str.isdigit`` also accepts digits such as "²" that ``int`` refuses, and ``int`` refuses
+    strings of more than 4,300 digits.)"""
+    digits = token[1:] if token.startswith("-") else token
+    if not (digits.isascii() and digits.isdigit()) or len(digits) > 18:
+        return None
+    return int(token)
 
 
 def make_split(
