@@ -192,6 +192,8 @@ def test_separate_variant_trains_k_distinct_networks():
     assert [r["network"] for r in result.history] == [0, 0, 1, 1, 2, 2]
     assert all(0.0 <= r["val_accuracy"] <= 1.0 for r in result.history)
     assert result.images_seen == k * 2 * 24
+    # the per-epoch validation passes of all K networks are counted, outside training time
+    assert result.validation_seconds > 0 and result.cuda_graphs is False
     assert all(
         b["seconds"] >= a["seconds"]
         for a, b in zip(result.history, result.history[1:], strict=False)

@@ -131,4 +131,7 @@ def train_separate(
         offset += trained.history[-1]["seconds"] if trained.history else trained.seconds
         result.seconds += trained.seconds
         result.images_seen += trained.images_seen
+        result.validation_seconds += trained.validation_seconds
+        result.checkpoint_seconds += trained.checkpoint_seconds
+        result.cuda_graphs = trained.cuda_graphs  # the same settings for every member
     return result
