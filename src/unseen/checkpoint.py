@@ -387,13 +387,15 @@ class Checkpointing:
         """
         start = time.perf_counter()
         device = generator.device
+        weights = {k: v.detach() for k, v in model.state_dict().items()}
         state = {
             "kind": CHECKPOINT_KIND,
             "format_version": CHECKPOINT_VERSION,
             "config": self.config,
             "epoch": epoch,
             "step": step,
-            "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+            # copied to the CPU once: here, or by the background snapshot below
+            "model": weights if background else {k: v.cpu() for k, v in weights.items()},
             "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(),
             "torch_rng": torch.get_rng_state(),

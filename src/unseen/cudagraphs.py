@@ -80,8 +80,9 @@ class GraphedStep:
     the hyperparameters at every call and its state holds the momentum buffers. Batches of
     ``batch_size`` images are replayed from one graph after ``warmup`` eager steps; other
     sizes run eagerly, through ``odd_batch_model`` when given (the uncompiled network when
-    ``model`` is ``torch.compile``'d, which would otherwise compile again for the new size). With ``capture=False`` (or on a CPU) every step runs eagerly through the
-    same code, which is how the tests check it on machines without a GPU.
+    ``model`` is ``torch.compile``'d, which would otherwise compile again for the new size).
+    With ``capture=False`` (or on a CPU) every step runs eagerly through the same code, which
+    is how the tests check it on machines without a GPU.
 
     The returned tensors are the graph's outputs: read (or copy) them before the next call.
     """
