@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from .config import RESULT_NEUTRAL_KEYS
 from .errors import ConfigError, Interrupted, UnseenError
 from .runfolder import FINISHED_FILE, _jsonable, is_finished, load_torch, read_json, save_torch
 
@@ -41,10 +42,7 @@ if TYPE_CHECKING:
     from .config import RunConfig
 
 #: config keys that do not change a run's results: ``--resume`` accepts a difference in these
-RESUME_IGNORED_KEYS = frozenset(
-    {"out", "resume", "overwrite", "data_root", "download", "report", "cuda_graphs",
-     "cudnn_benchmark"}
-)  # fmt: skip
+RESUME_IGNORED_KEYS = frozenset(RESULT_NEUTRAL_KEYS)
 
 #: exit codes of a run stopped by a signal (the shell's 128 + signal number)
 SIGNAL_EXIT_CODES = {signal.SIGINT: 130, signal.SIGTERM: 143}

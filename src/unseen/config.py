@@ -511,6 +511,13 @@ class RunConfig:
 
 FIELDS: dict[str, dataclasses.Field] = {f.name: f for f in fields(RunConfig)}
 
+#: options that change where a run is written or how fast it runs, never what it computes:
+#: ``--resume`` accepts a difference in them, and comparisons group runs across them
+RESULT_NEUTRAL_KEYS = (
+    "out", "report", "resume", "overwrite", "data_root", "download", "cuda_graphs",
+    "cudnn_benchmark",
+)  # fmt: skip
+
 
 def flag_name(name: str) -> str:
     return "--" + name.replace("_", "-")

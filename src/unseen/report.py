@@ -36,6 +36,7 @@ from typing import Any
 import numpy as np
 
 from . import plots
+from .config import RESULT_NEUTRAL_KEYS
 from .errors import UnseenError
 from .runfolder import (
     FINISHED_FILE,
@@ -47,12 +48,9 @@ from .runfolder import (
 )
 
 #: config.json keys that do not make a different configuration: runs differing only here
-#: are repetitions of one setting and are averaged together (the seed, and options that
+#: are repetitions of one setting and are averaged together (the seed, and the options that
 #: change where a run is written or how fast it runs, not what it computes)
-GROUPING_IGNORES = (
-    "seed", "out", "report", "resume", "overwrite", "data_root", "download", "cuda_graphs",
-    "cudnn_benchmark",
-)  # fmt: skip
+GROUPING_IGNORES = ("seed", *RESULT_NEUTRAL_KEYS)
 
 #: metrics of each score shown in tables: key, column label, True when higher is better
 SCORE_METRICS = (
