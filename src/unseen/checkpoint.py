@@ -16,7 +16,6 @@ refused, and a file that is not what it should be gives one clear sentence.
 from __future__ import annotations
 
 import contextlib
-import copy
 import dataclasses
 import json
 import signal
@@ -24,6 +23,7 @@ import threading
 import time
 from collections.abc import Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
+from copy import deepcopy
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -316,15 +316,18 @@ def _writer() -> ThreadPoolExecutor:
     return _WRITER
 
 
-def _cpu_copy(obj: Any) -> Any:
-    """A deep copy with every tensor copied to the CPU (never sharing memory with ``obj``)."""
+def to_cpu(obj: Any, copy: bool = False) -> Any:
+    """``obj`` with every tensor in it (through dicts, lists and tuples) detached and on the CPU.
+
+    With ``copy``, the result never shares memory with ``obj``: CPU tensors are copied too and
+    other values deep-copied (a snapshot that later in-place updates cannot reach)."""
     if isinstance(obj, torch.Tensor):
-        return obj.detach().to("cpu", copy=True)
+        return obj.detach().to("cpu", copy=copy)
     if isinstance(obj, dict):
-        return {k: _cpu_copy(v) for k, v in obj.items()}
+        return {k: to_cpu(v, copy) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return type(obj)(_cpu_copy(v) for v in obj)
-    return copy.deepcopy(obj)
+        return type(obj)(to_cpu(v, copy) for v in obj)
+    return deepcopy(obj) if copy else obj
 
 
 @dataclass
@@ -408,7 +411,7 @@ class Checkpointing:
         }
         self.wait()
         if background:  # a snapshot the training loop cannot change while it is written
-            self._pending = _writer().submit(save_torch, self.path, _cpu_copy(state))
+            self._pending = _writer().submit(save_torch, self.path, to_cpu(state, copy=True))
         else:
             save_torch(self.path, state)
         return time.perf_counter() - start

@@ -29,6 +29,7 @@ from .checkpoint import (
     check_run_folder,
     check_same_config,
     clear_run_state,
+    to_cpu,
 )
 from .config import RunConfig, validate
 from .data import ImageData, load_dataset
@@ -408,7 +409,7 @@ def write_run_files(
     arrays.update({f"val_score_{n}": v for n, v in val_scores.items()})
     write_npz(run_dir / "scores.npz", **arrays)
     save_torch(run_dir / "model.pt", checkpoint_payload(p, head, model))
-    save_torch(run_dir / "detectors.pt", {n: _to_cpu(s.fitted_state()) for n, s in fitted.items()})
+    save_torch(run_dir / "detectors.pt", {n: to_cpu(s.fitted_state()) for n, s in fitted.items()})
     write_json(run_dir / "metrics.json", metrics)
 
 
@@ -442,16 +443,6 @@ def write_run_report(run_dir: Path, say: Callable[[str], None]) -> None:
         say(f"report: not written ({type(exc).__name__}: {exc}); try `unseen report {run_dir}`")
         return
     say(f"report: {path} ({time.perf_counter() - start:.1f} s)")
-
-
-def _to_cpu(obj):
-    if isinstance(obj, torch.Tensor):
-        return obj.detach().cpu()
-    if isinstance(obj, dict):
-        return {k: _to_cpu(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return type(obj)(_to_cpu(v) for v in obj)
-    return obj
 
 
 def run_experiment(
