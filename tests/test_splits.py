@@ -76,6 +76,34 @@ def test_split_data_excludes_unseen_from_training_and_keeps_validation_apart():
     assert not torch.equal(sd.x_val, other.x_val)
 
 
+@pytest.mark.parametrize(
+    ("fraction", "fragment"),
+    [
+        (1e-12, "keeps 1 of 60 known-class training images for validation"),
+        (0.03, "keeps 2 of 60"),  # ceil(1.8): fewer than one image of each of 3 classes
+        (0.96, "leaves 2 of 60 known-class training images to train on"),
+    ],
+)
+def test_a_validation_fraction_too_small_or_large_for_the_classes_is_a_config_error(
+    fraction, fragment
+):
+    data = _toy()  # three known classes of 20 images
+    s = make_split(data.classes, holdout=("b",))
+    with pytest.raises(ConfigError, match=fragment):
+        split_data(data, s, val_fraction=fraction)
+
+
+def test_the_fractions_the_error_suggests_work():
+    data = _toy()
+    s = make_split(data.classes, holdout=("b",))
+    for fraction in (1e-12, 0.99):
+        with pytest.raises(ConfigError) as err:
+            split_data(data, s, val_fraction=fraction)
+        suggested = float(str(err.value).split("use ")[1].split(" ")[0])
+        sd = split_data(data, s, val_fraction=suggested)
+        assert set(sd.y_val.tolist()) == set(sd.y_train.tolist()) == {0, 1, 2}
+
+
 def test_subsets_are_stratified():
     data = _toy(n_per_class=50)
     s = make_split(data.classes)

@@ -240,6 +240,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("unseen: interrupted.", file=sys.stderr)
         return 130
+    except OSError as exc:  # the system refused a path given: too long, no permission, disk full
+        if exc.filename is None:
+            raise
+        name = one_line(exc.filename)
+        name = name if len(name) <= 80 else name[:77] + "..."
+        print(f"unseen: error: {name}: {exc.strerror or exc}.", file=sys.stderr)
+        return EXIT_USAGE
 
 
 if __name__ == "__main__":  # pragma: no cover

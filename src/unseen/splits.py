@@ -7,6 +7,7 @@ known-class *training* images and is never trained on: thresholds are calibrated
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -163,6 +164,25 @@ def stratified_subset(labels: np.ndarray, n: int, seed: int) -> np.ndarray:
     return np.sort(keep)
 
 
+def check_val_fraction(val_fraction: float, n: int, per_side: int) -> None:
+    """Both slices of ``n`` known-class training images must hold at least ``per_side`` images
+    (one of each class for a stratified split); scikit-learn puts ``ceil(f * n)`` in validation."""
+    n_val = math.ceil(val_fraction * n)
+    what = "one image of each known class" if per_side > 1 else "one image"
+    if n_val < per_side:
+        need = math.ceil(per_side / n * 1000) / 1000
+        raise ConfigError(
+            f"--val-fraction {val_fraction:g} keeps {n_val} of {n} known-class training images for "
+            f"validation, which needs at least {what} ({per_side}): use {need:g} or more."
+        )
+    if n - n_val < per_side:
+        most = math.floor((n - per_side) / n * 1000) / 1000
+        raise ConfigError(
+            f"--val-fraction {val_fraction:g} leaves {n - n_val} of {n} known-class training images "
+            f"to train on, which needs at least {what} ({per_side}): use {most:g} or less."
+        )
+
+
 def split_data(
     data: ImageData,
     split: Split,
@@ -198,6 +218,9 @@ def split_data(
         raise ConfigError(f"only {len(train_idx)} known-class training images; need more to train.")
     counts = np.bincount(known_labels)
     stratify = known_labels if counts[counts > 0].min() >= 2 else None
+    check_val_fraction(
+        val_fraction, len(train_idx), int((counts > 0).sum()) if stratify is not None else 1
+    )
     fit_idx, val_idx = train_test_split(
         train_idx, test_size=val_fraction, stratify=stratify, random_state=seed
     )
