@@ -83,7 +83,9 @@ def write_csv(path: str | Path, rows: Sequence[dict]) -> Path:
 
 
 def write_npz(path: str | Path, **arrays: np.ndarray) -> Path:
-    return atomic_write(path, lambda fh: np.savez_compressed(fh, **arrays))
+    """Uncompressed: zlib took 1.6 s for a ResNet-18 run's scores.npz (11 MB, mostly float16
+    features) to save 3.4 MB beside a 45 MB model.pt; ``np.savez`` takes 0.02 s."""
+    return atomic_write(path, lambda fh: np.savez(fh, **arrays))
 
 
 def save_torch(path: str | Path, obj: Any) -> Path:
