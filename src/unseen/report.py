@@ -29,6 +29,7 @@ import math
 import os
 import time
 from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -224,7 +225,32 @@ def head_plots(
     config: dict, h: HeadRun, prefix: str, tsne: bool = True, max_points: int = 3000
 ) -> HeadSection:
     """Every figure of one head; ``prefix`` is the plots folder relative to the head folder."""
-    section = HeadSection(h)
+    section, a = HeadSection(h), h.arrays
+    with ThreadPoolExecutor(1) as pool:
+        # the projection (t-SNE: about half the report's time) is computed on a second thread
+        # while this one draws the other figures; t-SNE's loop runs outside Python's GIL
+        projection = None
+        if "features" in a and config.get("split", {}).get("classes"):
+            projection = pool.submit(_timed_projection, a["features"], a["label"], max_points, tsne)
+        _draw_head_figures(section, config, h, prefix, projection)
+    return section
+
+
+def _timed_projection(
+    features: np.ndarray, labels: np.ndarray, max_points: int, tsne: bool
+) -> tuple[plots.Projection, float]:
+    start = time.perf_counter()
+    proj = plots.project_features(features, labels, max_points, 1500 if tsne else 0)
+    return proj, time.perf_counter() - start
+
+
+def _draw_head_figures(
+    section: HeadSection,
+    config: dict,
+    h: HeadRun,
+    prefix: str,
+    projection: Future[tuple[plots.Projection, float]] | None,
+) -> None:
     a, split = h.arrays, config.get("split", {})
     classes = list(split.get("classes") or [])
     known = list(split.get("known") or [])
@@ -297,11 +323,9 @@ def head_plots(
                 msp[~is_unseen], correct[~is_unseen], msp[is_unseen], name=conf_name
             ),
         )
-    if "features" in a and classes:
+    if projection is not None:
         labels = a["label"]
-        start = time.perf_counter()
-        proj = plots.project_features(a["features"], labels, max_points, 1500 if tsne else 0)
-        section.seconds["projection_fit"] = time.perf_counter() - start
+        proj, section.seconds["projection_fit"] = projection.result()
         methods = " and ".join(proj.coords) or "no projection"
         add(
             "projection",
@@ -326,7 +350,6 @@ def head_plots(
             "learning-rate schedule.",
             lambda: plots.training_figure(h.history),
         )
-    return section
 
 
 # ----------------------------------------------------------------------------- formatting
