@@ -37,7 +37,7 @@ from .evaluate import forward_pass
 from .hardware import configure_threads, describe_device, resolve_device, resolve_precision
 from .heads import HEADS
 from .metrics import confidence_summary, open_set_metrics, predicted_as, score_metrics
-from .models import Classifier
+from .models import Classifier, fold_batch_norm
 from .ovr import build_model_for_head, train_separate
 from .pretrained import (
     LoadReport,
@@ -314,12 +314,13 @@ def run_head(
             )  # fmt: skip
 
     start = time.perf_counter()
-    test = forward_pass(model, sd.x_test, p.device, p.precision, labels=sd.y_test)
-    val = forward_pass(model, sd.x_val, p.device, p.precision, labels=sd.y_val)
+    infer = fold_batch_norm(model)  # evaluation only; model.pt holds the trained network
+    test = forward_pass(infer, sd.x_test, p.device, p.precision, labels=sd.y_test)
+    val = forward_pass(infer, sd.x_val, p.device, p.precision, labels=sd.y_val)
     names = scores_for_head(cfg.scores, head)
-    fitted = fit_scores(names, model, p, val, head)
-    test_scores = {n: apply_score(s, test, model, sd.x_test, p) for n, s in fitted.items()}
-    val_scores = {n: apply_score(s, val, model, sd.x_val, p) for n, s in fitted.items()}
+    fitted = fit_scores(names, infer, p, val, head)
+    test_scores = {n: apply_score(s, test, infer, sd.x_test, p) for n, s in fitted.items()}
+    val_scores = {n: apply_score(s, val, infer, sd.x_val, p) for n, s in fitted.items()}
     eval_seconds = time.perf_counter() - start
 
     thresholds = {n: s.decision_threshold() for n, s in fitted.items()}

@@ -8,6 +8,7 @@ penultimate features ``N x D``; ``forward_head`` maps them to logits ``N x K``.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 
 import torch
@@ -70,6 +71,23 @@ class Classifier(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(x))
+
+
+def fold_batch_norm(model: nn.Module) -> nn.Module:
+    """An eval-mode copy of ``model`` for inference, with every batch norm that directly follows
+    a convolution folded into that convolution's weight and bias (``torch.fx``'s conv-bn
+    fusion, applied to the backbone of each :class:`Classifier` inside ``model``).
+
+    The same function up to float rounding, without the batch-norm kernels: evaluation of a
+    bf16 ResNet-18 ran 1.3x faster on a 2-core CPU (``benchmarks/bench_eval.py``). For
+    inference only: the copy has no batch norm left to train, and ``model`` is not changed.
+    """
+    from torch.fx.experimental.optimization import fuse
+
+    folded = copy.deepcopy(model).eval()
+    for m in [m for m in folded.modules() if isinstance(m, Classifier)]:
+        m.backbone = fuse(m.backbone, inplace=True)
+    return folded
 
 
 # ----------------------------------------------------------------------------- ResNet-20

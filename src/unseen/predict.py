@@ -43,7 +43,7 @@ import torch
 
 from .errors import UnseenError
 from .evaluate import forward_pass
-from .models import Classifier
+from .models import Classifier, fold_batch_norm
 from .runfolder import (
     FINISHED_FILE,
     FORMAT_VERSION,
@@ -393,7 +393,8 @@ class Predictor:
         split = checkpoint["split"]
         self.run_dir = run_dir
         self.head: str = str(checkpoint.get("head", "softmax"))
-        self.model = model.to(device)
+        #: the network in eval mode, batch norm folded into the convolutions (inference only)
+        self.model = fold_batch_norm(model.to(device))
         self.detectors = detectors
         self.device = device
         self.precision = precision

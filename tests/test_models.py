@@ -1,0 +1,74 @@
+"""Batch-norm folding for inference (models.fold_batch_norm)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from unseen.evaluate import forward_pass
+from unseen.models import create_model, fold_batch_norm
+from unseen.ovr import OneVsRestEnsemble
+
+
+def _with_batch_norm_statistics(model: nn.Module, channels: int, size: int) -> nn.Module:
+    """Give every batch norm non-trivial running statistics and affine parameters, as training
+    would, so that folding has something to fold."""
+    torch.manual_seed(0)
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            nn.init.uniform_(m.weight, 0.5, 1.5)
+            nn.init.uniform_(m.bias, -0.2, 0.2)
+    model.train()
+    with torch.no_grad():
+        for _ in range(3):
+            model(torch.rand(16, channels, size, size) * 2)
+    return model
+
+
+def _batch_norms(model: nn.Module) -> int:
+    return sum(isinstance(m, nn.BatchNorm2d) for m in model.modules())
+
+
+@pytest.mark.parametrize(
+    ("name", "channels", "size", "stem", "input_size"),
+    [
+        ("resnet20", 1, 8, "auto", None),
+        ("resnet20", 3, 16, "auto", None),
+        ("resnet18", 1, 16, "small", None),
+        ("resnet18", 3, 16, "imagenet", 32),
+    ],
+)
+def test_folded_model_computes_the_same_function_without_batch_norm(
+    name, channels, size, stem, input_size
+):
+    model = create_model(name, channels, 5, size, stem=stem, input_size=input_size)
+    model = _with_batch_norm_statistics(model, channels, size)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    x = (torch.rand(20, channels, size, size) * 255).to(torch.uint8)
+
+    folded = fold_batch_norm(model)
+
+    assert _batch_norms(model) > 0 and _batch_norms(folded) == 0
+    assert model.training and not folded.training  # the original keeps its mode
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    ref = forward_pass(model, x, torch.device("cpu"), "fp32")
+    out = forward_pass(folded, x, torch.device("cpu"), "fp32")
+    torch.testing.assert_close(out.features, ref.features, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(out.logits, ref.logits, rtol=1e-4, atol=1e-4)
+    assert folded.input_size == input_size
+
+
+def test_folding_reaches_each_member_of_a_one_vs_rest_ensemble_and_a_frozen_backbone():
+    members = [create_model("resnet20", 1, 1, 8) for _ in range(3)]
+    members[0].freeze_backbone()
+    ensemble = _with_batch_norm_statistics(OneVsRestEnsemble(members), 1, 8)
+    x = (torch.rand(12, 1, 8, 8) * 255).to(torch.uint8)
+
+    folded = fold_batch_norm(ensemble)
+
+    assert _batch_norms(folded) == 0
+    ref = forward_pass(ensemble, x, torch.device("cpu"), "fp32")
+    out = forward_pass(folded, x, torch.device("cpu"), "fp32")
+    torch.testing.assert_close(out.logits, ref.logits, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(out.features, ref.features, rtol=1e-4, atol=1e-4)
