@@ -29,7 +29,10 @@ def test_bench_train_reports_both_loops_and_their_ratio(capsys):
     assert tool > 0 and conv > 0
     assert out["speedup"] == pytest.approx(tool / conv)
     assert out["tool"]["cuda_graphs"] is False
-    assert out["evaluation"]["test_images"] == 540
+    ev = out["evaluation"]
+    assert ev["test_images"] == 540
+    assert ev["forward_seconds"] > 0 and ev["forward_seconds_unfolded"] > 0
+    assert ev["fold_batch_norm_seconds"] > 0
     assert set(out["evaluation"]["per_score_seconds"]) >= {"msp", "energy", "mahalanobis", "knn"}
     assert out["time_to_accuracy"]["epochs"] == 2 and out["peak_memory_mib"] > 0
 

@@ -125,7 +125,10 @@ BAD = [
     (["run", "--val-fraction", "1e-9"], "use 0.008 or more"),
     # a path the operating system refuses: one line naming it (shortened) and the reason
     (["run", "--pretrained", "x" * 300], "xxx...: File name too long."),
-    (["run", "--epochs", "1", "--out", "/proc/no/such/run"], "error: /proc/no: No such file or directory."),
+    (
+        ["run", "--epochs", "1", "--out", "/proc/no/such/run"],
+        "error: /proc/no: No such file or directory.",
+    ),
 ]
 
 
