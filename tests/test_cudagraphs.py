@@ -210,3 +210,29 @@ def test_captured_training_trains_like_eager_on_a_gpu(exact_cuda, head):
     assert first_off["loss"] == pytest.approx(first_on["loss"], rel=1e-3)
     for r in runs.values():  # on the CPU (eager) 10 epochs reach 0.93 (softmax) and 0.88 (ovr)
         assert r.history[-1]["train_accuracy"] > 0.75
+
+
+@pytest.mark.slow
+@pytest.mark.filterwarnings("ignore::UserWarning")
+@pytest.mark.parametrize("graphed", [False, True])
+def test_compiled_training_matches_eager_and_compiles_once(monkeypatch, graphed):
+    """``--compile`` (alone, and through the graphed step, which on the CPU runs without
+    capture): the same first-epoch loss as eager, and the partial last batch of each epoch
+    goes through the uncompiled network, so the model is compiled for one batch size only."""
+    from torch._dynamo.utils import counters
+
+    x, y = tiny_data()
+    spec = make_augment_spec("standard", 8, flip_ok=True)
+    monkeypatch.setattr(train_module, "use_cuda_graphs", lambda *a: graphed)
+    losses = {}
+    torch._dynamo.reset()
+    counters.clear()
+    for compiled in (False, True):
+        settings = TrainSettings(epochs=2, batch_size=40, lr=0.01, compile=compiled)
+        torch.manual_seed(3)
+        model = create_model("resnet20", 1, 3, 8)
+        r = train_model(model, x, y, settings, HEADS["softmax"], spec, CPU, progress=False)
+        losses[compiled] = [h["loss"] for h in r.history]
+    assert losses[True][0] == pytest.approx(losses[False][0], rel=1e-3)
+    assert losses[True][1] == pytest.approx(losses[False][1], rel=2e-2)
+    assert counters["stats"]["unique_graphs"] == 1  # 96 = 2 x 40 + 16: no graph for the 16
