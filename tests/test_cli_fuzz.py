@@ -14,6 +14,7 @@ import json
 import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -230,3 +231,104 @@ def test_config_file_that_cannot_be_read(no_work, capsys):
     ]:
         code, err = check_outcome(capsys, ["run", "--config", str(target)])
         assert code == 2 and message in err
+
+
+# ----------------------------------------------------------------------------- predict, sweep
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    """A finished one-epoch digits run with every score, and a few of its test images."""
+    folder = tmp_path_factory.mktemp("fuzz_predict")
+    run_dir = folder / "run"
+    argv = ["run", "--device", "cpu", "--epochs", "1", "--train-subset", "300",
+            "--test-subset", "60", "--scores", "all", "--no-report", "--quiet",
+            "--out", str(run_dir)]  # fmt: skip
+    assert main(argv) == 0
+    from sklearn.datasets import load_digits
+
+    np.savez(folder / "images.npz", x=(load_digits().images[:5] * 16).astype(np.uint8))
+    # the plain call works, so the random ones below start from a working command
+    assert main(["predict", str(run_dir), str(folder / "images.npz"), "--device", "cpu"]) == 0
+    return folder
+
+
+PREDICT_OPTIONS = {
+    "--score": st.one_of(st.sampled_from(["energy", "msp", "odin", "knn", "ovr-doc"]), VALUE),
+    "--threshold": VALUE,
+    "--known-acceptance": VALUE,
+    "--head": st.one_of(st.sampled_from(["softmax", "ovr"]), VALUE),
+    "--format": st.one_of(st.sampled_from(["table", "csv", "json"]), VALUE),
+    "--output": VALUE.map(_safe_path_value),
+    "--device": st.one_of(st.sampled_from(["cpu", "auto"]), VALUE),
+    "--batch-size": VALUE,
+}
+predict_option = st.sampled_from(sorted(PREDICT_OPTIONS)).flatmap(
+    lambda name: PREDICT_OPTIONS[name].map(lambda value: [name, value])
+)
+
+
+@SETTINGS
+@given(
+    options=st.lists(predict_option, max_size=3),
+    inputs=st.lists(
+        st.one_of(st.sampled_from(["images.npz", "run", "absent.png", "."]), VALUE), max_size=2
+    ),
+)
+def test_random_predict_options_never_crash(tiny_run, capsys, monkeypatch, options, inputs):
+    monkeypatch.chdir(tiny_run)
+    monkeypatch.setenv("UNSEEN_NUM_THREADS", "1")
+    argv = ["predict", "run", "images.npz", *inputs]
+    for opt in options:
+        argv += opt
+    if "--device" not in argv:
+        argv += ["--device", "cpu"]
+    try:
+        code = main(argv)
+    except BaseException as exc:  # noqa: BLE001 - the point is that nothing escapes
+        pytest.fail(f"{argv!r} raised {type(exc).__name__}: {exc}")
+    err = capsys.readouterr().err
+    assert code in (0, 2), (argv, code, err)
+    assert "Traceback" not in err
+    if code == 2:  # a bad option, or no input readable: one line for the option
+        assert err.strip() and all(
+            line.startswith(("unseen: error: ", "unseen predict: error: "))
+            for line in err.strip().splitlines()
+        ), (argv, err)
+
+
+SWEEP_OPTIONS = {
+    "--protocol": st.one_of(
+        st.sampled_from(["loo", "neal6", "random:4", "random:0", "rare:9", "rare:x", "single"]),
+        VALUE,
+    ),
+    "--seeds": VALUE,
+    "--splits": VALUE,
+    "--fractions": st.one_of(st.sampled_from(["0,0.5,1", "1.5", "-0.1", "0,,1"]), VALUE),
+    "--compare-balance": st.one_of(st.sampled_from(["all", "none,sampler", "nope"]), VALUE),
+    "--jobs": VALUE,
+    "--holdout": VALUE,
+    "--known": VALUE,
+}
+sweep_option = st.sampled_from(sorted(SWEEP_OPTIONS)).flatmap(
+    lambda name: SWEEP_OPTIONS[name].map(lambda value: [name, value])
+)
+
+
+@SETTINGS
+@given(options=st.lists(sweep_option, max_size=4))
+def test_random_sweep_options_never_crash(no_work, capsys, options):
+    """``sweep --dry-run`` expands the protocol and lists its runs without training."""
+    argv = ["sweep", "--dry-run", "--device", "cpu", "--protocol", "loo", "--out", "sweeps/s"]
+    for opt in options:
+        argv += opt
+    try:
+        code = main(argv)
+    except BaseException as exc:  # noqa: BLE001 - the point is that nothing escapes
+        pytest.fail(f"{argv!r} raised {type(exc).__name__}: {exc}")
+    err = capsys.readouterr().err
+    assert code in (0, 2), (argv, code, err)
+    assert "Traceback" not in err
+    if code == 2:
+        lines = err.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith(("unseen: error: ", "unseen sweep: error: "))

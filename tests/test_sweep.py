@@ -46,6 +46,16 @@ def test_seeds_start_at_the_given_seed():
     assert sorted({r.config.seed for r in runs}) == [5, 6, 7]
 
 
+def test_seeds_past_the_largest_seed_or_too_many_runs_are_config_errors():
+    with pytest.raises(ConfigError, match="goes past the largest seed, 4294967295"):
+        expand(TINY.replace(seed=2**32 - 2), DIGITS, SweepOptions("loo", seeds=3))
+    last = expand(TINY.replace(seed=2**32 - 2), DIGITS, SweepOptions("single", seeds=2))
+    assert [r.config.seed for r in last] == [2**32 - 2, 2**32 - 1]
+    with pytest.raises(ConfigError, match=r"would plan 10010 runs \(10 conditions x 1 balance"):
+        expand(TINY, DIGITS, SweepOptions("loo", seeds=1001))
+    assert len(expand(TINY, DIGITS, SweepOptions("loo", seeds=1000))) == sweep.MAX_RUNS
+
+
 def test_neal6_uses_the_published_splits():
     runs = expand(TINY, DIGITS, SweepOptions("neal6"))
     assert [r.config.known for r in runs] == [

@@ -44,7 +44,7 @@ from typing import Any
 
 import numpy as np
 
-from .config import RunConfig, validate
+from .config import MAX_SEED, RunConfig, validate
 from .errors import ConfigError, Interrupted, UnseenError
 from .runfolder import is_finished, read_json, write_json
 
@@ -58,6 +58,8 @@ NEAL6_SPLITS: tuple[tuple[int, ...], ...] = (
 )
 DEFAULT_FRACTIONS = (0.0, 0.001, 0.01, 0.1, 1.0)
 DEFAULT_SPLITS = 5
+#: a sweep that plans more runs than this is almost certainly a typo in --seeds or --splits
+MAX_RUNS = 10_000
 BALANCE_MODES = ("none", "weighted-loss", "sampler")
 PROTOCOLS = {
     "loo": "each class held out in turn",
@@ -216,6 +218,10 @@ def expand(base: RunConfig, classes: Sequence[str], opts: SweepOptions) -> list[
     n = len(classes)
     if opts.seeds < 1:
         raise ConfigError(f"--seeds must be at least 1 (got {opts.seeds}).")
+    if opts.seeds > MAX_SEED - base.seed + 1:
+        raise ConfigError(
+            f"--seeds {opts.seeds} from --seed {base.seed} goes past the largest seed, {MAX_SEED}."
+        )
     if opts.splits is not None and kind != "random":
         raise ConfigError("--splits only applies to --protocol random:K.")
     if opts.fractions is not None and kind != "rare":
@@ -271,6 +277,12 @@ def expand(base: RunConfig, classes: Sequence[str], opts: SweepOptions) -> list[
         conditions = [("single", "single", {})]
 
     balances = opts.balances or (base.balance,)
+    total = len(conditions) * len(balances) * opts.seeds
+    if total > MAX_RUNS:
+        raise ConfigError(
+            f"this sweep would plan {total} runs ({len(conditions)} conditions x "
+            f"{len(balances)} balance modes x {opts.seeds} seeds); at most {MAX_RUNS} are allowed."
+        )
     runs = []
     for (label, value, changes), balance, i in itertools.product(
         conditions, balances, range(opts.seeds)
