@@ -137,6 +137,8 @@ def test_config_hash_ignores_out_and_changes_with_settings():
     assert config_hash(TINY.replace(holdout=("3",))) != config_hash(TINY.replace(holdout=("4",)))
     # where and how to run is not part of the configuration
     assert config_hash(TINY.replace(resume=True, overwrite=True, data_root="/data")) == h
+    # how a run executes, not what it computes: the same folder in a resumed sweep
+    assert config_hash(TINY.replace(cuda_graphs="off", cudnn_benchmark=True, report=False)) == h
     # a setting given explicitly at its default value is the same configuration
     assert config_hash(TINY.replace(lr=FIELDS["lr"].default)) == h
 

@@ -44,7 +44,7 @@ from typing import Any
 
 import numpy as np
 
-from .config import MAX_SEED, RunConfig, validate
+from .config import MAX_SEED, RESULT_NEUTRAL_KEYS, RunConfig, validate
 from .errors import ConfigError, Interrupted, UnseenError
 from .runfolder import is_finished, read_json, write_json
 
@@ -81,14 +81,14 @@ TABLE_METRICS = (
 
 
 #: fields that say where the files are and how to run, not what: left out of the hash (the
-#: same keys ``--resume`` ignores, see :mod:`unseen.checkpoint`)
-NOT_HASHED = frozenset({"out", "resume", "overwrite", "data_root", "download", "report"})
+#: same keys ``--resume`` and the comparison tables ignore)
+NOT_HASHED = frozenset(RESULT_NEUTRAL_KEYS)
 
 
 def hash_fields(cfg: RunConfig) -> dict[str, Any]:
     """The fields a run's hash covers: those that differ from their default, except
-    :data:`NOT_HASHED` (``out``, ``resume``, ``overwrite``, ``data_root``, ``download``,
-    ``report``).
+    :data:`NOT_HASHED` (``config.RESULT_NEUTRAL_KEYS``: ``out``, ``resume``, ``overwrite``,
+    ``data_root``, ``download``, ``report``, ``cuda_graphs``, ``cudnn_benchmark``).
 
     Fields at their default are left out so that a later version adding an option (with a
     default) keeps the hashes, and so the folders, of an existing sweep.
