@@ -216,6 +216,8 @@ def test_report_command_refuses_unfinished_run(digits_run, tmp_path, capsys):
     assert len(err.splitlines()) == 1 and "not a finished run" in err
     assert main(["report", str(tmp_path / "missing")]) == 2
     assert "does not exist" in capsys.readouterr().err
+    assert main(["report", str(run / "config.json")]) == 2
+    assert "config.json is a file, not a folder." in capsys.readouterr().err
 
 
 def test_multi_head_run_gets_a_section_per_head(digits_run, tmp_path):

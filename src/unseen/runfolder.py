@@ -160,7 +160,8 @@ def require_finished(run_dir: str | Path) -> Path:
     """Raise a one-line error unless ``run_dir`` holds a finished run."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
-        raise UnseenError(f"run folder {run_dir} does not exist.")
+        what = "is a file, not a folder" if run_dir.exists() else "does not exist"
+        raise UnseenError(f"run folder {run_dir} {what}.")
     if not is_finished(run_dir):
         raise UnseenError(
             f"{run_dir} is not a finished run (no {FINISHED_FILE} with status 'finished'); "
