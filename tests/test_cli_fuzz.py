@@ -67,20 +67,27 @@ def no_work(monkeypatch, tmp_path):
     return tmp_path
 
 
-def check_outcome(capsys, argv: list[str]) -> tuple[int, str]:
+def call(capsys, argv: list[str]) -> tuple[int, str]:
+    """Run the CLI: nothing may escape it, and it exits 0 or 2 without a traceback."""
     try:
         code = main(argv)
     except BaseException as exc:  # noqa: BLE001 - the point is that nothing escapes
         pytest.fail(f"{argv!r} raised {type(exc).__name__}: {exc}")
     err = capsys.readouterr().err
     assert code in (0, 2), (argv, code, err)
+    assert "Traceback" not in err
+    return code, err
+
+
+def check_outcome(capsys, argv: list[str]) -> tuple[int, str]:
+    """``unseen run``: one error line, or it reached the stand-in's first write."""
+    code, err = call(capsys, argv)
     if code == 2:
         lines = err.strip().splitlines()
         assert len(lines) == 1, (argv, err)
         assert lines[0].startswith(("unseen: error: ", "unseen run: error: ")), (argv, err)
     else:
         assert "reached the first write" in err or "--help" in argv, (argv, err)
-    assert "Traceback" not in err
     return code, err
 
 
@@ -283,13 +290,7 @@ def test_random_predict_options_never_crash(tiny_run, capsys, monkeypatch, optio
         argv += opt
     if "--device" not in argv:
         argv += ["--device", "cpu"]
-    try:
-        code = main(argv)
-    except BaseException as exc:  # noqa: BLE001 - the point is that nothing escapes
-        pytest.fail(f"{argv!r} raised {type(exc).__name__}: {exc}")
-    err = capsys.readouterr().err
-    assert code in (0, 2), (argv, code, err)
-    assert "Traceback" not in err
+    code, err = call(capsys, argv)
     if code == 2:  # a bad option, or no input readable: one line for the option
         assert err.strip() and all(
             line.startswith(("unseen: error: ", "unseen predict: error: "))
@@ -322,13 +323,7 @@ def test_random_sweep_options_never_crash(no_work, capsys, options):
     argv = ["sweep", "--dry-run", "--device", "cpu", "--protocol", "loo", "--out", "sweeps/s"]
     for opt in options:
         argv += opt
-    try:
-        code = main(argv)
-    except BaseException as exc:  # noqa: BLE001 - the point is that nothing escapes
-        pytest.fail(f"{argv!r} raised {type(exc).__name__}: {exc}")
-    err = capsys.readouterr().err
-    assert code in (0, 2), (argv, code, err)
-    assert "Traceback" not in err
+    code, err = call(capsys, argv)
     if code == 2:
         lines = err.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith(("unseen: error: ", "unseen sweep: error: "))
