@@ -396,7 +396,7 @@ class Checkpointing:
             "epoch": epoch,
             "step": step,
             # copied to the CPU once: here, or by the background snapshot below
-            "model": weights if background else {k: v.cpu() for k, v in weights.items()},
+            "model": weights if background else to_cpu(weights),
             "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(),
             "torch_rng": torch.get_rng_state(),
@@ -405,9 +405,7 @@ class Checkpointing:
             "history": history,
             "images_seen": images_seen,
             "train_seconds": train_seconds,
-            "epoch_state": None
-            if epoch_state is None
-            else {k: v.cpu() if isinstance(v, torch.Tensor) else v for k, v in epoch_state.items()},
+            "epoch_state": to_cpu(epoch_state),
         }
         self.wait()
         if background:  # a snapshot the training loop cannot change while it is written

@@ -181,9 +181,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="rebuild a run's report.html/report.md, or compare several runs (mean ± std over seeds)",
         description="Given one finished run folder, rebuild its report.html, report.md and plots/ "
         "from the files in it (no retraining). Given several runs, or a folder of runs, write a "
-        "comparison: one row per configuration (runs differing only in seed, output options or speed "
-        "switches), mean and "
-        "standard deviation over its runs of every metric of every score.",
+        "comparison: one row per configuration (runs differing only in seed, output options or "
+        "speed switches), mean and standard deviation over its runs of every metric of every "
+        "score.",
     )
     rep.add_argument("runs", nargs="+", metavar="RUN", help="run folder(s), or folder(s) of runs")
     rep.add_argument(
