@@ -127,6 +127,30 @@ def test_projection_subsamples_by_class_and_matches_pca():
     assert legend == ["a", "b", "c (unseen)"]
 
 
+def test_tsne_runs_on_the_thread_budget(monkeypatch):
+    """The report's t-SNE uses $UNSEEN_NUM_THREADS (or every core) OpenMP threads, not one."""
+    import threadpoolctl
+
+    from unseen import report
+
+    seen = []
+    real = threadpoolctl.threadpool_limits
+
+    def recording(limits=None, **kw):
+        seen.append(limits)
+        return real(limits=limits, **kw)
+
+    monkeypatch.setattr(threadpoolctl, "threadpool_limits", recording)
+    monkeypatch.setenv("UNSEEN_NUM_THREADS", "3")
+    rng = np.random.default_rng(0)
+    labels = np.repeat(np.arange(3), 20)
+    feats = rng.normal(size=(60, 8)) + labels[:, None]
+    proj, seconds = report._timed_projection(feats, labels, max_points=60, tsne=True)
+    assert seen == [3] and "t-SNE" in proj.coords and seconds > 0
+    plots.project_features(feats, labels, max_points=60, tsne_points=30, threads=0)
+    assert seen[-1] == 1
+
+
 def test_training_figure_plots_history_columns():
     history = [
         {"epoch": "1", "loss": "2.0", "train_accuracy": "0.3", "val_accuracy": "0.4", "lr": "0.1"},

@@ -64,11 +64,18 @@ def available_cores() -> int:
         return os.cpu_count() or 1
 
 
-def configure_threads() -> int:
-    """Use every core the process may run on for intra-op parallelism (or $UNSEEN_NUM_THREADS)."""
+def thread_budget() -> int:
+    """Threads this process should use: every core it may run on, or $UNSEEN_NUM_THREADS
+    (which sweeps with --jobs set per worker)."""
     n = available_cores()
     with contextlib.suppress(ValueError):
         n = max(1, int(os.environ.get(THREADS_ENV, n)))
+    return n
+
+
+def configure_threads() -> int:
+    """Use the thread budget for torch's intra-op parallelism."""
+    n = thread_budget()
     if torch.get_num_threads() != n:
         torch.set_num_threads(n)
     return n

