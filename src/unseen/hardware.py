@@ -84,4 +84,5 @@ def configure_threads() -> int:
 def describe_device(device: torch.device) -> str:
     if device.type == "cuda":
         return f"cuda ({torch.cuda.get_device_name(device)})"
-    return f"cpu ({torch.get_num_threads()} threads{', AMX' if cpu_has_amx() else ''})"
+    n = torch.get_num_threads()
+    return f"cpu ({n} thread{'s' if n != 1 else ''}{', AMX' if cpu_has_amx() else ''})"
