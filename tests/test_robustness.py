@@ -37,14 +37,17 @@ from unseen.errors import ConfigError, Interrupted, UnseenError
 from unseen.runfolder import is_finished, load_torch, require_finished
 
 #: a run of ~2 s: 4 epochs of 7 steps on 200 digits (9 held out), one score
+#: a checkpoint after every epoch, so that the tests can stop and kill runs between epochs
 TINY = dict(
     epochs=4, train_subset=200, test_subset=100, batch_size=24, scores=("msp",),
-    device="cpu", precision="fp32", **({"report": False} if "report" in FIELDS else {}),
+    device="cpu", precision="fp32", checkpoint_every=0.0,
+    **({"report": False} if "report" in FIELDS else {}),
 )  # fmt: skip
 #: the same run as command-line flags
 TINY_ARGS = [
     "--epochs", "4", "--train-subset", "200", "--test-subset", "100", "--batch-size", "24",
     "--scores", "msp", "--device", "cpu", "--precision", "fp32", "--quiet",
+    "--checkpoint-every", "0",
     *(["--no-report"] if "report" in FIELDS else []),
 ]  # fmt: skip
 
@@ -194,6 +197,10 @@ def test_resume_refuses_other_options(reference, tmp_path, capsys):
 def test_config_differences_ignores_only_harmless_keys():
     saved = {"lr": 0.1, "out": "a", "holdout": ["9"], "resume": False, "epochs": 4}
     assert config_differences(saved, {**saved, "out": "b", "resume": True}) == []
+    assert (
+        config_differences({**saved, "checkpoint_every": 30.0}, {**saved, "checkpoint_every": 0})
+        == []
+    )
     assert config_differences(saved, {**saved, "holdout": ("9",)}) == []  # tuple == list
     assert config_differences(saved, {**saved, "epochs": 5, "lr": 0.1}) == ["epochs"]
     assert config_differences(saved, {k: v for k, v in saved.items() if k != "lr"}) == ["lr"]
@@ -645,3 +652,63 @@ def test_background_checkpoint_is_a_snapshot_written_whole(tmp_path):
     for k, v in fresh.state_dict().items():
         assert torch.equal(v, saved[k])
     assert torch.equal(fresh_opt.state[fresh.weight]["momentum_buffer"], buf)
+
+
+@pytest.mark.parametrize(
+    "every, saved_after",
+    [(0.0, [1, 2, 3, 4, 5, 6, 7]), (2.5, [3, 6, 7]), (1e9, [7])],
+)
+def test_checkpoint_every_saves_by_training_time_and_after_the_last_epoch(
+    tmp_path, monkeypatch, every, saved_after
+):
+    """--checkpoint-every: a checkpoint at the end of the first epoch that ends that many
+    seconds after the last one, and always after the last epoch. Every epoch takes one
+    second of a fake clock."""
+    from types import SimpleNamespace
+
+    from unseen import checkpoint as checkpoint_module
+    from unseen import heads as heads_module
+    from unseen.augment import make_augment_spec
+    from unseen.models import create_model
+    from unseen.train import TrainSettings, train_model
+
+    now, saves = [0.0], []
+    fake_time = SimpleNamespace(monotonic=lambda: now[0], perf_counter=time.perf_counter)
+    monkeypatch.setattr(checkpoint_module, "time", fake_time)
+    real_save = checkpoint_module.save_torch
+    monkeypatch.setattr(
+        checkpoint_module,
+        "save_torch",
+        lambda path, state: (saves.append(state["epoch"]), real_save(path, state)),
+    )
+
+    def one_second(epoch, row):
+        now[0] += 1.0
+
+    torch.manual_seed(0)
+    x = torch.randint(0, 256, (30, 1, 8, 8), dtype=torch.uint8)
+    y = torch.arange(30) % 3
+    ckpt = Checkpointing(tmp_path / CHECKPOINT_FILE, {"lr": 0.1}, every=every)
+    train_model(create_model("resnet20", 1, 3, 8), x, y, TrainSettings(epochs=7, batch_size=10),
+                heads_module.HEADS["softmax"], make_augment_spec("standard", 8, False),
+                torch.device("cpu"), progress=False, on_epoch_end=one_second,
+                checkpoint=ckpt)  # fmt: skip
+    assert saves == saved_after
+    assert load_torch(ckpt.path)["epoch"] == 7
+
+    # a stop is saved at once, whether or not a checkpoint is due
+    saves.clear()
+
+    def stop_after_epoch_2(epoch, row):
+        one_second(epoch, row)
+        if epoch == 1:
+            ckpt.stop = SimpleNamespace(requested=signal.SIGINT)
+
+    ckpt = Checkpointing(tmp_path / "stopped.pt", {"lr": 0.1}, every=every)
+    with pytest.raises(Interrupted, match="after epoch 2"):
+        train_model(create_model("resnet20", 1, 3, 8), x, y,
+                    TrainSettings(epochs=7, batch_size=10), heads_module.HEADS["softmax"],
+                    make_augment_spec("standard", 8, False), torch.device("cpu"),
+                    progress=False, on_epoch_end=stop_after_epoch_2,
+                    checkpoint=ckpt)  # fmt: skip
+    assert saves[-1] == 2 and load_torch(ckpt.path)["epoch"] == 2

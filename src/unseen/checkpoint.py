@@ -344,13 +344,22 @@ class Checkpointing:
     resume_hint: str = ""
     #: the active signal catcher whose flag the training loop polls (None: signals act as usual)
     stop: StopSignal | None = None
+    #: seconds between end-of-epoch checkpoints (``--checkpoint-every``; 0: every epoch)
+    every: float = 0.0
     #: a checkpoint still being written in the background (see ``save(background=True)``)
     _pending: Future | None = field(default=None, init=False, repr=False, compare=False)
+    #: when the last checkpoint was saved (or training started), ``time.monotonic()``
+    _last_saved: float = field(default_factory=time.monotonic, repr=False, compare=False)
 
     def member(self, k: int) -> Checkpointing:
         """The checkpoint of the k-th network of a head that trains several in turn."""
         path = self.path.with_name(f"{self.path.stem}-{k}{self.path.suffix}")
         return dataclasses.replace(self, path=path)
+
+    def due(self) -> bool:
+        """Whether an end-of-epoch checkpoint is due: ``every`` seconds have passed since the
+        last one (or since training started)."""
+        return time.monotonic() - self._last_saved >= self.every
 
     def stop_requested(self) -> int | None:
         """The signal number of a pending stop request, or None."""
@@ -412,6 +421,7 @@ class Checkpointing:
             self._pending = _writer().submit(save_torch, self.path, to_cpu(state, copy=True))
         else:
             save_torch(self.path, state)
+        self._last_saved = time.monotonic()
         return time.perf_counter() - start
 
     def wait(self) -> None:
@@ -450,6 +460,7 @@ class Checkpointing:
     ) -> Position:
         """Where training starts: from the checkpoint when resuming (model, optimiser,
         scheduler, RNGs, ``result.history`` and ``result.images_seen`` restored), else at 0."""
+        self._last_saved = time.monotonic()
         state = self.load()
         if state is None:
             return Position()

@@ -471,6 +471,16 @@ class RunConfig:
         parse=parse_bool,
         group="execution",
     )
+    checkpoint_every: float = opt(
+        30.0,
+        "seconds of training between checkpoints: one is saved after the first epoch that ends "
+        "that long after the last one, and after the last epoch (0: after every epoch); Ctrl-C "
+        "and SIGTERM always save one",
+        parse=float,
+        check=_non_negative,
+        metavar="SECONDS",
+        group="execution",
+    )
 
     # --- speed (issue 8): fields go here
     compile: bool = opt(
@@ -515,7 +525,7 @@ FIELDS: dict[str, dataclasses.Field] = {f.name: f for f in fields(RunConfig)}
 #: ``--resume`` accepts a difference in them, and comparisons group runs across them
 RESULT_NEUTRAL_KEYS = (
     "out", "report", "resume", "overwrite", "data_root", "download", "cuda_graphs",
-    "cudnn_benchmark",
+    "cudnn_benchmark", "checkpoint_every",
 )  # fmt: skip
 
 

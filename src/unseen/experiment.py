@@ -281,8 +281,9 @@ def run_head(
 ) -> dict:
     """Train one model with ``head``, score the test set, write the run folder; return metrics.
 
-    With ``checkpoint``, training saves (and on resume restores) its state every epoch and
-    Ctrl-C/SIGTERM stop it cleanly with a checkpoint (see :mod:`unseen.checkpoint`)."""
+    With ``checkpoint``, training saves (and on resume restores) its state at the end of an
+    epoch as often as ``--checkpoint-every`` says, and Ctrl-C/SIGTERM stop it cleanly with a
+    checkpoint (see :mod:`unseen.checkpoint`)."""
     cfg, sd = p.config, p.split_data
     model = build_model(p, head)
     spec = make_augment_spec(cfg.augment, p.data.image_size[0], p.data.flip_ok, cfg.flip)
@@ -512,6 +513,7 @@ def run_experiment(
             {**head_cfg, **config_extras(p)},
             resume=cfg.resume,
             resume_hint=f"unseen run --resume --out {run_dir}",
+            every=cfg.checkpoint_every,
         )
         checkpoints.append(checkpoint)
         if len(cfg.head) > 1 and cfg.resume and is_finished(head_dir):

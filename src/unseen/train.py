@@ -188,9 +188,10 @@ def train_model(
     ``x_train`` is uint8 ``N x C x H x W``; ``y_train`` holds labels 0..K-1. Validation
     accuracy is measured after every epoch on ``x_val``/``y_val`` when given.
 
-    With ``checkpoint``, the full training state is saved after every epoch (and resumed
-    from when ``checkpoint.resume``), and SIGINT/SIGTERM stop after the current step with a
-    checkpoint (raising :class:`unseen.checkpoint.Interrupted`). A NaN or infinite loss
+    With ``checkpoint``, the full training state is saved after the last epoch and after
+    every epoch that ends ``checkpoint.every`` seconds or more after the previous save (and
+    resumed from when ``checkpoint.resume``), and SIGINT/SIGTERM stop after the current step
+    with a checkpoint (raising :class:`unseen.checkpoint.Interrupted`). A NaN or infinite loss
     raises :class:`unseen.checkpoint.TrainingDiverged` naming the first bad epoch and step.
     """
     torch.manual_seed(settings.seed)
@@ -331,9 +332,11 @@ def train_model(
         bar.set_postfix(loss=f"{row['loss']:.3f}", val_acc=f"{row['val_accuracy']:.3f}")
         if on_epoch_end is not None:
             on_epoch_end(epoch, row)
-        if checkpoint is not None:
-            save_seconds += save(epoch + 1, 0)
-            if checkpoint.stop_requested() is not None:
+        if checkpoint is not None:  # a stop, the last epoch and --checkpoint-every save one
+            stopping = checkpoint.stop_requested() is not None
+            if stopping or epoch + 1 == settings.epochs or checkpoint.due():
+                save_seconds += save(epoch + 1, 0)
+            if stopping:
                 raise checkpoint.interrupted(epoch + 1, 0, steps)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
