@@ -399,3 +399,19 @@ def test_multi_head_run_folders(capsys, run_dir, pngs, tmp_path):
     (multi / "run.json").unlink()
     with pytest.raises(UnseenError, match="not a finished run"):
         load(multi / "softmax")
+
+
+def test_predict_does_not_import_scikit_learn(run_dir, pngs):
+    """Deployment starts fast: loading a run, recalibrating its threshold and predicting need
+    no scikit-learn (0.8 s to import), only torch and NumPy."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, unseen\nfrom PIL import Image\n"
+        f"p = unseen.load({str(run_dir)!r}, device='cpu').with_options(known_acceptance=0.9)\n"
+        f"p.predict([Image.open({str(pngs['known'][0])!r})])\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in {'sklearn', 'scipy'}))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]", out.stdout
