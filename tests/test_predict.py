@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -273,6 +274,27 @@ def test_api_gives_identical_results_for_tensors_arrays_and_pil(predictor, digit
     np.testing.assert_allclose(every["msp"], stored["score_msp"][:64], rtol=1e-4, atol=1e-5)
 
 
+def test_api_reads_image_files_like_the_cli(capsys, predictor, run_dir, pngs, tmp_path):
+    files = pngs["known"][:20] + pngs["unseen"][:5]
+    by_path = predictor.predict(files)  # Path objects
+    assert by_path.tolist() == predictor.predict([str(f) for f in files]).tolist()
+    assert by_path.tolist() == predictor.predict([Image.open(f) for f in files]).tolist()
+    assert predictor.predict(str(files[0])).tolist() == by_path[:1].tolist()
+    code, out, _ = cli(capsys, run_dir, *files, "--format", "json")
+    assert code == 0
+    rows = json.loads(out)["predictions"]
+    assert [r["prediction"] for r in rows] == predictor.predict_names(files)
+    not_an_image = tmp_path / "notes.png"
+    not_an_image.write_text("hello")
+    for bad, message in [
+        (tmp_path / "missing.png", "is not an image file (it does not exist or is a folder)"),
+        (tmp_path, "is not an image file"),
+        (not_an_image, "could not be read as an image"),
+    ]:
+        with pytest.raises(UnseenError, match=re.escape(message)):
+            predictor.predict([files[0], bad])
+
+
 def test_unseen_load_is_the_lazy_entry_point(run_dir):
     p = unseen.load(run_dir, score="msp", known_acceptance=0.9, device="cpu")
     assert isinstance(p, Predictor) and p.score_name == "msp" and p.known_acceptance == 0.9
@@ -306,8 +328,8 @@ def test_input_conversion_channels_size_and_range(predictor):
         predictor.prepare(np.full((8, 8), 300, dtype=np.int64))
     with pytest.raises(UnseenError, match="not understood"):
         predictor.prepare(np.zeros((2, 8, 8, 7), np.uint8))
-    with pytest.raises(UnseenError, match="cannot read an image"):
-        predictor.prepare("digit.png")
+    with pytest.raises(UnseenError, match="cannot read an image from a dict"):
+        predictor.prepare({"image": "digit.png"})
 
 
 # ----------------------------------------------------------------------------- run folders

@@ -10,7 +10,8 @@ known-class images.
 
 Image conventions (the same for every entry point):
 
-* PIL images of any mode; NumPy arrays channels-last (``H x W``, ``H x W x C``,
+* Paths of image files (``str`` or ``Path``, read with Pillow, EXIF orientation applied);
+  PIL images of any mode; NumPy arrays channels-last (``H x W``, ``H x W x C``,
   ``N x H x W`` or ``N x H x W x C``); torch tensors channels-first (``H x W``,
   ``C x H x W``, ``N x H x W`` or ``N x C x H x W``); or a list of any of these.
   A 3-D input is one image when its channel axis (last for arrays, first for tensors) has
@@ -32,6 +33,7 @@ import csv
 import io
 import json
 import math
+import os
 import sys
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -301,7 +303,15 @@ def _is_pil(obj: Any) -> bool:
 
 
 def to_nchw_uint8(image: Any) -> torch.Tensor:
-    """One input (PIL image, array or tensor, single image or batch) -> uint8 N x C x H x W."""
+    """One input (an image file's path, PIL image, array or tensor, single image or batch)
+    -> uint8 N x C x H x W."""
+    if isinstance(image, (str, os.PathLike)):
+        if not Path(image).is_file():
+            raise UnseenError(f"{image} is not an image file (it does not exist or is a folder).")
+        item = _decode_file(Path(image))
+        if item.error is not None:
+            raise UnseenError(f"{image} {item.error}.")
+        image = item.image
     if _is_pil(image):
         return _layout(torch.from_numpy(np.ascontiguousarray(_pil_to_array(image))), True)
     if isinstance(image, torch.Tensor):
@@ -313,8 +323,8 @@ def to_nchw_uint8(image: Any) -> torch.Tensor:
             raise UnseenError(f"an image array of dtype {image.dtype} is not supported.")
         return _to_uint8(_layout(torch.from_numpy(np.ascontiguousarray(image)), channels_last=True))
     raise UnseenError(
-        f"cannot read an image from a {type(image).__name__}; give PIL images, NumPy arrays or "
-        "torch tensors (or a list of them)."
+        f"cannot read an image from a {type(image).__name__}; give image file paths, PIL images, "
+        "NumPy arrays or torch tensors (or a list of them)."
     )
 
 
