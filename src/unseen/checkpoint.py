@@ -511,7 +511,7 @@ def diverged(
         kept = (
             f"; the last good checkpoint is kept in {checkpoint.path}"
             if checkpoint.path.is_file()
-            else "; no checkpoint was kept (it diverged in the first epoch)"
+            else "; no checkpoint had been saved yet"
         )
     return TrainingDiverged(
         f"training diverged: the loss became {value} in epoch {epoch + 1}, step {step + 1} of "
