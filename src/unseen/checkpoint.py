@@ -1,6 +1,7 @@
 """Runs that survive interruption: training checkpoints, resume, clean stops, safe weight loading.
 
-A run writes ``checkpoint.pt`` into its (head's) folder after every epoch: the model,
+A run writes ``checkpoint.pt`` into its (head's) folder at the end of an epoch, every
+``--checkpoint-every`` seconds (30; 0: every epoch) and after the last epoch: the model,
 optimiser and scheduler states, the torch RNG states (global and the training
 ``torch.Generator``), the history and the epoch reached. ``unseen run --resume --out DIR``
 continues from it and, on the CPU with the same seed, ends with exactly the metrics of an
