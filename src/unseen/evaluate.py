@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+from tqdm.auto import tqdm
 
 from .hardware import autocast
 from .models import Classifier
@@ -17,14 +18,18 @@ def forward_pass(
     precision: str = "fp32",
     batch_size: int = 1024,
     labels: torch.Tensor | None = None,
+    desc: str | None = None,
 ) -> Outputs:
     """Run ``images`` (uint8 ``N x C x H x W``, any device) through ``model`` in eval mode.
 
-    Returns float32 logits and features on ``device``.
+    Returns float32 logits and features on ``device``. With ``desc``, a progress bar of that
+    name is shown on a terminal (as for training) while the batches run.
     """
     was_training = model.training
     model.eval()
     logits, feats = [], []
+    bar = tqdm(total=len(images), desc=desc, unit="img", unit_scale=True, leave=False,
+               disable=None if desc else True)  # fmt: skip
     try:
         for start in range(0, len(images), batch_size):
             xb = images[start : start + batch_size].to(device, non_blocking=True)
@@ -34,7 +39,9 @@ def forward_pass(
                 z = model.forward_head(f)
             feats.append(f.float())
             logits.append(z.float())
+            bar.update(len(xb))
     finally:
+        bar.close()
         model.train(was_training)
     k, d = model.num_classes, model.feature_dim
     return Outputs(

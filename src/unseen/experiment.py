@@ -172,14 +172,22 @@ def build_model(p: Prepared, head: str) -> Classifier:
 
 
 def fit_scores(
-    names: list[str], model: Classifier, p: Prepared, val: Outputs, head: str
+    names: list[str],
+    model: Classifier,
+    p: Prepared,
+    val: Outputs,
+    head: str,
+    progress: bool = False,
 ) -> dict[str, Score]:
     """Fit every score on known-class data only: the validation slice, and training images if asked."""
     scores = {name: create_score(name, p.config) for name in names}
     train = None
     if any(s.needs_train for s in scores.values()):
         sd = p.split_data
-        train = forward_pass(model, sd.x_train, p.device, p.precision, labels=sd.y_train)
+        train = forward_pass(
+            model, sd.x_train, p.device, p.precision, labels=sd.y_train,
+            desc="training-image features" if progress else None,
+        )  # fmt: skip
     ctx = FitContext(
         train, val, model.head.weight.detach().float(), model.head.bias.detach().float(), head
     )
@@ -316,10 +324,11 @@ def run_head(
 
     start = time.perf_counter()
     infer = fold_batch_norm(model)  # evaluation only; model.pt holds the trained network
-    test = forward_pass(infer, sd.x_test, p.device, p.precision, labels=sd.y_test)
+    test = forward_pass(infer, sd.x_test, p.device, p.precision, labels=sd.y_test,
+                        desc="test images" if progress else None)  # fmt: skip
     val = forward_pass(infer, sd.x_val, p.device, p.precision, labels=sd.y_val)
     names = scores_for_head(cfg.scores, head)
-    fitted = fit_scores(names, infer, p, val, head)
+    fitted = fit_scores(names, infer, p, val, head, progress)
     test_scores = {n: apply_score(s, test, infer, sd.x_test, p) for n, s in fitted.items()}
     val_scores = {n: apply_score(s, val, infer, sd.x_val, p) for n, s in fitted.items()}
     eval_seconds = time.perf_counter() - start
