@@ -11,6 +11,7 @@ import io
 import json
 import re
 import shutil
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -295,6 +296,22 @@ def test_api_reads_image_files_like_the_cli(capsys, predictor, run_dir, pngs, tm
             predictor.predict([files[0], bad])
 
 
+def test_cli_counts_images_on_a_terminal_only(capsys, monkeypatch, run_dir, pngs):
+    files = pngs["known"][:30]
+    code, plain_out, plain_err = cli(capsys, run_dir, *files, "--format", "csv")
+    assert code == 0 and "predicting" not in plain_err
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    terminal = Terminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    code, out, _ = cli(capsys, run_dir, *files, "--format", "csv")
+    assert code == 0 and out == plain_out  # the bar goes to stderr, the rows are unchanged
+    assert "predicting" in terminal.getvalue() and "img" in terminal.getvalue()
+
+
 def test_unseen_load_is_the_lazy_entry_point(run_dir):
     p = unseen.load(run_dir, score="msp", known_acceptance=0.9, device="cpu")
     assert isinstance(p, Predictor) and p.score_name == "msp" and p.known_acceptance == 0.9
@@ -427,7 +444,6 @@ def test_predict_does_not_import_scikit_learn(run_dir, pngs):
     """Deployment starts fast: loading a run, recalibrating its threshold and predicting need
     no scikit-learn (0.8 s to import), only torch and NumPy."""
     import subprocess
-    import sys
 
     code = (
         "import sys, unseen\nfrom PIL import Image\n"

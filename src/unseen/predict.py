@@ -747,9 +747,15 @@ def _chunks(items: Iterable[Item], size: int) -> Iterator[list[Item]]:
         yield chunk
 
 
-def predict_items(predictor: Predictor, items: Iterable[Item]) -> list[dict[str, Any]]:
-    """One row per item: input, prediction, class_index, score, threshold, closest, probability, error."""
+def predict_items(
+    predictor: Predictor, items: Iterable[Item], progress: bool = False
+) -> list[dict[str, Any]]:
+    """One row per item: input, prediction, class_index, score, threshold, closest, probability,
+    error. With ``progress``, a count of the images done is shown on a terminal (stderr)."""
+    from tqdm.auto import tqdm
+
     rows: list[dict[str, Any]] = []
+    bar = tqdm(desc="predicting", unit="img", leave=False, disable=None if progress else True)
     for chunk in _chunks(items, predictor.batch_size):
         good: list[tuple[int, torch.Tensor]] = []
         chunk_rows = []
@@ -781,6 +787,8 @@ def predict_items(predictor: Predictor, items: Iterable[Item]) -> list[dict[str,
                     probability=float(d.probability[j]),
                 )
         rows.extend(chunk_rows)
+        bar.update(len(chunk))
+    bar.close()
     return rows
 
 
@@ -879,7 +887,7 @@ def run_predict(
         device=device,
         batch_size=batch_size,
     )
-    rows = predict_items(predictor, iter_inputs(inputs))
+    rows = predict_items(predictor, iter_inputs(inputs), progress=True)
     kind = format_for(fmt, output)
     if kind == "csv":
         text = rows_to_csv(rows)
