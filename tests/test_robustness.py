@@ -36,8 +36,8 @@ from unseen.config import FIELDS, RunConfig
 from unseen.errors import ConfigError, Interrupted, UnseenError
 from unseen.runfolder import is_finished, load_torch, require_finished
 
-#: a run of ~2 s: 4 epochs of 7 steps on 200 digits (9 held out), one score
-#: a checkpoint after every epoch, so that the tests can stop and kill runs between epochs
+#: a run of ~2 s: 4 epochs of 7 steps on 200 digits (9 held out), one score, and a checkpoint
+#: after every epoch, so that the tests can stop and kill runs between epochs
 TINY = dict(
     epochs=4, train_subset=200, test_subset=100, batch_size=24, scores=("msp",),
     device="cpu", precision="fp32", checkpoint_every=0.0,
