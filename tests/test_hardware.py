@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from unseen import hardware
+from unseen import hardware, threads
 from unseen.errors import ConfigError
 
 
@@ -17,24 +17,34 @@ def restore_threads():
 
 
 def test_thread_budget_is_every_core_unless_the_environment_caps_it(monkeypatch):
-    monkeypatch.setattr(hardware, "available_cores", lambda: 6)
-    monkeypatch.delenv(hardware.THREADS_ENV, raising=False)
-    assert hardware.thread_budget() == 6
-    monkeypatch.setenv(hardware.THREADS_ENV, "2")
-    assert hardware.thread_budget() == 2
-    monkeypatch.setenv(hardware.THREADS_ENV, "0")  # at least one thread
-    assert hardware.thread_budget() == 1
-    monkeypatch.setenv(hardware.THREADS_ENV, "many")  # not a number: every core
-    assert hardware.thread_budget() == 6
+    monkeypatch.setattr(threads, "available_cores", lambda: 6)
+    monkeypatch.delenv(threads.THREADS_ENV, raising=False)
+    assert threads.thread_budget() == 6
+    monkeypatch.setenv(threads.THREADS_ENV, "2")
+    assert threads.thread_budget() == 2
+    monkeypatch.setenv(threads.THREADS_ENV, "0")  # at least one thread
+    assert threads.thread_budget() == 1
+    monkeypatch.setenv(threads.THREADS_ENV, "many")  # not a number: every core
+    assert threads.thread_budget() == 6
+
+
+def test_the_thread_budget_needs_no_torch():
+    """The report's t-SNE thread asks for its budget before torch is imported."""
+    import subprocess
+    import sys
+
+    code = "import sys, unseen.threads as t; t.thread_budget(); print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
 
 
 def test_configure_threads_sets_torch_and_the_description_counts_them(monkeypatch, restore_threads):
-    monkeypatch.setenv(hardware.THREADS_ENV, "1")
+    monkeypatch.setenv(threads.THREADS_ENV, "1")
     assert hardware.configure_threads() == 1
     assert torch.get_num_threads() == 1
     assert hardware.describe_device(torch.device("cpu")).startswith("cpu (1 thread")
     assert "1 threads" not in hardware.describe_device(torch.device("cpu"))
-    monkeypatch.setenv(hardware.THREADS_ENV, "2")
+    monkeypatch.setenv(threads.THREADS_ENV, "2")
     hardware.configure_threads()
     assert hardware.describe_device(torch.device("cpu")).startswith("cpu (2 threads")
 

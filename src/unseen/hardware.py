@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import contextlib
-import os
 from pathlib import Path
 
 import torch
 
 from .errors import ConfigError
+from .threads import thread_budget
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -50,27 +50,6 @@ def autocast(device: torch.device, precision: str, cache: bool = True):
     if precision == "bf16":
         return torch.autocast(device_type=device.type, dtype=torch.bfloat16, cache_enabled=cache)
     return contextlib.nullcontext()
-
-
-#: environment variable that caps the threads of one run (set by `unseen sweep --jobs N`)
-THREADS_ENV = "UNSEEN_NUM_THREADS"
-
-
-def available_cores() -> int:
-    """Cores this process may run on."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - not Linux
-        return os.cpu_count() or 1
-
-
-def thread_budget() -> int:
-    """Threads this process should use: every core it may run on, or $UNSEEN_NUM_THREADS
-    (which sweeps with --jobs set per worker)."""
-    n = available_cores()
-    with contextlib.suppress(ValueError):
-        n = max(1, int(os.environ.get(THREADS_ENV, n)))
-    return n
 
 
 def configure_threads() -> int:

@@ -240,7 +240,7 @@ def head_plots(
 def _timed_projection(
     features: np.ndarray, labels: np.ndarray, max_points: int, tsne: bool
 ) -> tuple[plots.Projection, float]:
-    from .hardware import thread_budget
+    from .threads import thread_budget
 
     start = time.perf_counter()
     proj = plots.project_features(

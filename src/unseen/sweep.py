@@ -345,7 +345,7 @@ def _run_one(cfg: RunConfig, threads: int | None = None) -> tuple[float, str | N
     if threads is not None:
         import torch
 
-        from .hardware import THREADS_ENV
+        from .threads import THREADS_ENV
 
         os.environ[THREADS_ENV] = str(threads)
         torch.set_num_threads(threads)
@@ -424,7 +424,7 @@ def _run_todo(
         import multiprocessing
         from concurrent.futures import ProcessPoolExecutor, as_completed
 
-        from .hardware import available_cores
+        from .threads import available_cores
 
         threads = max(1, available_cores() // jobs)
         pool = ProcessPoolExecutor(
