@@ -602,18 +602,24 @@ def odin_scores(
     device: torch.device | str = "cpu",
     precision: str = "fp32",
     batch_size: int = 256,
+    desc: str | None = None,
 ) -> torch.Tensor:
     """ODIN (Liang et al. 2018): ``max softmax(f(x~)/T)`` with ``x~ = x - eps sign(grad_x L)``.
 
     ``L`` is the cross-entropy of ``f(x)/T`` against the predicted class; ``x`` is the image in
     ``[0, 1]`` (uint8 ``images`` are divided by 255), so ``epsilon`` is in pixel units. The
     authors add ``eps * sign / std`` to normalised inputs, which is the same step in pixel
-    units. The perturbed image is not clipped to ``[0, 1]`` (as in the authors' code).
+    units. The perturbed image is not clipped to ``[0, 1]`` (as in the authors' code). With
+    ``desc``, a progress bar of that name is shown on a terminal.
     """
+    from tqdm.auto import tqdm
+
     device = torch.device(device)
     was_training = model.training
     model.eval()
     out = []
+    bar = tqdm(total=len(images), desc=desc, unit="img", unit_scale=True, leave=False,
+               disable=None if desc else True)  # fmt: skip
     try:
         for start in range(0, len(images), batch_size):
             xb = images[start : start + batch_size].to(device)
@@ -625,7 +631,9 @@ def odin_scores(
             with torch.no_grad(), autocast(device, precision):
                 z = model((x - epsilon * grad.sign()).detach()).float()
             out.append((z.double() / temperature).softmax(dim=1).amax(dim=1))
+            bar.update(len(xb))
     finally:
+        bar.close()
         model.train(was_training)
     return torch.cat(out) if out else torch.empty(0, dtype=torch.float64, device=device)
 
@@ -667,5 +675,8 @@ class ODIN(Score):
         images: torch.Tensor,
         device: torch.device | str = "cpu",
         precision: str = "fp32",
+        desc: str | None = None,
     ) -> torch.Tensor:
-        return odin_scores(model, images, self.temperature, self.epsilon, device, precision)
+        return odin_scores(
+            model, images, self.temperature, self.epsilon, device, precision, desc=desc
+        )

@@ -199,12 +199,20 @@ def fit_scores(
     return fitted
 
 
-def apply_score(s: Score, outputs: Outputs, model: Classifier, images: torch.Tensor, p: Prepared):
+def apply_score(
+    s: Score,
+    outputs: Outputs,
+    model: Classifier,
+    images: torch.Tensor,
+    p: Prepared,
+    desc: str | None = None,
+):
     """One score for a set of images as a NumPy array: from the forward pass's outputs, or, for
-    ``needs_model`` scores (ODIN), by running ``model`` on ``images`` again."""
+    ``needs_model`` scores (ODIN), by running ``model`` on ``images`` again (behind a progress
+    bar named ``desc``, when given)."""
     start = time.perf_counter()
     if s.needs_model:
-        values = s.score_images(model, images, p.device, p.precision)
+        values = s.score_images(model, images, p.device, p.precision, desc=desc)
     else:
         values = s.score(outputs)
     s._seconds = getattr(s, "_seconds", 0.0) + time.perf_counter() - start
@@ -329,8 +337,18 @@ def run_head(
     val = forward_pass(infer, sd.x_val, p.device, p.precision, labels=sd.y_val)
     names = scores_for_head(cfg.scores, head)
     fitted = fit_scores(names, infer, p, val, head, progress)
-    test_scores = {n: apply_score(s, test, infer, sd.x_test, p) for n, s in fitted.items()}
-    val_scores = {n: apply_score(s, val, infer, sd.x_val, p) for n, s in fitted.items()}
+
+    def bar(name: str, images: str) -> str | None:
+        return f"{name}, {images}" if progress else None
+
+    test_scores = {
+        n: apply_score(s, test, infer, sd.x_test, p, bar(n, "test images"))
+        for n, s in fitted.items()
+    }
+    val_scores = {
+        n: apply_score(s, val, infer, sd.x_val, p, bar(n, "validation images"))
+        for n, s in fitted.items()
+    }
     eval_seconds = time.perf_counter() - start
 
     thresholds = {n: s.decision_threshold() for n, s in fitted.items()}

@@ -78,9 +78,15 @@ class Score:
         raise NotImplementedError
 
     def score_images(
-        self, model: Any, images: torch.Tensor, device: Any = "cpu", precision: str = "fp32"
+        self,
+        model: Any,
+        images: torch.Tensor,
+        device: Any = "cpu",
+        precision: str = "fp32",
+        desc: str | None = None,
     ) -> torch.Tensor:
-        """For ``needs_model`` scores: score uint8 ``images`` by running ``model`` again."""
+        """For ``needs_model`` scores: score uint8 ``images`` by running ``model`` again
+        (with ``desc``, behind a progress bar of that name on a terminal)."""
         raise NotImplementedError(f"score '{self.name}' scores outputs, not images")
 
     def accepts(self, outputs: Outputs) -> torch.Tensor | None:
