@@ -20,3 +20,19 @@ def digits_run(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("runs") / "digits"
     run_experiment(RunConfig(out=str(out), **QUICK), progress=False, log=None)
     return out
+
+
+@pytest.fixture
+def terminal(monkeypatch):
+    """``sys.stderr`` replaced by a buffer that says it is a terminal, so progress bars show;
+    its ``getvalue()`` is what they wrote."""
+    import io
+    import sys
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    buffer = Terminal()
+    monkeypatch.setattr(sys, "stderr", buffer)
+    return buffer

@@ -288,22 +288,14 @@ def test_odin_matches_analytic_gradient_of_a_linear_model():
     assert (got >= plain - 1e-7).all() and (got > plain).any()
 
 
-def test_odin_progress_bar_on_a_terminal_only(monkeypatch, capsys):
-    import io
-    import sys
-
+def test_odin_progress_bar_on_a_terminal_only(capsys, request):
     rng = np.random.default_rng(11)
     model = linear_model(rng.normal(0, 3, (3, 6)), rng.normal(0, 1, 3))
     x = torch.as_tensor(rng.uniform(0, 1, (20, 1, 1, 6))).float()
     plain = det.odin_scores(model, x, 5.0, 0.05, batch_size=8)
     assert capsys.readouterr().err == ""
 
-    class Terminal(io.StringIO):
-        def isatty(self) -> bool:
-            return True
-
-    terminal = Terminal()
-    monkeypatch.setattr(sys, "stderr", terminal)
+    terminal = request.getfixturevalue("terminal")
     s = create_score("odin", RunConfig(odin_temperature=5.0, odin_epsilon=0.05))
     shown = s.score_images(model, x, desc="odin, test images")
     torch.testing.assert_close(shown, plain)

@@ -74,11 +74,8 @@ def test_folding_reaches_each_member_of_a_one_vs_rest_ensemble_and_a_frozen_back
     torch.testing.assert_close(out.features, ref.features, rtol=1e-4, atol=1e-4)
 
 
-def test_forward_pass_batches_and_progress_bar(monkeypatch, capsys):
+def test_forward_pass_batches_and_progress_bar(capsys, request):
     """Batching does not change the outputs; ``desc`` shows a progress bar on a terminal only."""
-    import io
-    import sys
-
     model = create_model("resnet20", 1, 3, 8).eval()
     x = (torch.rand(12, 1, 8, 8) * 255).to(torch.uint8)
     whole = forward_pass(model, x, torch.device("cpu"))
@@ -87,12 +84,7 @@ def test_forward_pass_batches_and_progress_bar(monkeypatch, capsys):
     torch.testing.assert_close(batched.features, whole.features, rtol=1e-5, atol=1e-5)
     assert capsys.readouterr().err == ""  # not a terminal: no bar
 
-    class Terminal(io.StringIO):
-        def isatty(self) -> bool:
-            return True
-
-    terminal = Terminal()
-    monkeypatch.setattr(sys, "stderr", terminal)
+    terminal = request.getfixturevalue("terminal")
     forward_pass(model, x, torch.device("cpu"), batch_size=5, desc="test images")
     shown = terminal.getvalue()
     assert "test images:" in shown and "/12.0 " in shown and "img/s" in shown

@@ -296,17 +296,12 @@ def test_api_reads_image_files_like_the_cli(capsys, predictor, run_dir, pngs, tm
             predictor.predict([files[0], bad])
 
 
-def test_cli_counts_images_on_a_terminal_only(capsys, monkeypatch, run_dir, pngs):
+def test_cli_counts_images_on_a_terminal_only(capsys, request, run_dir, pngs):
     files = pngs["known"][:30]
     code, plain_out, plain_err = cli(capsys, run_dir, *files, "--format", "csv")
     assert code == 0 and "predicting" not in plain_err
 
-    class Terminal(io.StringIO):
-        def isatty(self) -> bool:
-            return True
-
-    terminal = Terminal()
-    monkeypatch.setattr(sys, "stderr", terminal)
+    terminal = request.getfixturevalue("terminal")
     code, out, _ = cli(capsys, run_dir, *files, "--format", "csv")
     assert code == 0 and out == plain_out  # the bar goes to stderr, the rows are unchanged
     assert "predicting" in terminal.getvalue() and "img" in terminal.getvalue()
