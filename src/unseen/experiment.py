@@ -463,9 +463,9 @@ def checkpoint_payload(p: Prepared, head: str, model: Classifier) -> dict:
 def write_run_report(run_dir: Path, say: Callable[[str], None]) -> None:
     """Write report.html/report.md (issue 6). A failure here costs the report, never the run:
     it is logged and ``unseen report RUN`` can build the report later."""
+    start = time.perf_counter()  # importing matplotlib counts too, as in the time: line
     from .report import build_report
 
-    start = time.perf_counter()
     try:
         path = build_report(run_dir, check_finished=False)
     except Exception as exc:  # noqa: BLE001 - the run's results are already on disk
