@@ -1,9 +1,10 @@
-"""Plain-text tables for the terminal."""
+"""Plain-text tables and progress bars for the terminal."""
 
 from __future__ import annotations
 
 import math
 from collections.abc import Collection, Sequence
+from typing import Any
 
 SCORE_COLUMNS = (
     ("auroc", "AUROC"),
@@ -160,3 +161,14 @@ def heads_summary(heads: dict[str, dict]) -> str:
 
 def _num(value: object) -> float:
     return value if isinstance(value, (int, float)) and not math.isnan(value) else -math.inf
+
+
+def image_bar(desc: str | None, total: int | None = None) -> Any:
+    """A tqdm bar counting images (``update(n)`` after each batch, ``close()`` at the end).
+
+    Shown on stderr when ``desc`` is given and stderr is a terminal, as the training bar is;
+    with ``desc=None`` it shows nothing."""
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, unit="img", unit_scale=True, leave=False,
+                disable=None if desc else True)  # fmt: skip

@@ -31,6 +31,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .console import image_bar
 from .errors import ConfigError, DataError
 from .hardware import autocast
 from .scores import FitContext, Outputs, Score, register
@@ -612,14 +613,11 @@ def odin_scores(
     units. The perturbed image is not clipped to ``[0, 1]`` (as in the authors' code). With
     ``desc``, a progress bar of that name is shown on a terminal.
     """
-    from tqdm.auto import tqdm
-
     device = torch.device(device)
     was_training = model.training
     model.eval()
     out = []
-    bar = tqdm(total=len(images), desc=desc, unit="img", unit_scale=True, leave=False,
-               disable=None if desc else True)  # fmt: skip
+    bar = image_bar(desc, len(images))
     try:
         for start in range(0, len(images), batch_size):
             xb = images[start : start + batch_size].to(device)

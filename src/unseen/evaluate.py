@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import torch
-from tqdm.auto import tqdm
 
+from .console import image_bar
 from .hardware import autocast
 from .models import Classifier
 from .scores import Outputs
@@ -28,8 +28,7 @@ def forward_pass(
     was_training = model.training
     model.eval()
     logits, feats = [], []
-    bar = tqdm(total=len(images), desc=desc, unit="img", unit_scale=True, leave=False,
-               disable=None if desc else True)  # fmt: skip
+    bar = image_bar(desc, len(images))
     try:
         for start in range(0, len(images), batch_size):
             xb = images[start : start + batch_size].to(device, non_blocking=True)

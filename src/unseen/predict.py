@@ -752,10 +752,10 @@ def predict_items(
 ) -> list[dict[str, Any]]:
     """One row per item: input, prediction, class_index, score, threshold, closest, probability,
     error. With ``progress``, a count of the images done is shown on a terminal (stderr)."""
-    from tqdm.auto import tqdm
+    from .console import image_bar
 
     rows: list[dict[str, Any]] = []
-    bar = tqdm(desc="predicting", unit="img", leave=False, disable=None if progress else True)
+    bar = image_bar("predicting" if progress else None)
     for chunk in _chunks(items, predictor.batch_size):
         good: list[tuple[int, torch.Tensor]] = []
         chunk_rows = []

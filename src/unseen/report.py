@@ -47,6 +47,7 @@ from .runfolder import (
     require_finished,
     write_json,
 )
+from .threads import thread_budget
 
 #: config.json keys that do not make a different configuration: runs differing only here
 #: are repetitions of one setting and are averaged together (the seed, and the options that
@@ -240,8 +241,6 @@ def head_plots(
 def _timed_projection(
     features: np.ndarray, labels: np.ndarray, max_points: int, tsne: bool
 ) -> tuple[plots.Projection, float]:
-    from .threads import thread_budget
-
     start = time.perf_counter()
     proj = plots.project_features(
         features, labels, max_points, 1500 if tsne else 0, threads=thread_budget()

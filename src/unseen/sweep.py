@@ -87,8 +87,8 @@ NOT_HASHED = frozenset(RESULT_NEUTRAL_KEYS)
 
 def hash_fields(cfg: RunConfig) -> dict[str, Any]:
     """The fields a run's hash covers: those that differ from their default, except
-    :data:`NOT_HASHED` (``config.RESULT_NEUTRAL_KEYS``: ``out``, ``resume``, ``overwrite``,
-    ``data_root``, ``download``, ``report``, ``cuda_graphs``, ``cudnn_benchmark``).
+    :data:`NOT_HASHED` (``config.RESULT_NEUTRAL_KEYS``: where the files go and how fast the
+    run goes, such as ``out``, ``data_root``, ``report``, ``cuda_graphs``).
 
     Fields at their default are left out so that a later version adding an option (with a
     default) keeps the hashes, and so the folders, of an existing sweep.
