@@ -20,7 +20,7 @@ from unseen.config import RunConfig
 from unseen.errors import ConfigError
 from unseen.evaluate import forward_pass
 from unseen.heads import is_one_vs_rest
-from unseen.metrics import auroc
+from unseen.metrics import auroc, open_set_metrics
 from unseen.models import Classifier
 from unseen.scores import SCORES, FitContext, Outputs, create_score, expand_score_names
 
@@ -255,6 +255,23 @@ def test_openmax_matches_reference_loop():
     assert len(s.fit_summary()["weibull_shape"]) == 4
 
 
+def test_openmax_own_prediction_is_the_recalibrated_argmax():
+    # logits 10 and 9.5: recalibration takes most from class 0 (far from its mean), so
+    # OpenMax's class is 1 although the largest logit is class 0's (Bendale and Boult, Alg. 2)
+    s = det.OpenMax(alpha=2)
+    s.mavs_ = torch.tensor(
+        [[13.0, 0.0, 0.0], [10.0, 9.5, 0.0], [0.0, 0.0, 10.0]], dtype=torch.float64
+    )
+    s.weibull_shape_ = torch.full((3,), 2.0, dtype=torch.float64)
+    s.weibull_scale_ = torch.full((3,), 10.0, dtype=torch.float64)
+    s.alpha_ = 2
+    out = Outputs(torch.tensor([[10.0, 9.5, 0.0]]), torch.zeros(1, 2))
+    assert s.probabilities(out).argmax(1).item() == 2  # column 0 is "unknown"
+    assert bool(s.accepts(out)) and s.own_prediction(out).item() == 1
+    assert out.logits.argmax(1).item() == 0
+    assert create_score("msp").own_prediction(out) is None
+
+
 # ----------------------------------------------------------------------------- ODIN
 
 
@@ -422,7 +439,17 @@ def test_digits_run_with_every_score(tmp_path):
     assert 0 < metrics["scores"]["temperature"]["fit"]["temperature"] < 100
     own = metrics["scores"]["openmax"]["own_decision"]
     assert 0 <= own["unseen_rejected"] <= 1
+    # recomputed from the stored logits and OpenMax's stored state: its own classes, not argmax
+    arrays = np.load(out / "scores.npz")
+    assert arrays["score_msp"].dtype == np.float64
     detectors = torch.load(out / "detectors.pt", weights_only=True)
+    openmax = det.OpenMax().load_fitted_state(detectors["openmax"])
+    test = Outputs(torch.from_numpy(arrays["logits"]), torch.from_numpy(arrays["features"]))
+    expected = open_set_metrics(
+        openmax.accepts(test).float().numpy(), 0.5, openmax.own_prediction(test).numpy(),
+        arrays["label_known"], 9,
+    )  # fmt: skip
+    assert own == pytest.approx(expected)
     assert detectors["mahalanobis"]["precision_"].shape == (64, 64)
     assert detectors["openmax"]["weibull_shape_"].shape == (9,)
 

@@ -99,6 +99,21 @@ def test_open_set_metrics_hand_computed():
     assert out["open_set_macro_f1"] == pytest.approx((2 / 3 + 0.4 + 0.5) / 3)
 
 
+def test_open_set_macro_f1_counts_only_classes_that_occur():
+    # a perfect decision scores 1 even when a class is absent from the test set
+    labels = np.array([0, 0, 1, 2, 2])  # K = 4: class 3 and unseen images absent
+    out = M.open_set_metrics(np.ones(5), 0.5, labels, labels, 4)
+    assert out["open_set_accuracy"] == 1.0 and out["open_set_macro_f1"] == 1.0
+    unseen = np.full(3, -1)  # all unseen, all rejected
+    assert (
+        M.open_set_metrics(np.zeros(3), 0.5, np.zeros(3, int), unseen, 4)["open_set_macro_f1"]
+        == 1.0
+    )
+    # a known image rejected: "unseen" occurs in the predictions and its F1 of 0 counts
+    out = M.open_set_metrics(np.array([1, 1, 1, 1, 0]), 0.5, labels, labels, 4)
+    assert out["open_set_macro_f1"] == pytest.approx((1 + 1 + 2 / 3 + 0) / 4)
+
+
 def test_confidence_summary_and_predicted_as():
     c = M.confidence_summary(np.array([0.95, 0.5, 0.99, 0.7]))
     assert c["mean_msp"] == pytest.approx(0.785)

@@ -14,6 +14,7 @@ from unseen.scores import (
     energy,
     expand_score_names,
     max_logit,
+    max_sigmoid,
     max_softmax,
     negative_entropy,
 )
@@ -35,7 +36,8 @@ def test_confident_logits_score_higher_than_flat_ones(name):
 
 def test_logit_score_values():
     z = torch.tensor([[2.0, 0.0], [0.0, 0.0]])
-    assert torch.allclose(max_softmax(z), torch.tensor([math.exp(2) / (math.exp(2) + 1), 0.5]))
+    expected = torch.tensor([math.exp(2) / (math.exp(2) + 1), 0.5], dtype=torch.float64)
+    assert torch.allclose(max_softmax(z), expected)
     assert torch.allclose(max_logit(z), torch.tensor([2.0, 0.0]))
     assert torch.allclose(energy(z), torch.tensor([math.log(math.exp(2) + 1), math.log(2)]))
     assert torch.allclose(negative_entropy(z)[1], torch.tensor(-math.log(2)))
@@ -47,3 +49,17 @@ def test_score_names():
     assert set(BASE) <= set(expand_score_names(["all"]))
     with pytest.raises(ConfigError, match="not known"):
         expand_score_names(["nope"])
+
+
+@pytest.mark.parametrize("score", [max_softmax, max_sigmoid])
+def test_probability_scores_keep_confident_logits_apart(score):
+    # top logit ahead by 20, 25 and 30: in float32, 1 - p rounds to 0 and all three would tie
+    # at exactly 1.0, so confident known and unseen images could not be ranked
+    z = torch.tensor([[20.0, 0.0, 0.0], [25.0, 0.0, 0.0], [30.0, 0.0, 0.0]])
+    if score is max_sigmoid:
+        z = z - torch.tensor([0.0, 30.0, 30.0])  # the other sigmoids near 0
+        assert z.float().sigmoid().amax(1).unique().numel() == 1  # the float32 failure
+    else:
+        assert z.float().softmax(1).amax(1).unique().numel() == 1
+    s = score(z)
+    assert s.dtype == torch.float64 and bool((s.diff() > 0).all())

@@ -585,6 +585,11 @@ class OpenMax(Score):
         """OpenMax's own rule: known unless the unknown probability is the largest."""
         return self.probabilities(outputs).argmax(dim=1) != 0
 
+    def own_prediction(self, outputs: Outputs) -> torch.Tensor:
+        """OpenMax's class: the largest recalibrated known-class probability, which need not
+        be the largest logit's class."""
+        return self.probabilities(outputs)[:, 1:].argmax(dim=1)
+
     def fit_summary(self) -> dict[str, Any]:
         out = super().fit_summary()
         out["weibull_shape"] = self.weibull_shape_.tolist()

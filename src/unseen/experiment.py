@@ -216,7 +216,7 @@ def apply_score(
     else:
         values = s.score(outputs)
     s._seconds = getattr(s, "_seconds", 0.0) + time.perf_counter() - start
-    return values.float().cpu().numpy()
+    return values.double().cpu().numpy()  # float64: see scores.max_softmax
 
 
 def add_fit_summaries(
@@ -232,8 +232,13 @@ def add_fit_summaries(
         entry["seconds"] = getattr(s, "_seconds", None)
         accepts = s.accepts(test)
         if accepts is not None:
+            own = s.own_prediction(test)
             entry["own_decision"] = open_set_metrics(
-                accepts.float().cpu().numpy(), 0.5, predicted, labels, p.split.num_known
+                accepts.float().cpu().numpy(),
+                0.5,
+                predicted if own is None else own.cpu().numpy(),
+                labels,
+                p.split.num_known,
             )
 
 

@@ -115,7 +115,9 @@ def open_set_metrics(
             f1_score(
                 open_true,
                 open_pred,
-                labels=list(range(num_known + 1)),
+                # the classes present in truth or predictions: a class absent from both
+                # (e.g. no unseen test images, nothing rejected) has no F1 to count
+                labels=np.union1d(open_true, open_pred),
                 average="macro",
                 zero_division=0,
             )

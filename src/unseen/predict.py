@@ -554,7 +554,7 @@ class Predictor:
             values = s.score_images(self.model, x, self.device, self.precision)
         else:
             values = s.score(out)
-        return values.float().cpu().numpy()
+        return values.double().cpu().numpy()  # as the run stored them (float64)
 
     def all_scores(self, images: Any) -> dict[str, np.ndarray]:
         """Every score of the run that this version can compute, by name."""

@@ -94,6 +94,11 @@ class Score:
         on the score (OpenMax: known unless "unknown" wins); None otherwise."""
         return None
 
+    def own_prediction(self, outputs: Outputs) -> torch.Tensor | None:
+        """The known class (0..K-1) the score's own rule assigns to an accepted image, when it
+        is not the head's argmax (OpenMax: the argmax of the recalibrated probabilities)."""
+        return None
+
     def fitted_state(self) -> dict[str, Any]:
         """The learned attributes (names ending in ``_``), for the run folder."""
         return {k: v for k, v in vars(self).items() if k.endswith("_") and not k.startswith("_")}
@@ -118,8 +123,12 @@ class Score:
 
 
 def max_softmax(logits: torch.Tensor) -> torch.Tensor:
-    """Largest softmax probability (Hendrycks and Gimpel 2017)."""
-    return logits.float().softmax(dim=1).amax(dim=1)
+    """Largest softmax probability (Hendrycks and Gimpel 2017).
+
+    In float64: in float32, ``1 - p`` rounds to 0 once the top logit leads by about 17, and
+    confident known and unseen images would tie at exactly 1.0 (float64 holds out to about 37).
+    """
+    return logits.double().softmax(dim=1).amax(dim=1)
 
 
 def max_logit(logits: torch.Tensor) -> torch.Tensor:
@@ -228,8 +237,8 @@ def _require_one_vs_rest(score: Score, context: FitContext) -> None:
 
 
 def max_sigmoid(logits: torch.Tensor) -> torch.Tensor:
-    """Largest one-vs-rest probability ``max_k sigmoid(z_k)``."""
-    return logits.float().sigmoid().amax(dim=1)
+    """Largest one-vs-rest probability ``max_k sigmoid(z_k)``, in float64 (see ``max_softmax``)."""
+    return logits.double().sigmoid().amax(dim=1)
 
 
 def doc_thresholds(
