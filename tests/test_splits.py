@@ -118,3 +118,33 @@ def test_digits_default_split_sizes():
     assert len(data.y_train) + len(data.y_test) == 1797
     sd = split_data(data, make_split(data.classes), val_fraction=0.1, seed=0)
     assert (sd.y_train >= 0).all() and int(sd.test_is_unseen.sum()) == int((data.y_test == 9).sum())
+
+
+def test_subsets_close_to_the_full_size_work():
+    # 198 of 200: the two left out cannot hold one image of each of the 4 classes, so the
+    # subset is drawn without stratification instead of failing inside scikit-learn
+    data = _toy(n_per_class=50)
+    s = make_split(data.classes)
+    sd = split_data(data, s, train_subset=198, test_subset=199, seed=0)
+    assert 148 <= len(sd.x_train) + len(sd.x_val) <= 150  # 150 known, two images dropped
+    assert len(sd.x_test) == 199
+
+
+def test_a_known_class_without_training_images_is_an_error():
+    data = _toy()
+    keep = data.y_train != 2  # class "c" only in the test set
+    data = ImageData("toy", data.x_train[keep], data.y_train[keep], data.x_test, data.y_test,
+                     data.classes, "test")  # fmt: skip
+    with pytest.raises(ConfigError, match="known class 'c' has no training images: hold it out"):
+        split_data(data, make_split(data.classes))
+    sd = split_data(data, make_split(data.classes, holdout=("c",)))  # held out: fine
+    assert int(sd.test_is_unseen.sum()) == 20
+
+
+def test_class_names_differing_in_case_resolve_exactly_or_fail():
+    classes = ("Cat", "cat", "dog", "CAT")
+    assert make_split(classes, holdout=("Cat",)).unseen == (0,)
+    assert make_split(classes, holdout=("cat",)).unseen == (1,)
+    assert make_split(classes, holdout=("DOG",)).unseen == (2,)
+    with pytest.raises(ConfigError, match="'cAt' could mean 'Cat' and 'cat' and 'CAT'"):
+        make_split(classes, holdout=("cAt",))

@@ -60,16 +60,28 @@ class Split:
 def resolve_classes(
     tokens: tuple[str, ...] | list[str], classes: tuple[str, ...], option: str
 ) -> list[int]:
-    """Class tokens (exact names, case-insensitive, or indices) -> sorted original indices.
+    """Class tokens (names, case-insensitive, or indices) -> sorted original indices.
 
-    A token that is a class name wins over the same token read as an index.
+    A token that is a class name wins over the same token read as an index. A name that
+    matches a class exactly wins over case-insensitive matches; a token that matches several
+    classes only case-insensitively (``cat`` for ``Cat`` and ``CAT``) is an error.
     """
-    lower = {c.lower(): i for i, c in enumerate(classes)}
+    exact = {c: i for i, c in enumerate(classes)}
+    lower: dict[str, list[int]] = {}
+    for i, c in enumerate(classes):
+        lower.setdefault(c.lower(), []).append(i)
     out = []
     for tok in tokens:
         t = str(tok).strip()
-        if t.lower() in lower:
-            out.append(lower[t.lower()])
+        if t in exact:
+            out.append(exact[t])
+        elif len(matches := lower.get(t.lower(), [])) > 1:
+            names = " and ".join(repr(classes[i]) for i in matches)
+            raise ConfigError(
+                f"{option} {t!r} could mean {names}; give the exact name or the index."
+            )
+        elif matches:
+            out.append(matches[0])
         elif (index := _as_index(t)) is not None and 0 <= index < len(classes):
             out.append(index)
         else:
@@ -157,7 +169,10 @@ def stratified_subset(labels: np.ndarray, n: int, seed: int) -> np.ndarray:
     from sklearn.model_selection import train_test_split
 
     counts = np.bincount(labels)
-    stratify = labels if counts[counts > 0].min() >= 2 and n >= (counts > 0).sum() else None
+    n_classes = int((counts > 0).sum())
+    # scikit-learn stratifies only when both the kept and the left-out part can hold every class
+    can_stratify = counts[counts > 0].min() >= 2 and min(n, len(labels) - n) >= n_classes
+    stratify = labels if can_stratify else None
     keep, _ = train_test_split(
         np.arange(len(labels)), train_size=n, stratify=stratify, random_state=seed
     )
@@ -208,6 +223,15 @@ def split_data(
     if train_subset is not None:
         train_idx = stratified_subset(y_train, train_subset, seed)
     train_idx = train_idx[np.isin(y_train[train_idx], split.known)]
+    empty = [c for c in split.known if not np.any(y_train[train_idx] == c)]
+    if empty:
+        names = ", ".join(repr(split.classes[c]) for c in empty)
+        where = f" in a --train-subset of {train_subset}" if train_subset is not None else ""
+        what = f"known class {names} has" if len(empty) == 1 else f"known classes {names} have"
+        raise ConfigError(
+            f"{what} no training images{where}: hold {'it' if len(empty) == 1 else 'them'} "
+            "out (--holdout) or train on more images."
+        )
     rare_known = [(cls, frac) for cls, frac in rare if cls in split.known]
     for cls, frac in rare_known:
         train_idx = subsample_class(train_idx, y_train, cls, frac, seed)
