@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import pickle
+import shutil
 import struct
 from pathlib import Path
 
@@ -221,3 +222,204 @@ def test_describe_sources_lists_every_source():
     names = [r[0] for r in rows]
     assert names[:6] == ["digits", "fashion-mnist", "mnist", "cifar10", "cifar100", "svhn"]
     assert rows[0][2].startswith("found")
+
+
+# ----------------------------------------------------------------------------- folder and npz edge cases
+
+
+def _save_split_images(root: Path, split: str, images: dict[str, list]) -> None:
+    """Save PIL images under ``root/split/<class>/<i>.png`` (or the image's own format)."""
+    for cls, ims in images.items():
+        d = root / split / cls
+        d.mkdir(parents=True, exist_ok=True)
+        for i, (im, ext) in enumerate(ims):
+            im.save(d / f"{i}.{ext}")
+
+
+def test_folder_16bit_greyscale_is_scaled_not_clipped(tmp_path):
+    # 16-bit values v become round(v * 255 / 65535): 257 -> 1, 32768 -> 128, 65535 -> 255.
+    v16 = np.array([[0, 257, 1000], [32768, 60000, 65535]], dtype=np.uint16)
+    want16 = np.array([[0, 1, 4], [128, 233, 255]], dtype=np.uint8)
+    png = Image.fromarray(v16)  # mode I;16
+    tif_be = Image.fromarray(v16.astype(">u2"))  # saved as big-endian TIFF, opens as I;16B
+    pgm = Image.fromarray(v16)  # a 16-bit PGM opens as mode I
+    low = Image.fromarray(np.array([[0, 7, 255], [1, 2, 3]], np.int32), "I")  # mode I <= 255
+    _save_split_images(tmp_path, "train", {"a": [(png, "png")], "b": [(tif_be, "tif")]})
+    _save_split_images(tmp_path, "test", {"a": [(pgm, "pgm")], "b": [(low, "tif")]})
+    assert sorted(Image.open(p).mode for p in tmp_path.rglob("*.*")) == [
+        "I", "I", "I;16", "I;16B"
+    ]  # fmt: skip
+    data = load_dataset(f"folder:{tmp_path}")
+    assert data.x_train.shape == (2, 1, 2, 3) and data.x_train.dtype == torch.uint8
+    for x in (data.x_train[0, 0], data.x_train[1, 0], data.x_test[0, 0]):
+        assert x.numpy().tolist() == want16.tolist()
+    assert data.x_test[1, 0].numpy().tolist() == [[0, 7, 255], [1, 2, 3]]  # already 8-bit
+
+
+def test_folder_files_read_as_unseen_predict_reads_them(tmp_path):
+    """A file gives the same pixels in training and in prediction: EXIF orientation, 16-bit
+    scaling, palette and alpha, channel conversion and resizing are one code path."""
+    from unseen.predict import convert_channels, resize_images, to_nchw_uint8
+
+    rng = np.random.default_rng(1)
+    rotated = Image.fromarray(rng.integers(0, 256, (6, 6, 3), dtype=np.uint8))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # orientation: turn 90 degrees clockwise to display upright
+    wide = Image.fromarray(rng.integers(0, 65536, (6, 6), dtype=np.uint16))
+    palette = Image.fromarray(rng.integers(0, 256, (6, 6, 3), dtype=np.uint8)).quantize(8)
+    rgba = Image.fromarray(rng.integers(0, 256, (6, 6, 4), dtype=np.uint8), "RGBA")
+    other_size = Image.fromarray(rng.integers(0, 256, (9, 7, 3), dtype=np.uint8))
+    _save_split_images(tmp_path, "train", {"a": [(rgba, "png")], "b": [(palette, "png")]})
+    _save_split_images(tmp_path, "test", {"a": [(wide, "png"), (other_size, "png")],
+                                          "b": [(palette, "png")]})  # fmt: skip
+    rotated.save(tmp_path / "test" / "b" / "1.png", exif=exif.tobytes())
+    data = load_dataset(f"folder:{tmp_path}")
+    assert data.x_test.shape == (4, 3, 6, 6)
+    files = sorted((tmp_path / "test").rglob("*.png"))  # ImageFolder's order
+    for x, path in zip(data.x_test, files, strict=True):
+        predicted = resize_images(convert_channels(to_nchw_uint8(path), 3), (6, 6))[0]
+        assert torch.equal(x, predicted), path
+    upright = np.asarray(rotated.transpose(Image.Transpose.ROTATE_270))  # 270 anticlockwise
+    assert data.x_test[3].permute(1, 2, 0).numpy().tolist() == upright.tolist()
+
+
+def test_folder_32bit_values_beyond_16_bits_are_refused(tmp_path):
+    big = Image.fromarray(np.array([[0, 70000]], np.int32), "I")
+    _save_split_images(tmp_path, "train", {"a": [(big, "tif")]})
+    _save_split_images(tmp_path, "test", {"a": [(big, "tif")]})
+    with pytest.raises(DataError, match=r"0\.\.65535") as exc:
+        load_dataset(f"folder:{tmp_path}")
+    assert "0.tif" in str(exc.value) and "\n" not in str(exc.value)
+
+
+def test_folder_size_is_most_common_over_train_and_test_together(tmp_path):
+    rng = np.random.default_rng(0)
+
+    def grey(h: int, w: int) -> tuple:
+        return Image.fromarray(rng.integers(0, 256, (h, w), dtype=np.uint8)), "png"
+
+    # train: three 5x6 images; test: two 7x8 images and one 5x6: 5x6 wins over all six.
+    _save_split_images(tmp_path, "train", {"a": [grey(5, 6), grey(5, 6)], "b": [grey(5, 6)]})
+    keep = grey(5, 6)
+    _save_split_images(tmp_path, "test", {"a": [grey(7, 8), grey(7, 8)], "b": [keep]})
+    data = load_dataset(f"folder:{tmp_path}")
+    assert data.x_train.shape == (3, 1, 5, 6) and data.x_test.shape == (3, 1, 5, 6)
+    assert data.x_test[2, 0].numpy().tolist() == np.asarray(keep[0]).tolist()
+
+
+def test_folder_one_colour_image_makes_both_splits_colour(tmp_path):
+    rng = np.random.default_rng(0)
+    grey_a = rng.integers(0, 256, (4, 5), dtype=np.uint8)
+    colour = rng.integers(0, 256, (4, 5, 3), dtype=np.uint8)
+    _save_split_images(tmp_path, "train", {"a": [(Image.fromarray(grey_a), "png")]})
+    _save_split_images(
+        tmp_path,
+        "test",
+        {"a": [(Image.fromarray(grey_a), "png")], "b": [(Image.fromarray(colour), "png")]},
+    )
+    (tmp_path / "train" / "b").mkdir()
+    Image.fromarray(grey_a).save(tmp_path / "train" / "b" / "0.png")
+    data = load_dataset(f"folder:{tmp_path}")
+    assert data.x_train.shape == (2, 3, 4, 5) and data.x_test.shape == (2, 3, 4, 5)
+    for c in range(3):  # grey images are repeated over the three channels
+        assert data.x_train[0, c].numpy().tolist() == grey_a.tolist()
+    assert data.x_test[1].permute(1, 2, 0).numpy().tolist() == colour.tolist()
+
+
+def test_folder_skips_hidden_folders_and_files(tmp_path):
+    rng = np.random.default_rng(0)
+    for split in ("train", "test"):
+        for cls in ("ant", "bee"):
+            (tmp_path / split / cls).mkdir(parents=True)
+            Image.fromarray(rng.integers(0, 256, (4, 4), dtype=np.uint8)).save(
+                tmp_path / split / cls / "0.png"
+            )
+        hidden = tmp_path / split / ".ipynb_checkpoints"
+        hidden.mkdir()
+        Image.new("L", (4, 4)).save(hidden / "0-checkpoint.png")
+        (tmp_path / split / "ant" / "._0.png").write_bytes(b"AppleDouble, not a png")
+        (tmp_path / split / "bee" / ".ipynb_checkpoints").mkdir()
+        Image.new("L", (9, 9)).save(tmp_path / split / "bee" / ".ipynb_checkpoints" / "x.png")
+    data = load_dataset(f"folder:{tmp_path}")
+    assert data.classes == ("ant", "bee")
+    assert data.x_train.shape == (2, 1, 4, 4) and data.y_test.tolist() == [0, 1]
+    (tmp_path / "train" / "cat").mkdir()  # a class folder holding only hidden files is empty
+    (tmp_path / "train" / "cat" / "._0.png").write_bytes(b"AppleDouble, not a png")
+    with pytest.raises(DataError, match="cat in .* hold no images"):
+        load_dataset(f"folder:{tmp_path}")
+    for split in ("train", "test"):  # only hidden folders: no classes at all
+        for cls in ("ant", "bee", "cat"):
+            shutil.rmtree(tmp_path / split / cls, ignore_errors=True)
+    with pytest.raises(DataError, match="holds no class folders"):
+        load_dataset(f"folder:{tmp_path}")
+
+
+def _npz(path: Path, **changes) -> Path:
+    rng = np.random.default_rng(0)
+    arrays = {
+        "x_train": rng.integers(0, 256, (6, 5, 7), dtype=np.uint8),
+        "y_train": np.arange(6) % 3,
+        "x_test": rng.integers(0, 256, (4, 5, 7), dtype=np.uint8),
+        "y_test": np.arange(4) % 3,
+    }
+    arrays.update(changes)
+    np.savez(path, **{k: v for k, v in arrays.items() if v is not None})
+    return path
+
+
+@pytest.mark.parametrize(
+    "changes, match",
+    [
+        ({"x_train": np.zeros((0, 5, 7), np.uint8), "y_train": np.zeros(0, int)}, "no images"),
+        ({"x_test": np.zeros((0, 5, 7), np.uint8), "y_test": np.zeros(0, int)}, "no images"),
+        ({"y_train": np.array([0, 1, 2, -1, 0, 1])}, "negative"),
+        ({"y_test": np.array([10**12, 0, 1, 2])}, "100,000"),
+        ({"y_test": np.array([2**63 + 5, 0, 1, 2], np.uint64)}, "int64"),
+        ({"y_test": np.array([0, 1, 2, 3]), "classes": np.array(["a", "b", "c"])}, "3 classes"),
+        ({"classes": np.array("abc")}, "one-dimensional"),
+        ({"classes": np.array(["a", "b", "a"])}, "names 'a' twice"),
+        ({"classes": np.array([["a", "b", "c"]])}, "one-dimensional"),
+        ({"x_train": np.zeros((6, 2, 5, 7), np.uint8)}, r"N x C x H x W"),
+    ],
+)
+def test_npz_bad_splits_labels_and_classes_are_one_sentence(tmp_path, changes, match):
+    path = _npz(tmp_path / "bad.npz", **changes)
+    with pytest.raises(DataError, match=match) as exc:
+        load_dataset(f"npz:{path}")
+    msg = str(exc.value)
+    assert str(path) in msg and "\n" not in msg and msg.count(". ") == 0
+
+
+def test_npz_channels_first_images(tmp_path):
+    rng = np.random.default_rng(1)
+    xc = rng.integers(0, 256, (6, 3, 5, 7), dtype=np.uint8)  # N x C x H x W, PyTorch's layout
+    d = load_dataset(f"npz:{_npz(tmp_path / 'c.npz', x_train=xc, x_test=xc[:4])}")
+    assert d.x_train.shape == (6, 3, 5, 7) and torch.equal(d.x_train, torch.from_numpy(xc))
+    x1 = rng.integers(0, 256, (6, 1, 5, 7), dtype=np.uint8)
+    d = load_dataset(f"npz:{_npz(tmp_path / 'g.npz', x_train=x1, x_test=x1[:4])}")
+    assert d.x_test.shape == (4, 1, 5, 7) and torch.equal(d.x_test, torch.from_numpy(x1[:4]))
+    xl = rng.integers(0, 256, (6, 5, 7, 4), dtype=np.uint8)  # N x H x W x C still works
+    d = load_dataset(f"npz:{_npz(tmp_path / 'l.npz', x_train=xl, x_test=xl[:4])}")
+    assert d.x_train.shape == (6, 4, 5, 7) and torch.equal(
+        d.x_train[2, 3], torch.from_numpy(xl[2, :, :, 3])
+    )
+
+
+def test_npz_classes_and_labels_within_range_load(tmp_path):
+    path = _npz(tmp_path / "ok.npz", y_test=np.array([0, 1, 2, 3]), classes=np.array(list("abcd")))
+    d = load_dataset(f"npz:{path}")
+    assert d.classes == ("a", "b", "c", "d") and d.y_test.tolist() == [0, 1, 2, 3]
+    d = load_dataset(f"npz:{_npz(tmp_path / 'b.npz', classes=np.array([b'ant', b'bee', b'cat']))}")
+    assert d.classes == ("ant", "bee", "cat")  # bytes names decoded, not "b'ant'"
+    d = load_dataset(f"npz:{_npz(tmp_path / 'u.npz', y_test=np.array([0, 1, 2, 9], np.uint64))}")
+    assert d.classes == tuple(str(i) for i in range(10)) and d.y_test.dtype == torch.int64
+
+
+@pytest.mark.parametrize("split", ["train", "t10k"])
+def test_idx_labels_outside_the_classes_are_refused(tmp_path, split):
+    make_idx_set(tmp_path, gz=False)
+    labels = np.arange(30 if split == "train" else 20) % 26  # EMNIST letters: 0..25
+    write_idx(tmp_path / f"{split}-labels-idx1-ubyte", labels, gz=False)
+    with pytest.raises(DataError, match="0..9") as exc:
+        load_dataset("mnist", str(tmp_path))
+    assert f"{split}-labels-idx1-ubyte" in str(exc.value) and "\n" not in str(exc.value)

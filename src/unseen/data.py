@@ -28,6 +28,8 @@ FASHION_CLASSES = (
     "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
 )  # fmt: skip
 DIGIT_CLASSES = tuple(str(i) for i in range(10))
+#: the most classes an npz file without a ``classes`` array may number (labels 0 .. this - 1)
+MAX_NPZ_CLASSES = 100_000
 
 
 @dataclass(frozen=True)
@@ -178,6 +180,15 @@ def _idx_loader(
                     f"{name} {split} files in {folder_found} do not match: "
                     f"{tuple(x.shape)} images, {tuple(y.shape)} labels."
                 )
+            if len(y) == 0:
+                raise DataError(f"{name} {split} files in {folder_found} hold no images.")
+            lo, hi = int(y.min()), int(y.max())
+            if lo < 0 or hi >= len(classes):
+                label_file = _idx_file(folder_found, _IDX_FILES[f"y_{split}"])
+                raise DataError(
+                    f"{label_file} has labels {lo}..{hi}, but {name} labels must lie in "
+                    f"0..{len(classes) - 1}."
+                )
         return ImageData(
             name=name,
             x_train=t["x_train"][:, None].contiguous(),
@@ -272,31 +283,143 @@ def _torchvision_source(name: str, flip_ok: bool) -> tuple[Callable, Callable]:
 # ----------------------------------------------------------------------------- folder / npz
 
 
-def _load_image_files(paths: list[Path]) -> tuple[np.ndarray, str]:
-    """Decode image files into one uint8 N,H,W,C array (resized to the most common size)."""
+# One way to read image files, shared by the folder:PATH source and ``unseen predict``, so a
+# file gives the same pixels in training and in prediction.
+
+#: PIL modes of one channel with more than 8 bits per pixel (16-bit PNG and TIFF, PGM, float)
+_WIDE_MODES = frozenset({"I;16", "I;16B", "I;16L", "I;16N", "I", "F"})
+
+
+def read_image_file(path: str | os.PathLike):
+    """Decode one image file into a PIL image, upright (its EXIF orientation applied).
+
+    Raises what PIL raises for a file it cannot decode (``UnidentifiedImageError``,
+    ``OSError``, ``DecompressionBombError``, ...).
+    """
+    from PIL import Image, ImageOps
+
+    with Image.open(path) as im:
+        im.load()
+        upright = ImageOps.exif_transpose(im)
+        return im.copy() if upright is im else upright
+
+
+def image_array(image) -> np.ndarray:
+    """A PIL image -> uint8 ``H x W`` (grey), ``H x W x 2`` (grey + alpha), ``H x W x 3`` or
+    ``H x W x 4`` (RGB, RGB + alpha).
+
+    16-bit greyscale scales as ``round(v * 255 / 65535)``. Modes "I" and "F" do not record a
+    bit depth: they are read as 16-bit when a value exceeds 255 and as 0..255 otherwise; values
+    outside 0..65535 raise ``ValueError``. Palette and other modes become RGB (RGBA when the
+    image has transparency).
+    """
+    mode = image.mode
+    if mode in {"L", "LA", "RGB", "RGBA"}:
+        return np.array(image, dtype=np.uint8)
+    if mode in _WIDE_MODES:
+        a = np.asarray(image, dtype=np.float64)
+        lo, hi = (float(a.min()), float(a.max())) if a.size else (0.0, 0.0)
+        if not (lo >= 0 and hi <= 65535):
+            raise ValueError(f"it holds values {lo:g}..{hi:g}, not 8-bit or 16-bit (0..65535)")
+        top = 65535.0 if mode.startswith("I;16") or hi > 255 else 255.0
+        return np.rint(a * (255.0 / top)).astype(np.uint8)
+    if mode == "1":
+        return np.array(image.convert("L"), dtype=np.uint8)
+    return np.array(
+        image.convert("RGBA" if "transparency" in image.info else "RGB"), dtype=np.uint8
+    )
+
+
+def convert_channels(x: torch.Tensor, channels: int) -> torch.Tensor:
+    """uint8 N x C x H x W with C in 1..4 -> ``channels`` channels (alpha dropped).
+
+    RGB -> L uses PIL's integer ITU-R 601-2 luma (the weights sum to one exactly, so a
+    gray RGB image keeps its values, and the result equals ``Image.convert("L")``).
+    """
+    c = x.shape[1]
+    if c == 2:  # grayscale + alpha
+        x, c = x[:, :1], 1
+    elif c == 4:  # RGB + alpha
+        x, c = x[:, :3], 3
+    if c == channels:
+        return x
+    if c == 3 and channels == 1:
+        r, g, b = x.int().unbind(dim=1)
+        luma = (r * 19595 + g * 38470 + b * 7471 + 0x8000) >> 16
+        return luma.to(torch.uint8)[:, None]
+    if c == 1 and channels == 3:
+        return x.expand(-1, 3, -1, -1)
+    raise DataError(f"cannot turn {c}-channel images into the model's {channels} channels.")
+
+
+def resize_images(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """uint8 N x C x H x W -> N x C x ``size`` (height, width): bilinear, antialiased, the
+    aspect ratio not kept."""
+    if tuple(x.shape[-2:]) == tuple(size):
+        return x
+    from torchvision.transforms.v2.functional import InterpolationMode, resize
+
+    return resize(x, list(size), interpolation=InterpolationMode.BILINEAR, antialias=True)
+
+
+def _image_file_tensor(path: Path) -> torch.Tensor:
+    """One image file of a folder dataset -> uint8 1 x C x H x W (C from ``image_array``)."""
+    from PIL import UnidentifiedImageError
+
+    try:
+        a = image_array(read_image_file(path))
+    except (UnidentifiedImageError, OSError, ValueError) as exc:
+        why = f"{type(exc).__name__}" if not isinstance(exc, ValueError) else str(exc)
+        raise DataError(f"image {path} could not be decoded ({why}).") from None
+    a = a[:, :, None] if a.ndim == 2 else a
+    return torch.from_numpy(np.ascontiguousarray(a)).permute(2, 0, 1)[None]
+
+
+def _load_image_files(files: dict[str, list[Path]]) -> tuple[dict[str, torch.Tensor], str]:
+    """Decode the image files of every split into uint8 N x C x H x W tensors of one channel
+    count and one size, as ``unseen predict`` reads a file.
+
+    The images are RGB when any image of any split has colour, grey otherwise; those of
+    another size are resized (``resize_images``) to the most common size over all splits.
+    """
     from collections import Counter
 
-    from PIL import Image, UnidentifiedImageError
+    decoded = {split: [_image_file_tensor(p) for p in paths] for split, paths in files.items()}
+    everything = [t for ts in decoded.values() for t in ts]
+    channels = 3 if any(t.shape[1] >= 3 for t in everything) else 1
+    size = Counter(tuple(t.shape[-2:]) for t in everything).most_common(1)[0][0]
+    out = {
+        split: torch.cat([resize_images(convert_channels(t, channels), size) for t in ts])
+        for split, ts in decoded.items()
+    }
+    return out, f"{size[1]}x{size[0]} {'RGB' if channels == 3 else 'L'}"
 
-    images = []
-    for p in paths:
-        try:
-            with Image.open(p) as im:
-                im.load()
-                images.append(im.copy())
-        except (UnidentifiedImageError, OSError, ValueError) as exc:
-            raise DataError(f"image {p} could not be decoded ({type(exc).__name__}).") from None
-    gray = all(im.mode in {"L", "1", "I;16", "I"} for im in images)
-    mode = "L" if gray else "RGB"
-    size = Counter(im.size for im in images).most_common(1)[0][0]
-    arrs = []
-    for im in images:
-        im = im.convert(mode)
-        if im.size != size:
-            im = im.resize(size, Image.BILINEAR)
-        a = np.asarray(im, dtype=np.uint8)
-        arrs.append(a[:, :, None] if a.ndim == 2 else a)
-    return np.stack(arrs), f"{size[0]}x{size[1]} {mode}"
+
+def _list_image_folder(folder: Path):
+    """torchvision's ImageFolder listing of ``folder`` (files only, not decoded), skipping
+    hidden entries such as ``.ipynb_checkpoints/`` or macOS's ``._name.png`` files."""
+    from torchvision.datasets import ImageFolder
+    from torchvision.datasets.folder import IMG_EXTENSIONS, has_file_allowed_extension
+
+    class VisibleImageFolder(ImageFolder):
+        def find_classes(self, directory: str) -> tuple[list[str], dict[str, int]]:
+            classes = [c for c in super().find_classes(directory)[0] if not c.startswith(".")]
+            if not classes:
+                raise DataError(
+                    f"folder dataset {folder} holds no class folders (it needs {folder}/<class>/*)."
+                )
+            return classes, {c: i for i, c in enumerate(classes)}
+
+    base = Path(os.path.expanduser(str(folder)))
+
+    def visible_image(p: str) -> bool:
+        hidden = any(part.startswith(".") for part in Path(p).relative_to(base).parts)
+        return not hidden and has_file_allowed_extension(p, IMG_EXTENSIONS)
+
+    # allow_empty: the caller names empty class folders in its own sentence.
+    return VisibleImageFolder(
+        str(folder), loader=lambda p: p, is_valid_file=visible_image, allow_empty=True
+    )
 
 
 def _folder_source(path: str) -> tuple[Callable, Callable]:
@@ -312,13 +435,11 @@ def _folder_source(path: str) -> tuple[Callable, Callable]:
         return str(root)
 
     def load(_root: str | None = None, download: bool = False) -> ImageData:
-        from torchvision.datasets import ImageFolder
-
         locate()
         splits = {}
         for split in ("train", "test"):
             try:
-                ds = ImageFolder(str(root / split), loader=lambda p: p)  # only list the files
+                ds = _list_image_folder(root / split)
             except (FileNotFoundError, OSError) as exc:
                 raise DataError(f"folder dataset {root / split}: {exc}.") from None
             empty = [
@@ -333,22 +454,19 @@ def _folder_source(path: str) -> tuple[Callable, Callable]:
         extra = sorted(set(splits["test"].classes) - set(classes))
         if extra:
             raise DataError(f"{root / 'test'} has classes missing from train/: {', '.join(extra)}.")
-        out = {}
-        for split, ds in splits.items():
-            x, _ = _load_image_files([Path(p) for p, _ in ds.samples])
-            y = np.array([classes.index(ds.classes[t]) for _, t in ds.samples], dtype=np.int64)
-            out[split] = (x, y)
-        shapes = {out[s][0].shape[1:] for s in out}
-        if len(shapes) != 1:
-            raise DataError(
-                f"train and test images in {root} differ in size or channels: {shapes}."
-            )
+        x, _ = _load_image_files(
+            {split: [Path(p) for p, _ in ds.samples] for split, ds in splits.items()}
+        )
+        y = {
+            split: np.array([classes.index(ds.classes[t]) for _, t in ds.samples], dtype=np.int64)
+            for split, ds in splits.items()
+        }
         return ImageData(
             name=f"folder:{root}",
-            x_train=torch.from_numpy(out["train"][0]).permute(0, 3, 1, 2).contiguous(),
-            y_train=torch.from_numpy(out["train"][1]),
-            x_test=torch.from_numpy(out["test"][0]).permute(0, 3, 1, 2).contiguous(),
-            y_test=torch.from_numpy(out["test"][1]),
+            x_train=x["train"].contiguous(),
+            y_train=torch.from_numpy(y["train"]),
+            x_test=x["test"].contiguous(),
+            y_test=torch.from_numpy(y["test"]),
             classes=classes,
             source=str(root),
         )
@@ -391,12 +509,15 @@ def _npz_source(path: str) -> tuple[Callable, Callable]:
                 raise DataError(f"{key} in {file} must be uint8 images, not {a.dtype}.")
             if a.ndim == 3:
                 a = a[:, None]
-            elif a.ndim == 4:
-                a = np.moveaxis(a, 3, 1)
-            else:
+            elif a.ndim == 4 and a.shape[3] in (1, 3, 4):
+                a = np.moveaxis(a, 3, 1)  # N x H x W x C (read so when both axes could be C)
+            elif not (a.ndim == 4 and a.shape[1] in (1, 3, 4)):  # else N x C x H x W already
                 raise DataError(
-                    f"{key} in {file} must be N x H x W or N x H x W x C, not {a.shape}."
+                    f"{key} in {file} must be N x H x W, N x H x W x C or N x C x H x W "
+                    f"with C = 1, 3 or 4, not {a.shape}."
                 )
+            if len(a) == 0:
+                raise DataError(f"{key} in {file} holds no images; both splits need some.")
             return torch.from_numpy(np.ascontiguousarray(a))
 
         def labels(a: np.ndarray, key: str, n: int) -> torch.Tensor:
@@ -404,8 +525,13 @@ def _npz_source(path: str) -> tuple[Callable, Callable]:
                 raise DataError(
                     f"{key} in {file} must be {n} integer labels, not {a.dtype} {a.shape}."
                 )
-            if len(a) and a.min() < 0:
-                raise DataError(f"{key} in {file} has negative labels.")
+            if a.min() < 0:
+                raise DataError(f"{key} in {file} has negative labels; labels start at 0.")
+            if a.max() > np.iinfo(np.int64).max:
+                raise DataError(
+                    f"{key} in {file} has labels up to {a.max()}, beyond int64; labels must "
+                    "number the classes from 0."
+                )
             return torch.from_numpy(a.astype(np.int64))
 
         xtr, xte = images(arrays["x_train"], "x_train"), images(arrays["x_test"], "x_test")
@@ -417,11 +543,30 @@ def _npz_source(path: str) -> tuple[Callable, Callable]:
             )
         n_classes = int(max(ytr.max(), yte.max())) + 1
         if "classes" in arrays:
-            classes = tuple(str(c) for c in arrays["classes"].tolist())
+            names = arrays["classes"]
+            if names.ndim != 1:
+                raise DataError(
+                    f"'classes' in {file} must be a one-dimensional array of class names, "
+                    f"not an array of shape {names.shape}."
+                )
+            classes = tuple(
+                c.decode("utf-8", "replace") if isinstance(c, bytes) else str(c)
+                for c in names.tolist()
+            )
+            if twice := next((c for i, c in enumerate(classes) if c in classes[:i]), None):
+                raise DataError(
+                    f"'classes' in {file} names {twice!r} twice; class names must differ."
+                )
             if len(classes) < n_classes:
                 raise DataError(
-                    f"'classes' in {file} names {len(classes)} classes but labels go up to {n_classes - 1}."
+                    f"'classes' in {file} names {len(classes)} classes but labels go up to "
+                    f"{n_classes - 1}; labels must lie in 0..{len(classes) - 1}."
                 )
+        elif n_classes > MAX_NPZ_CLASSES:
+            raise DataError(
+                f"labels in {file} go up to {n_classes - 1}, more than {MAX_NPZ_CLASSES:,} "
+                "classes; number the classes from 0, or save a 'classes' array naming each."
+            )
         else:
             classes = tuple(str(i) for i in range(n_classes))
         return ImageData(f"npz:{file}", xtr, ytr, xte, yte, classes, str(file))
