@@ -126,6 +126,88 @@ def test_protocol_and_option_mistakes_are_config_errors():
     assert sweep.parse_balances("all") == ("none", "weighted-loss", "sampler")
 
 
+def test_rare_fractions_keep_every_digit(tmp_path, capsys):
+    from unseen.config import parse_value
+
+    # --rare records the fraction it was given, not a 6-digit rounding of it
+    assert parse_value("rare", "3:0.1234567") == ("3:0.1234567",)
+    assert parse_value("rare", "3:0.1, 7:1e-7, 8:0") == ("3:0.1", "7:1e-07", "8:0")
+    assert resolve_rare(parse_value("rare", "3:0.1234567"), DIGITS) == [(3, 0.1234567)]
+    # two fractions equal to six digits are two runs in two folders
+    runs = sweep.plan(
+        TINY, DIGITS, SweepOptions("rare:3", fractions=(0.1234561, 0.1234564)), tmp_path
+    )
+    assert [r.config.rare for r in runs] == [("3:0.1234561",), ("3:0.1234564",)]
+    assert len({r.run_dir for r in runs}) == 2
+    assert len({r.label for r in runs}) == 2
+    rc = main(["sweep", "--protocol", "rare:3", "--fractions", "0.1234561,0.1234564", "--epochs",
+               "1", "--dry-run", "--out", str(tmp_path / "s")])  # fmt: skip
+    assert rc == 0
+    lines = [ln for ln in capsys.readouterr().out.splitlines() if "to run" in ln]
+    assert len(lines) == len(set(lines)) == 2
+    # the same condition twice is refused
+    with pytest.raises(ConfigError, match="twice"):
+        expand(TINY, DIGITS, SweepOptions("rare:3", fractions=(0.5, 0.5)))
+    with pytest.raises(ConfigError, match="twice"):
+        expand(TINY, DIGITS, SweepOptions("rare:3", fractions=(0.0, -0.0)))
+
+
+def test_huge_split_requests_fail_before_drawing():
+    hundred = tuple(f"c{i}" for i in range(100))
+    # drawing 10**9 splits would not finish in test time: the error must come first
+    with pytest.raises(ConfigError, match=r"would plan 1000000000 runs \(1000000000 conditions"):
+        expand(TINY, hundred, SweepOptions("random:50", splits=10**9))
+    with pytest.raises(ConfigError, match=r"would plan 15000 runs \(5000 conditions x 1 balance"):
+        expand(TINY, hundred, SweepOptions("random:50", splits=5000, seeds=3))
+    with pytest.raises(ConfigError, match="at most 10000"):
+        sweep.random_splits(100, 50, 10**9)
+    # every split of a small dataset can still be asked for
+    all_of_them = sweep.random_splits(6, 3, math.comb(6, 3))
+    assert len(set(all_of_them)) == 20
+    assert sweep.random_splits(6, 3, 5) == all_of_them[:5]
+
+
+def test_split_mistakes_are_refused_when_planning(tmp_path):
+    # the rare class held out: every fraction above 0 is impossible
+    with pytest.raises(ConfigError, match="held out"):
+        sweep.plan(TINY.replace(holdout=("3",)), DIGITS, SweepOptions("rare:3"), tmp_path)
+    # fraction 0 of a rare class among two known classes leaves one
+    with pytest.raises(ConfigError, match="only one known class"):
+        sweep.plan(
+            TINY.replace(known=("3", "4")), DIGITS, SweepOptions("rare:3", fractions=(0.0, 0.5)),
+            tmp_path,
+        )  # fmt: skip
+    with pytest.raises(ConfigError, match="only one known class"):
+        sweep.plan(TINY.replace(holdout=DIGITS[1:]), DIGITS, SweepOptions("single"), tmp_path)
+    assert not tmp_path.joinpath("runs").exists()
+
+
+def test_split_mistake_in_a_sweep_exits_2_before_any_folder(tmp_path, capsys):
+    out = tmp_path / "s"
+    args = ["sweep", "--protocol", "rare:3", "--holdout", "3", "--fractions", "0.5",
+            "--train-subset", "200", "--epochs", "1", "--no-report", "--device", "cpu",
+            "--out", str(out)]  # fmt: skip
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert "--rare class '3' is held out" in err and len(err.splitlines()) == 1
+    assert not out.exists()
+    assert main([*args, "--dry-run"]) == 2
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("jobs", ["0", "-2"])
+@pytest.mark.parametrize("flag", ["--dry-run", "--summary-only", None])
+def test_bad_jobs_exit_2_before_anything_is_written(tmp_path, capsys, jobs, flag):
+    out = tmp_path / "s"
+    args = ["sweep", "--protocol", "loo", "--epochs", "1", "--jobs", jobs, "--out", str(out)]
+    assert main(args + ([flag] if flag else [])) == 2
+    err = capsys.readouterr().err.strip()
+    assert f"--jobs must be at least 1 (got {jobs})" in err and len(err.splitlines()) == 1
+    assert not out.exists()
+    with pytest.raises(ConfigError, match="--jobs"):
+        sweep.plan(TINY, DIGITS, SweepOptions("loo", jobs=int(jobs)), tmp_path)
+
+
 # ----------------------------------------------------------------------------- hash
 
 
@@ -351,6 +433,73 @@ def test_aggregation_matches_hand_computed_means_and_stds(tmp_path):
     # hardest first: class 1 (0.65) before class 0 (0.9)
     assert text.index("\n1 ") < text.index("\n0 ")
     assert "0.900 ± 0.100" in text
+
+
+def _write_run_settings(
+    folder: Path, *, device: str, precision: str, batch: int, lr: float, epochs: int = 1
+) -> None:
+    """metrics.json and config.json as a finished run writes them, with resolved settings."""
+    write_json(
+        folder / "config.json",
+        {**TINY.to_dict(), "device": "auto", "precision": "auto", "batch_size": batch, "lr": lr,
+         "epochs": epochs},
+    )  # fmt: skip
+    _write_fake_run(
+        folder,
+        {"closed_set_accuracy": 0.9, "scores": {"msp": {"auroc": 0.8}}, "epochs": epochs,
+         "device": device, "precision": precision},
+    )  # fmt: skip
+
+
+def test_summary_flags_conditions_whose_runs_resolved_settings_differently(tmp_path):
+    runs = expand(
+        TINY.replace(device="auto", precision="auto"), DIGITS, SweepOptions("loo", seeds=2)
+    )
+    runs = [
+        sweep.PlannedRun(r.label, r.config.replace(out=str(tmp_path / r.label)), r.tags)
+        for r in runs[:4]
+    ]  # classes 0 and 1, seeds 0 and 1
+    # class 0: both runs on CPUs (thread counts differ, settings do not)
+    _write_run_settings(
+        runs[0].run_dir, device="cpu (1 thread)", precision="fp32", batch=128, lr=0.1
+    )
+    _write_run_settings(runs[1].run_dir, device="cpu (8 threads, AMX)", precision="fp32",
+                        batch=128, lr=0.1)  # fmt: skip
+    # class 1: the second seed resumed on a GPU machine
+    _write_run_settings(
+        runs[2].run_dir, device="cpu (1 thread)", precision="fp32", batch=128, lr=0.1
+    )
+    _write_run_settings(runs[3].run_dir, device="cuda (NVIDIA H200)", precision="bf16",
+                        batch=512, lr=0.2)  # fmt: skip
+    summary = sweep.aggregate(sweep.load_records(runs), "loo")
+    (v,) = summary["variants"]
+    c0, c1 = v["conditions"]
+    assert "mixed_settings" not in c0
+    assert c1["mixed_settings"] == {
+        "device": ["cpu", "cuda"], "precision": ["fp32", "bf16"], "batch_size": [128, 512],
+        "lr": [0.1, 0.2],
+    }  # fmt: skip
+    assert v["mixed_settings"] == c1["mixed_settings"]
+    assert len(summary["warnings"]) == 1 and "'1'" in summary["warnings"][0]
+    text = sweep.format_summary(summary)
+    assert text.startswith("WARNING")
+    assert "device cpu vs cuda" in text and "batch_size 128 vs 512" in text
+    row1 = next(ln for ln in text.splitlines() if ln.startswith("1"))
+    assert "mixed" in row1
+    row0 = next(ln for ln in text.splitlines() if ln.startswith("0"))
+    assert "mixed" not in row0
+    # consistent runs: no warning at all
+    same = sweep.aggregate(sweep.load_records(runs[:2]), "loo")
+    assert same["warnings"] == [] and "mixed_settings" not in same["variants"][0]
+    assert "WARNING" not in sweep.format_summary(same)
+    # each condition consistent, but class 0 on CPUs and class 1 on a GPU: the overall row mixes
+    _write_run_settings(runs[2].run_dir, device="cuda (NVIDIA H200)", precision="bf16",
+                        batch=512, lr=0.2)  # fmt: skip
+    split = sweep.aggregate(sweep.load_records(runs), "loo")
+    (v,) = split["variants"]
+    assert all("mixed_settings" not in c for c in v["conditions"])
+    assert v["mixed_settings"]["batch_size"] == [128, 512]
+    assert len(split["warnings"]) == 1 and "overall" in split["warnings"][0]
 
 
 def test_single_run_has_no_std():

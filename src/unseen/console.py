@@ -91,9 +91,11 @@ def run_summary(metrics: dict, with_scores: bool = True) -> str:
         if metrics.get("logits", "softmax logits") != "softmax logits":  # one-vs-rest (issue 3)
             lines.append(_logits_note(metrics))
     for name, r in metrics.get("rare", {}).items():  # --rare (issue 7)
+        from .rare import format_fraction
+
         aurocs = ", ".join(f"{s} {fmt(v)}" for s, v in r["auroc_vs_known"].items())
         lines.append(
-            f"rare class {name} (fraction {r['fraction']:g}, {r['train_images']} training images): "
+            f"rare class {name} (fraction {format_fraction(r['fraction'])}, {r['train_images']} training images): "
             f"recall {fmt(r['recall'])}, precision {fmt(r['precision'])} | AUROC other known "
             f"classes vs {name}: {aurocs}"
         )

@@ -44,6 +44,15 @@ def parse_rare_item(text: str) -> tuple[str, float]:
     return name.strip(), value
 
 
+def format_fraction(value: float) -> str:
+    """A fraction as text that reads back as the same float: ``0.1`` -> ``"0.1"``, ``1.0`` ->
+    ``"1"``, ``0.1234567`` -> ``"0.1234567"`` (never rounded to six digits, which would merge
+    distinct fractions into one run configuration)."""
+    value = float(value) + 0.0  # -0.0 -> 0.0
+    short = f"{value:g}"  # the historical form, kept wherever it is exact (hashes stay the same)
+    return short if float(short) == value else repr(value)
+
+
 def parse_rare(text: str) -> tuple[str, ...] | None:
     """Config parser: comma-separated ``CLASS:FRACTION`` items, normalised to ``"CLASS:F"``."""
     items = [part for part in text.split(",") if part.strip()]
@@ -58,7 +67,7 @@ def parse_rare(text: str) -> tuple[str, ...] | None:
                 f"--rare expects CLASS:FRACTION with a fraction from 0 to 1 "
                 f"(e.g. 'Ankle boot:0.01'), not {item.strip()!r}."
             ) from None
-        out.append(f"{name}:{frac:g}")
+        out.append(f"{name}:{format_fraction(frac)}")
     return tuple(out)
 
 

@@ -17,9 +17,14 @@ Protocols (:data:`PROTOCOLS`):
 
 Every run is repeated for each of ``--seeds N`` seeds (``--seed`` .. ``--seed + N - 1``) and,
 with ``--compare-balance``, for each ``--balance`` mode. A run lives in
-``DIR/runs/<label>-<hash8>``, where the hash covers every configuration field except ``out``
-(:func:`config_hash`); a folder holding a finished run (``run.json``) is skipped, so running
-the same command again continues an interrupted sweep.
+``DIR/runs/<label>-<hash8>``, where the hash covers the configuration *as given*
+(:func:`config_hash`: fields at their default and those of ``config.RESULT_NEUTRAL_KEYS`` such
+as ``out`` left out); a folder holding a finished run (``run.json``) is skipped, so running
+the same command again continues an interrupted sweep. Settings left on ``auto`` (device,
+precision, batch size, learning rate, epochs) are hashed as ``auto``, not as what they resolve
+to on the machine that ran them, so a sweep continued on another machine can hold runs with
+different settings in one condition: the summary marks such conditions (``mixed_settings``,
+:func:`mixed_settings`) and warns, rather than averaging them silently.
 
 Aggregates are means and *sample* standard deviations (``ddof=1``; ``null`` for a single run)
 over the finished runs; missing values (``null`` in ``metrics.json``) are left out and ``n``
@@ -193,13 +198,36 @@ def random_splits(num_classes: int, k: int, count: int) -> list[tuple[int, ...]]
             f"--splits {count} is more than the {math.comb(num_classes, k)} different "
             f"{k}-of-{num_classes} splits."
         )
+    if count > MAX_RUNS:  # checked before drawing: a typo must not hang the command
+        raise ConfigError(f"--splits {count} is too many; a sweep plans at most {MAX_RUNS} runs.")
     rng = np.random.default_rng(0)
     out: list[tuple[int, ...]] = []
+    seen: set[tuple[int, ...]] = set()
     while len(out) < count:
         pick = tuple(sorted(int(i) for i in rng.choice(num_classes, size=k, replace=False)))
-        if pick not in out:
+        if pick not in seen:
+            seen.add(pick)
             out.append(pick)
     return out
+
+
+def check_options(opts: SweepOptions) -> None:
+    """The sweep options' own ranges, checked before anything is loaded, planned or written."""
+    if opts.seeds < 1:
+        raise ConfigError(f"--seeds must be at least 1 (got {opts.seeds}).")
+    if opts.splits is not None and opts.splits < 1:
+        raise ConfigError(f"--splits must be at least 1 (got {opts.splits}).")
+    if opts.jobs < 1:
+        raise ConfigError(f"--jobs must be at least 1 (got {opts.jobs}).")
+
+
+def _check_total(conditions: int, balances: int, seeds: int) -> None:
+    total = conditions * balances * seeds
+    if total > MAX_RUNS:
+        raise ConfigError(
+            f"this sweep would plan {total} runs ({conditions} conditions x "
+            f"{balances} balance modes x {seeds} seeds); at most {MAX_RUNS} are allowed."
+        )
 
 
 def _split_name(i: int, known: Sequence[int]) -> str:
@@ -212,12 +240,11 @@ def expand(base: RunConfig, classes: Sequence[str], opts: SweepOptions) -> list[
 
     ``base`` holds the run options; ``classes`` the dataset's class names.
     """
-    from .rare import resolve_rare
+    from .rare import format_fraction, resolve_rare
 
     kind, arg = parse_protocol(opts.protocol)
     n = len(classes)
-    if opts.seeds < 1:
-        raise ConfigError(f"--seeds must be at least 1 (got {opts.seeds}).")
+    check_options(opts)
     if opts.seeds > MAX_SEED - base.seed + 1:
         raise ConfigError(
             f"--seeds {opts.seeds} from --seed {base.seed} goes past the largest seed, {MAX_SEED}."
@@ -236,6 +263,7 @@ def expand(base: RunConfig, classes: Sequence[str], opts: SweepOptions) -> list[
             "(or --protocol single to repeat one --rare run)."
         )
 
+    balances = opts.balances or (base.balance,)
     # conditions: (label, tag value, config changes)
     conditions: list[tuple[str, Any, dict[str, Any]]] = []
     if kind == "loo":
@@ -257,7 +285,9 @@ def expand(base: RunConfig, classes: Sequence[str], opts: SweepOptions) -> list[
             k = int(arg or "")
         except ValueError:
             raise ConfigError(f"--protocol random:K needs a number K, not {arg!r}.") from None
-        picks = random_splits(n, k, opts.splits or DEFAULT_SPLITS)
+        count = opts.splits or DEFAULT_SPLITS
+        _check_total(count, len(balances), opts.seeds)  # before drawing the splits
+        picks = random_splits(n, k, count)
         conditions = [
             (
                 f"random{k}-split{i}",
@@ -269,20 +299,18 @@ def expand(base: RunConfig, classes: Sequence[str], opts: SweepOptions) -> list[
     elif kind == "rare":
         ((cls, _),) = resolve_rare((f"{arg}:1",), classes)
         name = classes[cls]
+        # exact text (0.1 stays "0.1"; 0.1234561 and 0.1234564 stay apart): the text goes
+        # into the hash and the folder name, so two fractions must never share one
+        texts = [format_fraction(f) for f in (opts.fractions or DEFAULT_FRACTIONS)]
+        if twice := next((t for i, t in enumerate(texts) if t in texts[:i]), None):
+            raise ConfigError(f"--fractions lists {twice} twice; give each fraction once.")
         conditions = [
-            (f"rare-{slug(name)}-f{f:g}", f, {"rare": (f"{name}:{f:g}",)})
-            for f in (opts.fractions or DEFAULT_FRACTIONS)
+            (f"rare-{slug(name)}-f{t}", float(t), {"rare": (f"{name}:{t}",)}) for t in texts
         ]
     else:  # single
         conditions = [("single", "single", {})]
 
-    balances = opts.balances or (base.balance,)
-    total = len(conditions) * len(balances) * opts.seeds
-    if total > MAX_RUNS:
-        raise ConfigError(
-            f"this sweep would plan {total} runs ({len(conditions)} conditions x "
-            f"{len(balances)} balance modes x {opts.seeds} seeds); at most {MAX_RUNS} are allowed."
-        )
+    _check_total(len(conditions), len(balances), opts.seeds)
     runs = []
     for (label, value, changes), balance, i in itertools.product(
         conditions, balances, range(opts.seeds)
@@ -300,13 +328,35 @@ def expand(base: RunConfig, classes: Sequence[str], opts: SweepOptions) -> list[
 def plan(
     base: RunConfig, classes: Sequence[str], opts: SweepOptions, out_dir: str | Path
 ) -> list[PlannedRun]:
-    """:func:`expand`, then give every run its folder ``out_dir/runs/<label>-<hash8>`` and check it."""
+    """:func:`expand`, then give every run its folder ``out_dir/runs/<label>-<hash8>`` and check it.
+
+    Each run's configuration is validated and its split built from ``classes`` (as the run
+    itself will: :func:`unseen.rare.resolve_rare`, :func:`unseen.splits.make_split`), so a
+    split no run could use (a rare class held out, a single known class, ...) is a
+    :class:`ConfigError` here, before any folder exists, instead of a failed run.
+    """
+    from .rare import resolve_rare
+    from .splits import make_split
+
+    classes = tuple(classes)
     planned = []
+    checked: set[tuple] = set()
+    folders: set[Path] = set()
     for run in expand(base, classes, opts):
         folder = Path(out_dir) / "runs" / f"{run.label}-{run.hash[:8]}"
+        if folder in folders:  # two runs would write one folder (and the summary count it twice)
+            raise ConfigError(f"--protocol {opts.protocol} plans the run {folder.name} twice.")
+        folders.add(folder)
         # an unfinished run continues from its last checkpoint, unless --overwrite
         cfg = run.config.replace(out=str(folder), resume=not base.overwrite)
         validate(cfg)
+        key = (cfg.holdout, cfg.known, cfg.rare)
+        if key not in checked:  # runs differing only in seed or balance share a split
+            try:
+                make_split(classes, cfg.holdout, cfg.known, rare=resolve_rare(cfg.rare, classes))
+            except ConfigError as exc:
+                raise ConfigError(f"run {run.label}: {exc}") from None
+            checked.add(key)
         planned.append(PlannedRun(run.label, cfg, run.tags))
     return planned
 
@@ -458,20 +508,69 @@ def stat(values: Sequence[float | None]) -> dict[str, float | int | None]:
     }
 
 
+#: settings left on ``auto`` resolve per machine (batch 128 on a CPU, 512 on a GPU; bf16 or
+#: fp32; ...) and are not in the hash: runs averaged together must agree on them
+RESOLVED_SETTINGS = ("device", "precision", "batch_size", "lr", "epochs")
+
+
+def resolved_settings(config: dict, metrics: dict) -> dict[str, Any]:
+    """The :data:`RESOLVED_SETTINGS` a finished run recorded: device kind and precision from
+    its ``metrics.json``, batch size, learning rate and epochs from its ``config.json`` (both
+    written after 'auto' was resolved). The device is compared by kind (``cpu``, ``cuda``):
+    thread counts and GPU models change speed, not the experiment. Settings a run did not
+    record are left out."""
+    device = metrics.get("device")
+    found = {
+        "device": device.split(" (")[0].strip() if isinstance(device, str) else None,
+        "precision": metrics.get("precision"),
+        "batch_size": config.get("batch_size"),
+        "lr": config.get("lr"),
+        "epochs": next((e for e in (metrics.get("epochs"), config.get("epochs")) if e), None),
+    }
+    return {k: v for k, v in found.items() if v is not None}
+
+
 def load_records(runs: Sequence[PlannedRun]) -> list[dict]:
-    """One record per finished run and head: the run's tags, head and ``metrics.json``."""
+    """One record per finished run and head: the run's tags, head, ``metrics.json`` and
+    :func:`resolved_settings`."""
     records = []
     for run in runs:
         if not is_finished(run.run_dir):
             continue
         metrics = read_json(run.run_dir / "metrics.json")
+        config_file = run.run_dir / "config.json"
+        config = read_json(config_file) if config_file.is_file() else {}
         per_head = metrics["heads"] if "heads" in metrics else {run.config.head[0]: metrics}
         for head, m in per_head.items():
             records.append(
                 {"label": run.label, "dir": str(run.run_dir), "tags": run.tags, "head": head,
-                 "metrics": m}
+                 "metrics": m, "settings": resolved_settings(config, m)}
             )  # fmt: skip
     return records
+
+
+def mixed_settings(records: Sequence[dict]) -> dict[str, list] | None:
+    """The :data:`RESOLVED_SETTINGS` that differ between ``records``, each with its values in
+    order of appearance; ``None`` when they agree."""
+    out = {}
+    for key in RESOLVED_SETTINGS:
+        values = list(dict.fromkeys(r.get("settings", {}).get(key) for r in records))
+        values = [v for v in values if v is not None]
+        if len(values) > 1:
+            out[key] = values
+    return out or None
+
+
+def _describe_mixed(mixed: dict[str, list]) -> str:
+    return ", ".join(f"{k} {' vs '.join(str(v) for v in vals)}" for k, vals in mixed.items())
+
+
+def _condition_text(cond: Any, protocol: str) -> str:
+    from .rare import format_fraction
+
+    if protocol == "rare" and isinstance(cond, (int, float)):
+        return format_fraction(cond)
+    return str(cond)
 
 
 def _score_names(records: Sequence[dict]) -> list[str]:
@@ -534,8 +633,11 @@ def aggregate(records: Sequence[dict], protocol: str = "") -> dict:
     """
     names = _score_names(records)
     variants = []
-    for key in dict.fromkeys(_variant(r) for r in records):
+    warnings: list[str] = []
+    keys = list(dict.fromkeys(_variant(r) for r in records))
+    for key in keys:
         mine = [r for r in records if _variant(r) == key]
+        where = f"{key[0]} / {key[1]}: " if len(keys) > 1 else ""
         conditions = []
         for cond in dict.fromkeys(r["tags"].get("condition") for r in mine):
             rows = [r for r in mine if r["tags"].get("condition") == cond]
@@ -554,25 +656,37 @@ def aggregate(records: Sequence[dict], protocol: str = "") -> dict:
             rare = _rare_stats(rows, names)
             if rare is not None:
                 row["rare"] = rare
+            if mixed := mixed_settings(rows):
+                row["mixed_settings"] = mixed
+                warnings.append(
+                    f"{where}condition {_condition_text(cond, protocol)!r} averages runs with "
+                    f"different resolved settings: {_describe_mixed(mixed)}"
+                )
             conditions.append(row)
-        variants.append(
-            {
-                "head": key[0],
-                "balance": key[1],
-                "runs": len(mine),
-                "closed_set_accuracy": stat(
-                    [r["metrics"].get("closed_set_accuracy") for r in mine]
-                ),
-                "scores": _score_stats(mine, names),
-                "conditions": conditions,
-            }
-        )
+        variant = {
+            "head": key[0],
+            "balance": key[1],
+            "runs": len(mine),
+            "closed_set_accuracy": stat([r["metrics"].get("closed_set_accuracy") for r in mine]),
+            "scores": _score_stats(mine, names),
+            "conditions": conditions,
+        }
+        if mixed := mixed_settings(mine):
+            variant["mixed_settings"] = mixed
+            if not any("mixed_settings" in c for c in conditions):  # else said per condition
+                warnings.append(
+                    f"{where}the overall statistics average conditions run with different "
+                    f"resolved settings: {_describe_mixed(mixed)}"
+                )
+        variants.append(variant)
     return {
         "protocol": protocol,
         "statistics": "mean and sample standard deviation (ddof=1) over runs; std is null "
         "with one run; n = runs with a value",
         "score_names": names,
         "variants": variants,
+        # runs whose 'auto' settings resolved differently (another machine) averaged together
+        "warnings": warnings,
     }
 
 
@@ -606,6 +720,14 @@ def format_summary(summary: dict) -> str:
     vcol = ["variant"] if (many_heads or many_bal) else []
     protocol = summary.get("protocol", "")
     lines = []
+    if warnings := summary.get("warnings"):
+        lines.append(
+            "WARNING: runs whose 'auto' settings resolved differently (another machine?) are "
+            "averaged together below (marked 'mixed'); pin --device, --precision, --batch-size, "
+            "--lr and --epochs, or delete the odd run folders and run the sweep again:"
+        )
+        lines += [f"  {w}" for w in warnings]
+        lines.append("")
     for v in variants:
         title = _variant_name(v, many_heads, many_bal)
         lines.append(
@@ -627,7 +749,9 @@ def format_summary(summary: dict) -> str:
     for v in variants:
         title = _variant_name(v, many_heads, many_bal)
         for c in v["conditions"]:
-            cond = f"{c['condition']:g}" if is_rare else c["condition"]
+            cond = _condition_text(c["condition"], protocol)
+            if "mixed_settings" in c:
+                cond += " (mixed settings!)"
             row: list[object] = [cond] + ([title] if vcol else [])
             if is_rare and "rare" in c:
                 r = c["rare"]
@@ -740,6 +864,7 @@ def run_sweep(
 
     say = log or (lambda _msg: None)
     kind, _ = parse_protocol(opts.protocol)
+    check_options(opts)  # before the dataset is loaded or anything is written
     out = Path(out_dir) if out_dir else default_sweep_dir(base.dataset, opts.protocol)
     classes = load_dataset(base.dataset, base.data_root, base.download).classes
     runs = plan(base.replace(out=None), classes, opts, out)
@@ -834,8 +959,6 @@ def cmd_sweep(args) -> int:
     from .cli import config_from_args
 
     base = config_from_args(args)
-    if args.splits is not None and args.splits < 1:
-        raise ConfigError(f"--splits must be at least 1 (got {args.splits}).")
     opts = SweepOptions(
         protocol=args.protocol,
         seeds=args.seeds,
