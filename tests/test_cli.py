@@ -110,6 +110,8 @@ def test_toml_config_then_flags_override(tmp_path):
 
 BAD = [
     (["run", "--epochs", "0"], "--epochs must be positive"),
+    (["run", "--batch-size", "1"], "--batch-size must be at least 2 (batch norm needs two images)"),
+    (["run", "--augment", "none", "--flip", "on"], "--flip on has no effect with --augment none"),
     (["run", "--epochs", "two"], "--epochs must be"),
     (["run", "--model", "vgg"], "choose one of: resnet20, resnet18"),
     (["run", "--dataset", "imagenet"], "--dataset 'imagenet' is not known"),
@@ -146,6 +148,20 @@ def test_bad_toml_key_is_rejected(tmp_path, capsys):
     f.write_text("epochz = 3\n")
     assert main(["run", "--config", str(f)]) == 2
     assert "unknown key 'epochz'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "text, keys",
+    [("train-subset = 100\ntrain_subset = 200\n", "'train-subset' and 'train_subset'"),
+     ("epochs = 3\n[run]\nepochs = 4\n", "'epochs' and 'epochs'")],
+)  # fmt: skip
+def test_a_setting_given_twice_in_toml_is_rejected(tmp_path, capsys, text, keys):
+    f = tmp_path / "c.toml"
+    f.write_text(text)
+    assert main(["run", "--config", str(f)]) == 2
+    assert f"sets {keys.split(chr(39))[1].replace('-', '_')} twice ({keys}); keep one" in (
+        capsys.readouterr().err
+    )
 
 
 def test_error_from_a_real_process_has_no_traceback():

@@ -147,6 +147,24 @@ def test_corrupt_file_gets_its_own_row_and_the_rest_go_on(capsys, run_dir, pngs,
     assert "broken.png" in stdout  # the rows still say why, file by file
 
 
+def test_unusable_arrays_get_their_own_rows(capsys, run_dir, pngs, tmp_path):
+    np.savez(tmp_path / "wide.npz", x=np.full((1, 8, 8), 100, np.uint16))  # fine: 0..255
+    np.savez(tmp_path / "empty.npz", x=np.zeros((2, 0, 8), np.uint8))
+    rc, stdout, _ = cli(capsys, run_dir, tmp_path / "wide.npz", tmp_path / "empty.npz",
+                        pngs["known"][0], "--format", "json")  # fmt: skip
+    assert rc == 0
+    rows = json.loads(stdout)["predictions"]
+    assert [r["error"] is None for r in rows] == [True, False, False, True]  # two empty images
+    assert "no pixels" in rows[1]["error"] and "no pixels" in rows[2]["error"]
+
+
+def test_output_naming_a_folder_is_one_clear_error(capsys, run_dir, pngs, tmp_path):
+    rc, stdout, err = cli(capsys, run_dir, pngs["known"][0], "--output", tmp_path)
+    assert rc == 2 and "Traceback" not in err
+    assert f"--output {tmp_path} is a folder; give a file name" in err
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_npz_input_matches_the_png_files(capsys, run_dir, pngs, digits, tmp_path):
     x = digits.x_test[:30, 0].numpy()
     first_pngs = sorted(pngs["known"] + pngs["unseen"], key=lambda p: p.name)[:30]
@@ -342,6 +360,16 @@ def test_input_conversion_channels_size_and_range(predictor):
         predictor.prepare(np.zeros((2, 8, 8, 7), np.uint8))
     with pytest.raises(UnseenError, match="cannot read an image from a dict"):
         predictor.prepare({"image": "digit.png"})
+    # unsigned integers wider than uint8 (torch has no min/max for them) and empty images
+    for dtype in (np.uint16, np.uint32, np.uint64):
+        got = predictor.prepare(np.full((8, 8), 100, dtype))
+        assert torch.equal(got, predictor.prepare(np.full((8, 8), 100, np.uint8)))
+        with pytest.raises(UnseenError, match="0..255"):
+            predictor.prepare(np.full((8, 8), 256, dtype))
+    with pytest.raises(UnseenError, match="0..255"):
+        predictor.prepare(np.full((8, 8), 2**63 + 5, np.uint64))
+    with pytest.raises(UnseenError, match="height 0 and width 8 has no pixels"):
+        predictor.prepare(np.zeros((2, 0, 8), np.uint8))
 
 
 # ----------------------------------------------------------------------------- run folders

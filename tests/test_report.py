@@ -244,6 +244,20 @@ def test_report_command_refuses_unfinished_run(digits_run, tmp_path, capsys):
     assert "config.json is a file, not a folder." in capsys.readouterr().err
 
 
+def test_a_score_s_own_rule_is_not_called_a_validation_calibration(digits_run, tmp_path):
+    run = _copy_run(digits_run, tmp_path / "own")
+    m = _metrics(run)
+    m["scores"]["energy"]["threshold_from"] = "score"  # as ovr-doc's is
+    (run / "metrics.json").write_text(json.dumps(m))
+    build_report(run, tsne=False)
+    md = (run / "report.md").read_text()
+    energy = md.split("**energy: known vs unseen.**")[1][:300]  # the figure's caption
+    assert "dashed threshold (the score's own decision rule)" in energy
+    msp = md.split("**msp: known vs unseen.**")[1][:300]
+    assert "dashed threshold (calibrated on the validation slice)" in msp
+    assert "of known validation images; energy: the score's own decision rule" in md
+
+
 def test_multi_head_run_gets_a_section_per_head(digits_run, tmp_path):
     top = tmp_path / "multi"
     top.mkdir()

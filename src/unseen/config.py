@@ -79,6 +79,11 @@ def _non_negative(v: float | int) -> str | None:
 MAX_SEED = 2**32 - 1
 
 
+def _batch_size(v: int | None) -> str | None:
+    # batch norm cannot normalise over one image: training would stop at the first step
+    return None if v is None or v >= 2 else "must be at least 2 (batch norm needs two images)"
+
+
 def _seed_range(v: int) -> str | None:
     return None if 0 <= v <= MAX_SEED else f"must be an integer from 0 to {MAX_SEED}"
 
@@ -227,7 +232,7 @@ class RunConfig:
         None,
         "training batch size (default auto: 128 on a CPU, 512 on a GPU)",
         parse=parse_optional_int,
-        check=_positive,
+        check=_batch_size,
         metavar="N",
         group="training",
     )
@@ -583,15 +588,22 @@ def load_toml(path: str | Path) -> dict[str, Any]:
         raise ConfigError(f"config file {path} is a folder, not a TOML file.") from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(f"config file {path} is not valid TOML ({exc}).") from None
+    items = list(data.items())
     if "run" in data and isinstance(data["run"], dict):  # allow a [run] table
-        data = {**{k: v for k, v in data.items() if k != "run"}, **data["run"]}
+        items = [(k, v) for k, v in items if k != "run"] + list(data["run"].items())
     out: dict[str, Any] = {}
-    for key, raw in data.items():
+    given: dict[str, str] = {}  # setting -> the key that gave it
+    for key, raw in items:
         name = key.replace("-", "_")
         if name not in FIELDS:
             raise ConfigError(
                 f"config file {path} has an unknown key '{key}'; valid keys: {', '.join(FIELDS)}."
             )
+        if name in given:  # 'train-subset' and 'train_subset', or a key also in [run]
+            raise ConfigError(
+                f"config file {path} sets {name} twice ('{given[name]}' and '{key}'); keep one."
+            )
+        given[name] = key
         out[name] = parse_value(name, raw, source=str(path))
     return out
 
@@ -646,6 +658,8 @@ def validate(cfg: RunConfig) -> None:
         raise ConfigError(
             f"--augment {cfg.augment!r} is not known; choose one of: {', '.join(AUGMENTATIONS)}."
         )
+    if cfg.augment == "none" and cfg.flip:
+        raise ConfigError("--flip on has no effect with --augment none; use --augment standard.")
     check_score_names(cfg.scores)
     if cfg.knn_bank is not None and cfg.knn_k > cfg.knn_bank:  # detectors (issue 5)
         raise ConfigError(

@@ -10,8 +10,9 @@ known-class images.
 
 Image conventions (the same for every entry point):
 
-* Paths of image files (``str`` or ``Path``, read with Pillow, EXIF orientation applied);
-  PIL images of any mode; NumPy arrays channels-last (``H x W``, ``H x W x C``,
+* Paths of image files (``str`` or ``Path``) and PIL images of any mode, read exactly as
+  a ``folder:PATH`` dataset reads its files in training (``data.read_image_file``: Pillow,
+  EXIF orientation applied; ``data.image_array``: 16-bit greyscale scaled to 0..255); NumPy arrays channels-last (``H x W``, ``H x W x C``,
   ``N x H x W`` or ``N x H x W x C``); torch tensors channels-first (``H x W``,
   ``C x H x W``, ``N x H x W`` or ``N x C x H x W``); or a list of any of these.
   A 3-D input is one image when its channel axis (last for arrays, first for tensors) has
@@ -43,6 +44,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .data import convert_channels, image_array, read_image_file, resize_images
 from .errors import UnseenError
 from .evaluate import forward_pass
 from .models import Classifier, fold_batch_norm
@@ -270,28 +272,17 @@ def _to_uint8(t: torch.Tensor) -> torch.Tensor:
                 "divide 0..255 images by 255 or pass them as uint8."
             )
         return t.mul(255).round_().clamp_(0, 255).to(torch.uint8)
-    lo, hi = int(t.min()), int(t.max())
+    if t.dtype == torch.uint64:  # values above 2**63 would wrap negative in int64
+        t = t.to(torch.float64)
+    wide = t.to(
+        torch.float64 if t.dtype == torch.float64 else torch.int64
+    )  # min/max for uint16..64
+    lo, hi = int(wide.min()), int(wide.max())
     if lo < 0 or hi > 255:
         raise UnseenError(
             f"integer images must lie in 0..255 (got {lo} to {hi}); pass uint8 or floats in [0, 1]."
         )
     return t.to(torch.uint8)
-
-
-def _pil_to_array(image: Any) -> np.ndarray:
-    """A PIL image -> H x W or H x W x C uint8 (16-bit and float modes scaled to 0..255)."""
-    mode = image.mode
-    if mode in {"L", "RGB", "RGBA", "LA"}:
-        return np.array(image, dtype=np.uint8)
-    if mode in {"I;16", "I;16B", "I;16L", "I", "F"}:
-        a = np.asarray(image, dtype=np.float64)
-        top = 65535.0 if mode.startswith("I;16") or a.max(initial=0) > 255 else 255.0
-        return np.clip(np.rint(a * (255.0 / top)), 0, 255).astype(np.uint8)
-    if mode == "1":
-        return np.array(image.convert("L"), dtype=np.uint8)
-    return np.array(
-        image.convert("RGBA" if "transparency" in image.info else "RGB"), dtype=np.uint8
-    )
 
 
 def _is_pil(obj: Any) -> bool:
@@ -300,6 +291,15 @@ def _is_pil(obj: Any) -> bool:
     except ImportError:  # pragma: no cover
         return False
     return isinstance(obj, Image.Image)
+
+
+def _nonempty(x: torch.Tensor) -> torch.Tensor:
+    """N x C x H x W with H and W above 0 (a batch of N = 0 images is fine)."""
+    if x.shape[-1] == 0 or x.shape[-2] == 0:
+        raise UnseenError(
+            f"an image of height {x.shape[-2]} and width {x.shape[-1]} has no pixels."
+        )
+    return x
 
 
 def to_nchw_uint8(image: Any) -> torch.Tensor:
@@ -313,50 +313,24 @@ def to_nchw_uint8(image: Any) -> torch.Tensor:
             raise UnseenError(f"{image} {item.error}.")
         image = item.image
     if _is_pil(image):
-        return _layout(torch.from_numpy(np.ascontiguousarray(_pil_to_array(image))), True)
+        try:
+            array = image_array(image)
+        except ValueError as exc:  # e.g. a 32-bit image beyond 16-bit values
+            raise UnseenError(f"a {image.mode} image cannot be read: {exc}.") from None
+        return _nonempty(_layout(torch.from_numpy(np.ascontiguousarray(array)), True))
     if isinstance(image, torch.Tensor):
-        return _to_uint8(_layout(image.detach().cpu(), channels_last=False))
+        return _nonempty(_to_uint8(_layout(image.detach().cpu(), channels_last=False)))
     if isinstance(image, np.ndarray):
         if image.dtype == object or not (
             np.issubdtype(image.dtype, np.number) or image.dtype == bool
         ):
             raise UnseenError(f"an image array of dtype {image.dtype} is not supported.")
-        return _to_uint8(_layout(torch.from_numpy(np.ascontiguousarray(image)), channels_last=True))
+        t = torch.from_numpy(np.ascontiguousarray(image))
+        return _nonempty(_to_uint8(_layout(t, channels_last=True)))
     raise UnseenError(
         f"cannot read an image from a {type(image).__name__}; give image file paths, PIL images, "
         "NumPy arrays or torch tensors (or a list of them)."
     )
-
-
-def convert_channels(x: torch.Tensor, channels: int) -> torch.Tensor:
-    """uint8 N x C x H x W with C in 1..4 -> ``channels`` channels (alpha dropped).
-
-    RGB -> L uses PIL's integer ITU-R 601-2 luma (the weights sum to one exactly, so a
-    gray RGB image keeps its values, and the result equals ``Image.convert("L")``).
-    """
-    c = x.shape[1]
-    if c == 2:  # grayscale + alpha
-        x, c = x[:, :1], 1
-    elif c == 4:  # RGB + alpha
-        x, c = x[:, :3], 3
-    if c == channels:
-        return x
-    if c == 3 and channels == 1:
-        r, g, b = x.int().unbind(dim=1)
-        luma = (r * 19595 + g * 38470 + b * 7471 + 0x8000) >> 16
-        return luma.to(torch.uint8)[:, None]
-    if c == 1 and channels == 3:
-        return x.expand(-1, 3, -1, -1)
-    raise UnseenError(f"cannot turn {c}-channel images into the model's {channels} channels.")
-
-
-def resize_images(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """uint8 N x C x H x W -> N x C x size (bilinear, antialiased; the aspect ratio is not kept)."""
-    if tuple(x.shape[-2:]) == tuple(size):
-        return x
-    from torchvision.transforms.v2.functional import InterpolationMode, resize
-
-    return resize(x, list(size), interpolation=InterpolationMode.BILINEAR, antialias=True)
 
 
 def _as_list(images: Any) -> list[Any]:
@@ -668,14 +642,8 @@ class Item:
 
 
 def _decode_file(path: Path) -> Item:
-    from PIL import Image, ImageOps
-
     try:
-        with Image.open(path) as im:
-            im.load()
-            image = ImageOps.exif_transpose(im)
-            image = image.copy() if image is im else image
-        return Item(str(path), image)
+        return Item(str(path), read_image_file(path))
     except Exception as exc:  # UnidentifiedImageError, OSError, DecompressionBombError, ...
         reason = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else ""
         reason = "" if str(path) in reason else reason  # PIL repeats the file name
@@ -775,6 +743,10 @@ def predict_items(
                     good.append((len(chunk_rows), predictor.prepare(item.image)))
                 except UnseenError as exc:
                     row["error"] = str(exc).rstrip(".")
+                except (
+                    Exception
+                ) as exc:  # an input nothing foresaw: its row says so, the rest go on
+                    row["error"] = f"could not be prepared ({type(exc).__name__}: {exc})"
             chunk_rows.append(row)
         if good:
             d = predictor.decide(torch.cat([x for _, x in good]))
@@ -878,6 +850,10 @@ def run_predict(
     """What ``unseen predict`` does; returns the exit code (see the CLI help)."""
     if threshold is not None and known_acceptance is not None:
         raise UnseenError("give --threshold or --known-acceptance, not both.")
+    if output and Path(output).is_dir():
+        raise UnseenError(
+            f"--output {output} is a folder; give a file name, e.g. {Path(output) / 'predictions.csv'}."
+        )
     predictor = load(
         run_dir,
         head=head,

@@ -275,11 +275,15 @@ def _draw_head_figures(
         s = a[f"score_{name}"]
         threshold = h.metrics["scores"][name].get("threshold")
         m = h.metrics["scores"][name]
+        where = (
+            "the score's own decision rule"
+            if m.get("threshold_from") == "score"
+            else "calibrated on the validation slice"
+        )
         add(
             f"hist_{name}",
             f"{name}: known vs unseen",
-            "Test images at or right of the dashed threshold (calibrated on the validation "
-            f"slice) are accepted as known: here {_pct(1 - (m.get('known_rejected') or 0))} of known "
+            f"Test images at or right of the dashed threshold ({where}) are accepted as known: here {_pct(1 - (m.get('known_rejected') or 0))} of known "
             f"test images; {_pct(m.get('unseen_rejected'))} of unseen images fall left of it and are "
             "rejected. "
             "The less the two histograms overlap, the better the score separates them.",
@@ -386,6 +390,14 @@ def summary_rows(config: dict, metrics: dict) -> list[tuple[str, str]]:
     pretrained = (
         metrics.get("pretrained_on") or config.get("pretrained") or "none (trained from scratch)"
     )
+    thresholds = (
+        f"calibrated to accept {_pct(config.get('known_acceptance'))} of known validation images"
+    )
+    heads = metrics.get("heads") or {"": metrics}
+    own = sorted({n for h in heads.values() for n, m in h.get("scores", {}).items()
+                  if m.get("threshold_from") == "score"})  # fmt: skip
+    if own:
+        thresholds += f"; {', '.join(own)}: the score's own decision rule"
     per_s = metrics.get("train_images_per_second")
     train = f"{_fmt(metrics.get('train_seconds'), 1)} s for {config.get('epochs', '-')} epochs"
     if per_s:
@@ -402,7 +414,7 @@ def summary_rows(config: dict, metrics: dict) -> list[tuple[str, str]]:
         ("training", train),
         ("device", f"{metrics.get('device', '-')}, {metrics.get('precision', '-')}"),
         ("seed", str(config.get("seed", "-"))),
-        ("thresholds", f"calibrated to accept {_pct(config.get('known_acceptance'))} of known validation images"),
+        ("thresholds", thresholds),
     ]  # fmt: skip
 
 

@@ -88,8 +88,8 @@ def weighted_loss(
     """``sum_i w[y_i] loss_i / sum_i w[y_i]`` for any head whose loss is a per-image mean.
 
     Computed class by class (the head's loss of the images of one class is the mean of their
-    per-image losses), so it works for every head; for the softmax head it equals
-    ``F.cross_entropy(logits, y, weight=weights)``.
+    per-image losses), so it works for every head; for the softmax head without label
+    smoothing it equals ``F.cross_entropy(logits, y, weight=weights)``.
     """
     total = logits.new_zeros(())
     norm = logits.new_zeros(())
@@ -294,6 +294,7 @@ def train_model(
                 memory_format=torch.channels_last
             )
             yb = y[idx]
+            lr_used = opt.param_groups[0]["lr"]  # the schedule moves it on after the step
             loss, logits = train_step(xb, yb)
             if graphed:  # the graph's update is not optimizer.step(), which torch warns about
                 with warnings.catch_warnings():
@@ -318,7 +319,7 @@ def train_model(
             "loss": float(loss_sum) / seen,
             "train_accuracy": float(correct) / seen,
             "val_accuracy": math.nan,
-            "lr": opt.param_groups[0]["lr"],
+            "lr": lr_used,  # of the epoch's last step
         }
         if x_val is not None and y_val is not None and len(x_val):
             val_start = time.perf_counter()

@@ -1,0 +1,35 @@
+"""The training loop's record of itself (history rows)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from unseen import augment as A
+from unseen.heads import HEADS
+from unseen.models import create_model
+from unseen.train import TrainSettings, make_optimizer, make_scheduler, steps_per_epoch, train_model
+
+
+@pytest.mark.parametrize("schedule", ["onecycle", "cosine"])
+def test_history_lr_is_the_rate_of_each_epoch_s_last_step(schedule):
+    torch.manual_seed(0)
+    settings = TrainSettings(epochs=3, batch_size=16, lr=0.1, schedule=schedule)
+    x = torch.randint(0, 256, (40, 1, 8, 8), dtype=torch.uint8)
+    y = torch.arange(40) % 3
+    spec = A.make_augment_spec("none", 8, flip_ok=False)
+    model = create_model("resnet20", 1, 3, 8)
+    result = train_model(model, x, y, settings, HEADS["softmax"], spec, torch.device("cpu"),
+                         progress=False)  # fmt: skip
+    # the same schedule replayed on its own: the rate each step used
+    steps = steps_per_epoch(40, 16)  # 16 + 16 + 8
+    opt = make_optimizer(create_model("resnet20", 1, 3, 8), settings)
+    sched = make_scheduler(opt, settings, steps * settings.epochs)
+    used = []
+    for _ in range(steps * settings.epochs):
+        used.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    expected = [used[(e + 1) * steps - 1] for e in range(settings.epochs)]
+    assert [row["lr"] for row in result.history] == pytest.approx(expected)
+    assert result.history[-1]["lr"] > 0  # the last step's rate, not one past the schedule
