@@ -371,3 +371,28 @@ def test_pretrain_then_fine_tune_via_cli(tmp_path, capsys):
     assert rc == 0
     warning = json.loads((tmp_path / "leak" / "metrics.json").read_text())["pretrained_warning"]
     assert "trained on digits class 7, which this run holds out" in warning
+
+
+def test_freezing_a_backbone_the_weights_do_not_fully_fit_is_refused():
+    from unseen.errors import ConfigError
+    from unseen.experiment import refuse_frozen_fresh_weights
+
+    state = _imagenet_like_state()
+    small = create_model("resnet18", 3, 4, 32, stem="small")  # the 7x7 conv does not fit
+    with pytest.raises(ConfigError, match=r"keep 1 backbone weights .* \(backbone\.net\.conv1"):
+        refuse_frozen_fresh_weights(small, apply_pretrained(small, _source(state)))
+    same = create_model("resnet18", 3, 4, 32, stem="imagenet")  # everything fits: a probe is fine
+    refuse_frozen_fresh_weights(same, apply_pretrained(same, _source(state)))
+
+
+def test_multi_head_and_ensemble_run_folders_get_their_own_error(tmp_path):
+    multi = tmp_path / "multi"
+    for head in ("ovr", "softmax"):
+        (multi / head).mkdir(parents=True)
+        torch.save({"state_dict": {"w": torch.zeros(2, 2)}}, multi / head / "model.pt")
+    with pytest.raises(UnseenError, match=r"holds one model per head \(ovr, softmax\); give one"):
+        load_weights_file(multi)
+    ensemble = tmp_path / "ens.pt"
+    torch.save({"state_dict": {"members.0.head.weight": torch.zeros(1, 4)}}, ensemble)
+    with pytest.raises(UnseenError, match="ovr-separate ensemble"):
+        load_weights_file(ensemble)

@@ -63,3 +63,33 @@ def test_cuda_without_a_gpu_is_one_clear_error():
     assert hardware.resolve_device("auto") == torch.device("cpu")
     with pytest.raises(ConfigError, match="no CUDA GPU"):
         hardware.resolve_device("cuda")
+
+
+def test_auto_precision_on_cuda_needs_native_bf16(monkeypatch):
+    # is_bf16_supported() says yes on a V100 or T4 too (emulated, slow): the capability decides
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    gpu = torch.device("cuda")
+    for capability, expected in [
+        ((7, 0), "fp32"),
+        ((7, 5), "fp32"),
+        ((8, 0), "bf16"),
+        ((9, 0), "bf16"),
+    ]:
+        monkeypatch.setattr(torch.cuda, "get_device_capability", lambda d=None, c=capability: c)
+        assert hardware.resolve_precision("auto", gpu) == expected
+
+
+def test_a_run_gives_the_caller_its_thread_count_back(tmp_path, monkeypatch, restore_threads):
+    from unseen.config import RunConfig
+    from unseen.experiment import run_experiment
+
+    monkeypatch.setenv("UNSEEN_NUM_THREADS", "2")
+    torch.set_num_threads(1)
+    seen = []
+    monkeypatch.setattr(hardware.torch, "set_num_threads", lambda n, real=torch.set_num_threads: (
+        seen.append(n), real(n)))  # fmt: skip
+    cfg = RunConfig(epochs=1, train_subset=200, test_subset=100, scores=("msp",), report=False,
+                    device="cpu", precision="fp32", out=str(tmp_path / "run"))  # fmt: skip
+    run_experiment(cfg, progress=False, log=None)
+    assert seen[0] == 2  # the run used its budget
+    assert torch.get_num_threads() == 1  # and the caller has its own setting back

@@ -142,7 +142,12 @@ def interrupt_at(monkeypatch, call: int) -> None:
 
 @pytest.mark.parametrize(
     "call, where",
-    [(12, "in epoch 2, step 4 of 7"), (8, "after epoch 1"), (32, "after epoch 4")],
+    [
+        (12, "in epoch 2, step 4 of 7"),
+        (8, "after epoch 1"),
+        (32, "after epoch 4"),
+        (7, "in epoch 1, step 7 of 7"),
+    ],  # the last step: nothing of the epoch is left to run
 )
 def test_interrupted_run_resumes_to_identical_metrics(
     reference, tmp_path, monkeypatch, call, where
@@ -168,6 +173,40 @@ def test_interrupted_run_resumes_to_identical_metrics(
     assert is_finished(out)
     assert not (out / CHECKPOINT_FILE).exists()  # deleted on success; model.pt has the weights
     assert_same_results(reference, out)
+
+
+def test_a_stop_during_the_last_checkpoint_write_is_not_lost(reference, tmp_path, monkeypatch):
+    from unseen import checkpoint as checkpoint_module
+
+    real_save, saves = checkpoint_module.save_torch, []
+
+    def save_then_signal(path, state):  # SIGINT arrives while the last epoch's file is written
+        saves.append(state["epoch"])
+        real_save(path, state)
+        if state["epoch"] == TINY["epochs"]:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    monkeypatch.setattr(checkpoint_module, "save_torch", save_then_signal)
+    out = tmp_path / "run"
+    with pytest.raises(Interrupted, match="stopped by SIGINT after epoch 4") as info:
+        run(out)
+    assert info.value.exit_code == 130 and not (out / "metrics.json").exists()
+    monkeypatch.undo()
+    run(out, resume=True)  # only the evaluation is left
+    assert_same_results(reference, out)
+
+
+def test_a_run_from_pretrained_weights_resumes(reference, tmp_path, monkeypatch):
+    # config.json records how the weights fitted; the resume check must see the same record
+    whole = tmp_path / "whole"
+    run(whole, pretrained=str(reference))
+    out = tmp_path / "run"
+    interrupt_at(monkeypatch, 8)  # after epoch 1
+    with pytest.raises(Interrupted):
+        run(out, pretrained=str(reference))
+    monkeypatch.undo()
+    run(out, resume=True, pretrained=str(reference))
+    assert_same_results(whole, out)
 
 
 def test_resume_needs_no_flags_but_out(reference, tmp_path, capsys, monkeypatch):
@@ -324,12 +363,17 @@ def test_overwrite_forgets_the_old_run_first(reference, tmp_path):
     folder = tmp_path / "run"
     shutil.copytree(reference, folder)
     (folder / CHECKPOINT_FILE).write_bytes(b"stale")
+    # an old head's subfolder (the new run has other heads) and a file of the user's own
+    shutil.copytree(reference, folder / "ovr", ignore=shutil.ignore_patterns("ovr"))
+    (folder / "notes.txt").write_text("mine")
     assert check_run_folder(folder, resume=False, overwrite=True) == "new"
     seen = {}
 
     def fake_train(*args, **kwargs):  # what the folder holds while the new run trains
         seen["finished"] = is_finished(folder)
         seen["metrics"] = (folder / "metrics.json").exists()
+        seen["old model"] = (folder / "model.pt").exists() or (folder / "scores.npz").exists()
+        seen["old head"] = (folder / "ovr").exists()
         raise KeyboardInterrupt
 
     import unseen.experiment
@@ -338,8 +382,9 @@ def test_overwrite_forgets_the_old_run_first(reference, tmp_path):
         mp.setattr(unseen.experiment, "train_model", fake_train)
         with pytest.raises(KeyboardInterrupt):
             run(folder, overwrite=True, epochs=2)
-    assert seen == {"finished": False, "metrics": False}
+    assert seen == {"finished": False, "metrics": False, "old model": False, "old head": False}
     assert not (folder / CHECKPOINT_FILE).exists()
+    assert (folder / "notes.txt").read_text() == "mine"
 
 
 # ----------------------------------------------------------------------------- 3. NaN / inf
@@ -712,3 +757,14 @@ def test_checkpoint_every_saves_by_training_time_and_after_the_last_epoch(
                     progress=False, on_epoch_end=stop_after_epoch_2,
                     checkpoint=ckpt)  # fmt: skip
     assert saves[-1] == 2 and load_torch(ckpt.path)["epoch"] == 2
+
+
+def test_run_files_get_the_usual_permissions(tmp_path):
+    """Files are written to a private temporary file and renamed: the result must still be
+    readable as any file the user creates (umask), not 0600 like mkstemp's."""
+    from unseen import runfolder
+
+    path = runfolder.atomic_write(tmp_path / "metrics.json", lambda fh: fh.write(b"{}"))
+    assert path.stat().st_mode & 0o777 == 0o666 & ~runfolder._UMASK
+    if runfolder._UMASK == 0o022:
+        assert path.stat().st_mode & 0o777 == 0o644

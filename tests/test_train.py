@@ -33,3 +33,21 @@ def test_history_lr_is_the_rate_of_each_epoch_s_last_step(schedule):
     expected = [used[(e + 1) * steps - 1] for e in range(settings.epochs)]
     assert [row["lr"] for row in result.history] == pytest.approx(expected)
     assert result.history[-1]["lr"] > 0  # the last step's rate, not one past the schedule
+
+
+@pytest.mark.parametrize(
+    "momentum, lowest, highest", [(0.9, 0.85, 0.95), (0.5, 0.45, 0.55), (0.0, 0.0, 0.0)]
+)
+def test_onecycle_cycles_the_momentum_around_the_one_asked_for(momentum, lowest, highest):
+    # torch's OneCycleLR cycles 0.95 -> 0.85 -> 0.95 whatever the optimiser's momentum was:
+    # --momentum must move the cycle (0.9 keeps torch's default, so default runs are unchanged)
+    settings = TrainSettings(epochs=1, lr=0.1, momentum=momentum)
+    opt = make_optimizer(torch.nn.Linear(2, 2), settings)
+    sched = make_scheduler(opt, settings, 40)
+    used = []
+    for _ in range(40):
+        used.append(opt.param_groups[0]["momentum"])
+        opt.step()
+        sched.step()
+    assert min(used) == pytest.approx(lowest) and max(used) == pytest.approx(highest)
+    assert used[0] == pytest.approx(highest)  # high momentum while the learning rate is low

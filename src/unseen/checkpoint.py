@@ -122,15 +122,32 @@ def saved_config(run_dir: str | Path) -> RunConfig | None:
 # ----------------------------------------------------------------------------- run folder state
 
 
+#: what a run writes in its folder (and in each head's subfolder); --overwrite removes these
+RUN_FILES = (
+    FINISHED_FILE, "metrics.json", "config.json", "model.pt", "detectors.pt", "scores.npz",
+    "history.csv", "report.html", "report.md",
+)  # fmt: skip
+
+
 def clear_run_state(run_dir: Path, heads: tuple[str, ...] = ()) -> None:
-    """Forget an earlier run in ``run_dir`` (for ``--overwrite``): its finished marker, metrics
-    and checkpoints, at the top and in the head subfolders. Other files are rewritten by the run."""
-    folders = [run_dir] + [run_dir / h for h in heads if (run_dir / h).is_dir()]
+    """Forget an earlier run in ``run_dir`` (for ``--overwrite``): every file a run writes
+    (:data:`RUN_FILES`, ``plots/``, checkpoints), at the top and in the subfolder of every head
+    the old run may have had, whatever heads the new run has. A model left behind by the old
+    run would otherwise be what ``unseen predict`` loads. Files of the user's own are kept."""
+    import shutil
+
+    from .heads import HEADS
+
+    folders = [run_dir] + [run_dir / h for h in {*HEADS, *heads} if (run_dir / h).is_dir()]
     for folder in folders:
-        for name in (FINISHED_FILE, "metrics.json"):
+        for name in RUN_FILES:
             (folder / name).unlink(missing_ok=True)
         for ckpt in folder.glob("checkpoint*.pt"):
             ckpt.unlink()
+        if (folder / "plots").is_dir():
+            shutil.rmtree(folder / "plots")
+        if folder != run_dir and not any(folder.iterdir()):
+            folder.rmdir()
 
 
 def check_run_folder(run_dir: Path, *, resume: bool, overwrite: bool) -> str:

@@ -245,7 +245,13 @@ class RunConfig:
         group="training",
     )
     momentum: float = opt(
-        0.9, "SGD momentum", parse=float, check=_fraction_closed_open, metavar="M", group="training"
+        0.9,
+        "SGD momentum (Nesterov); the onecycle schedule cycles it from M+0.05 (at most 0.999) "
+        "down to M-0.05 at the peak learning rate and back",
+        parse=float,
+        check=_fraction_closed_open,
+        metavar="M",
+        group="training",
     )
     weight_decay: float = opt(
         5e-4, "weight decay", parse=float, check=_non_negative, metavar="WD", group="training"
@@ -478,7 +484,7 @@ class RunConfig:
     )
     checkpoint_every: float = opt(
         30.0,
-        "seconds of training between checkpoints: one is saved after the first epoch that ends "
+        "seconds (wall clock) between checkpoints: one is saved after the first epoch that ends "
         "that long after the last one, and after the last epoch (0: after every epoch); Ctrl-C "
         "and SIGTERM always save one",
         parse=float,

@@ -33,6 +33,7 @@ from .checkpoint import (
 )
 from .config import RunConfig, validate
 from .data import ImageData, load_dataset
+from .errors import ConfigError
 from .evaluate import forward_pass
 from .hardware import configure_threads, describe_device, resolve_device, resolve_precision
 from .heads import HEADS
@@ -167,8 +168,25 @@ def build_model(p: Prepared, head: str) -> Classifier:
         if p.pretrained is not None:
             p.load_report = apply_pretrained(net, p.pretrained)
         if cfg.freeze_backbone:
+            if p.load_report is not None:
+                refuse_frozen_fresh_weights(net, p.load_report)
             net.freeze_backbone()
     return model
+
+
+def refuse_frozen_fresh_weights(net: Classifier, report: LoadReport) -> None:
+    """--freeze-backbone must not freeze backbone weights that the pretrained weights did not
+    provide: they would stay at their random start (e.g. the first conv of ``--stem small``
+    under ImageNet weights), under batch-norm statistics computed for other features."""
+    params = {name for name, _ in net.backbone.named_parameters(prefix="backbone")}
+    fresh = [k for k in report.missing if k in params]
+    if fresh:
+        more = f" and {len(fresh) - 2} more" if len(fresh) > 2 else ""
+        raise ConfigError(
+            f"--freeze-backbone would keep {len(fresh)} backbone weights that the pretrained "
+            f"weights do not fit at their random start ({', '.join(fresh[:2])}{more}); drop "
+            "--freeze-backbone to train them, or use a --stem/--model that matches the weights."
+        )
 
 
 def fit_scores(
@@ -482,7 +500,20 @@ def write_run_report(run_dir: Path, say: Callable[[str], None]) -> None:
 def run_experiment(
     cfg: RunConfig, progress: bool = True, log: Callable[[str], None] | None = print
 ) -> RunResult:
-    """Run the whole experiment for ``cfg`` and return its metrics and run folder."""
+    """Run the whole experiment for ``cfg`` and return its metrics and run folder.
+
+    The run uses the process's thread budget (``threads.thread_budget``) and gives the caller
+    its own torch thread count back when it returns.
+    """
+    threads = torch.get_num_threads()
+    try:
+        return _run_experiment(cfg, progress, log)
+    finally:
+        if torch.get_num_threads() != threads:
+            torch.set_num_threads(threads)
+
+
+def _run_experiment(cfg: RunConfig, progress: bool, log: Callable[[str], None] | None) -> RunResult:
     say = log or (lambda _msg: None)
     started = time.perf_counter()
     validate(cfg)
@@ -495,6 +526,8 @@ def run_experiment(
     cfg = p.config
     run_dir = Path(cfg.out) if cfg.out else default_run_dir(cfg.dataset, p.split.unseen_names)
     sd = p.split_data
+    if p.pretrained is not None:  # fit the weights once: config.json records how they fitted
+        build_model(p, cfg.head[0])
     if folder != "new" and (run_dir / "config.json").is_file():
         current = {**cfg.to_dict(), "split": p.split.to_dict(), **config_extras(p)}
         check_same_config(read_json(run_dir / "config.json"), current, run_dir)
@@ -514,7 +547,6 @@ def run_experiment(
         f"{cfg.model}, {cfg.epochs} epochs on {describe_device(p.device)}, {p.precision}; run folder {run_dir}"
     )
     if p.pretrained is not None:
-        build_model(p, cfg.head[0])  # fits the weights once to report how they fitted
         for line in p.load_report.lines() if p.load_report is not None else []:
             say(line)
         if warning := leakage_warning(p.pretrained, cfg.dataset, p.split.unseen_names):

@@ -38,7 +38,9 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     if precision != "auto":
         return precision
     if device.type == "cuda":
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+        # native bf16 from compute capability 8.0 (Ampere); torch's is_bf16_supported() also
+        # says yes for the slow emulation on older GPUs (V100, T4)
+        return "bf16" if torch.cuda.get_device_capability(device)[0] >= 8 else "fp32"
     return "bf16" if device.type == "cpu" and cpu_has_amx() else "fp32"
 
 

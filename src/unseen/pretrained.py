@@ -198,6 +198,12 @@ def load_weights_file(path: Path) -> PretrainedSource:
     """A run folder, a model.pt of ours, a .pt/.pth state dict or a .safetensors file."""
     spec = str(path)
     if path.is_dir():
+        heads = sorted(d.name for d in path.iterdir() if (d / "model.pt").is_file())
+        if not (path / "model.pt").is_file() and heads:
+            raise UnseenError(
+                f"--pretrained {path} holds one model per head ({', '.join(heads)}); give "
+                f"one of them, e.g. {path / heads[0]}."
+            )
         if not (path / "model.pt").is_file():
             raise UnseenError(
                 f"--pretrained {path} is a folder without model.pt; give a finished run folder "
@@ -222,6 +228,11 @@ def load_weights_file(path: Path) -> PretrainedSource:
         return PretrainedSource(spec, "file", path, state, f"file: {path}")
     obj = load_torch(path)
     state = _state_dict_of(obj, path)
+    if any(k.startswith("members.") for k in state):
+        raise UnseenError(
+            f"--pretrained {spec} is an ovr-separate ensemble of one network per class; its "
+            "weights cannot start one network: give a softmax or ovr run."
+        )
     if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj.get("split"), dict):
         meta = {k: v for k, v in obj.items() if k != "state_dict"}
         return PretrainedSource(spec, "run", path, state, _describe_run(path, meta), meta)

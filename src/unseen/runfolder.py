@@ -25,12 +25,24 @@ from .errors import UnseenError
 FORMAT_VERSION = 1
 
 
+def _read_umask() -> int:
+    mask = os.umask(0o022)  # Python < 3.13 can only read the umask by setting it
+    os.umask(mask)
+    return mask
+
+
+#: read once at import, in the main thread (setting it briefly is not thread-safe)
+_UMASK = _read_umask()
+
+
 def atomic_write(path: str | Path, write: Callable[[IO[bytes]], None]) -> Path:
     """Call ``write(fh)`` on a temporary file beside ``path``, fsync it, then rename it into place."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        # mkstemp makes the file private (0600); give it the permissions open() would have
+        os.chmod(tmp, 0o666 & ~_UMASK)
         with os.fdopen(fd, "wb") as fh:
             write(fh)
             fh.flush()

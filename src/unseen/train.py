@@ -156,12 +156,19 @@ def make_scheduler(
     opt: torch.optim.Optimizer, s: TrainSettings, total_steps: int
 ) -> torch.optim.lr_scheduler.LRScheduler:
     if s.schedule == "onecycle":
+        # Smith's 1cycle moves the momentum against the learning rate: torch's default cycle
+        # (0.95 -> 0.85 -> 0.95) is the one around the default --momentum 0.9; other values
+        # shift it (without momentum there is nothing to cycle)
+        m = s.momentum
         return torch.optim.lr_scheduler.OneCycleLR(
             opt,
             max_lr=[g["lr"] for g in opt.param_groups],
             total_steps=max(total_steps, 1),
             # torch divides by zero when pct_start * total_steps == 1 (4 steps): nudge it
             pct_start=0.25 if total_steps != 4 else 0.3,
+            cycle_momentum=m > 0,
+            base_momentum=max(m - 0.05, 0.0),
+            max_momentum=min(m + 0.05, 0.999),
         )
     if s.schedule == "cosine":
         return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(total_steps, 1))
@@ -275,11 +282,14 @@ def train_model(
 
     for epoch in bar:
         first_step = 0
+        lr_used = opt.param_groups[0]["lr"]  # the rate of the epoch's last step, for history
         if pos.epoch_state is not None and epoch == pos.epoch:  # resume inside this epoch
             perm = pos.epoch_state["perm"].to(device)
             loss_sum = pos.epoch_state["loss_sum"].to(device)
             correct = pos.epoch_state["correct"].to(device)
             seen, first_step = int(pos.epoch_state["seen"]), pos.step
+            # stopped after the epoch's last step: no step is left to set it
+            lr_used = float(pos.epoch_state.get("lr_used", lr_used))
         elif settings.balance == "sampler":
             perm = torch.multinomial(sample_weights, n, replacement=True, generator=generator)
         else:
@@ -308,9 +318,8 @@ def train_model(
             guard.update(loss, epoch * steps + step)
             if checkpoint is not None and checkpoint.stop_requested() is not None:
                 stop_if_diverged()  # never save a checkpoint with NaN weights
-                save(
-                    epoch, step + 1, dict(perm=perm, loss_sum=loss_sum, correct=correct, seen=seen)
-                )
+                state = dict(perm=perm, loss_sum=loss_sum, correct=correct, seen=seen)
+                save(epoch, step + 1, {**state, "lr_used": lr_used})
                 raise checkpoint.interrupted(epoch, step + 1, steps)
         stop_if_diverged()
         result.images_seen += seen
@@ -345,6 +354,8 @@ def train_model(
         wait_start = time.perf_counter()
         checkpoint.wait()
         save_seconds += time.perf_counter() - wait_start
+        if checkpoint.stop_requested() is not None:  # a stop while the last save was written
+            raise checkpoint.interrupted(settings.epochs, 0, steps)
     # training time excludes the per-epoch validation passes and checkpoint writes
     result.seconds = train_seconds()
     result.validation_seconds, result.checkpoint_seconds = eval_seconds, save_seconds
