@@ -12,12 +12,21 @@ torchvision transforms to one image at a time, a ``DataLoader``, fp32, NCHW.
 
 Prints images/s of both loops and their ratio, evaluation time (one forward pass over the
 test set plus every score but odin), optionally the time to reach a validation accuracy,
-and peak memory. ``--json`` prints one JSON object instead.
+and peak memory per phase. ``--json`` prints one JSON object instead.
+
+unseen's loop trains two epochs on ``--images`` images and times the second. The first holds
+the one-off costs, CUDA graph capture included, which is why ``--images`` must hold at least
+one full batch, and with CUDA graphs four (three warm-up steps and the capture). The
+conventional loop runs two untimed batches, then times batches, fetching included, until it
+has trained on ``--images`` images or more.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import gc
+import inspect
 import json
 import math
 import platform
@@ -30,6 +39,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
 from unseen.augment import make_augment_spec
+from unseen.cudagraphs import GraphedStep
 from unseen.data import DEBIAN_FASHION_MNIST, load_dataset
 from unseen.errors import UnseenError
 from unseen.evaluate import forward_pass
@@ -41,10 +51,75 @@ from unseen.scores import SCORES, FitContext
 from unseen.splits import make_split, split_data
 from unseen.train import TrainSettings, train_model, use_cuda_graphs
 
+#: eager steps GraphedStep takes before it captures the graph on the next full batch
+GRAPH_WARMUP = inspect.signature(GraphedStep).parameters["warmup"].default
+
 
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+def images_needed(batch_size: int, graphed: bool) -> int:
+    """The fewest ``--images`` a measurement can use.
+
+    One full batch: the conventional loader drops a partial one, and unseen's timed epoch
+    should hold a full-size step. With CUDA graphs, enough full batches for GraphedStep's
+    warm-up steps and its capture to fall in the untimed first epoch (train_model does not
+    say whether a capture happened, so this is how the bench makes sure of it)."""
+    return batch_size * (GRAPH_WARMUP + 1 if graphed else 1)
+
+
+def too_few_images(n: int, batch_size: int, graphed: bool) -> str | None:
+    need = images_needed(batch_size, graphed)
+    if n >= need:
+        return None
+    if graphed:
+        why = (
+            f"with CUDA graphs unseen's loop needs {GRAPH_WARMUP + 1} full batches an epoch "
+            f"({GRAPH_WARMUP} warm-up steps and the capture, all in the untimed first epoch)"
+        )
+        other = "a smaller --batch-size or --cuda-graphs off"
+    else:
+        why = "both loops need at least one full batch"
+        other = "a smaller --batch-size"
+    return f"--images {n} is too few: {why}, so at batch {batch_size} it must be at least {need} (or use {other})."
+
+
+def max_rss_mib(who: int) -> float:
+    """``ru_maxrss`` in MiB: kilobytes on Linux, bytes on macOS."""
+    return resource.getrusage(who).ru_maxrss / (2**20 if sys.platform == "darwin" else 1024)
+
+
+class PeakMemory:
+    """Peak memory of each phase of the bench.
+
+    On CUDA, ``torch.cuda.max_memory_allocated`` reset before each phase (it includes what was
+    still allocated when the phase began; the phases free their models and data in between).
+    On a CPU, the process's max RSS so far: the OS cannot reset it, so a phase shows only
+    whether it raised the high-water mark."""
+
+    def __init__(self, device: torch.device):
+        self.device, self.cuda = device, device.type == "cuda"
+        self.measure = (
+            "torch.cuda.max_memory_allocated, reset before each phase"
+            if self.cuda
+            else "process max RSS so far (cannot be reset)"
+        )
+        self.mib: dict[str, float] = {}
+
+    @contextlib.contextmanager
+    def phase(self, name: str):
+        gc.collect()  # what the previous phase left behind
+        if self.cuda:
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats(self.device)
+        yield
+        if self.cuda:
+            torch.cuda.synchronize(self.device)
+            self.mib[name] = torch.cuda.max_memory_allocated(self.device) / 2**20
+        else:
+            self.mib[name] = max_rss_mib(resource.RUSAGE_SELF)
 
 
 class PerImageDataset(Dataset):
@@ -69,7 +144,10 @@ class PerImageDataset(Dataset):
 
 def conventional_images_per_second(
     model, x, y, args, device, spec, mean, std, n_images: int
-) -> float:
+) -> dict:
+    """Two untimed batches, then whole batches, timed from the fetch of the first, until
+    ``n_images`` or more were trained on. Batches are counted across epochs; the loader must
+    hold one full batch (it drops a partial one)."""
     ds = PerImageDataset(x, y, spec.padding, spec.flip, mean, std)
     loader = DataLoader(ds, batch_size=args.batch_size, shuffle=True, num_workers=args.workers,
                         pin_memory=device.type == "cuda", drop_last=True, persistent_workers=args.workers > 0)  # fmt: skip
@@ -80,37 +158,61 @@ def conventional_images_per_second(
     # the model normalises internally; undo that so both loops see the same arithmetic
     model.mean.zero_()
     model.std.fill_(1.0)
-    seen, warm, start = 0, 2, None
-    while True:
-        for i, (xb, yb) in enumerate(loader):
-            if i == warm and start is None:
-                sync(device)
-                start, seen = time.perf_counter(), 0
-            xb, yb = xb.to(device, non_blocking=True), yb.to(device, non_blocking=True)
-            loss = F.cross_entropy(model(xb), yb)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            seen += len(xb)
-            if start is not None and seen >= n_images:
-                sync(device)
-                return seen / (time.perf_counter() - start)
+    if len(loader) == 0:
+        raise ValueError(f"{len(x)} images hold no full batch of {args.batch_size}")
+
+    def batches():  # epoch after epoch
+        while True:
+            yield from loader
+
+    def step(xb, yb) -> int:
+        xb, yb = xb.to(device, non_blocking=True), yb.to(device, non_blocking=True)
+        loss = F.cross_entropy(model(xb), yb)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        return len(xb)
+
+    stream = batches()
+    for _ in range(2):  # warm-up: first-call costs, the workers' start
+        step(*next(stream))
+    sync(device)
+    start, seen = time.perf_counter(), 0
+    while seen < n_images:
+        seen += step(*next(stream))  # the fetch is timed too
+    sync(device)
+    seconds = time.perf_counter() - start
+    stream.close()  # the workers stop when the loader goes, on return
+    return {"images_timed": seen, "timed_seconds": seconds, "images_per_second": seen / seconds}
 
 
 def tool_images_per_second(model, x, y, args, device, precision, spec, graphs: str) -> dict:
     """Two epochs of unseen's own train_model on ``x``; the second one is timed.
 
-    The first epoch holds the one-off costs (cuDNN autotuning, graph capture, compilation)."""
+    The first epoch holds the one-off costs (cuDNN autotuning, graph capture, compilation);
+    with CUDA graphs, main() made sure it holds the warm-up steps and the capture."""
     s = TrainSettings(
         epochs=2, batch_size=args.batch_size, lr=0.05, compile=args.compile, cuda_graphs=graphs
     )
     result = train_model(model, x, y, s, HEADS["softmax"], spec, device, precision, progress=False)
     h = result.history
-    return {
-        "images_per_second": len(x) / (h[1]["seconds"] - h[0]["seconds"]),
+    seconds = h[1]["seconds"] - h[0]["seconds"]
+    # both epochs train the same images: all of x, less a last batch of one image, which
+    # train_model drops (batch norm needs two)
+    images = result.images_seen // s.epochs
+    out = {
+        "images_timed": images,
+        "timed_seconds": seconds,
+        "images_per_second": images / seconds,
         "first_epoch_seconds": h[0]["seconds"],
         "cuda_graphs": result.cuda_graphs,
     }
+    if result.cuda_graphs:
+        out["cuda_graph_capture"] = (
+            f"full batch {GRAPH_WARMUP + 1} of {len(x) // args.batch_size} of the untimed first "
+            "epoch (ensured by the --images check; train_model does not report it)"
+        )
+    return out
 
 
 def evaluation_seconds(model, sd, device, precision) -> dict:
@@ -200,9 +302,15 @@ def main(argv=None) -> int:
     ap.add_argument(
         "--precision",
         default="auto",
+        choices=("auto", "bf16", "fp32"),
         help="precision of unseen's loop (the conventional one is fp32)",
     )
-    ap.add_argument("--images", type=int, default=8192, help="images timed per loop")
+    ap.add_argument(
+        "--images",
+        type=int,
+        default=8192,
+        help="images timed per loop: at least one batch, four with CUDA graphs",
+    )
     ap.add_argument(
         "--workers", type=int, default=2, help="DataLoader workers of the conventional loop"
     )
@@ -236,9 +344,13 @@ def main(argv=None) -> int:
     torch.backends.cudnn.benchmark = args.cudnn_benchmark
     precision = resolve_precision(args.precision, device)
     args.batch_size = args.batch_size or default_batch_size(device)
+    mode = "on" if args.cuda_graphs == "both" else args.cuda_graphs  # of the tool's timed loop
     try:
-        if args.cuda_graphs in ("on", "both"):
-            use_cuda_graphs("on", device, "none")
+        graphed = use_cuda_graphs(mode, device, "none")
+        if args.batch_size < 2:
+            raise UnseenError("--batch-size must be at least 2 (batch norm needs two images).")
+        if (message := too_few_images(args.images, args.batch_size, graphed)) is not None:
+            raise UnseenError(message)
         data = load_dataset(args.dataset, args.data_root)
     except UnseenError as exc:
         print(f"bench_train: {exc}", file=sys.stderr)
@@ -258,8 +370,7 @@ def main(argv=None) -> int:
         m.set_normalization(mean, std)
         return m
 
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
+    memory = PeakMemory(device)
     out = {
         "hardware": {
             "device": describe_device(device),
@@ -270,52 +381,71 @@ def main(argv=None) -> int:
         "dataset": args.dataset,
         "model": args.model,
         "batch_size": args.batch_size,
-        "images_timed": n,
+        "images_requested": n,
+        "full_batches_per_epoch": n // args.batch_size,
         "tool": {
             "precision": precision,
-            "channels_last": not args.compile,
+            "channels_last": not args.compile,  # train_model trains compiled networks in NCHW
             "compile": args.compile,
             "cudnn_benchmark": torch.backends.cudnn.benchmark,
         },
     }
+    # phases in order: unseen's loop (without graphs first, with --cuda-graphs both), its
+    # evaluation, the conventional loop, the training to --target-accuracy
     if args.cuda_graphs == "both":
-        plain = tool_images_per_second(fresh(), x, y, args, device, precision, spec, "off")
+        with memory.phase("tool_without_cuda_graphs"):
+            plain = tool_images_per_second(fresh(), x, y, args, device, precision, spec, "off")
         out["tool_without_cuda_graphs"] = plain
     tool_model = fresh()
-    mode = "on" if args.cuda_graphs == "both" else args.cuda_graphs
-    out["tool"].update(
-        tool_images_per_second(tool_model, x, y, args, device, precision, spec, mode)
-    )
+    with memory.phase("tool"):
+        out["tool"].update(
+            tool_images_per_second(tool_model, x, y, args, device, precision, spec, mode)
+        )
     if args.cuda_graphs == "both":
         out["cuda_graphs_speedup"] = out["tool"]["images_per_second"] / plain["images_per_second"]
+    with memory.phase("evaluation"):
+        out["evaluation"] = evaluation_seconds(tool_model, sd, device, precision)
+    del tool_model
+    workers_rss = None
     if not args.skip_conventional:
-        conv = conventional_images_per_second(fresh(), x, y, args, device, spec, mean, std, n)
+        with memory.phase("conventional"):
+            conv = conventional_images_per_second(fresh(), x, y, args, device, spec, mean, std, n)
+        gc.collect()  # the loader and its workers, so that they count as waited-for children
+        if args.workers > 0:
+            workers_rss = max_rss_mib(resource.RUSAGE_CHILDREN)
         out["conventional"] = {
             "precision": "fp32",
             "channels_last": False,
             "workers": args.workers,
-            "images_per_second": conv,
+            **conv,
         }
-        out["speedup"] = out["tool"]["images_per_second"] / conv
-    out["evaluation"] = evaluation_seconds(tool_model, sd, device, precision)
+        out["speedup"] = out["tool"]["images_per_second"] / conv["images_per_second"]
     if args.target_accuracy is not None:
-        out["time_to_accuracy"] = time_to_accuracy(args, data, sd, device, precision, spec)
-    if device.type == "cuda":
-        out["peak_memory_mib"] = torch.cuda.max_memory_allocated(device) / 2**20
-    else:
-        out["peak_memory_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        with memory.phase("time_to_accuracy"):
+            out["time_to_accuracy"] = time_to_accuracy(args, data, sd, device, precision, spec)
+    out["peak_memory"] = {"measure": memory.measure, "mib": memory.mib}
+    if workers_rss is not None:
+        # RUSAGE_CHILDREN: the largest child process waited for so far, which are the
+        # DataLoader workers; forked, so the pages they share with this process count too
+        out["peak_memory"]["conventional_workers_max_rss_mib"] = workers_rss
+    out["peak_memory_mib"] = max(memory.mib.values())  # the single number of earlier versions
 
     if args.json:
         print(json.dumps(out, indent=2, default=str))
         return 0
     hw = out["hardware"]
     print(
-        f"{args.dataset}, {args.model}, batch {args.batch_size}, {n} images timed; {hw['device']}, torch {hw['torch']}"
+        f"{args.dataset}, {args.model}, batch {args.batch_size}, {n} images ({out['full_batches_per_epoch']} full batches an epoch); {hw['device']}, torch {hw['torch']}"
     )
     t = out["tool"]
-    extras = (", compiled" if args.compile else "") + (", CUDA graphs" if t["cuda_graphs"] else "")
+    layout = "channels_last" if t["channels_last"] else "NCHW"
+    extras = (", compiled" if t["compile"] else "") + (
+        ", CUDA graphs captured in the first epoch (ensured, not read back)"
+        if t["cuda_graphs"]
+        else ""
+    )
     print(
-        f"unseen loop       : {t['images_per_second']:10.0f} images/s  ({precision}, channels_last, data resident on the device{extras}; first epoch {t['first_epoch_seconds']:.2f} s)"
+        f"unseen loop       : {t['images_per_second']:10.0f} images/s  over {t['images_timed']} images in the second epoch ({t['precision']}, {layout}, data resident on the device{extras}; first epoch {t['first_epoch_seconds']:.2f} s)"
     )
     if "tool_without_cuda_graphs" in out:
         p = out["tool_without_cuda_graphs"]
@@ -323,8 +453,9 @@ def main(argv=None) -> int:
             f"  without graphs  : {p['images_per_second']:10.0f} images/s  (first epoch {p['first_epoch_seconds']:.2f} s); graphs {out['cuda_graphs_speedup']:.2f}x"
         )
     if "conventional" in out:
+        c = out["conventional"]
         print(
-            f"conventional loop : {out['conventional']['images_per_second']:10.0f} images/s  (fp32, NCHW, DataLoader with {args.workers} workers, per-image transforms)"
+            f"conventional loop : {c['images_per_second']:10.0f} images/s  over {c['images_timed']} images after 2 untimed batches (fp32, NCHW, DataLoader with {c['workers']} workers, per-image transforms)"
         )
         print(f"speedup           : {out['speedup']:10.2f}x")
     ev = out["evaluation"]
@@ -345,7 +476,17 @@ def main(argv=None) -> int:
         print(
             f"time to val acc {t['target_val_accuracy']}: {reached}; final {t['final_val_accuracy']:.4f}"
         )
-    print(f"peak memory       : {out['peak_memory_mib']:.0f} MiB")
+    mem = out["peak_memory"]
+    names = {"tool_without_cuda_graphs": "unseen loop without graphs", "tool": "unseen loop",
+             "time_to_accuracy": "time to accuracy"}  # fmt: skip
+    phases = ", ".join(f"{names.get(k, k)} {v:.0f}" for k, v in mem["mib"].items())
+    if device.type == "cuda":
+        print(f"peak memory (MiB) : {phases}  (CUDA max allocated, reset before each phase)")
+    else:
+        print(f"peak memory (MiB) : {phases}  (process max RSS so far, after each phase: it cannot be reset)")  # fmt: skip
+    if "conventional_workers_max_rss_mib" in mem:
+        print(f"    largest DataLoader worker: max RSS {mem['conventional_workers_max_rss_mib']:.0f} MiB "
+              "(forked: pages shared with the main process count too)")  # fmt: skip
     return 0
 
 

@@ -8,7 +8,8 @@ What a graph needs, and how this module provides it:
 
 - **Static shapes and addresses.** Each full-size batch is copied into the same input tensors;
   a batch of another size (the last, partial one of an epoch) runs eagerly through the same
-  code, so every image is still seen once an epoch.
+  code, so every image is still seen once an epoch (except a last batch of a single image,
+  which the loop drops in both modes: batch norm needs two).
 - **Hyperparameters that change without re-capture.** The learning rate and momentum of each
   parameter group live in device tensors, refilled from the optimiser's ``param_groups``
   (where the schedulers write them) before every step. :func:`sgd_update` reads them there.
