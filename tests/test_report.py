@@ -163,6 +163,29 @@ def test_training_figure_plots_history_columns():
     assert lr_ax.lines[0].get_ydata().tolist() == [0.1, 0.05]
 
 
+def test_training_figure_draws_one_line_per_ovr_separate_network():
+    history = [
+        {"network": str(k), "epoch": str(e), "loss": str(1.0 / e + k), "train_accuracy": "0.9",
+         "val_accuracy": "0.8", "lr": str(0.1 / e)}
+        for k in range(3) for e in (1, 2)
+    ]  # fmt: skip
+    loss_ax, acc_ax, lr_ax = plots.training_figure(history).axes
+    assert [ln.get_ydata().tolist() for ln in loss_ax.lines] == [[1.0, 0.5], [2.0, 1.5], [3.0, 2.5]]
+    assert all(ln.get_xdata().tolist() == [1.0, 2.0] for ln in loss_ax.lines)  # no zig-zag
+    legend = [t.get_text() for t in acc_ax.get_legend().get_texts()]
+    assert legend == ["training (augmented)", "validation"]  # once, not once per network
+    assert "class k or not" in acc_ax.get_title() and len(lr_ax.lines) == 1
+
+
+def test_names_with_dollar_signs_are_drawn_literally():
+    names = ["$_$", "US$5 vs $10", "$\\frac$"]
+    fig = plots.confusion_figure(np.array([[3, 1, 0], [0, 2, 1], [1, 1, 1]]), names, names, 2)
+    assert plots.figure_png(fig).startswith(b"\x89PNG")  # mathtext would raise here
+    ticks = fig.axes[0].get_xticklabels()
+    assert [t.get_text() for t in ticks] == [plots.literal(n) for n in names]
+    assert not any(t._preprocess_math(t.get_text())[1] for t in ticks)  # none read as math
+
+
 # ----------------------------------------------------------------------------- the run report
 
 PLOTS = ("roc", "confusion", "reliability", "projection", "training")
@@ -256,6 +279,20 @@ def test_a_score_s_own_rule_is_not_called_a_validation_calibration(digits_run, t
     msp = md.split("**msp: known vs unseen.**")[1][:300]
     assert "dashed threshold (calibrated on the validation slice)" in msp
     assert "of known validation images; energy: the score's own decision rule" in md
+
+
+def test_class_names_cannot_break_report_md_or_the_figures(digits_run, tmp_path):
+    run = _copy_run(digits_run, tmp_path / "names")
+    cfg = json.loads((run / "config.json").read_text())
+    cfg["split"]["unseen_names"] = ["nine|9 <b>$_$</b>"]
+    classes = cfg["split"]["classes"]
+    classes[cfg["split"]["unseen"][0]] = "nine|9 <b>$_$</b>"
+    (run / "config.json").write_text(json.dumps(cfg))
+    build_report(run, tsne=False)  # the confusion matrix draws the name: no mathtext error
+    md = (run / "report.md").read_text()
+    row = next(line for line in md.splitlines() if line.startswith("| unseen classes"))
+    assert row == "| unseen classes | nine\\|9 &lt;b>$_$&lt;/b> |"
+    assert "<b>" not in md
 
 
 def test_multi_head_run_gets_a_section_per_head(digits_run, tmp_path):

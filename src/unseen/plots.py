@@ -27,6 +27,12 @@ UNSEEN_COLOR = "#d62728"
 DPI = 100
 
 
+def literal(text: object) -> str:
+    """``text`` as matplotlib should show it: a class or run name with two ``$`` signs would
+    otherwise be read as a mathtext formula (and one it cannot parse stops the report)."""
+    return str(text).replace("$", r"\$")
+
+
 def figure_png(fig: Figure, dpi: int = DPI) -> bytes:
     """Render ``fig`` to PNG bytes (Agg)."""
     buf = io.BytesIO()
@@ -153,10 +159,10 @@ def confusion_figure(
                 if counts[i, j]:
                     ax.text(j, i, str(counts[i, j]), ha="center", va="center", fontsize=7,
                             color="white" if share[i, j] > 0.6 else "black")  # fmt: skip
-    labels = [f"{n} (unseen)" if i >= num_known else str(n) for i, n in enumerate(row_names)]
+    labels = [literal(f"{n} (unseen)" if i >= num_known else n) for i, n in enumerate(row_names)]
     tick_size = 8 if max(rows, cols) <= 30 else 5
     ax.set_yticks(range(rows), labels, fontsize=tick_size)
-    ax.set_xticks(range(cols), [str(c) for c in col_names], fontsize=tick_size,
+    ax.set_xticks(range(cols), [literal(c) for c in col_names], fontsize=tick_size,
                   rotation=90 if cols > 10 else 0)  # fmt: skip
     for tick in ax.get_yticklabels()[num_known:]:
         tick.set_color(UNSEEN_COLOR)
@@ -350,12 +356,13 @@ def projection_figure(
         for n, c in enumerate(known_present):
             rows = (labels == c) & np.isfinite(xy[:, 0])
             ax.scatter(xy[rows, 0], xy[rows, 1], s=5, alpha=0.6, color=cmap(n % cmap.N),
-                       label=str(class_names[c]), rasterized=True, linewidths=0)  # fmt: skip
+                       label=literal(class_names[c]), rasterized=True, linewidths=0)  # fmt: skip
         for n, c in enumerate(c for c in present if c in set(unseen)):
             rows = (labels == c) & np.isfinite(xy[:, 0])
             ax.scatter(xy[rows, 0], xy[rows, 1], s=22, color="black", alpha=0.8,
                        marker=unseen_markers[n % len(unseen_markers)],
-                       label=f"{class_names[c]} (unseen)", rasterized=True, linewidths=0)  # fmt: skip
+                       label=literal(f"{class_names[c]} (unseen)"), rasterized=True,
+                       linewidths=0)  # fmt: skip
         shown = int(np.isfinite(xy[:, 0]).sum())
         ax.set_title(f"{method} of test features ({shown} images)", fontsize=10)
         ax.set_xticks([])
@@ -375,23 +382,43 @@ def projection_figure(
 
 
 def training_figure(history: Sequence[Mapping[str, float]]) -> Figure:
-    """Loss, accuracy (training and validation) and learning rate per epoch."""
+    """Loss, accuracy (training and validation) and learning rate per epoch.
+
+    Rows with a ``network`` column (``--head ovr-separate``: one row per binary network and
+    epoch) are drawn as one thin line per network; their accuracies are each network's own
+    "class k or not" accuracy.
+    """
     fig = Figure(figsize=(11.0, 3.2))
     axes = fig.subplots(1, 3)
+    networks = sorted({row["network"] for row in history if row.get("network") not in (None, "")})
+    groups = [[row for row in history if row.get("network") == n] for n in networks] or [history]
+    many = len(groups) > 1
 
-    def column(key: str) -> np.ndarray:
-        return np.array([_float(row.get(key)) for row in history], float)
+    def column(rows: Sequence[Mapping[str, float]], key: str) -> np.ndarray:
+        return np.array([_float(row.get(key)) for row in rows], float)
 
-    epochs = column("epoch") if history else np.array([])
-    axes[0].plot(epochs, column("loss") if history else [], marker="o", markersize=3)
-    axes[0].set_title("training loss", fontsize=10)
-    for key, label in (("train_accuracy", "training (augmented)"), ("val_accuracy", "validation")):
-        values = column(key) if history else np.array([])
-        if np.isfinite(values).any():
-            axes[1].plot(epochs, values, marker="o", markersize=3, label=label)
-    axes[1].set_title("accuracy on known classes", fontsize=10)
-    axes[1].legend(fontsize=8, frameon=False)
-    axes[2].plot(epochs, column("lr") if history else [], color="grey")
+    style = dict(linewidth=0.8, alpha=0.6) if many else dict(marker="o", markersize=3)
+    for g, rows in enumerate(groups):
+        epochs = column(rows, "epoch")
+        axes[0].plot(epochs, column(rows, "loss"), color="C0" if many else None, **style)
+        for c, (key, label) in enumerate(
+            (("train_accuracy", "training (augmented)"), ("val_accuracy", "validation"))
+        ):
+            values = column(rows, key)
+            if np.isfinite(values).any():
+                axes[1].plot(epochs, values, color=f"C{c}", label=label if g == 0 else None,
+                             **style)  # fmt: skip
+        if g == 0:  # one schedule, the same for every network
+            axes[2].plot(epochs, column(rows, "lr"), color="grey")
+    axes[0].set_title(
+        f"training loss ({len(groups)} binary networks)" if many else "training loss", fontsize=10
+    )
+    axes[1].set_title(
+        "accuracy of each network (class k or not)" if many else "accuracy on known classes",
+        fontsize=10,
+    )
+    if axes[1].get_legend_handles_labels()[0]:
+        axes[1].legend(fontsize=8, frameon=False)
     axes[2].set_title("learning rate", fontsize=10)
     for ax in axes:
         ax.set_xlabel("epoch")
@@ -429,7 +456,7 @@ def comparison_figure(
         y = np.arange(n_cfg) + (j - (n_scores - 1) / 2) * height
         ok = np.isfinite(means[:, j])
         ax.barh(y[ok], means[ok, j], height=height * 0.9, xerr=stds[ok, j], capsize=2, label=name)
-    ax.set_yticks(range(n_cfg), labels, fontsize=8)
+    ax.set_yticks(range(n_cfg), [literal(label) for label in labels], fontsize=8)
     ax.invert_yaxis()
     ax.set_xlabel(f"{metric} (mean ± std over seeds)")
     ax.legend(fontsize=8, frameon=False, loc="lower right")

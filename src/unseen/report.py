@@ -350,12 +350,18 @@ def _draw_head_figures(
             "older version); rerun it to get one."
         )
     if h.history:
+        separate = any(row.get("network") not in (None, "") for row in h.history)
         add(
             "training",
             "Training curves",
-            "Per-epoch loss and accuracy on the known classes (training accuracy is measured on "
-            "augmented batches while the weights change; validation on the held-back slice), and the "
-            "learning-rate schedule.",
+            (
+                "Per-epoch loss and accuracy of each binary network (class k or not; one line "
+                "per network), and the learning-rate schedule they share."
+                if separate
+                else "Per-epoch loss and accuracy on the known classes (training accuracy is "
+                "measured on augmented batches while the weights change; validation on the "
+                "held-back slice), and the learning-rate schedule."
+            ),
             lambda: plots.training_figure(h.history),
         )
 
@@ -375,6 +381,12 @@ def _pct(value: Any) -> str:
     if value is None or (isinstance(value, float) and not math.isfinite(value)):
         return "-"
     return f"{100 * float(value):.1f}%"
+
+
+def md_text(value: Any) -> str:
+    """``value`` for report.md: ``|`` would end a table cell and ``<`` open an HTML tag in most
+    Markdown viewers (class names come from folder names and npz files)."""
+    return str(value).replace("&", "&amp;").replace("<", "&lt;").replace("|", "\\|")
 
 
 def _names(values: Sequence[Any]) -> str:
@@ -561,7 +573,7 @@ def _write_report_files(
         f"<h1>{html.escape(title)}</h1>",
         f'<p class="note">run folder {html.escape(str(folder.resolve()))}</p>',
     ]
-    md_parts = [f"# {title}", "", f"Run folder `{folder.resolve()}`", ""]
+    md_parts = [f"# {md_text(title)}", "", f"Run folder `{folder.resolve()}`", ""]
     if multi:
         links = " · ".join(
             f'<a href="#head-{html.escape(s.head.head)}">{html.escape(s.head.head)}</a>'
@@ -593,8 +605,8 @@ def _write_report_files(
             f"<{level}>Figures</{level}>",
         ]  # fmt: skip
         md_parts += [f"{md_level} Run", "", "| | |", "|---|---|"]
-        md_parts += [f"| {k} | {v} |" for k, v in rows]
-        md_parts += ["", f"> {headline(m)}", "", f"{md_level} Rejection scores", "",
+        md_parts += [f"| {md_text(k)} | {md_text(v)} |" for k, v in rows]
+        md_parts += ["", f"> {md_text(headline(m))}", "", f"{md_level} Rejection scores", "",
                      "Higher = more likely a known class; best per column in bold.", "",
                      score_table_md(m.get("scores", {})), "", f"{md_level} Figures", ""]  # fmt: skip
         hist = [p for p in s.plots if p.file.rsplit("/", 1)[-1].startswith("hist_")]
@@ -605,10 +617,11 @@ def _write_report_files(
             )
         html_parts += [figure_html(p) for p in others]
         for p in hist + others:
-            md_parts += [f"**{p.title}.** {p.caption}", "", f"![{p.title}]({prefix}{p.file})", ""]
+            md_parts += [f"**{md_text(p.title)}.** {md_text(p.caption)}", "",
+                         f"![{md_text(p.title)}]({prefix}{p.file})", ""]  # fmt: skip
         for note in s.notes:
             html_parts.append(f'<p class="note">{html.escape(note)}</p>')
-            md_parts += [f"_{note}_", ""]
+            md_parts += [f"_{md_text(note)}_", ""]
     footer = (
         f"Built {time.strftime('%Y-%m-%d %H:%M')} by unseen report in "
         f"{time.perf_counter() - start:.1f} s from the run folder's files; rebuild with: "
@@ -836,7 +849,9 @@ def write_comparison(run_dirs: Iterable[str | Path], out_dir: str | Path) -> Pat
         )  # fmt: skip
         link_md = " ".join(f"[{t}]({u})" for t, u in links) or "-"
         md.append(
-            f"| {r['label']} | {r['n_runs']} | {seeds} | " + " | ".join(stats) + f" | {link_md} |"
+            f"| {md_text(r['label'])} | {r['n_runs']} | {seeds} | "
+            + " | ".join(stats)
+            + f" | {link_md} |"
         )
     h.append("</tbody></table>")
 
@@ -851,7 +866,7 @@ def write_comparison(run_dirs: Iterable[str | Path], out_dir: str | Path) -> Pat
             cells = [_pm(stats[k]) for k, _ in metric_cols]
             h.append(f"<tr><td>{html.escape(r['label'])}</td><td>{html.escape(n)}</td>"
                      + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")  # fmt: skip
-            md.append(f"| {r['label']} | {n} | " + " | ".join(cells) + " |")
+            md.append(f"| {md_text(r['label'])} | {n} | " + " | ".join(cells) + " |")
     h.append("</tbody></table>")
     if figures:
         h.append("<h2>Figures</h2>")

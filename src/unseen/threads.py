@@ -6,7 +6,7 @@ from __future__ import annotations
 import contextlib
 import os
 
-#: environment variable that caps the threads of one run (set by `unseen sweep --jobs N`)
+#: environment variable that sets the threads of one run (set by `unseen sweep --jobs N`)
 THREADS_ENV = "UNSEEN_NUM_THREADS"
 
 
