@@ -280,10 +280,13 @@ def _draw_head_figures(
             if m.get("threshold_from") == "score"
             else "calibrated on the validation slice"
         )
+        known_rejected = m.get("known_rejected")
+        accepted = None if known_rejected is None else 1 - known_rejected
         add(
             f"hist_{name}",
             f"{name}: known vs unseen",
-            f"Test images at or right of the dashed threshold ({where}) are accepted as known: here {_pct(1 - (m.get('known_rejected') or 0))} of known "
+            f"Test images at or right of the dashed threshold ({where}) are accepted as known: "
+            f"here {_pct(accepted)} of known "
             f"test images; {_pct(m.get('unseen_rejected'))} of unseen images fall left of it and are "
             "rejected. "
             "The less the two histograms overlap, the better the score separates them.",
