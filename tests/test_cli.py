@@ -111,6 +111,10 @@ def test_toml_config_then_flags_override(tmp_path):
 BAD = [
     (["run", "--epochs", "0"], "--epochs must be positive"),
     (["run", "--batch-size", "1"], "--batch-size must be at least 2 (batch norm needs two images)"),
+    (
+        ["run", "--vim-dim", "64", "--scores", "vim"],
+        "--vim-dim 64 must be below the feature dimension 64 of this model",
+    ),
     (["run", "--augment", "none", "--flip", "on"], "--flip on has no effect with --augment none"),
     (["run", "--epochs", "two"], "--epochs must be"),
     (["run", "--model", "vgg"], "choose one of: resnet20, resnet18"),
@@ -162,6 +166,20 @@ def test_a_setting_given_twice_in_toml_is_rejected(tmp_path, capsys, text, keys)
     assert f"sets {keys.split(chr(39))[1].replace('-', '_')} twice ({keys}); keep one" in (
         capsys.readouterr().err
     )
+
+
+def test_output_cut_short_by_a_pipe_ends_quietly(tmp_path):
+    # `unseen sweep ... --dry-run | head -1`: 3,000 lines, more than a pipe holds
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "unseen", "sweep", "--protocol", "loo", "--seeds", "300",
+         "--dry-run", "--out", str(tmp_path / "sw")],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    assert proc.stdout is not None and proc.stderr is not None
+    assert b"loo-0-seed0" in proc.stdout.readline()
+    proc.stdout.close()  # what head does after its line
+    err = proc.stderr.read().decode()
+    assert proc.wait() == 141 and "Traceback" not in err and "BrokenPipe" not in err
 
 
 def test_error_from_a_real_process_has_no_traceback():

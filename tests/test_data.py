@@ -64,6 +64,19 @@ def test_mnist_idx(tmp_path):
     assert data.classes == tuple(str(i) for i in range(10)) and not data.flip_ok
 
 
+@pytest.mark.parametrize("files, asked", [("fashion-mnist", "mnist"), ("mnist", "fashion-mnist")])
+def test_mnist_and_fashion_mnist_files_are_told_apart(tmp_path, files, asked):
+    from unseen.data import IDX_FINGERPRINTS
+
+    make_idx_set(tmp_path, gz=True)  # flat: the same file names for both datasets
+    train, test = IDX_FINGERPRINTS[files]  # the published files' first labels
+    write_idx(tmp_path / "train-labels-idx1-ubyte", np.r_[train, np.arange(20) % 10], gz=True)
+    write_idx(tmp_path / "t10k-labels-idx1-ubyte", np.r_[test, np.arange(10) % 10], gz=True)
+    with pytest.raises(DataError, match=f"holds the {files} files, not {asked}"):
+        load_dataset(asked, str(tmp_path))
+    assert load_dataset(files, str(tmp_path)).y_train[:10].tolist() == list(train)
+
+
 def test_missing_idx_names_where_it_looked_and_how_to_get_it(tmp_path):
     with pytest.raises(DataError) as exc:
         load_dataset("mnist", str(tmp_path))

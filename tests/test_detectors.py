@@ -493,3 +493,21 @@ def test_sorted_percentile_interpolates_like_numpy(q):
     """The GPU path of ReAct's percentile (sort, then interpolate), run on the CPU."""
     x = torch.rand(1001, dtype=torch.float64) ** 3
     assert det.sorted_percentile(x.sort().values, q) == pytest.approx(np.percentile(x, q))
+
+
+def test_vim_dim_is_checked_against_every_head_before_training(tmp_path, capsys):
+    from unseen.cli import main
+    from unseen.experiment import check_score_settings
+
+    cfg = RunConfig(scores=("vim",), vim_dim=64)  # resnet20: 64 features
+    with pytest.raises(ConfigError, match="--vim-dim 64 must be below the feature dimension 64"):
+        check_score_settings(cfg, 9)
+    check_score_settings(cfg.replace(head=("ovr-separate",)), 9)  # 9 networks: 576 features
+    check_score_settings(cfg.replace(scores=("msp",)), 9)  # no vim: nothing to check
+    with pytest.raises(ConfigError):
+        check_score_settings(cfg.replace(head=("ovr-separate", "softmax")), 9)
+    # a sweep refuses it while planning: no folder, exit 2
+    code = main(["sweep", "--protocol", "single", "--seeds", "2", "--scores", "vim",
+                 "--vim-dim", "64", "--out", str(tmp_path / "sw"), "--dry-run"])  # fmt: skip
+    assert code == 2 and "--vim-dim 64 must be below" in capsys.readouterr().err
+    assert not (tmp_path / "sw").exists()

@@ -159,6 +159,14 @@ def _read_idx(path: Path) -> torch.Tensor:
         raise DataError(f"{path} is truncated or not an IDX file ({type(exc).__name__}).") from None
 
 
+#: the first ten training and test labels of the published files. MNIST and Fashion-MNIST use
+#: the same file names, so a flat folder of one would otherwise load as the other.
+IDX_FINGERPRINTS = {
+    "mnist": ((5, 0, 4, 1, 9, 2, 1, 3, 1, 4), (7, 2, 1, 0, 4, 1, 4, 9, 5, 9)),
+    "fashion-mnist": ((9, 0, 0, 3, 0, 2, 7, 2, 5, 5), (9, 2, 1, 1, 6, 1, 4, 6, 5, 7)),
+}
+
+
 def _idx_loader(
     name: str, folder: str, classes: tuple[str, ...], debian: Path | None, how: str, flip_ok: bool
 ):
@@ -189,6 +197,13 @@ def _idx_loader(
                     f"{label_file} has labels {lo}..{hi}, but {name} labels must lie in "
                     f"0..{len(classes) - 1}."
                 )
+        first = (tuple(t["y_train"][:10].tolist()), tuple(t["y_test"][:10].tolist()))
+        other = next((o for o, f in IDX_FINGERPRINTS.items() if o != name and f == first), None)
+        if other is not None:
+            raise DataError(
+                f"{folder_found} holds the {other} files, not {name} (both use the same file "
+                f"names): use --dataset {other}, or a --data-root with the {name} files."
+            )
         return ImageData(
             name=name,
             x_train=t["x_train"][:, None].contiguous(),

@@ -255,6 +255,14 @@ class KNN(Score):
 # ----------------------------------------------------------------------------- ViM
 
 
+def check_vim_dim(dim: int, feature_dim: int) -> None:
+    """ViM's principal subspace must leave a residual: ``0 < dim < feature_dim``."""
+    if not 0 < dim < feature_dim:
+        raise ConfigError(
+            f"--vim-dim {dim} must be below the feature dimension {feature_dim} of this model."
+        )
+
+
 def auto_vim_dim(feature_dim: int) -> int:
     """Principal-subspace size when ``--vim-dim`` is auto: half the features, at most 1000."""
     return max(1, min(1000, feature_dim // 2))
@@ -291,10 +299,7 @@ class ViM(Score):
         x = train.features.double().to(w.device)
         n_feat = x.shape[1]
         dim = auto_vim_dim(n_feat) if self.dim is None else self.dim
-        if not 0 < dim < n_feat:
-            raise ConfigError(
-                f"--vim-dim {dim} must be below the feature dimension {n_feat} of this model."
-            )
+        check_vim_dim(dim, n_feat)
         self.origin_ = -(torch.linalg.pinv(w) @ b)
         centred = x - self.origin_
         evals, evecs = torch.linalg.eigh(centred.T @ centred / len(x))  # ascending

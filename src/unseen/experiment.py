@@ -33,12 +33,13 @@ from .checkpoint import (
 )
 from .config import RunConfig, validate
 from .data import ImageData, load_dataset
+from .detectors import check_vim_dim
 from .errors import ConfigError
 from .evaluate import forward_pass
 from .hardware import configure_threads, describe_device, resolve_device, resolve_precision
 from .heads import HEADS
 from .metrics import confidence_summary, open_set_metrics, predicted_as, score_metrics
-from .models import Classifier, fold_batch_norm
+from .models import Classifier, fold_batch_norm, model_feature_dim
 from .ovr import build_model_for_head, train_separate
 from .pretrained import (
     LoadReport,
@@ -60,7 +61,15 @@ from .runfolder import (
     write_json,
     write_npz,
 )
-from .scores import FitContext, Outputs, Score, create_score, max_softmax, scores_for_head
+from .scores import (
+    FitContext,
+    Outputs,
+    Score,
+    create_score,
+    expand_score_names,
+    max_softmax,
+    scores_for_head,
+)
 from .splits import Split, SplitData, make_split, split_data
 from .train import TrainResult, TrainSettings, train_model, use_cuda_graphs
 
@@ -139,6 +148,7 @@ def prepare(cfg: RunConfig) -> Prepared:
         cuda_graphs="on" if graphs else "off",
         flip=make_augment_spec(cfg.augment, data.image_size[0], data.flip_ok, cfg.flip).flip,
     )
+    check_score_settings(cfg, split.num_known)
     if pretrained is not None:
         cfg = cfg.replace(
             **resolve_model_settings(
@@ -146,6 +156,17 @@ def prepare(cfg: RunConfig) -> Prepared:
             )
         )
     return Prepared(cfg, data, split, sd, device, precision, rare, pretrained=pretrained)
+
+
+def check_score_settings(cfg: RunConfig, num_known: int) -> None:
+    """Score settings that depend on the network, checked before any training: ``--vim-dim``
+    must be below the feature size of every head's network (K networks' features side by side
+    for ``ovr-separate``)."""
+    if cfg.vim_dim is None or "vim" not in expand_score_names(cfg.scores):
+        return
+    for head in cfg.head:
+        dim = model_feature_dim(cfg.model) * (num_known if HEADS[head].separate else 1)
+        check_vim_dim(cfg.vim_dim, dim)
 
 
 def channel_stats(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -331,10 +331,13 @@ def plan(
     """:func:`expand`, then give every run its folder ``out_dir/runs/<label>-<hash8>`` and check it.
 
     Each run's configuration is validated and its split built from ``classes`` (as the run
-    itself will: :func:`unseen.rare.resolve_rare`, :func:`unseen.splits.make_split`), so a
-    split no run could use (a rare class held out, a single known class, ...) is a
-    :class:`ConfigError` here, before any folder exists, instead of a failed run.
+    itself will: :func:`unseen.rare.resolve_rare`, :func:`unseen.splits.make_split`,
+    :func:`unseen.experiment.check_score_settings`), so a split or a score setting no run
+    could use (a rare class held out, a single known class, a ``--vim-dim`` too large for the
+    network, ...) is a :class:`ConfigError` here, before any folder exists, instead of a
+    failed run.
     """
+    from .experiment import check_score_settings
     from .rare import resolve_rare
     from .splits import make_split
 
@@ -353,7 +356,9 @@ def plan(
         key = (cfg.holdout, cfg.known, cfg.rare)
         if key not in checked:  # runs differing only in seed or balance share a split
             try:
-                make_split(classes, cfg.holdout, cfg.known, rare=resolve_rare(cfg.rare, classes))
+                rare = resolve_rare(cfg.rare, classes)
+                split = make_split(classes, cfg.holdout, cfg.known, rare=rare)
+                check_score_settings(cfg, split.num_known)
             except ConfigError as exc:
                 raise ConfigError(f"run {run.label}: {exc}") from None
             checked.add(key)
