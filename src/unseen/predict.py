@@ -12,7 +12,8 @@ Image conventions (the same for every entry point):
 
 * Paths of image files (``str`` or ``Path``) and PIL images of any mode, read exactly as
   a ``folder:PATH`` dataset reads its files in training (``data.read_image_file``: Pillow,
-  EXIF orientation applied; ``data.image_array``: 16-bit greyscale scaled to 0..255); NumPy arrays channels-last (``H x W``, ``H x W x C``,
+  EXIF orientation applied; ``data.image_array``: 16-bit greyscale scaled to 0..255);
+  NumPy arrays channels-last (``H x W``, ``H x W x C``,
   ``N x H x W`` or ``N x H x W x C``); torch tensors channels-first (``H x W``,
   ``C x H x W``, ``N x H x W`` or ``N x C x H x W``); or a list of any of these.
   A 3-D input is one image when its channel axis (last for arrays, first for tensors) has
@@ -272,17 +273,15 @@ def _to_uint8(t: torch.Tensor) -> torch.Tensor:
                 "divide 0..255 images by 255 or pass them as uint8."
             )
         return t.mul(255).round_().clamp_(0, 255).to(torch.uint8)
-    if t.dtype == torch.uint64:  # values above 2**63 would wrap negative in int64
-        t = t.to(torch.float64)
-    wide = t.to(
-        torch.float64 if t.dtype == torch.float64 else torch.int64
-    )  # min/max for uint16..64
+    # torch has no min/max for uint16..uint64: compare in a wide type (float64 for uint64,
+    # whose values above 2**63 would wrap negative in int64)
+    wide = t.to(torch.float64 if t.dtype == torch.uint64 else torch.int64)
     lo, hi = int(wide.min()), int(wide.max())
     if lo < 0 or hi > 255:
         raise UnseenError(
             f"integer images must lie in 0..255 (got {lo} to {hi}); pass uint8 or floats in [0, 1]."
         )
-    return t.to(torch.uint8)
+    return wide.to(torch.uint8)
 
 
 def _is_pil(obj: Any) -> bool:
@@ -743,9 +742,7 @@ def predict_items(
                     good.append((len(chunk_rows), predictor.prepare(item.image)))
                 except UnseenError as exc:
                     row["error"] = str(exc).rstrip(".")
-                except (
-                    Exception
-                ) as exc:  # an input nothing foresaw: its row says so, the rest go on
+                except Exception as exc:  # nothing foresaw it: its row says so, the rest go on
                     row["error"] = f"could not be prepared ({type(exc).__name__}: {exc})"
             chunk_rows.append(row)
         if good:
