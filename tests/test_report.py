@@ -354,6 +354,20 @@ def test_aggregate_groups_seeds_and_averages(digits_run, tmp_path):
     assert (tmp_path / "cmp" / "plots" / "compare_auroc.png").is_file()
 
 
+def test_holdout_and_known_giving_the_same_split_are_one_configuration(digits_run, tmp_path):
+    cfg = json.loads((digits_run / "config.json").read_text())
+    known = [str(c) for c in cfg["split"]["known"]]
+    a = _copy_run(digits_run, tmp_path / "a", seed=0)  # --holdout 9 (as the run recorded it)
+    b = _copy_run(digits_run, tmp_path / "b", seed=1, holdout=None, known=known[::-1])
+    other = _copy_run(digits_run, tmp_path / "c", seed=0, holdout=["8"], known=None)
+    split = json.loads((other / "config.json").read_text())
+    split["split"]["unseen_names"] = ["8"]
+    (other / "config.json").write_text(json.dumps(split))
+    rows = aggregate_runs([a, b, other])
+    assert sorted(r["n_runs"] for r in rows) == [1, 2]
+    assert sorted(r["label"] for r in rows) == ["holdout=8", "holdout=9"]
+
+
 def test_folder_of_runs_skips_unfinished_and_writes_inside(digits_run, tmp_path, capsys):
     sweep = tmp_path / "sweep"
     _copy_run(digits_run, sweep / "s0", seed=0)

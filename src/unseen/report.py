@@ -682,7 +682,15 @@ def _runs_below(folder: Path, depth: int) -> list[Path]:
 
 
 def _grouping_config(config: dict) -> dict:
-    return {k: v for k, v in config.items() if k not in GROUPING_IGNORES}
+    """What makes two runs the same configuration: config.json without
+    :data:`GROUPING_IGNORES`, with the split given one way. ``--holdout 9`` and ``--known
+    0,...,8`` (or the same classes by name or index, in any order) train the same experiment:
+    both become ``holdout`` = the unseen class names that the run's split recorded."""
+    out = {k: v for k, v in config.items() if k not in GROUPING_IGNORES}
+    unseen = (config.get("split") or {}).get("unseen_names")
+    if unseen is not None:
+        out["holdout"], out["known"] = sorted(map(str, unseen)), None
+    return out
 
 
 def _stat(values: list[Any]) -> dict[str, Any]:
