@@ -175,6 +175,21 @@ def test_interrupted_run_resumes_to_identical_metrics(
     assert_same_results(reference, out)
 
 
+def test_a_stop_inside_an_epoch_keeps_that_epoch_s_time(reference, tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    interrupt_at(monkeypatch, 12)  # epoch 2, step 4 of 7
+    with pytest.raises(Interrupted):
+        run(out)
+    monkeypatch.undo()
+    state = load_torch(out / CHECKPOINT_FILE)
+    stopped_at = state["epoch_state"]["wall_seconds"]
+    assert stopped_at > state["history"][-1]["seconds"]  # epoch 1, plus part of epoch 2
+    run(out, resume=True)
+    seconds = [float(line.split(",")[-1]) for line in
+               (out / "history.csv").read_text().splitlines()[1:]]  # fmt: skip
+    assert seconds[1] >= stopped_at and seconds == sorted(seconds)
+
+
 def test_a_stop_during_the_last_checkpoint_write_is_not_lost(reference, tmp_path, monkeypatch):
     from unseen import checkpoint as checkpoint_module
 

@@ -497,12 +497,17 @@ class Checkpointing:
             ) from None
         result.history = list(state.get("history") or [])
         result.images_seen = int(state.get("images_seen") or 0)
+        epoch_state = state.get("epoch_state")
+        # wall-clock seconds at the save: inside an epoch, the time of its steps so far too
+        wall = float(result.history[-1]["seconds"]) if result.history else 0.0
+        if isinstance(epoch_state, dict) and "wall_seconds" in epoch_state:
+            wall = float(epoch_state["wall_seconds"])
         return Position(
             epoch=int(state["epoch"]),
             step=int(state["step"]),
-            epoch_state=state.get("epoch_state"),
+            epoch_state=epoch_state,
             train_seconds=float(state.get("train_seconds") or 0.0),
-            wall_seconds=float(result.history[-1]["seconds"]) if result.history else 0.0,
+            wall_seconds=wall,
         )
 
     def interrupted(self, epoch: int, step: int, steps: int) -> Interrupted:

@@ -319,7 +319,8 @@ def train_model(
             if checkpoint is not None and checkpoint.stop_requested() is not None:
                 stop_if_diverged()  # never save a checkpoint with NaN weights
                 state = dict(perm=perm, loss_sum=loss_sum, correct=correct, seen=seen)
-                save(epoch, step + 1, {**state, "lr_used": lr_used})
+                wall = pos.wall_seconds + time.perf_counter() - start  # the epoch so far counts
+                save(epoch, step + 1, {**state, "lr_used": lr_used, "wall_seconds": wall})
                 raise checkpoint.interrupted(epoch, step + 1, steps)
         stop_if_diverged()
         result.images_seen += seen
