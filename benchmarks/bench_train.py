@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import gc
-import inspect
 import json
 import math
 import platform
@@ -39,7 +38,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
 from unseen.augment import make_augment_spec
-from unseen.cudagraphs import GraphedStep
+from unseen.cudagraphs import WARMUP_STEPS
 from unseen.data import DEBIAN_FASHION_MNIST, load_dataset
 from unseen.errors import UnseenError
 from unseen.evaluate import forward_pass
@@ -50,9 +49,6 @@ from unseen.models import create_model, fold_batch_norm
 from unseen.scores import SCORES, FitContext
 from unseen.splits import make_split, split_data
 from unseen.train import TrainSettings, train_model, use_cuda_graphs
-
-#: eager steps GraphedStep takes before it captures the graph on the next full batch
-GRAPH_WARMUP = inspect.signature(GraphedStep).parameters["warmup"].default
 
 
 def sync(device: torch.device) -> None:
@@ -67,7 +63,7 @@ def images_needed(batch_size: int, graphed: bool) -> int:
     should hold a full-size step. With CUDA graphs, enough full batches for GraphedStep's
     warm-up steps and its capture to fall in the untimed first epoch (train_model does not
     say whether a capture happened, so this is how the bench makes sure of it)."""
-    return batch_size * (GRAPH_WARMUP + 1 if graphed else 1)
+    return batch_size * (WARMUP_STEPS + 1 if graphed else 1)
 
 
 def too_few_images(n: int, batch_size: int, graphed: bool) -> str | None:
@@ -76,8 +72,8 @@ def too_few_images(n: int, batch_size: int, graphed: bool) -> str | None:
         return None
     if graphed:
         why = (
-            f"with CUDA graphs unseen's loop needs {GRAPH_WARMUP + 1} full batches an epoch "
-            f"({GRAPH_WARMUP} warm-up steps and the capture, all in the untimed first epoch)"
+            f"with CUDA graphs unseen's loop needs {WARMUP_STEPS + 1} full batches an epoch "
+            f"({WARMUP_STEPS} warm-up steps and the capture, all in the untimed first epoch)"
         )
         other = "a smaller --batch-size or --cuda-graphs off"
     else:
@@ -209,7 +205,7 @@ def tool_images_per_second(model, x, y, args, device, precision, spec, graphs: s
     }
     if result.cuda_graphs:
         out["cuda_graph_capture"] = (
-            f"full batch {GRAPH_WARMUP + 1} of {len(x) // args.batch_size} of the untimed first "
+            f"full batch {WARMUP_STEPS + 1} of {len(x) // args.batch_size} of the untimed first "
             "epoch (ensured by the --images check; train_model does not report it)"
         )
     return out

@@ -182,7 +182,7 @@ def test_a_stop_inside_an_epoch_keeps_that_epoch_s_time(reference, tmp_path, mon
         run(out)
     monkeypatch.undo()
     state = load_torch(out / CHECKPOINT_FILE)
-    stopped_at = state["epoch_state"]["wall_seconds"]
+    stopped_at = state["wall_seconds"]
     assert stopped_at > state["history"][-1]["seconds"]  # epoch 1, plus part of epoch 2
     run(out, resume=True)
     seconds = [float(line.split(",")[-1]) for line in

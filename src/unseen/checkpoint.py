@@ -129,7 +129,7 @@ RUN_FILES = (
 )  # fmt: skip
 
 
-def clear_run_state(run_dir: Path, heads: tuple[str, ...] = ()) -> None:
+def clear_run_state(run_dir: Path) -> None:
     """Forget an earlier run in ``run_dir`` (for ``--overwrite``): every file a run writes
     (:data:`RUN_FILES`, ``plots/``, checkpoints), at the top and in the subfolder of every head
     the old run may have had, whatever heads the new run has. A model left behind by the old
@@ -138,7 +138,7 @@ def clear_run_state(run_dir: Path, heads: tuple[str, ...] = ()) -> None:
 
     from .heads import HEADS
 
-    folders = [run_dir] + [run_dir / h for h in {*HEADS, *heads} if (run_dir / h).is_dir()]
+    folders = [run_dir] + [run_dir / h for h in HEADS if (run_dir / h).is_dir()]
     for folder in folders:
         for name in RUN_FILES:
             (folder / name).unlink(missing_ok=True)
@@ -401,6 +401,7 @@ class Checkpointing:
         epoch: int,
         step: int,
         epoch_state: dict[str, Any] | None,
+        wall_seconds: float = 0.0,
         background: bool = False,
     ) -> float:
         """Write the checkpoint atomically; return the seconds it took.
@@ -432,6 +433,7 @@ class Checkpointing:
             "history": history,
             "images_seen": images_seen,
             "train_seconds": train_seconds,
+            "wall_seconds": wall_seconds,
             "epoch_state": to_cpu(epoch_state),
         }
         self.wait()
@@ -497,17 +499,17 @@ class Checkpointing:
             ) from None
         result.history = list(state.get("history") or [])
         result.images_seen = int(state.get("images_seen") or 0)
-        epoch_state = state.get("epoch_state")
-        # wall-clock seconds at the save: inside an epoch, the time of its steps so far too
-        wall = float(result.history[-1]["seconds"]) if result.history else 0.0
-        if isinstance(epoch_state, dict) and "wall_seconds" in epoch_state:
-            wall = float(epoch_state["wall_seconds"])
+        # wall-clock seconds at the save (inside an epoch, its steps so far count too); a
+        # checkpoint of an older version has only the history's last end of epoch
+        wall = state.get("wall_seconds")
+        if wall is None:
+            wall = result.history[-1]["seconds"] if result.history else 0.0
         return Position(
             epoch=int(state["epoch"]),
             step=int(state["step"]),
-            epoch_state=epoch_state,
+            epoch_state=state.get("epoch_state"),
             train_seconds=float(state.get("train_seconds") or 0.0),
-            wall_seconds=wall,
+            wall_seconds=float(wall),
         )
 
     def interrupted(self, epoch: int, step: int, steps: int) -> Interrupted:

@@ -74,6 +74,10 @@ class _Group:
     momentum: torch.Tensor
 
 
+#: eager full-size steps before the capture (cuDNN picks its kernels, torch.compile compiles)
+WARMUP_STEPS = 3
+
+
 class GraphedStep:
     """``step(x, y) -> (loss, logits)``: one SGD step of ``model`` on a batch, graphed on CUDA.
 
@@ -96,7 +100,7 @@ class GraphedStep:
         device: torch.device,
         precision: str,
         batch_size: int,
-        warmup: int = 3,
+        warmup: int = WARMUP_STEPS,
         capture: bool = True,
         odd_batch_model: torch.nn.Module | None = None,
     ):

@@ -390,7 +390,7 @@ def _image_file_tensor(path: Path) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(a)).permute(2, 0, 1)[None]
 
 
-def _load_image_files(files: dict[str, list[Path]]) -> tuple[dict[str, torch.Tensor], str]:
+def _load_image_files(files: dict[str, list[Path]]) -> dict[str, torch.Tensor]:
     """Decode the image files of every split into uint8 N x C x H x W tensors of one channel
     count and one size, as ``unseen predict`` reads a file.
 
@@ -403,11 +403,10 @@ def _load_image_files(files: dict[str, list[Path]]) -> tuple[dict[str, torch.Ten
     everything = [t for ts in decoded.values() for t in ts]
     channels = 3 if any(t.shape[1] >= 3 for t in everything) else 1
     size = Counter(tuple(t.shape[-2:]) for t in everything).most_common(1)[0][0]
-    out = {
+    return {
         split: torch.cat([resize_images(convert_channels(t, channels), size) for t in ts])
         for split, ts in decoded.items()
     }
-    return out, f"{size[1]}x{size[0]} {'RGB' if channels == 3 else 'L'}"
 
 
 def _list_image_folder(folder: Path):
@@ -469,7 +468,7 @@ def _folder_source(path: str) -> tuple[Callable, Callable]:
         extra = sorted(set(splits["test"].classes) - set(classes))
         if extra:
             raise DataError(f"{root / 'test'} has classes missing from train/: {', '.join(extra)}.")
-        x, _ = _load_image_files(
+        x = _load_image_files(
             {split: [Path(p) for p, _ in ds.samples] for split, ds in splits.items()}
         )
         y = {

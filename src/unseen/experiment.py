@@ -11,6 +11,7 @@ thin layer over it.
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 from collections.abc import Callable
@@ -39,7 +40,7 @@ from .evaluate import forward_pass
 from .hardware import configure_threads, describe_device, resolve_device, resolve_precision
 from .heads import HEADS
 from .metrics import confidence_summary, open_set_metrics, predicted_as, score_metrics
-from .models import Classifier, fold_batch_norm, model_feature_dim
+from .models import Classifier, fold_batch_norm
 from .ovr import build_model_for_head, train_separate
 from .pretrained import (
     LoadReport,
@@ -165,8 +166,15 @@ def check_score_settings(cfg: RunConfig, num_known: int) -> None:
     if cfg.vim_dim is None or "vim" not in expand_score_names(cfg.scores):
         return
     for head in cfg.head:
-        dim = model_feature_dim(cfg.model) * (num_known if HEADS[head].separate else 1)
-        check_vim_dim(cfg.vim_dim, dim)
+        check_vim_dim(cfg.vim_dim, feature_dim(cfg.model, head, num_known))
+
+
+@functools.cache
+def feature_dim(model: str, head: str, num_known: int) -> int:
+    """The feature size of ``head``'s network, read off a throw-away one on the meta device
+    (it depends on neither channels, image size nor stem); cached, as a sweep asks per run."""
+    with torch.device("meta"):
+        return build_model_for_head(model, 1, num_known, 32, "auto", head).feature_dim
 
 
 def channel_stats(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -556,7 +564,7 @@ def _run_experiment(cfg: RunConfig, progress: bool, log: Callable[[str], None] |
         say(f"{run_dir} holds a finished run with these options; nothing to resume.")
         return RunResult(run_dir, cfg, read_json(run_dir / "metrics.json"))
     if cfg.overwrite and cfg.out:
-        clear_run_state(run_dir, cfg.head)
+        clear_run_state(run_dir)
     say(
         f"{cfg.dataset}: {len(sd.x_train)} training, {len(sd.x_val)} validation, {len(sd.x_test)} test images "
         f"({int(sd.test_is_unseen.sum())} of unseen classes) from {p.data.source}"

@@ -189,13 +189,6 @@ MODELS: dict[str, Callable[..., Classifier]] = {
 }
 
 
-def model_feature_dim(name: str) -> int:
-    """The penultimate feature size of registry model ``name`` (the same for every input size,
-    channel count and stem), from a throw-away instance built on the meta device."""
-    with torch.device("meta"):
-        return create_model(name, 1, 2, 32).feature_dim
-
-
 def create_model(
     name: str,
     in_channels: int,

@@ -292,15 +292,6 @@ def _is_pil(obj: Any) -> bool:
     return isinstance(obj, Image.Image)
 
 
-def _nonempty(x: torch.Tensor) -> torch.Tensor:
-    """N x C x H x W with H and W above 0 (a batch of N = 0 images is fine)."""
-    if x.shape[-1] == 0 or x.shape[-2] == 0:
-        raise UnseenError(
-            f"an image of height {x.shape[-2]} and width {x.shape[-1]} has no pixels."
-        )
-    return x
-
-
 def to_nchw_uint8(image: Any) -> torch.Tensor:
     """One input (an image file's path, PIL image, array or tensor, single image or batch)
     -> uint8 N x C x H x W."""
@@ -316,20 +307,25 @@ def to_nchw_uint8(image: Any) -> torch.Tensor:
             array = image_array(image)
         except ValueError as exc:  # e.g. a 32-bit image beyond 16-bit values
             raise UnseenError(f"a {image.mode} image cannot be read: {exc}.") from None
-        return _nonempty(_layout(torch.from_numpy(np.ascontiguousarray(array)), True))
-    if isinstance(image, torch.Tensor):
-        return _nonempty(_to_uint8(_layout(image.detach().cpu(), channels_last=False)))
-    if isinstance(image, np.ndarray):
+        x = _layout(torch.from_numpy(np.ascontiguousarray(array)), True)
+    elif isinstance(image, torch.Tensor):
+        x = _to_uint8(_layout(image.detach().cpu(), channels_last=False))
+    elif isinstance(image, np.ndarray):
         if image.dtype == object or not (
             np.issubdtype(image.dtype, np.number) or image.dtype == bool
         ):
             raise UnseenError(f"an image array of dtype {image.dtype} is not supported.")
-        t = torch.from_numpy(np.ascontiguousarray(image))
-        return _nonempty(_to_uint8(_layout(t, channels_last=True)))
-    raise UnseenError(
-        f"cannot read an image from a {type(image).__name__}; give image file paths, PIL images, "
-        "NumPy arrays or torch tensors (or a list of them)."
-    )
+        x = _to_uint8(_layout(torch.from_numpy(np.ascontiguousarray(image)), channels_last=True))
+    else:
+        raise UnseenError(
+            f"cannot read an image from a {type(image).__name__}; give image file paths, PIL "
+            "images, NumPy arrays or torch tensors (or a list of them)."
+        )
+    if x.shape[-1] == 0 or x.shape[-2] == 0:  # a batch of no images is fine; no pixels is not
+        raise UnseenError(
+            f"an image of height {x.shape[-2]} and width {x.shape[-1]} has no pixels."
+        )
+    return x
 
 
 def _as_list(images: Any) -> list[Any]:

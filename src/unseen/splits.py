@@ -223,7 +223,8 @@ def split_data(
     if train_subset is not None:
         train_idx = stratified_subset(y_train, train_subset, seed)
     train_idx = train_idx[np.isin(y_train[train_idx], split.known)]
-    empty = [c for c in split.known if not np.any(y_train[train_idx] == c)]
+    present = set(np.unique(y_train[train_idx]).tolist())
+    empty = [c for c in split.known if c not in present]
     if empty:
         names = ", ".join(repr(split.classes[c]) for c in empty)
         where = f" in a --train-subset of {train_subset}" if train_subset is not None else ""

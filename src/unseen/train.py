@@ -266,12 +266,16 @@ def train_model(
     def train_seconds() -> float:
         return pos.train_seconds + time.perf_counter() - start - eval_seconds - save_seconds
 
+    def wall_seconds() -> float:
+        return pos.wall_seconds + time.perf_counter() - start
+
     def save(epoch: int, step: int, epoch_state: dict | None = None) -> float:
         assert checkpoint is not None
         return checkpoint.save(
             model=model, optimizer=opt, scheduler=sched, generator=generator,
             history=result.history, images_seen=result.images_seen,
             train_seconds=train_seconds(), epoch=epoch, step=step, epoch_state=epoch_state,
+            wall_seconds=wall_seconds(),
             background=device.type == "cuda",  # a GPU trains on while the CPU writes
         )  # fmt: skip
 
@@ -319,8 +323,7 @@ def train_model(
             if checkpoint is not None and checkpoint.stop_requested() is not None:
                 stop_if_diverged()  # never save a checkpoint with NaN weights
                 state = dict(perm=perm, loss_sum=loss_sum, correct=correct, seen=seen)
-                wall = pos.wall_seconds + time.perf_counter() - start  # the epoch so far counts
-                save(epoch, step + 1, {**state, "lr_used": lr_used, "wall_seconds": wall})
+                save(epoch, step + 1, {**state, "lr_used": lr_used})
                 raise checkpoint.interrupted(epoch, step + 1, steps)
         stop_if_diverged()
         result.images_seen += seen
@@ -338,7 +341,7 @@ def train_model(
                 (head.predict(val.logits).cpu() == y_val.cpu()).float().mean()
             )
             eval_seconds += time.perf_counter() - val_start
-        row["seconds"] = pos.wall_seconds + time.perf_counter() - start
+        row["seconds"] = wall_seconds()
         result.history.append(row)
         bar.set_postfix(loss=f"{row['loss']:.3f}", val_acc=f"{row['val_accuracy']:.3f}")
         if on_epoch_end is not None:
