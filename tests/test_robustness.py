@@ -224,6 +224,27 @@ def test_a_run_from_pretrained_weights_resumes(reference, tmp_path, monkeypatch)
     assert_same_results(whole, out)
 
 
+def test_relative_pretrained_path_resumes_from_another_directory(
+    reference, tmp_path, capsys, monkeypatch
+):
+    # config.json records the weights' absolute path: --resume elsewhere still finds them
+    whole = tmp_path / "whole"
+    run(whole, pretrained=str(reference))
+    out = tmp_path / "run"
+    monkeypatch.chdir(reference.parent)
+    interrupt_at(monkeypatch, 8)  # after epoch 1
+    with pytest.raises(Interrupted):
+        run(out, pretrained=reference.name)
+    monkeypatch.undo()
+    assert json.loads((out / "config.json").read_text())["pretrained"] == str(reference)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    code, _, err = cli(capsys, "run", "--resume", "--out", str(out), "--quiet")
+    assert code == 0, err
+    assert_same_results(whole, out)
+
+
 def test_resume_needs_no_flags_but_out(reference, tmp_path, capsys, monkeypatch):
     out = tmp_path / "run"
     interrupt_at(monkeypatch, 3)

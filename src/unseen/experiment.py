@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import functools
 import math
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -119,9 +120,23 @@ class Prepared:
     load_report: LoadReport | None = None
 
 
+def absolute_path(path: str | None) -> str | None:
+    """``path`` with ``~`` expanded, made absolute against the working directory (None stays)."""
+    return None if path is None else os.path.abspath(os.path.expanduser(path))
+
+
+def pretrained_spec(spec: str | None) -> str | None:
+    """``--pretrained`` as recorded: 'torchvision' as is, a file or run folder as an absolute path."""
+    return spec if spec is None or spec.lower() == "torchvision" else absolute_path(spec)
+
+
 def prepare(cfg: RunConfig) -> Prepared:
     """Validate, load the data, split it, pick the device; resolve every 'auto' setting."""
     validate(cfg)
+    # config.json records absolute paths, so that --resume works from any working directory
+    cfg = cfg.replace(
+        data_root=absolute_path(cfg.data_root), pretrained=pretrained_spec(cfg.pretrained)
+    )
     # pretrained weights first: a missing file fails in a second, before any data is read
     pretrained = resolve_pretrained(cfg.pretrained, cfg.download) if cfg.pretrained else None
     configure_threads()
