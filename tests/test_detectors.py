@@ -124,6 +124,21 @@ def test_knn_chunks_and_bank_subset():
     assert det.KNN(k=1000, bank_size=None).fit(context(x, y, w, b)).k_ == 300
 
 
+def test_kth_neighbour_distance_is_exact_for_any_norms():
+    # a zero query (what L2 normalisation leaves of an all-zero feature) is at distance 1
+    # from every unit-norm row, not sqrt(2); a zero bank row is ranked by its true distance
+    rng = np.random.default_rng(5)
+    bank = rng.normal(0, 1, (30, 6))
+    bank /= np.linalg.norm(bank, axis=1, keepdims=True)
+    bank[3] = 0
+    queries = rng.normal(0, 1, (8, 6)) * rng.uniform(0.1, 3, (8, 1))
+    queries[0] = 0
+    got = det.kth_neighbour_distance(torch.as_tensor(queries), torch.as_tensor(bank), 3)
+    d = np.linalg.norm(queries[:, None] - bank[None], axis=2)
+    np.testing.assert_allclose(got.numpy(), np.sort(d, axis=1)[:, 2], rtol=1e-5, atol=1e-6)
+    assert got[0].item() == pytest.approx(1.0, abs=1e-6)
+
+
 # ----------------------------------------------------------------------------- ViM, ReAct
 
 
@@ -193,7 +208,37 @@ def test_temperature_minimises_validation_nll_and_recovers_a_known_temperature()
     assert json.dumps(s.fit_summary())  # JSON-friendly
 
 
+@pytest.mark.parametrize("seed", range(40))
+def test_fitted_temperature_is_the_nll_minimum_scipy_finds(seed):
+    # partly informative logits of many scales; the minimum must not be left at a midpoint
+    from scipy.optimize import minimize_scalar
+
+    rng = np.random.default_rng(seed)
+    n, k = int(rng.integers(20, 500)), int(rng.integers(2, 10))
+    y = rng.integers(0, k, n)
+    z = rng.normal(0, 1, (n, k)) * rng.uniform(0.5, 20)
+    z[np.arange(n), y] += rng.uniform(0, 10)
+    zt, yt = torch.as_tensor(z).float(), torch.as_tensor(y)
+    t = det.fit_temperature(zt, yt, det.TEMPERATURE_BOUNDS)
+    zs = f32(z)
+    best = minimize_scalar(
+        lambda beta: numpy_nll(zs, y, 1 / beta), bounds=(0.01, 100), method="bounded",
+        options={"xatol": 1e-12},
+    )  # fmt: skip
+    assert numpy_nll(zs, y, t) <= best.fun + 1e-9
+
+
 # ----------------------------------------------------------------------------- OpenMax
+
+
+@pytest.mark.parametrize("spread", [1e-5, 3e-6, 1e-7, 2e-9])
+def test_weibull_tail_fit_of_nearly_equal_distances(spread):
+    # near-duplicate tails need a huge shape (about 1 / spread): found, not a brentq error
+    tail = 7.0 * (1 + spread * np.random.default_rng(0).random(20))
+    shape, scale, n = det.fit_weibull_tail(tail, tail_size=20)
+    assert n == 20 and 0.1 / spread < shape < 10 / spread
+    assert tail.min() * (1 - spread) <= scale <= tail.max()
+    assert np.isfinite(weibull_min(shape, scale=scale).logpdf(tail)).all()
 
 
 def test_weibull_tail_fit_recovers_known_parameters():

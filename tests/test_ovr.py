@@ -13,7 +13,7 @@ from unseen.augment import make_augment_spec
 from unseen.config import RunConfig, resolve_config
 from unseen.errors import ConfigError
 from unseen.heads import BINARY_HEAD, HEADS, binary_loss, one_vs_rest_targets, ovr_loss
-from unseen.metrics import score_metrics
+from unseen.metrics import auroc, score_metrics
 from unseen.ovr import OneVsRestEnsemble, build_model_for_head, train_separate
 from unseen.scores import (
     FitContext,
@@ -152,6 +152,25 @@ def test_ovr_doc_rejects_when_no_class_clears_its_own_threshold():
     )  # fmt: skip
     assert m["threshold"] == 0.0 and m["threshold_from"] == "score"
     assert m["unseen_rejected"] == 1.0 and m["known_rejected"] == 0.0
+
+
+def test_ovr_doc_ranks_confident_images_that_float32_sigmoids_would_tie():
+    # sigmoid(z) is exactly 1.0 in float32 from z ~ 17: the DOC margin must still rank them
+    rng = np.random.default_rng(0)
+    known = np.full((50, 3), -20.0)
+    known[:, 0] = rng.uniform(20, 30, 50)
+    unseen = np.full((50, 3), -20.0)
+    unseen[:, 0] = rng.uniform(17, 20, 50)
+    val_logits = torch.as_tensor(known[:20]).float()
+    doc = create_score("ovr-doc", RunConfig(head=("ovr",))).fit(
+        context(val_logits, torch.zeros(20, dtype=torch.long))
+    )
+    test = torch.as_tensor(np.concatenate([known, unseen])).float()
+    margin = doc.score(Outputs(test, torch.zeros(100, 4))).numpy()
+    assert margin.dtype == np.float64
+    assert auroc(margin, np.r_[np.ones(50), np.zeros(50)]) == 1.0
+    ovr = create_score("ovr", RunConfig(head=("ovr",))).score(Outputs(test, torch.zeros(100, 4)))
+    assert auroc(ovr.numpy(), np.r_[np.ones(50), np.zeros(50)]) == 1.0  # as the max sigmoid
 
 
 # ----------------------------------------------------------------------------- ovr-separate

@@ -185,21 +185,25 @@ def _faiss():
 def kth_neighbour_distance(
     queries: torch.Tensor, bank: torch.Tensor, k: int, max_elements: int = 2**25
 ) -> torch.Tensor:
-    """Euclidean distance from each (unit-norm) query to its ``k``-th nearest (unit-norm) bank row.
+    """Euclidean distance from each query to its ``k``-th nearest bank row.
 
-    Brute force in float32: similarities ``q @ bank.T`` in chunks of queries bounded to
-    ``max_elements`` entries, ``topk`` of each row, then ``||q - b|| = sqrt(2 - 2 q.b)``.
+    Brute force in float32, in chunks of queries bounded to ``max_elements`` entries:
+    ``2 q.b - ||b||^2`` for every bank row, its ``k``-th largest value ``m`` per query, then
+    ``||q - b|| = sqrt(||q||^2 - m)``. Exact for any norms, so an all-zero feature (left at
+    zero by L2 normalisation) is at distance 1 from unit-norm rows, as in faiss.
     """
     if len(queries) == 0:
         return torch.empty(0, device=queries.device)
     bank = bank.to(queries.device, torch.float32)
+    bank_sq = (bank * bank).sum(1)
     q = queries.float()
     rows = max(1, max_elements // max(1, len(bank)))
     out = []
     for start in range(0, len(q), rows):
-        sims = q[start : start + rows] @ bank.T
-        kth = sims.topk(k, dim=1, sorted=False).values.amin(dim=1)
-        out.append((2 - 2 * kth).clamp_min(0).sqrt())
+        chunk = q[start : start + rows]
+        closeness = 2 * (chunk @ bank.T) - bank_sq
+        kth = closeness.topk(k, dim=1, sorted=False).values.amin(dim=1)
+        out.append(((chunk * chunk).sum(1) - kth).clamp_min(0).sqrt())
     return torch.cat(out)
 
 
@@ -274,7 +278,8 @@ class ViM(Score):
 
     Origin ``u = -pinv(W) b`` (the point the head maps to zero logits); the principal
     subspace is spanned by the ``D`` leading eigenvectors of ``(x - u)^T (x - u) / N`` on the
-    training features; the residual is the projection on the other ``N - D`` eigenvectors.
+    training features; the residual is the projection on the other ``F - D`` eigenvectors
+    (``F`` features).
     ``alpha = mean_train(max logit) / mean_train(||x_res||)``. Score = energy minus the
     virtual logit: ``logsumexp(logits) - alpha ||x_res||``. ``D`` defaults to
     :func:`auto_vim_dim` (the paper uses 512 for 768 features and 1000 for 2048).
@@ -413,14 +418,16 @@ def fit_temperature(
     beta = min(max(1.0, lo), hi)
     for _ in range(100):
         g, h = derivatives(beta)
+        if abs(g) < tol:  # converged: return this beta, not the next step's
+            break
         if g > 0:
             hi = beta
         else:
             lo = beta
         step = beta - g / h if h > 0 else math.nan
-        beta = step if lo < step < hi else (lo + hi) / 2
-        if abs(g) < tol or hi - lo < tol * beta:
+        if step == beta or hi - lo < tol * beta:  # no step left that float64 can take
             break
+        beta = step if lo < step < hi else (lo + hi) / 2
     return 1.0 / beta
 
 
@@ -477,8 +484,9 @@ def weibull_mle(x: np.ndarray) -> tuple[float, float]:
         w = u**c
         return float((w * log_u).sum() / w.sum()) - 1.0 / c - mean_log
 
+    # the shape grows as the spread shrinks (about 1 / relative spread): bracket it that far
     lo, hi = 1e-3, 1.0
-    while g(hi) < 0 and hi < 1e6:
+    while g(hi) < 0 and hi < 1e13:
         lo, hi = hi, hi * 4
     shape = brentq(g, lo, hi, xtol=1e-12, rtol=1e-12)
     return float(shape), float(top * np.mean(u**shape) ** (1.0 / shape))

@@ -252,11 +252,11 @@ def doc_thresholds(
     ``t_k = max(0.5, 1 - alpha * sigma_k)``; a class with no images keeps 0.5.
 
     ``probabilities`` is N x K, ``labels`` N in 0..K-1 (others are ignored).
-    Returns ``(thresholds, sigmas)``, both K float32 tensors (sigma NaN for an empty class).
+    Returns ``(thresholds, sigmas)``, both K float64 tensors (sigma NaN for an empty class).
     """
-    p = probabilities.float()
+    p = probabilities.double()
     k = p.shape[1]
-    sigmas = torch.full((k,), float("nan"), device=p.device)
+    sigmas = torch.full((k,), float("nan"), dtype=torch.float64, device=p.device)
     for c in range(k):
         own = p[labels == c, c]
         if len(own):
@@ -313,14 +313,16 @@ class OvrDocScore(Score):
         if val.labels is None:
             raise ValueError("ovr-doc needs the labels of the validation images")
         self.thresholds_, self.sigmas_ = doc_thresholds(
-            val.logits.float().sigmoid(), val.labels, self.alpha
+            val.logits.double().sigmoid(), val.labels, self.alpha
         )
         self.alpha_ = float(self.alpha)
         return self
 
     def score(self, outputs: Outputs) -> torch.Tensor:
-        p = outputs.logits.float().sigmoid()
-        return (p - self.thresholds_.to(p.device)).amax(dim=1)
+        p = (
+            outputs.logits.double().sigmoid()
+        )  # float64, as max_sigmoid: float32 saturates at z ~ 17
+        return (p - self.thresholds_.to(p.device, torch.float64)).amax(dim=1)
 
     def decision_threshold(self) -> float | None:
         return 0.0
