@@ -127,6 +127,15 @@ def test_projection_subsamples_by_class_and_matches_pca():
     assert legend == ["a", "b", "c (unseen)"]
 
 
+@pytest.mark.parametrize("sizes, max_points", [([7, 7, 7], 20), ([3, 3, 3, 3, 1], 12),
+                                               ([500, 1, 1, 1], 100)])  # fmt: skip
+def test_subsample_never_exceeds_max_points_and_keeps_every_class(sizes, max_points):
+    labels = np.repeat(np.arange(len(sizes)), sizes)
+    index = plots.subsample_index(labels, max_points)
+    assert len(index) == max_points and len(set(index)) == len(index)
+    assert set(labels[index]) == set(range(len(sizes)))
+
+
 def test_tsne_runs_on_the_thread_budget(monkeypatch):
     """The report's t-SNE uses $UNSEEN_NUM_THREADS (or every core) OpenMP threads, not one."""
     import threadpoolctl
@@ -352,6 +361,29 @@ def test_aggregate_groups_seeds_and_averages(digits_run, tmp_path):
     assert saved[0]["scores"]["msp"]["auroc"]["n"] in (1, 2)
     assert (tmp_path / "cmp" / "comparison.csv").read_text().count("\n") > 10
     assert (tmp_path / "cmp" / "plots" / "compare_auroc.png").is_file()
+
+
+def test_comparison_warns_when_a_row_mixes_resolved_settings(digits_run, tmp_path, capsys):
+    # device and precision stay 'auto' in config.json: a CPU/fp32 and a GPU/bf16 seed are
+    # one row, averaged as the sweep summary averages them, and marked in every output
+    a = _copy_run(digits_run, tmp_path / "runs" / "a", seed=0)
+    b = _copy_run(digits_run, tmp_path / "runs" / "b", seed=1)
+    c = _copy_run(digits_run, tmp_path / "runs" / "c", seed=2)
+    m = _metrics(b)
+    m.update(device="cuda (NVIDIA H200)", precision="bf16")
+    (b / "metrics.json").write_text(json.dumps(m))
+    (row,) = aggregate_runs([a, b, c])
+    assert row["n_runs"] == 3
+    assert row["mixed_settings"]["device"] == ["cpu", "cuda"]
+    assert row["mixed_settings"]["precision"][1] == "bf16"
+    assert "mixed_settings" not in aggregate_runs([a, c])[0]  # thread counts do not matter
+    assert main(["report", str(tmp_path / "runs"), "--out", str(tmp_path / "cmp")]) == 0
+    err = capsys.readouterr().err
+    assert "warning:" in err and "device cpu vs cuda" in err
+    for name in ("comparison.html", "comparison.md"):
+        assert "device cpu vs cuda" in (tmp_path / "cmp" / name).read_text()
+    saved = json.loads((tmp_path / "cmp" / "comparison.json").read_text())
+    assert saved[0]["mixed_settings"]["device"] == ["cpu", "cuda"]
 
 
 def test_holdout_and_known_giving_the_same_split_are_one_configuration(digits_run, tmp_path):

@@ -502,6 +502,47 @@ def test_summary_flags_conditions_whose_runs_resolved_settings_differently(tmp_p
     assert len(split["warnings"]) == 1 and "overall" in split["warnings"][0]
 
 
+def _rare_record(fraction, seed, rare, auroc=None):
+    """A finished run's record as load_records makes it, with ``rare`` entries per class."""
+    metrics = {
+        "closed_set_accuracy": 0.9,
+        "scores": {"msp": {"auroc": auroc}},
+        "rare": {cls: {"train_images": n, "test_images": 50, "recall": rec, "precision": 0.8,
+                       "auroc_vs_known": {"msp": a}} for cls, (n, rec, a) in rare.items()},
+    }  # fmt: skip
+    tags = {"condition": fraction, "seed": seed, "balance": "none"}
+    return {"label": f"f{fraction}-{seed}", "dir": "-", "tags": tags, "head": "softmax",
+            "metrics": metrics, "settings": {}}  # fmt: skip
+
+
+def test_rare_statistics_are_kept_per_class():
+    # --rare "3:0.5,8:0": class 3 trains on 10 images and class 8 on none, in both seeds
+    records = [
+        _rare_record("single", s, {"3": (10, 0.6, 0.7), "8": (0, None, 0.9)}) for s in (0, 1)
+    ]
+    (c,) = sweep.aggregate(records, "single")["variants"][0]["conditions"]
+    assert set(c["rare"]) == {"3", "8"}
+    assert c["rare"]["3"]["train_images"] == {"mean": 10.0, "std": 0.0, "n": 2}
+    assert c["rare"]["8"]["train_images"]["mean"] == 0 and c["rare"]["8"]["recall"]["n"] == 0
+    assert c["rare"]["8"]["auroc_vs_known"]["msp"]["mean"] == pytest.approx(0.9)
+
+
+def test_rare_protocol_table_shows_detection_auroc_when_classes_are_held_out_too():
+    # rare:3 alone: at fraction 0.5 nothing is unseen, so the run has no detection AUROC
+    alone = [_rare_record(0.0, 0, {"3": (0, None, 0.8)}, auroc=0.8),
+             _rare_record(0.5, 0, {"3": (10, 0.6, 0.6)})]  # fmt: skip
+    text = sweep.format_summary(sweep.aggregate(alone, "rare"))
+    assert "rare class per fraction" in text and "unseen AUROC" not in text
+    # rare:3 --holdout 9: every fraction has unseen images, and their AUROC is shown
+    both = [_rare_record(0.0, 0, {"3": (0, None, 0.8)}, auroc=0.85),
+            _rare_record(0.5, 0, {"3": (10, 0.6, 0.6)}, auroc=0.93)]  # fmt: skip
+    text = sweep.format_summary(sweep.aggregate(both, "rare"))
+    header = next(ln for ln in text.splitlines() if ln.startswith("fraction"))
+    assert "unseen AUROC msp" in header
+    row = next(ln for ln in text.splitlines() if ln.startswith("0.5"))
+    assert "0.930" in row and "0.600" in row
+
+
 def test_single_run_has_no_std():
     assert sweep.stat([0.7]) == {"mean": 0.7, "std": None, "n": 1}
     assert sweep.stat([None, float("nan")]) == {"mean": None, "std": None, "n": 0}
@@ -680,8 +721,8 @@ def test_sweep_end_to_end_on_digits(tmp_path, capsys):
     assert summary["runs_finished"] == 2
     (v,) = summary["variants"]
     by_fraction = {c["condition"]: c for c in v["conditions"]}
-    assert by_fraction[0.0]["rare"]["train_images"]["mean"] == 0
-    assert by_fraction[0.5]["rare"]["train_images"]["mean"] > 0
+    assert by_fraction[0.0]["rare"]["3"]["train_images"]["mean"] == 0
+    assert by_fraction[0.5]["rare"]["3"]["train_images"]["mean"] > 0
     # at fraction 0 the rare class is the only unseen class: both AUROCs are the same number
     run0 = next(r for r in summary["runs"] if r["tags"]["condition"] == 0.0)
     m0 = json.loads((Path(run0["dir"]) / "metrics.json").read_text())

@@ -281,17 +281,25 @@ class Projection:
 
 
 def subsample_index(labels: np.ndarray, max_points: int, seed: int = 0) -> np.ndarray:
-    """At most ``max_points`` row indices, stratified by label (every label keeps a share), sorted."""
+    """At most ``max_points`` row indices, stratified by label, sorted.
+
+    Each label keeps its share, rounded, and at least one row; when rounding up overshoots,
+    the largest shares give one row back. (Only with more labels than ``max_points`` do
+    the one-row minimums exceed it.)
+    """
     labels = np.asarray(labels)
     n = len(labels)
     if n <= max_points:
         return np.arange(n)
     rng = np.random.default_rng(seed)
-    keep = []
-    for value in np.unique(labels):
-        rows = np.flatnonzero(labels == value)
-        k = max(1, round(len(rows) * max_points / n))
-        keep.append(rng.choice(rows, size=min(k, len(rows)), replace=False))
+    values, counts = np.unique(labels, return_counts=True)
+    sizes = np.minimum(counts, [max(1, round(c * max_points / n)) for c in counts])
+    while sizes.sum() > max_points and (sizes > 1).any():
+        sizes[np.argmax(sizes)] -= 1
+    keep = [
+        rng.choice(np.flatnonzero(labels == value), size=int(k), replace=False)
+        for value, k in zip(values, sizes, strict=True)
+    ]
     return np.sort(np.concatenate(keep))
 
 

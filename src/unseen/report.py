@@ -42,9 +42,12 @@ from .errors import UnseenError
 from .runfolder import (
     FINISHED_FILE,
     atomic_write,
+    describe_mixed,
     is_finished,
+    mixed_settings,
     read_json,
     require_finished,
+    resolved_settings,
     write_json,
 )
 from .threads import thread_budget
@@ -96,6 +99,7 @@ td:first-child,th:first-child{text-align:left}table.kv td{text-align:left}
 figure{margin:12px 0 24px}figure img{max-width:100%;height:auto;border:1px solid #eee}
 figcaption{color:#444;font-size:0.92em;max-width:900px}.grid{display:flex;flex-wrap:wrap;gap:8px}
 .grid figure{flex:0 1 540px}.headline{background:#fff8e6;border-left:4px solid #e0a000;padding:8px 12px}
+.warning{background:#fdecea;border-left:4px solid #c0392b;padding:8px 12px}
 """
 
 
@@ -300,7 +304,8 @@ def _draw_head_figures(
             "ROC curves",
             "Each curve sweeps one score's threshold: known images accepted (up) against unseen "
             "images accepted (right). The dashed line is 95% of known images accepted: where it "
-            "crosses a curve is that score's FPR@95TPR. Higher and further left is better.",
+            "crosses a curve is about that score's FPR@95TPR (the table's figure is exact: where "
+            "tied scores make a straight segment of the curve, it can be higher). Higher and further left is better.",
             lambda: plots.roc_figure(
                 {n: a[f"score_{n}"] for n in score_names if f"score_{n}" in a}, ~is_unseen
             ),
@@ -713,7 +718,10 @@ def aggregate_runs(run_dirs: Iterable[str | Path]) -> list[dict]:
     between rows), ``head``, ``config`` (grouping config), ``runs`` (folders), ``seeds``,
     ``n_runs``, ``metrics`` (run-level metric -> {mean, std, n}) and ``scores`` (score ->
     metric -> {mean, std, n}). ``std`` is the sample standard deviation, None for one run.
-    Every folder must be a finished run.
+    Settings left on 'auto' are recorded unresolved in config.json and so do not split a
+    group; a row whose runs resolved them differently (``runfolder.resolved_settings``: a
+    CPU and a GPU run, bf16 and fp32) is averaged all the same, as in ``unseen sweep``, and
+    gets ``mixed_settings``. Every folder must be a finished run.
     """
     groups: dict[tuple[str, str], dict] = {}
     for raw in run_dirs:
@@ -723,11 +731,12 @@ def aggregate_runs(run_dirs: Iterable[str | Path]) -> list[dict]:
         for head, metrics in load_head_metrics(run_dir, config).items():
             key = (json.dumps(key_cfg, sort_keys=True, default=str), head)
             g = groups.setdefault(
-                key, {"config": key_cfg, "head": head, "runs": [], "seeds": [], "m": []}
+                key, {"config": key_cfg, "head": head, "runs": [], "seeds": [], "m": [], "s": []}
             )
             g["runs"].append(str(run_dir))
             g["seeds"].append(config.get("seed"))
             g["m"].append(metrics)
+            g["s"].append({"settings": resolved_settings(config, metrics)})
     rows = []
     for g in groups.values():
         score_names: list[str] = []
@@ -746,8 +755,22 @@ def aggregate_runs(run_dirs: Iterable[str | Path]) -> list[dict]:
                 for n in score_names
             },
         })  # fmt: skip
+        if mixed := mixed_settings(g["s"]):
+            rows[-1]["mixed_settings"] = mixed
     _label_rows(rows)
     return rows
+
+
+def comparison_warnings(rows: Sequence[dict]) -> list[str]:
+    """One sentence per row of :func:`aggregate_runs` that averages runs whose 'auto'
+    settings resolved differently."""
+    return [
+        f"'{r['label']}' averages runs with different resolved settings: "
+        f"{describe_mixed(r['mixed_settings'])}; pin them (--device, --precision, "
+        "--batch-size, --lr, --epochs) to compare like with like."
+        for r in rows
+        if r.get("mixed_settings")
+    ]
 
 
 def _label_rows(rows: list[dict]) -> None:
@@ -837,14 +860,16 @@ def write_comparison(run_dirs: Iterable[str | Path], out_dir: str | Path) -> Pat
         cfg_rows.append((r, links))
 
     title = f"unseen comparison: {len(rows)} configuration(s), {len(run_dirs)} run(s)"
+    warnings = comparison_warnings(rows)
     h = [f"<h1>{html.escape(title)}</h1>",
+         *(f'<p class="warning">WARNING: {html.escape(w)}</p>' for w in warnings),
          '<p class="note">Runs whose config.json differs only in '
          f"{', '.join(GROUPING_IGNORES)} are one configuration; values are mean ± sample standard "
          "deviation over its runs. Every score: higher = more likely a known class.</p>",
          "<h2>Configurations</h2>",
          '<table id="config-table"><thead><tr>' + "".join(f"<th>{html.escape(c)}</th>" for c in cfg_head)
          + "</tr></thead><tbody>"]  # fmt: skip
-    md = [f"# {title}", "",
+    md = [f"# {title}", "", *(f"**WARNING:** {md_text(w)}\n" for w in warnings),
           f"Runs whose config.json differs only in {', '.join(GROUPING_IGNORES)} are one configuration; "
           "values are mean ± sample standard deviation over its runs.", "", "## Configurations", "",
           "| " + " | ".join(cfg_head) + " |", "|---|" + "---:|" * (len(cfg_head) - 1)]  # fmt: skip
@@ -957,5 +982,7 @@ def report_command(
         out = only / "comparison" if len(paths) == 1 and not is_run(only) else Path("comparison")
     start = time.perf_counter()
     path = write_comparison(runs, out)
+    for warning in comparison_warnings(read_json(path.parent / "comparison.json")):
+        print(f"unseen: warning: {warning}", file=sys.stderr)
     log(f"comparison of {len(runs)} runs: {path} ({time.perf_counter() - start:.1f} s)")
     return path

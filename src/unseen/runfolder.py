@@ -180,3 +180,44 @@ def require_finished(run_dir: str | Path) -> Path:
             "finish it with `unseen run --resume --out DIR` or run it again."
         )
     return run_dir
+
+
+# ----------------------------------------------------------------------------- resolved settings
+
+#: settings left on ``auto`` resolve per machine (batch 128 on a CPU, 512 on a GPU; bf16 or
+#: fp32; ...) and are not in the hash: runs averaged together must agree on them
+RESOLVED_SETTINGS = ("device", "precision", "batch_size", "lr", "epochs")
+
+
+def resolved_settings(config: dict, metrics: dict) -> dict[str, Any]:
+    """The :data:`RESOLVED_SETTINGS` a finished run recorded: device kind and precision from
+    its ``metrics.json``, batch size, learning rate and epochs from its ``config.json`` (both
+    written after 'auto' was resolved). The device is compared by kind (``cpu``, ``cuda``):
+    thread counts and GPU models change speed, not the experiment. Settings a run did not
+    record are left out."""
+    device = metrics.get("device")
+    found = {
+        "device": device.split(" (")[0].strip() if isinstance(device, str) else None,
+        "precision": metrics.get("precision"),
+        "batch_size": config.get("batch_size"),
+        "lr": config.get("lr"),
+        "epochs": next((e for e in (metrics.get("epochs"), config.get("epochs")) if e), None),
+    }
+    return {k: v for k, v in found.items() if v is not None}
+
+
+def mixed_settings(records: Sequence[dict]) -> dict[str, list] | None:
+    """The :data:`RESOLVED_SETTINGS` that differ between ``records``, each with its values in
+    order of appearance; ``None`` when they agree."""
+    out = {}
+    for key in RESOLVED_SETTINGS:
+        values = list(dict.fromkeys(r.get("settings", {}).get(key) for r in records))
+        values = [v for v in values if v is not None]
+        if len(values) > 1:
+            out[key] = values
+    return out or None
+
+
+def describe_mixed(mixed: dict[str, list]) -> str:
+    """``device cpu vs cuda, batch_size 128 vs 512``."""
+    return ", ".join(f"{k} {' vs '.join(str(v) for v in vals)}" for k, vals in mixed.items())

@@ -51,7 +51,14 @@ import numpy as np
 
 from .config import MAX_SEED, RESULT_NEUTRAL_KEYS, RunConfig, validate
 from .errors import ConfigError, Interrupted, UnseenError
-from .runfolder import is_finished, read_json, write_json
+from .runfolder import (
+    describe_mixed,
+    is_finished,
+    mixed_settings,
+    read_json,
+    resolved_settings,
+    write_json,
+)
 
 #: Neal et al. 2018 ("Open Set Learning with Counterfactual Images"), known classes per split
 NEAL6_SPLITS: tuple[tuple[int, ...], ...] = (
@@ -513,28 +520,6 @@ def stat(values: Sequence[float | None]) -> dict[str, float | int | None]:
     }
 
 
-#: settings left on ``auto`` resolve per machine (batch 128 on a CPU, 512 on a GPU; bf16 or
-#: fp32; ...) and are not in the hash: runs averaged together must agree on them
-RESOLVED_SETTINGS = ("device", "precision", "batch_size", "lr", "epochs")
-
-
-def resolved_settings(config: dict, metrics: dict) -> dict[str, Any]:
-    """The :data:`RESOLVED_SETTINGS` a finished run recorded: device kind and precision from
-    its ``metrics.json``, batch size, learning rate and epochs from its ``config.json`` (both
-    written after 'auto' was resolved). The device is compared by kind (``cpu``, ``cuda``):
-    thread counts and GPU models change speed, not the experiment. Settings a run did not
-    record are left out."""
-    device = metrics.get("device")
-    found = {
-        "device": device.split(" (")[0].strip() if isinstance(device, str) else None,
-        "precision": metrics.get("precision"),
-        "batch_size": config.get("batch_size"),
-        "lr": config.get("lr"),
-        "epochs": next((e for e in (metrics.get("epochs"), config.get("epochs")) if e), None),
-    }
-    return {k: v for k, v in found.items() if v is not None}
-
-
 def load_records(runs: Sequence[PlannedRun]) -> list[dict]:
     """One record per finished run and head: the run's tags, head, ``metrics.json`` and
     :func:`resolved_settings`."""
@@ -552,22 +537,6 @@ def load_records(runs: Sequence[PlannedRun]) -> list[dict]:
                  "metrics": m, "settings": resolved_settings(config, m)}
             )  # fmt: skip
     return records
-
-
-def mixed_settings(records: Sequence[dict]) -> dict[str, list] | None:
-    """The :data:`RESOLVED_SETTINGS` that differ between ``records``, each with its values in
-    order of appearance; ``None`` when they agree."""
-    out = {}
-    for key in RESOLVED_SETTINGS:
-        values = list(dict.fromkeys(r.get("settings", {}).get(key) for r in records))
-        values = [v for v in values if v is not None]
-        if len(values) > 1:
-            out[key] = values
-    return out or None
-
-
-def _describe_mixed(mixed: dict[str, list]) -> str:
-    return ", ".join(f"{k} {' vs '.join(str(v) for v in vals)}" for k, vals in mixed.items())
 
 
 def _condition_text(cond: Any, protocol: str) -> str:
@@ -609,18 +578,24 @@ def _absorbed_by(records: Sequence[dict]) -> dict | None:
 
 
 def _rare_stats(records: Sequence[dict], names: Sequence[str]) -> dict | None:
-    entries = [e for r in records for e in r["metrics"].get("rare", {}).values()]
-    if not entries:
+    """Per rare class (by name): its training and test images, recall, precision and AUROC
+    against the other known classes, each as :func:`stat` over ``records``."""
+    classes = list(dict.fromkeys(c for r in records for c in r["metrics"].get("rare", {})))
+    if not classes:
         return None
-    return {
-        "train_images": stat([e.get("train_images") for e in entries]),
-        "test_images": stat([e.get("test_images") for e in entries]),
-        "recall": stat([e.get("recall") for e in entries]),
-        "precision": stat([e.get("precision") for e in entries]),
-        "auroc_vs_known": {
-            n: stat([e.get("auroc_vs_known", {}).get(n) for e in entries]) for n in names
-        },
-    }
+    out = {}
+    for cls in classes:
+        entries = [r["metrics"].get("rare", {}).get(cls, {}) for r in records]
+        out[cls] = {
+            "train_images": stat([e.get("train_images") for e in entries]),
+            "test_images": stat([e.get("test_images") for e in entries]),
+            "recall": stat([e.get("recall") for e in entries]),
+            "precision": stat([e.get("precision") for e in entries]),
+            "auroc_vs_known": {
+                n: stat([e.get("auroc_vs_known", {}).get(n) for e in entries]) for n in names
+            },
+        }
+    return out
 
 
 def _variant(record: dict) -> tuple[str, str]:
@@ -665,7 +640,7 @@ def aggregate(records: Sequence[dict], protocol: str = "") -> dict:
                 row["mixed_settings"] = mixed
                 warnings.append(
                     f"{where}condition {_condition_text(cond, protocol)!r} averages runs with "
-                    f"different resolved settings: {_describe_mixed(mixed)}"
+                    f"different resolved settings: {describe_mixed(mixed)}"
                 )
             conditions.append(row)
         variant = {
@@ -681,7 +656,7 @@ def aggregate(records: Sequence[dict], protocol: str = "") -> dict:
             if not any("mixed_settings" in c for c in conditions):  # else said per condition
                 warnings.append(
                     f"{where}the overall statistics average conditions run with different "
-                    f"resolved settings: {_describe_mixed(mixed)}"
+                    f"resolved settings: {describe_mixed(mixed)}"
                 )
         variants.append(variant)
     return {
@@ -739,7 +714,7 @@ def format_summary(summary: dict) -> str:
             (f"== {title}: " if title else "")
             + f"{v['runs']} runs, closed-set accuracy {_ms(v['closed_set_accuracy'])}"
         )
-        if protocol == "rare":  # only the fraction-0 runs have unseen images: see the table below
+        if protocol == "rare":  # fractions are different tasks: see the per-fraction table
             continue
         lines.append(
             table(
@@ -751,6 +726,11 @@ def format_summary(summary: dict) -> str:
 
     rows = []
     is_rare = protocol == "rare"
+    # with --holdout, every fraction has unseen images: show how well each is detected too
+    detection = is_rare and any(
+        c["condition"] != 0 and c["auroc"].get(n, {}).get("mean") is not None
+        for v in variants for c in v["conditions"] for n in names
+    )  # fmt: skip
     for v in variants:
         title = _variant_name(v, many_heads, many_bal)
         for c in v["conditions"]:
@@ -759,9 +739,10 @@ def format_summary(summary: dict) -> str:
                 cond += " (mixed settings!)"
             row: list[object] = [cond] + ([title] if vcol else [])
             if is_rare and "rare" in c:
-                r = c["rare"]
+                (r,) = c["rare"].values()  # the protocol's one rare class
                 row += [_ms(r["train_images"], 0), _ms(r["recall"]), _ms(r["precision"])]
                 row += [_ms(r["auroc_vs_known"][n]) for n in names]
+                row += [_ms(c["auroc"][n]) for n in names] if detection else []
                 row += [_ms(c["closed_set_accuracy"])]
             else:
                 row += [_ms(c["closed_set_accuracy"])] + [_ms(c["auroc"][n]) for n in names]
@@ -771,12 +752,16 @@ def format_summary(summary: dict) -> str:
     if is_rare:
         rows.sort(key=lambda cr: (cr[0]["condition"], cr[1][1] if vcol else ""))
         header = ["fraction", *vcol, "train imgs", "recall", "precision"]
-        header += [f"AUROC {n}" for n in names] + ["closed-acc"]
+        header += [f"AUROC {n}" for n in names]
+        header += [f"unseen AUROC {n}" for n in names] if detection else []
+        header += ["closed-acc"]
         lines.append("")
         lines.append(
             "rare class per fraction (AUROC: other known classes vs the rare class, "
-            "higher = the scores single it out; at fraction 0 it is unseen)"
-        )
+            "higher = the scores single it out; at fraction 0 it is unseen"
+            + ("; unseen AUROC: known vs all unseen test images, the held-out classes "
+               "and, at fraction 0, the rare class)" if detection else ")")
+        )  # fmt: skip
     else:
         if protocol == "loo":
             # hardest to detect first: lowest mean AUROC of the first score
