@@ -108,6 +108,22 @@ def test_toml_config_then_flags_override(tmp_path):
     assert cfg.epochs == 2 and cfg.holdout == ("3", "4") and cfg.label_smoothing == 0.1
 
 
+def test_known_on_the_command_line_replaces_a_file_s_holdout(tmp_path, capsys):
+    # one setting given two ways: the higher layer wins, whichever spelling it uses
+    cfg_file = tmp_path / "c.toml"
+    cfg_file.write_text("holdout = [9]\n")
+    cfg = config_from_args(build_parser().parse_args(["run", "--config", str(cfg_file),
+                                                      "--known", "0,1,2"]))  # fmt: skip
+    assert cfg.known == ("0", "1", "2") and cfg.holdout is None
+    cfg_file.write_text("known = [0, 1, 2]\n")
+    cfg = config_from_args(build_parser().parse_args(["run", "--config", str(cfg_file),
+                                                      "--holdout", "9"]))  # fmt: skip
+    assert cfg.holdout == ("9",) and cfg.known is None
+    cfg_file.write_text("known = [0, 1, 2]\nholdout = [9]\n")  # both in one layer
+    assert main(["run", "--config", str(cfg_file)]) == 2
+    assert "not both" in capsys.readouterr().err
+
+
 BAD = [
     (["run", "--epochs", "0"], "--epochs must be positive"),
     (["run", "--batch-size", "1"], "--batch-size must be at least 2 (batch norm needs two images)"),

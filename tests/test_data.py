@@ -14,7 +14,7 @@ import pytest
 import torch
 from PIL import Image
 
-from unseen.data import DEBIAN_FASHION_MNIST, describe_sources, load_dataset
+from unseen.data import DEBIAN_FASHION_MNIST, absolute_dataset, describe_sources, load_dataset
 from unseen.errors import ConfigError, DataError
 
 
@@ -117,6 +117,22 @@ def test_npz_source_grey_and_colour(tmp_path):
     d = load_dataset(f"npz:{colour}")
     assert d.x_train.shape == (4, 3, 6, 5) and d.classes == ("0", "1")
     assert torch.equal(d.x_train[2, 1], torch.from_numpy(xc[2, :, :, 1]))
+
+
+def test_npz_alpha_is_dropped_and_paths_expand_home(tmp_path, monkeypatch):
+    # the folder source and `unseen predict` drop alpha: an npz run must see the same channels
+    rng = np.random.default_rng(1)
+    x = rng.integers(0, 256, (4, 6, 5, 4), dtype=np.uint8)
+    np.savez(tmp_path / "rgba.npz", x_train=x, y_train=np.array([0, 1, 0, 1]), x_test=x,
+             y_test=np.array([0, 1, 0, 1]))  # fmt: skip
+    monkeypatch.setenv("HOME", str(tmp_path))
+    d = load_dataset("npz:~/rgba.npz")
+    assert d.x_train.shape == (4, 3, 6, 5)
+    assert torch.equal(d.x_train[1], torch.from_numpy(x[1, :, :, :3]).permute(2, 0, 1))
+    assert absolute_dataset("npz:~/rgba.npz") == f"npz:{tmp_path / 'rgba.npz'}"
+    monkeypatch.chdir(tmp_path)
+    assert absolute_dataset("folder:imgs") == f"folder:{tmp_path / 'imgs'}"
+    assert absolute_dataset("digits") == "digits"
 
 
 def test_npz_errors(tmp_path):
@@ -413,8 +429,8 @@ def test_npz_channels_first_images(tmp_path):
     assert d.x_test.shape == (4, 1, 5, 7) and torch.equal(d.x_test, torch.from_numpy(x1[:4]))
     xl = rng.integers(0, 256, (6, 5, 7, 4), dtype=np.uint8)  # N x H x W x C still works
     d = load_dataset(f"npz:{_npz(tmp_path / 'l.npz', x_train=xl, x_test=xl[:4])}")
-    assert d.x_train.shape == (6, 4, 5, 7) and torch.equal(
-        d.x_train[2, 3], torch.from_numpy(xl[2, :, :, 3])
+    assert d.x_train.shape == (6, 3, 5, 7) and torch.equal(  # alpha dropped
+        d.x_train[2, 2], torch.from_numpy(xl[2, :, :, 2])
     )
 
 

@@ -90,3 +90,15 @@ def test_forward_pass_batches_and_progress_bar(capsys, request):
     assert "test images:" in shown and "/12.0 " in shown and "img/s" in shown
     forward_pass(model, x, torch.device("cpu"), batch_size=5)  # no desc: no bar
     assert terminal.getvalue() == shown
+
+
+def test_under_bf16_the_head_runs_in_fp32_on_the_features():
+    # bf16 logits keep 3 significant digits: confident images would tie in every logit score
+    torch.manual_seed(0)
+    model = _with_batch_norm_statistics(create_model("resnet20", 1, 5, 8), 1, 8).eval()
+    x = (torch.rand(64, 1, 8, 8) * 255).to(torch.uint8)
+    out = forward_pass(model, x, torch.device("cpu"), precision="bf16")
+    with torch.no_grad():
+        expected = model.forward_head(out.features)  # fp32, on the bf16-computed features
+    torch.testing.assert_close(out.logits, expected, rtol=1e-6, atol=1e-6)
+    assert out.logits.amax(1).unique().numel() == 64

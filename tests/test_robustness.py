@@ -245,6 +245,36 @@ def test_relative_pretrained_path_resumes_from_another_directory(
     assert_same_results(whole, out)
 
 
+def test_relative_npz_dataset_resumes_elsewhere_and_its_run_predicts(
+    reference, tmp_path, capsys, monkeypatch
+):
+    # an RGBA npz given by a relative path: config.json records it absolute, so --resume
+    # works from another directory; alpha is dropped, so `unseen predict` takes its images
+    from sklearn.datasets import load_digits
+
+    import unseen
+
+    digits = load_digits()
+    grey = (digits.images[:400] * 16).clip(0, 255).astype(np.uint8)
+    rgba = np.stack([grey, grey, grey, np.full_like(grey, 255)], axis=-1)
+    (tmp_path / "data").mkdir()
+    np.savez(tmp_path / "data" / "d.npz", x_train=rgba[:300], y_train=digits.target[:300],
+             x_test=rgba[300:], y_test=digits.target[300:400])  # fmt: skip
+    out = tmp_path / "run"
+    monkeypatch.chdir(tmp_path / "data")
+    interrupt_at(monkeypatch, 8)  # after epoch 1
+    with pytest.raises(Interrupted):
+        run(out, dataset="npz:d.npz", train_subset=None, test_subset=None)
+    monkeypatch.undo()
+    saved = json.loads((out / "config.json").read_text())["dataset"]
+    assert saved == f"npz:{tmp_path / 'data' / 'd.npz'}"
+    monkeypatch.chdir(tmp_path)
+    code, _, err = cli(capsys, "run", "--resume", "--out", str(out), "--quiet")
+    assert code == 0, err
+    labels = unseen.load(out).predict(rgba[300:310])
+    assert labels.shape == (10,)
+
+
 def test_resume_needs_no_flags_but_out(reference, tmp_path, capsys, monkeypatch):
     out = tmp_path / "run"
     interrupt_at(monkeypatch, 3)

@@ -104,6 +104,41 @@ def test_the_fractions_the_error_suggests_work():
         assert set(sd.y_val.tolist()) == set(sd.y_train.tolist()) == {0, 1, 2}
 
 
+def _uneven(counts: list[int]) -> ImageData:
+    y = torch.repeat_interleave(torch.arange(len(counts)), torch.tensor(counts))
+    x = torch.arange(len(y), dtype=torch.uint8)[:, None, None, None].expand(-1, 1, 2, 2).clone()
+    classes = tuple("abcdefgh"[: len(counts)])
+    return ImageData("uneven", x, y, x.clone(), y.clone(), classes, "test")
+
+
+@pytest.mark.parametrize("seed", range(30))
+def test_a_class_with_one_image_is_trained_on_and_the_rest_stay_stratified(seed):
+    # before: one single-image class turned stratification off for every class, and a
+    # random slice could take the only images of a small known class into validation
+    data = _uneven([1, 3, 60, 60, 5])  # 'e' (5 images) is held out
+    s = make_split(data.classes, holdout=("e",))
+    sd = split_data(data, s, val_fraction=0.1, seed=seed)
+    assert set(sd.y_train.tolist()) == {0, 1, 2, 3}  # every known class is trained on
+    assert 0 not in sd.y_val.tolist()  # the single image of 'a' is never held back
+    per_class = np.bincount(sd.y_val.numpy(), minlength=4).tolist()
+    assert per_class[1] <= 1 and 6 <= per_class[2] <= 7 and 6 <= per_class[3] <= 7  # stratified
+    assert len(sd.x_train) + len(sd.x_val) == 124
+
+
+def test_a_validation_fraction_that_would_leave_a_class_untrained_is_refused():
+    data = _uneven([2, 100, 5])
+    s = make_split(data.classes, holdout=("c",))
+    with pytest.raises(ConfigError, match="leaves known class 'a' no training image"):
+        split_data(data, s, val_fraction=0.8, seed=0)
+
+
+def test_class_names_with_their_own_spaces_are_found():
+    s = make_split(("cat ", "dog", "bird"), holdout=("cat ",))
+    assert s.unseen == (0,)
+    assert make_split(("cat ", "dog", "bird"), holdout=("Cat",)).unseen == (0,)
+    assert make_split(("cat", "dog", "bird"), holdout=(" cat",)).unseen == (0,)
+
+
 def test_subsets_are_stratified():
     data = _toy(n_per_class=50)
     s = make_split(data.classes)

@@ -51,3 +51,20 @@ def test_onecycle_cycles_the_momentum_around_the_one_asked_for(momentum, lowest,
         sched.step()
     assert min(used) == pytest.approx(lowest) and max(used) == pytest.approx(highest)
     assert used[0] == pytest.approx(highest)  # high momentum while the learning rate is low
+
+
+@pytest.mark.parametrize("total", [1, 2, 3, 4, 5, 40])
+def test_onecycle_reaches_a_useful_rate_however_few_the_steps(total):
+    # with 1-3 steps torch's warm-up ends before the first step: one step ran at lr/25/1e4
+    settings = TrainSettings(epochs=1, lr=0.1)
+    opt = make_optimizer(torch.nn.Linear(2, 2), settings)
+    sched = make_scheduler(opt, settings, total)
+    used = []
+    for _ in range(total):
+        used.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    if total < 4:
+        assert used == pytest.approx([0.1] * total)  # too few steps for a cycle: the peak
+    else:
+        assert max(used) >= 0.05 and used[0] < max(used)  # a warm-up towards the peak

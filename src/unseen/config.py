@@ -619,14 +619,23 @@ def resolve_config(
     config_file: str | Path | None = None,
     base: RunConfig | None = None,
 ) -> RunConfig:
-    """Defaults (or ``base``), then the TOML file, then ``overrides`` (already parsed values)."""
+    """Defaults (or ``base``), then the TOML file, then ``overrides`` (already parsed values).
+
+    ``holdout`` and ``known`` are one setting given two ways: a layer that gives one of them
+    clears the other from the layers below (``--known`` on the command line wins over a
+    file's ``holdout``). Only a layer that gives both is refused.
+    """
     values: dict[str, Any] = {}
-    if config_file is not None:
-        values.update(load_toml(config_file))
-    for name, value in (overrides or {}).items():
+    layers = [load_toml(config_file)] if config_file is not None else []
+    for name in overrides or {}:
         if name not in FIELDS:
             raise ConfigError(f"unknown option '{name}'.")
-        values[name] = value
+    layers.append(dict(overrides or {}))
+    for layer in layers:
+        given = [k for k in ("holdout", "known") if layer.get(k) is not None]
+        if len(given) == 1:
+            values["known" if given[0] == "holdout" else "holdout"] = None
+        values.update(layer)
     cfg = (base or RunConfig()).replace(**values)
     validate(cfg)
     return cfg

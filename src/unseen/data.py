@@ -532,7 +532,8 @@ def _npz_source(path: str) -> tuple[Callable, Callable]:
                 )
             if len(a) == 0:
                 raise DataError(f"{key} in {file} holds no images; both splits need some.")
-            return torch.from_numpy(np.ascontiguousarray(a))
+            # alpha is dropped, as the folder source and `unseen predict` drop it
+            return torch.from_numpy(np.ascontiguousarray(a[:, :3]))
 
         def labels(a: np.ndarray, key: str, n: int) -> torch.Tensor:
             if a.ndim != 1 or len(a) != n or not np.issubdtype(a.dtype, np.integer):
@@ -616,17 +617,27 @@ PATH_SOURCES = {
 
 
 def get_source(name: str) -> Source:
-    """Look up a data source by name, including ``folder:PATH`` and ``npz:PATH``."""
+    """Look up a data source by name, including ``folder:PATH`` and ``npz:PATH`` (``~`` is
+    expanded in PATH)."""
     prefix, sep, path = name.partition(":")
     if sep and prefix in PATH_SOURCES:
         if not path:
             raise ConfigError(f"--dataset {name!r} needs a path after '{prefix}:'.")
         description, factory = PATH_SOURCES[prefix]
-        return Source(name, description, *factory(path))
+        return Source(name, description, *factory(os.path.expanduser(path)))
     if name in SOURCES:
         return SOURCES[name]
     valid = list(SOURCES) + [f"{p}:PATH" for p in PATH_SOURCES]
     raise ConfigError(f"--dataset {name!r} is not known; choose one of: {', '.join(valid)}.")
+
+
+def absolute_dataset(name: str) -> str:
+    """``folder:PATH`` and ``npz:PATH`` with PATH made absolute (``~`` expanded); other names
+    as they are. Run folders record this, so ``--resume`` works from any directory."""
+    prefix, sep, path = name.partition(":")
+    if sep and prefix in PATH_SOURCES and path:
+        return f"{prefix}:{os.path.abspath(os.path.expanduser(path))}"
+    return name
 
 
 def check_dataset_name(name: str) -> None:

@@ -34,7 +34,7 @@ from .checkpoint import (
     to_cpu,
 )
 from .config import RunConfig, validate
-from .data import ImageData, load_dataset
+from .data import ImageData, absolute_dataset, load_dataset
 from .detectors import check_vim_dim
 from .errors import ConfigError
 from .evaluate import forward_pass
@@ -135,7 +135,9 @@ def prepare(cfg: RunConfig) -> Prepared:
     validate(cfg)
     # config.json records absolute paths, so that --resume works from any working directory
     cfg = cfg.replace(
-        data_root=absolute_path(cfg.data_root), pretrained=pretrained_spec(cfg.pretrained)
+        dataset=absolute_dataset(cfg.dataset),
+        data_root=absolute_path(cfg.data_root),
+        pretrained=pretrained_spec(cfg.pretrained),
     )
     # pretrained weights first: a missing file fails in a second, before any data is read
     pretrained = resolve_pretrained(cfg.pretrained, cfg.download) if cfg.pretrained else None

@@ -63,17 +63,20 @@ def resolve_classes(
     """Class tokens (names, case-insensitive, or indices) -> sorted original indices.
 
     A token that is a class name wins over the same token read as an index. A name that
-    matches a class exactly wins over case-insensitive matches; a token that matches several
-    classes only case-insensitively (``cat`` for ``Cat`` and ``CAT``) is an error.
+    matches a class exactly (as given, or without surrounding spaces) wins over
+    case-insensitive matches, which ignore surrounding spaces too; a token that matches
+    several classes only that way (``cat`` for ``Cat`` and ``CAT``) is an error.
     """
     exact = {c: i for i, c in enumerate(classes)}
     lower: dict[str, list[int]] = {}
     for i, c in enumerate(classes):
-        lower.setdefault(c.lower(), []).append(i)
+        lower.setdefault(c.strip().lower(), []).append(i)
     out = []
     for tok in tokens:
         t = str(tok).strip()
-        if t in exact:
+        if str(tok) in exact:  # a name with its own spaces ('cat ' from an npz or a folder)
+            out.append(exact[str(tok)])
+        elif t in exact:
             out.append(exact[t])
         elif len(matches := lower.get(t.lower(), [])) > 1:
             names = " and ".join(repr(classes[i]) for i in matches)
@@ -236,20 +239,31 @@ def split_data(
     rare_known = [(cls, frac) for cls, frac in rare if cls in split.known]
     for cls, frac in rare_known:
         train_idx = subsample_class(train_idx, y_train, cls, frac, seed)
-    is_rare = np.isin(y_train[train_idx], [cls for cls, _ in rare_known])
-    rare_idx, train_idx = train_idx[is_rare], train_idx[~is_rare]
-    known_labels = y_train[train_idx]
+    # rare classes, and classes with a single image, are trained on whole: the validation
+    # slice is drawn, stratified, from the classes with two images or more
+    counts = np.bincount(y_train[train_idx], minlength=len(split.classes))
+    whole = [cls for cls, _ in rare_known] + np.flatnonzero(counts == 1).tolist()
+    keep_whole = np.isin(y_train[train_idx], whole)
+    whole_idx, train_idx = train_idx[keep_whole], train_idx[~keep_whole]
     if len(train_idx) < 4:
-        raise ConfigError(f"only {len(train_idx)} known-class training images; need more to train.")
-    counts = np.bincount(known_labels)
-    stratify = known_labels if counts[counts > 0].min() >= 2 else None
-    check_val_fraction(
-        val_fraction, len(train_idx), int((counts > 0).sum()) if stratify is not None else 1
-    )
+        rest = " that are neither --rare nor single images" if len(whole_idx) else ""
+        raise ConfigError(
+            f"only {len(train_idx)} known-class training images{rest} to draw the validation "
+            "slice from; need more to train."
+        )
+    known_labels = y_train[train_idx]
+    check_val_fraction(val_fraction, len(train_idx), len(np.unique(known_labels)))
     fit_idx, val_idx = train_test_split(
-        train_idx, test_size=val_fraction, stratify=stratify, random_state=seed
+        train_idx, test_size=val_fraction, stratify=known_labels, random_state=seed
     )
-    fit_idx, val_idx = np.sort(np.concatenate([fit_idx, rare_idx])), np.sort(val_idx)
+    fit_idx, val_idx = np.sort(np.concatenate([fit_idx, whole_idx])), np.sort(val_idx)
+    untrained = [c for c in split.known if c not in set(y_train[fit_idx].tolist())]
+    if untrained:  # a stratified split can still round a small class's share to nothing
+        names = ", ".join(repr(split.classes[c]) for c in untrained)
+        raise ConfigError(
+            f"--val-fraction {val_fraction:g} leaves known class {names} no training image "
+            "(all of its images went to validation): lower --val-fraction or train on more images."
+        )
 
     test_idx = np.arange(len(data.y_test))
     if test_subset is not None:

@@ -155,6 +155,10 @@ def make_optimizer(model: torch.nn.Module, s: TrainSettings) -> torch.optim.Opti
 def make_scheduler(
     opt: torch.optim.Optimizer, s: TrainSettings, total_steps: int
 ) -> torch.optim.lr_scheduler.LRScheduler:
+    if s.schedule == "onecycle" and total_steps < 4:
+        # torch's warm-up would end before the first step (a single step would run at
+        # lr / 25 / 1e4): too few steps for a cycle, so train at the peak learning rate
+        return torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 1.0)
     if s.schedule == "onecycle":
         # Smith's 1cycle moves the momentum against the learning rate: torch's default cycle
         # (0.95 -> 0.85 -> 0.95) is the one around the default --momentum 0.9; other values
