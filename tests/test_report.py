@@ -136,6 +136,30 @@ def test_subsample_never_exceeds_max_points_and_keeps_every_class(sizes, max_poi
     assert set(labels[index]) == set(range(len(sizes)))
 
 
+@pytest.mark.parametrize("kind", ["constant", "overflowed", "huge"])
+def test_projection_of_degenerate_features_is_skipped_not_a_crash(kind):
+    # a diverged network: constant features, float16 overflow (inf), or values near float32's
+    # limit; t-SNE on the NaN components this gave crashed the process (segfault)
+    rng = np.random.default_rng(0)
+    labels = np.repeat(np.arange(3), 40)
+    feats = {
+        "constant": np.ones((120, 8)),
+        "overflowed": np.where(rng.random((120, 8)) < 0.98, np.inf, 1.0),
+        "huge": rng.normal(size=(120, 8)) * 1e37,
+    }[kind].astype(np.float32)
+    proj = plots.project_features(feats, labels, tsne_points=60)
+    for coords in proj.coords.values():
+        assert np.isfinite(coords[~np.isnan(coords).all(1)]).all()
+
+
+def test_features_are_stored_as_float16_only_when_they_fit():
+    from unseen.experiment import half_if_it_fits
+
+    assert half_if_it_fits(np.array([1.5, -60000.0], np.float32)).dtype == np.float16
+    big = half_if_it_fits(np.array([1.5, 70000.0], np.float32))
+    assert big.dtype == np.float32 and big[1] == 70000.0
+
+
 def test_tsne_runs_on_the_thread_budget(monkeypatch):
     """The report's t-SNE uses $UNSEEN_NUM_THREADS (or every core) OpenMP threads, not one."""
     import threadpoolctl

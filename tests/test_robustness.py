@@ -501,6 +501,43 @@ def test_nan_loss_names_the_exact_step_and_keeps_the_last_good_checkpoint(tmp_pa
     assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
 
 
+def test_weights_that_overflow_in_an_epoch_s_last_update_are_caught(tmp_path):
+    # every loss is finite, but the last update of epoch 2 leaves infinite weights: no
+    # checkpoint of them, and one clear error instead of a traceback in the metrics
+    from unseen import heads as heads_module
+    from unseen.augment import make_augment_spec
+    from unseen.checkpoint import TrainingDiverged
+    from unseen.models import create_model
+    from unseen.train import TrainSettings, train_model
+
+    softmax = heads_module.HEADS["softmax"]
+    torch.manual_seed(0)
+    model = create_model("resnet20", 1, 3, 8)
+    calls = {"n": 0}
+
+    def overflowing(logits, targets, smoothing=0.0):
+        loss = softmax.loss(logits, targets, smoothing)
+        calls["n"] += 1
+        if calls["n"] == 10:  # global step 9: epoch 2, step 5 of 5
+            with torch.no_grad():
+                model.head.bias[0] = float("inf")  # not needed by the backward pass
+        return loss
+
+    head = dataclasses.replace(softmax, loss=overflowing)
+    x = torch.randint(0, 256, (50, 1, 8, 8), dtype=torch.uint8)
+    y = torch.arange(50) % 3
+    ckpt = Checkpointing(tmp_path / CHECKPOINT_FILE, {"lr": 0.1})
+    settings = TrainSettings(epochs=4, batch_size=10, lr=0.1)  # 5 steps an epoch
+    with pytest.raises(TrainingDiverged) as info:
+        train_model(model, x, y, settings, head, make_augment_spec("none", 8, False),
+                    torch.device("cpu"), progress=False, checkpoint=ckpt)  # fmt: skip
+    assert "weights became NaN or infinite by epoch 2, step 5 of 5" in str(info.value)
+    assert info.value.exit_code == 2
+    state = load_torch(ckpt.path)
+    assert (state["epoch"], state["step"]) == (1, 0)  # the end of epoch 1, the last good one
+    assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
+
+
 def test_absurd_learning_rate_stops_with_exit_2(tmp_path, capsys):
     out = tmp_path / "run"
     code, _, err = cli(capsys, "run", *TINY_ARGS, "--lr", "1e6", "--out", str(out))

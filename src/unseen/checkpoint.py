@@ -527,10 +527,32 @@ class Checkpointing:
         )
 
 
+def weights_finite(model: torch.nn.Module) -> bool:
+    """Whether every floating-point parameter and buffer (batch-norm statistics) is finite;
+    one device sync."""
+    tensors = [t for t in (*model.parameters(), *model.buffers()) if t.is_floating_point()]
+    if not tensors:
+        return True
+    return bool(torch.stack([t.detach().isfinite().all() for t in tensors]).all())
+
+
 def diverged(
-    epoch: int, step: int, steps: int, value: float, lr: float, checkpoint: Checkpointing | None
+    epoch: int,
+    step: int,
+    steps: int,
+    value: float | None,
+    lr: float,
+    checkpoint: Checkpointing | None,
 ) -> TrainingDiverged:
-    """The message for a loss that stopped being finite at (0-based) ``epoch``/``step``."""
+    """The message for a loss that stopped being finite at (0-based) ``epoch``/``step``, or,
+    with ``value`` None, for weights that did while the losses stayed finite (the update
+    after step ``step``)."""
+    what = (
+        f"the loss became {value} in epoch {epoch + 1}, step {step + 1} of {steps}"
+        if value is not None
+        else f"the weights became NaN or infinite by epoch {epoch + 1}, step {step + 1} of "
+        f"{steps}, though every loss was finite"
+    )
     kept = ""
     if checkpoint is not None:
         kept = (
@@ -539,7 +561,6 @@ def diverged(
             else "; no checkpoint had been saved yet"
         )
     return TrainingDiverged(
-        f"training diverged: the loss became {value} in epoch {epoch + 1}, step {step + 1} of "
-        f"{steps}; lower the learning rate (--lr {lr:g} now, try --lr {lr / 10:g}) and start "
+        f"training diverged: {what}; lower the learning rate (--lr {lr:g} now, try --lr {lr / 10:g}) and start "
         f"again{' with --overwrite' if checkpoint is not None else ''}{kept}."
     )

@@ -120,6 +120,13 @@ class Prepared:
     load_report: LoadReport | None = None
 
 
+def half_if_it_fits(x: np.ndarray) -> np.ndarray:
+    """``x`` as float16 (half the file) when every value fits its range, else float32."""
+    finite = x[np.isfinite(x)]
+    fits = finite.size == 0 or float(np.abs(finite).max()) <= float(np.finfo(np.float16).max)
+    return x.astype(np.float16 if fits else np.float32)
+
+
 def absolute_path(path: str | None) -> str | None:
     """``path`` with ``~`` expanded, made absolute against the working directory (None stays)."""
     return None if path is None else os.path.abspath(os.path.expanduser(path))
@@ -501,7 +508,7 @@ def write_run_files(
         "val_label": sd.y_val.numpy(),
         # test outputs for the report (reliability diagram, feature projection)
         "logits": test.logits.float().cpu().numpy(),
-        "features": test.features.cpu().numpy().astype(np.float16),
+        "features": half_if_it_fits(test.features.cpu().numpy()),
     }
     arrays.update({f"score_{n}": v for n, v in test_scores.items()})
     arrays.update({f"val_score_{n}": v for n, v in val_scores.items()})

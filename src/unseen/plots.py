@@ -321,14 +321,17 @@ def project_features(
     from sklearn.manifold import TSNE
     from threadpoolctl import threadpool_limits
 
-    x = np.asarray(features, np.float32)
+    x = np.asarray(features, np.float64)
     x = np.nan_to_num(x, nan=0.0, posinf=0.0, neginf=0.0)
     index = subsample_index(labels, max_points, seed)
     coords: dict[str, np.ndarray] = {}
-    if len(x) < 3 or x.shape[1] < 2:
+    if len(x) < 3 or x.shape[1] < 2 or np.ptp(x, axis=0).max() == 0:
+        return Projection(index, coords)  # nothing to project (one point, or all alike)
+    with np.errstate(all="ignore"):
+        pca = PCA(n_components=min(50, x.shape[1], len(x)), random_state=seed).fit(x)
+        pcs = pca.transform(x[index])
+    if not np.isfinite(pcs).all():  # features of a diverged network: t-SNE would crash on them
         return Projection(index, coords)
-    pca = PCA(n_components=min(50, x.shape[1], len(x)), random_state=seed).fit(x)
-    pcs = pca.transform(x[index])
     coords["PCA"] = pcs[:, :2]
     if tsne_points > 0 and len(index) > 10:
         sub = subsample_index(np.asarray(labels)[index], tsne_points, seed)
@@ -336,8 +339,11 @@ def project_features(
         tsne = TSNE(n_components=2, init="pca", perplexity=perplexity, random_state=seed,
                     max_iter=500)  # fmt: skip
         t = np.full((len(index), 2), np.nan)
+        # one scale for all components (t-SNE's perplexity calibration makes the layout
+        # scale-free): it computes in float32, where the distances of huge features overflow
+        spread = float(np.abs(pcs[sub]).max()) or 1.0
         with threadpool_limits(limits=max(1, threads)):
-            t[sub] = tsne.fit_transform(pcs[sub])
+            t[sub] = tsne.fit_transform(pcs[sub] / spread)
         coords["t-SNE"] = t
     return Projection(index, coords)
 

@@ -339,24 +339,30 @@ def _draw_head_figures(
                 msp[~is_unseen], correct[~is_unseen], msp[is_unseen], name=conf_name
             ),
         )
-    if projection is not None:
-        labels = a["label"]
-        proj, section.seconds["projection_fit"] = projection.result()
-        methods = " and ".join(proj.coords) or "no projection"
-        add(
-            "projection",
-            "Test features in 2-D",
-            f"{methods} of the penultimate-layer features of the test images (a stratified sample "
-            "where there are many), coloured by true class; unseen classes are black markers. Unseen "
-            "images that sit inside a known cluster are the ones no feature-based score can reject. "
-            "t-SNE distances between clusters mean little; PCA is linear and faithful but crowded.",
-            lambda: plots.projection_figure(proj, labels, classes, unseen),
-        )
-    else:
+    if projection is None:
         section.notes.append(
             "No feature projection: this run's scores.npz has no test features (written by an "
             "older version); rerun it to get one."
         )
+    else:
+        labels = a["label"]
+        proj, section.seconds["projection_fit"] = projection.result()
+        if not proj.coords:
+            section.notes.append(
+                "No feature projection: the test features are all alike or give no finite "
+                "principal components (did training diverge?)."
+            )
+        else:
+            add(
+                "projection",
+                "Test features in 2-D",
+                f"{' and '.join(proj.coords)} of the penultimate-layer features of the test "
+                "images (a stratified sample where there are many), coloured by true class; "
+                "unseen classes are black markers. Unseen images that sit inside a known cluster "
+                "are the ones no feature-based score can reject. t-SNE distances between "
+                "clusters mean little; PCA is linear and faithful but crowded.",
+                lambda: plots.projection_figure(proj, labels, classes, unseen),
+            )
     if h.history:
         separate = any(row.get("network") not in (None, "") for row in h.history)
         add(

@@ -18,7 +18,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .augment import AugmentSpec
-from .checkpoint import Checkpointing, FiniteGuard, Position, diverged
+from .checkpoint import Checkpointing, FiniteGuard, Position, diverged, weights_finite
 from .cudagraphs import GraphedStep
 from .errors import ConfigError
 from .evaluate import forward_pass
@@ -283,10 +283,14 @@ def train_model(
             background=device.type == "cuda",  # a GPU trains on while the CPU writes
         )  # fmt: skip
 
-    def stop_if_diverged() -> None:
+    def stop_if_diverged(epoch: int, step: int) -> None:
+        """Raise when a loss so far was not finite, or the weights after ``step`` are not
+        (the last update can overflow while its own loss was finite)."""
         if (bad := guard.first_bad()) is not None:
-            epoch, step = divmod(bad[0], steps)
-            raise diverged(epoch, step, steps, bad[1], settings.lr, checkpoint)
+            bad_epoch, bad_step = divmod(bad[0], steps)
+            raise diverged(bad_epoch, bad_step, steps, bad[1], settings.lr, checkpoint)
+        if not weights_finite(model):
+            raise diverged(epoch, step, steps, None, settings.lr, checkpoint)
 
     for epoch in bar:
         first_step = 0
@@ -325,11 +329,11 @@ def train_model(
             seen += len(idx)
             guard.update(loss, epoch * steps + step)
             if checkpoint is not None and checkpoint.stop_requested() is not None:
-                stop_if_diverged()  # never save a checkpoint with NaN weights
+                stop_if_diverged(epoch, step)  # never save a checkpoint with NaN weights
                 state = dict(perm=perm, loss_sum=loss_sum, correct=correct, seen=seen)
                 save(epoch, step + 1, {**state, "lr_used": lr_used})
                 raise checkpoint.interrupted(epoch, step + 1, steps)
-        stop_if_diverged()
+        stop_if_diverged(epoch, steps - 1)
         result.images_seen += seen
         row = {
             "epoch": epoch + 1,
