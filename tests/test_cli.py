@@ -133,6 +133,7 @@ BAD = [
     ),
     (["run", "--augment", "none", "--flip", "on"], "--flip on has no effect with --augment none"),
     (["run", "--epochs", "two"], "--epochs must be"),
+    (["run", "--input-size", "100000"], "--input-size must be between 1 and 1024"),
     (["run", "--model", "vgg"], "choose one of: resnet20, resnet18"),
     (["run", "--dataset", "imagenet"], "--dataset 'imagenet' is not known"),
     (["run", "--holdout", "Hat"], "'Hat' is not a class"),

@@ -77,6 +77,31 @@ def test_mnist_and_fashion_mnist_files_are_told_apart(tmp_path, files, asked):
     assert load_dataset(files, str(tmp_path)).y_train[:10].tolist() == list(train)
 
 
+def test_a_folder_of_the_other_dataset_does_not_hide_the_right_one(tmp_path):
+    # ./data holds MNIST files flat; DIR/FashionMNIST/raw holds Fashion-MNIST: the search
+    # goes past the MNIST folder instead of stopping there, and `unseen datasets` agrees
+    from unseen.data import IDX_FINGERPRINTS
+
+    for files, where in (("mnist", tmp_path), ("fashion-mnist", tmp_path / "FashionMNIST")):
+        make_idx_set(where, gz=True)
+        train, test = IDX_FINGERPRINTS[files]
+        write_idx(where / "train-labels-idx1-ubyte", np.r_[train, np.arange(20) % 10], gz=True)
+        write_idx(where / "t10k-labels-idx1-ubyte", np.r_[test, np.arange(10) % 10], gz=True)
+    assert load_dataset("fashion-mnist", str(tmp_path)).source == str(tmp_path / "FashionMNIST")
+    assert load_dataset("mnist", str(tmp_path)).source == str(tmp_path)
+    shutil.rmtree(tmp_path / "FashionMNIST")
+    found = {name: where for name, _, where in describe_sources(str(tmp_path))}
+    assert found["mnist"].startswith("found") and found["fashion-mnist"].startswith("missing")
+    assert "holds the mnist files" in found["fashion-mnist"]
+
+
+def test_an_incomplete_idx_set_names_the_missing_file(tmp_path):
+    make_idx_set(tmp_path, gz=True)
+    (tmp_path / "t10k-labels-idx1-ubyte.gz").unlink()
+    with pytest.raises(DataError, match="incomplete in .*: t10k-labels-idx1-ubyte .* missing"):
+        load_dataset("fashion-mnist", str(tmp_path))
+
+
 def test_missing_idx_names_where_it_looked_and_how_to_get_it(tmp_path):
     with pytest.raises(DataError) as exc:
         load_dataset("mnist", str(tmp_path))
@@ -238,6 +263,16 @@ def test_cifar10_through_torchvision(tmp_path, monkeypatch):
 
 def test_cifar10_missing_suggests_download(tmp_path):
     with pytest.raises(DataError, match="--download"):
+        load_dataset("cifar10", str(tmp_path))
+
+
+def test_cifar10_files_that_fail_the_integrity_check_are_not_called_missing(tmp_path, monkeypatch):
+    _write_cifar10(tmp_path, monkeypatch)
+    monkeypatch.undo()  # torchvision's real MD5 table: the tiny files do not match it
+    with pytest.raises(DataError, match="are there but fail torchvision's integrity"):
+        load_dataset("cifar10", str(tmp_path))
+    (tmp_path / "cifar-10-batches-py" / "test_batch").unlink()
+    with pytest.raises(DataError, match="cifar10 not found in"):
         load_dataset("cifar10", str(tmp_path))
 
 

@@ -158,6 +158,30 @@ def test_unusable_arrays_get_their_own_rows(capsys, run_dir, pngs, tmp_path):
     assert "no pixels" in rows[1]["error"] and "no pixels" in rows[2]["error"]
 
 
+def test_an_npz_without_images_gets_an_error_row(capsys, run_dir, pngs, tmp_path):
+    np.savez(tmp_path / "none.npz", x=np.zeros((0, 8, 8), np.uint8))
+    rc, stdout, _ = cli(capsys, run_dir, tmp_path / "none.npz", "--format", "json")
+    assert rc == 2
+    (row,) = json.loads(stdout)["predictions"]
+    assert "holds no images" in row["error"]
+
+
+def test_folders_skip_hidden_entries_as_folder_datasets_do(capsys, run_dir, pngs, tmp_path):
+    (tmp_path / "imgs" / ".ipynb_checkpoints").mkdir(parents=True)
+    shutil.copy(pngs["known"][0], tmp_path / "imgs" / "a.png")
+    shutil.copy(pngs["known"][1], tmp_path / "imgs" / ".hidden.png")
+    shutil.copy(pngs["known"][2], tmp_path / "imgs" / ".ipynb_checkpoints" / "b.png")
+    rc, stdout, _ = cli(capsys, run_dir, tmp_path / "imgs", "--format", "csv")
+    assert rc == 0
+    assert [r["input"] for r in read_csv(stdout)] == [str(tmp_path / "imgs" / "a.png")]
+
+
+def test_an_output_the_system_refuses_is_named_as_given(capsys, run_dir, pngs):
+    # /proc takes no new files: the error names the file asked for, not a temporary file
+    rc, _, err = cli(capsys, run_dir, pngs["known"][0], "--output", "/proc/x.csv")
+    assert rc == 2 and err.strip() == "unseen: error: /proc/x.csv: No such file or directory."
+
+
 def test_output_naming_a_folder_is_one_clear_error(capsys, run_dir, pngs, tmp_path):
     rc, stdout, err = cli(capsys, run_dir, pngs["known"][0], "--output", tmp_path)
     assert rc == 2 and "Traceback" not in err
@@ -170,7 +194,8 @@ def test_npz_input_matches_the_png_files(capsys, run_dir, pngs, digits, tmp_path
     first_pngs = sorted(pngs["known"] + pngs["unseen"], key=lambda p: p.name)[:30]
     rc, stdout, _ = cli(capsys, run_dir, *first_pngs, "--format", "csv")
     png_rows = read_csv(stdout)
-    for key, array in {"x": x, "images": x[..., None], "x_test": x}.items():
+    # every layout an npz:PATH dataset accepts, N x C x H x W included
+    for key, array in {"x": x, "images": x[..., None], "x_test": x[:, None]}.items():
         path = tmp_path / f"{key}.npz"
         np.savez(path, **{key: array, "y": np.zeros(len(x))})
         rc, stdout, _ = cli(capsys, run_dir, path, "--format", "csv")
@@ -323,6 +348,15 @@ def test_cli_counts_images_on_a_terminal_only(capsys, request, run_dir, pngs):
     code, out, _ = cli(capsys, run_dir, *files, "--format", "csv")
     assert code == 0 and out == plain_out  # the bar goes to stderr, the rows are unchanged
     assert "predicting" in terminal.getvalue() and "img" in terminal.getvalue()
+
+
+def test_load_refuses_bad_arguments_with_one_clear_error(run_dir, tmp_path):
+    with pytest.raises(UnseenError, match="batch_size must be a whole number of at least 1"):
+        load(run_dir, batch_size=0)
+    with pytest.raises(UnseenError, match="device 'tpu' is not known; choose one of"):
+        load(run_dir, device="tpu")
+    with pytest.raises(UnseenError, match="is a file, not a folder; give the run folder"):
+        load(run_dir / "model.pt")
 
 
 def test_unseen_load_is_the_lazy_entry_point(run_dir):

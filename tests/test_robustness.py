@@ -299,6 +299,34 @@ def test_resume_refuses_other_options(reference, tmp_path, capsys):
     assert "out" not in line.split("differ")[1].split(";")[0]
 
 
+def test_resume_names_the_option_not_what_was_derived_from_it(reference, tmp_path, capsys):
+    unfinished = tmp_path / "run"
+    shutil.copytree(reference, unfinished)
+    (unfinished / "run.json").unlink()
+    # --augment strong: named, without the derived augmentation parameters
+    code, _, err = cli(capsys, "run", "--resume", "--out", str(unfinished), "--augment",
+                       "strong", "--quiet")  # fmt: skip
+    line = one_line_error(err)
+    assert code == 2 and 'augment: "standard" -> "strong"' in line
+    assert "augmentation" not in line and len(line) < 300
+    # another dataset: named as such, not as a class name the other dataset lacks
+    code, _, err = cli(capsys, "run", "--resume", "--out", str(unfinished), "--dataset",
+                       "npz:/nowhere.npz", "--quiet")  # fmt: skip
+    line = one_line_error(err)
+    assert code == 2 and 'dataset: "digits" -> "npz:/nowhere.npz"' in line
+
+
+def test_derived_differences_are_named_by_the_values_inside():
+    from unseen.checkpoint import check_same_config
+
+    saved = {"split": {"unseen_names": ["9"], "known": list(range(9))}, "lr": 0.1}
+    current = {"split": {"unseen_names": ["8"], "known": list(range(9))}, "lr": 0.1}
+    with pytest.raises(ConfigError) as info:
+        check_same_config(saved, current, Path("r"))
+    assert 'split.unseen_names: ["9"] -> ["8"]' in str(info.value)
+    assert "known" not in str(info.value)
+
+
 def test_config_differences_ignores_only_harmless_keys():
     saved = {"lr": 0.1, "out": "a", "holdout": ["9"], "resume": False, "epochs": 4}
     assert config_differences(saved, {**saved, "out": "b", "resume": True}) == []
@@ -676,7 +704,24 @@ def test_truncated_checkpoint(saved_checkpoint, tmp_path, capsys):
     (folder / CHECKPOINT_FILE).write_bytes(data[: len(data) // 3])
     code, _, err = cli(capsys, "run", "--resume", "--out", str(folder), "--quiet")
     assert code == 2
-    assert "could not be loaded as a weights-only PyTorch file" in one_line_error(err)
+    line = one_line_error(err)
+    assert "could not be loaded as a weights-only PyTorch file" in line
+    assert "it is truncated, damaged or not a PyTorch file" in line
+
+
+@pytest.mark.parametrize(
+    "content", [b"hello world\n", b"", bytes(range(256)), pickle.dumps({"a": 1}, protocol=4)]
+)
+def test_files_that_are_not_pytorch_files_are_named_so(tmp_path, content, recwarn):
+    # torch's own messages here: '101', 'pop from empty list', or advice to load unsafely
+    path = tmp_path / "x.pt"
+    path.write_bytes(content)
+    with pytest.raises(UnseenError) as info:
+        load_torch(path)
+    message = str(info.value)
+    assert "it is truncated, damaged or not a PyTorch file" in message
+    assert "weights_only" not in message and len(message.splitlines()) == 1
+    assert not [w for w in recwarn if "pickle protocol" in str(w.message)]  # stderr stays clean
 
 
 class _Payload:
@@ -700,7 +745,9 @@ def test_a_pickle_carrying_code_is_refused(saved_checkpoint, tmp_path, capsys):
     folder = _unfinished_with(tmp_path, saved, {**state, "model": _Payload(marker)})
     code, _, err = cli(capsys, "run", "--resume", "--out", str(folder), "--quiet")
     assert code == 2
-    assert "could not be loaded as a weights-only PyTorch file" in one_line_error(err)
+    line = one_line_error(err)
+    assert "could not be loaded as a weights-only PyTorch file" in line
+    assert "Python objects besides tensors, whose unpickling could run code" in line
     with pytest.raises(UnseenError):
         load_torch(folder / CHECKPOINT_FILE)
     assert not marker.exists()

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from .config import RESULT_NEUTRAL_KEYS
+from .config import FIELDS, RESULT_NEUTRAL_KEYS
 from .errors import ConfigError, Interrupted, UnseenError
 from .runfolder import FINISHED_FILE, _jsonable, is_finished, load_torch, read_json, save_torch
 
@@ -77,17 +77,39 @@ def config_differences(
     ]
 
 
+def _leaf_differences(key: str, a: Any, b: Any) -> list[tuple[str, Any, Any]]:
+    """``(dotted key, old, new)`` for each value that differs inside nested dicts."""
+    if isinstance(a, Mapping) and isinstance(b, Mapping):
+        out = []
+        for k in sorted(set(a) | set(b)):
+            missing = "absent"
+            out += _leaf_differences(f"{key}.{k}", a.get(k, missing), b.get(k, missing))
+        return out
+    return [] if _canonical(a) == _canonical(b) else [(key, a, b)]
+
+
+def _short(value: Any, limit: int = 60) -> str:
+    text = value if value == "absent" else _canonical(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def check_same_config(saved: Mapping[str, Any], current: Mapping[str, Any], where: Path) -> None:
-    """Refuse to resume when an option that changes results differs from the saved run."""
+    """Refuse to resume when an option that changes results differs from the saved run.
+
+    The message names the options that differ; what the run derived from them (the split,
+    the augmentation's parameters) only when no option does, and then by the values inside
+    that differ. Long values are shortened."""
     differing = config_differences(saved, current)
     if not differing:
         return
-
-    def show(mapping: Mapping[str, Any], key: str) -> str:
-        return _canonical(mapping[key]) if key in mapping else "absent"
-
-    detail = "; ".join(f"{k}: {show(saved, k)} -> {show(current, k)}" for k in differing[:6])
-    more = f" and {len(differing) - 6} more" if len(differing) > 6 else ""
+    options = [k for k in differing if k in FIELDS] or differing
+    leaves = [
+        leaf
+        for k in options
+        for leaf in _leaf_differences(k, saved.get(k, "absent"), current.get(k, "absent"))
+    ]
+    detail = "; ".join(f"{k}: {_short(a)} -> {_short(b)}" for k, a, b in leaves[:6])
+    more = f" and {len(leaves) - 6} more" if len(leaves) > 6 else ""
     raise ConfigError(
         f"cannot resume {where}: the options differ from the saved run in {detail}{more}; "
         "resume with the same options, or pass --overwrite to start again."

@@ -71,6 +71,15 @@ def _positive(v: float | int | None) -> str | None:
     return None if v is None or (v > 0 and _finite(v)) else "must be positive and finite"
 
 
+#: the largest --input-size: 1024 x 1024 images already take 4 MB each in float32
+MAX_INPUT_SIZE = 1024
+
+
+def _input_size(v: int | None) -> str | None:
+    ok = v is None or 1 <= v <= MAX_INPUT_SIZE
+    return None if ok else f"must be between 1 and {MAX_INPUT_SIZE} (pixels per side)"
+
+
 def _non_negative(v: float | int) -> str | None:
     return None if v >= 0 and _finite(v) else "must be zero or more, and finite"
 
@@ -376,7 +385,7 @@ class RunConfig:
         "(default auto: 4x up-sampling for ImageNet weights with the ImageNet stem on images of "
         "64 px or less, a run checkpoint's own size, otherwise none)",
         parse=parse_optional_int,
-        check=_positive,
+        check=_input_size,
         metavar="N",
         group="model",
     )

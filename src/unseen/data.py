@@ -128,11 +128,16 @@ def _dpkg_listed_dirs(package: str) -> list[Path]:
     return sorted({Path(p).parent for p in listing.split() if "idx" in Path(p).name})
 
 
-def _find_idx_dir(dirs: list[Path]) -> Path | None:
-    for d in dirs:
-        if all(_idx_file(d, stem) is not None for stem in _IDX_FILES.values()):
-            return d
-    return None
+def _first_labels(path: Path, n: int = 10) -> tuple[int, ...] | None:
+    """The first ``n`` labels of an IDX label file (plain or .gz), read without the rest;
+    None when the file is too short or unreadable (loading it then says why)."""
+    opener = gzip.open if path.suffix == ".gz" else open
+    try:
+        with opener(path, "rb") as fh:
+            head = fh.read(8 + n)  # 4 bytes magic, 4 bytes count, then one byte per label
+    except (OSError, EOFError):
+        return None
+    return tuple(head[8:]) if len(head) == 8 + n else None
 
 
 def _idx_file(folder: Path, stem: str) -> Path | None:
@@ -171,12 +176,39 @@ def _idx_loader(
     name: str, folder: str, classes: tuple[str, ...], debian: Path | None, how: str, flip_ok: bool
 ):
     def locate(root: str | None) -> str:
+        """The first candidate folder with all four files whose first labels are not those of
+        the other dataset (MNIST and Fashion-MNIST share file names), so that a folder of one
+        never hides the other further down the list."""
         dirs = _idx_candidates(root, folder, debian)
-        found = _find_idx_dir(dirs)
-        if found is None:
-            looked = ", ".join(str(d) for d in dirs)
-            raise DataError(f"{name} IDX files not found (looked in {looked}); {how}")
-        return str(found)
+        incomplete: list[tuple[Path, list[str]]] = []
+        other_found: tuple[Path, str] | None = None
+        for d in dirs:
+            files = {key: _idx_file(d, stem) for key, stem in _IDX_FILES.items()}
+            missing = [_IDX_FILES[k] for k, f in files.items() if f is None]
+            if len(missing) == len(files):
+                continue
+            if missing:
+                incomplete.append((d, missing))
+                continue
+            first = (_first_labels(files["y_train"]), _first_labels(files["y_test"]))
+            other = next((o for o, f in IDX_FINGERPRINTS.items() if o != name and f == first), None)
+            if other is None:
+                return str(d)
+            other_found = other_found or (d, other)
+        if other_found is not None:
+            d, other = other_found
+            raise DataError(
+                f"{d} holds the {other} files, not {name} (both use the same file names): use "
+                f"--dataset {other}, or a --data-root with the {name} files."
+            )
+        if incomplete:
+            d, missing = incomplete[0]
+            raise DataError(
+                f"{name} IDX files incomplete in {d}: {', '.join(missing)} (.gz or unpacked) "
+                f"missing; {how}"
+            )
+        looked = ", ".join(str(d) for d in dirs)
+        raise DataError(f"{name} IDX files not found (looked in {looked}); {how}")
 
     def load(root: str | None = None, download: bool = False) -> ImageData:
         folder_found = Path(locate(root))
@@ -197,13 +229,6 @@ def _idx_loader(
                     f"{label_file} has labels {lo}..{hi}, but {name} labels must lie in "
                     f"0..{len(classes) - 1}."
                 )
-        first = (tuple(t["y_train"][:10].tolist()), tuple(t["y_test"][:10].tolist()))
-        other = next((o for o, f in IDX_FINGERPRINTS.items() if o != name and f == first), None)
-        if other is not None:
-            raise DataError(
-                f"{folder_found} holds the {other} files, not {name} (both use the same file "
-                f"names): use --dataset {other}, or a --data-root with the {name} files."
-            )
         return ImageData(
             name=name,
             x_train=t["x_train"][:, None].contiguous(),
@@ -250,7 +275,23 @@ def _torchvision_source(name: str, flip_ok: bool) -> tuple[Callable, Callable]:
             return datasets.CIFAR100(root, train=train, download=download)
         return datasets.SVHN(root, split="train" if train else "test", download=download)
 
+    def files(root: str) -> list[Path]:
+        """The files torchvision reads for ``name`` (its own tables name them)."""
+        from torchvision import datasets
+
+        if name == "svhn":
+            return [Path(root) / datasets.SVHN.split_list[s][1] for s in ("train", "test")]
+        cls = datasets.CIFAR10 if name == "cifar10" else datasets.CIFAR100
+        base = Path(root) / cls.base_folder
+        return [base / f for f, _ in cls.train_list + cls.test_list] + [base / cls.meta["filename"]]
+
     def how(root: str) -> str:
+        if all(f.is_file() for f in files(root)):  # there, but torchvision refused them
+            return (
+                f"the {name} files in {root} are there but fail torchvision's integrity (MD5) "
+                "check: they are damaged or incomplete; replace them, or delete them and add "
+                "--download on a machine with internet."
+            )
         return (
             f"{name} not found in {root}; pass --data-root DIR holding torchvision's files for it, "
             "or add --download on a machine with internet."
@@ -488,6 +529,23 @@ def _folder_source(path: str) -> tuple[Callable, Callable]:
     return load, locate
 
 
+#: the image layouts an npz array may have, in words
+NPZ_LAYOUTS = "N x H x W, N x H x W x C or N x C x H x W with C = 1, 3 or 4"
+
+
+def npz_images_nchw(a: np.ndarray) -> np.ndarray | None:
+    """An npz image array as ``N x C x H x W``, from any of :data:`NPZ_LAYOUTS` (when both
+    the second and the last axis could be C, the last is); None for other shapes. The
+    ``npz:PATH`` source and ``unseen predict`` read npz files through this one rule."""
+    if a.ndim == 3:
+        return a[:, None]
+    if a.ndim == 4 and a.shape[3] in (1, 3, 4):
+        return np.moveaxis(a, 3, 1)
+    if a.ndim == 4 and a.shape[1] in (1, 3, 4):
+        return a
+    return None
+
+
 def _npz_source(path: str) -> tuple[Callable, Callable]:
     file = Path(path)
 
@@ -521,15 +579,9 @@ def _npz_source(path: str) -> tuple[Callable, Callable]:
         def images(a: np.ndarray, key: str) -> torch.Tensor:
             if a.dtype != np.uint8:
                 raise DataError(f"{key} in {file} must be uint8 images, not {a.dtype}.")
-            if a.ndim == 3:
-                a = a[:, None]
-            elif a.ndim == 4 and a.shape[3] in (1, 3, 4):
-                a = np.moveaxis(a, 3, 1)  # N x H x W x C (read so when both axes could be C)
-            elif not (a.ndim == 4 and a.shape[1] in (1, 3, 4)):  # else N x C x H x W already
-                raise DataError(
-                    f"{key} in {file} must be N x H x W, N x H x W x C or N x C x H x W "
-                    f"with C = 1, 3 or 4, not {a.shape}."
-                )
+            if (nchw := npz_images_nchw(a)) is None:
+                raise DataError(f"{key} in {file} must be {NPZ_LAYOUTS}, not {a.shape}.")
+            a = nchw
             if len(a) == 0:
                 raise DataError(f"{key} in {file} holds no images; both splits need some.")
             # alpha is dropped, as the folder source and `unseen predict` drop it

@@ -574,6 +574,12 @@ def _run_experiment(cfg: RunConfig, progress: bool, log: Callable[[str], None] |
     folder = "new"
     if cfg.out:
         folder = check_run_folder(Path(cfg.out), resume=cfg.resume, overwrite=cfg.overwrite)
+    if folder != "new" and (Path(cfg.out) / "config.json").is_file():
+        # another dataset: its class names would fail to resolve before the full check below
+        saved = read_json(Path(cfg.out) / "config.json")
+        if "dataset" in saved:
+            was, now = absolute_dataset(str(saved["dataset"])), absolute_dataset(cfg.dataset)
+            check_same_config({"dataset": was}, {"dataset": now}, Path(cfg.out))
     p = prepare(cfg)
     prepare_seconds = time.perf_counter() - started
     cfg = p.config

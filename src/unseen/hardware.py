@@ -12,7 +12,9 @@ from .threads import thread_budget
 
 
 def resolve_device(name: str = "auto") -> torch.device:
-    """The torch device for ``--device``."""
+    """The torch device for ``--device``: auto, cpu or cuda."""
+    if name not in ("auto", "cpu", "cuda"):
+        raise ConfigError(f"device {name!r} is not known; choose one of: auto, cpu, cuda.")
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     if name == "cuda" and not torch.cuda.is_available():

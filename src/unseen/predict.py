@@ -45,7 +45,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from .data import convert_channels, image_array, read_image_file, resize_images
+from .data import (
+    NPZ_LAYOUTS,
+    convert_channels,
+    image_array,
+    npz_images_nchw,
+    read_image_file,
+    resize_images,
+)
 from .errors import UnseenError
 from .evaluate import forward_pass
 from .models import Classifier, fold_batch_norm
@@ -83,6 +90,11 @@ def locate_run(run_dir: str | Path, head: str | None = None) -> Path:
     subfolder ``RUN/<head>/`` directly. Raises :class:`UnseenError` for unfinished runs.
     """
     path = Path(run_dir)
+    if path.is_file():
+        raise UnseenError(
+            f"run folder {path} is a file, not a folder; give the run folder "
+            f"(e.g. {path.parent}) first, then the images."
+        )
     if not path.is_dir():
         raise UnseenError(f"run folder {path} does not exist.")
     if (path / "model.pt").is_file() and not is_finished(path) and _is_head_folder(path):
@@ -611,9 +623,11 @@ def load(
     """
     from .hardware import resolve_device
 
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise UnseenError(f"batch_size must be a whole number of at least 1, not {batch_size!r}.")
+    dev = resolve_device(device)
     folder = locate_run(run_dir, head)
     ckpt = load_checkpoint(folder / "model.pt")
-    dev = resolve_device(device)
     if precision is None:
         precision = resolve_predict_precision(folder, dev)
     elif precision not in {"fp32", "bf16"}:
@@ -665,16 +679,16 @@ def _npz_items(path: Path) -> Iterator[Item]:
     except (zipfile.BadZipFile, OSError, EOFError, ValueError) as exc:
         yield Item(str(path), error=f"could not be read as an npz archive ({type(exc).__name__})")
         return
-    if array.ndim not in (3, 4) or (array.ndim == 4 and array.shape[-1] not in _CHANNEL_COUNTS):
+    if (nchw := npz_images_nchw(array)) is None:
         yield Item(
-            str(path),
-            error=f"npz array {key!r} has shape {array.shape}; expected N x H x W or N x H x W x C",
+            str(path), error=f"npz array {key!r} has shape {array.shape}; expected {NPZ_LAYOUTS}"
         )
         return
-    if array.ndim == 3:
-        array = array[..., None]
-    for i in range(len(array)):
-        yield Item(f"{path}[{i}]", array[i])
+    if len(nchw) == 0:
+        yield Item(str(path), error=f"npz array {key!r} holds no images")
+        return
+    for i in range(len(nchw)):
+        yield Item(f"{path}[{i}]", np.moveaxis(nchw[i], 0, -1))  # H x W x C, as decoded files
 
 
 def iter_inputs(inputs: Iterable[str | Path]) -> Iterator[Item]:
@@ -682,8 +696,12 @@ def iter_inputs(inputs: Iterable[str | Path]) -> Iterator[Item]:
     for raw in inputs:
         path = Path(raw)
         if path.is_dir():
-            files = sorted(
-                p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
+            files = sorted(  # hidden entries skipped, as in a folder:PATH dataset
+                p
+                for p in path.rglob("*")
+                if p.is_file()
+                and p.suffix.lower() in IMAGE_EXTENSIONS
+                and not any(part.startswith(".") for part in p.relative_to(path).parts)
             )
             if not files:
                 yield Item(

@@ -14,6 +14,7 @@ import json
 import math
 import os
 import tempfile
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import IO, Any
@@ -39,7 +40,10 @@ def atomic_write(path: str | Path, write: Callable[[IO[bytes]], None]) -> Path:
     """Call ``write(fh)`` on a temporary file beside ``path``, fsync it, then rename it into place."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:  # name the file asked for, not the temporary one
+        raise OSError(exc.errno, exc.strerror, str(path)) from None
     try:
         # mkstemp makes the file private (0600); give it the permissions open() would have
         os.chmod(tmp, 0o666 & ~_UMASK)
@@ -48,9 +52,11 @@ def atomic_write(path: str | Path, write: Callable[[IO[bytes]], None]) -> Path:
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
+        if isinstance(exc, OSError) and exc.filename == tmp:  # disk full while writing...
+            raise OSError(exc.errno, exc.strerror, str(path)) from None
         raise
     return path
 
@@ -115,11 +121,21 @@ def load_torch(path: str | Path, map_location: Any = "cpu") -> Any:
     if not path.is_file():
         raise UnseenError(f"{path} does not exist.")
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
+        with warnings.catch_warnings():  # a plain pickle: the error below says enough
+            warnings.filterwarnings("ignore", "Detected pickle protocol")
+            return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # UnpicklingError, RuntimeError for zip damage, EOFError...
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        # torch's own messages are long, advise turning the safety check off, or say nothing
+        # useful ("pop from empty list"): name the cause instead
+        if "GLOBAL" in str(exc):
+            why = (
+                "it holds Python objects besides tensors, whose unpickling could run code; "
+                "save a state dict of tensors instead"
+            )
+        else:
+            why = f"it is truncated, damaged or not a PyTorch file: {type(exc).__name__}"
         raise UnseenError(
-            f"{path} could not be loaded as a weights-only PyTorch file ({first[:200]})."
+            f"{path} could not be loaded as a weights-only PyTorch file ({why})."
         ) from None
 
 
