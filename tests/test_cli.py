@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -197,6 +198,25 @@ def test_output_cut_short_by_a_pipe_ends_quietly(tmp_path):
     proc.stdout.close()  # what head does after its line
     err = proc.stderr.read().decode()
     assert proc.wait() == 141 and "Traceback" not in err and "BrokenPipe" not in err
+
+
+def test_a_run_whose_reader_goes_away_still_finishes(tmp_path):
+    # `unseen run | head -1`: lines arrive as they are printed, and once the reader has gone
+    # the run drops its later lines instead of ending unfinished
+    out = tmp_path / "run"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "unseen", "run", "--epochs", "2", "--train-subset", "200",
+         "--out", str(out)],  # with the report: its line comes after the reader has gone
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        env={**os.environ, "UNSEEN_NUM_THREADS": "1"},
+    )  # fmt: skip
+    assert proc.stdout is not None and proc.stderr is not None
+    assert b"digits:" in proc.stdout.readline()
+    assert not (out / "run.json").exists()  # each line is flushed: progress shows in a pipe
+    proc.stdout.close()  # what head does after its line
+    err = proc.stderr.read().decode()
+    assert proc.wait() in (0, 141) and "Traceback" not in err
+    assert (out / "run.json").is_file() and (out / "metrics.json").is_file()
 
 
 def test_error_from_a_real_process_has_no_traceback():

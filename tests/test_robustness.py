@@ -433,6 +433,14 @@ def test_existing_run_folders(reference, tmp_path, capsys, monkeypatch):
     (other / "notes.txt").write_text("mine")
     code, _, err = cli(capsys, "run", *TINY_ARGS, "--out", str(other))
     assert code == 2 and "not a run folder" in one_line_error(err)
+    # --resume there is a typo in --out, not a run to continue: refused, nothing written
+    code, _, err = cli(capsys, "run", *TINY_ARGS, "--resume", "--out", str(other))
+    assert code == 2 and "holds other files but no run to continue" in one_line_error(err)
+    assert sorted(p.name for p in other.iterdir()) == ["notes.txt"]
+    # a temporary file a killed write left behind is not 'other files'
+    (other / "notes.txt").unlink()
+    (other / ".config.json.x1.tmp").write_text("{")
+    assert check_run_folder(other, resume=True, overwrite=False) == "resume"
 
     afile = tmp_path / "file"
     afile.write_text("x")

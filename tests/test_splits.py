@@ -54,6 +54,11 @@ def test_bad_splits_are_one_clear_error(kwargs, fragment):
         make_split(FASHION_CLASSES, **kwargs)
 
 
+def test_a_one_class_dataset_is_named_as_such():
+    with pytest.raises(ConfigError, match=r"the dataset has one class only \(cat\)"):
+        make_split(("cat",))
+
+
 def _toy(n_per_class=20, classes=4) -> ImageData:
     y = torch.arange(classes).repeat_interleave(n_per_class)
     x = torch.randint(0, 255, (len(y), 1, 4, 4), dtype=torch.uint8)

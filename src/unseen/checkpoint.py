@@ -151,6 +151,23 @@ RUN_FILES = (
 )  # fmt: skip
 
 
+def _run_folders(run_dir: Path) -> list[Path]:
+    """``run_dir`` and the subfolder of every head it has."""
+    from .heads import HEADS
+
+    return [run_dir] + [run_dir / h for h in HEADS if (run_dir / h).is_dir()]
+
+
+def holds_run_files(run_dir: Path) -> bool:
+    """Whether ``run_dir`` holds any file a run writes (finished or not), at the top or in
+    a head's subfolder."""
+    return any(
+        (folder / name).exists() or any(folder.glob("checkpoint*.pt"))
+        for folder in _run_folders(run_dir)
+        for name in RUN_FILES
+    )
+
+
 def clear_run_state(run_dir: Path) -> None:
     """Forget an earlier run in ``run_dir`` (for ``--overwrite``): every file a run writes
     (:data:`RUN_FILES`, ``plots/``, checkpoints), at the top and in the subfolder of every head
@@ -158,10 +175,7 @@ def clear_run_state(run_dir: Path) -> None:
     run would otherwise be what ``unseen predict`` loads. Files of the user's own are kept."""
     import shutil
 
-    from .heads import HEADS
-
-    folders = [run_dir] + [run_dir / h for h in HEADS if (run_dir / h).is_dir()]
-    for folder in folders:
+    for folder in _run_folders(run_dir):
         for name in RUN_FILES:
             (folder / name).unlink(missing_ok=True)
         for ckpt in folder.glob("checkpoint*.pt"):
@@ -186,6 +200,12 @@ def check_run_folder(run_dir: Path, *, resume: bool, overwrite: bool) -> str:
     if overwrite:  # the caller clears the old run once the options and data are known good
         return "new"
     finished = is_finished(run_dir)
+    if resume and not finished and not holds_run_files(run_dir):
+        if any(not p.name.startswith(".") for p in run_dir.iterdir()):  # not just a temp file
+            raise ConfigError(
+                f"--resume: {run_dir} holds other files but no run to continue; check --out, "
+                "or pass --overwrite instead to write a new run into it."
+            )
     if resume:
         return "finished" if finished else "resume"
     if finished:

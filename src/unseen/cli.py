@@ -105,11 +105,11 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from .console import heads_summary, run_summary, timing_line
+    from .console import heads_summary, progress_line, run_summary, timing_line
     from .experiment import run_experiment
 
     cfg = config_from_args(args)
-    result = run_experiment(cfg, progress=not args.quiet, log=None if args.quiet else print)
+    result = run_experiment(cfg, progress=not args.quiet, log=None if args.quiet else progress_line)
     heads = result.metrics["heads"] if "heads" in result.metrics else {cfg.head[0]: result.metrics}
     for head, metrics in heads.items():
         if len(heads) > 1:

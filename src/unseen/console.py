@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+import os
+import sys
 from collections.abc import Collection, Sequence
 from typing import Any
 
@@ -174,3 +176,14 @@ def image_bar(desc: str | None, total: int | None = None) -> Any:
 
     return tqdm(total=total, desc=desc, unit="img", unit_scale=True, leave=False,
                 disable=None if desc else True)  # fmt: skip
+
+
+def progress_line(message: str) -> None:
+    """Print a line of a long job's progress. When whoever reads stdout has gone
+    (``unseen run | head``), drop this and later output instead of stopping the job: a run
+    would otherwise end unfinished at its next line. (Short commands exit with 141.)"""
+    try:
+        print(message, flush=True)
+    except BrokenPipeError:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())

@@ -123,6 +123,11 @@ def make_split(
     if holdout is not None and known is not None:
         raise ConfigError("give --holdout or --known, not both.")
     n = len(classes)
+    if n < 2:
+        raise ConfigError(
+            f"the dataset has one class only ({', '.join(classes) or 'none'}); a run needs at "
+            "least two known classes, and a class to hold out."
+        )
     if known is not None:
         known_idx = resolve_classes(known, classes, "--known")
     else:

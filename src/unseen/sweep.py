@@ -957,7 +957,10 @@ def cmd_sweep(args) -> int:
         balances=args.compare_balance,
         jobs=args.jobs,
     )
-    say = None if args.quiet else print
+    from .console import progress_line
+
+    listing = args.dry_run or args.summary_only  # a listing cut short by a pipe exits 141
+    say = None if args.quiet else (print if listing else progress_line)
     result = run_sweep(
         base, opts, base.out, dry_run=args.dry_run, summary_only=args.summary_only, log=say
     )
