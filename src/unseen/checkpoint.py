@@ -200,12 +200,12 @@ def check_run_folder(run_dir: Path, *, resume: bool, overwrite: bool) -> str:
     if overwrite:  # the caller clears the old run once the options and data are known good
         return "new"
     finished = is_finished(run_dir)
-    if resume and not finished and not holds_run_files(run_dir):
-        if any(not p.name.startswith(".") for p in run_dir.iterdir()):  # not just a temp file
-            raise ConfigError(
-                f"--resume: {run_dir} holds other files but no run to continue; check --out, "
-                "or pass --overwrite instead to write a new run into it."
-            )
+    visible = any(not p.name.startswith(".") for p in run_dir.iterdir())  # not a temp file
+    if resume and not finished and visible and not holds_run_files(run_dir):
+        raise ConfigError(
+            f"--resume: {run_dir} holds other files but no run to continue; check --out, "
+            "or pass --overwrite instead to write a new run into it."
+        )
     if resume:
         return "finished" if finished else "resume"
     if finished:
