@@ -160,6 +160,15 @@ def test_features_are_stored_as_float16_only_when_they_fit():
     assert big.dtype == np.float32 and big[1] == 70000.0
 
 
+def test_names_the_font_cannot_draw_give_no_warnings(recwarn):
+    from matplotlib.figure import Figure
+
+    fig = Figure()
+    fig.add_subplot().set_title("猫 犬 鳥")  # one "Glyph ... missing" warning per character
+    assert plots.figure_png(fig)[:4] == b"\x89PNG"
+    assert not [w for w in recwarn if "missing from font" in str(w.message)]
+
+
 def test_tsne_runs_on_the_thread_budget(monkeypatch):
     """The report's t-SNE uses $UNSEEN_NUM_THREADS (or every core) OpenMP threads, not one."""
     import threadpoolctl
