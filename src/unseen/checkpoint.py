@@ -162,9 +162,8 @@ def holds_run_files(run_dir: Path) -> bool:
     """Whether ``run_dir`` holds any file a run writes (finished or not), at the top or in
     a head's subfolder."""
     return any(
-        (folder / name).exists() or any(folder.glob("checkpoint*.pt"))
+        any((folder / name).exists() for name in RUN_FILES) or any(folder.glob("checkpoint*.pt"))
         for folder in _run_folders(run_dir)
-        for name in RUN_FILES
     )
 
 
@@ -603,6 +602,7 @@ def diverged(
             else "; no checkpoint had been saved yet"
         )
     return TrainingDiverged(
-        f"training diverged: {what}; lower the learning rate (--lr {lr:g} now, try --lr {lr / 10:g}) and start "
-        f"again{' with --overwrite' if checkpoint is not None else ''}{kept}."
+        f"training diverged: {what}; lower the learning rate (--lr {lr:g} now, try "
+        f"--lr {lr / 10:g}) and start again{' with --overwrite' if checkpoint is not None else ''}"
+        f"{kept}."
     )

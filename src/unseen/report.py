@@ -304,8 +304,9 @@ def _draw_head_figures(
             "ROC curves",
             "Each curve sweeps one score's threshold: known images accepted (up) against unseen "
             "images accepted (right). The dashed line is 95% of known images accepted: where it "
-            "crosses a curve is about that score's FPR@95TPR (the table's figure is exact: where "
-            "tied scores make a straight segment of the curve, it can be higher). Higher and further left is better.",
+            "crosses a curve is about that score's FPR@95TPR (the table's figure is exact: "
+            "where tied scores make a straight segment of the curve, it can be higher). Higher "
+            "and further left is better.",
             lambda: plots.roc_figure(
                 {n: a[f"score_{n}"] for n in score_names if f"score_{n}" in a}, ~is_unseen
             ),
