@@ -256,6 +256,14 @@ def test_pt_safetensors_and_module_prefix(tmp_path):
     report = apply_pretrained(model, load_weights_file(st))
     assert torch.equal(model.backbone.net.layer4[0].conv1.weight, state["layer4.0.conv1.weight"])
     assert not report.mismatched
+    # saved from nn.DataParallel: the prefix is dropped from safetensors files too
+    st_module = tmp_path / "module.safetensors"
+    safetensors.save_file({f"module.{k}": v.contiguous() for k, v in state.items()}, str(st_module))
+    assert "conv1.weight" in load_weights_file(st_module).state_dict
+    ensemble = tmp_path / "ensemble.safetensors"
+    safetensors.save_file({"members.0.head.weight": torch.zeros(1, 4)}, str(ensemble))
+    with pytest.raises(UnseenError, match="is an ovr-separate ensemble"):
+        load_weights_file(ensemble)
 
 
 def test_torchvision_weights_offline(tmp_path, monkeypatch, capsys):
@@ -335,6 +343,30 @@ def test_leakage_warnings():
     assert "unknown origin" in leakage_warning(_source(state), "digits", ["9"])
 
 
+def test_leakage_is_found_through_a_chain_of_runs():
+    # weights reach this run through an intermediate run: what any earlier step trained on
+    # counts, as model.pt's lineage records it
+    state = {"w": torch.zeros(1)}
+    base = {"kind": "run", "run": "runs/first", "dataset": "digits",
+            "known": [str(c) for c in range(9)]}  # fmt: skip
+    mid = _source(state, "run", config={"dataset": "digits"},
+                  split={"known_names": [str(c) for c in range(8)]}, lineage=[base])  # fmt: skip
+    warning = leakage_warning(mid, "digits", ["8", "9"])
+    assert "runs/first trained on digits class 8" in warning
+    assert "(reached this run through " in warning  # the direct source, named by its folder
+    assert leakage_warning(mid, "digits", ["9"]) is None  # nobody trained on 9
+    imagenet = _source(state, "run", config={"dataset": "digits"},
+                       split={"known_names": ["0", "1"]}, lineage=[{"kind": "torchvision"}])  # fmt: skip
+    assert "ImageNet-1k" in leakage_warning(imagenet, "digits", ["9"])
+    # a run from a version without lineage: its config's --pretrained is all there is
+    old = _source(state, "run", config={"dataset": "digits", "pretrained": "w.pt"},
+                  split={"known_names": ["0", "1"]})  # fmt: skip
+    assert "w.pt of unknown origin" in leakage_warning(old, "digits", ["9"])
+    old_tv = _source(state, "run", config={"dataset": "digits", "pretrained": "torchvision"},
+                     split={"known_names": ["0", "1"]})  # fmt: skip
+    assert "ImageNet-1k" in leakage_warning(old_tv, "digits", ["9"])
+
+
 # ----------------------------------------------------------------------------- end to end
 
 
@@ -352,6 +384,15 @@ def test_pretrain_then_fine_tune_via_cli(tmp_path, capsys):
     metrics = json.loads((ft / "metrics.json").read_text())
     assert metrics["pretrained_on"].startswith(f"run: {pre} (dataset digits, known classes 0, 1")
     assert metrics["pretrained_warning"] is None  # 9 was held out of pretraining too
+    # a third run holding 8 out, started from ft, which trained on 8: warned; and ft's
+    # model.pt records what its own starting weights (pre) were trained on
+    third = tmp_path / "third"
+    assert main(["run", "--out", str(third), "--holdout", "8,9", "--pretrained", str(ft),
+                 *common]) == 0  # fmt: skip
+    warning = json.loads((third / "metrics.json").read_text())["pretrained_warning"]
+    assert f"the pretrained run {ft} trained on digits class 8" in warning
+    lineage = torch.load(ft / "model.pt", weights_only=True)["lineage"]
+    assert lineage[0]["run"] == str(pre) and lineage[0]["known"][:2] == ["0", "1"]
     assert metrics["pretrained_weights"]["head_replaced"] == [
         "head.weight (8, 64)",
         "head.bias (8,)",
@@ -383,6 +424,11 @@ def test_freezing_a_backbone_the_weights_do_not_fully_fit_is_refused():
         refuse_frozen_fresh_weights(small, apply_pretrained(small, _source(state)))
     same = create_model("resnet18", 3, 4, 32, stem="imagenet")  # everything fits: a probe is fine
     refuse_frozen_fresh_weights(same, apply_pretrained(same, _source(state)))
+    # parameters only: frozen batch norms would keep mean 0 and variance 1
+    params_only = {k: v for k, v in state.items() if "running_" not in k and "num_batches" not in k}
+    net = create_model("resnet18", 3, 4, 32, stem="imagenet")
+    with pytest.raises(ConfigError, match=r"backbone weights .*running_(mean|var)"):
+        refuse_frozen_fresh_weights(net, apply_pretrained(net, _source(params_only)))
 
 
 def test_multi_head_and_ensemble_run_folders_get_their_own_error(tmp_path):

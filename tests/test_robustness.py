@@ -224,6 +224,29 @@ def test_a_run_from_pretrained_weights_resumes(reference, tmp_path, monkeypatch)
     assert_same_results(whole, out)
 
 
+def test_multi_head_run_from_pretrained_weights_records_each_head_s_fit_and_resumes(
+    reference, tmp_path, monkeypatch
+):
+    # each head's network fits the weights its own way (ovr-separate: nine one-output
+    # networks); a head's files record its own fit, and --resume in the second head works
+    out = tmp_path / "run"
+    heads = ("ovr-separate", "softmax")
+    interrupt_at(monkeypatch, 9 * 32 + 10)  # ovr-separate's 9 networks x 32 polls, then softmax
+    with pytest.raises(Interrupted):
+        run(out, head=heads, pretrained=str(reference), epochs=4)
+    monkeypatch.undo()
+    os.environ["UNSEEN_NUM_THREADS"] = "1"
+    assert is_finished(out / "ovr-separate") and not is_finished(out / "softmax")
+    run(out, head=heads, pretrained=str(reference), resume=True)
+    top = json.loads((out / "config.json").read_text())["pretrained_weights"]
+    assert top["softmax"]["new_head"] == "64 -> 9 classes"
+    assert top["ovr-separate"]["new_head"] == "64 -> 1 classes in each of 9 networks"
+    for head in heads:
+        own = json.loads((out / head / "config.json").read_text())["pretrained_weights"]
+        assert own == top[head]
+        assert json.loads((out / head / "metrics.json").read_text())["pretrained_weights"] == own
+
+
 def test_relative_pretrained_path_resumes_from_another_directory(
     reference, tmp_path, capsys, monkeypatch
 ):

@@ -15,7 +15,7 @@ import functools
 import math
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -48,6 +48,7 @@ from .pretrained import (
     PretrainedSource,
     apply_pretrained,
     leakage_warning,
+    lineage,
     resolve_model_settings,
     resolve_pretrained,
 )
@@ -117,7 +118,8 @@ class Prepared:
     rare: list[tuple[int, float]] = field(default_factory=list)
     #: ``--pretrained`` weights as loaded (issue 4), and how they fitted the network
     pretrained: PretrainedSource | None = None
-    load_report: LoadReport | None = None
+    #: per head (``build_model`` fills it): how the weights fitted that head's network
+    load_reports: dict[str, LoadReport] = field(default_factory=dict)
 
 
 def half_if_it_fits(x: np.ndarray) -> np.ndarray:
@@ -216,14 +218,17 @@ def build_model(p: Prepared, head: str) -> Classifier:
     )
     model.set_normalization(*channel_stats(p.split_data.x_train))
     classifiers = [m for m in model.modules() if isinstance(m, Classifier)]
-    for net in classifiers:
+    for net in classifiers:  # one, or one per class for ovr-separate
         net.input_size = cfg.input_size
-        if p.pretrained is not None:
-            p.load_report = apply_pretrained(net, p.pretrained)
+        report = apply_pretrained(net, p.pretrained) if p.pretrained is not None else None
         if cfg.freeze_backbone:
-            if p.load_report is not None:
-                refuse_frozen_fresh_weights(net, p.load_report)
+            if report is not None:
+                refuse_frozen_fresh_weights(net, report)
             net.freeze_backbone()
+        if report is not None:
+            if len(classifiers) > 1:
+                report.new_head += f" in each of {len(classifiers)} networks"
+            p.load_reports[head] = report
     return model
 
 
@@ -232,13 +237,21 @@ def refuse_frozen_fresh_weights(net: Classifier, report: LoadReport) -> None:
     provide: they would stay at their random start (e.g. the first conv of ``--stem small``
     under ImageNet weights), under batch-norm statistics computed for other features."""
     params = {name for name, _ in net.backbone.named_parameters(prefix="backbone")}
-    fresh = [k for k in report.missing if k in params]
+    # batch-norm statistics too: frozen at their start (mean 0, variance 1), they would not
+    # normalise the loaded weights' features
+    stats = {
+        name
+        for name, _ in net.backbone.named_buffers(prefix="backbone")
+        if name.endswith(("running_mean", "running_var"))
+    }
+    fresh = [k for k in report.missing if k in params or k in stats]
     if fresh:
         more = f" and {len(fresh) - 2} more" if len(fresh) > 2 else ""
         raise ConfigError(
-            f"--freeze-backbone would keep {len(fresh)} backbone weights that the pretrained "
-            f"weights do not fit at their random start ({', '.join(fresh[:2])}{more}); drop "
-            "--freeze-backbone to train them, or use a --stem/--model that matches the weights."
+            f"--freeze-backbone would keep {len(fresh)} backbone weights (or batch-norm "
+            f"statistics) that the pretrained weights do not provide at their initial values "
+            f"({', '.join(fresh[:2])}{more}); drop --freeze-backbone to train them, or use "
+            "weights, a --stem and a --model that provide them."
         )
 
 
@@ -441,7 +454,7 @@ def run_head(
             p.rare, p.split.classes, p.split.known, sd.y_train.numpy(),
             sd.y_test_original.numpy(), HEADS[head].predict(test.logits).cpu().numpy(), test_scores,
         )  # fmt: skip
-    metrics.update(pretrained_metrics(p))
+    metrics.update(pretrained_metrics(p, head))
     metrics.update(
         head=head,
         model=cfg.model,
@@ -469,17 +482,23 @@ def run_head(
     return metrics
 
 
-def config_extras(p: Prepared) -> dict:
-    """config.json entries beyond the options: the resolved augmentation and weight loading."""
+def weights_record(p: Prepared, heads: Sequence[str]) -> dict | None:
+    """How the pretrained weights fitted: the head's report, or one per head for several."""
+    reports = {h: p.load_reports[h].to_dict() for h in heads if h in p.load_reports}
+    if not reports:
+        return None
+    return reports[heads[0]] if len(heads) == 1 else reports
+
+
+def config_extras(p: Prepared, heads: Sequence[str]) -> dict:
+    """config.json entries beyond the options: the resolved augmentation and how the
+    pretrained weights fitted the network of each of ``heads``."""
     cfg = p.config
     spec = make_augment_spec(cfg.augment, p.data.image_size[0], p.data.flip_ok, cfg.flip)
-    return {
-        "augmentation": spec.to_dict(),
-        "pretrained_weights": p.load_report.to_dict() if p.load_report is not None else None,
-    }
+    return {"augmentation": spec.to_dict(), "pretrained_weights": weights_record(p, heads)}
 
 
-def pretrained_metrics(p: Prepared) -> dict:
+def pretrained_metrics(p: Prepared, head: str) -> dict:
     """metrics.json entries of issue 4: augmentation, and where the weights came from."""
     cfg = p.config
     src = p.pretrained
@@ -489,7 +508,7 @@ def pretrained_metrics(p: Prepared) -> dict:
         "pretrained_warning": (
             leakage_warning(src, cfg.dataset, p.split.unseen_names) if src is not None else None
         ),
-        "pretrained_weights": p.load_report.to_dict() if p.load_report is not None else None,
+        "pretrained_weights": weights_record(p, [head]),
         "freeze_backbone": cfg.freeze_backbone,
         "input_size": cfg.input_size,
     }
@@ -533,6 +552,8 @@ def checkpoint_payload(p: Prepared, head: str, model: Classifier) -> dict:
         "input_size": p.config.input_size,
         "num_classes": p.split.num_known,
         "split": p.split.to_dict(),
+        # what the starting weights were trained on, for the leakage check of later runs
+        "lineage": lineage(p.pretrained) if p.pretrained is not None else [],
     }
 
 
@@ -585,10 +606,11 @@ def _run_experiment(cfg: RunConfig, progress: bool, log: Callable[[str], None] |
     cfg = p.config
     run_dir = Path(cfg.out) if cfg.out else default_run_dir(cfg.dataset, p.split.unseen_names)
     sd = p.split_data
-    if p.pretrained is not None:  # fit the weights once: config.json records how they fitted
-        build_model(p, cfg.head[0])
+    if p.pretrained is not None:  # fit the weights to each head's network: config.json says how
+        for head in cfg.head:
+            build_model(p, head)
     if folder != "new" and (run_dir / "config.json").is_file():
-        current = {**cfg.to_dict(), "split": p.split.to_dict(), **config_extras(p)}
+        current = {**cfg.to_dict(), "split": p.split.to_dict(), **config_extras(p, cfg.head)}
         check_same_config(read_json(run_dir / "config.json"), current, run_dir)
     if folder == "finished":
         say(f"{run_dir} holds a finished run with these options; nothing to resume.")
@@ -606,15 +628,16 @@ def _run_experiment(cfg: RunConfig, progress: bool, log: Callable[[str], None] |
         f"{cfg.model}, {cfg.epochs} epochs on {describe_device(p.device)}, {p.precision}; run folder {run_dir}"
     )
     if p.pretrained is not None:
-        for line in p.load_report.lines() if p.load_report is not None else []:
-            say(line)
+        for head, report in p.load_reports.items():
+            for line in report.lines():
+                say(f"head {head}: {line}" if len(cfg.head) > 1 else line)
         if warning := leakage_warning(p.pretrained, cfg.dataset, p.split.unseen_names):
             say(f"warning: {warning}")
     if cfg.freeze_backbone and p.pretrained is None:
         say("note: --freeze-backbone without --pretrained trains a head on random features")
     write_json(
         run_dir / "config.json",
-        {**cfg.to_dict(), "split": p.split.to_dict(), **config_extras(p)},
+        {**cfg.to_dict(), "split": p.split.to_dict(), **config_extras(p, cfg.head)},
     )
     per_head = {}
     checkpoints: list[Checkpointing] = []
@@ -627,13 +650,13 @@ def _run_experiment(cfg: RunConfig, progress: bool, log: Callable[[str], None] |
                 {
                     **cfg.replace(head=(head,)).to_dict(),
                     "split": p.split.to_dict(),
-                    **config_extras(p),
+                    **config_extras(p, [head]),
                 },
             )
         head_cfg = {**cfg.replace(head=(head,)).to_dict(), "split": p.split.to_dict()}
         checkpoint = Checkpointing(
             head_dir / CHECKPOINT_FILE,
-            {**head_cfg, **config_extras(p)},
+            {**head_cfg, **config_extras(p, [head])},
             resume=cfg.resume,
             resume_hint=f"unseen run --resume --out {run_dir}",
             every=cfg.checkpoint_every,

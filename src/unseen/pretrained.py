@@ -222,12 +222,12 @@ def load_weights_file(path: Path) -> PretrainedSource:
                 f"reading {path} needs the safetensors package; pip install safetensors."
             ) from None
         try:
-            state = load_file(str(path), device="cpu")
+            obj: Any = load_file(str(path), device="cpu")
         except Exception as exc:
             raise UnseenError(f"{path} is not a valid safetensors file ({exc}).") from None
-        return PretrainedSource(spec, "file", path, state, f"file: {path}")
-    obj = load_torch(path)
-    state = _state_dict_of(obj, path)
+    else:
+        obj = load_torch(path)
+    state = _state_dict_of(obj, path)  # a `module.` prefix is dropped from either kind
     if any(k.startswith("members.") for k in state):
         raise UnseenError(
             f"--pretrained {spec} is an ovr-separate ensemble of one network per class; its "
@@ -376,40 +376,80 @@ def apply_pretrained(model: nn.Module, source: PretrainedSource) -> LoadReport:
 # ----------------------------------------------------------------------------- leakage
 
 
+def lineage(source: PretrainedSource) -> list[dict[str, Any]]:
+    """Everything the weights of ``source`` were trained on, nearest first: the source run
+    itself (dataset, known classes), then what that run started from, recursively, as each
+    run's ``model.pt`` records it (``lineage``). Entries: ``{"kind": "run", "run",
+    "dataset", "known"}``, ``{"kind": "torchvision"}``, ``{"kind": "file", "path"}``, and
+    ``{"kind": "unrecorded", "spec"}`` for a run from a version that did not record it."""
+    if source.kind == TORCHVISION:
+        return [{"kind": TORCHVISION}]
+    if source.kind != "run":
+        return [{"kind": "file", "path": str(source.path)}]
+    config = source.checkpoint.get("config") or {}
+    split = source.checkpoint.get("split") or {}
+    run = source.path.parent if source.path is not None else source.spec
+    own = {"kind": "run", "run": str(run), "dataset": config.get("dataset"),
+           "known": [str(c) for c in split.get("known_names") or []]}  # fmt: skip
+    earlier = source.checkpoint.get("lineage")
+    if earlier is None:  # a run from a version that did not record it: what its config says
+        spec = config.get("pretrained")
+        if not spec:
+            earlier = []
+        elif str(spec).lower() == TORCHVISION:
+            earlier = [{"kind": TORCHVISION}]
+        else:
+            earlier = [{"kind": "unrecorded", "spec": str(spec)}]
+    return [own, *earlier]
+
+
 def leakage_warning(source: PretrainedSource, dataset: str, unseen_names: list[str]) -> str | None:
     """Why the held-out classes may not be unseen by a model started from ``source``.
 
-    Returns None only when the source is one of our runs on the same dataset whose known
-    classes exclude every class this run holds out.
+    Every step of the weights' :func:`lineage` is checked, so a class (or ImageNet) that
+    reached them through an intermediate run is found too. Returns None only when every step
+    is one of our runs on the same dataset whose known classes exclude every class this run
+    holds out. The most serious reason is given: a held-out class trained on, then ImageNet,
+    then weights of unrecorded origin, then another dataset.
     """
     held = ", ".join(unseen_names) or "none"
-    if source.kind == TORCHVISION:
-        return (
-            f"weights pretrained on ImageNet-1k (1.28 million images of 1,000 classes) may have "
-            f"seen images like the held-out classes ({held}), so they are not truly unseen; "
-            "compare with a run without --pretrained."
-        )
-    if source.kind == "run":
-        config = source.checkpoint.get("config") or {}
-        split = source.checkpoint.get("split") or {}
-        their_dataset = config.get("dataset")
-        their_known = [str(c) for c in split.get("known_names") or []]
-        if their_dataset == dataset:
-            leaked = [c for c in unseen_names if c in their_known]
+    steps = lineage(source)
+
+    def via(i: int) -> str:  # how the weights got here from step i
+        if i == 0:
+            return ""
+        runs = [str(s["run"]) for s in steps[:i] if s["kind"] == "run"]
+        return f" (reached this run through {', '.join(runs)})" if runs else ""
+
+    for i, step in enumerate(steps):
+        if step["kind"] == "run" and step["dataset"] == dataset:
+            leaked = [c for c in unseen_names if c in step["known"]]
             if leaked:
-                run = source.path.parent if source.path is not None else source.spec
                 which = "class" if len(leaked) == 1 else "classes"
                 return (
-                    f"the pretrained run {run} trained on {dataset} {which} {', '.join(leaked)}, "
-                    "which this run holds out: not unseen by this model, so its unseen-class "
-                    "figures are not a held-out evaluation."
+                    f"the pretrained run {step['run']} trained on {dataset} {which} "
+                    f"{', '.join(leaked)}{via(i)}, which this run holds out: not unseen by this "
+                    "model, so its unseen-class figures are not a held-out evaluation."
                 )
-            return None
-        return (
-            f"weights pretrained on {their_dataset} (classes {', '.join(their_known)}): check that "
-            f"they include nothing like the held-out classes ({held}) before reading them as unseen."
-        )
-    return (
-        f"weights from {source.path} of unknown origin may have been trained on images like the "
-        f"held-out classes ({held}); check before reading them as unseen."
-    )
+    for i, step in enumerate(steps):
+        if step["kind"] == TORCHVISION:
+            return (
+                f"weights pretrained on ImageNet-1k (1.28 million images of 1,000 classes){via(i)} "
+                f"may have seen images like the held-out classes ({held}), so they are not truly "
+                "unseen; compare with a run without --pretrained."
+            )
+    for i, step in enumerate(steps):
+        if step["kind"] in ("file", "unrecorded"):
+            origin = step.get("path") or step.get("spec")
+            return (
+                f"weights from {origin} of unknown origin{via(i)} may have been trained on "
+                f"images like the held-out classes ({held}); check before reading them as unseen."
+            )
+    for i, step in enumerate(steps):
+        if step["kind"] == "run" and step["dataset"] != dataset:
+            return (
+                f"weights pretrained on {step['dataset']} (classes {', '.join(step['known'])})"
+                f"{via(i)}: check that they include nothing like the held-out classes ({held}) "
+                "before reading them as unseen."
+            )
+    return None
