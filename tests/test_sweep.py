@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -741,3 +744,69 @@ def test_parallel_jobs(tmp_path):
     )
     assert [o.status for o in result.outcomes] == ["finished", "finished"]
     assert all(is_finished(r.run_dir) for r in result.runs)
+
+
+def _jobs_sweep_started(out: Path) -> tuple[subprocess.Popen, list[int]]:
+    """A ``--jobs 2`` loo sweep of long runs, once both workers train; and its children."""
+    env = {k: v for k, v in os.environ.items() if k != "UNSEEN_NUM_THREADS"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "unseen", "sweep", "--protocol", "loo", "--jobs", "2",
+         "--epochs", "3000", "--train-subset", "300", "--no-report", "--out", str(out)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
+    )  # fmt: skip
+    deadline = time.monotonic() + 120
+    while len(list(out.glob("runs/*/config.json"))) < 2 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    time.sleep(1.0)  # both in their first epochs
+    children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
+    workers = [int(c) for c in children
+               if "resource_tracker" not in Path(f"/proc/{c}/cmdline").read_text()]  # fmt: skip
+    return proc, workers
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="reads /proc (Linux)")
+@pytest.mark.parametrize("how", ["SIGTERM", "SIGINT", "SIGKILL"])
+def test_a_jobs_sweep_stopped_by_a_signal_leaves_no_worker_behind(tmp_path, how):
+    # the two runs in progress checkpoint and stop; no queued run starts; no worker outlives
+    # the sweep (after kill -9 of the main process, they notice it is gone)
+    out = tmp_path / "sw"
+    proc, workers = _jobs_sweep_started(out)
+    assert len(workers) == 2
+    proc.send_signal(getattr(signal, how))
+    _, err = proc.communicate(timeout=60)
+    expected = {"SIGTERM": 143, "SIGINT": 130, "SIGKILL": -9}[how]
+    assert proc.returncode == expected, err
+    if how == "SIGTERM":
+        assert b"run the same `unseen sweep` command again" in err
+    assert b"Traceback" not in err
+    deadline = time.monotonic() + 20
+    while any(_alive(w) for w in workers) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not any(_alive(w) for w in workers)
+    assert len(list(out.glob("runs/*/config.json"))) == 2  # no queued run was started
+    assert len(list(out.glob("runs/*/checkpoint.pt"))) == 2  # each stopped run can resume
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="reads /proc (Linux)")
+def test_a_killed_jobs_worker_fails_its_runs_instead_of_the_sweep(tmp_path):
+    out = tmp_path / "sw"
+    proc, workers = _jobs_sweep_started(out)
+    os.kill(workers[0], signal.SIGKILL)  # what the out-of-memory killer does
+    stdout, err = proc.communicate(timeout=60)
+    assert proc.returncode == 1 and b"Traceback" not in err
+    assert "FAILED: a worker process died" in stdout.decode()
+    summary = json.loads((out / "summary.json").read_text())
+    errors = [r["error"] for r in summary["runs_failed"]]
+    assert summary["runs_finished"] == 0 and len(errors) == 10
+    assert errors.count(sweep.WORKER_DIED) == 2  # the two runs in progress
+    assert errors.count(sweep.NOT_RUN) == 8
+    assert not _alive(workers[1])

@@ -275,17 +275,23 @@ def load_weights(model: torch.nn.Module, state: Any, source: str | Path) -> None
 # ----------------------------------------------------------------------------- signals
 
 
+#: a stop asked for outside training (set by a ``unseen sweep --jobs`` worker's signal
+#: handler): training that starts afterwards stops at its first step, with a checkpoint
+PENDING_STOP: int | None = None
+
+
 class StopSignal:
     """While active, SIGINT and SIGTERM only record that a stop was asked for.
 
     The training loop polls :attr:`requested` at safe points. The first signal re-installs
     the previous handlers, so a second Ctrl-C or SIGTERM stops the process at once. Outside
-    the main thread (where Python cannot install handlers) this does nothing.
+    the main thread (where Python cannot install handlers) this does nothing. A
+    :data:`PENDING_STOP` counts as a signal received.
     """
 
     def __init__(self, enabled: bool = True):
         self.enabled = enabled and threading.current_thread() is threading.main_thread()
-        self.requested: int | None = None
+        self.requested: int | None = PENDING_STOP
         self._previous: dict[int, Any] = {}
 
     def _handle(self, signum: int, frame: Any) -> None:

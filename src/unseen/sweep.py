@@ -34,6 +34,7 @@ known class, and AUROC takes known images as positives.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import itertools
 import json
@@ -42,7 +43,7 @@ import os
 import re
 import time
 import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -397,13 +398,70 @@ class RunOutcome:
     error: str | None = None
 
 
+# ----------------------------------------------------------------------------- --jobs workers
+
+#: in a ``--jobs`` worker: the sweep is stopping (a signal came, or the main process is
+#: gone), so the worker takes no further run
+_STOPPING = False
+#: in a ``--jobs`` worker: a run is in progress
+_RUNNING = False
+#: this process is a ``--jobs`` worker (set by its initializer)
+_IN_WORKER = False
+
+
+def _worker_signal(signum: int, frame: Any) -> None:
+    """SIGINT/SIGTERM in a worker outside training (training catches them itself): take no
+    further run, and let training that starts in the current run stop at its first step."""
+    from . import checkpoint
+
+    global _STOPPING
+    _STOPPING = True
+    checkpoint.PENDING_STOP = signum
+
+
+def _watch_parent(parent: int) -> None:
+    """Stop this worker once the sweep's main process is gone (``kill -9``): stop the current
+    run as SIGTERM would (it checkpoints), then exit instead of waiting for work forever."""
+    import signal
+
+    while os.getppid() == parent:
+        time.sleep(1.0)
+    os.kill(os.getpid(), signal.SIGTERM)
+    while _RUNNING:
+        time.sleep(0.2)
+    os._exit(143)
+
+
+def _init_worker(parent: int) -> None:
+    import signal
+    import threading
+
+    global _IN_WORKER
+    _IN_WORKER = True
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, _worker_signal)
+    threading.Thread(target=_watch_parent, args=(parent,), daemon=True).start()
+
+
 def _run_one(cfg: RunConfig, threads: int | None = None) -> tuple[float, str | None]:
     """Run one configuration (in this process or a worker); return (seconds, error or None).
 
     A failure writes ``error.txt`` (with the traceback) into the run folder.
     """
+    global _RUNNING
+    if _STOPPING:  # a worker of a sweep that is stopping
+        raise RunInterrupted("not started: the sweep is stopping", 130)
+    _RUNNING = True
+    try:
+        return _run_one_now(cfg, threads)
+    finally:
+        _RUNNING = False
+
+
+def _run_one_now(cfg: RunConfig, threads: int | None) -> tuple[float, str | None]:
     from . import experiment
 
+    global _STOPPING
     if threads is not None:
         import torch
 
@@ -419,6 +477,7 @@ def _run_one(cfg: RunConfig, threads: int | None = None) -> tuple[float, str | N
     try:
         experiment.run_experiment(cfg, progress=False, log=None)
     except Interrupted as exc:  # Ctrl-C or SIGTERM (checkpoint saved): stop the whole sweep
+        _STOPPING = _IN_WORKER  # a worker takes no further run
         raise RunInterrupted(str(exc), exc.exit_code) from None
     except Exception as exc:  # one failed run must not stop the sweep
         detail = str(exc) if isinstance(exc, UnseenError) else f"{type(exc).__name__}: {exc}"
@@ -463,13 +522,11 @@ def run_plan(
             outcomes[i] = RunOutcome(run, "failed", seconds, error)
             say(f"[{done}/{total}] {run.run_dir.name}: FAILED: {error}")
 
+    again = "the sweep stopped: run the same `unseen sweep` command again to continue it"
     try:
         _run_todo(runs, todo, jobs, report)
     except Interrupted as exc:
-        raise Interrupted(
-            f"{exc}; the sweep stopped: run the same `unseen sweep` command again to continue it",
-            exc.exit_code,
-        ) from None
+        raise Interrupted(f"{exc}; {again}", exc.exit_code) from None
     return [outcomes[i] for i in range(total)]
 
 
@@ -485,21 +542,71 @@ def _run_todo(
     else:
         import multiprocessing
         from concurrent.futures import ProcessPoolExecutor, as_completed
+        from concurrent.futures.process import BrokenProcessPool
 
         from .threads import available_cores
 
         threads = max(1, available_cores() // jobs)
         pool = ProcessPoolExecutor(
-            max_workers=min(jobs, len(todo)), mp_context=multiprocessing.get_context("spawn")
+            max_workers=min(jobs, len(todo)),
+            mp_context=multiprocessing.get_context("spawn"),
+            initializer=_init_worker,
+            initargs=(os.getpid(),),
         )
-        try:
-            futures = {pool.submit(_run_one, runs[i].config, threads): i for i in todo}
-            for fut in as_completed(futures):
-                report(futures[fut], *fut.result())
-        except BaseException:
-            pool.shutdown(wait=False, cancel_futures=True)
-            raise
+        with _sigterm_raises():
+            try:
+                futures = {pool.submit(_run_one, runs[i].config, threads): i for i in todo}
+                reported: set[int] = set()
+                for fut in as_completed(futures):
+                    if isinstance(fut.exception(), BrokenProcessPool):
+                        # a worker was killed (out of memory, kill -9): the runs not yet
+                        # reported did not finish, and which one it held cannot be told
+                        for i in todo:
+                            if i not in reported:
+                                started = (runs[i].run_dir / "config.json").exists()
+                                report(i, 0.0, WORKER_DIED if started else NOT_RUN)
+                        break
+                    reported.add(futures[fut])
+                    report(futures[fut], *fut.result())
+            except BaseException:
+                # Ctrl-C, SIGTERM, or a run stopped by one: every worker checkpoints its run
+                # and takes no further one; wait for them, so none outlives the sweep
+                for process in list(getattr(pool, "_processes", {}).values()):
+                    if process.is_alive():
+                        process.terminate()  # SIGTERM, which the workers handle
+                pool.shutdown(wait=True, cancel_futures=True)
+                raise
         pool.shutdown()
+
+
+#: the error of runs a sweep lost with a killed ``--jobs`` worker, and of those it then
+#: did not start
+WORKER_DIED = (
+    "a worker process died (killed from outside, or out of memory?) before this run was "
+    "reported; run the same command again to retry it"
+)
+NOT_RUN = "not run: the sweep stopped when a worker process died; run the same command again"
+
+
+@contextlib.contextmanager
+def _sigterm_raises() -> Iterator[None]:
+    """While the ``--jobs`` workers run, SIGTERM to the sweep raises :class:`Interrupted`
+    (and so reaches the workers) instead of killing the main process alone."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        raise Interrupted("stopped by SIGTERM", 143)
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 # ----------------------------------------------------------------------------- aggregation
