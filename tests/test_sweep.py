@@ -546,6 +546,18 @@ def test_rare_protocol_table_shows_detection_auroc_when_classes_are_held_out_too
     assert "0.930" in row and "0.600" in row
 
 
+def test_console_tells_a_zero_spread_and_a_partial_sweep_apart():
+    # the same value in two runs shows its zero spread; a single run shows none
+    assert sweep._ms({"mean": 0.5, "std": 0.0, "n": 2}) == "0.500 ± 0.000"
+    assert sweep._ms({"mean": 0.5, "std": None, "n": 1}) == "0.500"
+    records = [_rare_record("single", s, {}, auroc=0.8) for s in (0, 1)]
+    summary = sweep.aggregate(records, "single")
+    summary.update(runs_planned=4, runs_finished=2)
+    assert sweep.format_summary(summary).startswith("NOTE: 2 of the 4 planned runs have finished")
+    summary.update(runs_finished=4)
+    assert "NOTE" not in sweep.format_summary(summary)
+
+
 def test_single_run_has_no_std():
     assert sweep.stat([0.7]) == {"mean": 0.7, "std": None, "n": 1}
     assert sweep.stat([None, float("nan")]) == {"mean": None, "std": None, "n": 0}

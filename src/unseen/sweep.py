@@ -784,7 +784,7 @@ def _ms(s: dict | None, digits: int = 3) -> str:
     """``mean ± std`` (or just the mean, or ``-``)."""
     if not s or s.get("mean") is None:
         return "-"
-    if not s.get("std"):  # one run, or the same value in every run
+    if s.get("std") is None:  # one run
         return f"{s['mean']:.{digits}f}"
     return f"{s['mean']:.{digits}f} ± {s['std']:.{digits}f}"
 
@@ -807,6 +807,13 @@ def format_summary(summary: dict) -> str:
     vcol = ["variant"] if (many_heads or many_bal) else []
     protocol = summary.get("protocol", "")
     lines = []
+    planned, finished = summary.get("runs_planned"), summary.get("runs_finished")
+    if planned is not None and finished is not None and finished < planned:
+        lines += [
+            f"NOTE: {finished} of the {planned} planned runs have finished; the figures below "
+            "cover those only.",
+            "",
+        ]
     if warnings := summary.get("warnings"):
         lines.append(
             "WARNING: runs whose 'auto' settings resolved differently (another machine?) are "
