@@ -367,6 +367,17 @@ def test_leakage_is_found_through_a_chain_of_runs():
     assert "ImageNet-1k" in leakage_warning(old_tv, "digits", ["9"])
 
 
+def test_a_source_run_that_recorded_a_relative_dataset_path_is_the_same_dataset(
+    tmp_path, monkeypatch
+):
+    monkeypatch.chdir(tmp_path)
+    state = {"w": torch.zeros(1)}
+    old = _source(state, "run", config={"dataset": "npz:d.npz"},
+                  split={"known_names": [str(c) for c in range(9)]})  # fmt: skip
+    warning = leakage_warning(old, f"npz:{tmp_path / 'd.npz'}", ["3"])
+    assert "class 3, which this run holds out" in warning
+
+
 # ----------------------------------------------------------------------------- end to end
 
 

@@ -93,3 +93,17 @@ def test_a_run_gives_the_caller_its_thread_count_back(tmp_path, monkeypatch, res
     run_experiment(cfg, progress=False, log=None)
     assert seen[0] == 2  # the run used its budget
     assert torch.get_num_threads() == 1  # and the caller has its own setting back
+
+
+def test_resolve_device_names_and_objects():
+    from unseen.errors import ConfigError
+    from unseen.hardware import resolve_device
+
+    assert resolve_device("cpu") == torch.device("cpu")
+    assert resolve_device(torch.device("cpu")) == torch.device("cpu")  # from Python
+    for bad, why in (("tpu", "is not known"), ("meta", "is not supported")):
+        with pytest.raises(ConfigError, match=f"device '{bad}' {why}"):
+            resolve_device(bad)
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match="sees no CUDA GPU"):
+            resolve_device("cuda:1")

@@ -419,6 +419,16 @@ def test_comparison_warns_when_a_row_mixes_resolved_settings(digits_run, tmp_pat
     assert saved[0]["mixed_settings"]["device"] == ["cpu", "cuda"]
 
 
+def test_runs_recorded_with_relative_and_absolute_paths_group_together(tmp_path, monkeypatch):
+    from unseen.report import _grouping_config
+
+    monkeypatch.chdir(tmp_path)
+    old = {"dataset": "npz:d.npz", "seed": 0, "pretrained_weights": {"new_head": "a"}}
+    new = {"dataset": f"npz:{tmp_path / 'd.npz'}", "seed": 1,
+           "pretrained_weights": {"softmax": {"new_head": "a"}}}  # fmt: skip
+    assert _grouping_config(old) == _grouping_config(new)
+
+
 def test_holdout_and_known_giving_the_same_split_are_one_configuration(digits_run, tmp_path):
     cfg = json.loads((digits_run / "config.json").read_text())
     known = [str(c) for c in cfg["split"]["known"]]

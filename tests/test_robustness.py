@@ -350,6 +350,21 @@ def test_derived_differences_are_named_by_the_values_inside():
     assert "known" not in str(info.value)
 
 
+def test_run_folders_that_recorded_relative_paths_still_resume(tmp_path, monkeypatch):
+    # written before paths were made absolute: read against the working directory
+    from unseen.checkpoint import check_same_config
+
+    monkeypatch.chdir(tmp_path)
+    saved = {"dataset": "npz:d.npz", "pretrained": "runs/x", "data_root": "data", "lr": 0.1,
+             "pretrained_weights": {"new_head": "64 -> 9 classes"}}  # fmt: skip
+    current = {"dataset": f"npz:{tmp_path / 'd.npz'}", "pretrained": str(tmp_path / "runs/x"),
+               "data_root": str(tmp_path / "data"), "lr": 0.1,
+               "pretrained_weights": {"softmax": {"new_head": "64 -> 9 classes"}}}  # fmt: skip
+    check_same_config(saved, current, Path("r"))  # the same run: no error
+    with pytest.raises(ConfigError, match="pretrained: "):
+        check_same_config({**saved, "pretrained": "runs/y"}, current, Path("r"))
+
+
 def test_config_differences_ignores_only_harmless_keys():
     saved = {"lr": 0.1, "out": "a", "holdout": ["9"], "resume": False, "epochs": 4}
     assert config_differences(saved, {**saved, "out": "b", "resume": True}) == []

@@ -758,22 +758,33 @@ def test_parallel_jobs(tmp_path):
     assert all(is_finished(r.run_dir) for r in result.runs)
 
 
-def _jobs_sweep_started(out: Path) -> tuple[subprocess.Popen, list[int]]:
-    """A ``--jobs 2`` loo sweep of long runs, once both workers train; and its children."""
+def _jobs_sweep(out: Path, *args: str, started: int = 2) -> tuple[subprocess.Popen, list[int]]:
+    """A ``--jobs 2`` sweep (``args``: protocol and run options), once ``started`` runs have
+    begun; and its worker processes."""
     env = {k: v for k, v in os.environ.items() if k != "UNSEEN_NUM_THREADS"}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "unseen", "sweep", "--protocol", "loo", "--jobs", "2",
-         "--epochs", "3000", "--train-subset", "300", "--no-report", "--out", str(out)],
+        [sys.executable, "-m", "unseen", "sweep", "--jobs", "2", *args, "--train-subset",
+         "300", "--no-report", "--out", str(out)],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
     )  # fmt: skip
     deadline = time.monotonic() + 120
-    while len(list(out.glob("runs/*/config.json"))) < 2 and time.monotonic() < deadline:
+    while len(list(out.glob("runs/*/config.json"))) < started and time.monotonic() < deadline:
         time.sleep(0.2)
-    time.sleep(1.0)  # both in their first epochs
+    time.sleep(1.0)  # in their first epochs
     children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
     workers = [int(c) for c in children
                if "resource_tracker" not in Path(f"/proc/{c}/cmdline").read_text()]  # fmt: skip
     return proc, workers
+
+
+def _jobs_sweep_started(out: Path) -> tuple[subprocess.Popen, list[int]]:
+    """A ``--jobs 2`` loo sweep of long runs, once both workers train; and its children."""
+    return _jobs_sweep(out, "--protocol", "loo", "--epochs", "3000")
+
+
+def _cpu_ticks(pid: int) -> int:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return int(fields[11]) + int(fields[12])  # utime + stime
 
 
 def _alive(pid: int) -> bool:
@@ -822,3 +833,26 @@ def test_a_killed_jobs_worker_fails_its_runs_instead_of_the_sweep(tmp_path):
     assert errors.count(sweep.WORKER_DIED) == 2  # the two runs in progress
     assert errors.count(sweep.NOT_RUN) == 8
     assert not _alive(workers[1])
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="reads /proc (Linux)")
+def test_killing_an_idle_jobs_worker_does_not_hang_the_sweep(tmp_path):
+    # three runs on two workers: once two have finished, one worker trains the third and the
+    # other waits for work, holding the queue's lock; killed there, it must not leave the
+    # busy worker (and so the sweep) waiting forever
+    out = tmp_path / "sw"
+    proc, workers = _jobs_sweep(out, "--protocol", "single", "--seeds", "3", "--epochs", "400",
+                                started=3)  # fmt: skip
+    deadline = time.monotonic() + 120
+    while len(list(out.glob("runs/*/run.json"))) < 2 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    before = {w: _cpu_ticks(w) for w in workers}
+    time.sleep(1.0)
+    idle = min(workers, key=lambda w: _cpu_ticks(w) - before[w])
+    os.kill(idle, signal.SIGKILL)
+    stdout, err = proc.communicate(timeout=90)  # before the fix: waited forever
+    assert proc.returncode == 1 and b"Traceback" not in err
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["runs_finished"] == 2 and len(summary["runs_failed"]) == 1
+    assert not any(_alive(w) for w in workers)

@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from .config import FIELDS, RESULT_NEUTRAL_KEYS
+from .data import absolute_paths
 from .errors import ConfigError, Interrupted, UnseenError
 from .runfolder import FINISHED_FILE, _jsonable, is_finished, load_torch, read_json, save_torch
 
@@ -42,8 +43,10 @@ CHECKPOINT_VERSION = 1
 if TYPE_CHECKING:
     from .config import RunConfig
 
-#: config keys that do not change a run's results: ``--resume`` accepts a difference in these
-RESUME_IGNORED_KEYS = frozenset(RESULT_NEUTRAL_KEYS)
+#: config keys that do not change a run's results: ``--resume`` accepts a difference in these;
+#: and ``pretrained_weights``, how the weights fitted, which follows from options compared
+#: anyway (and whose layout for several heads changed once)
+RESUME_IGNORED_KEYS = frozenset(RESULT_NEUTRAL_KEYS) | {"pretrained_weights"}
 
 #: exit codes of a run stopped by a signal (the shell's 128 + signal number)
 SIGNAL_EXIT_CODES = {signal.SIGINT: 130, signal.SIGTERM: 143}
@@ -99,6 +102,8 @@ def check_same_config(saved: Mapping[str, Any], current: Mapping[str, Any], wher
     The message names the options that differ; what the run derived from them (the split,
     the augmentation's parameters) only when no option does, and then by the values inside
     that differ. Long values are shortened."""
+    # paths compare as absolute: older run folders recorded them as given
+    saved, current = absolute_paths(saved), absolute_paths(current)
     differing = config_differences(saved, current)
     if not differing:
         return

@@ -12,9 +12,10 @@ import os
 import shutil
 import subprocess
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -690,6 +691,22 @@ def absolute_dataset(name: str) -> str:
     if sep and prefix in PATH_SOURCES and path:
         return f"{prefix}:{os.path.abspath(os.path.expanduser(path))}"
     return name
+
+
+def absolute_paths(config: Mapping[str, Any]) -> dict[str, Any]:
+    """``config`` (a run's options, or its config.json) with every path absolute and ``~``
+    expanded: a ``folder:``/``npz:`` dataset's path, ``data_root``, and a ``pretrained``
+    file or run folder (not 'torchvision'). Run folders record paths so, to resume from any
+    directory; ones written before recorded them as given, and a relative one is read here
+    against the working directory."""
+    out = dict(config)
+    if isinstance(out.get("dataset"), str):
+        out["dataset"] = absolute_dataset(out["dataset"])
+    for key in ("data_root", "pretrained"):
+        value = out.get(key)
+        if isinstance(value, str) and not (key == "pretrained" and value.lower() == "torchvision"):
+            out[key] = os.path.abspath(os.path.expanduser(value))
+    return out
 
 
 def check_dataset_name(name: str) -> None:

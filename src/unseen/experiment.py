@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import functools
 import math
-import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -34,7 +33,7 @@ from .checkpoint import (
     to_cpu,
 )
 from .config import RunConfig, validate
-from .data import ImageData, absolute_dataset, load_dataset
+from .data import ImageData, absolute_dataset, absolute_paths, load_dataset
 from .detectors import check_vim_dim
 from .errors import ConfigError
 from .evaluate import forward_pass
@@ -129,25 +128,12 @@ def half_if_it_fits(x: np.ndarray) -> np.ndarray:
     return x.astype(np.float16 if fits else np.float32)
 
 
-def absolute_path(path: str | None) -> str | None:
-    """``path`` with ``~`` expanded, made absolute against the working directory (None stays)."""
-    return None if path is None else os.path.abspath(os.path.expanduser(path))
-
-
-def pretrained_spec(spec: str | None) -> str | None:
-    """``--pretrained`` as recorded: 'torchvision' as is, a file or run folder as an absolute path."""
-    return spec if spec is None or spec.lower() == "torchvision" else absolute_path(spec)
-
-
 def prepare(cfg: RunConfig) -> Prepared:
     """Validate, load the data, split it, pick the device; resolve every 'auto' setting."""
     validate(cfg)
     # config.json records absolute paths, so that --resume works from any working directory
-    cfg = cfg.replace(
-        dataset=absolute_dataset(cfg.dataset),
-        data_root=absolute_path(cfg.data_root),
-        pretrained=pretrained_spec(cfg.pretrained),
-    )
+    paths = absolute_paths(cfg.to_dict())
+    cfg = cfg.replace(**{k: paths[k] for k in ("dataset", "data_root", "pretrained")})
     # pretrained weights first: a missing file fails in a second, before any data is read
     pretrained = resolve_pretrained(cfg.pretrained, cfg.download) if cfg.pretrained else None
     configure_threads()

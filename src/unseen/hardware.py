@@ -11,17 +11,26 @@ from .errors import ConfigError
 from .threads import thread_budget
 
 
-def resolve_device(name: str = "auto") -> torch.device:
-    """The torch device for ``--device``: auto, cpu or cuda."""
-    if name not in ("auto", "cpu", "cuda"):
-        raise ConfigError(f"device {name!r} is not known; choose one of: auto, cpu, cuda.")
+def resolve_device(name: str | torch.device = "auto") -> torch.device:
+    """The torch device for ``--device``: auto, cpu or cuda (from Python also ``cuda:1`` or a
+    ``torch.device``); an unknown name is a :class:`ConfigError`."""
+    if isinstance(name, torch.device):
+        return name
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda" and not torch.cuda.is_available():
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError):
+        raise ConfigError(
+            f"device {name!r} is not known; choose one of: auto, cpu, cuda."
+        ) from None
+    if device.type not in ("cpu", "cuda"):
+        raise ConfigError(f"device {name!r} is not supported; choose one of: auto, cpu, cuda.")
+    if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(
             "--device cuda was asked for, but PyTorch sees no CUDA GPU here; use --device cpu or auto."
         )
-    return torch.device(name)
+    return device
 
 
 def cpu_has_amx() -> bool:

@@ -31,6 +31,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .data import absolute_dataset
 from .errors import UnseenError
 from .runfolder import load_torch
 
@@ -389,7 +390,9 @@ def lineage(source: PretrainedSource) -> list[dict[str, Any]]:
     config = source.checkpoint.get("config") or {}
     split = source.checkpoint.get("split") or {}
     run = source.path.parent if source.path is not None else source.spec
-    own = {"kind": "run", "run": str(run), "dataset": config.get("dataset"),
+    dataset = config.get("dataset")  # absolute, as this run's (older runs recorded it as given)
+    dataset = absolute_dataset(dataset) if isinstance(dataset, str) else dataset
+    own = {"kind": "run", "run": str(run), "dataset": dataset,
            "known": [str(c) for c in split.get("known_names") or []]}  # fmt: skip
     earlier = source.checkpoint.get("lineage")
     if earlier is None:  # a run from a version that did not record it: what its config says

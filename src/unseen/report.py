@@ -38,6 +38,7 @@ import numpy as np
 
 from . import plots
 from .config import RESULT_NEUTRAL_KEYS
+from .data import absolute_paths
 from .errors import UnseenError
 from .runfolder import (
     FINISHED_FILE,
@@ -55,7 +56,7 @@ from .threads import thread_budget
 #: config.json keys that do not make a different configuration: runs differing only here
 #: are repetitions of one setting and are averaged together (the seed, and the options that
 #: change where a run is written or how fast it runs, not what it computes)
-GROUPING_IGNORES = ("seed", *RESULT_NEUTRAL_KEYS)
+GROUPING_IGNORES = ("seed", *RESULT_NEUTRAL_KEYS, "pretrained_weights")
 
 #: metrics of each score shown in tables: key, column label, True when higher is better
 SCORE_METRICS = (
@@ -698,6 +699,7 @@ def _grouping_config(config: dict) -> dict:
     :data:`GROUPING_IGNORES`, with the split given one way. ``--holdout 9`` and ``--known
     0,...,8`` (or the same classes by name or index, in any order) train the same experiment:
     both become ``holdout`` = the unseen class names that the run's split recorded."""
+    config = absolute_paths(config)  # older runs recorded paths as given
     out = {k: v for k, v in config.items() if k not in GROUPING_IGNORES}
     unseen = (config.get("split") or {}).get("unseen_names")
     if unseen is not None:

@@ -410,26 +410,35 @@ _IN_WORKER = False
 
 
 def _worker_signal(signum: int, frame: Any) -> None:
-    """SIGINT/SIGTERM in a worker outside training (training catches them itself): take no
-    further run, and let training that starts in the current run stop at its first step."""
+    """SIGINT/SIGTERM in a worker outside training (training catches them itself). An idle
+    worker exits at once; in a run, training that starts afterwards stops at its first step
+    (with a checkpoint), and the worker exits once the run is over (:func:`_watch`)."""
     from . import checkpoint
 
     global _STOPPING
+    if not _RUNNING:
+        os._exit(128 + signum)
     _STOPPING = True
     checkpoint.PENDING_STOP = signum
 
 
-def _watch_parent(parent: int) -> None:
-    """Stop this worker once the sweep's main process is gone (``kill -9``): stop the current
-    run as SIGTERM would (it checkpoints), then exit instead of waiting for work forever."""
+def _watch(parent: int) -> None:
+    """A worker's watch thread. Once the sweep is stopping, or its main process is gone (``kill
+    -9``: the current run is then stopped as by SIGTERM, with a checkpoint), the worker exits
+    as soon as no run is in progress, instead of waiting for more work: a queue whose lock a
+    killed worker held would keep it waiting forever."""
     import signal
 
-    while os.getppid() == parent:
-        time.sleep(1.0)
-    os.kill(os.getpid(), signal.SIGTERM)
-    while _RUNNING:
+    global _STOPPING
+    while True:
+        if os.getppid() != parent and not _STOPPING:
+            _STOPPING = True
+            os.kill(os.getpid(), signal.SIGTERM)
+        if _STOPPING and not _RUNNING:
+            time.sleep(0.5)  # the run's result is sent back first
+            if not _RUNNING:
+                os._exit(143)
         time.sleep(0.2)
-    os._exit(143)
 
 
 def _init_worker(parent: int) -> None:
@@ -440,7 +449,7 @@ def _init_worker(parent: int) -> None:
     _IN_WORKER = True
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, _worker_signal)
-    threading.Thread(target=_watch_parent, args=(parent,), daemon=True).start()
+    threading.Thread(target=_watch, args=(parent,), daemon=True).start()
 
 
 def _run_one(cfg: RunConfig, threads: int | None = None) -> tuple[float, str | None]:
@@ -553,30 +562,59 @@ def _run_todo(
             initializer=_init_worker,
             initargs=(os.getpid(),),
         )
+        processes = []
         with _sigterm_raises():
             try:
                 futures = {pool.submit(_run_one, runs[i].config, threads): i for i in todo}
+                processes = list(getattr(pool, "_processes", {}).values())
                 reported: set[int] = set()
+                broken = False
                 for fut in as_completed(futures):
                     if isinstance(fut.exception(), BrokenProcessPool):
-                        # a worker was killed (out of memory, kill -9): the runs not yet
-                        # reported did not finish, and which one it held cannot be told
-                        for i in todo:
-                            if i not in reported:
-                                started = (runs[i].run_dir / "config.json").exists()
-                                report(i, 0.0, WORKER_DIED if started else NOT_RUN)
+                        broken = True  # a worker was killed (out of memory, kill -9)
                         break
                     reported.add(futures[fut])
                     report(futures[fut], *fut.result())
+                if broken:
+                    # the pool stops the other workers; once they are gone, each run not
+                    # reported is what its folder says: finished, started, or never begun
+                    _stop_workers(pool, processes)
+                    for i in todo:
+                        if i not in reported:
+                            if is_finished(runs[i].run_dir):
+                                report(i, 0.0, None)
+                            else:
+                                started = (runs[i].run_dir / "config.json").exists()
+                                report(i, 0.0, WORKER_DIED if started else NOT_RUN)
             except BaseException:
                 # Ctrl-C, SIGTERM, or a run stopped by one: every worker checkpoints its run
                 # and takes no further one; wait for them, so none outlives the sweep
-                for process in list(getattr(pool, "_processes", {}).values()):
-                    if process.is_alive():
-                        process.terminate()  # SIGTERM, which the workers handle
-                pool.shutdown(wait=True, cancel_futures=True)
+                _stop_workers(pool, processes)
                 raise
         pool.shutdown()
+
+
+#: how long a stopping sweep waits for its workers' runs to stop (training stops at its next
+#: step; evaluation and the report of a run in progress finish first) before killing them
+WORKER_GRACE_SECONDS = 300.0
+
+
+def _stop_workers(pool: Any, processes: Sequence[Any]) -> None:
+    """SIGTERM every live worker (each checkpoints its run and exits, see :func:`_watch`),
+    wait up to :data:`WORKER_GRACE_SECONDS`, kill those still there, release the pool.
+    ``processes`` are the workers seen earlier (a broken pool forgets its own)."""
+    current = list(getattr(pool, "_processes", {}).values())  # private, but the only handle
+    processes = list({id(p): p for p in [*processes, *current]}.values())
+    for process in processes:
+        if process.is_alive():
+            process.terminate()
+    pool.shutdown(wait=False, cancel_futures=True)
+    deadline = time.monotonic() + WORKER_GRACE_SECONDS
+    for process in processes:
+        process.join(max(0.0, deadline - time.monotonic()))
+        if process.is_alive():
+            process.kill()
+            process.join()
 
 
 #: the error of runs a sweep lost with a killed ``--jobs`` worker, and of those it then
