@@ -753,6 +753,8 @@ def test_truncated_checkpoint(saved_checkpoint, tmp_path, capsys):
     line = one_line_error(err)
     assert "could not be loaded as a weights-only PyTorch file" in line
     assert "it is truncated, damaged or not a PyTorch file" in line
+    assert line.endswith("delete it to train this run from the start (a sweep then reruns it), "
+                         "or pass --overwrite.")  # fmt: skip
 
 
 @pytest.mark.parametrize(

@@ -506,7 +506,13 @@ class Checkpointing:
         """The saved training state when resuming and a checkpoint exists, else None."""
         if not self.resume or not self.path.is_file():
             return None
-        state = load_torch(self.path)
+        try:
+            state = load_torch(self.path)
+        except UnseenError as exc:  # retrying cannot help: say how to start the run again
+            raise UnseenError(
+                f"{str(exc).rstrip('.')}; delete it to train this run from the start (a sweep "
+                "then reruns it), or pass --overwrite."
+            ) from None
         required = ("model", "optimizer", "scheduler", "generator", "torch_rng", "epoch", "step")
         if not isinstance(state, dict) or state.get("kind") != CHECKPOINT_KIND:
             raise UnseenError(
