@@ -7,7 +7,6 @@ Mistakes a user can make end with one line on stderr and exit code 2.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import fields
@@ -242,8 +241,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("unseen: interrupted.", file=sys.stderr)
         return 130
     except BrokenPipeError:  # whoever read stdout stopped (`unseen ... | head`): stop quietly
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())  # so that the exit's flush does not fail again
+        from .console import silence_stdout
+
+        silence_stdout()
         return 141  # 128 + SIGPIPE, as a shell reports a process ended by a broken pipe
     except OSError as exc:  # the system refused a path given: too long, no permission, disk full
         if exc.filename is None:

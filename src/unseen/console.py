@@ -185,5 +185,11 @@ def progress_line(message: str) -> None:
     try:
         print(message, flush=True)
     except BrokenPipeError:
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
+        silence_stdout()
+
+
+def silence_stdout() -> None:
+    """Point stdout at the null device, once its reader has gone (a broken pipe), so that
+    later output, and the flush at exit, do not fail again."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())

@@ -684,12 +684,16 @@ def get_source(name: str) -> Source:
     raise ConfigError(f"--dataset {name!r} is not known; choose one of: {', '.join(valid)}.")
 
 
+def _absolute(path: str) -> str:
+    return os.path.abspath(os.path.expanduser(path))
+
+
 def absolute_dataset(name: str) -> str:
     """``folder:PATH`` and ``npz:PATH`` with PATH made absolute (``~`` expanded); other names
     as they are. Run folders record this, so ``--resume`` works from any directory."""
     prefix, sep, path = name.partition(":")
     if sep and prefix in PATH_SOURCES and path:
-        return f"{prefix}:{os.path.abspath(os.path.expanduser(path))}"
+        return f"{prefix}:{_absolute(path)}"
     return name
 
 
@@ -705,7 +709,7 @@ def absolute_paths(config: Mapping[str, Any]) -> dict[str, Any]:
     for key in ("data_root", "pretrained"):
         value = out.get(key)
         if isinstance(value, str) and not (key == "pretrained" and value.lower() == "torchvision"):
-            out[key] = os.path.abspath(os.path.expanduser(value))
+            out[key] = _absolute(value)
     return out
 
 

@@ -33,7 +33,7 @@ from .checkpoint import (
     to_cpu,
 )
 from .config import RunConfig, validate
-from .data import ImageData, absolute_dataset, absolute_paths, load_dataset
+from .data import ImageData, absolute_paths, load_dataset
 from .detectors import check_vim_dim
 from .errors import ConfigError
 from .evaluate import forward_pass
@@ -476,12 +476,18 @@ def weights_record(p: Prepared, heads: Sequence[str]) -> dict | None:
     return reports[heads[0]] if len(heads) == 1 else reports
 
 
-def config_extras(p: Prepared, heads: Sequence[str]) -> dict:
-    """config.json entries beyond the options: the resolved augmentation and how the
-    pretrained weights fitted the network of each of ``heads``."""
-    cfg = p.config
+def run_record(p: Prepared, heads: Sequence[str]) -> dict:
+    """What config.json (and a checkpoint, whose ``--resume`` compares it) records of a run
+    of ``heads``: its options, the split, the resolved augmentation and how the pretrained
+    weights fitted the network of each head."""
+    cfg = p.config.replace(head=tuple(heads))
     spec = make_augment_spec(cfg.augment, p.data.image_size[0], p.data.flip_ok, cfg.flip)
-    return {"augmentation": spec.to_dict(), "pretrained_weights": weights_record(p, heads)}
+    return {
+        **cfg.to_dict(),
+        "split": p.split.to_dict(),
+        "augmentation": spec.to_dict(),
+        "pretrained_weights": weights_record(p, heads),
+    }
 
 
 def pretrained_metrics(p: Prepared, head: str) -> dict:
@@ -585,8 +591,9 @@ def _run_experiment(cfg: RunConfig, progress: bool, log: Callable[[str], None] |
         # another dataset: its class names would fail to resolve before the full check below
         saved = read_json(Path(cfg.out) / "config.json")
         if "dataset" in saved:
-            was, now = absolute_dataset(str(saved["dataset"])), absolute_dataset(cfg.dataset)
-            check_same_config({"dataset": was}, {"dataset": now}, Path(cfg.out))
+            check_same_config(
+                {"dataset": saved["dataset"]}, {"dataset": cfg.dataset}, Path(cfg.out)
+            )
     p = prepare(cfg)
     prepare_seconds = time.perf_counter() - started
     cfg = p.config
@@ -595,9 +602,9 @@ def _run_experiment(cfg: RunConfig, progress: bool, log: Callable[[str], None] |
     if p.pretrained is not None:  # fit the weights to each head's network: config.json says how
         for head in cfg.head:
             build_model(p, head)
+    record = run_record(p, cfg.head)
     if folder != "new" and (run_dir / "config.json").is_file():
-        current = {**cfg.to_dict(), "split": p.split.to_dict(), **config_extras(p, cfg.head)}
-        check_same_config(read_json(run_dir / "config.json"), current, run_dir)
+        check_same_config(read_json(run_dir / "config.json"), record, run_dir)
     if folder == "finished":
         say(f"{run_dir} holds a finished run with these options; nothing to resume.")
         return RunResult(run_dir, cfg, read_json(run_dir / "metrics.json"))
@@ -621,28 +628,18 @@ def _run_experiment(cfg: RunConfig, progress: bool, log: Callable[[str], None] |
             say(f"warning: {warning}")
     if cfg.freeze_backbone and p.pretrained is None:
         say("note: --freeze-backbone without --pretrained trains a head on random features")
-    write_json(
-        run_dir / "config.json",
-        {**cfg.to_dict(), "split": p.split.to_dict(), **config_extras(p, cfg.head)},
-    )
+    write_json(run_dir / "config.json", record)
     per_head = {}
     checkpoints: list[Checkpointing] = []
     for head in cfg.head:
         head_dir = run_dir if len(cfg.head) == 1 else run_dir / head
+        head_record = run_record(p, [head])
         if len(cfg.head) > 1:  # each head's folder is a complete one-head run folder
             say(f"head {head}: {HEADS[head].description}")
-            write_json(
-                head_dir / "config.json",
-                {
-                    **cfg.replace(head=(head,)).to_dict(),
-                    "split": p.split.to_dict(),
-                    **config_extras(p, [head]),
-                },
-            )
-        head_cfg = {**cfg.replace(head=(head,)).to_dict(), "split": p.split.to_dict()}
+            write_json(head_dir / "config.json", head_record)
         checkpoint = Checkpointing(
             head_dir / CHECKPOINT_FILE,
-            {**head_cfg, **config_extras(p, [head])},
+            head_record,
             resume=cfg.resume,
             resume_hint=f"unseen run --resume --out {run_dir}",
             every=cfg.checkpoint_every,

@@ -727,10 +727,11 @@ def aggregate_runs(run_dirs: Iterable[str | Path]) -> list[dict]:
     between rows), ``head``, ``config`` (grouping config), ``runs`` (folders), ``seeds``,
     ``n_runs``, ``metrics`` (run-level metric -> {mean, std, n}) and ``scores`` (score ->
     metric -> {mean, std, n}). ``std`` is the sample standard deviation, None for one run.
-    Settings left on 'auto' are recorded unresolved in config.json and so do not split a
-    group; a row whose runs resolved them differently (``runfolder.resolved_settings``: a
-    CPU and a GPU run, bf16 and fp32) is averaged all the same, as in ``unseen sweep``, and
-    gets ``mixed_settings``. Every folder must be a finished run.
+    ``--device`` and ``--precision`` stay 'auto' in config.json and so do not split a group;
+    a row whose runs resolved them differently (``runfolder.resolved_settings``: a CPU and a
+    GPU run, bf16 and fp32) is averaged all the same, as in ``unseen sweep``, and gets
+    ``mixed_settings``. (Batch size, learning rate and epochs are recorded resolved, so runs
+    that resolved them differently are separate rows.) Every folder must be a finished run.
     """
     groups: dict[tuple[str, str], dict] = {}
     for raw in run_dirs:

@@ -319,9 +319,8 @@ class OvrDocScore(Score):
         return self
 
     def score(self, outputs: Outputs) -> torch.Tensor:
-        p = (
-            outputs.logits.double().sigmoid()
-        )  # float64, as max_sigmoid: float32 saturates at z ~ 17
+        # float64, as in max_sigmoid: in float32 sigmoids saturate from a logit of about 17
+        p = outputs.logits.double().sigmoid()
         return (p - self.thresholds_.to(p.device, torch.float64)).amax(dim=1)
 
     def decision_threshold(self) -> float | None:

@@ -262,7 +262,8 @@ def split_data(
         train_idx, test_size=val_fraction, stratify=known_labels, random_state=seed
     )
     fit_idx, val_idx = np.sort(np.concatenate([fit_idx, whole_idx])), np.sort(val_idx)
-    untrained = [c for c in split.known if c not in set(y_train[fit_idx].tolist())]
+    trained = set(y_train[fit_idx].tolist())
+    untrained = [c for c in split.known if c not in trained]
     if untrained:  # a stratified split can still round a small class's share to nothing
         names = ", ".join(repr(split.classes[c]) for c in untrained)
         raise ConfigError(
