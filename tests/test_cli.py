@@ -109,6 +109,14 @@ def test_toml_config_then_flags_override(tmp_path):
     assert cfg.epochs == 2 and cfg.holdout == ("3", "4") and cfg.label_smoothing == 0.1
 
 
+def test_holdout_auto_is_the_default_and_an_empty_list_is_refused(capsys):
+    # the help shows [default: auto], so 'auto' must mean the default, not a class named auto
+    cfg = config_from_args(build_parser().parse_args(["run", "--holdout", "auto"]))
+    assert cfg.holdout is None and cfg.known is None
+    assert main(["run", "--holdout", ","]) == 2
+    assert "--holdout must be one or more class indices or names" in capsys.readouterr().err
+
+
 def test_known_on_the_command_line_replaces_a_file_s_holdout(tmp_path, capsys):
     # one setting given two ways: the higher layer wins, whichever spelling it uses
     cfg_file = tmp_path / "c.toml"

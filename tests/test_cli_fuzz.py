@@ -150,6 +150,9 @@ def test_each_bad_value_names_its_option(no_work, capsys):
         ("flip", "maybe", "--flip must be true, false or auto"),
         ("epochs", "0", "--epochs must be positive and finite"),
         ("val_fraction", "1", "--val-fraction must be between 0 and 1"),
+        # an empty class list is not silently read as the default (the last class)
+        ("holdout", "", "--holdout must be one or more class indices or names"),
+        ("known", " , ", "--known must be one or more class indices or names"),
     ],
 )
 def test_edge_values_are_refused_with_what_is_accepted(no_work, capsys, name, value, message):

@@ -176,8 +176,15 @@ def test_npz_errors(tmp_path):
         load_dataset(f"npz:{bad}")
     trunc = tmp_path / "t.npz"
     trunc.write_bytes(b"PK\x03\x04garbage")
-    with pytest.raises(DataError, match="truncated or not an npz"):
+    with pytest.raises(DataError, match="is truncated or damaged"):
         load_dataset(f"npz:{trunc}")
+    np.save(tmp_path / "one.npy", np.zeros((2, 3, 3), np.uint8))  # np.save, not np.savez
+    (tmp_path / "one.npy").rename(tmp_path / "one.npz")
+    with pytest.raises(DataError, match="is a single .npy array, not an .npz archive"):
+        load_dataset(f"npz:{tmp_path / 'one.npz'}")
+    (tmp_path / "text.npz").write_text("hello\n")  # was reported as holding object arrays
+    with pytest.raises(DataError, match="text.npz is not an .npz archive"):
+        load_dataset(f"npz:{tmp_path / 'text.npz'}")
     with pytest.raises(DataError, match="does not exist"):
         load_dataset(f"npz:{tmp_path / 'nope.npz'}")
 

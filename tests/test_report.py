@@ -506,3 +506,17 @@ def test_comparison_renders_in_headless_chromium(digits_run, tmp_path):
     loaded = re.search(r'<body[^>]*data-images-loaded="(\d+)/(\d+)"', dom)
     assert loaded and loaded.group(1) == loaded.group(2) != "0"
     assert 'id="score-table"' in dom and 'id="config-table"' in dom
+
+
+def test_comparison_figure_with_long_labels_draws_without_a_warning():
+    # labels longer than the figure is wide left tight_layout no room: matplotlib warned on
+    # stderr during `unseen report A B`; the figure is saved with a tight bounding box anyway
+    import warnings
+
+    from unseen.plots import comparison_figure, figure_png
+
+    labels = [f"dataset=fashion-mnist holdout={'x' * 120} model=resnet18 seed={i}" for i in range(2)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        fig = comparison_figure(labels, ["msp", "energy"], "AUROC", np.full((2, 2), 0.8), np.zeros((2, 2)))
+        assert figure_png(fig).startswith(b"\x89PNG")

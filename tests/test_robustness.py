@@ -656,7 +656,7 @@ def test_bad_npz_files(tmp_path, capsys):
     truncated = tmp_path / "truncated.npz"
     np.savez(truncated, **good)
     truncated.write_bytes(truncated.read_bytes()[:300])
-    cases[truncated] = "is truncated or not an npz archive"
+    cases[truncated] = "is truncated or damaged"
     objects = tmp_path / "objects.npz"
     np.savez(objects, **{**good, "x_train": np.array([None] * 20, dtype=object)})
     cases[objects] = "holds object arrays, which are not loaded (unpickling can run code)"
@@ -966,3 +966,29 @@ def test_run_files_get_the_usual_permissions(tmp_path):
     assert path.stat().st_mode & 0o777 == 0o666 & ~runfolder._UMASK
     if runfolder._UMASK == 0o022:
         assert path.stat().st_mode & 0o777 == 0o644
+
+
+def test_resuming_with_another_thread_count_warns_that_results_will_differ(tmp_path):
+    # a CPU run's rounding depends on its thread count: a resume with another one cannot
+    # repeat the uninterrupted run bit for bit, and says so instead of promising it
+    from unseen.checkpoint import Checkpointing
+    from unseen.train import TrainResult
+
+    model = torch.nn.Linear(3, 2)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
+    threads = torch.get_num_threads()
+    Checkpointing(tmp_path / "ck.pt", {"a": 1}).save(
+        model=model, optimizer=opt, scheduler=sched, generator=torch.Generator(), history=[],
+        images_seen=0, train_seconds=0.0, epoch=1, step=0, epoch_state=None)  # fmt: skip
+    for resume_threads, warned in ((threads, False), (threads + 1, True)):
+        said = []
+        resumed = Checkpointing(tmp_path / "ck.pt", {"a": 1}, resume=True, say=said.append)
+        torch.set_num_threads(resume_threads)
+        try:
+            resumed.start(model=model, optimizer=opt, scheduler=sched,
+                          generator=torch.Generator(), result=TrainResult())  # fmt: skip
+        finally:
+            torch.set_num_threads(threads)
+        assert bool(said) == warned, said
+    assert f"trained on cpu ({threads} thread" in said[0] and "bit for bit" in said[0]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -758,6 +759,22 @@ def test_parallel_jobs(tmp_path):
     assert all(is_finished(r.run_dir) for r in result.runs)
 
 
+#: the --jobs sweeps a test started, with their workers: killed after the test whatever its
+#: outcome, so that a failing test (a timeout) leaves no sweep training on the machine
+_STARTED: list[tuple[subprocess.Popen, list[int]]] = []
+
+
+@pytest.fixture(autouse=True)
+def _reap_jobs_sweeps():
+    yield
+    while _STARTED:
+        proc, workers = _STARTED.pop()
+        for pid in [proc.pid, *workers]:
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
+        proc.wait()
+
+
 def _jobs_sweep(out: Path, *args: str, started: int = 2) -> tuple[subprocess.Popen, list[int]]:
     """A ``--jobs 2`` sweep (``args``: protocol and run options), once ``started`` runs have
     begun; and its worker processes."""
@@ -774,6 +791,7 @@ def _jobs_sweep(out: Path, *args: str, started: int = 2) -> tuple[subprocess.Pop
     children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
     workers = [int(c) for c in children
                if "resource_tracker" not in Path(f"/proc/{c}/cmdline").read_text()]  # fmt: skip
+    _STARTED.append((proc, workers))
     return proc, workers
 
 

@@ -22,7 +22,7 @@ import json
 import signal
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from copy import deepcopy
 from dataclasses import dataclass, field
@@ -34,7 +34,8 @@ import torch
 from .config import FIELDS, RESULT_NEUTRAL_KEYS
 from .data import absolute_paths
 from .errors import ConfigError, Interrupted, UnseenError
-from .runfolder import FINISHED_FILE, _jsonable, is_finished, load_torch, read_json, save_torch
+from .hardware import describe_device
+from .runfolder import FINISHED_FILE, _jsonable, is_finished, load_torch, save_torch
 
 CHECKPOINT_FILE = "checkpoint.pt"
 CHECKPOINT_KIND = "unseen-training-checkpoint"
@@ -125,25 +126,10 @@ def saved_config(run_dir: str | Path) -> RunConfig | None:
     """The options of the run in ``run_dir`` (its config.json), as the base that
     ``--resume`` starts from, so ``unseen run --resume --out DIR`` needs no other flag.
     None when the folder has no config.json."""
-    from .config import FIELDS, RunConfig, parse_value
+    from .config import RunConfig
 
     path = Path(run_dir) / "config.json"
-    if not path.is_file():
-        return None
-    data = read_json(path)
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path} is not a run's config.json (it holds no table of options).")
-    values: dict[str, Any] = {}
-    for key, raw in data.items():
-        if key not in FIELDS or key in {"out", "resume", "overwrite"}:
-            continue
-        if raw is None:
-            values[key] = None
-        elif isinstance(raw, list) and all(isinstance(x, str) for x in raw):
-            values[key] = tuple(raw)
-        else:
-            values[key] = parse_value(key, raw, source=str(path))
-    return RunConfig().replace(**values)
+    return RunConfig.from_run(path) if path.is_file() else None
 
 
 # ----------------------------------------------------------------------------- run folder state
@@ -416,6 +402,8 @@ class Checkpointing:
     stop: StopSignal | None = None
     #: seconds between end-of-epoch checkpoints (``--checkpoint-every``; 0: every epoch)
     every: float = 0.0
+    #: where a resume prints its warnings (None: nowhere)
+    say: Callable[[str], None] | None = None
     #: a checkpoint still being written in the background (see ``save(background=True)``)
     _pending: Future | None = field(default=None, init=False, repr=False, compare=False)
     #: when the last checkpoint was saved (or training started), ``time.monotonic()``
@@ -487,6 +475,8 @@ class Checkpointing:
             "train_seconds": train_seconds,
             "wall_seconds": wall_seconds,
             "epoch_state": to_cpu(epoch_state),
+            # what the arithmetic ran on: a resume elsewhere cannot repeat it bit for bit
+            "computed_on": computed_on(device),
         }
         self.wait()
         if background:  # a snapshot the training loop cannot change while it is written
@@ -555,6 +545,13 @@ class Checkpointing:
             raise UnseenError(
                 f"{self.path} does not fit this run ({first[:160]}); pass --overwrite to start again."
             ) from None
+        before, now = state.get("computed_on"), computed_on(generator.device)
+        if before is not None and before != now and self.say is not None:
+            self.say(
+                f"warning: this run trained on {before} and resumes on {now}; a different "
+                "thread count, device or torch version rounds differently, so the results "
+                "will not equal those of an uninterrupted run bit for bit"
+            )
         result.history = list(state.get("history") or [])
         result.images_seen = int(state.get("images_seen") or 0)
         # wall-clock seconds at the save (inside an epoch, its steps so far count too); a
@@ -583,6 +580,12 @@ class Checkpointing:
             f"stopped by {name} {where}; checkpoint saved to {self.path}{hint}",
             SIGNAL_EXIT_CODES.get(signal.Signals(signum), 128 + signum),
         )
+
+
+def computed_on(device: torch.device) -> str:
+    """The device (a CPU with its thread count), and the torch version: what decides the
+    rounding of a run's arithmetic, e.g. ``cpu (2 threads, AMX), torch 2.14.1``."""
+    return f"{describe_device(device)}, torch {torch.__version__}"
 
 
 def weights_finite(model: torch.nn.Module) -> bool:

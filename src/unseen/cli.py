@@ -30,6 +30,14 @@ class Parser(argparse.ArgumentParser):
         self.exit(EXIT_USAGE, f"{self.prog}: error: {one_line(message)} (see {self.prog} --help)\n")
 
 
+def nonempty_path(text: str) -> str:
+    """argparse type of a path: an empty string (an unset shell variable) is refused, not
+    read as the current folder."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("an empty string is not a path")
+    return text
+
+
 def _value_parser(name: str) -> Callable[[str], object]:
     def parse(text: str) -> object:
         return parse_value(name, text)
@@ -185,9 +193,16 @@ def build_parser() -> argparse.ArgumentParser:
         "speed switches), mean and standard deviation over its runs of every metric of every "
         "score.",
     )
-    rep.add_argument("runs", nargs="+", metavar="RUN", help="run folder(s), or folder(s) of runs")
+    rep.add_argument(
+        "runs",
+        nargs="+",
+        type=nonempty_path,
+        metavar="RUN",
+        help="run folder(s), or folder(s) of runs",
+    )
     rep.add_argument(
         "--out",
+        type=nonempty_path,
         metavar="DIR",
         default=None,
         help="comparison folder [default: FOLDER/comparison for one folder of runs, else ./comparison]",

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
+import os
 import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
@@ -40,9 +42,25 @@ def parse_list(text: str) -> tuple[str, ...]:
     return tuple(part.strip() for part in text.split(",") if part.strip())
 
 
+def parse_classes(text: str) -> tuple[str, ...] | None:
+    """``--holdout``/``--known``: comma-separated class indices or names; ``auto`` for the
+    default. An empty list is refused rather than read as the default."""
+    if text.strip().lower() == "auto":
+        return None
+    classes = parse_list(text)
+    if not classes:
+        raise ValueError("no class given")
+    return classes
+
+
 def parse_optional_str(text: str) -> str | None:
+    """A path or name, or ``none``/``null`` for the default. An empty string is
+    refused: it is what an unset shell variable gives (``--out "$DIR"``), and reading it as
+    the default would quietly write elsewhere or train without the weights asked for."""
     text = text.strip()
-    return None if text.lower() in {"", "none", "null"} else text
+    if not text:
+        raise ValueError("empty")
+    return None if text.lower() in {"none", "null"} else text
 
 
 def parse_optional_int(text: str) -> int | None:
@@ -164,6 +182,7 @@ class RunConfig:
         None,
         "folder holding the dataset files (default: look in the usual places)",
         parse=parse_optional_str,
+        accepts="a folder (or 'none' for the default)",
         metavar="DIR",
         group="data",
     )
@@ -178,14 +197,16 @@ class RunConfig:
         None,
         "classes held out of training, by index or name, comma-separated (e.g. 9 or 'Ankle boot'; "
         "default: the last class, 9 for digits)",
-        parse=lambda s: parse_list(s) or None,
+        parse=parse_classes,
+        accepts="one or more class indices or names, comma-separated, or 'auto'",
         metavar="CLASSES",
         group="data",
     )
     known: tuple[str, ...] | None = opt(
         None,
         "the classes to train on instead (the complement of --holdout; give only one of the two)",
-        parse=lambda s: parse_list(s) or None,
+        parse=parse_classes,
+        accepts="one or more class indices or names, comma-separated, or 'auto'",
         metavar="CLASSES",
         group="data",
     )
@@ -332,6 +353,7 @@ class RunConfig:
         None,
         "run folder (default: runs/<time>-<dataset>-<holdout>)",
         parse=parse_optional_str,
+        accepts="a folder (or 'none' for the default)",
         metavar="DIR",
         group="execution",
     )
@@ -362,6 +384,7 @@ class RunConfig:
         "resnet18; offline the file must be in torch's hub cache), a run folder or its model.pt, "
         "a .pt/.pth state dict or a .safetensors file; the head is always replaced",
         parse=parse_optional_str,
+        accepts="'torchvision', a run folder or a weights file (or 'none')",
         metavar="SOURCE",
         group="model",
     )
@@ -526,6 +549,48 @@ class RunConfig:
         group="execution",
     )
 
+    def __post_init__(self) -> None:
+        # Python callers bypass the command line's parsers. Give every field its declared
+        # type here (a list becomes a tuple; "8,9" or 9 a tuple of class names; "5" an int)
+        # and refuse a value of the wrong type or range in one sentence, now rather than deep
+        # inside a run. Cross-field checks and registry names are left to :func:`validate`.
+        for f in fields(self):
+            value = getattr(self, f.name)
+            typed = _typed(f, value)
+            if typed is not value:
+                object.__setattr__(self, f.name, typed)
+            check = f.metadata["check"]
+            if check is not None and typed is not None and (problem := check(typed)):
+                raise ConfigError(f"{flag_name(f.name)} {problem} (got {value!r}).")
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> RunConfig:
+        """A config from ``to_dict``'s output or any mapping of field names (lists allowed);
+        an unknown key is an error."""
+        unknown = [k for k in values if k not in FIELDS]
+        if unknown:
+            raise ConfigError(f"unknown option {unknown[0]!r}; valid options: {', '.join(FIELDS)}.")
+        return cls(**values)
+
+    @classmethod
+    def from_run(cls, run: str | os.PathLike[str]) -> RunConfig:
+        """The options recorded in a run folder's ``config.json`` (or that file's path), with
+        each ``auto`` setting as the run resolved it (epochs, batch size, learning rate...)
+        and without the run's own folder (``out``, ``resume`` and ``overwrite`` at their
+        defaults): ``run_experiment(RunConfig.from_run(run).replace(seed=1))`` repeats a
+        run with another seed. The split, augmentation and weights the run resolved stay in
+        config.json."""
+        from .runfolder import read_json
+
+        path = Path(run)
+        record = read_json(path / "config.json" if path.is_dir() else path)
+        if not isinstance(record, dict):
+            raise ConfigError(f"{path} is not a run's config.json (it holds no table of options).")
+        own_folder = {"out", "resume", "overwrite"}
+        return cls.from_dict(
+            {k: v for k, v in record.items() if k in FIELDS and k not in own_folder}
+        )
+
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict (tuples become lists)."""
         return {
@@ -535,6 +600,43 @@ class RunConfig:
 
     def replace(self, **changes: Any) -> RunConfig:
         return dataclasses.replace(self, **changes)
+
+
+def _typed(f: dataclasses.Field, value: Any) -> Any:
+    """``value`` as field ``f``'s declared type, or a ConfigError naming what it takes.
+    Returns ``value`` itself when it already has that type."""
+    kind, flag = str(f.type), flag_name(f.name)
+    if value is None:
+        if "None" in kind:
+            return None
+        raise ConfigError(f"{flag} cannot be None (its default is {f.default!r}).")
+    if isinstance(value, str) and not kind.startswith("str"):
+        return parse_value(f.name, value)  # as if given on the command line
+    if kind.startswith("tuple"):
+        items = value if isinstance(value, (list, tuple)) else (value,)
+        if any(isinstance(v, bool) or not isinstance(v, (str, numbers.Integral)) for v in items):
+            raise ConfigError(f"{flag} must be a list of names or indices (got {value!r}).")
+        typed = tuple(v if isinstance(v, str) else str(int(v)) for v in items)
+        return value if typed == value and isinstance(value, tuple) else typed
+    if kind.startswith("bool"):
+        if isinstance(value, bool):
+            return value
+        if type(value).__module__ == "numpy" and type(value).__name__ in ("bool", "bool_"):
+            return bool(value)
+        raise ConfigError(f"{flag} must be True or False (got {value!r}).")
+    if kind.startswith("int"):
+        if isinstance(value, numbers.Integral) and not isinstance(value, bool):
+            return value if type(value) is int else int(value)
+        raise ConfigError(f"{flag} must be an integer (got {value!r}).")
+    if kind.startswith("float"):
+        if isinstance(value, numbers.Real) and not isinstance(value, bool):
+            return value if type(value) is float else float(value)
+        raise ConfigError(f"{flag} must be a number (got {value!r}).")
+    if isinstance(value, os.PathLike) and f.name in ("data_root", "out", "pretrained"):
+        return os.fspath(value)
+    if not isinstance(value, str):
+        raise ConfigError(f"{flag} must be a string (got {value!r}).")
+    return value
 
 
 # ----------------------------------------------------------------------------- resolving
@@ -655,22 +757,15 @@ def validate(cfg: RunConfig) -> None:
     from .augment import AUGMENTATIONS
     from .data import check_dataset_name
     from .heads import HEADS
-    from .models import MODELS
+    from .models import check_model
     from .scores import check_score_names
 
-    for f in fields(cfg):
-        check = f.metadata["check"]
-        value = getattr(cfg, f.name)
-        if check is not None and value is not None and (problem := check(value)):
-            raise ConfigError(f"{flag_name(f.name)} {problem} (got {value!r}).")
+    # each field's type and range were checked when cfg was built (RunConfig.__post_init__)
     if cfg.known is not None and cfg.holdout is not None:
         raise ConfigError("give --holdout or --known, not both.")
     _check_run_folder_options(cfg)
     check_dataset_name(cfg.dataset)
-    if cfg.model not in MODELS:
-        raise ConfigError(
-            f"--model {cfg.model!r} is not known; choose one of: {', '.join(MODELS)}."
-        )
+    check_model(cfg.model, cfg.stem)
     if not cfg.head:
         raise ConfigError(f"--head needs at least one head; choose from: {', '.join(HEADS)}.")
     for head in cfg.head:

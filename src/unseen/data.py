@@ -20,7 +20,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from .errors import ConfigError, DataError
+from .errors import ConfigError, DataError, UnseenError
+from .runfolder import read_npz
 
 #: The folder Debian's ``dataset-fashion-mnist`` package installs.
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
@@ -556,26 +557,14 @@ def _npz_source(path: str) -> tuple[Callable, Callable]:
         return str(file)
 
     def load(_root: str | None = None, download: bool = False) -> ImageData:
-        import zipfile
-
         locate()
         try:
-            with np.load(file, allow_pickle=False) as npz:
-                missing = [
-                    k for k in ("x_train", "y_train", "x_test", "y_test") if k not in npz.files
-                ]
-                if missing:
-                    raise DataError(f"npz file {file} lacks the arrays {', '.join(missing)}.")
-                arrays = {k: npz[k] for k in npz.files}
-        except (zipfile.BadZipFile, OSError, EOFError, ValueError) as exc:
-            if "allow_pickle" in str(exc):  # object arrays: loading them would run pickle
-                raise DataError(
-                    f"npz file {file} holds object arrays, which are not loaded (unpickling "
-                    "can run code); save plain uint8 images and integer labels."
-                ) from None
-            raise DataError(
-                f"npz file {file} is truncated or not an npz archive ({type(exc).__name__})."
-            ) from None
+            arrays = read_npz(file, "npz file")
+        except UnseenError as exc:
+            raise DataError(str(exc)) from None
+        missing = [k for k in ("x_train", "y_train", "x_test", "y_test") if k not in arrays]
+        if missing:
+            raise DataError(f"npz file {file} lacks the arrays {', '.join(missing)}.")
 
         def images(a: np.ndarray, key: str) -> torch.Tensor:
             if a.dtype != np.uint8:

@@ -34,19 +34,35 @@ import torch.nn.functional as F
 from .console import image_bar
 from .errors import ConfigError, DataError
 from .hardware import autocast
-from .scores import FitContext, Outputs, Score, register
+from .scores import FitContext, Outputs, Score, check_setting, register
 
 # ----------------------------------------------------------------------------- helpers
 
 
-def _train(score: Score, context: FitContext) -> Outputs:
-    """The known training outputs, with labels, or a clear error."""
+def _train(score: Score, context: FitContext, labelled: bool = True) -> Outputs:
+    """The known training outputs (with labels when ``labelled``), or a clear error."""
     train = context.train
-    if train is None or train.labels is None:
-        raise ValueError(f"score '{score.name}' needs the labelled known training outputs")
+    if train is None or (labelled and train.labels is None):
+        what = "labelled known training outputs" if labelled else "known training outputs"
+        raise ValueError(f"score '{score.name}' needs the {what} (FitContext.train)")
     if len(train) == 0:
         raise DataError(f"score '{score.name}' has no known training images to fit on.")
+    if labelled and (int(train.labels.min()) < 0 or int(train.labels.max()) >= context.num_classes):
+        raise ValueError(
+            f"score '{score.name}' fits on known classes only: training labels must be 0 to "
+            f"{context.num_classes - 1}"
+        )
     return train
+
+
+def _head(score: Score, context: FitContext) -> tuple[torch.Tensor, torch.Tensor]:
+    """The head's weight (K x D) and bias (K), or a clear error."""
+    if context.head_weight is None or context.head_bias is None:
+        raise ValueError(
+            f"score '{score.name}' needs the head's weight and bias "
+            "(FitContext.head_weight, FitContext.head_bias)"
+        )
+    return context.head_weight, context.head_bias
 
 
 def class_means(features: torch.Tensor, labels: torch.Tensor, num_classes: int) -> torch.Tensor:
@@ -119,7 +135,7 @@ class Mahalanobis(Score):
         train = _train(self, context)
         x = train.features.double()
         if "class_gaussians" not in context.shared:  # mahalanobis and rmd fit the same ones
-            means = class_means(x, train.labels, context.head_weight.shape[0])
+            means = class_means(x, train.labels, context.num_classes)
             context.shared["class_gaussians"] = (means, *gaussian_fit(x - means[train.labels]))
         self.means_, self.covariance_, self.precision_, self._whiten, self.covariance_rank_ = (
             context.shared["class_gaussians"]
@@ -223,6 +239,8 @@ class KNN(Score):
     needs_train = True
 
     def __init__(self, k: int = 50, bank_size: int | None = 10000, seed: int = 0):
+        check_setting(self, "k", k, "knn_k")
+        check_setting(self, "bank_size", bank_size, "knn_bank")
         self.k = k
         self.bank_size = bank_size
         self.seed = seed
@@ -232,7 +250,7 @@ class KNN(Score):
         return cls(k=config.knn_k, bank_size=config.knn_bank, seed=config.seed)
 
     def fit(self, context: FitContext) -> Score:
-        x = _train(self, context).features.float()
+        x = _train(self, context, labelled=False).features.float()
         n_total = len(x)
         if self.bank_size is not None and n_total > self.bank_size:
             g = torch.Generator().manual_seed(self.seed)
@@ -292,6 +310,7 @@ class ViM(Score):
     needs_train = True
 
     def __init__(self, dim: int | None = None):
+        check_setting(self, "dim", dim, "vim_dim")
         self.dim = dim
 
     @classmethod
@@ -299,8 +318,8 @@ class ViM(Score):
         return cls(dim=config.vim_dim)
 
     def fit(self, context: FitContext) -> Score:
-        train = _train(self, context)
-        w, b = context.head_weight.double(), context.head_bias.double()
+        train = _train(self, context, labelled=False)
+        w, b = (t.double() for t in _head(self, context))
         x = train.features.double().to(w.device)
         n_feat = x.shape[1]
         dim = auto_vim_dim(n_feat) if self.dim is None else self.dim
@@ -360,6 +379,7 @@ class ReAct(Score):
     needs_train = True
 
     def __init__(self, percentile: float = 90.0):
+        check_setting(self, "percentile", percentile, "react_percentile")
         self.percentile = percentile
 
     @classmethod
@@ -367,10 +387,11 @@ class ReAct(Score):
         return cls(percentile=config.react_percentile)
 
     def fit(self, context: FitContext) -> Score:
-        self.clip_ = percentile(_train(self, context).features, self.percentile)
+        weight, bias = _head(self, context)
+        self.clip_ = percentile(_train(self, context, labelled=False).features, self.percentile)
         self.percentile_ = float(self.percentile)
-        self.head_weight_ = context.head_weight.float()
-        self.head_bias_ = context.head_bias.float()
+        self.head_weight_ = weight.float()
+        self.head_bias_ = bias.float()
         self.fit_on_ = "train"
         return self
 
@@ -444,7 +465,7 @@ class Temperature(Score):
 
     def fit(self, context: FitContext) -> Score:
         val = context.val
-        if val.labels is None or len(val) == 0:
+        if val is None or val.labels is None or len(val) == 0:
             raise DataError("score 'temperature' needs labelled validation images to fit T.")
         lo, hi = TEMPERATURE_BOUNDS
         self.fitted_temperature_ = fit_temperature(val.logits, val.labels, TEMPERATURE_BOUNDS)
@@ -551,6 +572,8 @@ class OpenMax(Score):
     needs_train = True
 
     def __init__(self, tail_size: int = 20, alpha: int = 3):
+        check_setting(self, "tail_size", tail_size, "openmax_tail")
+        check_setting(self, "alpha", alpha, "openmax_alpha")
         self.tail_size = tail_size
         self.alpha = alpha
 
@@ -561,7 +584,7 @@ class OpenMax(Score):
     def fit(self, context: FitContext) -> Score:
         train = _train(self, context)
         logits, labels = train.logits.double().cpu(), train.labels.cpu()
-        k = context.head_weight.shape[0]
+        k = context.num_classes
         correct = logits.argmax(1) == labels
         mavs, shapes, scales, tails = [], [], [], []
         for c in range(k):
@@ -667,6 +690,8 @@ class ODIN(Score):
     in_all = False
 
     def __init__(self, temperature: float = 1000.0, epsilon: float = 0.0014):
+        check_setting(self, "temperature", temperature, "odin_temperature")
+        check_setting(self, "epsilon", epsilon, "odin_epsilon")
         self.temperature = temperature
         self.epsilon = epsilon
 

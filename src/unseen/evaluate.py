@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import torch
 
+from .checkpoint import TrainingDiverged
 from .console import image_bar
+from .errors import UnseenError
 from .hardware import autocast
 from .models import Classifier
 from .scores import Outputs
@@ -26,6 +28,11 @@ def forward_pass(
     autocast and the head (one linear layer) runs in fp32 on them. With ``desc``, a progress
     bar of that name is shown on a terminal (as for training) while the batches run.
     """
+    if images.dtype != torch.uint8:
+        raise UnseenError(
+            f"forward_pass takes uint8 images (0-255), not {images.dtype}: convert float "
+            "images in [0, 1] with (x * 255).round().to(torch.uint8), or use unseen.load(run)."
+        )
     was_training = model.training
     model.eval()
     logits, feats = [], []
@@ -51,3 +58,16 @@ def forward_pass(
         features=torch.cat(feats) if feats else torch.empty(0, d, device=device),
         labels=None if labels is None else labels.to(device),
     )
+
+
+def check_finite(outputs: Outputs, images: str) -> None:
+    """Raise :class:`TrainingDiverged` when the network's outputs for ``images`` hold NaN or
+    infinite values. Finite weights do not rule that out: batch-norm statistics gathered on
+    degenerate batches (1 x 1 pixel images, say) can overflow in evaluation mode."""
+    bad = ~(outputs.logits.isfinite().all(1) & outputs.features.isfinite().all(1))
+    if n_bad := int(bad.sum()):
+        raise TrainingDiverged(
+            f"the trained network gives NaN or infinite outputs for {n_bad} of the "
+            f"{len(bad)} {images}, though its weights are finite; lower --lr or train on "
+            "more (or larger) images."
+        )

@@ -36,7 +36,7 @@ from .config import RunConfig, validate
 from .data import ImageData, absolute_paths, load_dataset
 from .detectors import check_vim_dim
 from .errors import ConfigError
-from .evaluate import forward_pass
+from .evaluate import check_finite, forward_pass
 from .hardware import configure_threads, describe_device, resolve_device, resolve_precision
 from .heads import HEADS
 from .metrics import confidence_summary, open_set_metrics, predicted_as, score_metrics
@@ -410,6 +410,8 @@ def run_head(
     test = forward_pass(infer, sd.x_test, p.device, p.precision, labels=sd.y_test,
                         desc="test images" if progress else None)  # fmt: skip
     val = forward_pass(infer, sd.x_val, p.device, p.precision, labels=sd.y_val)
+    check_finite(test, "test images")
+    check_finite(val, "validation images")
     names = scores_for_head(cfg.scores, head)
     fitted = fit_scores(names, infer, p, val, head, progress)
 
@@ -643,6 +645,7 @@ def _run_experiment(cfg: RunConfig, progress: bool, log: Callable[[str], None] |
             resume=cfg.resume,
             resume_hint=f"unseen run --resume --out {run_dir}",
             every=cfg.checkpoint_every,
+            say=say,
         )
         checkpoints.append(checkpoint)
         if len(cfg.head) > 1 and cfg.resume and is_finished(head_dir):

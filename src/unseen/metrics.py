@@ -20,11 +20,44 @@ def _both_present(is_known: np.ndarray) -> bool:
     return bool(is_known.any() and (~is_known).any())
 
 
+def _scores(score: np.ndarray, what: str = "score") -> np.ndarray:
+    """``score`` as a 1-D float array; ValueError for other shapes and non-finite values."""
+    s = np.asarray(score, float)
+    if s.ndim != 1:
+        raise ValueError(f"{what} must hold one value per image (1-D), not shape {s.shape}")
+    if bad := int(np.count_nonzero(~np.isfinite(s))):
+        raise ValueError(f"{what} holds {bad} value(s) that are not finite (NaN or infinite)")
+    return s
+
+
+def _known_mask(is_known: np.ndarray, n: int) -> np.ndarray:
+    """``is_known`` as booleans, one per score; only booleans or 0/1 are accepted, so that
+    passing class labels by mistake (where -1 would read as known) is an error."""
+    k = np.asarray(is_known)
+    if k.dtype != bool:
+        if k.size and not np.isin(k, (0, 1)).all():
+            raise ValueError(
+                "is_known must be booleans or 0/1 (1 = a known class), not class labels; "
+                "for labels with -1 for unseen images pass labels >= 0"
+            )
+        k = k.astype(bool)
+    if k.shape != (n,):
+        raise ValueError(f"is_known has shape {k.shape}, the scores ({n},)")
+    return k
+
+
+def _fraction(value: float, what: str) -> float:
+    if not 0.0 < value <= 1.0:
+        raise ValueError(f"{what} must be a fraction in (0, 1], not {value!r} (0.95, not 95)")
+    return float(value)
+
+
 def auroc(score: np.ndarray, is_known: np.ndarray) -> float:
     """Area under the ROC curve, known = positive. NaN without both groups."""
     from sklearn.metrics import roc_auc_score
 
-    is_known = np.asarray(is_known, bool)
+    score = _scores(score)
+    is_known = _known_mask(is_known, len(score))
     return float(roc_auc_score(is_known, score)) if _both_present(is_known) else math.nan
 
 
@@ -32,7 +65,8 @@ def aupr_in(score: np.ndarray, is_known: np.ndarray) -> float:
     """Average precision with known images as the positive class."""
     from sklearn.metrics import average_precision_score
 
-    is_known = np.asarray(is_known, bool)
+    score = _scores(score)
+    is_known = _known_mask(is_known, len(score))
     return float(average_precision_score(is_known, score)) if _both_present(is_known) else math.nan
 
 
@@ -40,11 +74,10 @@ def aupr_out(score: np.ndarray, is_known: np.ndarray) -> float:
     """Average precision with unseen images as the positive class (scored by ``-score``)."""
     from sklearn.metrics import average_precision_score
 
-    is_known = np.asarray(is_known, bool)
+    score = _scores(score)
+    is_known = _known_mask(is_known, len(score))
     return (
-        float(average_precision_score(~is_known, -np.asarray(score)))
-        if _both_present(is_known)
-        else math.nan
+        float(average_precision_score(~is_known, -score)) if _both_present(is_known) else math.nan
     )
 
 
@@ -52,7 +85,9 @@ def fpr_at_tpr(score: np.ndarray, is_known: np.ndarray, tpr: float = 0.95) -> fl
     """Fraction of unseen images accepted at the highest threshold accepting >= ``tpr`` of known ones."""
     from sklearn.metrics import roc_curve
 
-    is_known = np.asarray(is_known, bool)
+    score = _scores(score)
+    is_known = _known_mask(is_known, len(score))
+    tpr = _fraction(tpr, "tpr")
     if not _both_present(is_known):
         return math.nan
     fprs, tprs, _ = roc_curve(is_known, score, drop_intermediate=False)
@@ -68,14 +103,17 @@ def oscr(score: np.ndarray, is_known: np.ndarray, correct: np.ndarray) -> float:
     """
     from sklearn.metrics import auc
 
-    score = np.asarray(score, float)
-    is_known = np.asarray(is_known, bool)
+    score = _scores(score)
+    is_known = _known_mask(is_known, len(score))
+    correct = np.asarray(correct, bool)
+    if correct.shape != score.shape:
+        raise ValueError(f"correct has shape {correct.shape}, the scores {score.shape}")
     if not _both_present(is_known):
         return math.nan
     order = np.argsort(-score, kind="stable")
     s = score[order]
     unseen_cum = np.cumsum(~is_known[order])
-    correct_cum = np.cumsum((is_known & np.asarray(correct, bool))[order])
+    correct_cum = np.cumsum((is_known & correct)[order])
     last_of_tie = np.r_[np.nonzero(np.diff(s))[0], len(s) - 1]
     x = np.r_[0.0, unseen_cum[last_of_tie] / (~is_known).sum()]
     y = np.r_[0.0, correct_cum[last_of_tie] / is_known.sum()]
@@ -84,13 +122,28 @@ def oscr(score: np.ndarray, is_known: np.ndarray, correct: np.ndarray) -> float:
 
 def calibrate_threshold(val_scores: np.ndarray, known_acceptance: float = 0.95) -> float:
     """Threshold accepting at least ``known_acceptance`` of the known validation images."""
-    val_scores = np.sort(np.asarray(val_scores, float).ravel())
+    known_acceptance = _fraction(known_acceptance, "known_acceptance")
+    val_scores = np.sort(_scores(np.ravel(val_scores), "the validation scores"))
     if val_scores.size == 0:
         raise ValueError("no validation scores to calibrate on")
     n = val_scores.size
     # the largest threshold that still accepts ceil(acceptance * n) images (score >= t)
     n_accept = min(n, max(1, math.ceil(known_acceptance * n - 1e-9)))
     return float(val_scores[n - n_accept])
+
+
+def _check_labels(labels: np.ndarray, predicted: np.ndarray, num_known: int, n: int) -> None:
+    """Labels in -1..K-1 (-1: unseen) and predictions in 0..K-1, one of each per score."""
+    for what, a, lo in (("labels", labels, -1), ("predicted", predicted, 0)):
+        if a.shape != (n,):
+            raise ValueError(f"{what} has shape {a.shape}, the scores ({n},)")
+        if a.size and (
+            not np.issubdtype(a.dtype, np.integer) or a.min() < lo or a.max() >= num_known
+        ):
+            raise ValueError(
+                f"{what} must be integers from {lo} to num_known - 1 = {num_known - 1}"
+                + (" (-1: unseen)" if lo < 0 else "")
+            )
 
 
 def open_set_metrics(
@@ -103,8 +156,10 @@ def open_set_metrics(
     """
     from sklearn.metrics import f1_score
 
-    labels = np.asarray(labels)
-    accept = np.asarray(score) >= threshold
+    score = _scores(score)
+    labels, predicted = np.asarray(labels), np.asarray(predicted)
+    _check_labels(labels, predicted, num_known, len(score))
+    accept = score >= threshold
     open_pred = np.where(accept, predicted, num_known)
     open_true = np.where(labels < 0, num_known, labels)
     is_unseen = labels < 0
@@ -142,9 +197,11 @@ def score_metrics(
     DOC's margin >= 0), otherwise the validation threshold accepting ``known_acceptance``.
     ``val_known_accepted`` is the share of validation images that threshold accepts.
     """
-    labels = np.asarray(labels)
+    test_score = _scores(test_score)
+    labels, predicted = np.asarray(labels), np.asarray(predicted)
+    _check_labels(labels, predicted, num_known, len(test_score))
     is_known = labels >= 0
-    correct = is_known & (np.asarray(predicted) == labels)
+    correct = is_known & (predicted == labels)
     out = {
         "auroc": auroc(test_score, is_known),
         "aupr_in": aupr_in(test_score, is_known),

@@ -34,6 +34,14 @@ def literal(text: object) -> str:
     return str(text).replace("$", r"\$")
 
 
+def tight_layout(fig: Figure, **kwargs: object) -> None:
+    """``fig.tight_layout`` without its warning when long labels leave it no room (the
+    figure is then saved with ``bbox_inches="tight"`` as it is, and nothing is cut off)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "Tight layout not applied", UserWarning)
+        fig.tight_layout(**kwargs)
+
+
 def figure_png(fig: Figure, dpi: int = DPI) -> bytes:
     """Render ``fig`` to PNG bytes (Agg). Class names in scripts the font lacks (CJK, say)
     are drawn as boxes without a warning per character on stderr."""
@@ -87,7 +95,7 @@ def score_histogram(
     ax.set_ylabel("density")
     ax.set_title(f"{name}: known vs unseen test images")
     ax.legend(fontsize=8, frameon=False)
-    fig.tight_layout()
+    tight_layout(fig)
     return fig
 
 
@@ -116,7 +124,7 @@ def roc_figure(scores: Mapping[str, np.ndarray], is_known: np.ndarray) -> Figure
     ax.set_title("ROC, known = positive" if both else "ROC needs known and unseen test images")
     if both:
         ax.legend(fontsize=8, loc="lower right", frameon=False)
-    fig.tight_layout()
+    tight_layout(fig)
     return fig
 
 
@@ -176,7 +184,7 @@ def confusion_figure(
     ax.set_ylabel("true class")
     ax.set_title("where test images went (colour: share of the row)")
     fig.colorbar(im, ax=ax, fraction=0.04, pad=0.02)
-    fig.tight_layout()
+    tight_layout(fig)
     return fig
 
 
@@ -269,7 +277,7 @@ def reliability_figure(
     right.set_xlim(0, 1)
     right.set_xlabel(f"{name} confidence")
     right.set_ylabel("share of unseen images")
-    fig.tight_layout()
+    tight_layout(fig)
     return fig
 
 
@@ -390,7 +398,7 @@ def projection_figure(
     else:
         handles, names = axes[0].get_legend_handles_labels()
         right = 1 - 1.6 / fig.get_figwidth()
-        fig.tight_layout(rect=(0, 0, right, 1))
+        tight_layout(fig, rect=(0, 0, right, 1))
         fig.legend(handles, names, loc="center left", bbox_to_anchor=(right, 0.5), fontsize=7,
                    frameon=False, markerscale=2)  # fmt: skip
     return fig
@@ -441,7 +449,7 @@ def training_figure(history: Sequence[Mapping[str, float]]) -> Figure:
     for ax in axes:
         ax.set_xlabel("epoch")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    fig.tight_layout()
+    tight_layout(fig)
     return fig
 
 
@@ -478,5 +486,5 @@ def comparison_figure(
     ax.invert_yaxis()
     ax.set_xlabel(f"{metric} (mean ± std over seeds)")
     ax.legend(fontsize=8, frameon=False, loc="lower right")
-    fig.tight_layout()
+    tight_layout(fig)
     return fig

@@ -62,6 +62,7 @@ from .runfolder import (
     atomic_write,
     is_finished,
     load_torch,
+    read_npz,
     require_finished,
 )
 from .scores import SCORES, Outputs, Score, create_score
@@ -219,10 +220,9 @@ def run_config(ckpt: dict[str, Any]) -> Any:
     cfg = ckpt.get("config")
     if not isinstance(cfg, dict):
         return None
-    values = {k: tuple(v) if isinstance(v, list) else v for k, v in cfg.items() if k in FIELDS}
     try:
-        return RunConfig().replace(**values)
-    except (TypeError, ValueError):
+        return RunConfig.from_dict({k: v for k, v in cfg.items() if k in FIELDS})
+    except (UnseenError, TypeError, ValueError):
         return None
 
 
@@ -427,17 +427,10 @@ class Predictor:
         """The run's scores of its known-class validation images (``scores.npz``)."""
         if self._val_scores is None:
             path = self.run_dir / "scores.npz"
-            try:
-                with np.load(path, allow_pickle=False) as npz:
-                    self._val_scores = {
-                        k[len("val_score_") :]: npz[k]
-                        for k in npz.files
-                        if k.startswith("val_score_")
-                    }
-            except FileNotFoundError:
-                raise UnseenError(f"{path} does not exist; pass a --threshold instead.") from None
-            except Exception as exc:  # zip damage, truncation
-                raise UnseenError(f"{path} could not be read ({type(exc).__name__}).") from None
+            if not path.is_file():
+                raise UnseenError(f"{path} does not exist; pass a --threshold instead.")
+            arrays = read_npz(path, keep=lambda k: k.startswith("val_score_"))
+            self._val_scores = {k[len("val_score_") :]: v for k, v in arrays.items()}
         if name not in self._val_scores or self._val_scores[name].size == 0:
             raise UnseenError(
                 f"{self.run_dir / 'scores.npz'} has no validation scores for {name!r} to calibrate on; "
@@ -663,22 +656,20 @@ def _decode_file(path: Path) -> Item:
 
 
 def _npz_items(path: Path) -> Iterator[Item]:
-    import zipfile
-
     try:
-        with np.load(path, allow_pickle=False) as npz:
-            key = next((k for k in NPZ_KEYS if k in npz.files), None)
-            if key is None:
-                yield Item(
-                    str(path),
-                    error=f"npz has no array named {', '.join(NPZ_KEYS)} (it has: "
-                    f"{', '.join(npz.files) or 'none'})",
-                )
-                return
-            array = npz[key]
-    except (zipfile.BadZipFile, OSError, EOFError, ValueError) as exc:
-        yield Item(str(path), error=f"could not be read as an npz archive ({type(exc).__name__})")
+        arrays = read_npz(path)
+    except UnseenError as exc:
+        yield Item(str(path), error=str(exc).removeprefix(f"{path} ").rstrip("."))
         return
+    key = next((k for k in NPZ_KEYS if k in arrays), None)
+    if key is None:
+        yield Item(
+            str(path),
+            error=f"npz has no array named {', '.join(NPZ_KEYS)} (it has: "
+            f"{', '.join(arrays) or 'none'})",
+        )
+        return
+    array = arrays[key]
     if (nchw := npz_images_nchw(array)) is None:
         yield Item(
             str(path), error=f"npz array {key!r} has shape {array.shape}; expected {NPZ_LAYOUTS}"

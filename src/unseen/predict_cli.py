@@ -7,16 +7,26 @@ from __future__ import annotations
 
 import argparse
 
+from .cli import nonempty_path
+
+
+def _number(text: str, kind: type = float) -> float:
+    try:
+        return kind(text)
+    except ValueError:
+        what = "an integer" if kind is int else "a number"
+        raise argparse.ArgumentTypeError(f"must be {what}, not {text!r}") from None
+
 
 def _fraction(text: str) -> float:
-    value = float(text)
+    value = _number(text)
     if not 0.0 < value <= 1.0:
         raise argparse.ArgumentTypeError(f"must be above 0 and at most 1, not {text}")
     return value
 
 
 def _positive_int(text: str) -> int:
-    value = int(text)
+    value = int(_number(text, int))
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be positive, not {text}")
     return value
@@ -25,7 +35,7 @@ def _positive_int(text: str) -> int:
 def _finite(text: str) -> float:
     import math
 
-    value = float(text)
+    value = _number(text)
     if not math.isfinite(value):
         raise argparse.ArgumentTypeError(f"must be a finite number, not {text}")
     return value
@@ -59,9 +69,15 @@ def add_predict_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentPars
         "image; a file that cannot be read gets its own row with an error, and the exit code "
         "is 2 only when no input could be read.",
     )
-    p.add_argument("run_dir", metavar="RUN_DIR", help="a finished run folder (or RUN/<head>/)")
+    p.add_argument(
+        "run_dir",
+        type=nonempty_path,
+        metavar="RUN_DIR",
+        help="a finished run folder (or RUN/<head>/)",
+    )
     p.add_argument(
         "inputs",
+        type=nonempty_path,
         metavar="INPUT",
         nargs="+",
         help="image files, folders of images (searched recursively) or .npz files with an "
@@ -99,7 +115,13 @@ def add_predict_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentPars
         default=None,
         help="output format [default: from the --output suffix (.csv, .json), else table]",
     )
-    p.add_argument("--output", metavar="FILE", default=None, help="write there instead of stdout")
+    p.add_argument(
+        "--output",
+        type=nonempty_path,
+        metavar="FILE",
+        default=None,
+        help="write there instead of stdout",
+    )
     p.add_argument(
         "--device", choices=("auto", "cpu", "cuda"), default="auto", help="where to run the model"
     )

@@ -47,6 +47,7 @@ from .runfolder import (
     is_finished,
     mixed_settings,
     read_json,
+    read_npz,
     require_finished,
     resolved_settings,
     write_json,
@@ -133,15 +134,42 @@ def read_history(path: Path) -> list[dict]:
 def read_arrays(path: Path) -> dict[str, np.ndarray]:
     if not path.is_file():
         raise UnseenError(f"{path} does not exist; the run folder is incomplete.")
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            return {k: data[k] for k in data.files}
-    except (OSError, ValueError) as exc:
-        raise UnseenError(f"{path} could not be read as an .npz file ({exc}).") from None
+    arrays = read_npz(path)
+    # a damaged or hand-edited file: one sentence, not an IndexError in the middle of a plot
+    for prefix, rows_of in (("val_", "val_label"), ("", "label")):
+        group = {
+            k: v
+            for k, v in arrays.items()
+            if k.startswith(prefix) and (prefix or not k.startswith("val_"))
+        }
+        lengths = {len(v) if v.ndim else -1 for v in group.values()}
+        if len(lengths) > 1:
+            raise UnseenError(
+                f"{path} holds arrays of different lengths ({rows_of} and the others): the run folder is damaged."
+            )
+    for k, v in arrays.items():
+        if "score_" in k and not np.isfinite(v).all():
+            raise UnseenError(f"{path} holds non-finite values in {k}: the run folder is damaged.")
+    return arrays
+
+
+def read_run_config(run_dir: Path) -> dict:
+    """A run's config.json, which must hold a table of options."""
+    config = read_json(run_dir / "config.json")
+    if not isinstance(config, dict):
+        raise UnseenError(
+            f"{run_dir / 'config.json'} is not a run's config.json (it holds no table of options)."
+        )
+    return config
 
 
 def run_heads(run_dir: Path, config: dict) -> list[str]:
-    return list(config.get("head") or ["softmax"])
+    heads = config.get("head") or ["softmax"]
+    if not isinstance(heads, list) or not all(isinstance(h, str) for h in heads):
+        raise UnseenError(
+            f"{run_dir / 'config.json'} records no list of heads: the run folder is damaged."
+        )
+    return heads
 
 
 def head_folder(run_dir: Path, config: dict, head: str) -> Path:
@@ -161,7 +189,7 @@ def load_run(run_dir: str | Path, check_finished: bool = True) -> tuple[dict, li
     """config.json and every head of a run; refuses unfinished runs unless ``check_finished``
     is False (the run itself builds its report just before it marks itself finished)."""
     run_dir = check_run_folder(run_dir) if check_finished else Path(run_dir)
-    config = read_json(run_dir / "config.json")
+    config = read_run_config(run_dir)
     heads = []
     for head, metrics in load_head_metrics(run_dir, config).items():
         folder = head_folder(run_dir, config, head)
@@ -736,7 +764,7 @@ def aggregate_runs(run_dirs: Iterable[str | Path]) -> list[dict]:
     groups: dict[tuple[str, str], dict] = {}
     for raw in run_dirs:
         run_dir = check_run_folder(raw)
-        config = read_json(run_dir / "config.json")
+        config = read_run_config(run_dir)
         key_cfg = _grouping_config(config)
         for head, metrics in load_head_metrics(run_dir, config).items():
             key = (json.dumps(key_cfg, sort_keys=True, default=str), head)

@@ -91,6 +91,43 @@ def read_json(path: str | Path) -> Any:
         raise UnseenError(f"{path} is not valid JSON ({exc}).") from None
 
 
+def read_npz(
+    path: str | Path, what: str = "", keep: Callable[[str], bool] | None = None
+) -> dict[str, np.ndarray]:
+    """The arrays of an ``.npz`` archive (those whose names ``keep`` accepts), read without
+    pickle. A missing file, a file that is no archive (a single ``.npy`` array, text), object
+    arrays and a damaged archive each raise :class:`UnseenError` in one sentence naming
+    ``what path``."""
+    import zipfile
+
+    path = Path(path)
+    name = f"{what} {path}".strip()
+    try:
+        with path.open("rb") as fh:
+            magic = fh.read(6)
+    except FileNotFoundError:
+        raise UnseenError(f"{name} does not exist.") from None
+    except OSError as exc:
+        raise UnseenError(
+            f"{name} cannot be read ({exc.strerror or type(exc).__name__})."
+        ) from None
+    if magic == b"\x93NUMPY":
+        raise UnseenError(
+            f"{name} is a single .npy array, not an .npz archive of named arrays (np.savez)."
+        )
+    if not magic.startswith(b"PK"):
+        raise UnseenError(f"{name} is not an .npz archive.")
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            return {k: npz[k] for k in npz.files if keep is None or keep(k)}
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError) as exc:
+        if "allow_pickle" in str(exc):  # object arrays: loading them would run pickle
+            raise UnseenError(
+                f"{name} holds object arrays, which are not loaded (unpickling can run code)."
+            ) from None
+        raise UnseenError(f"{name} is truncated or damaged ({type(exc).__name__}).") from None
+
+
 def write_csv(path: str | Path, rows: Sequence[dict]) -> Path:
     buf = io.StringIO()
     if rows:

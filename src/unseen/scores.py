@@ -11,39 +11,90 @@ Scores work on torch tensors on whatever device the outputs live on.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import torch
 
-from .errors import ConfigError
+from .errors import ConfigError, UnseenError
 
 
 @dataclass
 class Outputs:
-    """What one forward pass gives for a set of images."""
+    """What one forward pass gives for a set of images.
+
+    Any array-like is accepted (NumPy arrays of your own model's outputs, lists): logits and
+    features become float tensors, labels int64 tensors, on the device they are on."""
 
     logits: torch.Tensor  # N x K, float32
     features: torch.Tensor  # N x D, float32
     labels: torch.Tensor | None = None  # N, 0..K-1 for known, -1 unseen (None when unknown)
 
+    def __post_init__(self) -> None:
+        for name in ("logits", "features"):
+            value = _tensor(getattr(self, name), name)
+            if value.ndim != 2:
+                raise ValueError(
+                    f"Outputs.{name} must be N x {name[0].upper()}, not {tuple(value.shape)}"
+                )
+            if not value.is_floating_point():
+                value = value.float()
+            setattr(self, name, value)
+        if len(self.features) != len(self.logits):
+            raise ValueError(
+                f"Outputs has {len(self.logits)} rows of logits but {len(self.features)} of features"
+            )
+        if self.labels is not None:
+            labels = _tensor(self.labels, "labels")
+            if labels.is_floating_point() or labels.dtype == torch.bool or labels.ndim != 1:
+                raise ValueError("Outputs.labels must be one integer class per row (-1: unseen)")
+            if len(labels) != len(self.logits):
+                raise ValueError(
+                    f"Outputs has {len(self.logits)} rows of logits but {len(labels)} labels"
+                )
+            self.labels = labels.long()
+
     def __len__(self) -> int:
         return int(self.logits.shape[0])
 
 
+def _tensor(value: Any, name: str) -> torch.Tensor:
+    if isinstance(value, torch.Tensor):
+        return value
+    try:
+        return torch.as_tensor(value)
+    except (TypeError, ValueError, RuntimeError) as exc:
+        raise ValueError(f"Outputs.{name} must be an array of numbers ({exc})") from None
+
+
 @dataclass
 class FitContext:
-    """Everything a score may learn from: known-class data and the model's head."""
+    """Everything a score may learn from: known-class data and the model's head.
 
-    train: Outputs | None  # known-class training images without augmentation (None unless asked)
-    val: Outputs  # the validation slice (known classes only)
-    head_weight: torch.Tensor  # K x D
-    head_bias: torch.Tensor  # K
+    Only what a score uses must be there: the feature scores (mahalanobis, knn...) need
+    ``train`` with labels, temperature needs ``val``, vim and react the head's weight and
+    bias. Without a head, the number of known classes is the logits' width."""
+
+    train: Outputs | None = None  # known-class training images without augmentation
+    val: Outputs | None = None  # the validation slice (known classes only)
+    head_weight: torch.Tensor | None = None  # K x D
+    head_bias: torch.Tensor | None = None  # K
     head: str = "softmax"
     #: results that several scores fit from the same data (e.g. the class Gaussians that
     #: mahalanobis and rmd share), computed by the first score that needs them
     shared: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def num_classes(self) -> int:
+        """K, the number of known classes: rows of the head, else the logits' width."""
+        if self.head_weight is not None:
+            return int(self.head_weight.shape[0])
+        for outputs in (self.train, self.val):
+            if outputs is not None:
+                return int(outputs.logits.shape[1])
+        raise ValueError("FitContext holds neither a head nor any outputs")
 
 
 class Score:
@@ -60,6 +111,16 @@ class Score:
     #: False for costly scores (e.g. ODIN's extra passes) that ``--scores all`` leaves out;
     #: they run only when named
     in_all: ClassVar[bool] = True
+    #: True for a score whose ``fit`` only checks the context and learns nothing, so that
+    #: ``score`` works without it
+    stateless: ClassVar[bool] = False
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        # a score that learns state refuses to score before it has learnt it, in one clear
+        # sentence instead of an AttributeError on the first missing attribute
+        super().__init_subclass__(**kwargs)
+        if cls.fit is not Score.fit and "score" in vars(cls) and not cls.stateless:
+            cls.score = _after_fit(vars(cls)["score"])
 
     @classmethod
     def from_config(cls, config: Any) -> Score:
@@ -67,6 +128,7 @@ class Score:
         return cls()
 
     def fit(self, context: FitContext) -> Score:
+        """Learn the score's state from known-class data in ``context``; returns ``self``."""
         return self
 
     def decision_threshold(self) -> float | None:
@@ -75,6 +137,7 @@ class Score:
         return None
 
     def score(self, outputs: Outputs) -> torch.Tensor:
+        """One score per image of ``outputs``: higher = more likely a known class."""
         raise NotImplementedError
 
     def score_images(
@@ -117,6 +180,27 @@ class Score:
         for k, v in state.items():
             setattr(self, k, v)
         return self
+
+
+def _after_fit(score: Callable[[Score, Outputs], torch.Tensor]) -> Callable:
+    @functools.wraps(score)
+    def checked(self: Score, outputs: Outputs) -> torch.Tensor:
+        if not self.fitted_state():
+            raise UnseenError(f"score '{self.name}' is not fitted: call fit(context) first.")
+        return score(self, outputs)
+
+    return checked
+
+
+def check_setting(score: Score, setting: str, value: Any, option: str) -> None:
+    """Check a score's constructor argument as ``--option`` would be checked (see
+    :mod:`unseen.config`), so that a score built in Python cannot hold a value the CLI
+    refuses."""
+    from .config import FIELDS
+
+    check = FIELDS[option].metadata["check"]
+    if value is not None and check is not None and (problem := check(value)):
+        raise ConfigError(f"{type(score).__name__}({setting}={value!r}): {setting} {problem}.")
 
 
 # ----------------------------------------------------------------------------- logit scores
@@ -209,7 +293,9 @@ def check_score_names(names: Iterable[str]) -> None:
 
 def create_score(name: str, config: Any = None) -> Score:
     """A fresh score; with a RunConfig, its settings (e.g. ``doc_alpha``) come from it."""
-    expand_score_names([name])
+    if name not in SCORES:
+        expand_score_names([name])  # names the valid scores
+        raise ConfigError(f"create_score takes one score name; {name!r} stands for several.")
     return SCORES[name]() if config is None else SCORES[name].from_config(config)
 
 
@@ -274,6 +360,7 @@ class OvrScore(Score):
         "(threshold calibrated on validation)"
     )
     one_vs_rest_only = True
+    stateless = True
 
     def fit(self, context: FitContext) -> Score:
         _require_one_vs_rest(self, context)
@@ -301,6 +388,7 @@ class OvrDocScore(Score):
     one_vs_rest_only = True
 
     def __init__(self, alpha: float = 3.0):
+        check_setting(self, "alpha", alpha, "doc_alpha")
         self.alpha = alpha
 
     @classmethod
@@ -310,7 +398,7 @@ class OvrDocScore(Score):
     def fit(self, context: FitContext) -> Score:
         _require_one_vs_rest(self, context)
         val = context.val
-        if val.labels is None:
+        if val is None or val.labels is None:
             raise ValueError("ovr-doc needs the labels of the validation images")
         self.thresholds_, self.sigmas_ = doc_thresholds(
             val.logits.double().sigmoid(), val.labels, self.alpha

@@ -234,7 +234,9 @@ def split_data(
     present = set(np.unique(y_train[train_idx]).tolist())
     empty = [c for c in split.known if c not in present]
     if empty:
-        names = ", ".join(repr(split.classes[c]) for c in empty)
+        names = ", ".join(repr(split.classes[c]) for c in empty[:10])
+        if len(empty) > 10:  # labels with gaps (an npz with labels 0, 40000, ...) give many
+            names += f", ... ({len(empty)} in all)"
         where = f" in a --train-subset of {train_subset}" if train_subset is not None else ""
         what = f"known class {names} has" if len(empty) == 1 else f"known classes {names} have"
         raise ConfigError(

@@ -1002,12 +1002,19 @@ def run_sweep(
     ``dry_run`` only lists the run folders; ``summary_only`` aggregates the finished runs
     without training the others.
     """
+    from .checkpoint import holds_run_files
     from .data import load_dataset
 
     say = log or (lambda _msg: None)
     kind, _ = parse_protocol(opts.protocol)
     check_options(opts)  # before the dataset is loaded or anything is written
+    if dry_run and summary_only:
+        raise ConfigError("give --dry-run or --summary-only, not both.")
     out = Path(out_dir) if out_dir else default_sweep_dir(base.dataset, opts.protocol)
+    if holds_run_files(out):
+        raise ConfigError(
+            f"--out {out} holds a run of `unseen run`, not a sweep; give the sweep its own folder."
+        )
     classes = load_dataset(base.dataset, base.data_root, base.download).classes
     runs = plan(base.replace(out=None), classes, opts, out)
     if dry_run:
