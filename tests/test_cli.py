@@ -155,6 +155,14 @@ BAD = [
     (["run", "--no-such-flag"], "unrecognized arguments"),
     (["run", "--dataset", "fashion-mnist", "--data-root", "/nonexistent"], "IDX files not found"),
     (["run", "--val-fraction", "1e-9"], "use 0.008 or more"),
+    (["run", "--stem", "imagenet"], "--stem imagenet does not apply to --model resnet20"),
+    # an empty path (an unset shell variable) is not read as the default or the current folder
+    (["run", "--out", ""], "--out must be a folder (or 'none' for the default), not ''"),
+    (["run", "--pretrained", ""], "--pretrained must be 'torchvision', a run folder"),
+    (["report", ""], "argument RUN: an empty string is not a path"),
+    (["predict", "runs/x", ""], "argument INPUT: an empty string is not a path"),
+    (["predict", "runs/x", "a.png", "--threshold", ""], "--threshold: must be a number, not ''"),
+    (["sweep", "--protocol", "single", "--dry-run", "--summary-only"], "not both"),
     # a path the operating system refuses: one line naming it (shortened) and the reason
     (["run", "--pretrained", "x" * 300], "xxx...: File name too long."),
     (

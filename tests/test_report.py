@@ -520,3 +520,27 @@ def test_comparison_figure_with_long_labels_draws_without_a_warning():
         warnings.simplefilter("error")
         fig = comparison_figure(labels, ["msp", "energy"], "AUROC", np.full((2, 2), 0.8), np.zeros((2, 2)))
         assert figure_png(fig).startswith(b"\x89PNG")
+
+
+def test_a_damaged_run_folder_is_one_sentence_not_a_traceback(digits_run, tmp_path, capsys):
+    cases = {
+        "config": ("config.json", "[]", "is not a run's config.json (it holds no table of options)"),
+        "short": ("score_msp", lambda a: a[:5], "holds arrays of different lengths"),
+        "nan": ("score_msp", lambda a: np.full_like(a, np.nan), "non-finite values in score_msp"),
+    }
+    for name, (what, change, message) in cases.items():
+        run = tmp_path / name
+        shutil.copytree(digits_run, run)
+        if what == "config.json":
+            (run / what).write_text(change)
+        else:
+            arrays = dict(np.load(run / "scores.npz"))
+            arrays[what] = change(arrays[what])
+            np.savez(run / "scores.npz", **arrays)
+        assert main(["report", str(run), "--no-tsne"]) == 2, name
+        err = capsys.readouterr().err.strip()
+        assert message in err and len(err.splitlines()) == 1, err
+    # in a folder of runs, the damaged one is named
+    assert main(["report", str(tmp_path), "--out", str(tmp_path / "cmp")]) == 2
+    assert "config/config.json is not a run's config.json" in capsys.readouterr().err
+

@@ -992,3 +992,30 @@ def test_resuming_with_another_thread_count_warns_that_results_will_differ(tmp_p
             torch.set_num_threads(threads)
         assert bool(said) == warned, said
     assert f"trained on cpu ({threads} thread" in said[0] and "bit for bit" in said[0]
+
+
+def test_a_network_with_nan_outputs_ends_the_run_in_one_line(tmp_path, capsys, monkeypatch):
+    # finite weights do not rule out NaN outputs (batch-norm statistics of 1 x 1 pixel images
+    # overflowed in evaluation mode): the run stops before scoring, as a diverged one does
+    import unseen.experiment as experiment
+
+    real = experiment.forward_pass
+
+    def nan_outputs(*args, **kwargs):
+        out = real(*args, **kwargs)
+        out.logits[0, 0] = float("nan")
+        return out
+
+    monkeypatch.setattr(experiment, "forward_pass", nan_outputs)
+    code = main(["run", "--epochs", "1", "--train-subset", "200", "--no-report",
+                 "--out", str(tmp_path / "r")])  # fmt: skip
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1, err
+    assert "gives NaN or infinite outputs for 1 of the" in err and "test images" in err
+
+
+def test_a_run_with_every_class_known_says_nothing_is_unseen(tmp_path, capsys):
+    known = ",".join(str(i) for i in range(10))
+    assert main(["run", "--known", known, "--epochs", "1", "--train-subset", "200",
+                 "--no-report", "--out", str(tmp_path / "r")]) == 0  # fmt: skip
+    assert "note: every class is known, so no test image is unseen" in capsys.readouterr().out

@@ -181,6 +181,18 @@ def test_a_known_class_without_training_images_is_an_error():
     assert int(sd.test_is_unseen.sum()) == 20
 
 
+def test_many_known_classes_without_training_images_are_counted_not_listed():
+    # npz labels with gaps (0, 40000, 80000) made 80,000 classes and a 709 kB error line
+    y = torch.arange(3).repeat_interleave(10) * 400
+    x = torch.zeros(len(y), 1, 4, 4, dtype=torch.uint8)
+    names = tuple(str(i) for i in range(801))
+    data = ImageData("gaps", x, y, x.clone(), y.clone(), names, "test")
+    with pytest.raises(ConfigError) as err:
+        split_data(data, make_split(names))
+    assert "'1', '2', '3', '4', '5', '6', '7', '8', '9', '10', ... (798 in all) have" in str(err.value)
+    assert len(str(err.value)) < 300
+
+
 def test_class_names_differing_in_case_resolve_exactly_or_fail():
     classes = ("Cat", "cat", "dog", "CAT")
     assert make_split(classes, holdout=("Cat",)).unseen == (0,)

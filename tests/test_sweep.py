@@ -874,3 +874,11 @@ def test_killing_an_idle_jobs_worker_does_not_hang_the_sweep(tmp_path):
     summary = json.loads((out / "summary.json").read_text())
     assert summary["runs_finished"] == 2 and len(summary["runs_failed"]) == 1
     assert not any(_alive(w) for w in workers)
+
+
+def test_a_sweep_is_not_written_into_a_run_folder(digits_run, capsys):
+    before = sorted(p.name for p in digits_run.iterdir())
+    assert main(["sweep", "--protocol", "single", "--out", str(digits_run)]) == 2
+    assert "holds a run of `unseen run`, not a sweep" in capsys.readouterr().err
+    assert sorted(p.name for p in digits_run.iterdir()) == before
+

@@ -10,23 +10,59 @@ Library entry points::
     predictor.predict(images)                 # known class index, or -1 for "unknown"
 """
 
+from __future__ import annotations
+
 __version__ = "0.1.0"
+
+from typing import TYPE_CHECKING  # noqa: E402
 
 from .config import RunConfig, resolve_config  # noqa: E402
 from .errors import UnseenError  # noqa: E402
 
+# The two entry points import torch only when called (``import unseen`` stays fast); their
+# signatures repeat those of unseen.experiment.run_experiment and unseen.predict.load (a
+# test checks that they match), so that help() and editors show them.
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from pathlib import Path
 
-def run_experiment(*args, **kwargs):  # noqa: D103 - thin lazy import keeps `import unseen` fast
+    from .experiment import RunResult
+    from .predict import Predictor
+
+
+def run_experiment(
+    cfg: RunConfig, progress: bool = True, log: Callable[[str], None] | None = print
+) -> RunResult:
+    """Train with ``cfg``'s classes held out, evaluate on the full test set, write a run
+    folder and return a :class:`unseen.experiment.RunResult` (``run_dir``, ``config``,
+    ``metrics``: the content of metrics.json, ``seconds``). ``log=None`` and
+    ``progress=False`` make it silent. See :func:`unseen.experiment.run_experiment`."""
     from .experiment import run_experiment as _run
 
-    return _run(*args, **kwargs)
+    return _run(cfg, progress=progress, log=log)
 
 
-def load(*args, **kwargs):  # noqa: D103 - lazy; see unseen.predict.load
-    """Restore a finished run folder as a Predictor (see :func:`unseen.predict.load`)."""
+def load(
+    run_dir: str | Path,
+    *,
+    head: str | None = None,
+    score: str | None = None,
+    threshold: float | None = None,
+    known_acceptance: float | None = None,
+    device: str = "auto",
+    precision: str | None = None,
+    batch_size: int = 256,
+) -> Predictor:
+    """Restore a finished run folder as a :class:`unseen.predict.Predictor`: the model with
+    its reject option (``predict(images)`` gives a known class index, or -1 for unknown).
+    See :func:`unseen.predict.load` for the options."""
     from .predict import load as _load
 
-    return _load(*args, **kwargs)
+    return _load(
+        run_dir, head=head, score=score, threshold=threshold,
+        known_acceptance=known_acceptance, device=device, precision=precision,
+        batch_size=batch_size,
+    )  # fmt: skip
 
 
 __all__ = ["RunConfig", "UnseenError", "load", "resolve_config", "run_experiment", "__version__"]

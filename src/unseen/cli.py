@@ -177,7 +177,13 @@ def build_parser() -> argparse.ArgumentParser:
     ds = sub.add_parser(
         "datasets", help="list the data sources, where each was found or how to get it"
     )
-    ds.add_argument("--data-root", default=None, metavar="DIR", help="also look in this folder")
+    ds.add_argument(
+        "--data-root",
+        type=nonempty_path,
+        default=None,
+        metavar="DIR",
+        help="look in this folder instead of the usual places, as `unseen run --data-root` does",
+    )
     ds.set_defaults(func=cmd_datasets)
 
     sc = sub.add_parser("scores", help="list the rejection scores")

@@ -119,6 +119,10 @@ def _fraction_open(v: float) -> str | None:
     return None if 0.0 < v < 1.0 else "must be between 0 and 1 (exclusive)"
 
 
+def _fraction_open_closed(v: float) -> str | None:
+    return None if 0.0 < v <= 1.0 else "must be above 0 and at most 1"
+
+
 def _fraction_closed_open(v: float) -> str | None:
     return None if 0.0 <= v < 1.0 else "must be at least 0 and below 1"
 
@@ -326,9 +330,10 @@ class RunConfig:
     )
     known_acceptance: float = opt(
         0.95,
-        "fraction of known validation images each calibrated threshold accepts",
+        "fraction of known validation images each calibrated threshold accepts (1: all of "
+        "them, as `unseen predict --known-acceptance` allows)",
         parse=float,
-        check=_fraction_open,
+        check=_fraction_open_closed,
         metavar="F",
         group="evaluation",
     )

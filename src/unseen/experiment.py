@@ -628,6 +628,10 @@ def _run_experiment(cfg: RunConfig, progress: bool, log: Callable[[str], None] |
                 say(f"head {head}: {line}" if len(cfg.head) > 1 else line)
         if warning := leakage_warning(p.pretrained, cfg.dataset, p.split.unseen_names):
             say(f"warning: {warning}")
+    if not p.split.unseen_names and not p.rare:
+        say(
+            "note: every class is known, so no test image is unseen: the open-set metrics are empty"
+        )
     if cfg.freeze_backbone and p.pretrained is None:
         say("note: --freeze-backbone without --pretrained trains a head on random features")
     write_json(run_dir / "config.json", record)

@@ -237,7 +237,7 @@ def load_detectors(path: Path, device: torch.device, config: Any = None) -> dict
             continue
         try:
             score = create_score(name, config)
-        except (AttributeError, TypeError, ValueError):  # settings missing from an older config
+        except (AttributeError, TypeError, ValueError, UnseenError):  # an older config
             score = create_score(name)
         out[name] = score.load_fitted_state(fitted)
     return out

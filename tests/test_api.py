@@ -1,0 +1,247 @@
+"""The library API as a notebook uses it: configs built in Python, scores and metrics on
+arrays of one's own model, models from the registry. Misuse fails in one clear sentence."""
+
+from __future__ import annotations
+
+import inspect
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import unseen
+from unseen import RunConfig
+from unseen.config import FIELDS
+from unseen.errors import ConfigError, UnseenError
+from unseen.evaluate import check_finite, forward_pass
+from unseen.metrics import (
+    aupr_in,
+    auroc,
+    calibrate_threshold,
+    fpr_at_tpr,
+    open_set_metrics,
+    oscr,
+    score_metrics,
+)
+from unseen.models import create_model
+from unseen.scores import SCORES, FitContext, Outputs, create_score
+
+# ----------------------------------------------------------------------------- RunConfig
+
+
+@pytest.mark.parametrize(
+    "given, expected",
+    [
+        (dict(holdout="8,9"), dict(holdout=("8", "9"))),  # a string is read as on the CLI
+        (dict(holdout="Ankle boot"), dict(holdout=("Ankle boot",))),  # not one class per letter
+        (dict(holdout=9), dict(holdout=("9",))),
+        (dict(holdout=[9, "Bag"]), dict(holdout=("9", "Bag"))),
+        (dict(scores="msp"), dict(scores=("msp",))),
+        (dict(head=["softmax", "ovr"]), dict(head=("softmax", "ovr"))),
+        (dict(epochs="5", lr="0.1"), dict(epochs=5, lr=0.1)),
+        (dict(epochs=np.int64(3), lr=np.float32(0.5)), dict(epochs=3, lr=0.5)),
+        (dict(report=np.bool_(False)), dict(report=False)),
+        (dict(out=Path("/tmp/x")), dict(out="/tmp/x")),
+    ],
+)
+def test_run_config_gives_each_field_its_type(given, expected):
+    cfg = RunConfig(**given)
+    for name, value in expected.items():
+        assert getattr(cfg, name) == value and type(getattr(cfg, name)) is type(value), name
+    hash(cfg)  # frozen and hashable: no list slipped in
+
+
+@pytest.mark.parametrize(
+    "given, message",
+    [
+        (dict(epochs=1.5), "--epochs must be an integer (got 1.5)"),
+        (dict(batch_size=64.0), "--batch-size must be an integer"),
+        (dict(seed=None), "--seed cannot be None"),
+        (dict(epochs=-1), "--epochs must be positive and finite (got -1)"),
+        (dict(lr=True), "--lr must be a number"),
+        (dict(report="maybe"), "--report must be true or false"),
+        (dict(holdout=[True]), "--holdout must be a list of names or indices"),
+        (dict(epochs="x"), "--epochs must be an integer or 'auto', not 'x'"),
+        (dict(model=3), "--model must be a string (got 3)"),
+    ],
+)
+def test_run_config_refuses_a_wrong_type_when_built(given, message):
+    with pytest.raises(ConfigError) as err:
+        RunConfig(**given)
+    assert message in str(err.value)
+
+
+def test_run_config_round_trips_through_a_run_folder(tmp_path):
+    cfg = RunConfig(holdout=("3",), epochs=2, scores=("msp", "energy"), out=str(tmp_path / "r"))
+    (tmp_path / "r").mkdir()
+    (tmp_path / "r" / "config.json").write_text(json.dumps({**cfg.to_dict(), "split": {}}))
+    again = RunConfig.from_run(tmp_path / "r")  # the split and other records are skipped
+    assert again == cfg.replace(out=None)  # without the run's own folder
+    assert RunConfig.from_dict(cfg.to_dict()) == cfg
+    with pytest.raises(ConfigError, match="unknown option 'split'"):
+        RunConfig.from_dict({"split": {}})
+    with pytest.raises(UnseenError, match="does not exist"):
+        RunConfig.from_run(tmp_path / "nothing")
+
+
+def test_the_lazy_entry_points_show_the_real_signatures():
+    from unseen.experiment import run_experiment
+    from unseen.predict import load
+
+    assert inspect.signature(unseen.run_experiment) == inspect.signature(run_experiment)
+    assert inspect.signature(unseen.load) == inspect.signature(load)
+    assert unseen.run_experiment.__doc__ and unseen.load.__doc__
+
+
+# ----------------------------------------------------------------------------- scores on arrays
+
+
+def _blobs(seed: int = 0):
+    """Three known Gaussian classes and unseen points far from them, with a linear head."""
+    rng = np.random.default_rng(seed)
+    means = rng.normal(0, 4, (3, 8))
+    y_train = rng.integers(0, 3, 600)
+    x_train = means[y_train] + rng.normal(size=(600, 8))
+    y_test = np.r_[rng.integers(0, 3, 200), -np.ones(100, int)]
+    x_test = np.r_[means[y_test[:200]] + rng.normal(size=(200, 8)), rng.normal(0, 12, (100, 8))]
+    return (x_train, x_train @ means.T, y_train), (x_test, x_test @ means.T, y_test), means
+
+
+def test_feature_scores_fit_and_score_numpy_arrays_without_a_model():
+    (xf, xl, y), (tf, tl, ty), _ = _blobs()
+    ctx = FitContext(train=Outputs(logits=xl, features=xf, labels=y))  # no head, no val
+    assert ctx.num_classes == 3
+    # higher = known, as for every score (a flipped sign would give an AUROC below 0.5)
+    for name, least in (("mahalanobis", 0.99), ("rmd", 0.9), ("knn", 0.99), ("openmax", 0.8)):
+        s = create_score(name).fit(ctx).score(Outputs(tl, tf)).numpy()
+        assert auroc(s, ty >= 0) > least, name
+
+
+def test_outputs_refuse_what_is_not_one_row_per_image():
+    with pytest.raises(ValueError, match="128 rows of logits but 3 of features"):
+        Outputs(np.zeros((128, 3)), np.zeros((3, 8)))
+    with pytest.raises(ValueError, match="labels must be one integer class per row"):
+        Outputs(np.zeros((3, 3)), np.zeros((3, 8)), labels=np.zeros(3))
+    with pytest.raises(ValueError, match="logits must be N x L"):
+        Outputs(np.zeros(3), np.zeros((3, 8)))
+    out = Outputs([[1, 2]], [[3, 4, 5]], labels=[1])
+    assert out.logits.dtype == torch.float32 and out.labels.dtype == torch.int64
+
+
+def test_a_score_that_learns_refuses_to_score_before_fit():
+    (_, _, _), (tf, tl, _), _ = _blobs()
+    outputs = Outputs(tl, tf)
+    for name, cls in SCORES.items():
+        score = create_score(name)
+        if cls.fit is not SCORES["msp"].fit and not cls.stateless and not cls.needs_model:
+            with pytest.raises(UnseenError, match=f"score '{name}' is not fitted"):
+                score.score(outputs)
+    assert create_score("msp").score(outputs).shape == (300,)  # nothing to learn: no fit
+
+
+def test_what_a_score_needs_is_named_when_missing():
+    (xf, xl, y), _, _ = _blobs()
+    ctx = FitContext(train=Outputs(xl, xf, y))
+    with pytest.raises(ValueError, match="'vim' needs the head's weight and bias"):
+        create_score("vim").fit(ctx)
+    with pytest.raises(ValueError, match="'mahalanobis' needs the labelled known training"):
+        create_score("mahalanobis").fit(FitContext(train=Outputs(xl, xf)))
+    create_score("knn").fit(FitContext(train=Outputs(xl, xf)))  # knn needs no labels
+    with pytest.raises(ValueError, match="training labels must be 0 to 2"):
+        create_score("mahalanobis").fit(FitContext(train=Outputs(xl, xf, np.where(y == 0, -1, y))))
+
+
+def test_score_settings_are_checked_as_the_cli_checks_them():
+    from unseen.detectors import KNN, ODIN, OpenMax, ReAct, ViM
+
+    for make, message in [
+        (lambda: KNN(k=0), "KNN(k=0): k must be positive"),
+        (lambda: OpenMax(tail_size=1), "OpenMax(tail_size=1): tail_size must be at least 2"),
+        (lambda: ReAct(percentile=200), "ReAct(percentile=200): percentile must be above 0"),
+        (lambda: ViM(dim=0), "ViM(dim=0): dim must be positive"),
+        (lambda: ODIN(epsilon=-1), "ODIN(epsilon=-1): epsilon must be zero or more"),
+    ]:
+        with pytest.raises(ConfigError) as err:
+            make()
+        assert message in str(err.value)
+    with pytest.raises(ConfigError, match="'all' stands for several"):
+        create_score("all")
+
+
+# ----------------------------------------------------------------------------- metrics
+
+
+def test_metrics_refuse_labels_passed_as_is_known():
+    s = np.array([0.9, 0.8, 0.1, 0.2])
+    labels = np.array([0, 2, -1, -1])  # what scores.npz stores as label_known
+    for metric in (auroc, aupr_in, fpr_at_tpr):
+        with pytest.raises(ValueError, match="is_known must be booleans or 0/1"):
+            metric(s, labels)
+    assert auroc(s, labels >= 0) == 1.0 and auroc(s, [1, 1, 0, 0]) == 1.0
+    with pytest.raises(ValueError, match="is_known has shape"):
+        auroc(s, [True, False])
+
+
+def test_metrics_refuse_non_finite_scores_alike():
+    s = np.array([0.9, np.nan, 0.1, 0.2])
+    k = np.array([True, True, False, False])
+    for call in (lambda: auroc(s, k), lambda: oscr(s, k, k), lambda: calibrate_threshold(s)):
+        with pytest.raises(ValueError, match="1 value\\(s\\) that are not finite"):
+            call()
+
+
+def test_fractions_are_fractions():
+    s, k = np.array([0.9, 0.8, 0.1]), np.array([True, True, False])
+    with pytest.raises(ValueError, match="tpr must be a fraction in \\(0, 1\\], not 95"):
+        fpr_at_tpr(s, k, 95)
+    with pytest.raises(ValueError, match="known_acceptance must be a fraction"):
+        calibrate_threshold(s, 95)
+    assert calibrate_threshold(s, 1.0) == 0.1  # accept every validation image
+
+
+def test_open_set_metrics_refuse_predictions_outside_the_known_classes():
+    s, labels = np.array([0.9, 0.8, 0.1]), np.array([0, 1, -1])
+    with pytest.raises(ValueError, match="predicted must be integers from 0 to num_known - 1 = 1"):
+        open_set_metrics(s, 0.5, np.array([0, 4, 1]), labels, num_known=2)
+    with pytest.raises(ValueError, match="labels must be integers from -1"):
+        score_metrics(s, s, np.array([0, 1, 1]), np.array([0, 5, -1]), num_known=2)
+    assert open_set_metrics(s, 0.5, np.array([0, 1, 1]), labels, 2)["open_set_accuracy"] == 1.0
+
+
+# ----------------------------------------------------------------------------- models
+
+
+def test_models_take_the_inputs_they_document():
+    model = create_model("resnet20", 1, 3, 8)
+    with pytest.raises(ValueError, match="float images N x 1 x H x W in \\[0, 1\\]"):
+        model(torch.zeros(2, 1, 8, 8, dtype=torch.uint8))
+    with pytest.raises(ValueError, match="not torch.float32 \\(2, 3, 8, 8\\)"):
+        model(torch.zeros(2, 3, 8, 8))  # three channels into a one-channel model
+    with pytest.raises(UnseenError, match="forward_pass takes uint8 images"):
+        forward_pass(model, torch.zeros(2, 1, 8, 8), torch.device("cpu"))
+    with pytest.raises(ConfigError, match="--stem imagenet does not apply to --model resnet20"):
+        create_model("resnet20", 1, 3, 8, stem="imagenet")
+    with pytest.raises(ConfigError, match="at least one input channel, class and pixel"):
+        create_model("resnet20", 1, 0, 8)
+    with pytest.raises(ConfigError, match="choose one of: resnet20, resnet18"):
+        create_model("resnet50", 1, 3, 8)
+
+
+def test_non_finite_outputs_of_a_trained_network_are_a_training_failure():
+    from unseen.checkpoint import TrainingDiverged
+
+    check_finite(Outputs(torch.zeros(4, 3), torch.zeros(4, 8)), "test images")
+    logits = torch.zeros(4, 3)
+    logits[1, 2] = float("nan")
+    with pytest.raises(
+        TrainingDiverged, match="NaN or infinite outputs for 1 of the 4 test images"
+    ):
+        check_finite(Outputs(logits, torch.zeros(4, 8)), "test images")
+
+
+def test_every_field_has_a_type_the_config_can_check():
+    # a new field with a type __post_init__ does not know would pass unchecked
+    kinds = ("str", "int", "float", "bool", "tuple")
+    assert all(str(f.type).startswith(kinds) for f in FIELDS.values())
