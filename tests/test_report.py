@@ -515,16 +515,24 @@ def test_comparison_figure_with_long_labels_draws_without_a_warning():
 
     from unseen.plots import comparison_figure, figure_png
 
-    labels = [f"dataset=fashion-mnist holdout={'x' * 120} model=resnet18 seed={i}" for i in range(2)]
+    labels = [
+        f"dataset=fashion-mnist holdout={'x' * 120} model=resnet18 seed={i}" for i in range(2)
+    ]
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        fig = comparison_figure(labels, ["msp", "energy"], "AUROC", np.full((2, 2), 0.8), np.zeros((2, 2)))
+        fig = comparison_figure(
+            labels, ["msp", "energy"], "AUROC", np.full((2, 2), 0.8), np.zeros((2, 2))
+        )
         assert figure_png(fig).startswith(b"\x89PNG")
 
 
 def test_a_damaged_run_folder_is_one_sentence_not_a_traceback(digits_run, tmp_path, capsys):
     cases = {
-        "config": ("config.json", "[]", "is not a run's config.json (it holds no table of options)"),
+        "config": (
+            "config.json",
+            "[]",
+            "is not a run's config.json (it holds no table of options)",
+        ),
         "short": ("score_msp", lambda a: a[:5], "holds arrays of different lengths"),
         "nan": ("score_msp", lambda a: np.full_like(a, np.nan), "non-finite values in score_msp"),
     }
@@ -543,4 +551,3 @@ def test_a_damaged_run_folder_is_one_sentence_not_a_traceback(digits_run, tmp_pa
     # in a folder of runs, the damaged one is named
     assert main(["report", str(tmp_path), "--out", str(tmp_path / "cmp")]) == 2
     assert "config/config.json is not a run's config.json" in capsys.readouterr().err
-

@@ -189,7 +189,9 @@ def test_many_known_classes_without_training_images_are_counted_not_listed():
     data = ImageData("gaps", x, y, x.clone(), y.clone(), names, "test")
     with pytest.raises(ConfigError) as err:
         split_data(data, make_split(names))
-    assert "'1', '2', '3', '4', '5', '6', '7', '8', '9', '10', ... (798 in all) have" in str(err.value)
+    assert "'1', '2', '3', '4', '5', '6', '7', '8', '9', '10', ... (798 in all) have" in str(
+        err.value
+    )
     assert len(str(err.value)) < 300
 
 

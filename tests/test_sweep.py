@@ -881,4 +881,3 @@ def test_a_sweep_is_not_written_into_a_run_folder(digits_run, capsys):
     assert main(["sweep", "--protocol", "single", "--out", str(digits_run)]) == 2
     assert "holds a run of `unseen run`, not a sweep" in capsys.readouterr().err
     assert sorted(p.name for p in digits_run.iterdir()) == before
-
