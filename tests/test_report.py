@@ -419,6 +419,17 @@ def test_comparison_warns_when_a_row_mixes_resolved_settings(digits_run, tmp_pat
     assert saved[0]["mixed_settings"]["device"] == ["cpu", "cuda"]
 
 
+def test_comparison_warns_when_a_row_counts_one_seed_twice(digits_run, tmp_path, capsys):
+    a = _copy_run(digits_run, tmp_path / "runs" / "a", seed=0)
+    b = _copy_run(digits_run, tmp_path / "runs" / "b", seed=0)  # a copy: not a second seed
+    c = _copy_run(digits_run, tmp_path / "runs" / "c", seed=1)
+    assert main(["report", str(a), str(b), str(c), "--out", str(tmp_path / "cmp")]) == 0
+    err = capsys.readouterr().err
+    assert "averages several runs of seed 0 with the same settings" in err
+    assert main(["report", str(a), str(c), "--out", str(tmp_path / "cmp2")]) == 0
+    assert "warning" not in capsys.readouterr().err
+
+
 def test_runs_recorded_with_relative_and_absolute_paths_group_together(tmp_path, monkeypatch):
     from unseen.report import _grouping_config
 

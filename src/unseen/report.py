@@ -801,14 +801,23 @@ def aggregate_runs(run_dirs: Iterable[str | Path]) -> list[dict]:
 
 def comparison_warnings(rows: Sequence[dict]) -> list[str]:
     """One sentence per row of :func:`aggregate_runs` that averages runs whose 'auto'
-    settings resolved differently."""
-    return [
+    settings resolved differently, and per row that holds a seed twice (the same run
+    counted twice, e.g. a copied run folder: its std is too small)."""
+    out = [
         f"'{r['label']}' averages runs with different resolved settings: "
         f"{describe_mixed(r['mixed_settings'])}; pin them (--device, --precision, "
         "--batch-size, --lr, --epochs) to compare like with like."
         for r in rows
         if r.get("mixed_settings")
     ]
+    for r in rows:
+        seeds = [s for s in r.get("seeds", []) if s is not None]
+        if twice := sorted({s for s in seeds if seeds.count(s) > 1}):
+            out.append(
+                f"'{r['label']}' averages several runs of seed {', '.join(map(str, twice))} "
+                "with the same settings (copies of one run?); its std understates the spread."
+            )
+    return out
 
 
 def _label_rows(rows: list[dict]) -> None:
