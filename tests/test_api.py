@@ -161,7 +161,8 @@ def test_score_settings_are_checked_as_the_cli_checks_them():
         (lambda: OpenMax(tail_size=1), "OpenMax(tail_size=1): tail_size must be at least 2"),
         (lambda: ReAct(percentile=200), "ReAct(percentile=200): percentile must be above 0"),
         (lambda: ViM(dim=0), "ViM(dim=0): dim must be positive"),
-        (lambda: ODIN(epsilon=-1), "ODIN(epsilon=-1): epsilon must be zero or more"),
+        (lambda: ODIN(epsilon=-1), "ODIN(epsilon=-1): epsilon must be from 0 to 1"),
+        (lambda: ODIN(epsilon=1e10), "ODIN(epsilon=10000000000.0): epsilon must be from 0 to 1"),
     ]:
         with pytest.raises(ConfigError) as err:
             make()

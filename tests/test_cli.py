@@ -188,6 +188,23 @@ def test_bad_toml_key_is_rejected(tmp_path, capsys):
     assert "unknown key 'epochz'" in capsys.readouterr().err
 
 
+def test_a_command_line_option_in_a_config_file_is_named_as_such(tmp_path, capsys):
+    import argparse
+
+    from unseen.config import COMMAND_LINE_ONLY, flag_name
+
+    subs = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    for name, command in COMMAND_LINE_ONLY.items():  # each is a real flag of that command
+        sub = subs.choices[command.split()[1]]
+        assert flag_name(name) in {o for a in sub._actions for o in a.option_strings}, name
+    f = tmp_path / "c.toml"
+    f.write_text("seeds = 3\n")
+    assert main(["run", "--config", str(f)]) == 2
+    assert "the key 'seeds', an option of the `unseen sweep` command line only (pass --seeds" in (
+        capsys.readouterr().err
+    )
+
+
 @pytest.mark.parametrize(
     "text, keys",
     [("train-subset = 100\ntrain_subset = 200\n", "'train-subset' and 'train_subset'"),

@@ -423,6 +423,10 @@ def test_folder_skips_hidden_folders_and_files(tmp_path):
             shutil.rmtree(tmp_path / split / cls, ignore_errors=True)
     with pytest.raises(DataError, match="holds no class folders"):
         load_dataset(f"folder:{tmp_path}")
+    shutil.rmtree(tmp_path / "train" / ".ipynb_checkpoints")  # no folder at all: same sentence
+    with pytest.raises(DataError, match="train holds no class folders") as err:
+        load_dataset(f"folder:{tmp_path}")
+    assert "Couldn't find" not in str(err.value)  # torchvision's wording, with a double '.'
 
 
 def _npz(path: Path, **changes) -> Path:

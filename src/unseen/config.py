@@ -482,7 +482,9 @@ class RunConfig:
         0.0014,
         "odin score: input perturbation size, in [0, 1] pixel units",
         parse=float,
-        check=_non_negative,
+        check=lambda v: (
+            None if 0 <= v <= 1 else "must be from 0 to 1 (pixel units of [0, 1] images)"
+        ),
         metavar="EPS",
         group="detectors",
     )
@@ -718,9 +720,7 @@ def load_toml(path: str | Path) -> dict[str, Any]:
     for key, raw in items:
         name = key.replace("-", "_")
         if name not in FIELDS:
-            raise ConfigError(
-                f"config file {path} has an unknown key '{key}'; valid keys: {', '.join(FIELDS)}."
-            )
+            raise ConfigError(f"config file {path} has {_unknown_key(key, name)}.")
         if name in given:  # 'train-subset' and 'train_subset', or a key also in [run]
             raise ConfigError(
                 f"config file {path} sets {name} twice ('{given[name]}' and '{key}'); keep one."
@@ -728,6 +728,26 @@ def load_toml(path: str | Path) -> dict[str, Any]:
         given[name] = key
         out[name] = parse_value(name, raw, source=str(path))
     return out
+
+
+#: options of the command line only: a config file holds run options
+COMMAND_LINE_ONLY = {"config": "unseen run", "quiet": "unseen run"} | {
+    k: "unseen sweep"
+    for k in (
+        "protocol", "seeds", "splits", "fractions", "compare_balance", "jobs", "dry_run",
+        "summary_only",
+    )
+}  # fmt: skip
+
+
+def _unknown_key(key: str, name: str) -> str:
+    """What a config file's unknown key is: a command-line-only option, or a typo."""
+    if name in COMMAND_LINE_ONLY:
+        return (
+            f"the key '{key}', an option of the `{COMMAND_LINE_ONLY[name]}` command line only "
+            f"(pass {flag_name(name)} there); a config file holds run options"
+        )
+    return f"an unknown key '{key}'; valid keys: {', '.join(FIELDS)}"
 
 
 def resolve_config(

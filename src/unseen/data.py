@@ -460,7 +460,9 @@ def _list_image_folder(folder: Path):
 
     class VisibleImageFolder(ImageFolder):
         def find_classes(self, directory: str) -> tuple[list[str], dict[str, int]]:
-            classes = [c for c in super().find_classes(directory)[0] if not c.startswith(".")]
+            # torchvision's own listing (sorted sub-folders), without its error for none
+            with os.scandir(directory) as entries:
+                classes = sorted(e.name for e in entries if e.is_dir() and e.name[0] != ".")
             if not classes:
                 raise DataError(
                     f"folder dataset {folder} holds no class folders (it needs {folder}/<class>/*)."
@@ -498,7 +500,7 @@ def _folder_source(path: str) -> tuple[Callable, Callable]:
             try:
                 ds = _list_image_folder(root / split)
             except (FileNotFoundError, OSError) as exc:
-                raise DataError(f"folder dataset {root / split}: {exc}.") from None
+                raise DataError(f"folder dataset {root / split}: {str(exc).rstrip('.')}.") from None
             empty = [
                 c for c in ds.classes if not any(t == ds.class_to_idx[c] for _, t in ds.samples)
             ]
