@@ -594,9 +594,12 @@ class RunConfig:
         if not isinstance(record, dict):
             raise ConfigError(f"{path} is not a run's config.json (it holds no table of options).")
         own_folder = {"out", "resume", "overwrite"}
-        return cls.from_dict(
-            {k: v for k, v in record.items() if k in FIELDS and k not in own_folder}
-        )
+        try:
+            return cls.from_dict(
+                {k: v for k, v in record.items() if k in FIELDS and k not in own_folder}
+            )
+        except ConfigError as exc:  # a hand-edited file, or one of another version
+            raise ConfigError(f"{path} records a value this version refuses: {exc}") from None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict (tuples become lists)."""
