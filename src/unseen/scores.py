@@ -86,6 +86,12 @@ class FitContext:
     #: mahalanobis and rmd share), computed by the first score that needs them
     shared: dict[str, Any] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        for name in ("head_weight", "head_bias"):  # NumPy arrays of your own head welcome
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, torch.Tensor):
+                setattr(self, name, torch.as_tensor(value, dtype=torch.float32))
+
     @property
     def num_classes(self) -> int:
         """K, the number of known classes: rows of the head, else the logits' width."""
