@@ -123,11 +123,37 @@ def test_outputs_refuse_what_is_not_one_row_per_image():
     with pytest.raises(ValueError, match="128 rows of logits but 3 of features"):
         Outputs(np.zeros((128, 3)), np.zeros((3, 8)))
     with pytest.raises(ValueError, match="labels must be one integer class per row"):
-        Outputs(np.zeros((3, 3)), np.zeros((3, 8)), labels=np.zeros(3))
+        Outputs(np.zeros((3, 3)), np.zeros((3, 8)), labels=np.full(3, 0.5))
+    assert (
+        Outputs(np.zeros((3, 3)), np.zeros((3, 8)), labels=np.zeros(3)).labels.dtype == torch.int64
+    )
     with pytest.raises(ValueError, match="logits must be N x L"):
         Outputs(np.zeros(3), np.zeros((3, 8)))
     out = Outputs([[1, 2]], [[3, 4, 5]], labels=[1])
     assert out.logits.dtype == torch.float32 and out.labels.dtype == torch.int64
+
+
+def test_a_custom_score_that_learns_is_marked_fitted_by_its_fit():
+    from unseen.scores import Score
+
+    class Centre(Score):  # state without a trailing underscore: fit is what counts
+        name = "centre"
+
+        def fit(self, context):
+            self.mu = context.train.features.mean(0)
+            return self
+
+        def score(self, outputs):
+            return -(outputs.features - self.mu).norm(dim=1)
+
+    (xf, xl, y), _, _ = _blobs()
+    train = Outputs(xl, xf, y)
+    with pytest.raises(UnseenError, match="score 'centre' is not fitted"):
+        Centre().score(train)
+    assert Centre().fit(FitContext(train=train)).score(train).shape == (600,)
+    odin = create_score("odin")  # fixed settings: fit is optional
+    odin.epsilon = 0.0
+    assert odin.score(train).shape == (600,)
 
 
 def test_a_score_that_learns_refuses_to_score_before_fit():
@@ -208,11 +234,17 @@ def test_fractions_are_fractions():
 
 def test_open_set_metrics_refuse_predictions_outside_the_known_classes():
     s, labels = np.array([0.9, 0.8, 0.1]), np.array([0, 1, -1])
-    with pytest.raises(ValueError, match="predicted must be integers from 0 to num_known - 1 = 1"):
+    with pytest.raises(
+        ValueError, match="predicted must be whole numbers from 0 to num_known - 1 = 1"
+    ):
         open_set_metrics(s, 0.5, np.array([0, 4, 1]), labels, num_known=2)
-    with pytest.raises(ValueError, match="labels must be integers from -1"):
+    with pytest.raises(ValueError, match="labels must be whole numbers from -1"):
         score_metrics(s, s, np.array([0, 1, 1]), np.array([0, 5, -1]), num_known=2)
     assert open_set_metrics(s, 0.5, np.array([0, 1, 1]), labels, 2)["open_set_accuracy"] == 1.0
+    float_labels = labels.astype(float)  # whole numbers stored as floats are fine
+    assert (
+        open_set_metrics(s, 0.5, np.array([0.0, 1, 1]), float_labels, 2)["open_set_accuracy"] == 1.0
+    )
 
 
 # ----------------------------------------------------------------------------- models
@@ -226,8 +258,9 @@ def test_models_take_the_inputs_they_document():
         model(torch.zeros(2, 3, 8, 8))  # three channels into a one-channel model
     with pytest.raises(UnseenError, match="forward_pass takes uint8 images"):
         forward_pass(model, torch.zeros(2, 1, 8, 8), torch.device("cpu"))
-    with pytest.raises(ConfigError, match="--stem imagenet does not apply to --model resnet20"):
-        create_model("resnet20", 1, 3, 8, stem="imagenet")
+    with pytest.raises(ConfigError, match="--stem must be auto, small or imagenet, not 'x'"):
+        create_model("resnet20", 1, 3, 8, stem="x")
+    create_model("resnet20", 1, 3, 8, stem="imagenet")  # one stem: ignored (earlier runs say so)
     with pytest.raises(ConfigError, match="at least one input channel, class and pixel"):
         create_model("resnet20", 1, 0, 8)
     with pytest.raises(ConfigError, match="choose one of: resnet20, resnet18"):

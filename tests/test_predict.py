@@ -510,3 +510,21 @@ def test_predict_does_not_import_scikit_learn(run_dir, pngs):
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]", out.stdout
+
+
+def test_a_run_recorded_by_an_earlier_version_keeps_its_fitted_settings(tmp_path, digits):
+    # an earlier version accepted --odin-epsilon above 1 and --stem on resnet20 (ignored):
+    # such a record must neither stop predict nor swap in default settings for every score
+    from unseen.experiment import run_experiment
+
+    out = tmp_path / "run"
+    cfg = RunConfig(out=str(out), epochs=2, scores=("msp", "odin"), odin_epsilon=0.05,
+                    device="cpu", precision="fp32", report=False)  # fmt: skip
+    run_experiment(cfg, progress=False, log=None)
+    for name in ("model.pt",):
+        ckpt = torch.load(out / name, weights_only=True)
+        ckpt["config"] = {**ckpt["config"], "odin_epsilon": 1.5, "stem": "small"}
+        torch.save(ckpt, out / name)
+    recorded = np.load(out / "scores.npz")["score_odin"][:16]
+    p = load(out, score="odin")
+    assert np.allclose(p.scores(digits.x_test[:16]), recorded, atol=1e-6)

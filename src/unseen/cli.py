@@ -88,6 +88,7 @@ def add_run_options(parser: argparse.ArgumentParser) -> None:
             )
     parser.add_argument(
         "--config",
+        type=nonempty_path,
         metavar="FILE",
         default=None,
         help="TOML file with the same option names; flags override it",

@@ -43,10 +43,9 @@ def parse_list(text: str) -> tuple[str, ...]:
 
 
 def parse_classes(text: str) -> tuple[str, ...] | None:
-    """``--holdout``/``--known``: comma-separated class indices or names; ``auto`` for the
-    default. An empty list is refused rather than read as the default."""
-    if text.strip().lower() == "auto":
-        return None
+    """``--holdout``/``--known``: comma-separated class indices or names (``auto``, the
+    default, is resolved with the dataset's classes: :func:`unseen.splits.make_split`). An
+    empty list is refused rather than read as the default."""
     classes = parse_list(text)
     if not classes:
         raise ValueError("no class given")
@@ -584,8 +583,9 @@ class RunConfig:
         """The options recorded in a run folder's ``config.json`` (or that file's path), with
         each ``auto`` setting as the run resolved it (epochs, batch size, learning rate...)
         and without the run's own folder (``out``, ``resume`` and ``overwrite`` at their
-        defaults): ``run_experiment(RunConfig.from_run(run).replace(seed=1))`` repeats a
-        run with another seed. The split, augmentation and weights the run resolved stay in
+        defaults, and ``cuda_graphs`` back at ``auto``, as it was resolved for the run's
+        machine): ``run_experiment(RunConfig.from_run(run).replace(seed=1))`` repeats a run
+        with another seed. The split, augmentation and weights the run resolved stay in
         config.json."""
         from .runfolder import read_json
 
@@ -593,11 +593,10 @@ class RunConfig:
         record = read_json(path / "config.json" if path.is_dir() else path)
         if not isinstance(record, dict):
             raise ConfigError(f"{path} is not a run's config.json (it holds no table of options).")
-        own_folder = {"out", "resume", "overwrite"}
+        # not the run's own folder, nor CUDA graphs as resolved on the run's machine
+        own = {"out", "resume", "overwrite", "cuda_graphs"}
         try:
-            return cls.from_dict(
-                {k: v for k, v in record.items() if k in FIELDS and k not in own_folder}
-            )
+            return cls.from_dict({k: v for k, v in record.items() if k in FIELDS and k not in own})
         except ConfigError as exc:  # a hand-edited file, or one of another version
             raise ConfigError(f"{path} records a value this version refuses: {exc}") from None
 
@@ -620,9 +619,11 @@ def _typed(f: dataclasses.Field, value: Any) -> Any:
         if "None" in kind:
             return None
         raise ConfigError(f"{flag} cannot be None (its default is {f.default!r}).")
-    if isinstance(value, str) and not kind.startswith("str"):
+    if isinstance(value, str) and (not kind.startswith("str") or "None" in kind):
         return parse_value(f.name, value)  # as if given on the command line
     if kind.startswith("tuple"):
+        if type(value).__module__ == "numpy":  # an array of class indices
+            value = value.tolist()
         items = value if isinstance(value, (list, tuple)) else (value,)
         if any(isinstance(v, bool) or not isinstance(v, (str, numbers.Integral)) for v in items):
             raise ConfigError(f"{flag} must be a list of names or indices (got {value!r}).")
@@ -734,8 +735,10 @@ def load_toml(path: str | Path) -> dict[str, Any]:
 
 
 #: options of the command line only: a config file holds run options
-COMMAND_LINE_ONLY = {"config": "unseen run", "quiet": "unseen run"} | {
-    k: "unseen sweep"
+COMMAND_LINE_ONLY: dict[str, tuple[str, ...]] = {
+    "config": ("run", "sweep"), "quiet": ("run", "sweep")
+} | {
+    k: ("sweep",)
     for k in (
         "protocol", "seeds", "splits", "fractions", "compare_balance", "jobs", "dry_run",
         "summary_only",
@@ -747,8 +750,9 @@ def _unknown_key(key: str, name: str) -> str:
     """What a config file's unknown key is: a command-line-only option, or a typo."""
     if name in COMMAND_LINE_ONLY:
         return (
-            f"the key '{key}', an option of the `{COMMAND_LINE_ONLY[name]}` command line only "
-            f"(pass {flag_name(name)} there); a config file holds run options"
+            f"the key '{key}', a command-line option only (pass {flag_name(name)} to "
+            f"{' or '.join(f'`unseen {c}`' for c in COMMAND_LINE_ONLY[name])}); a config file "
+            "holds run options"
         )
     return f"an unknown key '{key}'; valid keys: {', '.join(FIELDS)}"
 
@@ -793,7 +797,7 @@ def validate(cfg: RunConfig) -> None:
         raise ConfigError("give --holdout or --known, not both.")
     _check_run_folder_options(cfg)
     check_dataset_name(cfg.dataset)
-    check_model(cfg.model, cfg.stem)
+    check_model(cfg.model)
     if not cfg.head:
         raise ConfigError(f"--head needs at least one head; choose from: {', '.join(HEADS)}.")
     for head in cfg.head:

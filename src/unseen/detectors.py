@@ -688,6 +688,7 @@ class ODIN(Score):
     )
     needs_model = True
     in_all = False
+    stateless = True  # fixed settings: fit only records them
 
     def __init__(self, temperature: float = 1000.0, epsilon: float = 0.0014):
         check_setting(self, "temperature", temperature, "odin_temperature")
@@ -705,10 +706,19 @@ class ODIN(Score):
         self.fit_on_ = "nothing (fixed settings)"
         return self
 
+    def settings(self) -> tuple[float, float]:
+        """``(T, epsilon)``: those the score was fitted with (a run's, as restored from
+        detectors.pt), else the constructor's."""
+        return (
+            getattr(self, "temperature_", self.temperature),
+            getattr(self, "epsilon_", self.epsilon),
+        )
+
     def score(self, outputs: Outputs) -> torch.Tensor:
-        if self.epsilon != 0:
+        temperature, epsilon = self.settings()
+        if epsilon != 0:
             raise RuntimeError("odin perturbs the inputs: call score_images(model, images, ...)")
-        return (outputs.logits.double() / self.temperature).softmax(dim=1).amax(dim=1)
+        return (outputs.logits.double() / temperature).softmax(dim=1).amax(dim=1)
 
     def score_images(
         self,
@@ -718,6 +728,4 @@ class ODIN(Score):
         precision: str = "fp32",
         desc: str | None = None,
     ) -> torch.Tensor:
-        return odin_scores(
-            model, images, self.temperature, self.epsilon, device, precision, desc=desc
-        )
+        return odin_scores(model, images, *self.settings(), device, precision, desc=desc)

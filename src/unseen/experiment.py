@@ -40,7 +40,7 @@ from .evaluate import check_finite, forward_pass
 from .hardware import configure_threads, describe_device, resolve_device, resolve_precision
 from .heads import HEADS
 from .metrics import confidence_summary, open_set_metrics, predicted_as, score_metrics
-from .models import Classifier, fold_batch_norm
+from .models import HAS_STEMS, Classifier, fold_batch_norm
 from .ovr import build_model_for_head, train_separate
 from .pretrained import (
     LoadReport,
@@ -632,6 +632,8 @@ def _run_experiment(cfg: RunConfig, progress: bool, log: Callable[[str], None] |
         say(
             "note: every class is known, so no test image is unseen: the open-set metrics are empty"
         )
+    if cfg.stem != "auto" and cfg.model not in HAS_STEMS:
+        say(f"note: --stem {cfg.stem} has no effect: {cfg.model} has one input stem")
     if cfg.freeze_backbone and p.pretrained is None:
         say("note: --freeze-backbone without --pretrained trains a head on random features")
     write_json(run_dir / "config.json", record)

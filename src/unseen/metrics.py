@@ -132,18 +132,22 @@ def calibrate_threshold(val_scores: np.ndarray, known_acceptance: float = 0.95) 
     return float(val_scores[n - n_accept])
 
 
-def _check_labels(labels: np.ndarray, predicted: np.ndarray, num_known: int, n: int) -> None:
-    """Labels in -1..K-1 (-1: unseen) and predictions in 0..K-1, one of each per score."""
-    for what, a, lo in (("labels", labels, -1), ("predicted", predicted, 0)):
-        if a.shape != (n,):
-            raise ValueError(f"{what} has shape {a.shape}, the scores ({n},)")
-        if a.size and (
-            not np.issubdtype(a.dtype, np.integer) or a.min() < lo or a.max() >= num_known
-        ):
-            raise ValueError(
-                f"{what} must be integers from {lo} to num_known - 1 = {num_known - 1}"
-                + (" (-1: unseen)" if lo < 0 else "")
-            )
+def _classes(a: np.ndarray, what: str, num_known: int, n: int) -> np.ndarray:
+    """``labels`` (-1..K-1, -1: unseen) or ``predicted`` (0..K-1) as integers, one per score;
+    whole numbers stored as floats are accepted."""
+    a = np.asarray(a)
+    lo = -1 if what == "labels" else 0
+    if a.shape != (n,):
+        raise ValueError(f"{what} has shape {a.shape}, the scores ({n},)")
+    whole = np.issubdtype(a.dtype, np.integer) or (
+        np.issubdtype(a.dtype, np.floating) and bool(np.all(np.mod(a, 1) == 0))
+    )
+    if a.size and (not whole or a.min() < lo or a.max() >= num_known):
+        raise ValueError(
+            f"{what} must be whole numbers from {lo} to num_known - 1 = {num_known - 1}"
+            + (" (-1: unseen)" if lo < 0 else "")
+        )
+    return a.astype(np.int64)
 
 
 def open_set_metrics(
@@ -157,8 +161,8 @@ def open_set_metrics(
     from sklearn.metrics import f1_score
 
     score = _scores(score)
-    labels, predicted = np.asarray(labels), np.asarray(predicted)
-    _check_labels(labels, predicted, num_known, len(score))
+    labels = _classes(labels, "labels", num_known, len(score))
+    predicted = _classes(predicted, "predicted", num_known, len(score))
     accept = score >= threshold
     open_pred = np.where(accept, predicted, num_known)
     open_true = np.where(labels < 0, num_known, labels)
@@ -198,8 +202,8 @@ def score_metrics(
     ``val_known_accepted`` is the share of validation images that threshold accepts.
     """
     test_score = _scores(test_score)
-    labels, predicted = np.asarray(labels), np.asarray(predicted)
-    _check_labels(labels, predicted, num_known, len(test_score))
+    labels = _classes(labels, "labels", num_known, len(test_score))
+    predicted = _classes(predicted, "predicted", num_known, len(test_score))
     is_known = labels >= 0
     correct = is_known & (predicted == labels)
     out = {

@@ -67,9 +67,10 @@ class Classifier(nn.Module):
         """Penultimate features ``N x feature_dim`` of float images ``N x C x H x W`` in
         [0, 1] (uint8 images divided by 255; normalisation happens here)."""
         if not x.is_floating_point() or x.ndim != 4 or x.shape[1] != self.in_channels:
+            hint = "" if x.is_floating_point() else " (divide uint8 images by 255)"
             raise ValueError(
                 f"the model takes float images N x {self.in_channels} x H x W in [0, 1], not "
-                f"{x.dtype} {tuple(x.shape)} (divide uint8 images by 255)"
+                f"{x.dtype} {tuple(x.shape)}{hint}"
             )
         return self.backbone((self.resize(x) - self.mean) / self.std)
 
@@ -195,18 +196,14 @@ MODELS: dict[str, Callable[..., Classifier]] = {
     "resnet20": build_resnet20,
     "resnet18": build_resnet18,
 }
-#: the models whose input stem ``--stem`` chooses (the others have one stem)
-STEMS: dict[str, tuple[str, ...]] = {"resnet18": ("small", "imagenet")}
+#: the models whose input stem ``--stem`` chooses; the others have one and ignore ``--stem``
+HAS_STEMS = ("resnet18",)
 
 
-def check_model(name: str, stem: str = "auto") -> None:
-    """ConfigError for an unknown model name, or a ``stem`` the model does not have."""
+def check_model(name: str) -> None:
+    """ConfigError for an unknown model name, listing the known ones."""
     if name not in MODELS:
         raise ConfigError(f"--model {name!r} is not known; choose one of: {', '.join(MODELS)}.")
-    if stem != "auto" and stem not in STEMS.get(name, ()):
-        has = STEMS.get(name)
-        choices = f"one of auto, {', '.join(has)}" if has else "auto (it has one stem)"
-        raise ConfigError(f"--stem {stem} does not apply to --model {name}; use {choices}.")
 
 
 def create_model(
@@ -218,7 +215,9 @@ def create_model(
     input_size: int | None = None,
 ) -> Classifier:
     """Build ``name``; with ``input_size`` images are resized to it inside the model first."""
-    check_model(name, stem)
+    check_model(name)
+    if stem not in ("auto", "small", "imagenet"):
+        raise ConfigError(f"--stem must be auto, small or imagenet, not {stem!r}.")
     if in_channels < 1 or num_classes < 1 or image_size < 1:
         raise ConfigError(
             f"a model needs at least one input channel, class and pixel, not in_channels="

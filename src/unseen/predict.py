@@ -214,16 +214,29 @@ def rebuild_model(ckpt: dict[str, Any], path: Path) -> torch.nn.Module:
 
 
 def run_config(ckpt: dict[str, Any]) -> Any:
-    """The run's RunConfig (its score settings, e.g. ODIN's temperature), or None if unreadable."""
+    """The run's RunConfig (its score settings, e.g. KNN's k), or None if unreadable. A value
+    this version refuses (the run's version accepted it) is left at its default alone, not
+    the whole config; the fitted state in detectors.pt is what scores use in any case."""
     from .config import FIELDS, RunConfig
 
     cfg = ckpt.get("config")
     if not isinstance(cfg, dict):
         return None
+    values = {k: v for k, v in cfg.items() if k in FIELDS}
     try:
-        return RunConfig.from_dict({k: v for k, v in cfg.items() if k in FIELDS})
-    except (UnseenError, TypeError, ValueError):
-        return None
+        return RunConfig.from_dict(values)
+    except UnseenError:
+        accepted = {}
+        for key, value in values.items():
+            try:
+                RunConfig(**{key: value})
+            except UnseenError:
+                continue
+            accepted[key] = value
+        try:
+            return RunConfig.from_dict(accepted)
+        except UnseenError:  # values fine alone but not together
+            return None
 
 
 def load_detectors(path: Path, device: torch.device, config: Any = None) -> dict[str, Score]:
@@ -656,8 +669,14 @@ def _decode_file(path: Path) -> Item:
 
 
 def _npz_items(path: Path) -> Iterator[Item]:
+    names: list[str] = []
+
+    def keep(name: str) -> bool:  # only the image arrays are read (a dataset's x_train is not)
+        names.append(name)
+        return name in NPZ_KEYS
+
     try:
-        arrays = read_npz(path)
+        arrays = read_npz(path, keep=keep)
     except UnseenError as exc:
         yield Item(str(path), error=str(exc).removeprefix(f"{path} ").rstrip("."))
         return
@@ -666,7 +685,7 @@ def _npz_items(path: Path) -> Iterator[Item]:
         yield Item(
             str(path),
             error=f"npz has no array named {', '.join(NPZ_KEYS)} (it has: "
-            f"{', '.join(arrays) or 'none'})",
+            f"{', '.join(names) or 'none'})",
         )
         return
     array = arrays[key]

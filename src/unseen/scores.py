@@ -48,7 +48,8 @@ class Outputs:
             )
         if self.labels is not None:
             labels = _tensor(self.labels, "labels")
-            if labels.is_floating_point() or labels.dtype == torch.bool or labels.ndim != 1:
+            whole = not labels.is_floating_point() or bool((labels == labels.round()).all())
+            if not whole or labels.dtype == torch.bool or labels.ndim != 1:
                 raise ValueError("Outputs.labels must be one integer class per row (-1: unseen)")
             if len(labels) != len(self.logits):
                 raise ValueError(
@@ -117,14 +118,17 @@ class Score:
     #: False for costly scores (e.g. ODIN's extra passes) that ``--scores all`` leaves out;
     #: they run only when named
     in_all: ClassVar[bool] = True
-    #: True for a score whose ``fit`` only checks the context and learns nothing, so that
-    #: ``score`` works without it
+    #: True for a score whose ``score`` works without ``fit`` (a fit that only checks the
+    #: context, or fixed settings)
     stateless: ClassVar[bool] = False
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         # a score that learns state refuses to score before it has learnt it, in one clear
-        # sentence instead of an AttributeError on the first missing attribute
+        # sentence instead of an AttributeError on the first missing attribute: its fit (or
+        # load_fitted_state) marks it fitted, its score checks the mark
         super().__init_subclass__(**kwargs)
+        if "fit" in vars(cls):
+            cls.fit = _marks_fitted(vars(cls)["fit"])
         if cls.fit is not Score.fit and "score" in vars(cls) and not cls.stateless:
             cls.score = _after_fit(vars(cls)["score"])
 
@@ -185,13 +189,24 @@ class Score:
     def load_fitted_state(self, state: dict[str, Any]) -> Score:
         for k, v in state.items():
             setattr(self, k, v)
+        self._fitted = True
         return self
+
+
+def _marks_fitted(fit: Callable[[Score, FitContext], Score]) -> Callable:
+    @functools.wraps(fit)
+    def marking(self: Score, context: FitContext) -> Score:
+        out = fit(self, context)
+        self._fitted = True
+        return out
+
+    return marking
 
 
 def _after_fit(score: Callable[[Score, Outputs], torch.Tensor]) -> Callable:
     @functools.wraps(score)
     def checked(self: Score, outputs: Outputs) -> torch.Tensor:
-        if not self.fitted_state():
+        if not getattr(self, "_fitted", False):
             raise UnseenError(f"score '{self.name}' is not fitted: call fit(context) first.")
         return score(self, outputs)
 

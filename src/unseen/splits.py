@@ -107,6 +107,10 @@ def _as_index(token: str) -> int | None:
     return int(token)
 
 
+def _is_auto(tokens: Sequence[str] | None) -> bool:
+    return tokens is not None and [t.strip().lower() for t in tokens] == ["auto"]
+
+
 def make_split(
     classes: tuple[str, ...],
     holdout: tuple[str, ...] | None = None,
@@ -120,6 +124,9 @@ def make_split(
     no class is held out. A rare class at fraction 0 is never trained on and becomes unseen;
     one at a fraction above 0 must be known.
     """
+    # 'auto' (the default shown by --help) is the default, unless a class is named so
+    if not any(c.strip().lower() == "auto" for c in classes):
+        holdout, known = (None if _is_auto(t) else t for t in (holdout, known))
     if holdout is not None and known is not None:
         raise ConfigError("give --holdout or --known, not both.")
     n = len(classes)
