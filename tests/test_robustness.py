@@ -1019,3 +1019,12 @@ def test_a_run_with_every_class_known_says_nothing_is_unseen(tmp_path, capsys):
     assert main(["run", "--known", known, "--epochs", "1", "--train-subset", "200",
                  "--no-report", "--out", str(tmp_path / "r")]) == 0  # fmt: skip
     assert "note: every class is known, so no test image is unseen" in capsys.readouterr().out
+
+
+def test_a_stem_on_a_model_with_one_stem_is_a_note(tmp_path, capsys):
+    # earlier versions recorded it silently; refusing it now would strand their run folders
+    assert main(["run", "--stem", "small", "--epochs", "1", "--train-subset", "200",
+                 "--no-report", "--out", str(tmp_path / "r")]) == 0  # fmt: skip
+    assert (
+        "note: --stem small has no effect: resnet20 has one input stem" in capsys.readouterr().out
+    )
