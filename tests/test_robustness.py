@@ -188,6 +188,14 @@ def test_a_stop_inside_an_epoch_keeps_that_epoch_s_time(reference, tmp_path, mon
     seconds = [float(line.split(",")[-1]) for line in
                (out / "history.csv").read_text().splitlines()[1:]]  # fmt: skip
     assert seconds[1] >= stopped_at and seconds == sorted(seconds)
+    # run.json's stages are this process's and add up to its total; the training done
+    # before the interruption is reported apart (it was counted in `train` and lost in `other`)
+    wall = json.loads((out / "run.json").read_text())["seconds"]
+    stages = ("prepare", "train", "validation", "checkpoint", "eval", "report", "other")
+    assert sum(wall[k] for k in stages) == pytest.approx(wall["total"])
+    assert wall["trained_before_resume"] == pytest.approx(state["train_seconds"])
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["train_seconds"] == pytest.approx(wall["train"] + wall["trained_before_resume"])
 
 
 def test_a_stop_during_the_last_checkpoint_write_is_not_lost(reference, tmp_path, monkeypatch):

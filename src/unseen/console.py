@@ -69,7 +69,9 @@ def timing_line(seconds: dict[str, float]) -> str:
              "checkpoint": "checkpoints", "eval": "evaluation and scores", "report": "report",
              "other": "other"}  # fmt: skip
     parts = ", ".join(f"{label} {seconds[k]:.1f}" for k, label in names.items() if k in seconds)
-    return f"time: {seconds['total']:.1f} s in all ({parts})"
+    before = seconds.get("trained_before_resume")
+    resumed = f"; and {before:.1f} s of training before the interruption" if before else ""
+    return f"time: {seconds['total']:.1f} s in all ({parts}){resumed}"
 
 
 def run_summary(metrics: dict, with_scores: bool = True) -> str:

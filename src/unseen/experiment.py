@@ -452,6 +452,7 @@ def run_head(
         train_images_per_second=trained.images_per_second,
         validation_seconds=trained.validation_seconds,
         checkpoint_seconds=trained.checkpoint_seconds,
+        resumed_train_seconds=trained.resumed_seconds,
         cuda_graphs=trained.cuda_graphs,
         eval_seconds=eval_seconds,
         device=describe_device(p.device),
@@ -680,16 +681,21 @@ def wall_clock(
     """Where a run's wall-clock time went (seconds), summed over heads; saved in run.json.
 
     ``total`` counts from the call of :func:`run_experiment`: it leaves out the Python and
-    torch start-up before it (2.5 s on a 2-core CPU, 7 s on an H200 machine). After
-    ``--resume``, the training stages include the time before the interruption and ``total``
-    does not."""
+    torch start-up before it (2.5 s on a 2-core CPU, 7 s on an H200 machine). The stages are
+    this process's, so they add up to ``total``; after ``--resume``, the training an earlier
+    process did is ``trained_before_resume`` (outside ``total``). The ``*_seconds`` of
+    metrics.json, whose ``train_images_per_second`` needs the whole training, include it."""
+
+    def summed(key: str) -> float:
+        return sum(float(m.get(key) or 0.0) for m in per_head.values())
+
     total = time.perf_counter() - started
+    before = summed("resumed_train_seconds")
     parts = {
         "prepare": prepare,
-        **{
-            key: sum(float(m.get(f"{key}_seconds") or 0.0) for m in per_head.values())
-            for key in ("train", "validation", "checkpoint", "eval")
-        },
+        "train": summed("train_seconds") - before,
+        **{key: summed(f"{key}_seconds") for key in ("validation", "checkpoint", "eval")},
         "report": report,
     }
-    return {**parts, "other": max(total - sum(parts.values()), 0.0), "total": total}
+    out = {**parts, "other": max(total - sum(parts.values()), 0.0), "total": total}
+    return out | ({"trained_before_resume": before} if before > 0 else {})

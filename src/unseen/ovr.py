@@ -133,5 +133,6 @@ def train_separate(
         result.images_seen += trained.images_seen
         result.validation_seconds += trained.validation_seconds
         result.checkpoint_seconds += trained.checkpoint_seconds
+        result.resumed_seconds += trained.resumed_seconds
         result.cuda_graphs = trained.cuda_graphs  # the same settings for every member
     return result

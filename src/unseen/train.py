@@ -57,6 +57,8 @@ class TrainResult:
     #: wall-clock seconds outside ``seconds``: per-epoch validation passes, checkpoint writes
     validation_seconds: float = 0.0
     checkpoint_seconds: float = 0.0
+    #: the part of ``seconds`` that an earlier process trained (restored on ``--resume``)
+    resumed_seconds: float = 0.0
 
     @property
     def images_per_second(self) -> float:
@@ -226,6 +228,7 @@ def train_model(
         pos = checkpoint.start(
             model=model, optimizer=opt, scheduler=sched, generator=generator, result=result
         )
+        result.resumed_seconds = pos.train_seconds
     guard = FiniteGuard(device)
 
     def loss_fn(logits: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
