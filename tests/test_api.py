@@ -129,6 +129,9 @@ def test_outputs_refuse_what_is_not_one_row_per_image():
     )
     with pytest.raises(ValueError, match="logits must be N x L"):
         Outputs(np.zeros(3), np.zeros((3, 8)))
+    for bad in (np.inf, 1e20):  # inf == round(inf): whole-number floats must also be finite
+        with pytest.raises(ValueError, match="labels must be one integer class per row"):
+            Outputs(np.zeros((2, 3)), np.zeros((2, 8)), labels=np.array([0.0, bad]))
     out = Outputs([[1, 2]], [[3, 4, 5]], labels=[1])
     assert out.logits.dtype == torch.float32 and out.labels.dtype == torch.int64
 
@@ -154,6 +157,34 @@ def test_a_custom_score_that_learns_is_marked_fitted_by_its_fit():
     odin = create_score("odin")  # fixed settings: fit is optional
     odin.epsilon = 0.0
     assert odin.score(train).shape == (600,)
+
+
+def test_a_fit_may_score_its_own_outputs_and_a_failed_fit_leaves_the_score_unfitted():
+    from unseen.scores import Score
+
+    class Calibrated(Score):  # calibrates on its own scores inside fit
+        name = "calibrated"
+
+        def fit(self, context):
+            self.mu_ = context.train.features.mean(0)
+            if context.train.labels is None:
+                raise ValueError("needs labels")
+            self.t_ = self.score(context.train).quantile(0.05)
+            return self
+
+        def score(self, outputs):
+            return -(outputs.features - self.mu_).norm(dim=1)
+
+    (xf, xl, y), _, _ = _blobs()
+    fitted = Calibrated().fit(FitContext(train=Outputs(xl, xf, y)))
+    assert float(fitted.t_) < 0
+    failed = Calibrated()
+    with pytest.raises(ValueError, match="needs labels"):
+        failed.fit(FitContext(train=Outputs(xl, xf)))
+    with pytest.raises(UnseenError, match="is not fitted"):
+        failed.score(Outputs(xl, xf))
+    with pytest.raises(UnseenError, match="'knn' is not fitted"):  # a damaged detectors.pt
+        create_score("knn").load_fitted_state({}).score(Outputs(xl, xf))
 
 
 def test_a_score_that_learns_refuses_to_score_before_fit():

@@ -116,6 +116,11 @@ def test_holdout_auto_is_the_default_and_an_empty_list_is_refused(capsys):
     assert make_split(tuple("abc"), holdout=("auto",)).unseen_names == ["c"]
     assert make_split(tuple("abc"), known=(" Auto",)).unseen_names == ["c"]
     assert make_split(("auto", "b", "c"), holdout=("auto",)).unseen_names == ["auto"]
+    # 'auto' is not a second setting beside --known (in a config file neither)
+    cfg = config_from_args(
+        build_parser().parse_args(["run", "--holdout", "auto", "--known", "0,1,2"])
+    )
+    assert cfg.known == ("0", "1", "2")
     assert main(["run", "--holdout", ","]) == 2
     assert "--holdout must be one or more class indices or names" in capsys.readouterr().err
 

@@ -399,11 +399,19 @@ def test_multi_head_run_checkpoints_and_resumes_per_head(tmp_path, monkeypatch):
         run(out, head=heads, epochs=2)
     assert is_finished(out / "softmax") and not is_finished(out)
     assert (out / "ovr" / CHECKPOINT_FILE).is_file()
+    ovr_before = load_torch(out / "ovr" / CHECKPOINT_FILE)["train_seconds"]
     monkeypatch.undo()
     os.environ["UNSEEN_NUM_THREADS"] = "1"
     run(out, head=heads, epochs=2, resume=True)
     for head in heads:
         assert_same_results(ref / head, out / head)
+    # the softmax head trained wholly before the interruption, the ovr head partly: both
+    # count as training before it, and this process's stages still add up to its total
+    wall = json.loads((out / "run.json").read_text())["seconds"]
+    stages = ("prepare", "train", "validation", "checkpoint", "eval", "report", "other")
+    assert sum(wall[k] for k in stages) == pytest.approx(wall["total"])
+    softmax = json.loads((out / "softmax" / "metrics.json").read_text())["train_seconds"]
+    assert wall["trained_before_resume"] == pytest.approx(softmax + ovr_before)
     assert strip_timings(json.loads((ref / "metrics.json").read_text())) == strip_timings(
         json.loads((out / "metrics.json").read_text())
     )
@@ -1036,3 +1044,14 @@ def test_a_stem_on_a_model_with_one_stem_is_a_note(tmp_path, capsys):
     assert (
         "note: --stem small has no effect: resnet20 has one input stem" in capsys.readouterr().out
     )
+
+
+def test_known_auto_is_recorded_as_the_default_split(tmp_path, capsys):
+    # recorded unresolved, `--known auto` and the default could not resume each other
+    args = ["--epochs", "1", "--train-subset", "200", "--no-report", "--out", str(tmp_path / "r")]
+    assert main(["run", "--known", "auto", *args]) == 0
+    saved = json.loads((tmp_path / "r" / "config.json").read_text())
+    assert saved["holdout"] == ["9"] and saved["known"] is None
+    capsys.readouterr()
+    assert main(["run", "--resume", *args]) == 0  # the default spelled out or not: one run
+    assert "holds a finished run with these options" in capsys.readouterr().out

@@ -881,3 +881,14 @@ def test_a_sweep_is_not_written_into_a_run_folder(digits_run, capsys):
     assert main(["sweep", "--protocol", "single", "--out", str(digits_run)]) == 2
     assert "holds a run of `unseen run`, not a sweep" in capsys.readouterr().err
     assert sorted(p.name for p in digits_run.iterdir()) == before
+
+
+def test_holdout_auto_is_planned_and_hashed_as_the_default(tmp_path, capsys):
+    def planned(*extra: str) -> list[str]:
+        assert main(["sweep", "--protocol", "single", "--seeds", "2", "--dry-run",
+                     "--out", str(tmp_path / "sw"), *extra]) == 0  # fmt: skip
+        return [line.split()[0] for line in capsys.readouterr().out.splitlines() if "runs/" in line]
+
+    assert planned("--holdout", "auto") == planned() == planned("--known", "auto")
+    assert main(["sweep", "--protocol", "loo", "--holdout", "auto", "--dry-run",
+                 "--out", str(tmp_path / "loo")]) == 0  # fmt: skip

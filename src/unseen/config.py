@@ -583,8 +583,7 @@ class RunConfig:
         """The options recorded in a run folder's ``config.json`` (or that file's path), with
         each ``auto`` setting as the run resolved it (epochs, batch size, learning rate...)
         and without the run's own folder (``out``, ``resume`` and ``overwrite`` at their
-        defaults, and ``cuda_graphs`` back at ``auto``, as it was resolved for the run's
-        machine): ``run_experiment(RunConfig.from_run(run).replace(seed=1))`` repeats a run
+        defaults, and ``cuda_graphs`` back at ``auto`` where the run's GPU turned it on): ``run_experiment(RunConfig.from_run(run).replace(seed=1))`` repeats a run
         with another seed. The split, augmentation and weights the run resolved stay in
         config.json."""
         from .runfolder import read_json
@@ -593,8 +592,9 @@ class RunConfig:
         record = read_json(path / "config.json" if path.is_dir() else path)
         if not isinstance(record, dict):
             raise ConfigError(f"{path} is not a run's config.json (it holds no table of options).")
-        # not the run's own folder, nor CUDA graphs as resolved on the run's machine
-        own = {"out", "resume", "overwrite", "cuda_graphs"}
+        own = {"out", "resume", "overwrite"}  # the run's own folder
+        if record.get("cuda_graphs") == "on":  # resolved on a GPU; 'off' works anywhere
+            own.add("cuda_graphs")
         try:
             return cls.from_dict({k: v for k, v in record.items() if k in FIELDS and k not in own})
         except ConfigError as exc:  # a hand-edited file, or one of another version
@@ -757,6 +757,12 @@ def _unknown_key(key: str, name: str) -> str:
     return f"an unknown key '{key}'; valid keys: {', '.join(FIELDS)}"
 
 
+def _gives_classes(tokens: tuple[str, ...] | None) -> bool:
+    """Whether ``--holdout``/``--known`` names classes: not when absent or the lone ``auto``
+    (the default; :func:`unseen.splits.resolve_auto` reads it once the classes are known)."""
+    return tokens is not None and [t.strip().lower() for t in tokens] != ["auto"]
+
+
 def resolve_config(
     overrides: Mapping[str, Any] | None = None,
     config_file: str | Path | None = None,
@@ -775,7 +781,7 @@ def resolve_config(
             raise ConfigError(f"unknown option '{name}'.")
     layers.append(dict(overrides or {}))
     for layer in layers:
-        given = [k for k in ("holdout", "known") if layer.get(k) is not None]
+        given = [k for k in ("holdout", "known") if _gives_classes(layer.get(k))]
         if len(given) == 1:
             values["known" if given[0] == "holdout" else "holdout"] = None
         values.update(layer)
@@ -793,7 +799,7 @@ def validate(cfg: RunConfig) -> None:
     from .scores import check_score_names
 
     # each field's type and range were checked when cfg was built (RunConfig.__post_init__)
-    if cfg.known is not None and cfg.holdout is not None:
+    if _gives_classes(cfg.known) and _gives_classes(cfg.holdout):
         raise ConfigError("give --holdout or --known, not both.")
     _check_run_folder_options(cfg)
     check_dataset_name(cfg.dataset)

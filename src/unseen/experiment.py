@@ -72,7 +72,7 @@ from .scores import (
     max_softmax,
     scores_for_head,
 )
-from .splits import Split, SplitData, make_split, split_data
+from .splits import Split, SplitData, make_split, resolve_auto, split_data
 from .train import TrainResult, TrainSettings, train_model, use_cuda_graphs
 
 #: epochs when --epochs is not given: the default digits run fits a minute on 2 CPU cores
@@ -143,6 +143,8 @@ def prepare(cfg: RunConfig) -> Prepared:
     torch.backends.cudnn.benchmark = cfg.cudnn_benchmark
     data = load_dataset(cfg.dataset, cfg.data_root, cfg.download)
     rare = resolve_rare(cfg.rare, data.classes)
+    holdout, known = resolve_auto(data.classes, cfg.holdout, cfg.known)  # config.json: resolved
+    cfg = cfg.replace(holdout=holdout, known=known)
     split = make_split(data.classes, cfg.holdout, cfg.known, rare=rare)
     sd = split_data(
         data,
@@ -639,6 +641,7 @@ def _run_experiment(cfg: RunConfig, progress: bool, log: Callable[[str], None] |
         say("note: --freeze-backbone without --pretrained trains a head on random features")
     write_json(run_dir / "config.json", record)
     per_head = {}
+    earlier: list[str] = []  # heads a process before a --resume finished
     checkpoints: list[Checkpointing] = []
     for head in cfg.head:
         head_dir = run_dir if len(cfg.head) == 1 else run_dir / head
@@ -658,6 +661,7 @@ def _run_experiment(cfg: RunConfig, progress: bool, log: Callable[[str], None] |
         if len(cfg.head) > 1 and cfg.resume and is_finished(head_dir):
             say(f"head {head}: finished before the interruption")
             per_head[head] = read_json(head_dir / "metrics.json")
+            earlier.append(head)
             continue
         per_head[head] = run_head(p, head, head_dir, progress, checkpoint)
         if len(cfg.head) > 1:
@@ -670,30 +674,39 @@ def _run_experiment(cfg: RunConfig, progress: bool, log: Callable[[str], None] |
         write_run_report(run_dir, say)
     for checkpoint in checkpoints:  # kept until the run is finished; model.pt has the weights
         checkpoint.remove()
-    timings = wall_clock(per_head, prepare_seconds, time.perf_counter() - report_start, started)
+    timings = wall_clock(
+        per_head, prepare_seconds, time.perf_counter() - report_start, started, earlier
+    )
     mark_finished(run_dir, heads=list(cfg.head), seconds=timings)
     return RunResult(run_dir, cfg, metrics, timings)
 
 
 def wall_clock(
-    per_head: dict[str, dict], prepare: float, report: float, started: float
+    per_head: dict[str, dict],
+    prepare: float,
+    report: float,
+    started: float,
+    earlier: Sequence[str] = (),
 ) -> dict[str, float]:
     """Where a run's wall-clock time went (seconds), summed over heads; saved in run.json.
 
     ``total`` counts from the call of :func:`run_experiment`: it leaves out the Python and
     torch start-up before it (2.5 s on a 2-core CPU, 7 s on an H200 machine). The stages are
     this process's, so they add up to ``total``; after ``--resume``, the training an earlier
-    process did is ``trained_before_resume`` (outside ``total``). The ``*_seconds`` of
-    metrics.json, whose ``train_images_per_second`` needs the whole training, include it."""
+    process did (part of a head's, or all of the ``earlier`` heads it finished) is
+    ``trained_before_resume``, outside ``total``. metrics.json's ``train_seconds`` (for
+    ``train_images_per_second``) covers the whole training."""
 
     def summed(key: str) -> float:
-        return sum(float(m.get(key) or 0.0) for m in per_head.values())
+        return sum(float(m.get(key) or 0.0) for h, m in per_head.items() if h not in earlier)
 
     total = time.perf_counter() - started
-    before = summed("resumed_train_seconds")
+    before = summed("resumed_train_seconds") + sum(
+        float(per_head[h].get("train_seconds") or 0.0) for h in earlier
+    )
     parts = {
         "prepare": prepare,
-        "train": summed("train_seconds") - before,
+        "train": summed("train_seconds") - summed("resumed_train_seconds"),
         **{key: summed(f"{key}_seconds") for key in ("validation", "checkpoint", "eval")},
         "report": report,
     }

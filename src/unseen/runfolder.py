@@ -94,10 +94,10 @@ def read_json(path: str | Path) -> Any:
 def read_npz(
     path: str | Path, what: str = "", keep: Callable[[str], bool] | None = None
 ) -> dict[str, np.ndarray]:
-    """The arrays of an ``.npz`` archive (those whose names ``keep`` accepts; it is called
-    once for every name, in the archive's order), read without pickle. A missing file, a file that is no archive (a single ``.npy`` array, text), object
-    arrays and a damaged archive each raise :class:`UnseenError` in one sentence naming
-    ``what path``."""
+    """The arrays of an ``.npz`` archive, read without pickle: those whose names ``keep``
+    accepts (it is called once for every name, in the archive's order). A missing file, a
+    file that is no archive (a single ``.npy`` array, text), object arrays and a damaged
+    archive each raise :class:`UnseenError` in one sentence naming ``what path``."""
     import zipfile
 
     path = Path(path)

@@ -48,7 +48,9 @@ class Outputs:
             )
         if self.labels is not None:
             labels = _tensor(self.labels, "labels")
-            whole = not labels.is_floating_point() or bool((labels == labels.round()).all())
+            whole = not labels.is_floating_point() or bool(
+                (labels.isfinite() & (labels == labels.round()) & (labels.abs() < 2**53)).all()
+            )
             if not whole or labels.dtype == torch.bool or labels.ndim != 1:
                 raise ValueError("Outputs.labels must be one integer class per row (-1: unseen)")
             if len(labels) != len(self.logits):
@@ -189,16 +191,22 @@ class Score:
     def load_fitted_state(self, state: dict[str, Any]) -> Score:
         for k, v in state.items():
             setattr(self, k, v)
-        self._fitted = True
+        self._fitted = bool(state)  # an empty (damaged) state leaves the score unfitted
         return self
 
 
 def _marks_fitted(fit: Callable[[Score, FitContext], Score]) -> Callable:
     @functools.wraps(fit)
     def marking(self: Score, context: FitContext) -> Score:
-        out = fit(self, context)
+        # marked first, so that a fit may call score (to calibrate on its own outputs, say);
+        # a fit that fails leaves the mark as it was
+        before = getattr(self, "_fitted", False)
         self._fitted = True
-        return out
+        try:
+            return fit(self, context)
+        except BaseException:
+            self._fitted = before
+            raise
 
     return marking
 

@@ -107,8 +107,19 @@ def _as_index(token: str) -> int | None:
     return int(token)
 
 
-def _is_auto(tokens: Sequence[str] | None) -> bool:
+def is_auto(tokens: Sequence[str] | None) -> bool:
+    """Whether class tokens are the lone word ``auto`` (the default ``--help`` shows)."""
     return tokens is not None and [t.strip().lower() for t in tokens] == ["auto"]
+
+
+def resolve_auto(
+    classes: Sequence[str], holdout: tuple[str, ...] | None, known: tuple[str, ...] | None
+) -> tuple[tuple[str, ...] | None, tuple[str, ...] | None]:
+    """``holdout`` and ``known`` with a lone ``auto`` read as not given (the default), unless
+    the dataset has a class named ``auto``: then it names that class."""
+    if any(c.strip().lower() == "auto" for c in classes):
+        return holdout, known
+    return (None if is_auto(holdout) else holdout), (None if is_auto(known) else known)
 
 
 def make_split(
@@ -124,9 +135,7 @@ def make_split(
     no class is held out. A rare class at fraction 0 is never trained on and becomes unseen;
     one at a fraction above 0 must be known.
     """
-    # 'auto' (the default shown by --help) is the default, unless a class is named so
-    if not any(c.strip().lower() == "auto" for c in classes):
-        holdout, known = (None if _is_auto(t) else t for t in (holdout, known))
+    holdout, known = resolve_auto(classes, holdout, known)
     if holdout is not None and known is not None:
         raise ConfigError("give --holdout or --known, not both.")
     n = len(classes)

@@ -1004,6 +1004,7 @@ def run_sweep(
     """
     from .checkpoint import holds_run_files
     from .data import load_dataset
+    from .splits import resolve_auto
 
     say = log or (lambda _msg: None)
     kind, _ = parse_protocol(opts.protocol)
@@ -1016,7 +1017,8 @@ def run_sweep(
             f"--out {out} holds a run of `unseen run`, not a sweep; give the sweep its own folder."
         )
     classes = load_dataset(base.dataset, base.data_root, base.download).classes
-    runs = plan(base.replace(out=None), classes, opts, out)
+    holdout, known = resolve_auto(classes, base.holdout, base.known)  # hashed as not given
+    runs = plan(base.replace(out=None, holdout=holdout, known=known), classes, opts, out)
     if dry_run:
         for r in runs:
             state = "finished" if is_finished(r.run_dir) else "to run"
