@@ -13,7 +13,7 @@ import math
 import numbers
 import os
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -757,10 +757,16 @@ def _unknown_key(key: str, name: str) -> str:
     return f"an unknown key '{key}'; valid keys: {', '.join(FIELDS)}"
 
 
+def is_auto(tokens: Sequence[str] | None) -> bool:
+    """Whether class tokens are the lone word ``auto``: the default ``--help`` shows for
+    ``--holdout``/``--known``, which :func:`unseen.splits.resolve_auto` reads as not given
+    once the dataset's classes are known (unless one is named ``auto``)."""
+    return tokens is not None and [t.strip().lower() for t in tokens] == ["auto"]
+
+
 def _gives_classes(tokens: tuple[str, ...] | None) -> bool:
-    """Whether ``--holdout``/``--known`` names classes: not when absent or the lone ``auto``
-    (the default; :func:`unseen.splits.resolve_auto` reads it once the classes are known)."""
-    return tokens is not None and [t.strip().lower() for t in tokens] != ["auto"]
+    """Whether ``--holdout``/``--known`` names classes: not when absent or ``auto``."""
+    return tokens is not None and not is_auto(tokens)
 
 
 def resolve_config(

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from .config import is_auto
 from .data import ImageData
 from .errors import ConfigError
 
@@ -105,11 +106,6 @@ def _as_index(token: str) -> int | None:
     if not (digits.isascii() and digits.isdigit()) or len(digits) > 18:
         return None
     return int(token)
-
-
-def is_auto(tokens: Sequence[str] | None) -> bool:
-    """Whether class tokens are the lone word ``auto`` (the default ``--help`` shows)."""
-    return tokens is not None and [t.strip().lower() for t in tokens] == ["auto"]
 
 
 def resolve_auto(
