@@ -113,7 +113,7 @@ def locate_run(run_dir: str | Path, head: str | None = None) -> Path:
     if len(heads) > 1:
         raise UnseenError(
             f"run folder {path} holds one model per head ({', '.join(heads)}); "
-            f"pass --head NAME (or point at {path}/<head>/)."
+            f"pass --head NAME (head= in Python), or point at {path}/<head>/."
         )
     raise UnseenError(f"run folder {path} has no model.pt.")
 
@@ -441,13 +441,15 @@ class Predictor:
         if self._val_scores is None:
             path = self.run_dir / "scores.npz"
             if not path.is_file():
-                raise UnseenError(f"{path} does not exist; pass a --threshold instead.")
+                raise UnseenError(
+                    f"{path} does not exist; pass a --threshold (threshold= in Python) instead."
+                )
             arrays = read_npz(path, keep=lambda k: k.startswith("val_score_"))
             self._val_scores = {k[len("val_score_") :]: v for k, v in arrays.items()}
         if name not in self._val_scores or self._val_scores[name].size == 0:
             raise UnseenError(
                 f"{self.run_dir / 'scores.npz'} has no validation scores for {name!r} to calibrate on; "
-                "pass a --threshold instead."
+                "pass a --threshold (threshold= in Python) instead."
             )
         return self._val_scores[name]
 
