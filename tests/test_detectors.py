@@ -556,3 +556,14 @@ def test_vim_dim_is_checked_against_every_head_before_training(tmp_path, capsys)
                  "--vim-dim", "64", "--out", str(tmp_path / "sw"), "--dry-run"])  # fmt: skip
     assert code == 2 and "--vim-dim 64 must be below" in capsys.readouterr().err
     assert not (tmp_path / "sw").exists()
+
+
+def test_the_run_summary_notes_a_vim_alpha_that_is_not_positive(digits_run):
+    import json
+
+    from unseen.console import run_summary
+
+    metrics = json.loads((digits_run / "metrics.json").read_text())
+    for alpha, noted in ((2.0, False), (-0.25, True)):
+        metrics["scores"]["vim"] = {**metrics["scores"]["msp"], "fit": {"alpha": alpha}}
+        assert ("note: vim's alpha is -0.25" in run_summary(metrics)) == noted

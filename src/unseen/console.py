@@ -94,6 +94,13 @@ def run_summary(metrics: dict, with_scores: bool = True) -> str:
         lines += ["", score_table(metrics["scores"], sort_by="auroc")]
         if metrics.get("logits", "softmax logits") != "softmax logits":  # one-vs-rest (issue 3)
             lines.append(_logits_note(metrics))
+        alpha = metrics["scores"].get("vim", {}).get("fit", {}).get("alpha")
+        if isinstance(alpha, (int, float)) and alpha <= 0:
+            lines.append(
+                f"note: vim's alpha is {alpha:.3g} (the mean largest training logit is not "
+                "positive), so a large residual makes an image look more known; see "
+                "docs/detectors.md"
+            )
     for name, r in metrics.get("rare", {}).items():  # --rare (issue 7)
         from .rare import format_fraction
 
