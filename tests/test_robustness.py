@@ -984,7 +984,7 @@ def test_run_files_get_the_usual_permissions(tmp_path):
         assert path.stat().st_mode & 0o777 == 0o644
 
 
-def test_resuming_with_another_thread_count_warns_that_results_will_differ(tmp_path):
+def test_resuming_with_another_thread_count_warns_that_results_will_differ(tmp_path, capsys):
     # a CPU run's rounding depends on its thread count: a resume with another one cannot
     # repeat the uninterrupted run bit for bit, and says so instead of promising it
     from unseen.checkpoint import Checkpointing
@@ -999,7 +999,7 @@ def test_resuming_with_another_thread_count_warns_that_results_will_differ(tmp_p
         images_seen=0, train_seconds=0.0, epoch=1, step=0, epoch_state=None)  # fmt: skip
     for resume_threads, warned in ((threads, False), (threads + 1, True)):
         said = []
-        resumed = Checkpointing(tmp_path / "ck.pt", {"a": 1}, resume=True, say=said.append)
+        resumed = Checkpointing(tmp_path / "ck.pt", {"a": 1}, resume=True, warn=said.append)
         torch.set_num_threads(resume_threads)
         try:
             resumed.start(model=model, optimizer=opt, scheduler=sched,
@@ -1008,6 +1008,15 @@ def test_resuming_with_another_thread_count_warns_that_results_will_differ(tmp_p
             torch.set_num_threads(threads)
         assert bool(said) == warned, said
     assert f"trained on cpu ({threads} thread" in said[0] and "bit for bit" in said[0]
+    # by default on stderr, so that --quiet and sweeps (which run without a log) show it too
+    torch.set_num_threads(threads + 1)
+    try:
+        Checkpointing(tmp_path / "ck.pt", {"a": 1}, resume=True).start(
+            model=model, optimizer=opt, scheduler=sched, generator=torch.Generator(),
+            result=TrainResult())  # fmt: skip
+    finally:
+        torch.set_num_threads(threads)
+    assert capsys.readouterr().err.startswith("unseen: warning: this run trained on cpu")
 
 
 def test_a_network_with_nan_outputs_ends_the_run_in_one_line(tmp_path, capsys, monkeypatch):

@@ -20,6 +20,7 @@ import contextlib
 import dataclasses
 import json
 import signal
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -402,8 +403,8 @@ class Checkpointing:
     stop: StopSignal | None = None
     #: seconds between end-of-epoch checkpoints (``--checkpoint-every``; 0: every epoch)
     every: float = 0.0
-    #: where a resume prints its warnings (None: nowhere)
-    say: Callable[[str], None] | None = None
+    #: where a resume's warning goes: stderr, whatever --quiet or a sweep does with the log
+    warn: Callable[[str], None] = field(default=lambda m: print(f"unseen: {m}", file=sys.stderr))
     #: a checkpoint still being written in the background (see ``save(background=True)``)
     _pending: Future | None = field(default=None, init=False, repr=False, compare=False)
     #: when the last checkpoint was saved (or training started), ``time.monotonic()``
@@ -546,8 +547,8 @@ class Checkpointing:
                 f"{self.path} does not fit this run ({first[:160]}); pass --overwrite to start again."
             ) from None
         before, now = state.get("computed_on"), computed_on(generator.device)
-        if before is not None and before != now and self.say is not None:
-            self.say(
+        if before is not None and before != now:
+            self.warn(
                 f"warning: this run trained on {before} and resumes on {now}; a different "
                 "thread count, device or torch version rounds differently, so the results "
                 "will not equal those of an uninterrupted run bit for bit"

@@ -655,7 +655,6 @@ def _run_experiment(cfg: RunConfig, progress: bool, log: Callable[[str], None] |
             resume=cfg.resume,
             resume_hint=f"unseen run --resume --out {run_dir}",
             every=cfg.checkpoint_every,
-            say=say,
         )
         checkpoints.append(checkpoint)
         if len(cfg.head) > 1 and cfg.resume and is_finished(head_dir):
