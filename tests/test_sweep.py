@@ -889,6 +889,9 @@ def test_holdout_auto_is_planned_and_hashed_as_the_default(tmp_path, capsys):
                      "--out", str(tmp_path / "sw"), *extra]) == 0  # fmt: skip
         return [line.split()[0] for line in capsys.readouterr().out.splitlines() if "runs/" in line]
 
-    assert planned("--holdout", "auto") == planned() == planned("--known", "auto")
+    default = planned()
+    assert len(default) == 2 and planned("--holdout", "auto") == default == planned(
+        "--known", "auto"
+    )
     assert main(["sweep", "--protocol", "loo", "--holdout", "auto", "--dry-run",
                  "--out", str(tmp_path / "loo")]) == 0  # fmt: skip
