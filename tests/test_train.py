@@ -68,3 +68,15 @@ def test_onecycle_reaches_a_useful_rate_however_few_the_steps(total):
         assert used == pytest.approx([0.1] * total)  # too few steps for a cycle: the peak
     else:
         assert max(used) >= 0.05 and used[0] < max(used)  # a warm-up towards the peak
+
+
+def test_auto_lr_follows_the_batch_the_steps_really_take():
+    # a batch larger than the training set trains on the whole set at each step: the
+    # learning rate was scaled for 100,000 images (2.8) instead of the 270 there are
+    from unseen.config import RunConfig
+    from unseen.experiment import default_lr, prepare
+
+    p = prepare(RunConfig(batch_size=100000, train_subset=300, device="cpu"))
+    n = len(p.split_data.x_train)
+    assert n < 300 and p.config.lr == default_lr(n) and p.config.batch_size == 100000
+    assert prepare(RunConfig(batch_size=64, device="cpu")).config.lr == default_lr(64)

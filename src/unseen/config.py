@@ -271,7 +271,8 @@ class RunConfig:
     )
     lr: float | None = opt(
         None,
-        "peak learning rate of SGD with Nesterov momentum (default auto: 0.1 x sqrt(batch / 128))",
+        "peak learning rate of SGD with Nesterov momentum (default auto: 0.1 x sqrt(batch / "
+        "128), the batch at most the training set)",
         parse=parse_optional_float,
         check=_positive,
         metavar="LR",

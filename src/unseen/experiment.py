@@ -158,7 +158,9 @@ def prepare(cfg: RunConfig) -> Prepared:
     cfg = cfg.replace(
         epochs=cfg.epochs or default_epochs(cfg.dataset),
         batch_size=cfg.batch_size or default_batch_size(device),
-        lr=cfg.lr or default_lr(cfg.batch_size or default_batch_size(device)),
+        # scaled by the batch the steps really take: the training set, when it is smaller
+        lr=cfg.lr
+        or default_lr(min(cfg.batch_size or default_batch_size(device), max(len(sd.x_train), 2))),
         holdout=tuple(split.unseen_names) if cfg.known is None else None,
         cuda_graphs="on" if graphs else "off",
         flip=make_augment_spec(cfg.augment, data.image_size[0], data.flip_ok, cfg.flip).flip,
