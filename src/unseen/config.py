@@ -584,15 +584,14 @@ class RunConfig:
         """The options recorded in a run folder's ``config.json`` (or that file's path), with
         each ``auto`` setting as the run resolved it (epochs, batch size, learning rate...)
         and without the run's own folder (``out``, ``resume`` and ``overwrite`` at their
-        defaults, and ``cuda_graphs`` back at ``auto`` where the run's GPU turned it on): ``run_experiment(RunConfig.from_run(run).replace(seed=1))`` repeats a run
-        with another seed. The split, augmentation and weights the run resolved stay in
+        defaults, and ``cuda_graphs`` back at ``auto`` where the run's GPU turned it on):
+        ``run_experiment(RunConfig.from_run(run).replace(seed=1))`` repeats a run with
+        another seed. The split, augmentation and weights the run resolved stay in
         config.json."""
-        from .runfolder import read_json
+        from .runfolder import read_config_json
 
         path = Path(run)
-        record = read_json(path / "config.json" if path.is_dir() else path)
-        if not isinstance(record, dict):
-            raise ConfigError(f"{path} is not a run's config.json (it holds no table of options).")
+        record = read_config_json(path / "config.json" if path.is_dir() else path)
         own = {"out", "resume", "overwrite"}  # the run's own folder
         if record.get("cuda_graphs") == "on":  # resolved on a GPU; 'off' works anywhere
             own.add("cuda_graphs")

@@ -155,12 +155,12 @@ def prepare(cfg: RunConfig) -> Prepared:
         test_subset=cfg.test_subset,
         rare=rare,
     )
+    batch_size = cfg.batch_size or default_batch_size(device)
     cfg = cfg.replace(
         epochs=cfg.epochs or default_epochs(cfg.dataset),
-        batch_size=cfg.batch_size or default_batch_size(device),
+        batch_size=batch_size,
         # scaled by the batch the steps really take: the training set, when it is smaller
-        lr=cfg.lr
-        or default_lr(min(cfg.batch_size or default_batch_size(device), max(len(sd.x_train), 2))),
+        lr=cfg.lr or default_lr(min(batch_size, max(len(sd.x_train), 2))),
         holdout=tuple(split.unseen_names) if cfg.known is None else None,
         cuda_graphs="on" if graphs else "off",
         flip=make_augment_spec(cfg.augment, data.image_size[0], data.flip_ok, cfg.flip).flip,
@@ -594,6 +594,7 @@ def _run_experiment(cfg: RunConfig, progress: bool, log: Callable[[str], None] |
     folder = "new"
     if cfg.out:
         folder = check_run_folder(Path(cfg.out), resume=cfg.resume, overwrite=cfg.overwrite)
+    saved = None  # the config.json of the run in --out, read once for both checks
     if folder != "new" and (Path(cfg.out) / "config.json").is_file():
         # another dataset: its class names would fail to resolve before the full check below
         saved = read_json(Path(cfg.out) / "config.json")
@@ -610,8 +611,8 @@ def _run_experiment(cfg: RunConfig, progress: bool, log: Callable[[str], None] |
         for head in cfg.head:
             build_model(p, head)
     record = run_record(p, cfg.head)
-    if folder != "new" and (run_dir / "config.json").is_file():
-        check_same_config(read_json(run_dir / "config.json"), record, run_dir)
+    if saved is not None:  # run_dir is --out here
+        check_same_config(saved, record, run_dir)
     if folder == "finished":
         say(f"{run_dir} holds a finished run with these options; nothing to resume.")
         return RunResult(run_dir, cfg, read_json(run_dir / "metrics.json"))

@@ -225,7 +225,7 @@ def run_config(ckpt: dict[str, Any]) -> Any:
     values = {k: v for k, v in cfg.items() if k in FIELDS}
     try:
         return RunConfig.from_dict(values)
-    except UnseenError:
+    except UnseenError:  # RunConfig checks field by field: keep each value it accepts alone
         accepted = {}
         for key, value in values.items():
             try:
@@ -233,10 +233,7 @@ def run_config(ckpt: dict[str, Any]) -> Any:
             except UnseenError:
                 continue
             accepted[key] = value
-        try:
-            return RunConfig.from_dict(accepted)
-        except UnseenError:  # values fine alone but not together
-            return None
+        return RunConfig.from_dict(accepted)
 
 
 def load_detectors(path: Path, device: torch.device, config: Any = None) -> dict[str, Score]:

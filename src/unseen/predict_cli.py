@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 
 from .cli import nonempty_path
+from .config import FIELDS
 
 
 def _number(text: str, kind: type = float) -> float:
@@ -18,10 +19,11 @@ def _number(text: str, kind: type = float) -> float:
         raise argparse.ArgumentTypeError(f"must be {what}, not {text!r}") from None
 
 
-def _fraction(text: str) -> float:
+def _known_acceptance(text: str) -> float:
+    """As ``unseen run --known-acceptance`` checks it (above 0, at most 1)."""
     value = _number(text)
-    if not 0.0 < value <= 1.0:
-        raise argparse.ArgumentTypeError(f"must be above 0 and at most 1, not {text}")
+    if problem := FIELDS["known_acceptance"].metadata["check"](value):
+        raise argparse.ArgumentTypeError(f"{problem}, not {text}")
     return value
 
 
@@ -100,7 +102,7 @@ def add_predict_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentPars
     )
     how.add_argument(
         "--known-acceptance",
-        type=_fraction,
+        type=_known_acceptance,
         metavar="F",
         default=None,
         help="recalibrate the threshold to accept this fraction of the run's known validation "

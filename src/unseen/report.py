@@ -46,6 +46,7 @@ from .runfolder import (
     describe_mixed,
     is_finished,
     mixed_settings,
+    read_config_json,
     read_json,
     read_npz,
     require_finished,
@@ -153,16 +154,6 @@ def read_arrays(path: Path) -> dict[str, np.ndarray]:
     return arrays
 
 
-def read_run_config(run_dir: Path) -> dict:
-    """A run's config.json, which must hold a table of options."""
-    config = read_json(run_dir / "config.json")
-    if not isinstance(config, dict):
-        raise UnseenError(
-            f"{run_dir / 'config.json'} is not a run's config.json (it holds no table of options)."
-        )
-    return config
-
-
 def run_heads(run_dir: Path, config: dict) -> list[str]:
     heads = config.get("head") or ["softmax"]
     if not isinstance(heads, list) or not all(isinstance(h, str) for h in heads):
@@ -189,7 +180,7 @@ def load_run(run_dir: str | Path, check_finished: bool = True) -> tuple[dict, li
     """config.json and every head of a run; refuses unfinished runs unless ``check_finished``
     is False (the run itself builds its report just before it marks itself finished)."""
     run_dir = check_run_folder(run_dir) if check_finished else Path(run_dir)
-    config = read_run_config(run_dir)
+    config = read_config_json(run_dir / "config.json")
     heads = []
     for head, metrics in load_head_metrics(run_dir, config).items():
         folder = head_folder(run_dir, config, head)
@@ -764,7 +755,7 @@ def aggregate_runs(run_dirs: Iterable[str | Path]) -> list[dict]:
     groups: dict[tuple[str, str], dict] = {}
     for raw in run_dirs:
         run_dir = check_run_folder(raw)
-        config = read_run_config(run_dir)
+        config = read_config_json(run_dir / "config.json")
         key_cfg = _grouping_config(config)
         for head, metrics in load_head_metrics(run_dir, config).items():
             key = (json.dumps(key_cfg, sort_keys=True, default=str), head)

@@ -91,6 +91,14 @@ def read_json(path: str | Path) -> Any:
         raise UnseenError(f"{path} is not valid JSON ({exc}).") from None
 
 
+def read_config_json(path: str | Path) -> dict[str, Any]:
+    """A run's ``config.json``, which must hold a table of options."""
+    record = read_json(path)
+    if not isinstance(record, dict):
+        raise UnseenError(f"{path} is not a run's config.json (it holds no table of options).")
+    return record
+
+
 def read_npz(
     path: str | Path, what: str = "", keep: Callable[[str], bool] | None = None
 ) -> dict[str, np.ndarray]:
@@ -246,8 +254,8 @@ def resolved_settings(config: dict, metrics: dict) -> dict[str, Any]:
     """The :data:`RESOLVED_SETTINGS` a finished run recorded: device kind and precision from
     its ``metrics.json``, batch size, learning rate and epochs from its ``config.json`` (both
     written after 'auto' was resolved). The device is compared by kind (``cpu``, ``cuda``):
-    thread counts and GPU models change speed, not the experiment. Settings a run did not
-    record are left out."""
+    thread counts and GPU models change speed and rounding (within the spread seeds show),
+    not the experiment. Settings a run did not record are left out."""
     device = metrics.get("device")
     found = {
         "device": device.split(" (")[0].strip() if isinstance(device, str) else None,

@@ -113,7 +113,7 @@ def resolve_auto(
 ) -> tuple[tuple[str, ...] | None, tuple[str, ...] | None]:
     """``holdout`` and ``known`` with a lone ``auto`` read as not given (the default), unless
     the dataset has a class named ``auto``: then it names that class."""
-    if any(c.strip().lower() == "auto" for c in classes):
+    if any(is_auto([c]) for c in classes):
         return holdout, known
     return (None if is_auto(holdout) else holdout), (None if is_auto(known) else known)
 
