@@ -63,6 +63,12 @@ def test_run_writes_every_file_and_metric(cli_run):
         m["closed_set_accuracy"] * n_known / (n_known + n_unseen)
     )
     assert sum(m["unseen_predicted_as"].values()) == n_unseen
+    # every known-class training image is trained on or kept for validation (10% of them)
+    from unseen.data import load_dataset
+
+    y_train = load_dataset("digits").y_train
+    assert m["num_train"] + m["num_val"] == int((y_train != 9).sum())
+    assert m["num_val"] == pytest.approx(0.1 * int((y_train != 9).sum()), abs=9)
 
 
 def test_scores_npz_agrees_with_metrics(cli_run):
@@ -157,6 +163,8 @@ BAD = [
     (["run", "--holdout", "0,1,2,3,4,5,6,7,8,9"], "every class is held out"),
     (["run", "--holdout", "1", "--known", "2,3"], "not both"),
     (["run", "--scores", "foo"], "--scores 'foo' is not known"),
+    (["run", "--scores", "msp,energy,msp"], "--scores names 'msp' twice"),
+    (["run", "--head", "softmax,softmax"], "--head lists the same head twice"),
     (["run", "--val-fraction", "1.5"], "--val-fraction must be between 0 and 1"),
     (["run", "--device", "tpu"], "must be one of: auto, cpu, cuda"),
     (["run", "--config", "/nonexistent.toml"], "does not exist"),

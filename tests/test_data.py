@@ -327,6 +327,30 @@ def test_folder_16bit_greyscale_is_scaled_not_clipped(tmp_path):
     assert data.x_test[1, 0].numpy().tolist() == [[0, 7, 255], [1, 2, 3]]  # already 8-bit
 
 
+def test_dark_16bit_pgm_and_float_tiffs_in_0_1_keep_their_scale(tmp_path):
+    from unseen.data import image_array, read_image_file
+
+    # a 16-bit PGM (maxval 65535) whose values stay below 256 is dark, not 8-bit: PIL opens
+    # it as mode I, like a 16-bit PNG or TIFF it must scale by 255 / 65535
+    dark = np.array([[0, 255], [128, 200]], dtype=np.uint16)
+    pgm = tmp_path / "dark.pgm"
+    pgm.write_bytes(b"P5 2 2 65535\n" + dark.astype(">u2").tobytes())
+    png = tmp_path / "dark.png"
+    Image.fromarray(dark).save(png)
+    assert Image.open(pgm).mode == "I"
+    want = np.rint(dark * 255 / 65535).astype(np.uint8)  # [[0, 1], [0, 1]]
+    for f in (pgm, png):
+        assert image_array(read_image_file(f)).tolist() == want.tolist(), f
+    # a float image with values in [0, 1] reads as float arrays do (x 255), not as 0..255
+    unit = np.array([[0.0, 0.5], [1.0, 0.25]], np.float32)
+    tif = tmp_path / "unit.tif"
+    Image.fromarray(unit, "F").save(tif)
+    assert image_array(read_image_file(tif)).tolist() == [[0, 128], [255, 64]]
+    wide = np.array([[0.0, 2.0], [255.0, 7.0]], np.float32)  # above 1: 0..255 as before
+    Image.fromarray(wide, "F").save(tif)
+    assert image_array(read_image_file(tif)).tolist() == [[0, 2], [255, 7]]
+
+
 def test_folder_files_read_as_unseen_predict_reads_them(tmp_path):
     """A file gives the same pixels in training and in prediction: EXIF orientation, 16-bit
     scaling, palette and alpha, channel conversion and resizing are one code path."""

@@ -9,9 +9,11 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 import re
 import shutil
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -176,10 +178,79 @@ def test_folders_skip_hidden_entries_as_folder_datasets_do(capsys, run_dir, pngs
     assert [r["input"] for r in read_csv(stdout)] == [str(tmp_path / "imgs" / "a.png")]
 
 
+def test_folders_follow_links_as_folder_datasets_do(capsys, run_dir, pngs, tmp_path):
+    (tmp_path / "real" / "a").mkdir(parents=True)
+    for f in pngs["known"][:3]:
+        shutil.copy(f, tmp_path / "real" / "a" / f.name)
+    (tmp_path / "tree" / "a").mkdir(parents=True)
+    shutil.copy(pngs["known"][3], tmp_path / "tree" / "a" / "own.png")
+    (tmp_path / "tree" / "linked").symlink_to(tmp_path / "real" / "a")
+    (tmp_path / "tree" / "a" / "loop").symlink_to(tmp_path / "tree")  # searched once
+    (tmp_path / "tree" / "a" / "gone.png").symlink_to(tmp_path / "missing.png")
+    rc, stdout, _ = cli(capsys, run_dir, tmp_path / "tree", "--format", "csv")
+    rows = read_csv(stdout)
+    assert rc == 0
+    names = [Path(r["input"]).relative_to(tmp_path / "tree").as_posix() for r in rows]
+    linked = [f"linked/{f.name}" for f in pngs["known"][:3]]
+    assert names == ["a/gone.png", "a/own.png", *linked]
+    assert "FileNotFoundError" in rows[0]["error"] and not any(r["error"] for r in rows[1:])
+    # a folder:PATH dataset lists them through the same function, in the same order
+    (tmp_path / "ds" / "train").mkdir(parents=True)
+    (tmp_path / "ds" / "test").mkdir()
+    (tmp_path / "ds" / "train" / "tree").symlink_to(tmp_path / "tree")
+    (tmp_path / "ds" / "test" / "tree").symlink_to(tmp_path / "real")
+    (tmp_path / "tree" / "a" / "gone.png").unlink()
+    data = load_dataset(f"folder:{tmp_path / 'ds'}")
+    assert len(data.x_train) == 4 and len(data.x_test) == 3  # the loop searched once
+    files = [Path(r["input"]) for r in rows[1:]]
+    assert torch.equal(
+        data.x_train,
+        torch.cat([torch.from_numpy(np.array(Image.open(f)))[None, None] for f in files]),
+    )
+
+
+def test_an_npz_of_one_unbatched_colour_image_is_refused_not_sliced(capsys, run_dir, tmp_path):
+    np.savez(tmp_path / "one.npz", x=np.zeros((8, 8, 3), np.uint8))
+    rc, stdout, _ = cli(capsys, run_dir, tmp_path / "one.npz", "--format", "json")
+    (row,) = json.loads(stdout)["predictions"]
+    assert rc == 2 and "looks like one H x W x C image" in row["error"]
+    np.savez(tmp_path / "one.npz", x=np.zeros((1, 8, 8, 3), np.uint8))
+    rc, stdout, _ = cli(capsys, run_dir, tmp_path / "one.npz", "--format", "json")
+    assert rc == 0 and len(json.loads(stdout)["predictions"]) == 1
+
+
+def test_closed_stdout_or_stderr_is_no_traceback(run_dir, pngs):
+    import subprocess
+
+    for closed in (1, 2):  # the shell's `>&-` and `2>&-`
+        cmd = [sys.executable, "-m", "unseen", "predict", str(run_dir), str(pngs["known"][0])]
+        other = {1: {"stderr": subprocess.PIPE}, 2: {"stdout": subprocess.PIPE}}[closed]
+        proc = subprocess.run(
+            cmd, **other, pass_fds=(), preexec_fn=lambda fd=closed: os.close(fd), text=True
+        )
+        assert proc.returncode == 0, (closed, proc)
+        assert "Traceback" not in (proc.stderr or "") + (proc.stdout or "")
+        if closed == 2:
+            assert "1 image(s)" in proc.stdout
+
+
 def test_an_output_the_system_refuses_is_named_as_given(capsys, run_dir, pngs):
     # /proc takes no new files: the error names the file asked for, not a temporary file
     rc, _, err = cli(capsys, run_dir, pngs["known"][0], "--output", "/proc/x.csv")
     assert rc == 2 and err.strip() == "unseen: error: /proc/x.csv: No such file or directory."
+
+
+def test_an_output_that_cannot_be_written_fails_before_any_image(
+    capsys, run_dir, pngs, tmp_path, monkeypatch
+):
+    import unseen.predict as predict
+
+    monkeypatch.setattr(predict, "predict_items", lambda *a, **k: pytest.fail("predicted"))
+    (tmp_path / "file").write_text("not a folder")
+    out = tmp_path / "file" / "x.csv"
+    rc, _, err = cli(capsys, run_dir, pngs["known"][0], "--output", out)
+    assert rc == 2 and err.strip() == f"unseen: error: {tmp_path / 'file'}: Not a directory."
+    assert [p.name for p in tmp_path.iterdir()] == ["file"]
 
 
 def test_output_naming_a_folder_is_one_clear_error(capsys, run_dir, pngs, tmp_path):
@@ -278,12 +349,30 @@ def test_threshold_override_and_cli_recalibration(capsys, run_dir, pngs):
 
 def test_score_choice(capsys, predictor, run_dir, pngs):
     assert predictor.score_name == "energy"
-    assert set(predictor.available_scores) == {"msp", "maxlogit", "energy", "entropy"}
+    assert set(predictor.detectors) == {"msp", "maxlogit", "energy", "entropy"}
     rc, _, err = cli(capsys, run_dir, pngs["known"][0], "--score", "nope")
     assert rc == 2 and "score 'nope' is not available" in err and "energy" in err
 
 
 # ----------------------------------------------------------------------------- the Python API
+
+
+def test_odin_runs_the_predictor_s_batch_size(run_dir, digits, monkeypatch):
+    import unseen.detectors as detectors
+    from unseen.scores import FitContext, create_score
+
+    seen = []
+    real = detectors.odin_scores
+    monkeypatch.setattr(
+        detectors, "odin_scores", lambda *a, **k: seen.append(k["batch_size"]) or real(*a, **k)
+    )
+    scores = {}
+    for batch_size in (7, 256):
+        p = load(run_dir, device="cpu", batch_size=batch_size)
+        p.detectors["odin"] = create_score("odin").fit(FitContext())
+        scores[batch_size] = p.with_options(score="odin", threshold=0.5).scores(digits.x_test[:20])
+    assert seen == [7, 256]
+    np.testing.assert_allclose(scores[7], scores[256], rtol=1e-5)
 
 
 def test_api_gives_identical_results_for_tensors_arrays_and_pil(predictor, digits):
@@ -357,12 +446,47 @@ def test_load_refuses_bad_arguments_with_one_clear_error(run_dir, tmp_path):
         load(run_dir, device="tpu")
     with pytest.raises(UnseenError, match="is a file, not a folder; give the run folder"):
         load(run_dir / "model.pt")
+    for bad in (0, 1.5, float("nan")):
+        with pytest.raises(UnseenError, match="known acceptance must be above 0 and at most 1"):
+            load(run_dir, known_acceptance=bad, device="cpu")
 
 
 def test_unseen_load_is_the_lazy_entry_point(run_dir):
     p = unseen.load(run_dir, score="msp", known_acceptance=0.9, device="cpu")
     assert isinstance(p, Predictor) and p.score_name == "msp" and p.known_acceptance == 0.9
     assert "msp" in repr(p)
+
+
+def test_grey_and_alpha_files_are_one_image_each(capsys, predictor, run_dir, pngs, tmp_path):
+    # a PIL "LA" image (grey + alpha) used to be read as H one-row images, and every file
+    # after it in the batch got another image's result
+    grey = [np.array(Image.open(f)) for f in pngs["known"][:3]]
+    files = []
+    for i, g in enumerate(grey):
+        la = tmp_path / f"{i}_la.png"
+        Image.fromarray(np.stack([g, np.full_like(g, 255)], axis=2), mode="LA").save(la)
+        files += [la, pngs["known"][i]]
+    assert Image.open(files[0]).mode == "LA"
+    assert predictor.prepare(Image.open(files[0])).shape == (1, 1, 8, 8)
+    scores = predictor.scores(files)
+    assert len(scores) == 6
+    assert np.array_equal(scores[0::2], scores[1::2])  # alpha dropped: the grey image itself
+    code, out, _ = cli(capsys, run_dir, *files, "--format", "json")
+    rows = json.loads(out)["predictions"]
+    assert code == 0 and len(rows) == 6
+    assert [r["score"] for r in rows[0::2]] == [r["score"] for r in rows[1::2]]
+
+
+def test_folders_read_the_same_file_types_as_folder_datasets(tmp_path):
+    from unseen.data import IMAGE_EXTENSIONS, image_files
+
+    for ext in IMAGE_EXTENSIONS:
+        path = tmp_path / "a" / f"x{ext.upper() if ext == '.gif' else ext}"
+        path.parent.mkdir(exist_ok=True)
+        path.touch()
+    (tmp_path / "a" / "notes.txt").touch()
+    listed = {p.suffix.lower() for p in image_files(tmp_path)}
+    assert listed == set(IMAGE_EXTENSIONS)
 
 
 def test_input_conversion_channels_size_and_range(predictor):
@@ -404,6 +528,18 @@ def test_input_conversion_channels_size_and_range(predictor):
         predictor.prepare(np.full((8, 8), 2**63 + 5, np.uint64))
     with pytest.raises(UnseenError, match="height 0 and width 8 has no pixels"):
         predictor.prepare(np.zeros((2, 0, 8), np.uint8))
+    # any byte order, long double, read-only memory (no torch warning); NumPy's own types named
+    ref = predictor.prepare(np.full((8, 8), 128, np.uint8))
+    for same in (np.full((8, 8), 128, ">u2"), np.full((8, 8), 128 / 255, ">f4"),
+                 np.full((8, 8), 128 / 255, np.longdouble), np.broadcast_to(np.uint8(128), (8, 8))):  # fmt: skip
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            assert torch.equal(predictor.prepare(same), ref), same.dtype
+    for bad, message in ((np.zeros((8, 8), bool), "dtype bool is not supported"),
+                         (np.zeros((8, 8), complex), "dtype complex128 is not supported"),
+                         (np.array(3, np.uint8), "shape () holds one number")):  # fmt: skip
+        with pytest.raises(UnseenError, match=re.escape(message)):
+            predictor.prepare(bad)
 
 
 # ----------------------------------------------------------------------------- run folders

@@ -1064,3 +1064,13 @@ def test_known_auto_is_recorded_as_the_default_split(tmp_path, capsys):
     capsys.readouterr()
     assert main(["run", "--resume", *args]) == 0  # the default spelled out or not: one run
     assert "holds a finished run with these options" in capsys.readouterr().out
+
+
+def test_default_run_folders_are_claimed_so_two_runs_never_share_one(tmp_path, monkeypatch):
+    from unseen.runfolder import default_run_dir
+
+    monkeypatch.setattr(time, "strftime", lambda fmt: "20261129-120000")  # the same second
+    first = default_run_dir("npz:/data/my set.npz", ["Ankle boot"], tmp_path / "runs")
+    second = default_run_dir("npz:/data/my set.npz", ["Ankle boot"], tmp_path / "runs")
+    assert first.name == "20261129-120000-my-set.npz-ankle-boot" and first.is_dir()
+    assert second.name == first.name + "-2" and second.is_dir()

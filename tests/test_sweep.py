@@ -437,6 +437,17 @@ def test_aggregation_matches_hand_computed_means_and_stds(tmp_path):
     # hardest first: class 1 (0.65) before class 0 (0.9)
     assert text.index("\n1 ") < text.index("\n0 ")
     assert "0.900 ± 0.100" in text
+    # a value missing in some runs says how many went in
+    assert "0.800 ± 0.158 (n=5)" in text and "0.650 ± 0.071 (n=2)" in text
+    # the conditions' own means (seeds averaged first): the std of papers' per-split figures
+    over = v["over_conditions"]
+    assert over["conditions"] == 2
+    assert over["scores"]["msp"]["auroc"] == {
+        "mean": pytest.approx(0.775), "std": pytest.approx(0.25 / math.sqrt(2)), "n": 2
+    }  # fmt: skip
+    assert over["closed_set_accuracy"]["mean"] == pytest.approx(0.88)
+    assert over["closed_set_accuracy"]["std"] == pytest.approx(0.08 / math.sqrt(2))
+    assert "AUROC over 2 held-out class means" in text and "0.775 ± 0.177" in text
 
 
 def _write_run_settings(
@@ -545,6 +556,15 @@ def test_rare_protocol_table_shows_detection_auroc_when_classes_are_held_out_too
     assert "unseen AUROC msp" in header
     row = next(ln for ln in text.splitlines() if ln.startswith("0.5"))
     assert "0.930" in row and "0.600" in row
+    # the fractions are different tasks: no closed-set accuracy pooled over them
+    assert text.splitlines()[0] == "2 runs (per fraction below)"
+    assert "over_conditions" not in sweep.aggregate(both, "rare")["variants"][0]
+    # a precision that only one of two seeds has (the other predicted nothing as the class)
+    seeds = [_rare_record(0.5, s, {"3": (10, 0.6, 0.6)}) for s in (0, 1)]
+    seeds[1]["metrics"]["rare"]["3"]["precision"] = None
+    text = sweep.format_summary(sweep.aggregate(seeds, "rare"))
+    row = next(ln for ln in text.splitlines() if ln.startswith("0.5"))
+    assert "0.800 (n=1)" in row and "0.600 ± 0.000" in row
 
 
 def test_console_tells_a_zero_spread_and_a_partial_sweep_apart():
@@ -560,8 +580,10 @@ def test_console_tells_a_zero_spread_and_a_partial_sweep_apart():
 
 
 def test_single_run_has_no_std():
-    assert sweep.stat([0.7]) == {"mean": 0.7, "std": None, "n": 1}
-    assert sweep.stat([None, float("nan")]) == {"mean": None, "std": None, "n": 0}
+    from unseen.metrics import mean_std
+
+    assert mean_std([0.7]) == {"mean": 0.7, "std": None, "n": 1}
+    assert mean_std([None, float("nan"), float("inf"), True]) == {"mean": None, "std": None, "n": 0}
 
 
 # ----------------------------------------------------------------------------- rare classes

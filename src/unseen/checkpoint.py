@@ -36,7 +36,7 @@ from .config import FIELDS, RESULT_NEUTRAL_KEYS
 from .data import absolute_paths
 from .errors import ConfigError, Interrupted, UnseenError
 from .hardware import describe_device
-from .runfolder import FINISHED_FILE, _jsonable, is_finished, load_torch, save_torch
+from .runfolder import FINISHED_FILE, is_finished, jsonable, load_torch, save_torch
 
 CHECKPOINT_FILE = "checkpoint.pt"
 CHECKPOINT_KIND = "unseen-training-checkpoint"
@@ -62,7 +62,7 @@ class TrainingDiverged(UnseenError):
 
 
 def _canonical(value: Any) -> str:
-    return json.dumps(_jsonable(value), sort_keys=True)
+    return json.dumps(jsonable(value), sort_keys=True)
 
 
 def config_differences(

@@ -1,4 +1,5 @@
-"""Command line: ``unseen run | datasets | scores``; a thin layer over the library.
+"""Command line: ``unseen run | datasets | scores | report | sweep | predict``; a thin layer
+over the library.
 
 Every ``unseen run`` flag is generated from a field of :class:`unseen.config.RunConfig`.
 Mistakes a user can make end with one line on stderr and exit code 2.
@@ -7,6 +8,7 @@ Mistakes a user can make end with one line on stderr and exit code 2.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import fields
@@ -47,7 +49,8 @@ def _value_parser(name: str) -> Callable[[str], object]:
 
 
 def add_run_options(parser: argparse.ArgumentParser) -> None:
-    """One flag per RunConfig field, grouped as in the dataclass, plus --config."""
+    """One flag per RunConfig field, grouped as in the dataclass (and a hidden ``--no-X`` for
+    each boolean, to undo a config file's ``X = true``), plus --config and --quiet."""
     groups: dict[str, argparse._ArgumentGroup] = {}
     for f in fields(RunConfig):
         meta = f.metadata
@@ -246,6 +249,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    # started with stdout or stderr closed (`unseen ... >&-`): Python sets them to None, and
+    # every print or progress bar would fail; write those lines nowhere instead
+    for name in ("stdout", "stderr"):
+        if getattr(sys, name) is None:
+            setattr(sys, name, open(os.devnull, "w"))  # noqa: SIM115 (lives as long as the process)
     parser = build_parser()
     try:
         try:

@@ -223,7 +223,9 @@ class RunConfig:
     )
     train_subset: int | None = opt(
         None,
-        "use at most this many training images (seeded, stratified; for quick runs)",
+        "use at most this many training images, drawn (seeded, stratified) over every class "
+        "before the held-out classes and the validation slice are taken out: the console "
+        "prints the images trained on (for quick runs)",
         parse=parse_optional_int,
         check=_positive,
         metavar="N",

@@ -344,6 +344,12 @@ def _torchvision_source(name: str, flip_ok: bool) -> tuple[Callable, Callable]:
 # One way to read image files, shared by the folder:PATH source and ``unseen predict``, so a
 # file gives the same pixels in training and in prediction.
 
+#: the image files a ``folder:PATH`` dataset and ``unseen predict`` read from folders
+#: (torchvision's ``IMG_EXTENSIONS`` and GIF/PBM, which PIL decodes as well)
+IMAGE_EXTENSIONS = (
+    ".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm",
+)  # fmt: skip
+
 #: PIL modes of one channel with more than 8 bits per pixel (16-bit PNG and TIFF, PGM, float)
 _WIDE_MODES = frozenset({"I;16", "I;16B", "I;16L", "I;16N", "I", "F"})
 
@@ -359,17 +365,21 @@ def read_image_file(path: str | os.PathLike):
     with Image.open(path) as im:
         im.load()
         upright = ImageOps.exif_transpose(im)
-        return im.copy() if upright is im else upright
+        out = im.copy() if upright is im else upright
+        if im.format == "PPM" and out.mode == "I":  # a 16-bit PGM, scaled by PIL to 0..65535
+            out = out.convert("I;16")
+        return out
 
 
 def image_array(image) -> np.ndarray:
     """A PIL image -> uint8 ``H x W`` (grey), ``H x W x 2`` (grey + alpha), ``H x W x 3`` or
     ``H x W x 4`` (RGB, RGB + alpha).
 
-    16-bit greyscale scales as ``round(v * 255 / 65535)``. Modes "I" and "F" do not record a
-    bit depth: they are read as 16-bit when a value exceeds 255 and as 0..255 otherwise; values
-    outside 0..65535 raise ``ValueError``. Palette and other modes become RGB (RGBA when the
-    image has transparency).
+    16-bit greyscale (PNG, TIFF, PGM) scales as ``round(v * 255 / 65535)``. Modes "I" and "F"
+    do not record a bit depth: they are read as 16-bit when a value exceeds 255 and as 0..255
+    otherwise, except that a float image ("F") with no value above 1 is read as [0, 1], as
+    float arrays are; values outside 0..65535 raise ``ValueError``. Palette and other modes
+    become RGB (RGBA when the image has transparency).
     """
     mode = image.mode
     if mode in {"L", "LA", "RGB", "RGBA"}:
@@ -380,6 +390,7 @@ def image_array(image) -> np.ndarray:
         if not (lo >= 0 and hi <= 65535):
             raise ValueError(f"it holds values {lo:g}..{hi:g}, not 8-bit or 16-bit (0..65535)")
         top = 65535.0 if mode.startswith("I;16") or hi > 255 else 255.0
+        top = 1.0 if mode == "F" and hi <= 1 else top
         return np.rint(a * (255.0 / top)).astype(np.uint8)
     if mode == "1":
         return np.array(image.convert("L"), dtype=np.uint8)
@@ -420,17 +431,23 @@ def resize_images(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return resize(x, list(size), interpolation=InterpolationMode.BILINEAR, antialias=True)
 
 
+def image_tensor(image) -> torch.Tensor:
+    """A PIL image -> uint8 ``1 x C x H x W``, C from :func:`image_array` (1 to 4): the one
+    conversion that training on a folder and ``unseen predict`` share."""
+    a = image_array(image)
+    a = a[:, :, None] if a.ndim == 2 else a
+    return torch.from_numpy(np.ascontiguousarray(a)).permute(2, 0, 1)[None]
+
+
 def _image_file_tensor(path: Path) -> torch.Tensor:
-    """One image file of a folder dataset -> uint8 1 x C x H x W (C from ``image_array``)."""
+    """One image file of a folder dataset -> uint8 1 x C x H x W (:func:`image_tensor`)."""
     from PIL import UnidentifiedImageError
 
     try:
-        a = image_array(read_image_file(path))
+        return image_tensor(read_image_file(path))
     except (UnidentifiedImageError, OSError, ValueError) as exc:
         why = f"{type(exc).__name__}" if not isinstance(exc, ValueError) else str(exc)
         raise DataError(f"image {path} could not be decoded ({why}).") from None
-    a = a[:, :, None] if a.ndim == 2 else a
-    return torch.from_numpy(np.ascontiguousarray(a)).permute(2, 0, 1)[None]
 
 
 def _load_image_files(files: dict[str, list[Path]]) -> dict[str, torch.Tensor]:
@@ -452,33 +469,37 @@ def _load_image_files(files: dict[str, list[Path]]) -> dict[str, torch.Tensor]:
     }
 
 
-def _list_image_folder(folder: Path):
-    """torchvision's ImageFolder listing of ``folder`` (files only, not decoded), skipping
-    hidden entries such as ``.ipynb_checkpoints/`` or macOS's ``._name.png`` files."""
-    from torchvision.datasets import ImageFolder
-    from torchvision.datasets.folder import IMG_EXTENSIONS, has_file_allowed_extension
+def image_files(folder: str | os.PathLike) -> list[Path]:
+    """The image files below ``folder`` (:data:`IMAGE_EXTENSIONS`, any case), in the order of
+    torchvision's ``ImageFolder``: folder by folder, sorted by path, then by name.
 
-    class VisibleImageFolder(ImageFolder):
-        def find_classes(self, directory: str) -> tuple[list[str], dict[str, int]]:
-            # torchvision's own listing (sorted sub-folders), without its error for none
-            with os.scandir(directory) as entries:
-                classes = sorted(e.name for e in entries if e.is_dir() and e.name[0] != ".")
-            if not classes:
-                raise DataError(
-                    f"folder dataset {folder} holds no class folders (it needs {folder}/<class>/*)."
-                )
-            return classes, {c: i for i, c in enumerate(classes)}
+    Links to folders are followed, each real folder once (a link back up the tree is not
+    searched again); hidden entries such as ``.ipynb_checkpoints/`` or macOS's ``._x.png``
+    are skipped. A broken link is listed: reading it fails with its own message.
+    """
+    listed, seen = [], set()
+    for root, dirs, files in os.walk(folder, followlinks=True):
+        real = os.path.realpath(root)
+        if real in seen:
+            dirs[:] = []
+            continue
+        seen.add(real)
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        names = [f for f in files if not f.startswith(".") and f.lower().endswith(IMAGE_EXTENSIONS)]
+        listed.append((root, sorted(names)))
+    return [Path(root) / f for root, names in sorted(listed) for f in names]
 
-    base = Path(os.path.expanduser(str(folder)))
 
-    def visible_image(p: str) -> bool:
-        hidden = any(part.startswith(".") for part in Path(p).relative_to(base).parts)
-        return not hidden and has_file_allowed_extension(p, IMG_EXTENSIONS)
-
-    # allow_empty: the caller names empty class folders in its own sentence.
-    return VisibleImageFolder(
-        str(folder), loader=lambda p: p, is_valid_file=visible_image, allow_empty=True
-    )
+def _class_images(split_dir: Path) -> tuple[list[str], list[tuple[Path, int]]]:
+    """A folder dataset's split: its class folders (sorted, hidden ones skipped) and every
+    image file under them with its class index."""
+    with os.scandir(split_dir) as entries:
+        classes = sorted(e.name for e in entries if e.is_dir() and e.name[0] != ".")
+    if not classes:
+        raise DataError(
+            f"folder dataset {split_dir} holds no class folders (it needs {split_dir}/<class>/*)."
+        )
+    return classes, [(p, i) for i, c in enumerate(classes) for p in image_files(split_dir / c)]
 
 
 def _folder_source(path: str) -> tuple[Callable, Callable]:
@@ -498,27 +519,23 @@ def _folder_source(path: str) -> tuple[Callable, Callable]:
         splits = {}
         for split in ("train", "test"):
             try:
-                ds = _list_image_folder(root / split)
-            except (FileNotFoundError, OSError) as exc:
+                names, samples = _class_images(root / split)
+            except OSError as exc:
                 raise DataError(f"folder dataset {root / split}: {str(exc).rstrip('.')}.") from None
-            empty = [
-                c for c in ds.classes if not any(t == ds.class_to_idx[c] for _, t in ds.samples)
-            ]
+            empty = [c for i, c in enumerate(names) if not any(t == i for _, t in samples)]
             if empty:
                 raise DataError(
                     f"class folder(s) {', '.join(empty)} in {root / split} hold no images."
                 )
-            splits[split] = ds
-        classes = tuple(splits["train"].classes)
-        extra = sorted(set(splits["test"].classes) - set(classes))
+            splits[split] = names, samples
+        classes = tuple(splits["train"][0])
+        extra = sorted(set(splits["test"][0]) - set(classes))
         if extra:
             raise DataError(f"{root / 'test'} has classes missing from train/: {', '.join(extra)}.")
-        x = _load_image_files(
-            {split: [Path(p) for p, _ in ds.samples] for split, ds in splits.items()}
-        )
+        x = _load_image_files({split: [p for p, _ in s] for split, (_, s) in splits.items()})
         y = {
-            split: np.array([classes.index(ds.classes[t]) for _, t in ds.samples], dtype=np.int64)
-            for split, ds in splits.items()
+            split: np.array([classes.index(names[t]) for _, t in s], dtype=np.int64)
+            for split, (names, s) in splits.items()
         }
         return ImageData(
             name=f"folder:{root}",

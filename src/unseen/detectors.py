@@ -404,6 +404,9 @@ class ReAct(Score):
 
 # ----------------------------------------------------------------------------- temperature
 
+#: the search range of the temperature
+TEMPERATURE_BOUNDS = (0.01, 100.0)
+
 
 def nll(logits: torch.Tensor, labels: torch.Tensor, temperature: float) -> float:
     """Mean negative log-likelihood of ``labels`` under ``softmax(logits / temperature)``."""
@@ -413,7 +416,7 @@ def nll(logits: torch.Tensor, labels: torch.Tensor, temperature: float) -> float
 def fit_temperature(
     logits: torch.Tensor,
     labels: torch.Tensor,
-    bounds: tuple[float, float] = (0.01, 100.0),
+    bounds: tuple[float, float] = TEMPERATURE_BOUNDS,
     tol: float = 1e-10,
 ) -> float:
     """The temperature in ``bounds`` minimising the NLL of ``labels`` under softmax(logits/T).
@@ -452,10 +455,6 @@ def fit_temperature(
     return 1.0 / beta
 
 
-#: the search range of the temperature
-TEMPERATURE_BOUNDS = (0.01, 100.0)
-
-
 @register
 class Temperature(Score):
     """Temperature-scaled max softmax (Guo et al. 2017); ``T`` minimises the validation NLL."""
@@ -468,7 +467,7 @@ class Temperature(Score):
         if val is None or val.labels is None or len(val) == 0:
             raise DataError("score 'temperature' needs labelled validation images to fit T.")
         lo, hi = TEMPERATURE_BOUNDS
-        self.fitted_temperature_ = fit_temperature(val.logits, val.labels, TEMPERATURE_BOUNDS)
+        self.fitted_temperature_ = fit_temperature(val.logits, val.labels)
         # at a bound the NLL still fell: e.g. a perfectly separated validation slice (T -> 0)
         self.at_bound_ = not lo * 1.001 < self.fitted_temperature_ < hi / 1.001
         # T -> 0 has no calibrated optimum and saturates every score at 1.0 (ties): use T = 1
@@ -727,5 +726,8 @@ class ODIN(Score):
         device: torch.device | str = "cpu",
         precision: str = "fp32",
         desc: str | None = None,
+        batch_size: int = 256,
     ) -> torch.Tensor:
-        return odin_scores(model, images, *self.settings(), device, precision, desc=desc)
+        return odin_scores(
+            model, images, *self.settings(), device, precision, batch_size=batch_size, desc=desc
+        )

@@ -345,6 +345,8 @@ def build_metrics(
         "all_test_accuracy": float(np.mean(predicted == labels)),
         "known_classes": names,
         "unseen_classes": split.unseen_names,
+        "num_train": len(sd.x_train),
+        "num_val": len(sd.x_val),
         "num_test_known": int((~is_unseen).sum()),
         "num_test_unseen": int(is_unseen.sum()),
         "known_confidence": confidence_summary(msp[~is_unseen]),

@@ -226,7 +226,8 @@ def score_metrics(
 
 
 def confidence_summary(msp: np.ndarray) -> dict[str, float]:
-    """Mean, std and share above 0.9 of max-softmax probabilities."""
+    """Mean, standard deviation (of the images' values, ddof=0) and share above 0.9 of
+    max-softmax probabilities."""
     msp = np.asarray(msp, float)
     if msp.size == 0:
         return {"mean_msp": math.nan, "std_msp": math.nan, "frac_msp_above_0_9": math.nan}
@@ -242,3 +243,22 @@ def predicted_as(predicted: np.ndarray, names: Sequence[str]) -> dict[str, int]:
     counts = np.bincount(np.asarray(predicted, int), minlength=len(names))
     pairs = sorted(((names[i], int(c)) for i, c in enumerate(counts) if c > 0), key=lambda p: -p[1])
     return dict(pairs)
+
+
+def mean_std(values: Sequence[object]) -> dict[str, float | int | None]:
+    """Mean and sample standard deviation (ddof=1; None for one value) of the finite numbers
+    in ``values``, and their count ``n``: ``None``, NaN and infinities (a metric a run could
+    not compute) are left out. ``unseen sweep`` and ``unseen report`` both aggregate runs
+    with this one function."""
+    finite = [
+        float(v)
+        for v in values
+        if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(float(v))
+    ]
+    if not finite:
+        return {"mean": None, "std": None, "n": 0}
+    return {
+        "mean": float(np.mean(finite)),
+        "std": float(np.std(finite, ddof=1)) if len(finite) > 1 else None,
+        "n": len(finite),
+    }

@@ -37,7 +37,6 @@ class OneVsRestEnsemble(nn.Module):
         if any(m.num_classes != 1 for m in members):
             raise ValueError("every member of a one-vs-rest ensemble must have one output")
         self.members = nn.ModuleList(members)
-        self.member_dim = members[0].feature_dim
         self.num_classes = len(members)
         self.feature_dim = sum(m.feature_dim for m in members)
         self.in_channels = members[0].in_channels

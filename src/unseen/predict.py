@@ -12,7 +12,7 @@ Image conventions (the same for every entry point):
 
 * Paths of image files (``str`` or ``Path``) and PIL images of any mode, read exactly as
   a ``folder:PATH`` dataset reads its files in training (``data.read_image_file``: Pillow,
-  EXIF orientation applied; ``data.image_array``: 16-bit greyscale scaled to 0..255);
+  EXIF orientation applied; ``data.image_tensor``: 16-bit greyscale scaled to 0..255);
   NumPy arrays channels-last (``H x W``, ``H x W x C``,
   ``N x H x W`` or ``N x H x W x C``); torch tensors channels-first (``H x W``,
   ``C x H x W``, ``N x H x W`` or ``N x C x H x W``); or a list of any of these.
@@ -46,9 +46,11 @@ import numpy as np
 import torch
 
 from .data import (
+    IMAGE_EXTENSIONS,
     NPZ_LAYOUTS,
     convert_channels,
-    image_array,
+    image_files,
+    image_tensor,
     npz_images_nchw,
     read_image_file,
     resize_images,
@@ -60,6 +62,7 @@ from .runfolder import (
     FINISHED_FILE,
     FORMAT_VERSION,
     atomic_write,
+    check_writable,
     is_finished,
     load_torch,
     read_npz,
@@ -71,10 +74,6 @@ UNKNOWN = -1
 UNKNOWN_NAME = "unknown"
 #: the score used when none is asked for (if the run computed it; else the run's first score)
 DEFAULT_SCORE = "energy"
-#: file extensions read from folders (a file named explicitly is tried whatever its extension)
-IMAGE_EXTENSIONS = (
-    ".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm",
-)  # fmt: skip
 #: npz array names tried, in order
 NPZ_KEYS = ("x", "images", "x_test")
 _CHANNEL_COUNTS = (1, 3, 4)
@@ -314,6 +313,26 @@ def _is_pil(obj: Any) -> bool:
     return isinstance(obj, Image.Image)
 
 
+def _array_tensor(image: np.ndarray) -> torch.Tensor:
+    """A NumPy image array as a tensor sharing nothing odd with it: native byte order,
+    contiguous, writable (torch warns about read-only memory), floats torch lacks (long
+    double) as float64."""
+    kind = image.dtype.kind
+    if kind not in "uif":  # bool, complex, strings, objects, dates...
+        raise UnseenError(
+            f"an image array of dtype {image.dtype} is not supported; give uint8 or floats in "
+            "[0, 1]."
+        )
+    if image.ndim == 0:
+        raise UnseenError("an image array of shape () holds one number, not an image.")
+    if kind == "f" and image.dtype.itemsize > 8:
+        image = image.astype(np.float64)
+    if not image.dtype.isnative:
+        image = image.astype(image.dtype.newbyteorder("="))
+    image = np.ascontiguousarray(image)
+    return torch.from_numpy(image if image.flags.writeable else image.copy())
+
+
 def to_nchw_uint8(image: Any) -> torch.Tensor:
     """One input (an image file's path, PIL image, array or tensor, single image or batch)
     -> uint8 N x C x H x W."""
@@ -326,18 +345,13 @@ def to_nchw_uint8(image: Any) -> torch.Tensor:
         image = item.image
     if _is_pil(image):
         try:
-            array = image_array(image)
+            x = image_tensor(image)
         except ValueError as exc:  # e.g. a 32-bit image beyond 16-bit values
             raise UnseenError(f"a {image.mode} image cannot be read: {exc}.") from None
-        x = _layout(torch.from_numpy(np.ascontiguousarray(array)), True)
     elif isinstance(image, torch.Tensor):
         x = _to_uint8(_layout(image.detach().cpu(), channels_last=False))
     elif isinstance(image, np.ndarray):
-        if image.dtype == object or not (
-            np.issubdtype(image.dtype, np.number) or image.dtype == bool
-        ):
-            raise UnseenError(f"an image array of dtype {image.dtype} is not supported.")
-        x = _to_uint8(_layout(torch.from_numpy(np.ascontiguousarray(image)), channels_last=True))
+        x = _to_uint8(_layout(_array_tensor(image), channels_last=True))
     else:
         raise UnseenError(
             f"cannot read an image from a {type(image).__name__}; give image file paths, PIL "
@@ -422,10 +436,6 @@ class Predictor:
 
     # -- configuration
 
-    @property
-    def available_scores(self) -> list[str]:
-        return list(self.detectors)
-
     def default_score(self) -> str:
         if DEFAULT_SCORE in self.detectors:
             return DEFAULT_SCORE
@@ -462,6 +472,7 @@ class Predictor:
         validation scores to accept ``known_acceptance`` of known images (default: the
         run's own ``known_acceptance``). Give at most one of the two.
         """
+        from .config import FIELDS
         from .metrics import calibrate_threshold
 
         if threshold is not None and known_acceptance is not None:
@@ -491,10 +502,9 @@ class Predictor:
             self.known_acceptance, self.threshold_source = None, "the score's own rule"
         else:
             acceptance = self.run_known_acceptance if known_acceptance is None else known_acceptance
-            if not 0.0 < acceptance <= 1.0:
-                raise UnseenError(
-                    f"the known acceptance must be above 0 and at most 1, not {acceptance}."
-                )
+            if problem := FIELDS["known_acceptance"].metadata["check"](acceptance):
+                # the rule of `unseen run --known-acceptance`
+                raise UnseenError(f"the known acceptance {problem}, not {acceptance}.")
             self.threshold = calibrate_threshold(self.validation_scores(name), acceptance)
             self.known_acceptance = float(acceptance)
             self.threshold_source = (
@@ -537,7 +547,9 @@ class Predictor:
     def _apply(self, name: str, x: torch.Tensor, out: Outputs) -> np.ndarray:
         s = self.detectors[name]
         if s.needs_model:  # e.g. ODIN: perturbs the inputs, another pass through the model
-            values = s.score_images(self.model, x, self.device, self.precision)
+            values = s.score_images(
+                self.model, x, self.device, self.precision, batch_size=self.batch_size
+            )
         else:
             values = s.score(out)
         return values.double().cpu().numpy()  # as the run stored them (float64)
@@ -688,6 +700,14 @@ def _npz_items(path: Path) -> Iterator[Item]:
         )
         return
     array = arrays[key]
+    if array.ndim == 3 and array.shape[2] in (3, 4) and min(array.shape[:2]) > 4:
+        # N x H x W with W = 3 or 4 would be images 3 or 4 pixels wide: this is one image
+        yield Item(
+            str(path),
+            error=f"npz array {key!r} of shape {array.shape} looks like one H x W x C image; "
+            f"npz files hold N images ({NPZ_LAYOUTS}): save it as x[None]",
+        )
+        return
     if (nchw := npz_images_nchw(array)) is None:
         yield Item(
             str(path), error=f"npz array {key!r} has shape {array.shape}; expected {NPZ_LAYOUTS}"
@@ -705,13 +725,7 @@ def iter_inputs(inputs: Iterable[str | Path]) -> Iterator[Item]:
     for raw in inputs:
         path = Path(raw)
         if path.is_dir():
-            files = sorted(  # hidden entries skipped, as in a folder:PATH dataset
-                p
-                for p in path.rglob("*")
-                if p.is_file()
-                and p.suffix.lower() in IMAGE_EXTENSIONS
-                and not any(part.startswith(".") for part in p.relative_to(path).parts)
-            )
+            files = image_files(path)  # as a folder:PATH dataset lists them
             if not files:
                 yield Item(
                     str(path), error=f"folder holds no image files ({' '.join(IMAGE_EXTENSIONS)})"
@@ -883,6 +897,8 @@ def run_predict(
         device=device,
         batch_size=batch_size,
     )
+    if output:
+        check_writable(output)  # before the images, not after
     rows = predict_items(predictor, iter_inputs(inputs), progress=True)
     kind = format_for(fmt, output)
     if kind == "csv":

@@ -40,6 +40,7 @@ from . import plots
 from .config import RESULT_NEUTRAL_KEYS
 from .data import absolute_paths
 from .errors import UnseenError
+from .metrics import mean_std
 from .runfolder import (
     FINISHED_FILE,
     atomic_write,
@@ -453,6 +454,7 @@ def summary_rows(config: dict, metrics: dict) -> list[tuple[str, str]]:
         ("dataset", str(config.get("dataset", metrics.get("dataset", "-")))),
         ("known classes", _names(split.get("known_names") or metrics.get("known_classes", []))),
         ("unseen classes", _names(split.get("unseen_names") or metrics.get("unseen_classes", []))),
+        ("training images", f"{metrics.get('num_train', '-')} trained on, {metrics.get('num_val', '-')} for validation"),
         ("test images", f"{metrics.get('num_test_known', '-')} known, {metrics.get('num_test_unseen', '-')} unseen"),
         ("model", str(config.get("model", metrics.get("model", "-")))),
         ("head", str(metrics.get("head", "-"))),
@@ -726,18 +728,6 @@ def _grouping_config(config: dict) -> dict:
     return out
 
 
-def _stat(values: list[Any]) -> dict[str, Any]:
-    """Mean and sample standard deviation (ddof=1; None for a single run) of the finite values."""
-    finite = [float(v) for v in values if isinstance(v, (int, float)) and math.isfinite(float(v))]
-    if not finite:
-        return {"mean": None, "std": None, "n": 0}
-    return {
-        "mean": float(np.mean(finite)),
-        "std": float(np.std(finite, ddof=1)) if len(finite) > 1 else None,
-        "n": len(finite),
-    }
-
-
 def aggregate_runs(run_dirs: Iterable[str | Path]) -> list[dict]:
     """One dict per configuration x head, averaging its runs (seeds).
 
@@ -777,9 +767,9 @@ def aggregate_runs(run_dirs: Iterable[str | Path]) -> list[dict]:
             "runs": g["runs"],
             "seeds": g["seeds"],
             "n_runs": len(g["runs"]),
-            "metrics": {k: _stat([m.get(k) for m in g["m"]]) for k, _ in RUN_METRICS},
+            "metrics": {k: mean_std([m.get(k) for m in g["m"]]) for k, _ in RUN_METRICS},
             "scores": {
-                n: {k: _stat([m.get("scores", {}).get(n, {}).get(k) for m in g["m"]])
+                n: {k: mean_std([m.get("scores", {}).get(n, {}).get(k) for m in g["m"]])
                     for k, _, _ in SCORE_METRICS if k != "threshold"}
                 for n in score_names
             },

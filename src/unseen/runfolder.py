@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import errno
 import io
 import json
 import math
@@ -36,14 +37,31 @@ def _read_umask() -> int:
 _UMASK = _read_umask()
 
 
+def _temporary_beside(path: Path) -> tuple[int, str]:
+    """A new temporary file in ``path``'s folder (created if missing). An OSError names the
+    folder that could not be made, or ``path`` (the file asked for, not the temporary one)."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except FileExistsError as exc:  # a file stands where one of the folders should be
+        raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), exc.filename) from None
+    try:
+        return tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:
+        raise OSError(exc.errno, exc.strerror, str(path)) from None
+
+
+def check_writable(path: str | Path) -> None:
+    """Raise the OSError that writing ``path`` would raise, now (before long work whose result
+    would be lost): its folder is created, and a temporary file made there and removed."""
+    fd, tmp = _temporary_beside(Path(path))
+    os.close(fd)
+    os.unlink(tmp)
+
+
 def atomic_write(path: str | Path, write: Callable[[IO[bytes]], None]) -> Path:
     """Call ``write(fh)`` on a temporary file beside ``path``, fsync it, then rename it into place."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    except OSError as exc:  # name the file asked for, not the temporary one
-        raise OSError(exc.errno, exc.strerror, str(path)) from None
+    fd, tmp = _temporary_beside(path)
     try:
         # mkstemp makes the file private (0600); give it the permissions open() would have
         os.chmod(tmp, 0o666 & ~_UMASK)
@@ -61,23 +79,23 @@ def atomic_write(path: str | Path, write: Callable[[IO[bytes]], None]) -> Path:
     return path
 
 
-def _jsonable(value: Any) -> Any:
+def jsonable(value: Any) -> Any:
     """NaN and infinities become null (JSON has no NaN); tuples become lists."""
     if isinstance(value, float) and not math.isfinite(value):
         return None
     if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
+        return {str(k): jsonable(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
+        return [jsonable(v) for v in value]
     if isinstance(value, (np.floating, np.integer)):
-        return _jsonable(value.item())
+        return jsonable(value.item())
     if isinstance(value, Path):
         return str(value)
     return value
 
 
 def write_json(path: str | Path, data: Any) -> Path:
-    text = json.dumps(_jsonable(data), indent=2, allow_nan=False) + "\n"
+    text = json.dumps(jsonable(data), indent=2, allow_nan=False) + "\n"
     return atomic_write(path, lambda fh: fh.write(text.encode()))
 
 
@@ -185,7 +203,8 @@ def load_torch(path: str | Path, map_location: Any = "cpu") -> Any:
 
 
 def default_run_dir(dataset: str, unseen_names: Sequence[str], root: str | Path = "runs") -> Path:
-    """``runs/<time>-<dataset>-<holdout>``, made unique if two runs start in the same second."""
+    """``runs/<time>-<dataset>-<holdout>``, created here so that two runs started in the same
+    second (two processes) never share it: the second gets ``...-2``."""
     import re
     import time
 
@@ -193,12 +212,15 @@ def default_run_dir(dataset: str, unseen_names: Sequence[str], root: str | Path 
         return re.sub(r"[^A-Za-z0-9.]+", "-", s).strip("-").lower() or "x"
 
     stem = f"{time.strftime('%Y%m%d-%H%M%S')}-{slug(Path(dataset).name if ':' in dataset else dataset)}-{slug('+'.join(unseen_names)) or 'none'}"
-    path = Path(root) / stem
-    n = 1
-    while path.exists():
-        n += 1
-        path = Path(root) / f"{stem}-{n}"
-    return path
+    Path(root).mkdir(parents=True, exist_ok=True)
+    path, n = Path(root) / stem, 1
+    while True:
+        try:
+            path.mkdir()  # atomic: fails when another run has taken the name
+            return path
+        except FileExistsError:
+            n += 1
+            path = Path(root) / f"{stem}-{n}"
 
 
 # ----------------------------------------------------------------------------- finished marker

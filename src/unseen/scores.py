@@ -159,9 +159,11 @@ class Score:
         device: Any = "cpu",
         precision: str = "fp32",
         desc: str | None = None,
+        batch_size: int = 256,
     ) -> torch.Tensor:
-        """For ``needs_model`` scores: score uint8 ``images`` by running ``model`` again
-        (with ``desc``, behind a progress bar of that name on a terminal)."""
+        """For ``needs_model`` scores: score uint8 ``images`` by running ``model`` again,
+        ``batch_size`` at a time (with ``desc``, behind a progress bar of that name on a
+        terminal)."""
         raise NotImplementedError(f"score '{self.name}' scores outputs, not images")
 
     def accepts(self, outputs: Outputs) -> torch.Tensor | None:
@@ -314,6 +316,11 @@ def expand_score_names(names: Iterable[str]) -> list[str]:
 
 
 def check_score_names(names: Iterable[str]) -> None:
+    """Refuse unknown names, an empty list and a name given twice (``all`` may overlap)."""
+    names = list(names)
+    twice = next((n for i, n in enumerate(names) if n != "all" and n in names[:i]), None)
+    if twice is not None:
+        raise ConfigError(f"--scores names {twice!r} twice.")
     if not expand_score_names(names):
         raise ConfigError(
             f"--scores needs at least one score; choose from: {', '.join(SCORES)}, or all."

@@ -52,6 +52,7 @@ import numpy as np
 
 from .config import MAX_SEED, RESULT_NEUTRAL_KEYS, RunConfig, validate
 from .errors import ConfigError, Interrupted, UnseenError
+from .metrics import mean_std
 from .runfolder import (
     describe_mixed,
     is_finished,
@@ -650,21 +651,6 @@ def _sigterm_raises() -> Iterator[None]:
 # ----------------------------------------------------------------------------- aggregation
 
 
-def stat(values: Sequence[float | None]) -> dict[str, float | int | None]:
-    """Mean and sample standard deviation (ddof=1) of the non-missing values, and their count."""
-    vals = np.array(
-        [v for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))],
-        dtype=float,
-    )
-    if vals.size == 0:
-        return {"mean": None, "std": None, "n": 0}
-    return {
-        "mean": float(vals.mean()),
-        "std": float(vals.std(ddof=1)) if vals.size > 1 else None,
-        "n": int(vals.size),
-    }
-
-
 def load_records(runs: Sequence[PlannedRun]) -> list[dict]:
     """One record per finished run and head: the run's tags, head, ``metrics.json`` and
     :func:`resolved_settings`."""
@@ -706,8 +692,29 @@ def _score_stats(records: Sequence[dict], names: Sequence[str]) -> dict[str, dic
         keys = dict.fromkeys(
             k for m in per_run for k, v in m.items() if isinstance(v, (int, float)) or v is None
         )
-        out[name] = {k: stat([m.get(k) for m in per_run]) for k in keys}
+        out[name] = {k: mean_std([m.get(k) for m in per_run]) for k in keys}
     return out
+
+
+def _over_conditions(records: Sequence[dict], conditions: Sequence[dict], names: Sequence[str]):
+    """Mean and sample std over the conditions' means (one value per split or held-out
+    class, its seeds averaged first): the figure of papers that report one number per
+    split. The overall statistics instead treat every run (split x seed) as one value."""
+    per_condition = [
+        _score_stats([r for r in records if r["tags"].get("condition") == c["condition"]], names)
+        for c in conditions
+    ]
+    return {
+        "conditions": len(conditions),
+        "closed_set_accuracy": mean_std([c["closed_set_accuracy"]["mean"] for c in conditions]),
+        "scores": {
+            n: {
+                k: mean_std([s[n][k]["mean"] for s in per_condition if k in s[n]])
+                for k in dict.fromkeys(k for s in per_condition for k in s[n])
+            }
+            for n in names
+        },
+    }
 
 
 def _absorbed_by(records: Sequence[dict]) -> dict | None:
@@ -724,7 +731,7 @@ def _absorbed_by(records: Sequence[dict]) -> dict | None:
 
 def _rare_stats(records: Sequence[dict], names: Sequence[str]) -> dict | None:
     """Per rare class (by name): its training and test images, recall, precision and AUROC
-    against the other known classes, each as :func:`stat` over ``records``."""
+    against the other known classes, each as :func:`~unseen.metrics.mean_std` over ``records``."""
     classes = list(dict.fromkeys(c for r in records for c in r["metrics"].get("rare", {})))
     if not classes:
         return None
@@ -732,12 +739,12 @@ def _rare_stats(records: Sequence[dict], names: Sequence[str]) -> dict | None:
     for cls in classes:
         entries = [r["metrics"].get("rare", {}).get(cls, {}) for r in records]
         out[cls] = {
-            "train_images": stat([e.get("train_images") for e in entries]),
-            "test_images": stat([e.get("test_images") for e in entries]),
-            "recall": stat([e.get("recall") for e in entries]),
-            "precision": stat([e.get("precision") for e in entries]),
+            "train_images": mean_std([e.get("train_images") for e in entries]),
+            "test_images": mean_std([e.get("test_images") for e in entries]),
+            "recall": mean_std([e.get("recall") for e in entries]),
+            "precision": mean_std([e.get("precision") for e in entries]),
             "auroc_vs_known": {
-                n: stat([e.get("auroc_vs_known", {}).get(n) for e in entries]) for n in names
+                n: mean_std([e.get("auroc_vs_known", {}).get(n) for e in entries]) for n in names
             },
         }
     return out
@@ -769,11 +776,13 @@ def aggregate(records: Sequence[dict], protocol: str = "") -> dict:
             row = {
                 "condition": cond,
                 "runs": len(rows),
-                "closed_set_accuracy": stat(
+                "closed_set_accuracy": mean_std(
                     [r["metrics"].get("closed_set_accuracy") for r in rows]
                 ),
                 "auroc": {
-                    n: stat([r["metrics"].get("scores", {}).get(n, {}).get("auroc") for r in rows])
+                    n: mean_std(
+                        [r["metrics"].get("scores", {}).get(n, {}).get("auroc") for r in rows]
+                    )
                     for n in names
                 },
                 "absorbed_by": _absorbed_by(rows),
@@ -792,10 +801,14 @@ def aggregate(records: Sequence[dict], protocol: str = "") -> dict:
             "head": key[0],
             "balance": key[1],
             "runs": len(mine),
-            "closed_set_accuracy": stat([r["metrics"].get("closed_set_accuracy") for r in mine]),
+            "closed_set_accuracy": mean_std(
+                [r["metrics"].get("closed_set_accuracy") for r in mine]
+            ),
             "scores": _score_stats(mine, names),
             "conditions": conditions,
         }
+        if protocol != "rare" and len(conditions) > 1:
+            variant["over_conditions"] = _over_conditions(mine, conditions, names)
         if mixed := mixed_settings(mine):
             variant["mixed_settings"] = mixed
             if not any("mixed_settings" in c for c in conditions):  # else said per condition
@@ -818,13 +831,21 @@ def aggregate(records: Sequence[dict], protocol: str = "") -> dict:
 # ----------------------------------------------------------------------------- console
 
 
-def _ms(s: dict | None, digits: int = 3) -> str:
-    """``mean ± std`` (or just the mean, or ``-``)."""
+#: what a protocol's conditions are, for the console
+_CONDITION_WORD = {"loo": "held-out class", "neal6": "split", "random": "split"}
+
+
+def _ms(s: dict | None, digits: int = 3, runs: int | None = None) -> str:
+    """``mean ± std`` (or just the mean, or ``-``), and ``(n=N)`` when only N of the
+    ``runs`` have a value (a precision where a run predicted nothing as the class)."""
     if not s or s.get("mean") is None:
         return "-"
-    if s.get("std") is None:  # one run
-        return f"{s['mean']:.{digits}f}"
-    return f"{s['mean']:.{digits}f} ± {s['std']:.{digits}f}"
+    text = f"{s['mean']:.{digits}f}"
+    if s.get("std") is not None:
+        text += f" ± {s['std']:.{digits}f}"
+    if runs is not None and s.get("n", runs) < runs:
+        text += f" (n={s['n']})"
+    return text
 
 
 def _variant_name(v: dict, many_heads: bool, many_balances: bool) -> str:
@@ -862,16 +883,27 @@ def format_summary(summary: dict) -> str:
         lines.append("")
     for v in variants:
         title = _variant_name(v, many_heads, many_bal)
-        lines.append(
-            (f"== {title}: " if title else "")
-            + f"{v['runs']} runs, closed-set accuracy {_ms(v['closed_set_accuracy'])}"
-        )
-        if protocol == "rare":  # fractions are different tasks: see the per-fraction table
+        head = (f"== {title}: " if title else "") + f"{v['runs']} runs"
+        if protocol == "rare":  # fractions are different tasks: no figure over all of them
+            lines.append(head + " (per fraction below)")
             continue
         lines.append(
+            head + f", closed-set accuracy {_ms(v['closed_set_accuracy'], runs=v['runs'])}"
+        )
+        # with seeds, the std over runs mixes seeds and conditions: add the one over conditions
+        over = v.get("over_conditions")
+        over = over if over and over["conditions"] < v["runs"] else None
+        word = _CONDITION_WORD.get(protocol, "condition")
+        extra = [f"AUROC over {over['conditions']} {word} means"] if over else []
+        lines.append(
             table(
-                ["score"] + [label for _, label in TABLE_METRICS],
-                [[n] + [_ms(v["scores"][n].get(k)) for k, _ in TABLE_METRICS] for n in names],
+                ["score"] + [label for _, label in TABLE_METRICS] + extra,
+                [
+                    [n]
+                    + [_ms(v["scores"][n].get(k), runs=v["runs"]) for k, _ in TABLE_METRICS]
+                    + ([_ms(over["scores"][n].get("auroc"))] if over else [])
+                    for n in names
+                ],
             )
         )
         lines.append("")
@@ -890,14 +922,17 @@ def format_summary(summary: dict) -> str:
             if "mixed_settings" in c:
                 cond += " (mixed settings!)"
             row: list[object] = [cond] + ([title] if vcol else [])
+            k = c["runs"]
             if is_rare and "rare" in c:
                 (r,) = c["rare"].values()  # the protocol's one rare class
-                row += [_ms(r["train_images"], 0), _ms(r["recall"]), _ms(r["precision"])]
-                row += [_ms(r["auroc_vs_known"][n]) for n in names]
-                row += [_ms(c["auroc"][n]) for n in names] if detection else []
-                row += [_ms(c["closed_set_accuracy"])]
+                row += [_ms(r["train_images"], 0, k), _ms(r["recall"], runs=k)]
+                row += [_ms(r["precision"], runs=k)]
+                row += [_ms(r["auroc_vs_known"][n], runs=k) for n in names]
+                row += [_ms(c["auroc"][n], runs=k) for n in names] if detection else []
+                row += [_ms(c["closed_set_accuracy"], runs=k)]
             else:
-                row += [_ms(c["closed_set_accuracy"])] + [_ms(c["auroc"][n]) for n in names]
+                row += [_ms(c["closed_set_accuracy"], runs=k)]
+                row += [_ms(c["auroc"][n], runs=k) for n in names]
                 ab = c["absorbed_by"]
                 row.append(f"{ab['class']} ({ab['share']:.0%})" if ab else "-")
             rows.append((c, row))
