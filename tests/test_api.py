@@ -56,18 +56,19 @@ def test_run_config_gives_each_field_its_type(given, expected):
 @pytest.mark.parametrize(
     "given, message",
     [
-        (dict(epochs=1.5), "--epochs must be an integer (got 1.5)"),
-        (dict(batch_size=64.0), "--batch-size must be an integer"),
-        (dict(seed=None), "--seed cannot be None"),
-        (dict(epochs=-1), "--epochs must be positive and finite (got -1)"),
-        (dict(lr=True), "--lr must be a number"),
-        (dict(report="maybe"), "--report must be true or false"),
-        (dict(holdout=[True]), "--holdout must be a list of names or indices"),
-        (dict(epochs="x"), "--epochs must be an integer or 'auto', not 'x'"),
-        (dict(model=3), "--model must be a string (got 3)"),
+        (dict(epochs=1.5), "epochs (--epochs) must be an integer (got 1.5)"),
+        (dict(batch_size=64.0), "batch_size (--batch-size) must be an integer"),
+        (dict(seed=None), "seed (--seed) cannot be None"),
+        (dict(epochs=-1), "epochs (--epochs) must be positive and finite (got -1)"),
+        (dict(lr=True), "lr (--lr) must be a number"),
+        (dict(report="maybe"), "report (--report) must be true or false"),
+        (dict(holdout=[True]), "holdout (--holdout) must be a list of names or indices"),
+        (dict(epochs="x"), "epochs (--epochs) must be an integer or 'auto', not 'x'"),
+        (dict(model=3), "model (--model) must be a string (got 3)"),
     ],
 )
 def test_run_config_refuses_a_wrong_type_when_built(given, message):
+    # named as the Python keyword and the command-line flag: both kinds of user know it
     with pytest.raises(ConfigError) as err:
         RunConfig(**given)
     assert message in str(err.value)

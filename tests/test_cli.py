@@ -299,3 +299,16 @@ def test_run_json_records_where_the_time_went(digits_run):
         "time: 8.2 s in all (data and setup 1.0, training 2.2, per-epoch validation 1.0, "
         "checkpoints 1.0, evaluation and scores 1.0, report 1.0, other 1.0)"
     )
+
+
+def test_tables_align_wide_characters_and_escape_control_characters():
+    from unseen.console import table
+
+    lines = table(
+        ["input", "score"],
+        [["a.png", 1.0], ["画像.png", 2.0], ["e\u0301.png", 3.0], ["x\ny.png", 4.0]],
+    ).splitlines()
+    assert len(lines) == 6  # the newline in a name does not break a row
+    assert lines[5] == "x\\ny.png  4.000"
+    # every score column ends at the same terminal column: CJK is two wide, the accent none
+    assert {len(ln) + sum(c in "画像" for c in ln) - ln.count("\u0301") for ln in lines} == {15}

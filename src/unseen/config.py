@@ -570,7 +570,7 @@ class RunConfig:
                 object.__setattr__(self, f.name, typed)
             check = f.metadata["check"]
             if check is not None and typed is not None and (problem := check(typed)):
-                raise ConfigError(f"{flag_name(f.name)} {problem} (got {value!r}).")
+                raise ConfigError(f"{_keyword(f.name)} {problem} (got {value!r}).")
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> RunConfig:
@@ -616,13 +616,13 @@ class RunConfig:
 def _typed(f: dataclasses.Field, value: Any) -> Any:
     """``value`` as field ``f``'s declared type, or a ConfigError naming what it takes.
     Returns ``value`` itself when it already has that type."""
-    kind, flag = str(f.type), flag_name(f.name)
+    kind, flag = str(f.type), _keyword(f.name)
     if value is None:
         if "None" in kind:
             return None
         raise ConfigError(f"{flag} cannot be None (its default is {f.default!r}).")
     if isinstance(value, str) and (not kind.startswith("str") or "None" in kind):
-        return parse_value(f.name, value)  # as if given on the command line
+        return parse_value(f.name, value, source="python")  # as on the command line
     if kind.startswith("tuple"):
         if type(value).__module__ == "numpy":  # an array of class indices
             value = value.tolist()
@@ -668,13 +668,18 @@ def flag_name(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
+def _keyword(name: str) -> str:
+    """A field as a Python caller of RunConfig and a command-line user both recognise it."""
+    return f"{name} ({flag_name(name)})"
+
+
 def parse_value(name: str, raw: Any, *, source: str = "flag") -> Any:
     """Convert one raw value (flag text or TOML value) for field ``name`` and check it.
 
     Raises :class:`ConfigError` naming the option and what it accepts.
     """
     f = FIELDS[name]
-    where = flag_name(name) if source == "flag" else f"'{name}' in {source}"
+    where = {"flag": flag_name(name), "python": _keyword(name)}.get(source, f"'{name}' in {source}")
     if isinstance(raw, bool):
         text = "true" if raw else "false"
     elif isinstance(raw, (list, tuple)):

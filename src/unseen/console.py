@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import os
 import sys
+import unicodedata
 from collections.abc import Collection, Sequence
 from typing import Any
 
@@ -29,17 +30,31 @@ def fmt(value: object, digits: int = 3) -> str:
     return str(value)
 
 
+def _printable(text: str) -> str:
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(text))
+
+
+def _width(text: str) -> int:
+    """Terminal columns of ``text``."""
+    return sum(
+        0 if unicodedata.combining(c) else 2 if unicodedata.east_asian_width(c) in "WF" else 1
+        for c in text
+    )
+
+
 def table(
     header: Sequence[str], rows: Sequence[Sequence[object]], left: Collection[int] = (0,)
 ) -> str:
-    """Aligned columns under a dashed rule: the ``left`` columns flush left, the rest right."""
-    cells = [list(map(str, header))] + [[fmt(v) for v in row] for row in rows]
-    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
+    """Aligned columns under a dashed rule: the ``left`` columns flush left, the rest right.
+    Widths are those on a terminal (CJK characters take two columns, combining accents none),
+    and a control character in a cell (a file name with a newline) is shown escaped."""
+    cells = [list(map(_printable, header))] + [[_printable(fmt(v)) for v in row] for row in rows]
+    widths = [max(_width(r[i]) for r in cells) for i in range(len(header))]
     lines = []
     for n, r in enumerate(cells):
         lines.append(
             "  ".join(
-                c.ljust(w) if i in left else c.rjust(w)
+                c + " " * (w - _width(c)) if i in left else " " * (w - _width(c)) + c
                 for i, (c, w) in enumerate(zip(r, widths, strict=True))
             ).rstrip()
         )
