@@ -163,7 +163,6 @@ BAD = [
     (["run", "--holdout", "0,1,2,3,4,5,6,7,8,9"], "every class is held out"),
     (["run", "--holdout", "1", "--known", "2,3"], "not both"),
     (["run", "--scores", "foo"], "--scores 'foo' is not known"),
-    (["run", "--scores", "msp,energy,msp"], "--scores names 'msp' twice"),
     (["run", "--head", "softmax,softmax"], "--head lists the same head twice"),
     (["run", "--val-fraction", "1.5"], "--val-fraction must be between 0 and 1"),
     (["run", "--device", "tpu"], "must be one of: auto, cpu, cuda"),

@@ -363,19 +363,64 @@ def test_folder_files_read_as_unseen_predict_reads_them(tmp_path):
     wide = Image.fromarray(rng.integers(0, 65536, (6, 6), dtype=np.uint16))
     palette = Image.fromarray(rng.integers(0, 256, (6, 6, 3), dtype=np.uint8)).quantize(8)
     rgba = Image.fromarray(rng.integers(0, 256, (6, 6, 4), dtype=np.uint8), "RGBA")
+    grey_alpha = Image.fromarray(rng.integers(0, 256, (6, 6, 2), dtype=np.uint8), "LA")
     other_size = Image.fromarray(rng.integers(0, 256, (9, 7, 3), dtype=np.uint8))
     _save_split_images(tmp_path, "train", {"a": [(rgba, "png")], "b": [(palette, "png")]})
     _save_split_images(tmp_path, "test", {"a": [(wide, "png"), (other_size, "png")],
-                                          "b": [(palette, "png")]})  # fmt: skip
+                                          "b": [(palette, "png")], "c": [(grey_alpha, "png")]})  # fmt: skip
+    (tmp_path / "train" / "c").mkdir()
+    rgba.save(tmp_path / "train" / "c" / "0.png")
     rotated.save(tmp_path / "test" / "b" / "1.png", exif=exif.tobytes())
     data = load_dataset(f"folder:{tmp_path}")
-    assert data.x_test.shape == (4, 3, 6, 6)
+    assert data.x_test.shape == (5, 3, 6, 6)
     files = sorted((tmp_path / "test").rglob("*.png"))  # ImageFolder's order
     for x, path in zip(data.x_test, files, strict=True):
         predicted = resize_images(convert_channels(to_nchw_uint8(path), 3), (6, 6))[0]
         assert torch.equal(x, predicted), path
     upright = np.asarray(rotated.transpose(Image.Transpose.ROTATE_270))  # 270 anticlockwise
     assert data.x_test[3].permute(1, 2, 0).numpy().tolist() == upright.tolist()
+    grey = np.asarray(grey_alpha)[:, :, 0]  # alpha dropped, grey repeated into RGB
+    assert data.x_test[4].numpy().tolist() == [grey.tolist()] * 3
+
+
+def test_folder_listing_is_torchvision_s_image_folder_order(tmp_path):
+    from torchvision.datasets import ImageFolder
+    from torchvision.datasets.folder import IMG_EXTENSIONS
+
+    from unseen.data import IMAGE_EXTENSIONS, _class_images
+
+    assert set(IMAGE_EXTENSIONS) == set(IMG_EXTENSIONS)  # datasets keep their files
+    names = ["10.png", "9.png", "B.PNG", "a b.jpg", "a.b.png", "é.png", "z.png", "x.gif", "n.txt"]
+    for cls in ("Cat", "dog", "ünï"):
+        for sub in ("", "a", "a b", "a/z", "Z", "a.b"):
+            folder = tmp_path / cls / sub
+            folder.mkdir(parents=True, exist_ok=True)
+            for name in names:
+                (folder / name).touch()
+    classes, samples = _class_images(tmp_path)
+    reference = ImageFolder(str(tmp_path), loader=lambda p: p, allow_empty=True)
+    assert classes == reference.classes
+    assert [(str(p), t) for p, t in samples] == reference.samples
+    assert len(samples) == 3 * 6 * 7  # not the GIF, not the text file
+
+
+def test_folder_listing_keeps_the_same_alias_of_a_linked_folder(tmp_path):
+    from unseen.data import image_files
+
+    # two links to one folder: the first alias in sorted order is searched, on any file
+    # system (the order os.walk meets them depends on the directory's own order)
+    for order in (("2023", "latest", "b"), ("latest", "b", "2023")):
+        root = tmp_path / "-".join(order)
+        root.mkdir()
+        for name in order:
+            if name == "latest":
+                (root / name).symlink_to(root / "2023")
+            else:
+                (root / name).mkdir()
+                (root / name / f"{name}.png").touch()
+        assert [p.relative_to(root).as_posix() for p in image_files(root)] == [
+            "2023/2023.png", "b/b.png"
+        ]  # fmt: skip
 
 
 def test_folder_32bit_values_beyond_16_bits_are_refused(tmp_path):

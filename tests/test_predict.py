@@ -219,19 +219,27 @@ def test_an_npz_of_one_unbatched_colour_image_is_refused_not_sliced(capsys, run_
     assert rc == 0 and len(json.loads(stdout)["predictions"]) == 1
 
 
-def test_closed_stdout_or_stderr_is_no_traceback(run_dir, pngs):
+def test_closed_stdout_or_stderr_is_no_traceback(run_dir, pngs, tmp_path):
     import subprocess
 
-    for closed in (1, 2):  # the shell's `>&-` and `2>&-`
+    def predict(closed: int, *extra: str) -> subprocess.CompletedProcess:
         cmd = [sys.executable, "-m", "unseen", "predict", str(run_dir), str(pngs["known"][0])]
         other = {1: {"stderr": subprocess.PIPE}, 2: {"stdout": subprocess.PIPE}}[closed]
-        proc = subprocess.run(
-            cmd, **other, pass_fds=(), preexec_fn=lambda fd=closed: os.close(fd), text=True
+        return subprocess.run(  # the shell's `>&-` (closed 1) and `2>&-` (closed 2)
+            [*cmd, *extra], **other, preexec_fn=lambda: os.close(closed), text=True
         )
-        assert proc.returncode == 0, (closed, proc)
-        assert "Traceback" not in (proc.stderr or "") + (proc.stdout or "")
-        if closed == 2:
-            assert "1 image(s)" in proc.stdout
+
+    # stderr closed: the predictions still come; stdout closed: nowhere to write them
+    proc = predict(2)
+    assert proc.returncode == 0 and "1 image(s)" in proc.stdout
+    proc = predict(1)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip() == (
+        "unseen: error: standard output is closed: give --output FILE for the predictions."
+    )
+    proc = predict(1, "--output", str(tmp_path / "p.csv"))
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr
+    assert len(read_csv((tmp_path / "p.csv").read_text())) == 1
 
 
 def test_an_output_the_system_refuses_is_named_as_given(capsys, run_dir, pngs):

@@ -260,6 +260,8 @@ def test_run_report_is_self_contained_and_matches_the_plots(digits_run):
     # the facts and the score table
     for fact in ("digits", "resnet20", "softmax", "standard", "cpu", "trained from scratch"):
         assert fact in html_text
+    m = _metrics(digits_run)
+    assert f"{m['num_train']} trained on, {m['num_val']} for validation" in html_text
     table = re.search(r'<table class="scores" id="score-table">.*?</table>', html_text, re.S)
     assert table and all(f"<td>{n}</td>" in table.group(0) for n in score_names)
     # report.md links every PNG by a path relative to the run folder
@@ -359,6 +361,15 @@ def test_multi_head_run_gets_a_section_per_head(digits_run, tmp_path):
         assert (top / head / "report.html").is_file()  # each head folder is a run with a report
     md = (top / "report.md").read_text()
     assert "(ovr/plots/roc.png)" in md and "(softmax/plots/roc.png)" in md
+    m = _metrics(digits_run)
+    assert f"| training images | {m['num_train']} trained on, {m['num_val']} for" in md
+    # a run recorded before the counts were: no row of dashes
+    for head in heads:
+        old = _metrics(top / head)
+        del old["num_train"], old["num_val"]
+        (top / head / "metrics.json").write_text(json.dumps(old))
+    (top / "metrics.json").write_text(json.dumps({"heads": {h: _metrics(top / h) for h in heads}}))
+    assert "training images" not in build_report(top, tsne=False).with_suffix(".md").read_text()
     # a comparison of the multi-head run has one row per head
     rows = aggregate_runs([top])
     assert sorted(r["head"] for r in rows) == sorted(heads)

@@ -306,6 +306,42 @@ def test_relative_npz_dataset_resumes_elsewhere_and_its_run_predicts(
     assert labels.shape == (10,)
 
 
+def test_resume_refuses_training_images_that_changed_during_the_pause(
+    reference, tmp_path, capsys, monkeypatch
+):
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    x = (digits.images * 16).clip(0, 255).astype(np.uint8)
+
+    def save(n_train: int, flip: bool = False) -> None:
+        train = x[:n_train][:, :, ::-1] if flip else x[:n_train]
+        np.savez(tmp_path / "d.npz", x_train=train, y_train=digits.target[:n_train],
+                 x_test=x[1400:1500], y_test=digits.target[1400:1500])  # fmt: skip
+
+    save(400)
+    out = tmp_path / "run"
+    interrupt_at(monkeypatch, 8)  # after epoch 1
+    with pytest.raises(Interrupted):
+        run(out, dataset=f"npz:{tmp_path / 'd.npz'}", train_subset=None, test_subset=None)
+    monkeypatch.undo()
+    for n_train, flip, counts in (
+        (300, False, "(324 training images then, 242 now)"),
+        (400, True, ""),
+    ):
+        save(n_train, flip)  # fewer images (an IndexError before), or the same count changed
+        code, _, err = cli(capsys, "run", "--resume", "--out", str(out), "--quiet")
+        assert code == 2, err
+        assert one_line_error(err) == (
+            f"unseen: error: cannot resume {out}: its training and validation images changed "
+            f"since the run started{' ' + counts if counts else ''}; restore them, or pass "
+            "--overwrite to start again."
+        )
+    save(400)  # the same images again: it resumes
+    code, _, err = cli(capsys, "run", "--resume", "--out", str(out), "--quiet")
+    assert code == 0, err
+
+
 def test_resume_needs_no_flags_but_out(reference, tmp_path, capsys, monkeypatch):
     out = tmp_path / "run"
     interrupt_at(monkeypatch, 3)

@@ -448,6 +448,12 @@ def test_aggregation_matches_hand_computed_means_and_stds(tmp_path):
     assert over["closed_set_accuracy"]["mean"] == pytest.approx(0.88)
     assert over["closed_set_accuracy"]["std"] == pytest.approx(0.08 / math.sqrt(2))
     assert "AUROC over 2 held-out class means" in text and "0.775 ± 0.177" in text
+    # a condition without any value: left out of the conditions' means, and counted
+    for r in runs[3:5]:
+        _write_fake_run(r.run_dir, {"closed_set_accuracy": 0.8, "scores": {"msp": {"auroc": None}}})
+    v = sweep.aggregate(sweep.load_records(runs), "loo")["variants"][0]
+    assert v["over_conditions"]["scores"]["msp"]["auroc"] == {"mean": 0.9, "std": None, "n": 1}
+    assert "0.900 (n=1)" in sweep.format_summary(sweep.aggregate(sweep.load_records(runs), "loo"))
 
 
 def _write_run_settings(
@@ -583,6 +589,8 @@ def test_single_run_has_no_std():
     from unseen.metrics import mean_std
 
     assert mean_std([0.7]) == {"mean": 0.7, "std": None, "n": 1}
+    as_numpy = mean_std([np.float32(0.5), np.int64(1), np.float64(0.75)])
+    assert as_numpy == {"mean": pytest.approx(0.75), "std": pytest.approx(0.25), "n": 3}
     assert mean_std([None, float("nan"), float("inf"), True]) == {"mean": None, "std": None, "n": 0}
 
 

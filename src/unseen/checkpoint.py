@@ -403,6 +403,8 @@ class Checkpointing:
     stop: StopSignal | None = None
     #: seconds between end-of-epoch checkpoints (``--checkpoint-every``; 0: every epoch)
     every: float = 0.0
+    #: what the run trains on (:func:`data_fingerprint`): stored, and on resume it must match
+    data: dict[str, Any] = field(default_factory=dict)
     #: where a resume's warning goes: stderr, whatever --quiet or a sweep does with the log
     warn: Callable[[str], None] = field(default=lambda m: print(f"unseen: {m}", file=sys.stderr))
     #: a checkpoint still being written in the background (see ``save(background=True)``)
@@ -478,6 +480,7 @@ class Checkpointing:
             "epoch_state": to_cpu(epoch_state),
             # what the arithmetic ran on: a resume elsewhere cannot repeat it bit for bit
             "computed_on": computed_on(device),
+            "data": self.data,
         }
         self.wait()
         if background:  # a snapshot the training loop cannot change while it is written
@@ -516,6 +519,14 @@ class Checkpointing:
                 f"{state.get('format_version')!r}); pass --overwrite to start again."
             )
         check_same_config(state.get("config") or {}, self.config, self.path)
+        before = state.get("data")
+        if before and self.data and before != self.data:  # the files changed during the pause
+            then, now = before.get("images"), self.data.get("images")
+            counts = f" ({then} training images then, {now} now)" if then != now else ""
+            raise UnseenError(
+                f"cannot resume {self.path.parent}: its training and validation images changed "
+                f"since the run started{counts}; restore them, or pass --overwrite to start again."
+            )
         return state
 
     def start(
@@ -581,6 +592,17 @@ class Checkpointing:
             f"stopped by {name} {where}; checkpoint saved to {self.path}{hint}",
             SIGNAL_EXIT_CODES.get(signal.Signals(signum), 128 + signum),
         )
+
+
+def data_fingerprint(*tensors: torch.Tensor) -> dict[str, Any]:
+    """What ``--resume`` checks the data against: the number of images (the first tensor's
+    length) and a CRC-32 of every tensor's bytes (0.02 s for Fashion-MNIST's training set)."""
+    import zlib
+
+    crc = 0
+    for t in tensors:
+        crc = zlib.crc32(memoryview(t.detach().cpu().contiguous().numpy()).cast("B"), crc)
+    return {"images": len(tensors[0]), "crc32": crc}
 
 
 def computed_on(device: torch.device) -> str:

@@ -248,11 +248,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+#: the standard streams the process was started without (see :func:`main`)
+CLOSED_STREAMS: set[str] = set()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     # started with stdout or stderr closed (`unseen ... >&-`): Python sets them to None, and
-    # every print or progress bar would fail; write those lines nowhere instead
+    # every print or progress bar would fail; write those lines nowhere instead (`predict`,
+    # whose result is stdout, refuses a closed one)
     for name in ("stdout", "stderr"):
         if getattr(sys, name) is None:
+            CLOSED_STREAMS.add(name)
             setattr(sys, name, open(os.devnull, "w"))  # noqa: SIM115 (lives as long as the process)
     parser = build_parser()
     try:

@@ -344,11 +344,10 @@ def _torchvision_source(name: str, flip_ok: bool) -> tuple[Callable, Callable]:
 # One way to read image files, shared by the folder:PATH source and ``unseen predict``, so a
 # file gives the same pixels in training and in prediction.
 
-#: the image files a ``folder:PATH`` dataset and ``unseen predict`` read from folders
-#: (torchvision's ``IMG_EXTENSIONS`` and GIF/PBM, which PIL decodes as well)
-IMAGE_EXTENSIONS = (
-    ".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm",
-)  # fmt: skip
+#: the image files a ``folder:PATH`` dataset and ``unseen predict`` read from folders:
+#: torchvision's ``IMG_EXTENSIONS``, which folder datasets have always used (a test keeps
+#: them equal; a GIF named on ``unseen predict``'s command line is still read)
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 
 #: PIL modes of one channel with more than 8 bits per pixel (16-bit PNG and TIFF, PGM, float)
 _WIDE_MODES = frozenset({"I;16", "I;16B", "I;16L", "I;16N", "I", "F"})
@@ -484,7 +483,7 @@ def image_files(folder: str | os.PathLike) -> list[Path]:
             dirs[:] = []
             continue
         seen.add(real)
-        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))  # the same alias wins anywhere
         names = [f for f in files if not f.startswith(".") and f.lower().endswith(IMAGE_EXTENSIONS)]
         listed.append((root, sorted(names)))
     return [Path(root) / f for root, names in sorted(listed) for f in names]

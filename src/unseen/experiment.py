@@ -30,6 +30,7 @@ from .checkpoint import (
     check_run_folder,
     check_same_config,
     clear_run_state,
+    data_fingerprint,
     to_cpu,
 )
 from .config import RunConfig, validate
@@ -647,6 +648,7 @@ def _run_experiment(cfg: RunConfig, progress: bool, log: Callable[[str], None] |
     write_json(run_dir / "config.json", record)
     per_head = {}
     earlier: list[str] = []  # heads a process before a --resume finished
+    data = data_fingerprint(sd.x_train, sd.y_train, sd.x_val, sd.y_val)
     checkpoints: list[Checkpointing] = []
     for head in cfg.head:
         head_dir = run_dir if len(cfg.head) == 1 else run_dir / head
@@ -660,6 +662,7 @@ def _run_experiment(cfg: RunConfig, progress: bool, log: Callable[[str], None] |
             resume=cfg.resume,
             resume_hint=f"unseen run --resume --out {run_dir}",
             every=cfg.checkpoint_every,
+            data=data,
         )
         checkpoints.append(checkpoint)
         if len(cfg.head) > 1 and cfg.resume and is_finished(head_dir):

@@ -11,6 +11,7 @@ importing it takes 0.8 s and ``unseen predict`` needs only :func:`calibrate_thre
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Sequence
 
 import numpy as np
@@ -253,7 +254,7 @@ def mean_std(values: Sequence[object]) -> dict[str, float | int | None]:
     finite = [
         float(v)
         for v in values
-        if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(float(v))
+        if isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(float(v))
     ]
     if not finite:
         return {"mean": None, "std": None, "n": 0}

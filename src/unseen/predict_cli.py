@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import argparse
 
-from .cli import nonempty_path
+from .cli import CLOSED_STREAMS, nonempty_path
 from .config import FIELDS
+from .errors import UnseenError
 
 
 def _number(text: str, kind: type = float) -> float:
@@ -45,6 +46,9 @@ def _finite(text: str) -> float:
 
 def cmd_predict(args: argparse.Namespace) -> int:
     from .predict import run_predict
+
+    if "stdout" in CLOSED_STREAMS and args.output is None:
+        raise UnseenError("standard output is closed: give --output FILE for the predictions.")
 
     return run_predict(
         args.run_dir,

@@ -446,15 +446,21 @@ def summary_rows(config: dict, metrics: dict) -> list[tuple[str, str]]:
                   if m.get("threshold_from") == "score"})  # fmt: skip
     if own:
         thresholds += f"; {', '.join(own)}: the score's own decision rule"
+    counts = next((h for h in heads.values() if "num_train" in h), None)  # the same for each head
+    trained_on = (  # recorded since 2026-11-29: earlier runs have no such row
+        f"{counts['num_train']} trained on, {counts.get('num_val', '-')} for validation"
+        if counts
+        else None
+    )
     per_s = metrics.get("train_images_per_second")
     train = f"{_fmt(metrics.get('train_seconds'), 1)} s for {config.get('epochs', '-')} epochs"
     if per_s:
         train += f" ({per_s:,.0f} images/s)"
-    return [
+    rows = [
         ("dataset", str(config.get("dataset", metrics.get("dataset", "-")))),
         ("known classes", _names(split.get("known_names") or metrics.get("known_classes", []))),
         ("unseen classes", _names(split.get("unseen_names") or metrics.get("unseen_classes", []))),
-        ("training images", f"{metrics.get('num_train', '-')} trained on, {metrics.get('num_val', '-')} for validation"),
+        ("training images", trained_on),
         ("test images", f"{metrics.get('num_test_known', '-')} known, {metrics.get('num_test_unseen', '-')} unseen"),
         ("model", str(config.get("model", metrics.get("model", "-")))),
         ("head", str(metrics.get("head", "-"))),
@@ -465,6 +471,7 @@ def summary_rows(config: dict, metrics: dict) -> list[tuple[str, str]]:
         ("seed", str(config.get("seed", "-"))),
         ("thresholds", thresholds),
     ]  # fmt: skip
+    return [(key, value) for key, value in rows if value is not None]
 
 
 def headline(metrics: dict) -> str:

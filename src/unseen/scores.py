@@ -316,11 +316,6 @@ def expand_score_names(names: Iterable[str]) -> list[str]:
 
 
 def check_score_names(names: Iterable[str]) -> None:
-    """Refuse unknown names, an empty list and a name given twice (``all`` may overlap)."""
-    names = list(names)
-    twice = next((n for i, n in enumerate(names) if n != "all" and n in names[:i]), None)
-    if twice is not None:
-        raise ConfigError(f"--scores names {twice!r} twice.")
     if not expand_score_names(names):
         raise ConfigError(
             f"--scores needs at least one score; choose from: {', '.join(SCORES)}, or all."

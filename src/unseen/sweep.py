@@ -901,7 +901,11 @@ def format_summary(summary: dict) -> str:
                 [
                     [n]
                     + [_ms(v["scores"][n].get(k), runs=v["runs"]) for k, _ in TABLE_METRICS]
-                    + ([_ms(over["scores"][n].get("auroc"))] if over else [])
+                    + (
+                        [_ms(over["scores"][n].get("auroc"), runs=over["conditions"])]
+                        if over
+                        else []
+                    )
                     for n in names
                 ],
             )
