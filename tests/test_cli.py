@@ -311,3 +311,26 @@ def test_tables_align_wide_characters_and_escape_control_characters():
     assert lines[5] == "x\\ny.png  4.000"
     # every score column ends at the same terminal column: CJK is two wide, the accent none
     assert {len(ln) + sum(c in "画像" for c in ln) - ln.count("\u0301") for ln in lines} == {15}
+
+
+def test_a_run_says_when_nothing_unseen_is_tested_or_a_channel_never_varies(tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    x = np.zeros((90, 8, 8, 3), np.uint8)
+    y = np.arange(90) % 3
+    x[..., 1] = rng.integers(0, 256, (90, 8, 8))  # green varies; red only in class 2
+    x[y == 2, :, :, 0] = 200
+    np.savez(tmp_path / "d.npz", x_train=x[:60], y_train=y[:60], x_test=x[60:], y_test=y[60:])
+    args = ["run", "--epochs", "1", "--no-report", "--checkpoint-every", "0"]
+    assert main([*args, "--dataset", f"npz:{tmp_path / 'd.npz'}", "--holdout", "2",
+                 "--out", str(tmp_path / "a")]) == 0  # fmt: skip
+    out = capsys.readouterr().out
+    assert "note: channels 0, 2 hardly vary in the training images" in out
+    assert "no test image is of an unseen class" not in out
+    assert "resnet20, 1 epoch on cpu" in out  # no resize: no size named
+    # the held-out digit 9 falls out of a 5-image test subset
+    assert (
+        main([*args, "--test-subset", "5", "--input-size", "12", "--out", str(tmp_path / "b")]) == 0
+    )
+    out = capsys.readouterr().out
+    assert "note: no test image is of an unseen class" in out and "hardly var" not in out
+    assert "resnet20 at 12 x 12 px (images resized from 8 x 8), 1 epoch on cpu" in out

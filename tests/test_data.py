@@ -567,3 +567,16 @@ def test_idx_labels_outside_the_classes_are_refused(tmp_path, split):
     with pytest.raises(DataError, match="0..9") as exc:
         load_dataset("mnist", str(tmp_path))
     assert f"{split}-labels-idx1-ubyte" in str(exc.value) and "\n" not in str(exc.value)
+
+
+def test_folder_class_names_written_decomposed_are_the_same_class(tmp_path):
+    import unicodedata
+
+    composed = "Sac à main"
+    grey = Image.fromarray(np.zeros((4, 4), np.uint8))
+    for split, name in (("train", composed), ("test", unicodedata.normalize("NFD", composed))):
+        for cls in (name, "Coat"):
+            (tmp_path / split / cls).mkdir(parents=True)
+            grey.save(tmp_path / split / cls / "0.png")
+    data = load_dataset(f"folder:{tmp_path}")  # test/ used to have a class train/ lacks
+    assert data.classes == ("Coat", composed) and len(data.x_test) == 2

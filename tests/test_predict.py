@@ -613,6 +613,17 @@ def test_unfinished_run_is_refused(run_dir, tmp_path):
         load(run)
     with pytest.raises(UnseenError, match="does not exist"):
         load(tmp_path / "nowhere")
+    # a sweep folder, or any other folder, is named as what it is
+    sweep = tmp_path / "sweep"
+    (sweep / "runs" / "single-seed0-1234abcd").mkdir(parents=True)
+    (sweep / "sweep.json").write_text("{}")
+    with pytest.raises(UnseenError, match=re.escape(
+        f"{sweep} is a sweep folder, not a run; give one of its runs, e.g. "
+        f"{sweep / 'runs' / 'single-seed0-1234abcd'}."
+    )):  # fmt: skip
+        load(sweep)
+    with pytest.raises(UnseenError, match="is not a run folder of unseen .it has no config.json"):
+        load(sweep / "runs")
 
 
 def test_multi_head_run_folders(capsys, run_dir, pngs, tmp_path):

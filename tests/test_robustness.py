@@ -714,14 +714,25 @@ def test_bad_npz_files(tmp_path, capsys):
     cases[objects] = "holds object arrays, which are not loaded (unpickling can run code)"
     lacking = tmp_path / "lacking.npz"
     np.savez(lacking, x_train=good["x_train"])
-    cases[lacking] = "lacks the arrays y_train, x_test, y_test"
+    cases[lacking] = "lacks the arrays y_train, x_test, y_test (it has: x_train)"
+    keras = tmp_path / "keras.npz"
+    np.savez(keras, X_train=good["x_train"], Y_train=good["y_train"])
+    cases[keras] = "lacks the arrays x_train, y_train, x_test, y_test (it has: X_train, Y_train)"
     floats = tmp_path / "floats.npz"
     np.savez(floats, **{**good, "x_train": good["x_train"].astype(np.float32)})
-    cases[floats] = "must be uint8 images"
+    cases[floats] = (
+        "must be uint8 images, not float32 (floats in [0, 1]: save (x * 255).round().astype"
+    )
     for path, expected in cases.items():
         code, _, err = cli(capsys, "run", "--dataset", f"npz:{path}", "--out", str(tmp_path / "r"))
         assert code == 2, path
         assert expected in one_line_error(err), err
+    # labels as a column (N x 1) are read as the N labels they are
+    column = tmp_path / "column.npz"
+    np.savez(column, **{**good, "y_train": good["y_train"][:, None]})
+    code, _, err = cli(capsys, "run", "--dataset", f"npz:{column}", "--epochs", "1",
+                       "--val-fraction", "0.25", "--no-report", "--out", str(tmp_path / "c"))  # fmt: skip
+    assert code == 0, err
 
 
 def test_bad_image_folders(tmp_path, capsys):

@@ -202,3 +202,36 @@ def test_class_names_differing_in_case_resolve_exactly_or_fail():
     assert make_split(classes, holdout=("DOG",)).unseen == (2,)
     with pytest.raises(ConfigError, match="'cAt' could mean 'Cat' and 'cat' and 'CAT'"):
         make_split(classes, holdout=("cAt",))
+
+
+def test_two_tokens_naming_one_class_are_refused():
+    # folders named by numbers: '0' is index 0 (the class named '1') and '1' that name
+    classes = ("1", "10", "2", "3")
+    with pytest.raises(ConfigError, match=r"--holdout '0' and '1' both name class 0 \('1'\)"):
+        make_split(classes, holdout=("0", "1"))
+    assert make_split(classes, holdout=("1", "1")).unseen == (0,)  # one token twice is fine
+    assert make_split(FASHION_CLASSES, holdout=("9", "Bag")).unseen == (8, 9)
+
+
+def test_class_names_compare_in_nfc_form_and_a_comma_name_gets_a_hint():
+    import unicodedata
+
+    composed = "Sac à main"
+    decomposed = unicodedata.normalize("NFD", composed)
+    assert composed != decomposed
+    assert make_split(("Café", decomposed, "x"), holdout=(composed,)).unseen == (1,)
+    assert make_split(("Café", composed, "x"), holdout=(decomposed,)).unseen == (1,)
+    # commas split the option, so a name holding one is reached by index or a TOML list item
+    assert make_split(("Shirt, long", "Coat", "x"), holdout=("Shirt, long",)).unseen == (0,)
+    with pytest.raises(ConfigError, match="commas separate classes: give a name with a comma"):
+        make_split(("Shirt, long", "Coat", "x"), holdout=("Shirt", "long"))
+
+
+def test_toml_lists_keep_class_names_with_commas_whole():
+    from unseen.config import parse_value
+
+    assert parse_value("holdout", ["Shirt, long", 3], source="c.toml") == ("Shirt, long", "3")
+    assert parse_value("known", "Shirt, long", source="c.toml") == ("Shirt", "long")  # a string
+    assert parse_value("rare", ["Shirt, long:0.10"], source="c.toml") == ("Shirt, long:0.1",)
+    with pytest.raises(ConfigError, match="'holdout' in c.toml must be one or more class"):
+        parse_value("holdout", [" "], source="c.toml")

@@ -12,6 +12,7 @@ import os
 import shutil
 import subprocess
 import tempfile
+import unicodedata
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -491,14 +492,17 @@ def image_files(folder: str | os.PathLike) -> list[Path]:
 
 def _class_images(split_dir: Path) -> tuple[list[str], list[tuple[Path, int]]]:
     """A folder dataset's split: its class folders (sorted, hidden ones skipped) and every
-    image file under them with its class index."""
+    image file under them with its class index. The class names are the folder names in
+    Unicode NFC form, so that a folder written decomposed (by macOS: ``a`` + accent) names
+    the same class as one written composed."""
     with os.scandir(split_dir) as entries:
-        classes = sorted(e.name for e in entries if e.is_dir() and e.name[0] != ".")
-    if not classes:
+        folders = sorted(e.name for e in entries if e.is_dir() and e.name[0] != ".")
+    if not folders:
         raise DataError(
             f"folder dataset {split_dir} holds no class folders (it needs {split_dir}/<class>/*)."
         )
-    return classes, [(p, i) for i, c in enumerate(classes) for p in image_files(split_dir / c)]
+    classes = [unicodedata.normalize("NFC", f) for f in folders]
+    return classes, [(p, i) for i, f in enumerate(folders) for p in image_files(split_dir / f)]
 
 
 def _folder_source(path: str) -> tuple[Callable, Callable]:
@@ -582,11 +586,19 @@ def _npz_source(path: str) -> tuple[Callable, Callable]:
             raise DataError(str(exc)) from None
         missing = [k for k in ("x_train", "y_train", "x_test", "y_test") if k not in arrays]
         if missing:
-            raise DataError(f"npz file {file} lacks the arrays {', '.join(missing)}.")
+            raise DataError(
+                f"npz file {file} lacks the arrays {', '.join(missing)} (it has: "
+                f"{', '.join(sorted(arrays)) or 'none'})."
+            )
 
         def images(a: np.ndarray, key: str) -> torch.Tensor:
             if a.dtype != np.uint8:
-                raise DataError(f"{key} in {file} must be uint8 images, not {a.dtype}.")
+                hint = (
+                    " (floats in [0, 1]: save (x * 255).round().astype(np.uint8))"
+                    if a.dtype.kind == "f"
+                    else ""
+                )
+                raise DataError(f"{key} in {file} must be uint8 images, not {a.dtype}{hint}.")
             if (nchw := npz_images_nchw(a)) is None:
                 raise DataError(f"{key} in {file} must be {NPZ_LAYOUTS}, not {a.shape}.")
             a = nchw
@@ -596,6 +608,8 @@ def _npz_source(path: str) -> tuple[Callable, Callable]:
             return torch.from_numpy(np.ascontiguousarray(a[:, :3]))
 
         def labels(a: np.ndarray, key: str, n: int) -> torch.Tensor:
+            if a.ndim == 2 and a.shape[1:] == (1,):  # a column of labels (N x 1)
+                a = a[:, 0]
             if a.ndim != 1 or len(a) != n or not np.issubdtype(a.dtype, np.integer):
                 raise DataError(
                     f"{key} in {file} must be {n} integer labels, not {a.dtype} {a.shape}."

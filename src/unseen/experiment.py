@@ -121,6 +121,12 @@ class Prepared:
     #: per head (``build_model`` fills it): how the weights fitted that head's network
     load_reports: dict[str, LoadReport] = field(default_factory=dict)
 
+    @functools.cached_property
+    def channel_stats(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-channel mean and std of the training images (in [0, 1] units): the model's
+        input normalisation, computed once for every head."""
+        return channel_stats(self.split_data.x_train)
+
 
 def half_if_it_fits(x: np.ndarray) -> np.ndarray:
     """``x`` as float16 (half the file) when every value fits its range, else float32."""
@@ -194,6 +200,11 @@ def feature_dim(model: str, head: str, num_known: int) -> int:
         return build_model_for_head(model, 1, num_known, 32, "auto", head).feature_dim
 
 
+#: a training-image channel whose std is below one grey level (in [0, 1] units) makes the
+#: model's normalisation (x - mean) / std blow up any image that differs there: a run says so
+MIN_CHANNEL_STD = 1 / 255
+
+
 def channel_stats(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-channel mean and std of uint8 images, in [0, 1] units."""
     xf = x.float().div_(255)
@@ -207,7 +218,7 @@ def build_model(p: Prepared, head: str) -> Classifier:
     model = build_model_for_head(
         cfg.model, p.data.channels, p.split.num_known, cfg.input_size or h, cfg.stem, head
     )
-    model.set_normalization(*channel_stats(p.split_data.x_train))
+    model.set_normalization(*p.channel_stats)
     classifiers = [m for m in model.modules() if isinstance(m, Classifier)]
     for net in classifiers:  # one, or one per class for ovr-separate
         net.input_size = cfg.input_size
@@ -628,8 +639,15 @@ def _run_experiment(cfg: RunConfig, progress: bool, log: Callable[[str], None] |
     say(
         f"known: {', '.join(p.split.known_names)} | unseen: {', '.join(p.split.unseen_names) or '-'}"
     )
+    h, w = p.data.image_size
+    resized = (  # --input-size, or the size the pretrained weights brought
+        f" at {cfg.input_size} x {cfg.input_size} px (images resized from {h} x {w})"
+        if cfg.input_size and (cfg.input_size, cfg.input_size) != (h, w)
+        else ""
+    )
+    epochs = f"{cfg.epochs} epoch{'s' if cfg.epochs != 1 else ''}"
     say(
-        f"{cfg.model}, {cfg.epochs} epochs on {describe_device(p.device)}, {p.precision}; run folder {run_dir}"
+        f"{cfg.model}{resized}, {epochs} on {describe_device(p.device)}, {p.precision}; run folder {run_dir}"
     )
     if p.pretrained is not None:
         for head, report in p.load_reports.items():
@@ -640,6 +658,22 @@ def _run_experiment(cfg: RunConfig, progress: bool, log: Callable[[str], None] |
     if not p.split.unseen_names and not p.rare:
         say(
             "note: every class is known, so no test image is unseen: the open-set metrics are empty"
+        )
+    elif not bool(sd.test_is_unseen.any()):
+        say(
+            "note: no test image is of an unseen class (none in the test set, or none left by "
+            "--test-subset): the open-set metrics are empty"
+        )
+    if flat := [c for c, s in enumerate(p.channel_stats[1].tolist()) if s < MIN_CHANNEL_STD]:
+        which = (
+            f"channel {flat[0]} hardly varies"
+            if len(flat) == 1
+            else (f"channels {', '.join(map(str, flat))} hardly vary")
+        )
+        say(
+            f"note: {which} in the training images (std below one grey level): normalised by so "
+            "small a std, test images that differ there reach the network far out of range and the "
+            "scores can say more about that than about the classes"
         )
     if cfg.stem != "auto" and cfg.model not in HAS_STEMS:
         say(f"note: --stem {cfg.stem} has no effect: {cfg.model} has one input stem")

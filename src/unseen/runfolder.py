@@ -258,6 +258,14 @@ def require_finished(run_dir: str | Path) -> Path:
         what = "is a file, not a folder" if run_dir.exists() else "does not exist"
         raise UnseenError(f"run folder {run_dir} {what}.")
     if not is_finished(run_dir):
+        if (run_dir / "sweep.json").is_file():
+            some = sorted((run_dir / "runs").glob("*/"))[:1]
+            example = some[0] if some else run_dir / "runs" / "<run>"
+            raise UnseenError(
+                f"{run_dir} is a sweep folder, not a run; give one of its runs, e.g. {example}."
+            )
+        if not (run_dir / "config.json").is_file():
+            raise UnseenError(f"{run_dir} is not a run folder of unseen (it has no config.json).")
         raise UnseenError(
             f"{run_dir} is not a finished run (no {FINISHED_FILE} with status 'finished'); "
             "finish it with `unseen run --resume --out DIR` or run it again."

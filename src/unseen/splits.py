@@ -8,6 +8,7 @@ known-class *training* images and is never trained on: thresholds are calibrated
 from __future__ import annotations
 
 import math
+import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -66,35 +67,54 @@ def resolve_classes(
     A token that is a class name wins over the same token read as an index. A name that
     matches a class exactly (as given, or without surrounding spaces) wins over
     case-insensitive matches, which ignore surrounding spaces too; a token that matches
-    several classes only that way (``cat`` for ``Cat`` and ``CAT``) is an error.
+    several classes only that way (``cat`` for ``Cat`` and ``CAT``) is an error. Names
+    compare in Unicode NFC form (macOS writes folder names decomposed: ``a`` + accent).
+    Two different tokens naming one class (``0,1`` where class 0 is named ``1``) are an
+    error: one of them surely meant another class.
     """
-    exact = {c: i for i, c in enumerate(classes)}
+    exact = {_nfc(c): i for i, c in enumerate(classes)}
     lower: dict[str, list[int]] = {}
     for i, c in enumerate(classes):
-        lower.setdefault(c.strip().lower(), []).append(i)
-    out = []
+        lower.setdefault(_nfc(c).strip().lower(), []).append(i)
+    out: dict[int, str] = {}  # class index -> the token that named it
     for tok in tokens:
-        t = str(tok).strip()
-        if str(tok) in exact:  # a name with its own spaces ('cat ' from an npz or a folder)
-            out.append(exact[str(tok)])
+        given = _nfc(str(tok))
+        t = given.strip()
+        if given in exact:  # a name with its own spaces ('cat ' from an npz or a folder)
+            index = exact[given]
         elif t in exact:
-            out.append(exact[t])
+            index = exact[t]
         elif len(matches := lower.get(t.lower(), [])) > 1:
             names = " and ".join(repr(classes[i]) for i in matches)
             raise ConfigError(
                 f"{option} {t!r} could mean {names}; give the exact name or the index."
             )
         elif matches:
-            out.append(matches[0])
+            index = matches[0]
         elif (index := _as_index(t)) is not None and 0 <= index < len(classes):
-            out.append(index)
+            pass
         else:
             shown = ", ".join(f"{i}={c}" for i, c in enumerate(classes[:20]))
             more = ", ..." if len(classes) > 20 else ""
-            raise ConfigError(
-                f"{option} {t!r} is not a class of this dataset; classes are {shown}{more}."
+            comma = (
+                " (commas separate classes: give a name with a comma by its index, or as an "
+                "item of a TOML list)"
+                if any("," in c for c in classes)
+                else ""
             )
-    return sorted(set(out))
+            raise ConfigError(
+                f"{option} {t!r} is not a class of this dataset; classes are {shown}{more}{comma}."
+            )
+        if out.setdefault(index, t) != t:
+            raise ConfigError(
+                f"{option} {out[index]!r} and {t!r} both name class {index} "
+                f"({classes[index]!r}); give each class once."
+            )
+    return sorted(out)
+
+
+def _nfc(name: str) -> str:
+    return unicodedata.normalize("NFC", name)
 
 
 def _as_index(token: str) -> int | None:
