@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import pickle
+import re
 import shutil
 import struct
 from pathlib import Path
@@ -214,6 +215,10 @@ def test_folder_source_bad_image_and_empty_class(tmp_path):
         load_dataset(f"folder:{tmp_path}")
     with pytest.raises(DataError, match="needs subfolders"):
         load_dataset(f"folder:{tmp_path / 'nowhere'}")
+    with pytest.raises(
+        DataError, match=re.escape(f"; give the folder above it, folder:{tmp_path}.")
+    ):
+        load_dataset(f"folder:{tmp_path / 'train'}")
 
 
 def _write_cifar10(root: Path, monkeypatch) -> None:

@@ -511,9 +511,14 @@ def _folder_source(path: str) -> tuple[Callable, Callable]:
     def locate(_root: str | None = None) -> str:
         for split in ("train", "test"):
             if not (root / split).is_dir():
+                parent = (
+                    f"; give the folder above it, folder:{root.parent}"
+                    if root.name in ("train", "test") and (root.parent / split).is_dir()
+                    else ""
+                )
                 raise DataError(
                     f"folder dataset {root} needs subfolders train/<class>/ and test/<class>/ "
-                    f"({root / split} is missing)."
+                    f"({root / split} is missing){parent}."
                 )
         return str(root)
 
