@@ -334,3 +334,6 @@ def test_a_run_says_when_nothing_unseen_is_tested_or_a_channel_never_varies(tmp_
     out = capsys.readouterr().out
     assert "note: no test image is of an unseen class" in out and "hardly var" not in out
     assert "resnet20 at 12 x 12 px (images resized from 8 x 8), 1 epoch on cpu" in out
+    # a rare-class run holds nothing out: no note that nothing unseen is tested
+    assert main([*args, "--rare", "3:0.5", "--out", str(tmp_path / "c")]) == 0
+    assert "note:" not in capsys.readouterr().out

@@ -578,10 +578,19 @@ def test_folder_class_names_written_decomposed_are_the_same_class(tmp_path):
     import unicodedata
 
     composed = "Sac à main"
+    decomposed = unicodedata.normalize("NFD", composed)
     grey = Image.fromarray(np.zeros((4, 4), np.uint8))
-    for split, name in (("train", composed), ("test", unicodedata.normalize("NFD", composed))):
-        for cls in (name, "Coat"):
-            (tmp_path / split / cls).mkdir(parents=True)
-            grey.save(tmp_path / split / cls / "0.png")
-    data = load_dataset(f"folder:{tmp_path}")  # test/ used to have a class train/ lacks
-    assert data.classes == ("Coat", composed) and len(data.x_test) == 2
+    for n, (first, second) in enumerate(((composed, decomposed), (decomposed, composed))):
+        root = tmp_path / str(n)
+        for split, name in (("train", first), ("test", second)):
+            for cls in (name, "Coat"):
+                (root / split / cls).mkdir(parents=True)
+                grey.save(root / split / cls / "0.png")
+        data = load_dataset(f"folder:{root}")  # test/ used to have a class train/ lacks
+        # the name as train/ writes it (runs recorded it so), the test image its class
+        assert data.classes == ("Coat", first) and data.y_test.tolist() == [0, 1]
+    # both forms side by side in one split would be two classes that look like one
+    (tmp_path / "0" / "train" / decomposed).mkdir()
+    grey.save(tmp_path / "0" / "train" / decomposed / "0.png")
+    with pytest.raises(DataError, match="two class folders named 'Sac à main', written in two"):
+        load_dataset(f"folder:{tmp_path / '0'}")

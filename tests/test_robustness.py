@@ -337,6 +337,10 @@ def test_resume_refuses_training_images_that_changed_during_the_pause(
             f"since the run started{' ' + counts if counts else ''}; restore them, or pass "
             "--overwrite to start again."
         )
+    from unseen.checkpoint import data_fingerprint
+
+    empty = torch.zeros(0, 1, 8, 8, dtype=torch.uint8)  # no bytes to add, and no error
+    assert data_fingerprint(empty, empty) == {"images": 0, "crc32": 0}
     save(400)  # the same images again: it resumes
     code, _, err = cli(capsys, "run", "--resume", "--out", str(out), "--quiet")
     assert code == 0, err

@@ -221,17 +221,14 @@ def test_class_names_compare_in_nfc_form_and_a_comma_name_gets_a_hint():
     assert composed != decomposed
     assert make_split(("Café", decomposed, "x"), holdout=(composed,)).unseen == (1,)
     assert make_split(("Café", composed, "x"), holdout=(decomposed,)).unseen == (1,)
-    # commas split the option, so a name holding one is reached by index or a TOML list item
+    # an exact name wins; two classes equal in NFC form are ambiguous to any other token
+    both = (composed, decomposed, "x")
+    assert make_split(both, holdout=(decomposed,)).unseen == (1,)
+    with pytest.raises(ConfigError, match="could mean"):
+        make_split(both, holdout=("sac à main",))
+    # commas split the option, so a name holding one is given by its index
     assert make_split(("Shirt, long", "Coat", "x"), holdout=("Shirt, long",)).unseen == (0,)
-    with pytest.raises(ConfigError, match="commas separate classes: give a name with a comma"):
+    with pytest.raises(
+        ConfigError, match="commas separate classes: give a class whose name holds one by its index"
+    ):
         make_split(("Shirt, long", "Coat", "x"), holdout=("Shirt", "long"))
-
-
-def test_toml_lists_keep_class_names_with_commas_whole():
-    from unseen.config import parse_value
-
-    assert parse_value("holdout", ["Shirt, long", 3], source="c.toml") == ("Shirt, long", "3")
-    assert parse_value("known", "Shirt, long", source="c.toml") == ("Shirt", "long")  # a string
-    assert parse_value("rare", ["Shirt, long:0.10"], source="c.toml") == ("Shirt, long:0.1",)
-    with pytest.raises(ConfigError, match="'holdout' in c.toml must be one or more class"):
-        parse_value("holdout", [" "], source="c.toml")

@@ -601,7 +601,8 @@ def data_fingerprint(*tensors: torch.Tensor) -> dict[str, Any]:
 
     crc = 0
     for t in tensors:
-        crc = zlib.crc32(memoryview(t.detach().cpu().contiguous().numpy()).cast("B"), crc)
+        if t.numel():  # (a view of no bytes cannot be cast)
+            crc = zlib.crc32(memoryview(t.detach().cpu().contiguous().numpy()).cast("B"), crc)
     return {"images": len(tensors[0]), "crc32": crc}
 
 

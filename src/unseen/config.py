@@ -79,20 +79,6 @@ def _parse_rare(text: str) -> tuple[str, ...] | None:
     return parse_rare(text)
 
 
-def _rare_item(text: str) -> str:
-    """One ``CLASS:FRACTION`` item, whole (the class name may hold a comma)."""
-    from .rare import parse_rare_item_text
-
-    return parse_rare_item_text(text)
-
-
-def _class_item(text: str) -> str:
-    """One class name or index of a TOML list, whole (the name may hold a comma)."""
-    if not text.strip():
-        raise ValueError("empty class name")
-    return text
-
-
 def _finite(v: float | int) -> bool:
     """False for NaN and infinities (Python ints are always finite)."""
     return isinstance(v, int) or math.isfinite(v)
@@ -157,14 +143,11 @@ def opt(
     choices: tuple[str, ...] | None = None,
     group: str = "run",
     accepts: str | None = None,
-    parse_item: Callable[[str], str] | None = None,
 ) -> Any:
     """A config field: its default plus everything the CLI and the file loader need.
 
     ``accepts`` says what ``parse`` takes, for the error message when it fails (needed for
-    parsers other than int, float, parse_bool and the parse_optional_* functions).
-    ``parse_item`` reads one item of a TOML list whole, where ``parse`` would split the
-    joined text at commas that belong to a class name."""
+    parsers other than int, float, parse_bool and the parse_optional_* functions)."""
     if choices is not None and check is None:
         check = _one_of(*choices)
     return field(
@@ -177,7 +160,6 @@ def opt(
             "choices": choices,
             "group": group,
             "accepts": accepts,
-            "parse_item": parse_item,
         },
     )
 
@@ -219,7 +201,6 @@ class RunConfig:
         "classes held out of training, by index or name, comma-separated (e.g. 9 or 'Ankle boot'; "
         "default: the last class, 9 for digits)",
         parse=parse_classes,
-        parse_item=_class_item,
         accepts="one or more class indices or names, comma-separated, or 'auto'",
         metavar="CLASSES",
         group="data",
@@ -228,7 +209,6 @@ class RunConfig:
         None,
         "the classes to train on instead (the complement of --holdout; give only one of the two)",
         parse=parse_classes,
-        parse_item=_class_item,
         accepts="one or more class indices or names, comma-separated, or 'auto'",
         metavar="CLASSES",
         group="data",
@@ -518,7 +498,6 @@ class RunConfig:
         "for several (e.g. 'Ankle boot:0.01'); fraction 0 leaves the class out (unseen); with "
         "--rare and no --holdout/--known no other class is held out",
         parse=lambda s: _parse_rare(s),
-        parse_item=_rare_item,
         metavar="CLASS:F",
         group="data",
     )
@@ -709,12 +688,9 @@ def parse_value(name: str, raw: Any, *, source: str = "flag") -> Any:
         text = str(raw)
     else:
         raise ConfigError(f"{where} got a {type(raw).__name__}; expected a string, number or list.")
-    parser, item_parser = f.metadata["parse"], f.metadata["parse_item"]
+    parser = f.metadata["parse"]
     try:
-        if isinstance(raw, (list, tuple)) and item_parser is not None and raw:
-            value = tuple(item_parser(str(x)) for x in raw)  # a TOML list: items kept whole
-        else:
-            value = parser(text)
+        value = parser(text)
     except (ValueError, TypeError):
         kind = {int: "an integer", float: "a number", parse_bool: "true or false"}.get(parser)
         if kind is None:

@@ -492,17 +492,23 @@ def image_files(folder: str | os.PathLike) -> list[Path]:
 
 def _class_images(split_dir: Path) -> tuple[list[str], list[tuple[Path, int]]]:
     """A folder dataset's split: its class folders (sorted, hidden ones skipped) and every
-    image file under them with its class index. The class names are the folder names in
-    Unicode NFC form, so that a folder written decomposed (by macOS: ``a`` + accent) names
-    the same class as one written composed."""
+    image file under them with its class index. Two folders whose names differ only in
+    Unicode form (composed, or decomposed as macOS writes them: ``a`` + accent) are refused:
+    they look like one class."""
     with os.scandir(split_dir) as entries:
-        folders = sorted(e.name for e in entries if e.is_dir() and e.name[0] != ".")
-    if not folders:
+        classes = sorted(e.name for e in entries if e.is_dir() and e.name[0] != ".")
+    if not classes:
         raise DataError(
             f"folder dataset {split_dir} holds no class folders (it needs {split_dir}/<class>/*)."
         )
-    classes = [unicodedata.normalize("NFC", f) for f in folders]
-    return classes, [(p, i) for i, f in enumerate(folders) for p in image_files(split_dir / f)]
+    composed = [unicodedata.normalize("NFC", c) for c in classes]
+    if len(set(composed)) < len(composed):
+        twice = next(c for c in composed if composed.count(c) > 1)
+        raise DataError(
+            f"{split_dir} has two class folders named {twice!r}, written in two Unicode forms "
+            "(composed and decomposed); merge them."
+        )
+    return classes, [(p, i) for i, c in enumerate(classes) for p in image_files(split_dir / c)]
 
 
 def _folder_source(path: str) -> tuple[Callable, Callable]:
@@ -536,13 +542,17 @@ def _folder_source(path: str) -> tuple[Callable, Callable]:
                     f"class folder(s) {', '.join(empty)} in {root / split} hold no images."
                 )
             splits[split] = names, samples
-        classes = tuple(splits["train"][0])
-        extra = sorted(set(splits["test"][0]) - set(classes))
+        classes = tuple(splits["train"][0])  # the folder names as written (runs record them)
+        # test/ may write a name in the other Unicode form (copied from a Mac): the same class
+        index = {unicodedata.normalize("NFC", c): i for i, c in enumerate(classes)}
+        extra = [c for c in splits["test"][0] if unicodedata.normalize("NFC", c) not in index]
         if extra:
             raise DataError(f"{root / 'test'} has classes missing from train/: {', '.join(extra)}.")
         x = _load_image_files({split: [p for p, _ in s] for split, (_, s) in splits.items()})
         y = {
-            split: np.array([classes.index(names[t]) for _, t in s], dtype=np.int64)
+            split: np.array(
+                [index[unicodedata.normalize("NFC", names[t])] for _, t in s], dtype=np.int64
+            )
             for split, (names, s) in splits.items()
         }
         return ImageData(

@@ -659,7 +659,7 @@ def _run_experiment(cfg: RunConfig, progress: bool, log: Callable[[str], None] |
         say(
             "note: every class is known, so no test image is unseen: the open-set metrics are empty"
         )
-    elif not bool(sd.test_is_unseen.any()):
+    elif p.split.unseen_names and not bool(sd.test_is_unseen.any()):
         say(
             "note: no test image is of an unseen class (none in the test set, or none left by "
             "--test-subset): the open-set metrics are empty"

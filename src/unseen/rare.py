@@ -58,20 +58,17 @@ def parse_rare(text: str) -> tuple[str, ...] | None:
     items = [part for part in text.split(",") if part.strip()]
     if not items or text.strip().lower() in {"none", "null"}:
         return None
-    return tuple(parse_rare_item_text(item) for item in items)
-
-
-def parse_rare_item_text(item: str) -> str:
-    """One ``CLASS:FRACTION`` item normalised to ``"CLASS:F"`` (a TOML list's items are read
-    whole by this, so a class name may hold a comma there)."""
-    try:
-        name, frac = parse_rare_item(item)
-    except ValueError:
-        raise ConfigError(
-            f"--rare expects CLASS:FRACTION with a fraction from 0 to 1 "
-            f"(e.g. 'Ankle boot:0.01'), not {item.strip()!r}."
-        ) from None
-    return f"{name}:{format_fraction(frac)}"
+    out = []
+    for item in items:
+        try:
+            name, frac = parse_rare_item(item)
+        except ValueError:
+            raise ConfigError(
+                f"--rare expects CLASS:FRACTION with a fraction from 0 to 1 "
+                f"(e.g. 'Ankle boot:0.01'), not {item.strip()!r}."
+            ) from None
+        out.append(f"{name}:{format_fraction(frac)}")
+    return tuple(out)
 
 
 def resolve_rare(rare: Sequence[str] | None, classes: Sequence[str]) -> list[tuple[int, float]]:

@@ -453,7 +453,10 @@ def summary_rows(config: dict, metrics: dict) -> list[tuple[str, str]]:
         else None
     )
     per_s = metrics.get("train_images_per_second")
-    train = f"{_fmt(metrics.get('train_seconds'), 1)} s for {config.get('epochs', '-')} epochs"
+    epochs = config.get("epochs", "-")
+    train = (
+        f"{_fmt(metrics.get('train_seconds'), 1)} s for {epochs} epoch{'' if epochs == 1 else 's'}"
+    )
     if per_s:
         train += f" ({per_s:,.0f} images/s)"
     rows = [

@@ -67,24 +67,28 @@ def resolve_classes(
     A token that is a class name wins over the same token read as an index. A name that
     matches a class exactly (as given, or without surrounding spaces) wins over
     case-insensitive matches, which ignore surrounding spaces too; a token that matches
-    several classes only that way (``cat`` for ``Cat`` and ``CAT``) is an error. Names
-    compare in Unicode NFC form (macOS writes folder names decomposed: ``a`` + accent).
-    Two different tokens naming one class (``0,1`` where class 0 is named ``1``) are an
-    error: one of them surely meant another class.
+    several classes only that way (``cat`` for ``Cat`` and ``CAT``) is an error. Below an
+    exact match, names also compare in Unicode NFC form (macOS writes folder names
+    decomposed: ``a`` + accent). Two different tokens naming one class (``0,1`` where class
+    0 is named ``1``) are an error: one of them surely meant another class.
     """
-    exact = {_nfc(c): i for i, c in enumerate(classes)}
+    exact = {c: i for i, c in enumerate(classes)}
+    composed: dict[str, list[int]] = {}
     lower: dict[str, list[int]] = {}
     for i, c in enumerate(classes):
+        composed.setdefault(_nfc(c).strip(), []).append(i)
         lower.setdefault(_nfc(c).strip().lower(), []).append(i)
     out: dict[int, str] = {}  # class index -> the token that named it
     for tok in tokens:
-        given = _nfc(str(tok))
+        given = str(tok)
         t = given.strip()
         if given in exact:  # a name with its own spaces ('cat ' from an npz or a folder)
             index = exact[given]
         elif t in exact:
             index = exact[t]
-        elif len(matches := lower.get(t.lower(), [])) > 1:
+        elif len(matches := composed.get(_nfc(t), [])) == 1:
+            index = matches[0]
+        elif len(matches := matches or lower.get(_nfc(t).lower(), [])) > 1:
             names = " and ".join(repr(classes[i]) for i in matches)
             raise ConfigError(
                 f"{option} {t!r} could mean {names}; give the exact name or the index."
@@ -97,8 +101,7 @@ def resolve_classes(
             shown = ", ".join(f"{i}={c}" for i, c in enumerate(classes[:20]))
             more = ", ..." if len(classes) > 20 else ""
             comma = (
-                " (commas separate classes: give a name with a comma by its index, or as an "
-                "item of a TOML list)"
+                " (commas separate classes: give a class whose name holds one by its index)"
                 if any("," in c for c in classes)
                 else ""
             )
