@@ -925,3 +925,21 @@ def test_holdout_auto_is_planned_and_hashed_as_the_default(tmp_path, capsys):
     )
     assert main(["sweep", "--protocol", "loo", "--holdout", "auto", "--dry-run",
                  "--out", str(tmp_path / "loo")]) == 0  # fmt: skip
+
+
+def test_each_variant_lists_only_the_scores_it_computed():
+    def record(head: str, seed: int, scores: dict) -> dict:
+        metrics = {"closed_set_accuracy": 0.9, "scores": scores}
+        tags = {"condition": "single", "seed": seed, "balance": "none"}
+        return {"label": f"{head}-{seed}", "dir": "-", "tags": tags, "head": head,
+                "metrics": metrics, "settings": {}}  # fmt: skip
+
+    msp = {"auroc": 0.8, "threshold": 0.5}
+    records = [record("softmax", s, {"msp": msp}) for s in (0, 1)]
+    records += [
+        record("ovr", s, {"msp": msp, "ovr": {"auroc": 0.7, "threshold": 0.0}}) for s in (0, 1)
+    ]
+    text = sweep.format_summary(sweep.aggregate(records, "single"))
+    softmax_table = text.split("== ovr")[0]
+    assert "\nmsp " in softmax_table and "\novr " not in softmax_table
+    assert "\novr   " in text.split("== ovr")[1]

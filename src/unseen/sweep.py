@@ -907,6 +907,7 @@ def format_summary(summary: dict) -> str:
                         else []
                     )
                     for n in names
+                    if any(s.get("n") for s in v["scores"][n].values())  # this variant's scores
                 ],
             )
         )
