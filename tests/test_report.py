@@ -573,3 +573,13 @@ def test_a_damaged_run_folder_is_one_sentence_not_a_traceback(digits_run, tmp_pa
     # in a folder of runs, the damaged one is named
     assert main(["report", str(tmp_path), "--out", str(tmp_path / "cmp")]) == 2
     assert "config/config.json is not a run's config.json" in capsys.readouterr().err
+
+
+def test_rows_are_labelled_by_options_not_by_the_records_derived_from_them(digits_run, tmp_path):
+    a = _copy_run(digits_run, tmp_path / "a", augment="none", augmentation={"preset": "none"})
+    b = _copy_run(digits_run, tmp_path / "b", augment="strong", augmentation={"preset": "strong"})
+    labels = sorted(r["label"] for r in aggregate_runs([a, b]))
+    assert labels == ["augment=none", "augment=strong"]
+    # when only a derived record differs, it names the rows
+    c = _copy_run(digits_run, tmp_path / "c", augment="none", augmentation={"preset": "other"})
+    assert any("augmentation=" in r["label"] for r in aggregate_runs([a, c]))

@@ -812,11 +812,16 @@ def comparison_warnings(rows: Sequence[dict]) -> list[str]:
 
 
 def _label_rows(rows: list[dict]) -> None:
-    """Name each row by the settings that differ between rows (or dataset/model/head)."""
+    """Name each row by the settings that differ between rows (or dataset/model/head): the
+    options, and what the run derived from them (``augmentation``...) only when no option
+    differs, as the derived record would repeat the option at length."""
+    from .config import FIELDS
+
     keys = sorted({k for r in rows for k in r["config"]} - {"split"})
     varying = [
         k for k in keys if len({json.dumps(r["config"].get(k), default=str) for r in rows}) > 1
     ]
+    varying = [k for k in varying if k in FIELDS] or varying
     heads_vary = len({r["head"] for r in rows}) > 1
     for r in rows:
         parts = [f"{k}={_short(r['config'].get(k))}" for k in varying]
