@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 
 from . import plots
-from .config import RESULT_NEUTRAL_KEYS
+from .config import FIELDS, RESULT_NEUTRAL_KEYS
 from .data import absolute_paths
 from .errors import UnseenError
 from .metrics import mean_std
@@ -815,8 +815,6 @@ def _label_rows(rows: list[dict]) -> None:
     """Name each row by the settings that differ between rows (or dataset/model/head): the
     options, and what the run derived from them (``augmentation``...) only when no option
     differs, as the derived record would repeat the option at length."""
-    from .config import FIELDS
-
     keys = sorted({k for r in rows for k in r["config"]} - {"split"})
     varying = [
         k for k in keys if len({json.dumps(r["config"].get(k), default=str) for r in rows}) > 1
