@@ -575,8 +575,10 @@ def test_rare_protocol_table_shows_detection_auroc_when_classes_are_held_out_too
 
 def test_console_tells_a_zero_spread_and_a_partial_sweep_apart():
     # the same value in two runs shows its zero spread; a single run shows none
-    assert sweep._ms({"mean": 0.5, "std": 0.0, "n": 2}) == "0.500 ± 0.000"
-    assert sweep._ms({"mean": 0.5, "std": None, "n": 1}) == "0.500"
+    from unseen.console import mean_std_text
+
+    assert mean_std_text({"mean": 0.5, "std": 0.0, "n": 2}) == "0.500 ± 0.000"
+    assert mean_std_text({"mean": 0.5, "std": None, "n": 1}) == "0.500"
     records = [_rare_record("single", s, {}, auroc=0.8) for s in (0, 1)]
     summary = sweep.aggregate(records, "single")
     summary.update(runs_planned=4, runs_finished=2)

@@ -30,6 +30,20 @@ def fmt(value: object, digits: int = 3) -> str:
     return str(value)
 
 
+def mean_std_text(s: dict | None, digits: int = 3, runs: int | None = None) -> str:
+    """A :func:`unseen.metrics.mean_std` result as ``mean ± std`` (or just the mean, or ``-``),
+    and ``(n=N)`` when only N of the ``runs`` have a value (a precision where a run predicted
+    nothing as the class). The sweep's console tables and the comparison report use it."""
+    if not s or s.get("mean") is None:
+        return "-"
+    text = f"{s['mean']:.{digits}f}"
+    if s.get("std") is not None:
+        text += f" ± {s['std']:.{digits}f}"
+    if runs is not None and s.get("n", runs) < runs:
+        text += f" (n={s['n']})"
+    return text
+
+
 def _printable(text: str) -> str:
     return "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(text))
 

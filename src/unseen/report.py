@@ -38,6 +38,7 @@ import numpy as np
 
 from . import plots
 from .config import FIELDS, RESULT_NEUTRAL_KEYS
+from .console import mean_std_text
 from .data import absolute_paths
 from .errors import UnseenError
 from .metrics import mean_std
@@ -838,13 +839,6 @@ def _short(value: Any) -> str:
     return str(value)
 
 
-def _pm(stat: dict, digits: int = 3) -> str:
-    if stat.get("mean") is None:
-        return "-"
-    text = _fmt(stat["mean"], digits)
-    return text + (f" ± {_fmt(stat['std'], digits)}" if stat.get("std") is not None else "")
-
-
 def write_comparison(run_dirs: Iterable[str | Path], out_dir: str | Path) -> Path:
     """Write the comparison of several finished runs into ``out_dir``; return comparison.html.
 
@@ -915,7 +909,7 @@ def write_comparison(run_dirs: Iterable[str | Path], out_dir: str | Path) -> Pat
           "values are mean ± sample standard deviation over its runs.", "", "## Configurations", "",
           "| " + " | ".join(cfg_head) + " |", "|---|" + "---:|" * (len(cfg_head) - 1)]  # fmt: skip
     for r, links in cfg_rows:
-        stats = [_pm(r["metrics"][k]) for k, _ in RUN_METRICS]
+        stats = [mean_std_text(r["metrics"][k]) for k, _ in RUN_METRICS]
         seeds = ", ".join(map(str, r["seeds"]))
         link_html = (
             " ".join(f'<a href="{html.escape(u)}">{html.escape(t)}</a>' for t, u in links) or "-"
@@ -940,7 +934,7 @@ def write_comparison(run_dirs: Iterable[str | Path], out_dir: str | Path) -> Pat
            "|---|---|" + "---:|" * len(metric_cols)]  # fmt: skip
     for r in rows:
         for n, stats in r["scores"].items():
-            cells = [_pm(stats[k]) for k, _ in metric_cols]
+            cells = [mean_std_text(stats[k]) for k, _ in metric_cols]
             h.append(f"<tr><td>{html.escape(r['label'])}</td><td>{html.escape(n)}</td>"
                      + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")  # fmt: skip
             md.append(f"| {md_text(r['label'])} | {n} | " + " | ".join(cells) + " |")

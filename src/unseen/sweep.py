@@ -835,19 +835,6 @@ def aggregate(records: Sequence[dict], protocol: str = "") -> dict:
 _CONDITION_WORD = {"loo": "held-out class", "neal6": "split", "random": "split"}
 
 
-def _ms(s: dict | None, digits: int = 3, runs: int | None = None) -> str:
-    """``mean ± std`` (or just the mean, or ``-``), and ``(n=N)`` when only N of the
-    ``runs`` have a value (a precision where a run predicted nothing as the class)."""
-    if not s or s.get("mean") is None:
-        return "-"
-    text = f"{s['mean']:.{digits}f}"
-    if s.get("std") is not None:
-        text += f" ± {s['std']:.{digits}f}"
-    if runs is not None and s.get("n", runs) < runs:
-        text += f" (n={s['n']})"
-    return text
-
-
 def _variant_name(v: dict, many_heads: bool, many_balances: bool) -> str:
     parts = ([v["head"]] if many_heads else []) + ([v["balance"]] if many_balances else [])
     return " / ".join(parts)
@@ -855,7 +842,7 @@ def _variant_name(v: dict, many_heads: bool, many_balances: bool) -> str:
 
 def format_summary(summary: dict) -> str:
     """Console tables of :func:`aggregate`: overall per score, then per condition."""
-    from .console import table
+    from .console import mean_std_text, table
 
     variants = summary["variants"]
     if not variants:
@@ -888,7 +875,8 @@ def format_summary(summary: dict) -> str:
             lines.append(head + " (per fraction below)")
             continue
         lines.append(
-            head + f", closed-set accuracy {_ms(v['closed_set_accuracy'], runs=v['runs'])}"
+            head
+            + f", closed-set accuracy {mean_std_text(v['closed_set_accuracy'], runs=v['runs'])}"
         )
         # with seeds, the std over runs mixes seeds and conditions: add the one over conditions
         over = v.get("over_conditions")
@@ -900,9 +888,12 @@ def format_summary(summary: dict) -> str:
                 ["score"] + [label for _, label in TABLE_METRICS] + extra,
                 [
                     [n]
-                    + [_ms(v["scores"][n].get(k), runs=v["runs"]) for k, _ in TABLE_METRICS]
+                    + [
+                        mean_std_text(v["scores"][n].get(k), runs=v["runs"])
+                        for k, _ in TABLE_METRICS
+                    ]
                     + (
-                        [_ms(over["scores"][n].get("auroc"), runs=over["conditions"])]
+                        [mean_std_text(over["scores"][n].get("auroc"), runs=over["conditions"])]
                         if over
                         else []
                     )
@@ -930,14 +921,14 @@ def format_summary(summary: dict) -> str:
             k = c["runs"]
             if is_rare and "rare" in c:
                 (r,) = c["rare"].values()  # the protocol's one rare class
-                row += [_ms(r["train_images"], 0, k), _ms(r["recall"], runs=k)]
-                row += [_ms(r["precision"], runs=k)]
-                row += [_ms(r["auroc_vs_known"][n], runs=k) for n in names]
-                row += [_ms(c["auroc"][n], runs=k) for n in names] if detection else []
-                row += [_ms(c["closed_set_accuracy"], runs=k)]
+                row += [mean_std_text(r["train_images"], 0, k), mean_std_text(r["recall"], runs=k)]
+                row += [mean_std_text(r["precision"], runs=k)]
+                row += [mean_std_text(r["auroc_vs_known"][n], runs=k) for n in names]
+                row += [mean_std_text(c["auroc"][n], runs=k) for n in names] if detection else []
+                row += [mean_std_text(c["closed_set_accuracy"], runs=k)]
             else:
-                row += [_ms(c["closed_set_accuracy"], runs=k)]
-                row += [_ms(c["auroc"][n], runs=k) for n in names]
+                row += [mean_std_text(c["closed_set_accuracy"], runs=k)]
+                row += [mean_std_text(c["auroc"][n], runs=k) for n in names]
                 ab = c["absorbed_by"]
                 row.append(f"{ab['class']} ({ab['share']:.0%})" if ab else "-")
             rows.append((c, row))
