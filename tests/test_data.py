@@ -594,3 +594,24 @@ def test_folder_class_names_written_decomposed_are_the_same_class(tmp_path):
     grey.save(tmp_path / "0" / "train" / decomposed / "0.png")
     with pytest.raises(DataError, match="two class folders named 'Sac à main', written in two"):
         load_dataset(f"folder:{tmp_path / '0'}")
+
+
+def test_folder_class_only_in_test_joins_the_classes_without_training_images(tmp_path):
+    # a novel class met in deployment: test/ has it, train/ cannot
+    grey = Image.fromarray(np.zeros((4, 4), np.uint8))
+    for split, names in (("train", ("bee", "dog")), ("test", ("ant", "bee", "dog"))):
+        for cls in names:
+            (tmp_path / split / cls).mkdir(parents=True)
+            grey.save(tmp_path / split / cls / "0.png")
+    data = load_dataset(f"folder:{tmp_path}")
+    assert data.classes == ("ant", "bee", "dog")  # sorted over both splits, as ImageFolder
+    assert data.y_train.tolist() == [1, 2] and data.y_test.tolist() == [0, 1, 2]
+    assert data.untrained == (0,)
+
+
+def test_npz_classes_without_training_images_are_untrained(tmp_path):
+    # label 3 only in the test split, label 4 named by 'classes' but in neither
+    data = load_dataset(
+        f"npz:{_npz(tmp_path / 'd.npz', y_test=np.array([0, 1, 2, 3]), classes=np.array(list('abcde')))}"
+    )
+    assert data.untrained == (3, 4)

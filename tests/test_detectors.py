@@ -169,6 +169,42 @@ def test_vim_dimension_must_be_below_feature_dimension():
     assert det.ViM().fit(context(x, y, w, b)).dim_ == 3  # auto: half of 6
 
 
+def test_vim_subspace_stays_below_the_rank_of_the_training_features():
+    # 6 training images in 10 features: the centred features span 6 directions; a principal
+    # subspace of 5 (auto, half the features) used to... fit, then a subspace of all 6 left
+    # no residual and alpha ~1e12. Auto now takes half the rank; --vim-dim is capped below it.
+    x, y, xt, w, b = random_problem(7, n=6, d=10)
+    ctx = context(x, y, w, b)
+    auto = det.ViM().fit(ctx)
+    assert (auto.rank_, auto.dim_, auto.requested_dim_) == (6, 3, None)
+    asked = det.ViM(dim=8).fit(ctx)
+    assert (asked.dim_, asked.requested_dim_) == (5, 8)
+    assert asked.fit_summary()["requested_dim"] == 8 and "requested_dim" not in auto.fit_summary()
+    # the result is ViM with that dimension: alpha of the order of the logits, and the
+    # scores do not depend on the order of the training rows
+    same = det.ViM(dim=3).fit(ctx)
+    assert auto.alpha_ == pytest.approx(same.alpha_) and 0.01 < abs(auto.alpha_) < 100
+    order = np.random.default_rng(0).permutation(6)
+    shuffled = det.ViM().fit(context(x[order], y[order], w, b))
+    test = outputs(xt, w, b)
+    torch.testing.assert_close(shuffled.score(test), auto.score(test), rtol=1e-9, atol=1e-9)
+    # full-rank features keep the old rule: half the features
+    x, y, xt, w, b = random_problem(7, n=200, d=10)
+    assert det.ViM().fit(context(x, y, w, b)).dim_ == 5
+
+
+def test_run_summary_says_when_the_rank_lowered_vim_dim(digits_run):
+    from unseen.console import run_summary
+
+    metrics = json.loads((digits_run / "metrics.json").read_text())
+    fit = {"alpha": 2.0, "dim": 5, "rank": 6, "requested_dim": 8}
+    metrics["scores"]["vim"] = {**metrics["scores"]["msp"], "fit": fit}
+    note = "note: vim used a 5-dimensional principal subspace, not --vim-dim 8: the training features span only 6"
+    assert note in run_summary(metrics)
+    metrics["scores"]["vim"]["fit"] = {**fit, "dim": 8, "rank": 60}
+    assert "note: vim used" not in run_summary(metrics)
+
+
 @pytest.mark.parametrize("percentile", [90.0, 50.0])
 def test_react_matches_numpy(percentile):
     x, y, xt, w, b = random_problem(6)
@@ -348,6 +384,17 @@ def test_odin_matches_analytic_gradient_of_a_linear_model():
     # the perturbation raises the max softmax (it descends the loss) compared to eps = 0
     plain = det.odin_scores(model, torch.as_tensor(x).float(), t, 0.0).numpy()
     assert (got >= plain - 1e-7).all() and (got > plain).any()
+
+
+def test_odin_runs_the_head_in_fp32_under_bf16():
+    # as forward_pass does: at T = 1000, bf16 logits' rounding (3 significant digits) is as
+    # large as the perturbation's effect. Flatten and the normalisation do not round, so
+    # with the head in fp32 bf16 gives the fp32 scores exactly.
+    rng = np.random.default_rng(12)
+    model = linear_model(rng.normal(0, 3, (3, 6)), rng.normal(0, 1, 3))
+    x = torch.as_tensor(rng.uniform(0, 1, (20, 1, 1, 6))).float()
+    fp32 = det.odin_scores(model, x, 1000.0, 0.0014)
+    torch.testing.assert_close(det.odin_scores(model, x, 1000.0, 0.0014, precision="bf16"), fp32)
 
 
 def test_odin_progress_bar_on_a_terminal_only(capsys, request):

@@ -761,6 +761,38 @@ def test_bad_image_folders(tmp_path, capsys):
     assert code == 2 and "owl" in line and str(root / "test") in line
 
 
+def test_a_class_only_the_test_folder_has_is_held_out(tmp_path, capsys):
+    # deployment data: train/ lacks the novel class that test/ holds
+    from PIL import Image
+
+    root = tmp_path / "images"
+    for split, names in (("train", ("cat", "dog", "owl")), ("test", ("cat", "dog", "fox", "owl"))):
+        for c, cls in enumerate(names):
+            (root / split / cls).mkdir(parents=True)
+            for i in range(4):
+                Image.new("L", (8, 8), color=c * 60 + i).save(root / split / cls / f"{i}.png")
+    args = (
+        "run",
+        "--dataset",
+        f"folder:{root}",
+        "--epochs",
+        "1",
+        "--no-report",
+        "--val-fraction",
+        "0.25",
+    )
+    code, out, err = cli(capsys, *args, "--out", str(tmp_path / "r"))
+    assert code == 0, err
+    assert "known: cat, dog, owl | unseen: fox" in out
+    assert "note: class fox has no training images (only the test set holds any)" in out
+    metrics = json.loads((tmp_path / "r" / "metrics.json").read_text())
+    assert metrics["unseen_classes"] == ["fox"] and metrics["num_test_unseen"] == 4
+    code, out, _ = cli(capsys, *args, "--holdout", "owl", "--out", str(tmp_path / "r2"))
+    assert code == 0 and "known: cat, dog | unseen: fox, owl" in out
+    code, _, err = cli(capsys, *args, "--known", "cat,fox", "--out", str(tmp_path / "r3"))
+    assert code == 2 and "--known names 'fox', which has no training images" in one_line_error(err)
+
+
 @pytest.fixture(scope="module")
 def saved_checkpoint(tmp_path_factory) -> tuple[Path, dict]:
     """An unfinished run folder (config.json) and a real checkpoint of it, loaded."""

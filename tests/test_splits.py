@@ -54,6 +54,24 @@ def test_bad_splits_are_one_clear_error(kwargs, fragment):
         make_split(FASHION_CLASSES, **kwargs)
 
 
+def test_classes_without_training_images_are_always_held_out():
+    classes = ("ant", "bee", "cat", "dog", "fox")
+    untrained = (0, 4)  # only the test set has them
+    # by default they are the classes held out (not the last class besides them)
+    assert make_split(classes, untrained=untrained).unseen == (0, 4)
+    # --holdout adds to them; --known is the complement, so leaves them out anyway
+    assert make_split(classes, holdout=("cat",), untrained=untrained).unseen == (0, 2, 4)
+    assert make_split(classes, known=("bee", "cat"), untrained=untrained).unseen == (0, 3, 4)
+    # the rare-class default holds none out, except these
+    assert make_split(classes, rare=[(1, 0.1)], untrained=untrained).unseen == (0, 4)
+    with pytest.raises(ConfigError, match="--known names 'fox', which has no training images"):
+        make_split(classes, known=("bee", "fox"), untrained=untrained)
+    with pytest.raises(ConfigError, match="--rare class 'ant' has no training images"):
+        make_split(classes, rare=[(0, 0.5)], untrained=untrained)
+    with pytest.raises(ConfigError, match="only one known class"):
+        make_split(classes, holdout=("bee", "cat"), untrained=untrained)
+
+
 def test_a_one_class_dataset_is_named_as_such():
     with pytest.raises(ConfigError, match=r"the dataset has one class only \(cat\)"):
         make_split(("cat",))

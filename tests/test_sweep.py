@@ -95,6 +95,20 @@ def test_random_splits_are_distinct_seeded_and_prefix_stable():
         expand(TINY, DIGITS[:4], SweepOptions("random:3", splits=5))  # only 4 splits exist
 
 
+def test_protocols_choose_among_classes_with_training_images():
+    untrained = (3, 7)  # held out in every run, whatever the protocol
+    loo = expand(TINY, DIGITS, SweepOptions("loo"), untrained)
+    assert [r.config.holdout for r in loo] == [(c,) for c in "01245689"]
+    picks = [r.config.known for r in expand(TINY, DIGITS, SweepOptions("random:4"), untrained)]
+    assert len(set(picks)) == 5 and not {"3", "7"} & {c for k in picks for c in k}
+    # the 8 classes with images, drawn as random_splits draws from 8
+    assert picks[0] == tuple(str("01245689"[i]) for i in sweep.random_splits(8, 4, 1)[0])
+    with pytest.raises(ConfigError, match="10 classes, 8 with training images"):
+        expand(TINY, DIGITS, SweepOptions("neal6"), untrained)
+    with pytest.raises(ConfigError, match="2 to 7 known classes"):
+        expand(TINY, DIGITS, SweepOptions("random:8"), untrained)
+
+
 def test_rare_expands_fractions_and_balance_modes():
     runs = expand(TINY, DIGITS, SweepOptions("rare:3"))
     assert [r.config.rare for r in runs] == [

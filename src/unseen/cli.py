@@ -1,4 +1,4 @@
-"""Command line: ``unseen run | datasets | scores | report | sweep | predict``; a thin layer
+"""Command line: ``unseen run | rescore | datasets | scores | report | sweep | predict``; a thin layer
 over the library.
 
 Every ``unseen run`` flag is generated from a field of :class:`unseen.config.RunConfig`.
@@ -12,11 +12,17 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import fields
+from typing import TYPE_CHECKING
 
-from .config import RunConfig, flag_name, parse_value, resolve_config
+from .config import SCORE_OPTIONS, RunConfig, flag_name, parse_value, resolve_config
 from .errors import Interrupted, UnseenError
 
+if TYPE_CHECKING:
+    from .experiment import RunResult
+
 EXIT_USAGE = 2
+#: the default an option of ``unseen rescore`` shows: the rescored run's own value
+RUNS_VALUE = "the run's"
 
 
 def one_line(message: object) -> str:
@@ -48,11 +54,15 @@ def _value_parser(name: str) -> Callable[[str], object]:
     return parse
 
 
-def add_run_options(parser: argparse.ArgumentParser) -> None:
+def add_run_options(parser: argparse.ArgumentParser, only: Sequence[str] | None = None) -> None:
     """One flag per RunConfig field, grouped as in the dataclass (and a hidden ``--no-X`` for
-    each boolean, to undo a config file's ``X = true``), plus --config and --quiet."""
+    each boolean, to undo a config file's ``X = true``), plus --config and --quiet; with
+    ``only``, the flags of those fields, whose default is a run's value (``unseen rescore``),
+    and --quiet."""
     groups: dict[str, argparse._ArgumentGroup] = {}
     for f in fields(RunConfig):
+        if only is not None and f.name not in only:
+            continue
         meta = f.metadata
         group = groups.setdefault(
             meta["group"], parser.add_argument_group(f"{meta['group']} options")
@@ -63,7 +73,7 @@ def add_run_options(parser: argparse.ArgumentParser) -> None:
             if isinstance(default, tuple)
             else ("auto" if default is None else default)
         )
-        help_text = f"{meta['help']} [default: {shown}]"
+        help_text = f"{meta['help']} [default: {shown if only is None else RUNS_VALUE}]"
         if isinstance(default, bool):
             group.add_argument(
                 flag_name(f.name),
@@ -89,13 +99,14 @@ def add_run_options(parser: argparse.ArgumentParser) -> None:
                 metavar=metavar,
                 help=help_text,
             )
-    parser.add_argument(
-        "--config",
-        type=nonempty_path,
-        metavar="FILE",
-        default=None,
-        help="TOML file with the same option names; flags override it",
-    )
+    if only is None:
+        parser.add_argument(
+            "--config",
+            type=nonempty_path,
+            metavar="FILE",
+            default=None,
+            help="TOML file with the same option names; flags override it",
+        )
     parser.add_argument(
         "--quiet", action="store_true", help="no progress bar or log lines, only the final table"
     )
@@ -116,21 +127,57 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from .console import heads_summary, progress_line, run_summary, timing_line
+    from .console import progress_line
     from .experiment import run_experiment
 
     cfg = config_from_args(args)
     result = run_experiment(cfg, progress=not args.quiet, log=None if args.quiet else progress_line)
-    heads = result.metrics["heads"] if "heads" in result.metrics else {cfg.head[0]: result.metrics}
-    for head, metrics in heads.items():
+    print_result(result)
+    return 0
+
+
+def print_result(result: RunResult, timing: bool = True) -> None:
+    """A run's summary: per head, its metrics and score table (heads side by side for
+    several), then the time line and the run folder."""
+    from .console import heads_summary, run_summary, timing_line
+
+    metrics = result.metrics
+    heads = metrics["heads"] if "heads" in metrics else {result.config.head[0]: metrics}
+    for head, m in heads.items():
         if len(heads) > 1:
             print(f"\n== head: {head}")
-        print(run_summary(metrics, with_scores=len(heads) == 1))
+        print(run_summary(m, with_scores=len(heads) == 1))
     if len(heads) > 1:  # one table, heads side by side
         print("\n" + heads_summary(heads))
-    if result.seconds:
+    if timing and result.seconds:
         print("\n" + timing_line(result.seconds))
     print(f"\nrun folder: {result.run_dir}")
+
+
+def cmd_rescore(args: argparse.Namespace) -> int:
+    from .console import progress_line
+    from .rescore import rescore_run
+
+    changes = {k: getattr(args, k) for k in SCORE_OPTIONS if hasattr(args, k)}
+    for i, run_dir in enumerate(args.runs):
+        if i:
+            print()
+        try:
+            result = rescore_run(
+                run_dir,
+                changes,
+                device=args.device,
+                data_root=args.data_root,
+                report=not args.no_report,
+                progress=not args.quiet,
+                log=None if args.quiet else progress_line,
+            )
+        except UnseenError as exc:  # name the run when there are several
+            if len(args.runs) > 1 and run_dir not in str(exc):
+                raise type(exc)(f"{run_dir}: {exc}") from None
+            raise
+        print_result(result, timing=False)
+        print(f"rescored in {result.seconds['total']:.1f} s")
     return 0
 
 
@@ -177,6 +224,44 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_run_options(run)
     run.set_defaults(func=cmd_run)
+
+    rs = sub.add_parser(
+        "rescore",
+        help="fit and apply a finished run's scores again with other score options, "
+        "without training",
+        description="Rebuild each run's trained network from its model.pt, make its forward "
+        "pass again over the same images (checked), fit the scores asked for on known-class "
+        "data only and rewrite scores.npz, detectors.pt, metrics.json, config.json and the "
+        "report. Only score options change; the network and its training record stay. "
+        "Options not given keep the run's values.",
+    )
+    rs.add_argument(
+        "runs",
+        nargs="+",
+        type=nonempty_path,
+        metavar="RUN",
+        help="finished run folder(s), e.g. a sweep's runs: SWEEP/runs/*",
+    )
+    add_run_options(rs, only=SCORE_OPTIONS)
+    rs.add_argument(
+        "--device",
+        type=_value_parser("device"),
+        default="auto",
+        metavar="{auto,cpu,cuda}",
+        help="where to run the network (any machine can rescore a run; its precision is kept) "
+        "[default: auto]",
+    )
+    rs.add_argument(
+        "--data-root",
+        type=nonempty_path,
+        default=None,
+        metavar="DIR",
+        help="where the run's data is now, if it moved [default: where the run found it]",
+    )
+    rs.add_argument(
+        "--no-report", action="store_true", help="leave the run's report.html/report.md as they are"
+    )
+    rs.set_defaults(func=cmd_rescore)
 
     ds = sub.add_parser(
         "datasets", help="list the data sources, where each was found or how to get it"

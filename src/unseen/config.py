@@ -199,7 +199,8 @@ class RunConfig:
     holdout: tuple[str, ...] | None = opt(
         None,
         "classes held out of training, by index or name, comma-separated (e.g. 9 or 'Ankle boot'; "
-        "default: the last class, 9 for digits)",
+        "default: the last class, 9 for digits); classes without training images (only the "
+        "test set holds any) are held out besides, and by default instead",
         parse=parse_classes,
         accepts="one or more class indices or names, comma-separated, or 'auto'",
         metavar="CLASSES",
@@ -661,6 +662,14 @@ FIELDS: dict[str, dataclasses.Field] = {f.name: f for f in fields(RunConfig)}
 RESULT_NEUTRAL_KEYS = (
     "out", "report", "resume", "overwrite", "data_root", "download", "cuda_graphs",
     "cudnn_benchmark", "checkpoint_every",
+)  # fmt: skip
+
+
+#: options that only say how scores are fitted and thresholded after training: ``unseen
+#: rescore`` changes them on a finished run without training it again
+SCORE_OPTIONS = (
+    "scores", "known_acceptance", "doc_alpha", "knn_k", "knn_bank", "vim_dim",
+    "react_percentile", "openmax_tail", "openmax_alpha", "odin_temperature", "odin_epsilon",
 )  # fmt: skip
 
 

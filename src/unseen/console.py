@@ -123,7 +123,15 @@ def run_summary(metrics: dict, with_scores: bool = True) -> str:
         lines += ["", score_table(metrics["scores"], sort_by="auroc")]
         if metrics.get("logits", "softmax logits") != "softmax logits":  # one-vs-rest (issue 3)
             lines.append(_logits_note(metrics))
-        alpha = metrics["scores"].get("vim", {}).get("fit", {}).get("alpha")
+        vim_fit = metrics["scores"].get("vim", {}).get("fit", {})
+        asked, used = vim_fit.get("requested_dim"), vim_fit.get("dim")
+        if isinstance(asked, int) and isinstance(used, int) and used < asked:
+            lines.append(
+                f"note: vim used a {used}-dimensional principal subspace, not --vim-dim {asked}: "
+                f"the training features span only {vim_fit.get('rank')} directions, and a "
+                "subspace of them all leaves the training images no residual"
+            )
+        alpha = vim_fit.get("alpha")
         if isinstance(alpha, (int, float)) and alpha <= 0:
             lines.append(
                 f"note: vim's alpha is {alpha:.3g} (the mean largest training logit is not "

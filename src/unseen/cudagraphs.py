@@ -133,6 +133,9 @@ class GraphedStep:
             )
         self.params = [q for g in self.groups for q in g.params]
         self.eager_steps = 0
+        # the warm-up steps' stream: one for them all, so that they reuse each other's memory
+        # (the allocator keeps freed blocks per stream)
+        self.side_stream: torch.cuda.Stream | None = None
         self.graph: torch.cuda.CUDAGraph | None = None
         self._static: tuple[torch.Tensor, ...] = ()
 
@@ -178,7 +181,9 @@ class GraphedStep:
     def _warmup_step(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """An eager step on a side stream, as PyTorch's CUDA graph recipe asks before capture."""
         main = torch.cuda.current_stream(self.device)
-        side = torch.cuda.Stream(self.device)
+        if self.side_stream is None:
+            self.side_stream = torch.cuda.Stream(self.device)
+        side = self.side_stream
         side.wait_stream(main)
         with torch.cuda.stream(side):
             loss, logits = self._step(x, y)

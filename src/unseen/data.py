@@ -57,6 +57,13 @@ class ImageData:
     def image_size(self) -> tuple[int, int]:
         return int(self.x_train.shape[2]), int(self.x_train.shape[3])
 
+    @property
+    def untrained(self) -> tuple[int, ...]:
+        """The classes without a training image (a class only the test set has): no run can
+        train on them, so every run holds them out (:func:`unseen.splits.make_split`)."""
+        present = set(self.y_train.unique().tolist())
+        return tuple(i for i in range(len(self.classes)) if i not in present)
+
 
 @dataclass(frozen=True)
 class Source:
@@ -542,12 +549,14 @@ def _folder_source(path: str) -> tuple[Callable, Callable]:
                     f"class folder(s) {', '.join(empty)} in {root / split} hold no images."
                 )
             splits[split] = names, samples
-        classes = tuple(splits["train"][0])  # the folder names as written (runs record them)
-        # test/ may write a name in the other Unicode form (copied from a Mac): the same class
+        # the folder names as written (runs record them); test/ may write a name in the other
+        # Unicode form (copied from a Mac): the same class. A class only test/ has (a novel
+        # class met in deployment) joins the list: it has no training images, so every run
+        # holds it out (ImageData.untrained).
+        trained = {unicodedata.normalize("NFC", c) for c in splits["train"][0]}
+        extra = [c for c in splits["test"][0] if unicodedata.normalize("NFC", c) not in trained]
+        classes = tuple(sorted(splits["train"][0] + extra))
         index = {unicodedata.normalize("NFC", c): i for i, c in enumerate(classes)}
-        extra = [c for c in splits["test"][0] if unicodedata.normalize("NFC", c) not in index]
-        if extra:
-            raise DataError(f"{root / 'test'} has classes missing from train/: {', '.join(extra)}.")
         x = _load_image_files({split: [p for p, _ in s] for split, (_, s) in splits.items()})
         y = {
             split: np.array(

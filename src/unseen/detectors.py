@@ -285,9 +285,11 @@ def check_vim_dim(dim: int, feature_dim: int) -> None:
         )
 
 
-def auto_vim_dim(feature_dim: int) -> int:
-    """Principal-subspace size when ``--vim-dim`` is auto: half the features, at most 1000."""
-    return max(1, min(1000, feature_dim // 2))
+def auto_vim_dim(feature_dim: int, rank: int | None = None) -> int:
+    """Principal-subspace size when ``--vim-dim`` is auto: half the features, at most 1000 --
+    and at most half the ``rank`` of the centred training features when they span fewer
+    directions (fewer training images than features, or dead units)."""
+    return max(1, min(1000, feature_dim // 2, feature_dim if rank is None else rank // 2))
 
 
 @register
@@ -322,11 +324,19 @@ class ViM(Score):
         w, b = (t.double() for t in _head(self, context))
         x = train.features.double().to(w.device)
         n_feat = x.shape[1]
-        dim = auto_vim_dim(n_feat) if self.dim is None else self.dim
-        check_vim_dim(dim, n_feat)
+        if self.dim is not None:
+            check_vim_dim(self.dim, n_feat)
         self.origin_ = -(torch.linalg.pinv(w) @ b)
         centred = x - self.origin_
         evals, evecs = torch.linalg.eigh(centred.T @ centred / len(x))  # ascending
+        # the directions the training features span (matrix_rank's default tolerance): a
+        # principal subspace of them all would leave the training images no residual, and
+        # alpha (divided by its mean) would blow up to ~1e12 and drown the energy term
+        tol = evals[-1].clamp_min(0) * n_feat * torch.finfo(evals.dtype).eps
+        self.rank_ = int((evals > tol).sum())
+        dim = auto_vim_dim(n_feat, self.rank_) if self.dim is None else self.dim
+        dim = max(1, min(dim, self.rank_ - 1))
+        self.requested_dim_ = self.dim  # None (auto), or --vim-dim, which the rank may lower
         self.residual_basis_ = evecs[:, : n_feat - dim].contiguous()
         train_logits = train.logits.double().to(w.device)
         residual = (centred @ self.residual_basis_).norm(dim=1)
@@ -358,12 +368,13 @@ def percentile(x: torch.Tensor, q: float) -> float:
 
 
 def sorted_percentile(v: torch.Tensor, q: float) -> float:
-    """``numpy.percentile``'s linear interpolation on an already sorted 1-d tensor."""
-    v = v.double()
+    """``numpy.percentile``'s linear interpolation on an already sorted 1-d tensor (only the
+    two entries it reads are converted: the tensor may hold hundreds of millions)."""
     pos = q / 100 * (len(v) - 1)
     lo = int(math.floor(pos))
     hi = min(lo + 1, len(v) - 1)
-    return float(v[lo] + (pos - lo) * (v[hi] - v[lo]))
+    a, b = float(v[lo]), float(v[hi])
+    return a + (pos - lo) * (b - a)
 
 
 @register
@@ -635,6 +646,21 @@ class OpenMax(Score):
 # ----------------------------------------------------------------------------- ODIN
 
 
+def _fp32_head_logits(
+    model: torch.nn.Module, x: torch.Tensor, device: torch.device, precision: str
+) -> torch.Tensor:
+    """Logits as :func:`unseen.evaluate.forward_pass` makes them: the features under
+    ``precision``'s autocast, the head (``forward_head``) in fp32 -- at T = 1000, bf16 logits'
+    rounding would be as large as the perturbation's effect. A model without
+    ``forward_features``/``forward_head`` runs whole under autocast."""
+    if not (hasattr(model, "forward_features") and hasattr(model, "forward_head")):
+        with autocast(device, precision):
+            return model(x).float()
+    with autocast(device, precision):
+        features = model.forward_features(x).float()
+    return model.forward_head(features).float()
+
+
 def odin_scores(
     model: torch.nn.Module,
     images: torch.Tensor,
@@ -662,12 +688,14 @@ def odin_scores(
         for start in range(0, len(images), batch_size):
             xb = images[start : start + batch_size].to(device)
             x = (xb.float() / 255 if xb.dtype == torch.uint8 else xb.float()).requires_grad_(True)
-            with torch.enable_grad(), autocast(device, precision):
-                logits = model(x).float()
+            with torch.enable_grad():
+                logits = _fp32_head_logits(model, x, device, precision)
                 loss = F.cross_entropy(logits / temperature, logits.argmax(1), reduction="sum")
             (grad,) = torch.autograd.grad(loss, x)
-            with torch.no_grad(), autocast(device, precision):
-                z = model((x - epsilon * grad.sign()).detach()).float()
+            with torch.no_grad():
+                z = _fp32_head_logits(
+                    model, (x - epsilon * grad.sign()).detach(), device, precision
+                )
             out.append((z.double() / temperature).softmax(dim=1).amax(dim=1))
             bar.update(len(xb))
     finally:

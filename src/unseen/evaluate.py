@@ -35,11 +35,14 @@ def forward_pass(
         )
     was_training = model.training
     model.eval()
+    to_gpu = images.device.type == "cpu" and torch.device(device).type == "cuda"
     logits, feats = [], []
     bar = image_bar(desc, len(images))
     try:
         for start in range(0, len(images), batch_size):
-            xb = images[start : start + batch_size].to(device, non_blocking=True)
+            # non-blocking only from the CPU to a GPU: a copy back to the CPU could still be
+            # running when the next line reads it
+            xb = images[start : start + batch_size].to(device, non_blocking=to_gpu)
             xb = xb.float().div_(255).contiguous(memory_format=torch.channels_last)
             with autocast(device, precision):
                 f = model.forward_features(xb).float()

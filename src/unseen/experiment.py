@@ -38,7 +38,13 @@ from .data import ImageData, absolute_paths, load_dataset
 from .detectors import check_vim_dim
 from .errors import ConfigError
 from .evaluate import check_finite, forward_pass
-from .hardware import configure_threads, describe_device, resolve_device, resolve_precision
+from .hardware import (
+    configure_threads,
+    describe_device,
+    resolve_device,
+    resolve_precision,
+    sync,
+)
 from .heads import HEADS
 from .metrics import confidence_summary, open_set_metrics, predicted_as, score_metrics
 from .models import HAS_STEMS, Classifier, fold_batch_norm
@@ -127,6 +133,13 @@ class Prepared:
         input normalisation, computed once for every head."""
         return channel_stats(self.split_data.x_train)
 
+    @functools.cached_property
+    def data_fingerprint(self) -> dict:
+        """The training and validation images' fingerprint, which ``--resume`` and
+        ``unseen rescore`` check the data against (:func:`unseen.checkpoint.data_fingerprint`)."""
+        sd = self.split_data
+        return data_fingerprint(sd.x_train, sd.y_train, sd.x_val, sd.y_val)
+
 
 def half_if_it_fits(x: np.ndarray) -> np.ndarray:
     """``x`` as float16 (half the file) when every value fits its range, else float32."""
@@ -152,7 +165,7 @@ def prepare(cfg: RunConfig) -> Prepared:
     rare = resolve_rare(cfg.rare, data.classes)
     holdout, known = resolve_auto(data.classes, cfg.holdout, cfg.known)  # config.json: resolved
     cfg = cfg.replace(holdout=holdout, known=known)
-    split = make_split(data.classes, cfg.holdout, cfg.known, rare=rare)
+    split = make_split(data.classes, cfg.holdout, cfg.known, rare=rare, untrained=data.untrained)
     sd = split_data(
         data,
         split,
@@ -281,6 +294,7 @@ def fit_scores(
     for name, s in scores.items():
         start = time.perf_counter()
         fitted[name] = s.fit(ctx)
+        sync(p.device)  # a GPU fit's kernels count for this score, not the next
         s._seconds = time.perf_counter() - start  # fit + scoring time, for metrics.json
     return fitted
 
@@ -301,6 +315,7 @@ def apply_score(
         values = s.score_images(model, images, p.device, p.precision, desc=desc)
     else:
         values = s.score(outputs)
+    sync(p.device)
     s._seconds = getattr(s, "_seconds", 0.0) + time.perf_counter() - start
     return values.double().cpu().numpy()  # float64: see scores.max_softmax
 
@@ -423,6 +438,31 @@ def run_head(
                 x_val=sd.x_val, y_val=sd.y_val, progress=progress, checkpoint=checkpoint,
             )  # fmt: skip
 
+    scored = score_head(p, head, model, progress)
+    metrics = finish_metrics(p, head, scored, training_metrics(trained), describe_device(p.device))
+    write_run_files(run_dir, p, scored, checkpoint_payload(p, head, model), history=trained.history)
+    return metrics
+
+
+@dataclass
+class Scored:
+    """One head's network scored: the forward passes, every fitted score, their values and
+    the metrics so far (:func:`score_head`); a run and ``unseen rescore`` both write it."""
+
+    test: Outputs
+    val: Outputs
+    fitted: dict[str, Score]
+    test_scores: dict[str, np.ndarray]
+    val_scores: dict[str, np.ndarray]
+    metrics: dict
+    #: the forward passes, fitting and scoring (metrics.json's eval_seconds)
+    seconds: float
+
+
+def score_head(p: Prepared, head: str, model: Classifier, progress: bool = True) -> Scored:
+    """One forward pass over the test and validation images, every score fitted (on
+    known-class data only) and applied, and the metrics of them all."""
+    cfg, sd = p.config, p.split_data
     start = time.perf_counter()
     infer = fold_batch_norm(model)  # evaluation only; model.pt holds the trained network
     test = forward_pass(infer, sd.x_test, p.device, p.precision, labels=sd.y_test,
@@ -444,7 +484,7 @@ def run_head(
         n: apply_score(s, val, infer, sd.x_val, p, bar(n, "validation images"))
         for n, s in fitted.items()
     }
-    eval_seconds = time.perf_counter() - start
+    seconds = time.perf_counter() - start
 
     thresholds = {n: s.decision_threshold() for n, s in fitted.items()}
     metrics = build_metrics(p, test, test_scores, val_scores, head, thresholds)
@@ -461,19 +501,43 @@ def run_head(
             sd.y_test_original.numpy(), HEADS[head].predict(test.logits).cpu().numpy(), test_scores,
         )  # fmt: skip
     metrics.update(pretrained_metrics(p, head))
-    metrics.update(
+    return Scored(test, val, fitted, test_scores, val_scores, metrics, seconds)
+
+
+#: metrics.json's entries about training (:func:`training_metrics`), which a rescore keeps
+TRAINING_METRICS = (
+    "train_seconds",
+    "train_images_per_second",
+    "validation_seconds",
+    "checkpoint_seconds",
+    "resumed_train_seconds",
+    "cuda_graphs",
+)
+
+
+def training_metrics(trained: TrainResult) -> dict:
+    return {
+        "train_seconds": trained.seconds,
+        "train_images_per_second": trained.images_per_second,
+        "validation_seconds": trained.validation_seconds,
+        "checkpoint_seconds": trained.checkpoint_seconds,
+        "resumed_train_seconds": trained.resumed_seconds,
+        "cuda_graphs": trained.cuda_graphs,
+    }
+
+
+def finish_metrics(p: Prepared, head: str, scored: Scored, training: dict, device: str) -> dict:
+    """``scored``'s metrics with the run's description, ``training``'s entries
+    (:data:`TRAINING_METRICS`) and the device it trained on: metrics.json of one head."""
+    cfg, val = p.config, scored.val
+    scored.metrics.update(
         head=head,
         model=cfg.model,
         dataset=cfg.dataset,
         epochs=cfg.epochs,
-        train_seconds=trained.seconds,
-        train_images_per_second=trained.images_per_second,
-        validation_seconds=trained.validation_seconds,
-        checkpoint_seconds=trained.checkpoint_seconds,
-        resumed_train_seconds=trained.resumed_seconds,
-        cuda_graphs=trained.cuda_graphs,
-        eval_seconds=eval_seconds,
-        device=describe_device(p.device),
+        **training,
+        eval_seconds=scored.seconds,
+        device=device,
         precision=p.precision,
         # K-way accuracy of the final model (for ovr-separate the history holds per-network
         # binary accuracies instead)
@@ -483,10 +547,7 @@ def run_head(
             else None
         ),
     )
-    write_run_files(
-        run_dir, p, head, model, trained, test, test_scores, val_scores, fitted, metrics
-    )
-    return metrics
+    return scored.metrics
 
 
 def weights_record(p: Prepared, heads: Sequence[str]) -> dict | None:
@@ -528,10 +589,17 @@ def pretrained_metrics(p: Prepared, head: str) -> dict:
 
 
 def write_run_files(
-    run_dir, p, head, model, trained, test, test_scores, val_scores, fitted, metrics
+    run_dir: Path,
+    p: Prepared,
+    scored: Scored,
+    model_payload: dict,
+    history: list[dict] | None = None,
 ) -> None:
-    sd = p.split_data
-    write_csv(run_dir / "history.csv", trained.history)
+    """One head's run files: scores.npz, model.pt (``model_payload``), detectors.pt,
+    metrics.json (``scored.metrics``) and, given the training ``history``, history.csv."""
+    sd, test = p.split_data, scored.test
+    if history is not None:
+        write_csv(run_dir / "history.csv", history)
     arrays = {
         "label": sd.y_test_original.numpy(),
         "label_known": sd.y_test.numpy(),
@@ -542,12 +610,13 @@ def write_run_files(
         "logits": test.logits.float().cpu().numpy(),
         "features": half_if_it_fits(test.features.cpu().numpy()),
     }
-    arrays.update({f"score_{n}": v for n, v in test_scores.items()})
-    arrays.update({f"val_score_{n}": v for n, v in val_scores.items()})
+    arrays.update({f"score_{n}": v for n, v in scored.test_scores.items()})
+    arrays.update({f"val_score_{n}": v for n, v in scored.val_scores.items()})
     write_npz(run_dir / "scores.npz", **arrays)
-    save_torch(run_dir / "model.pt", checkpoint_payload(p, head, model))
-    save_torch(run_dir / "detectors.pt", {n: to_cpu(s.fitted_state()) for n, s in fitted.items()})
-    write_json(run_dir / "metrics.json", metrics)
+    save_torch(run_dir / "model.pt", model_payload)
+    fitted = {n: to_cpu(s.fitted_state()) for n, s in scored.fitted.items()}
+    save_torch(run_dir / "detectors.pt", fitted)
+    write_json(run_dir / "metrics.json", scored.metrics)
 
 
 def checkpoint_payload(p: Prepared, head: str, model: Classifier) -> dict:
@@ -565,6 +634,8 @@ def checkpoint_payload(p: Prepared, head: str, model: Classifier) -> dict:
         "input_size": p.config.input_size,
         "num_classes": p.split.num_known,
         "split": p.split.to_dict(),
+        # the training and validation images, which `unseen rescore` checks
+        "data": p.data_fingerprint,
         # what the starting weights were trained on, for the leakage check of later runs
         "lineage": lineage(p.pretrained) if p.pretrained is not None else [],
     }
@@ -655,6 +726,13 @@ def _run_experiment(cfg: RunConfig, progress: bool, log: Callable[[str], None] |
                 say(f"head {head}: {line}" if len(cfg.head) > 1 else line)
         if warning := leakage_warning(p.pretrained, cfg.dataset, p.split.unseen_names):
             say(f"warning: {warning}")
+    if untrained := [p.data.classes[c] for c in p.data.untrained]:
+        one = len(untrained) == 1
+        say(
+            f"note: {'class' if one else 'classes'} {', '.join(untrained)} "
+            f"{'has' if one else 'have'} no training images (only the test set holds any), so "
+            f"{'it is' if one else 'they are'} held out"
+        )
     if not p.split.unseen_names and not p.rare:
         say(
             "note: every class is known, so no test image is unseen: the open-set metrics are empty"
@@ -682,7 +760,6 @@ def _run_experiment(cfg: RunConfig, progress: bool, log: Callable[[str], None] |
     write_json(run_dir / "config.json", record)
     per_head = {}
     earlier: list[str] = []  # heads a process before a --resume finished
-    data = data_fingerprint(sd.x_train, sd.y_train, sd.x_val, sd.y_val)
     checkpoints: list[Checkpointing] = []
     for head in cfg.head:
         head_dir = run_dir if len(cfg.head) == 1 else run_dir / head
@@ -696,7 +773,7 @@ def _run_experiment(cfg: RunConfig, progress: bool, log: Callable[[str], None] |
             resume=cfg.resume,
             resume_hint=f"unseen run --resume --out {run_dir}",
             every=cfg.checkpoint_every,
-            data=data,
+            data=p.data_fingerprint,
         )
         checkpoints.append(checkpoint)
         if len(cfg.head) > 1 and cfg.resume and is_finished(head_dir):

@@ -55,6 +55,13 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     return "bf16" if device.type == "cpu" and cpu_has_amx() else "fp32"
 
 
+def sync(device: torch.device) -> None:
+    """Wait for ``device``'s queued work (a GPU's kernels run asynchronously), so that a
+    clock read afterwards times it; nothing to wait for on a CPU."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def autocast(device: torch.device, precision: str, cache: bool = True):
     """bf16 autocast context for the forward pass, or a no-op for fp32.
 

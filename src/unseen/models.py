@@ -9,6 +9,7 @@ penultimate features ``N x D``; ``forward_head`` maps them to logits ``N x K``.
 from __future__ import annotations
 
 import copy
+import warnings
 from collections.abc import Callable
 
 import torch
@@ -92,7 +93,11 @@ def fold_batch_norm(model: nn.Module) -> nn.Module:
     ``benchmarks/bench_train.py``). For inference only: the copy has no batch norm left to
     train, and ``model`` is not changed.
     """
-    from torch.fx.experimental.optimization import fuse
+    with warnings.catch_warnings():
+        # on torch 2.11 this import builds torch.utils.mkldnn's TorchScript classes, and each
+        # of their 14 script methods warns that TorchScript is deprecated (not our use of it)
+        warnings.filterwarnings("ignore", ".*torch.jit.script_method", DeprecationWarning)
+        from torch.fx.experimental.optimization import fuse
 
     folded = copy.deepcopy(model).eval()
     for m in [m for m in folded.modules() if isinstance(m, Classifier)]:

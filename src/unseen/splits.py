@@ -146,6 +146,7 @@ def make_split(
     holdout: tuple[str, ...] | None = None,
     known: tuple[str, ...] | None = None,
     rare: Sequence[tuple[int, float]] = (),
+    untrained: Sequence[int] = (),
 ) -> Split:
     """Known/unseen split from ``holdout`` or its complement ``known`` (not both).
 
@@ -153,6 +154,10 @@ def make_split(
     ``rare`` classes are given (``(original index, fraction)``, see :mod:`unseen.rare`): then
     no class is held out. A rare class at fraction 0 is never trained on and becomes unseen;
     one at a fraction above 0 must be known.
+
+    ``untrained`` classes (no training images: :attr:`unseen.data.ImageData.untrained`) are
+    held out always, besides ``holdout``; with neither ``holdout`` nor ``known`` they are the
+    classes held out (the last class is not). ``known`` must not name one.
     """
     holdout, known = resolve_auto(classes, holdout, known)
     if holdout is not None and known is not None:
@@ -165,13 +170,24 @@ def make_split(
         )
     if known is not None:
         known_idx = resolve_classes(known, classes, "--known")
+        if named := [classes[i] for i in known_idx if i in untrained]:
+            has = "has" if len(named) == 1 else "have"
+            raise ConfigError(
+                f"--known names {', '.join(map(repr, named))}, which {has} no training images "
+                "(only the test set holds any) and so can only be held out."
+            )
     else:
-        default = [] if rare else [n - 1]
+        default = list(untrained) or ([] if rare else [n - 1])
         held = resolve_classes(holdout, classes, "--holdout") if holdout is not None else default
-        known_idx = [i for i in range(n) if i not in held]
+        known_idx = [i for i in range(n) if i not in held and i not in untrained]
     for cls, frac in rare:
         if frac == 0.0:
             known_idx = [i for i in known_idx if i != cls]
+        elif cls in untrained:
+            raise ConfigError(
+                f"--rare class {classes[cls]!r} has no training images (only the test set "
+                "holds any); it can only be held out."
+            )
         elif cls not in known_idx:
             raise ConfigError(
                 f"--rare class {classes[cls]!r} is held out; a rare class with a fraction above 0 "

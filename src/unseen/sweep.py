@@ -244,15 +244,21 @@ def _split_name(i: int, known: Sequence[int]) -> str:
     return f"{i}: known {','.join(str(c) for c in known)}"
 
 
-def expand(base: RunConfig, classes: Sequence[str], opts: SweepOptions) -> list[PlannedRun]:
+def expand(
+    base: RunConfig, classes: Sequence[str], opts: SweepOptions, untrained: Sequence[int] = ()
+) -> list[PlannedRun]:
     """The runs of a protocol, without folders: one per condition x balance mode x seed.
 
-    ``base`` holds the run options; ``classes`` the dataset's class names.
+    ``base`` holds the run options; ``classes`` the dataset's class names. ``untrained``
+    classes (no training images) are held out in every run, so the protocols choose among
+    the others: ``loo`` holds out each other class in turn, ``random:K`` draws K known
+    classes from them, and ``neal6`` (fixed splits of ten classes) is refused.
     """
     from .rare import format_fraction, resolve_rare
 
     kind, arg = parse_protocol(opts.protocol)
-    n = len(classes)
+    trained = [i for i in range(len(classes)) if i not in untrained]
+    n = len(trained)
     check_options(opts)
     if opts.seeds > MAX_SEED - base.seed + 1:
         raise ConfigError(
@@ -278,12 +284,16 @@ def expand(base: RunConfig, classes: Sequence[str], opts: SweepOptions) -> list[
     if kind == "loo":
         if n < 3:
             raise ConfigError("--protocol loo needs at least three classes.")
-        conditions = [(f"loo-{slug(c)}", c, {"holdout": (c,)}) for c in classes]
+        conditions = [
+            (f"loo-{slug(classes[c])}", classes[c], {"holdout": (classes[c],)}) for c in trained
+        ]
     elif kind == "neal6":
-        if n != 10:
+        if len(classes) != 10 or untrained:
+            with_images = f", {n} with training images" if untrained else ""
             raise ConfigError(
-                f"--protocol neal6 is defined for ten-class datasets; {base.dataset} has {n} "
-                "classes (use random:K instead)."
+                f"--protocol neal6 is defined for ten-class datasets whose every class has "
+                f"training images; {base.dataset} has {len(classes)} classes{with_images} "
+                "(use random:K instead)."
             )
         conditions = [
             (f"neal6-split{i}", _split_name(i, known), {"known": tuple(classes[c] for c in known)})
@@ -296,7 +306,7 @@ def expand(base: RunConfig, classes: Sequence[str], opts: SweepOptions) -> list[
             raise ConfigError(f"--protocol random:K needs a number K, not {arg!r}.") from None
         count = opts.splits or DEFAULT_SPLITS
         _check_total(count, len(balances), opts.seeds)  # before drawing the splits
-        picks = random_splits(n, k, count)
+        picks = [tuple(trained[c] for c in pick) for pick in random_splits(n, k, count)]
         conditions = [
             (
                 f"random{k}-split{i}",
@@ -335,7 +345,11 @@ def expand(base: RunConfig, classes: Sequence[str], opts: SweepOptions) -> list[
 
 
 def plan(
-    base: RunConfig, classes: Sequence[str], opts: SweepOptions, out_dir: str | Path
+    base: RunConfig,
+    classes: Sequence[str],
+    opts: SweepOptions,
+    out_dir: str | Path,
+    untrained: Sequence[int] = (),
 ) -> list[PlannedRun]:
     """:func:`expand`, then give every run its folder ``out_dir/runs/<label>-<hash8>`` and check it.
 
@@ -354,7 +368,7 @@ def plan(
     planned = []
     checked: set[tuple] = set()
     folders: set[Path] = set()
-    for run in expand(base, classes, opts):
+    for run in expand(base, classes, opts, untrained):
         folder = Path(out_dir) / "runs" / f"{run.label}-{run.hash[:8]}"
         if folder in folders:  # two runs would write one folder (and the summary count it twice)
             raise ConfigError(f"--protocol {opts.protocol} plans the run {folder.name} twice.")
@@ -366,7 +380,7 @@ def plan(
         if key not in checked:  # runs differing only in seed or balance share a split
             try:
                 rare = resolve_rare(cfg.rare, classes)
-                split = make_split(classes, cfg.holdout, cfg.known, rare=rare)
+                split = make_split(classes, cfg.holdout, cfg.known, rare=rare, untrained=untrained)
                 check_score_settings(cfg, split.num_known)
             except ConfigError as exc:
                 raise ConfigError(f"run {run.label}: {exc}") from None
@@ -1047,9 +1061,11 @@ def run_sweep(
         raise ConfigError(
             f"--out {out} holds a run of `unseen run`, not a sweep; give the sweep its own folder."
         )
-    classes = load_dataset(base.dataset, base.data_root, base.download).classes
+    data = load_dataset(base.dataset, base.data_root, base.download)
+    classes = data.classes
     holdout, known = resolve_auto(classes, base.holdout, base.known)  # hashed as not given
-    runs = plan(base.replace(out=None, holdout=holdout, known=known), classes, opts, out)
+    resolved = base.replace(out=None, holdout=holdout, known=known)
+    runs = plan(resolved, classes, opts, out, data.untrained)
     if dry_run:
         for r in runs:
             state = "finished" if is_finished(r.run_dir) else "to run"

@@ -1,0 +1,149 @@
+"""Score a finished run again, without training it again: ``unseen rescore RUN --scores all``.
+
+A run's network is fixed once trained; its post-hoc scores are not. :func:`rescore_run`
+rebuilds the network from ``model.pt``, makes the run's one forward pass again over the
+same images (it checks that they are the same), fits the scores now asked for on
+known-class data only, and rewrites the run's ``scores.npz``, ``detectors.pt``,
+``metrics.json``, ``config.json`` and report, as the run itself would have written them
+with those score options. What training recorded stays: ``history.csv``, the training
+entries of ``metrics.json`` (time, images/s, the device it trained on) and ``run.json``.
+
+Only the options in :data:`unseen.config.SCORE_OPTIONS` change (which scores, their
+settings, the known-acceptance of the thresholds); anything else would need another
+network, so another run.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .config import SCORE_OPTIONS, RunConfig
+from .errors import ConfigError, DataError
+from .experiment import (
+    TRAINING_METRICS,
+    Prepared,
+    RunResult,
+    Scored,
+    finish_metrics,
+    prepare,
+    pretrained_metrics,
+    score_head,
+    write_run_files,
+    write_run_report,
+)
+from .hardware import describe_device
+from .predict import load_checkpoint, rebuild_model
+from .report import head_folder
+from .runfolder import read_json, require_finished, write_json
+
+
+def rescore_run(
+    run_dir: str | Path,
+    changes: Mapping[str, Any] | None = None,
+    *,
+    device: str = "auto",
+    data_root: str | None = None,
+    report: bool = True,
+    progress: bool = True,
+    log: Callable[[str], None] | None = print,
+) -> RunResult:
+    """Fit and apply the scores of the finished run in ``run_dir`` again, with ``changes``
+    to its score options (:data:`~unseen.config.SCORE_OPTIONS`, e.g. ``{"scores":
+    ("msp", "vim"), "vim_dim": 16}``; none: the run's own options), and rewrite its results.
+
+    ``device`` runs the forward pass (any machine can rescore a run); the run's precision is
+    kept. ``data_root`` finds the data when it has moved since the run. The data must be
+    the run's: the training and validation images are checked against the fingerprint in
+    model.pt (runs of earlier versions do not have it) and the test and validation labels
+    against scores.npz. Returns the new metrics (``metrics["rescored"]`` says what changed).
+    """
+    say = log or (lambda _msg: None)
+    started = time.perf_counter()
+    run_dir = require_finished(run_dir)
+    changes = dict(changes or {})
+    if other := [k for k in changes if k not in SCORE_OPTIONS]:
+        raise ConfigError(
+            f"rescoring changes only the score options ({', '.join(SCORE_OPTIONS)}), not "
+            f"{other[0]!r}: that needs another network, so another run."
+        )
+    saved = read_json(run_dir / "config.json")
+    cfg = RunConfig.from_run(run_dir).replace(**changes)  # checks each new value
+    heads = list(cfg.head)
+    folders = {h: head_folder(run_dir, saved, h) for h in heads}
+    old = {h: read_json(folders[h] / "metrics.json") for h in heads}
+    # the network as it trained: its precision and input sizes (config.json holds them as
+    # resolved), without the pretrained weights, which model.pt replaces
+    p = prepare(
+        cfg.replace(
+            pretrained=None,
+            device=device,
+            precision=old[heads[0]].get("precision") or cfg.precision,
+            data_root=data_root or cfg.data_root,
+            out=str(run_dir),
+            report=report,
+        )
+    )
+    say(f"rescoring {run_dir} on {describe_device(p.device)}: {', '.join(cfg.scores)}")
+    new_options = {k: cfg.to_dict()[k] for k in SCORE_OPTIONS}
+    changed = {k: [saved.get(k), v] for k, v in new_options.items() if saved.get(k, v) != v}
+    results: dict[str, tuple[Scored, dict]] = {}
+    for head in heads:  # every head scored before any file is rewritten
+        path = folders[head] / "model.pt"
+        payload = load_checkpoint(path)
+        check_same_data(p, payload, folders[head])
+        model = rebuild_model(payload, path).to(p.device)
+        if len(heads) > 1:
+            say(f"head {head}")
+        scored = score_head(p, head, model, progress)
+        training = {k: old[head].get(k) for k in TRAINING_METRICS}
+        metrics = finish_metrics(p, head, scored, training, old[head].get("device", "?"))
+        # the pretrained weights' record is the run's (rescoring does not load them)
+        kept = [k for k in pretrained_metrics(p, head) if k in old[head]]
+        metrics.update({k: old[head][k] for k in kept})
+        metrics["rescored"] = {
+            "changed": changed,
+            "device": describe_device(p.device),
+            "seconds": scored.seconds,
+        }
+        payload = {**payload, "config": {**payload.get("config", {}), **new_options}}
+        results[head] = scored, payload
+    for head, (scored, payload) in results.items():
+        write_run_files(folders[head], p, scored, payload)
+        if len(heads) > 1:
+            record = read_json(folders[head] / "config.json")
+            write_json(folders[head] / "config.json", {**record, **new_options})
+    per_head = {h: scored.metrics for h, (scored, _) in results.items()}
+    metrics = per_head[heads[0]] if len(heads) == 1 else {"heads": per_head}
+    if len(heads) > 1:
+        write_json(run_dir / "metrics.json", metrics)
+    write_json(run_dir / "config.json", {**saved, **new_options})
+    if report:
+        write_run_report(run_dir, say)
+    return RunResult(run_dir, cfg, metrics, {"total": time.perf_counter() - started})
+
+
+def check_same_data(p: Prepared, payload: dict, folder: Path) -> None:
+    """Refuse to rescore on other data than the run's: the training and validation images
+    (the fingerprint model.pt holds since this version) and the labels of the test and
+    validation images, against the run's scores.npz."""
+    hint = "give the run's data (--data-root), or train a new run on these"
+    saved = payload.get("data")
+    if saved and saved != p.data_fingerprint:
+        raise DataError(
+            f"the training and validation images differ from those {folder} trained on; {hint}."
+        )
+    sd = p.split_data
+    with np.load(folder / "scores.npz") as arrays:
+        same = all(
+            key in arrays and np.array_equal(arrays[key], now.numpy())
+            for key, now in (("label", sd.y_test_original), ("val_label", sd.y_val))
+        )
+    if not same:
+        raise DataError(
+            f"the test or validation images differ from those {folder} was scored on; {hint}."
+        )

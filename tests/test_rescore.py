@@ -1,0 +1,149 @@
+"""`unseen rescore`: a finished run's scores fitted and applied again, without training."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from unseen.cli import main
+from unseen.config import RunConfig
+from unseen.errors import ConfigError, DataError, UnseenError
+from unseen.experiment import run_experiment
+from unseen.predict import load
+from unseen.rescore import rescore_run
+
+#: quick digits runs that train the same network whatever their scores
+TINY = dict(epochs=2, train_subset=400, device="cpu", precision="fp32", report=False)
+
+
+def read(path: Path) -> dict:
+    return json.loads(path.read_text())
+
+
+@pytest.fixture(scope="module")
+def msp_run(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("rescore") / "msp"
+    run_experiment(RunConfig(out=str(out), scores=("msp",), **TINY), progress=False, log=None)
+    return out
+
+
+def copy_of(run: Path, tmp_path: Path) -> Path:
+    return Path(shutil.copytree(run, tmp_path / run.name))
+
+
+def test_rescoring_gives_what_a_run_with_those_scores_gives(msp_run, tmp_path):
+    # the network is fixed by the seed: a run that asked for the scores from the start is
+    # the known answer
+    scores = ("msp", "vim", "knn", "react")
+    fresh = tmp_path / "fresh"
+    run_experiment(RunConfig(out=str(fresh), scores=scores, vim_dim=16, **TINY), False, None)
+    run = copy_of(msp_run, tmp_path)
+    history = (run / "history.csv").read_bytes()
+    before = read(run / "metrics.json")
+
+    result = rescore_run(run, {"scores": scores, "vim_dim": 16}, log=None, progress=False)
+
+    after, expected = read(run / "metrics.json"), read(fresh / "metrics.json")
+    assert result.metrics == after and list(after["scores"]) == list(scores)
+    for name in scores:
+        for key in ("auroc", "fpr_at_95_tpr", "threshold", "oscr"):
+            assert after["scores"][name][key] == pytest.approx(expected["scores"][name][key])
+    assert after["scores"]["vim"]["fit"]["dim"] == 16
+    new, want = np.load(run / "scores.npz"), np.load(fresh / "scores.npz")
+    assert sorted(new.files) == sorted(want.files)
+    np.testing.assert_allclose(new["score_knn"], want["score_knn"])
+    # what training recorded stays as it was
+    assert (run / "history.csv").read_bytes() == history
+    assert after["train_seconds"] == before["train_seconds"]
+    assert after["closed_set_accuracy"] == before["closed_set_accuracy"]
+    assert after["rescored"]["changed"] == {
+        "scores": [["msp"], list(scores)],
+        "vim_dim": [None, 16],
+    }
+    # the options are the run's now: config.json, and model.pt's copy that predict reads
+    config = read(run / "config.json")
+    assert config["scores"] == list(scores) and config["vim_dim"] == 16
+    assert torch.load(run / "model.pt", weights_only=True)["config"]["vim_dim"] == 16
+    predictor = load(run, score="vim")
+    images = torch.zeros(3, 1, 8, 8, dtype=torch.uint8)
+    assert len(predictor.predict(images)) == 3
+
+
+def test_rescoring_with_the_run_s_own_options_reproduces_its_results(msp_run, tmp_path):
+    run = copy_of(msp_run, tmp_path)
+    before = read(run / "metrics.json")
+    rescore_run(run, log=None, progress=False)
+    after = read(run / "metrics.json")
+    for metrics in (before, after):  # times, which differ
+        del metrics["eval_seconds"]
+        for entry in metrics["scores"].values():
+            del entry["seconds"]
+    assert after.pop("rescored")["changed"] == {} and after == before
+    old, new = np.load(msp_run / "scores.npz"), np.load(run / "scores.npz")
+    for key in old.files:
+        np.testing.assert_array_equal(new[key], old[key])
+
+
+def test_only_score_options_change(msp_run):
+    with pytest.raises(ConfigError, match="changes only the score options .* not 'epochs'"):
+        rescore_run(msp_run, {"epochs": 3}, log=None)
+    with pytest.raises(ConfigError, match="vim_dim"):
+        rescore_run(msp_run, {"vim_dim": -1}, log=None)
+
+
+def test_other_data_is_refused(msp_run, tmp_path):
+    run = copy_of(msp_run, tmp_path)
+    ckpt = torch.load(run / "model.pt", weights_only=True)
+    assert ckpt["data"]["images"] > 0  # model.pt holds the fingerprint of its data
+    torch.save(
+        {**ckpt, "data": {**ckpt["data"], "crc32": ckpt["data"]["crc32"] ^ 1}}, run / "model.pt"
+    )
+    with pytest.raises(DataError, match="training and validation images differ"):
+        rescore_run(run, log=None, progress=False)
+    # a run of an earlier version, without the fingerprint: the labels are still checked
+    del ckpt["data"]
+    torch.save(ckpt, run / "model.pt")
+    arrays = dict(np.load(run / "scores.npz"))
+    arrays["label"] = arrays["label"][::-1].copy()
+    np.savez(run / "scores.npz", **arrays)
+    with pytest.raises(DataError, match="test or validation images differ"):
+        rescore_run(run, log=None, progress=False)
+
+
+def test_an_unfinished_run_is_refused(msp_run, tmp_path):
+    run = copy_of(msp_run, tmp_path)
+    (run / "run.json").unlink()
+    with pytest.raises(UnseenError, match="is not a finished run"):
+        rescore_run(run, log=None)
+
+
+def test_every_head_of_a_multi_head_run_is_rescored(tmp_path, capsys):
+    out = tmp_path / "heads"
+    cfg = RunConfig(out=str(out), head=("softmax", "ovr"), **TINY)
+    run_experiment(cfg, progress=False, log=None)
+    code = main(["rescore", str(out), "--scores", "msp,mahalanobis,ovr-doc", "--quiet"])
+    assert code == 0
+    shown = capsys.readouterr().out
+    assert "== head: ovr" in shown and "rescored in" in shown
+    top = read(out / "metrics.json")["heads"]
+    assert list(top["softmax"]["scores"]) == ["msp", "mahalanobis"]  # ovr-doc: one-vs-rest only
+    assert list(top["ovr"]["scores"]) == ["msp", "mahalanobis", "ovr-doc", "ovr"]  # its own
+    for head in ("softmax", "ovr"):
+        assert read(out / head / "metrics.json") == top[head]
+        assert read(out / head / "config.json")["scores"] == ["msp", "mahalanobis", "ovr-doc"]
+
+
+def test_cli_errors_are_one_line_and_name_the_run(msp_run, tmp_path, capsys):
+    run, missing = copy_of(msp_run, tmp_path), tmp_path / "nowhere"
+    code = main(["rescore", str(run), str(missing), "--scores", "msp", "--no-report"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err == f"unseen: error: run folder {missing} does not exist."
+    code = main(["rescore", str(msp_run), "--vim-dim", "0"])
+    assert code == 2 and "vim-dim" in capsys.readouterr().err
+    code = main(["rescore", str(msp_run), "--epochs", "3"])
+    assert code == 2 and "unrecognized arguments: --epochs" in capsys.readouterr().err
