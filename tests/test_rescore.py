@@ -147,3 +147,55 @@ def test_cli_errors_are_one_line_and_name_the_run(msp_run, tmp_path, capsys):
     assert code == 2 and "vim-dim" in capsys.readouterr().err
     code = main(["rescore", str(msp_run), "--epochs", "3"])
     assert code == 2 and "unrecognized arguments: --epochs" in capsys.readouterr().err
+
+
+def test_a_head_folder_is_refused_for_its_run(tmp_path):
+    out = tmp_path / "heads"
+    run_experiment(RunConfig(out=str(out), head=("softmax", "ovr"), **TINY), False, None)
+    with pytest.raises(ConfigError, match=f"is one head of the run {out}; rescore {out}"):
+        rescore_run(out / "softmax", log=None)
+
+
+def test_a_folder_dataset_that_moved_is_given_its_new_path(tmp_path, capsys):
+    from PIL import Image
+
+    root = tmp_path / "images"
+    for split in ("train", "test"):
+        for c, cls in enumerate(("cat", "dog", "owl")):
+            (root / split / cls).mkdir(parents=True)
+            for i in range(6):
+                Image.new("L", (8, 8), color=c * 80 + i).save(root / split / cls / f"{i}.png")
+    run = tmp_path / "run"
+    cfg = RunConfig(out=str(run), dataset=f"folder:{root}", val_fraction=0.25, **TINY)
+    run_experiment(cfg, False, None)
+    moved = root.rename(tmp_path / "moved")
+    with pytest.raises(DataError, match=f"folder dataset {root} needs subfolders"):
+        rescore_run(run, log=None)
+    with pytest.raises(ConfigError, match="is not the run's data source"):
+        rescore_run(run, dataset="digits", log=None)
+    result = rescore_run(run, {"scores": ("msp", "energy")}, dataset=f"folder:{moved}", log=None)
+    assert read(run / "config.json")["dataset"] == f"folder:{moved}"
+    assert result.metrics["rescored"]["changed"]["dataset"] == [f"folder:{root}", f"folder:{moved}"]
+    rescore_run(run, log=None, progress=False)  # found where config.json now says
+
+
+def test_rescoring_keeps_the_trained_options_the_caller_s_threads_and_no_stale_plot(
+    msp_run, tmp_path
+):
+    run = copy_of(msp_run, tmp_path)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1 if threads > 1 else 2)
+    asked = torch.get_num_threads()
+    try:
+        rescore_run(run, {"scores": ("msp", "energy")}, report=True, progress=False, log=None)
+        assert torch.get_num_threads() == asked
+    finally:
+        torch.set_num_threads(threads)
+    assert (run / "plots" / "hist_energy.png").is_file()
+    metrics = rescore_run(run, {"scores": ("msp",)}, report=True, log=None).metrics
+    # the report no longer shows energy, and its histogram is gone with it
+    assert not (run / "plots" / "hist_energy.png").exists()
+    assert (run / "plots" / "hist_msp.png").is_file()
+    # what the run trained with survives a second rescore
+    assert metrics["rescored"]["trained_with"]["scores"] == ["msp"]
+    assert metrics["rescored"]["changed"] == {"scores": [["msp", "energy"], ["msp"]]}

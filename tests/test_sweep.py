@@ -105,8 +105,10 @@ def test_protocols_choose_among_classes_with_training_images():
     assert picks[0] == tuple(str("01245689"[i]) for i in sweep.random_splits(8, 4, 1)[0])
     with pytest.raises(ConfigError, match="10 classes, 8 with training images"):
         expand(TINY, DIGITS, SweepOptions("neal6"), untrained)
-    with pytest.raises(ConfigError, match="2 to 7 known classes"):
+    with pytest.raises(ConfigError, match="2 to 7 known classes for a dataset of 8 classes with"):
         expand(TINY, DIGITS, SweepOptions("random:8"), untrained)
+    with pytest.raises(ConfigError, match="loo needs at least three classes with training images"):
+        expand(TINY, DIGITS[:4], SweepOptions("loo"), (0, 1))
 
 
 def test_rare_expands_fractions_and_balance_modes():

@@ -167,6 +167,7 @@ def cmd_rescore(args: argparse.Namespace) -> int:
                 run_dir,
                 changes,
                 device=args.device,
+                dataset=args.dataset,
                 data_root=args.data_root,
                 report=not args.no_report,
                 progress=not args.quiet,
@@ -252,11 +253,20 @@ def build_parser() -> argparse.ArgumentParser:
         "[default: auto]",
     )
     rs.add_argument(
+        "--dataset",
+        type=nonempty_path,
+        default=None,
+        metavar="SOURCE",
+        help="the run's folder:PATH or npz:PATH source at its new path, if it moved "
+        "[default: the run's]",
+    )
+    rs.add_argument(
         "--data-root",
         type=nonempty_path,
         default=None,
         metavar="DIR",
-        help="where the run's data is now, if it moved [default: where the run found it]",
+        help="where the run's named dataset (fashion-mnist, ...) is now, if it moved "
+        "[default: where the run found it]",
     )
     rs.add_argument(
         "--no-report", action="store_true", help="leave the run's report.html/report.md as they are"

@@ -443,7 +443,8 @@ class RunConfig:
     vim_dim: int | None = opt(
         None,
         "vim score: dimension of the principal subspace (auto: half the feature dimension, "
-        "at most 1000)",
+        "at most 1000, and at most half the rank of the training features; a value at or "
+        "above that rank is lowered below it, with a note)",
         parse=parse_optional_int,
         check=_positive,
         metavar="D",

@@ -59,10 +59,12 @@ class ImageData:
 
     @property
     def untrained(self) -> tuple[int, ...]:
-        """The classes without a training image (a class only the test set has): no run can
-        train on them, so every run holds them out (:func:`unseen.splits.make_split`)."""
-        present = set(self.y_train.unique().tolist())
-        return tuple(i for i in range(len(self.classes)) if i not in present)
+        """The classes only the test set has (a novel class met in deployment): no run can
+        train on them, so every run holds them out (:func:`unseen.splits.make_split`). A
+        class with no image in either split is not one of them (a run refuses it as known)."""
+        trained = set(self.y_train.unique().tolist())
+        tested = set(self.y_test.unique().tolist())
+        return tuple(i for i in range(len(self.classes)) if i in tested and i not in trained)
 
 
 @dataclass(frozen=True)

@@ -97,7 +97,7 @@ def locate_run(run_dir: str | Path, head: str | None = None) -> Path:
         )
     if not path.is_dir():
         raise UnseenError(f"run folder {path} does not exist.")
-    if (path / "model.pt").is_file() and not is_finished(path) and _is_head_folder(path):
+    if (path / "model.pt").is_file() and not is_finished(path) and is_head_folder(path):
         return _check_head(path, head)  # RUN/<head>/ of a finished multi-head run
     require_finished(path)
     heads = _run_heads(path)
@@ -126,14 +126,15 @@ def _run_heads(path: Path) -> list[str]:
     return [str(h) for h in heads] if isinstance(heads, list) else []
 
 
-def _is_head_folder(path: Path) -> bool:
+def is_head_folder(path: Path) -> bool:
+    """Whether ``path`` is one head's subfolder of a finished run with several heads."""
     return is_finished(path.parent) and path.name in _run_heads(path.parent)
 
 
 def _check_head(folder: Path, head: str | None) -> Path:
     if head is None:
         return folder
-    if _is_head_folder(folder):
+    if is_head_folder(folder):
         if head != folder.name:
             raise UnseenError(f"{folder} is the folder of head {folder.name!r}, not {head!r}.")
         return folder

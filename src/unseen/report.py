@@ -597,6 +597,12 @@ def build_report(run_dir: str | Path, tsne: bool = True, check_finished: bool = 
     for s in sections:
         for p in s.plots:
             _write_bytes(s.head.folder / p.file, p.png)
+        # figures of an earlier build that this one has not (a score `unseen rescore`
+        # dropped, the t-SNE panel after --no-tsne) would sit beside the report as if current
+        written = {s.head.folder / p.file for p in s.plots}
+        for old in (s.head.folder / "plots").glob("*.png"):
+            if old not in written:
+                old.unlink()
     multi = len(sections) > 1
     if multi:
         for s in sections:

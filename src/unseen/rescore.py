@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from .config import SCORE_OPTIONS, RunConfig
 from .errors import ConfigError, DataError
@@ -37,7 +38,7 @@ from .experiment import (
     write_run_report,
 )
 from .hardware import describe_device
-from .predict import load_checkpoint, rebuild_model
+from .predict import is_head_folder, load_checkpoint, rebuild_model
 from .report import head_folder
 from .runfolder import read_json, require_finished, write_json
 
@@ -47,6 +48,7 @@ def rescore_run(
     changes: Mapping[str, Any] | None = None,
     *,
     device: str = "auto",
+    dataset: str | None = None,
     data_root: str | None = None,
     report: bool = True,
     progress: bool = True,
@@ -57,22 +59,56 @@ def rescore_run(
     ("msp", "vim"), "vim_dim": 16}``; none: the run's own options), and rewrite its results.
 
     ``device`` runs the forward pass (any machine can rescore a run); the run's precision is
-    kept. ``data_root`` finds the data when it has moved since the run. The data must be
-    the run's: the training and validation images are checked against the fingerprint in
-    model.pt (runs of earlier versions do not have it) and the test and validation labels
-    against scores.npz. Returns the new metrics (``metrics["rescored"]`` says what changed).
+    kept. When the data moved since the run, ``data_root`` finds a named dataset
+    (``fashion-mnist``...) and ``dataset`` gives a ``folder:``/``npz:`` source its new path;
+    config.json then records where it is. The data must be the run's: the training and
+    validation images are checked against the fingerprint in model.pt (runs of earlier
+    versions do not have it) and the test and validation labels against scores.npz. Returns
+    the new metrics (``metrics["rescored"]`` says what changed). Like
+    :func:`~unseen.experiment.run_experiment`, it gives the caller's torch thread count back.
     """
+    threads = torch.get_num_threads()
+    try:
+        return _rescore_run(
+            Path(run_dir), dict(changes or {}), device, dataset, data_root, report, progress, log
+        )
+    finally:
+        if torch.get_num_threads() != threads:
+            torch.set_num_threads(threads)
+
+
+def _rescore_run(
+    run_dir: Path,
+    changes: dict[str, Any],
+    device: str,
+    dataset: str | None,
+    data_root: str | None,
+    report: bool,
+    progress: bool,
+    log: Callable[[str], None] | None,
+) -> RunResult:
     say = log or (lambda _msg: None)
     started = time.perf_counter()
     run_dir = require_finished(run_dir)
-    changes = dict(changes or {})
+    if is_head_folder(run_dir):
+        raise ConfigError(
+            f"{run_dir} is one head of the run {run_dir.parent}; rescore {run_dir.parent}, "
+            "which rescores every head."
+        )
     if other := [k for k in changes if k not in SCORE_OPTIONS]:
+        where = (
+            f"pass {other[0]} as rescore_run's own argument"
+            if other[0] in ("device", "dataset", "data_root", "report")
+            else "that needs another network, so another run"
+        )
         raise ConfigError(
             f"rescoring changes only the score options ({', '.join(SCORE_OPTIONS)}), not "
-            f"{other[0]!r}: that needs another network, so another run."
+            f"{other[0]!r}: {where}."
         )
     saved = read_json(run_dir / "config.json")
     cfg = RunConfig.from_run(run_dir).replace(**changes)  # checks each new value
+    if dataset is not None:
+        check_same_source(dataset, cfg.dataset)
     heads = list(cfg.head)
     folders = {h: head_folder(run_dir, saved, h) for h in heads}
     old = {h: read_json(folders[h] / "metrics.json") for h in heads}
@@ -83,13 +119,17 @@ def rescore_run(
             pretrained=None,
             device=device,
             precision=old[heads[0]].get("precision") or cfg.precision,
+            dataset=dataset or cfg.dataset,
             data_root=data_root or cfg.data_root,
             out=str(run_dir),
             report=report,
         )
     )
     say(f"rescoring {run_dir} on {describe_device(p.device)}: {', '.join(cfg.scores)}")
+    resolved = p.config.to_dict()  # paths made absolute
     new_options = {k: cfg.to_dict()[k] for k in SCORE_OPTIONS}
+    if dataset is not None or data_root is not None:  # where the data is now
+        new_options.update(dataset=resolved["dataset"], data_root=resolved["data_root"])
     changed = {k: [saved.get(k), v] for k, v in new_options.items() if saved.get(k, v) != v}
     results: dict[str, tuple[Scored, dict]] = {}
     for head in heads:  # every head scored before any file is rewritten
@@ -105,8 +145,12 @@ def rescore_run(
         # the pretrained weights' record is the run's (rescoring does not load them)
         kept = [k for k in pretrained_metrics(p, head) if k in old[head]]
         metrics.update({k: old[head][k] for k in kept})
+        before = old[head].get("rescored") or {}
         metrics["rescored"] = {
             "changed": changed,
+            # the score options of the run as trained, kept through every later rescore
+            "trained_with": before.get("trained_with")
+            or {k: saved.get(k) for k in SCORE_OPTIONS if k in saved},
             "device": describe_device(p.device),
             "seconds": scored.seconds,
         }
@@ -125,6 +169,18 @@ def rescore_run(
     if report:
         write_run_report(run_dir, say)
     return RunResult(run_dir, cfg, metrics, {"total": time.perf_counter() - started})
+
+
+def check_same_source(dataset: str, saved: str) -> None:
+    """A new ``dataset`` for a rescore must be the run's source at another path: a
+    ``folder:`` or ``npz:`` source again (named datasets move with ``data_root``)."""
+    kind, before = dataset.split(":", 1)[0], saved.split(":", 1)[0]
+    if ":" not in saved or kind != before:
+        raise ConfigError(
+            f"--dataset {dataset} is not the run's data source ({saved}): a rescore uses the "
+            "run's data, and --dataset only gives a folder: or npz: source its new path "
+            "(--data-root finds a named dataset that moved)."
+        )
 
 
 def check_same_data(p: Prepared, payload: dict, folder: Path) -> None:

@@ -195,12 +195,15 @@ def parse_balances(text: str) -> tuple[str, ...]:
     return modes
 
 
-def random_splits(num_classes: int, k: int, count: int) -> list[tuple[int, ...]]:
-    """``count`` distinct sorted sets of ``k`` known classes from ``default_rng(0)``."""
+def random_splits(
+    num_classes: int, k: int, count: int, of: str = "classes"
+) -> list[tuple[int, ...]]:
+    """``count`` distinct sorted sets of ``k`` known classes from ``default_rng(0)``; ``of``
+    names the classes drawn from in messages."""
     if not 2 <= k <= num_classes - 1:
         raise ConfigError(
             f"--protocol random:{k} needs 2 to {num_classes - 1} known classes for a dataset of "
-            f"{num_classes} classes."
+            f"{num_classes} {of}."
         )
     if count > math.comb(num_classes, k):
         raise ConfigError(
@@ -259,6 +262,7 @@ def expand(
     kind, arg = parse_protocol(opts.protocol)
     trained = [i for i in range(len(classes)) if i not in untrained]
     n = len(trained)
+    of = "classes with training images" if untrained else "classes"  # in messages
     check_options(opts)
     if opts.seeds > MAX_SEED - base.seed + 1:
         raise ConfigError(
@@ -283,7 +287,7 @@ def expand(
     conditions: list[tuple[str, Any, dict[str, Any]]] = []
     if kind == "loo":
         if n < 3:
-            raise ConfigError("--protocol loo needs at least three classes.")
+            raise ConfigError(f"--protocol loo needs at least three {of}.")
         conditions = [
             (f"loo-{slug(classes[c])}", classes[c], {"holdout": (classes[c],)}) for c in trained
         ]
@@ -306,7 +310,7 @@ def expand(
             raise ConfigError(f"--protocol random:K needs a number K, not {arg!r}.") from None
         count = opts.splits or DEFAULT_SPLITS
         _check_total(count, len(balances), opts.seeds)  # before drawing the splits
-        picks = [tuple(trained[c] for c in pick) for pick in random_splits(n, k, count)]
+        picks = [tuple(trained[c] for c in pick) for pick in random_splits(n, k, count, of)]
         conditions = [
             (
                 f"random{k}-split{i}",
