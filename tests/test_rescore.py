@@ -199,3 +199,7 @@ def test_rescoring_keeps_the_trained_options_the_caller_s_threads_and_no_stale_p
     # what the run trained with survives a second rescore
     assert metrics["rescored"]["trained_with"]["scores"] == ["msp"]
     assert metrics["rescored"]["changed"] == {"scores": [["msp", "energy"], ["msp"]]}
+    # and the report says the scores were fitted again
+    assert "last changed: scores msp, energy -> msp; trained with scores msp" in (
+        run / "report.md"
+    ).read_text()

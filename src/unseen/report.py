@@ -474,8 +474,32 @@ def summary_rows(config: dict, metrics: dict) -> list[tuple[str, str]]:
         ("device", f"{metrics.get('device', '-')}, {metrics.get('precision', '-')}"),
         ("seed", str(config.get("seed", "-"))),
         ("thresholds", thresholds),
+        ("rescored", _rescored_text(next(iter(heads.values())).get("rescored"))),
     ]  # fmt: skip
     return [(key, value) for key, value in rows if value is not None]
+
+
+def _rescored_text(rescored: Any) -> str | None:
+    """The report's line for a run that ``unseen rescore`` scored again: what changed, and
+    the scores it trained with."""
+    if not isinstance(rescored, dict):
+        return None
+
+    def text(value: Any) -> str:
+        return _names(value) if isinstance(value, list) else str(value)
+
+    changed = rescored.get("changed")
+    parts = [
+        f"{k} {text(v[0])} -> {text(v[1])}"
+        for k, v in (changed.items() if isinstance(changed, dict) else [])
+        if isinstance(v, list) and len(v) == 2
+    ]
+    text = f"on {rescored.get('device', '-')}, without training again"
+    text += f"; last changed: {'; '.join(parts)}" if parts else " (options unchanged)"
+    trained = (rescored.get("trained_with") or {}).get("scores")
+    if isinstance(trained, list):
+        text += f"; trained with scores {_names(trained)}"
+    return text
 
 
 def headline(metrics: dict) -> str:
