@@ -200,6 +200,26 @@ def test_rescoring_keeps_the_trained_options_the_caller_s_threads_and_no_stale_p
     assert metrics["rescored"]["trained_with"]["scores"] == ["msp"]
     assert metrics["rescored"]["changed"] == {"scores": [["msp", "energy"], ["msp"]]}
     # and the report says the scores were fitted again
-    assert "last changed: scores msp, energy -> msp; trained with scores msp" in (
-        run / "report.md"
-    ).read_text()
+    assert (
+        "last changed: scores msp, energy -> msp; trained with scores msp"
+        in (run / "report.md").read_text()
+    )
+
+
+def test_a_sweep_folder_is_rescored_run_by_run_then_summarised(tmp_path, capsys):
+    from unseen.sweep import SweepOptions, run_sweep
+
+    base = RunConfig(scores=("msp",), **TINY)
+    sweep = run_sweep(base, SweepOptions("single", seeds=2), tmp_path / "sw", log=None)
+    first, second = (r.run_dir for r in sweep.runs)
+    (second / "run.json").unlink()  # an unfinished run: left alone
+    code = main(["rescore", str(tmp_path / "sw"), "--scores", "msp,energy", "--no-report"])
+    out = capsys.readouterr().out
+    assert code == 0 and "1 of the sweep's 2 runs are not finished" in out
+    assert "1 runs rescored" in out and "energy" in out
+    assert list(read(first / "metrics.json")["scores"]) == ["msp", "energy"]
+    assert list(read(second / "metrics.json")["scores"]) == ["msp"]
+    summary = read(tmp_path / "sw" / "summary.json")
+    assert summary["score_names"] == ["msp", "energy"] and summary["runs_finished"] == 1
+    code = main(["rescore", str(tmp_path / "sw"), "--dataset", "digits"])
+    assert code == 2 and "--dataset applies to a run folder" in capsys.readouterr().err

@@ -155,27 +155,35 @@ def print_result(result: RunResult, timing: bool = True) -> None:
 
 
 def cmd_rescore(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
     from .console import progress_line
-    from .rescore import rescore_run
+    from .rescore import rescore_run, rescore_sweep
+    from .sweep import format_summary
 
     changes = {k: getattr(args, k) for k in SCORE_OPTIONS if hasattr(args, k)}
-    for i, run_dir in enumerate(args.runs):
+    common = dict(
+        device=args.device,
+        data_root=args.data_root,
+        report=not args.no_report,
+        progress=not args.quiet,
+        log=None if args.quiet else progress_line,
+    )
+    for i, folder in enumerate(args.runs):
         if i:
             print()
         try:
-            result = rescore_run(
-                run_dir,
-                changes,
-                device=args.device,
-                dataset=args.dataset,
-                data_root=args.data_root,
-                report=not args.no_report,
-                progress=not args.quiet,
-                log=None if args.quiet else progress_line,
-            )
-        except UnseenError as exc:  # name the run when there are several
-            if len(args.runs) > 1 and run_dir not in str(exc):
-                raise type(exc)(f"{run_dir}: {exc}") from None
+            if (Path(folder) / "sweep.json").is_file():  # every finished run, then the summary
+                if args.dataset is not None:
+                    raise UnseenError("--dataset applies to a run folder, not to a sweep folder.")
+                results, sweep = rescore_sweep(folder, changes, **common)
+                print(format_summary(sweep.summary))
+                print(f"\nsweep folder: {sweep.out_dir}: {len(results)} runs rescored")
+                continue
+            result = rescore_run(folder, changes, dataset=args.dataset, **common)
+        except UnseenError as exc:  # name the folder when there are several
+            if len(args.runs) > 1 and folder not in str(exc):
+                raise type(exc)(f"{folder}: {exc}") from None
             raise
         print_result(result, timing=False)
         print(f"rescored in {result.seconds['total']:.1f} s")
@@ -241,7 +249,7 @@ def build_parser() -> argparse.ArgumentParser:
         nargs="+",
         type=nonempty_path,
         metavar="RUN",
-        help="finished run folder(s), e.g. a sweep's runs: SWEEP/runs/*",
+        help="finished run folder(s), or a sweep folder (its finished runs, then its summary)",
     )
     add_run_options(rs, only=SCORE_OPTIONS)
     rs.add_argument(

@@ -40,7 +40,7 @@ from .experiment import (
 from .hardware import describe_device
 from .predict import is_head_folder, load_checkpoint, rebuild_model
 from .report import head_folder
-from .runfolder import read_json, require_finished, write_json
+from .runfolder import is_finished, read_json, require_finished, write_json
 
 
 def rescore_run(
@@ -203,3 +203,59 @@ def check_same_data(p: Prepared, payload: dict, folder: Path) -> None:
         raise DataError(
             f"the test or validation images differ from those {folder} was scored on; {hint}."
         )
+
+
+def rescore_sweep(
+    sweep_dir: str | Path,
+    changes: Mapping[str, Any] | None = None,
+    *,
+    device: str = "auto",
+    data_root: str | None = None,
+    report: bool = True,
+    progress: bool = True,
+    log: Callable[[str], None] | None = print,
+) -> tuple[list[RunResult], Any]:
+    """:func:`rescore_run` on every finished run of the sweep in ``sweep_dir`` (its
+    ``sweep.json`` lists them), then the sweep's summary again (``unseen sweep
+    --summary-only``, which reads the runs' new metrics). Returns the runs' results and the
+    :class:`unseen.sweep.SweepResult`; runs not finished are left alone."""
+    from .sweep import SweepOptions, run_sweep
+
+    sweep_dir = Path(sweep_dir)
+    say = log or (lambda _msg: None)
+    plan = read_json(sweep_dir / "sweep.json")
+    try:
+        base = RunConfig.from_dict(plan["base_config"])
+        opts = SweepOptions(
+            protocol=plan["protocol"],
+            seeds=plan["seeds"],
+            splits=plan.get("splits"),
+            fractions=tuple(plan["fractions"]) if plan.get("fractions") else None,
+            balances=tuple(plan["compare_balance"]) if plan.get("compare_balance") else None,
+        )
+        folders = [sweep_dir / "runs" / Path(r["dir"]).name for r in plan["runs"]]
+    except (KeyError, TypeError, ValueError) as exc:
+        raise DataError(
+            f"{sweep_dir / 'sweep.json'} is not a sweep plan this version reads ({exc!r})."
+        ) from None
+    finished = [f for f in folders if is_finished(f)]
+    if len(finished) < len(folders):
+        say(f"{len(folders) - len(finished)} of the sweep's {len(folders)} runs are not finished")
+    results = []
+    for i, folder in enumerate(finished):
+        say(f"run {i + 1} of {len(finished)}: {folder.name}")
+        results.append(
+            rescore_run(
+                folder,
+                changes,
+                device=device,
+                data_root=data_root,
+                report=report,
+                progress=progress,
+                log=log,
+            )  # fmt: skip
+        )
+    if data_root is not None:  # not hashed: the runs keep their folders
+        base = base.replace(data_root=data_root)
+    summary = run_sweep(base, opts, sweep_dir, summary_only=True, report=report, log=log)
+    return results, summary
