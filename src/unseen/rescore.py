@@ -187,7 +187,10 @@ def check_same_data(p: Prepared, payload: dict, folder: Path) -> None:
     """Refuse to rescore on other data than the run's: the training and validation images
     (the fingerprint model.pt holds since this version) and the labels of the test and
     validation images, against the run's scores.npz."""
-    hint = "give the run's data (--data-root), or train a new run on these"
+    hint = (
+        "give the run's data (--data-root, or --dataset for a folder: or npz: source), or "
+        "train a new run on these"
+    )
     saved = payload.get("data")
     if saved and saved != p.data_fingerprint:
         raise DataError(
