@@ -128,7 +128,7 @@ def test_outputs_refuse_what_is_not_one_row_per_image():
     assert (
         Outputs(np.zeros((3, 3)), np.zeros((3, 8)), labels=np.zeros(3)).labels.dtype == torch.int64
     )
-    with pytest.raises(ValueError, match="logits must be N x L"):
+    with pytest.raises(ValueError, match=r"logits must be N x K \(classes\)"):
         Outputs(np.zeros(3), np.zeros((3, 8)))
     for bad in (np.inf, 1e20):  # inf == round(inf): whole-number floats must also be finite
         with pytest.raises(ValueError, match="labels must be one integer class per row"):
@@ -213,6 +213,46 @@ def test_what_a_score_needs_is_named_when_missing():
     create_score("knn").fit(FitContext(train=Outputs(xl, xf)))  # knn needs no labels
     with pytest.raises(ValueError, match="training labels must be 0 to 2"):
         create_score("mahalanobis").fit(FitContext(train=Outputs(xl, xf, np.where(y == 0, -1, y))))
+
+
+def test_a_context_is_checked_detached_and_copied_when_built():
+    from unseen.errors import InputError
+
+    (xf, xl, y), (tf, tl, _), means = _blobs()
+    assert issubclass(InputError, UnseenError) and issubclass(InputError, ValueError)
+    head = torch.nn.Linear(8, 3)  # a model's own head: parameters that require gradients
+    ctx = FitContext(train=Outputs(xl, xf, y), head_weight=head.weight, head_bias=head.bias)
+    features = torch.as_tensor(tf, dtype=torch.float32).requires_grad_(True)
+    test = Outputs(head(features), features)  # outputs computed with gradients
+    vim = create_score("vim").fit(ctx)
+    react = create_score("react").fit(ctx)
+    before = react.score(test).numpy().copy()  # .numpy(): no graph attached
+    with torch.no_grad():
+        head.weight.mul_(3)  # the model trains on: the fitted scores stay as fitted
+    np.testing.assert_array_equal(react.score(test).numpy(), before)
+    assert not vim.score(test).requires_grad
+    with pytest.raises(InputError, match="train has 8 features per image, but the head takes 5"):
+        FitContext(train=Outputs(xl, xf, y), head_weight=np.zeros((3, 5)), head_bias=np.zeros(3))
+    with pytest.raises(InputError, match="head_bias must hold 3 values, not \\(4,\\)"):
+        FitContext(head_weight=np.zeros((3, 8)), head_bias=np.zeros(4))
+    bad = xf.copy()
+    bad[5, 2] = np.nan  # one NaN would have made every Mahalanobis score -0.0
+    with pytest.raises(InputError, match="train.features holds 1 values that are not finite"):
+        FitContext(train=Outputs(xl, bad, y))
+
+
+def test_a_context_with_other_training_outputs_fits_again():
+    import dataclasses
+
+    (xf, xl, y), (tf, tl, _), _ = _blobs()
+    ctx = FitContext(train=Outputs(xl, xf, y))
+    first = create_score("mahalanobis").fit(ctx)
+    moved = Outputs(xl, xf + 5.0, y)  # mahalanobis and rmd share one fit per training outputs
+    for other in (dataclasses.replace(ctx, train=moved), ctx):
+        other.train = moved
+        refit = create_score("mahalanobis").fit(other)
+        torch.testing.assert_close(refit.means_, first.means_ + 5.0)
+        assert create_score("rmd").fit(other).means_ is refit.means_  # still shared
 
 
 def test_score_settings_are_checked_as_the_cli_checks_them():
@@ -315,3 +355,24 @@ def test_every_field_has_a_type_the_config_can_check():
     # a new field with a type __post_init__ does not know would pass unchecked
     kinds = ("str", "int", "float", "bool", "tuple")
     assert all(str(f.type).startswith(kinds) for f in FIELDS.values())
+
+
+def test_a_run_and_a_load_leave_the_caller_s_torch_state_as_it_was(tmp_path, digits_run):
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    torch.backends.cudnn.benchmark = True
+    try:
+        cfg = RunConfig(epochs=1, train_subset=200, device="cpu", report=False, out=str(tmp_path))
+        unseen.run_experiment(cfg, progress=False, log=None)  # seeds torch with cfg.seed
+        predictor = unseen.load(digits_run)  # builds a randomly initialised network first
+        torch.testing.assert_close(torch.rand(3), expected)
+        assert torch.backends.cudnn.benchmark is True
+    finally:
+        torch.backends.cudnn.benchmark = False
+    # a copy with another score keeps an acceptance chosen for this predictor
+    strict = unseen.load(digits_run, known_acceptance=0.99)
+    assert strict.with_options(score="msp").known_acceptance == 0.99
+    assert predictor.with_options(score="msp").known_acceptance == 0.95  # the run's
+    given = unseen.load(digits_run, threshold=0.5).with_options(score="msp")
+    assert given.known_acceptance == 0.95  # a given threshold does not carry over as one

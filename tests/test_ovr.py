@@ -123,8 +123,9 @@ def test_doc_thresholds_against_hand_computed_example():
 
 
 def test_ovr_doc_rejects_when_no_class_clears_its_own_threshold():
-    p_val = torch.tensor([[0.9, 0.1, 0.2], [0.8, 0.3, 0.1], [1.0, 0.01, 0.01], [0.3, 0.6, 0.2],
-                          [0.01, 0.99, 0.4], [0.1, 0.2, 0.9]])  # fmt: skip
+    # (0.9999999, not 1.0: the logit of 1.0 is infinite, which FitContext refuses)
+    p_val = torch.tensor([[0.9, 0.1, 0.2], [0.8, 0.3, 0.1], [0.9999999, 0.01, 0.01],
+                          [0.3, 0.6, 0.2], [0.01, 0.99, 0.4], [0.1, 0.2, 0.9]])  # fmt: skip
     labels = torch.tensor([0, 0, 0, 1, 1, 2])
     cfg = RunConfig(head=("ovr",), doc_alpha=3.0)
     doc = create_score("ovr-doc", cfg).fit(context(logit(p_val), labels))

@@ -94,6 +94,10 @@ def test_only_score_options_change(msp_run):
         rescore_run(msp_run, {"epochs": 3}, log=None)
     with pytest.raises(ConfigError, match="vim_dim"):
         rescore_run(msp_run, {"vim_dim": -1}, log=None)
+    with pytest.raises(ConfigError, match="not 'vimdim': no option has that name"):
+        rescore_run(msp_run, {"vimdim": 16}, log=None)
+    with pytest.raises(ConfigError, match="pass device as rescore_run's own argument"):
+        rescore_run(msp_run, {"device": "cpu"}, log=None)
 
 
 def test_other_data_is_refused(msp_run, tmp_path):

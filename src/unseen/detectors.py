@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 
 from .console import image_bar
-from .errors import ConfigError, DataError
+from .errors import ConfigError, DataError, InputError
 from .hardware import autocast
 from .scores import FitContext, Outputs, Score, check_setting, register
 
@@ -44,11 +44,11 @@ def _train(score: Score, context: FitContext, labelled: bool = True) -> Outputs:
     train = context.train
     if train is None or (labelled and train.labels is None):
         what = "labelled known training outputs" if labelled else "known training outputs"
-        raise ValueError(f"score '{score.name}' needs the {what} (FitContext.train)")
+        raise InputError(f"score '{score.name}' needs the {what} (FitContext.train)")
     if len(train) == 0:
         raise DataError(f"score '{score.name}' has no known training images to fit on.")
     if labelled and (int(train.labels.min()) < 0 or int(train.labels.max()) >= context.num_classes):
-        raise ValueError(
+        raise InputError(
             f"score '{score.name}' fits on known classes only: training labels must be 0 to "
             f"{context.num_classes - 1}"
         )
@@ -58,7 +58,7 @@ def _train(score: Score, context: FitContext, labelled: bool = True) -> Outputs:
 def _head(score: Score, context: FitContext) -> tuple[torch.Tensor, torch.Tensor]:
     """The head's weight (K x D) and bias (K), or a clear error."""
     if context.head_weight is None or context.head_bias is None:
-        raise ValueError(
+        raise InputError(
             f"score '{score.name}' needs the head's weight and bias "
             "(FitContext.head_weight, FitContext.head_bias)"
         )
@@ -134,11 +134,15 @@ class Mahalanobis(Score):
     def fit(self, context: FitContext) -> Score:
         train = _train(self, context)
         x = train.features.double()
-        if "class_gaussians" not in context.shared:  # mahalanobis and rmd fit the same ones
+        # mahalanobis and rmd fit the same Gaussians: the first fits them, for these outputs
+        # (a context whose train outputs were replaced fits again)
+        cached = context.shared.get("class_gaussians")
+        if cached is None or cached[0] is not train:
             means = class_means(x, train.labels, context.num_classes)
-            context.shared["class_gaussians"] = (means, *gaussian_fit(x - means[train.labels]))
+            cached = train, (means, *gaussian_fit(x - means[train.labels]))
+            context.shared["class_gaussians"] = cached
         self.means_, self.covariance_, self.precision_, self._whiten, self.covariance_rank_ = (
-            context.shared["class_gaussians"]
+            cached[1]
         )
         self.feature_dim_ = int(x.shape[1])
         self.fit_on_ = "train"

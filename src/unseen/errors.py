@@ -17,6 +17,12 @@ class ConfigError(UnseenError):
     """An option or config-file value that is not accepted."""
 
 
+class InputError(UnseenError, ValueError):
+    """A wrong argument to a library function (a shape, a missing input): an
+    :class:`UnseenError` like every mistake a user can make, and a ``ValueError`` as Python
+    code expects of a bad value."""
+
+
 class DataError(UnseenError):
     """Data that is missing, truncated or malformed."""
 

@@ -11,10 +11,11 @@ thin layer over it.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -661,14 +662,27 @@ def run_experiment(
     """Run the whole experiment for ``cfg`` and return its metrics and run folder.
 
     The run uses the process's thread budget (``threads.thread_budget``) and gives the caller
-    its own torch thread count back when it returns.
+    back what it changes of torch's global state: the thread count, the random number
+    generators it seeds, and ``torch.backends.cudnn.benchmark``.
     """
-    threads = torch.get_num_threads()
-    try:
+    with caller_torch_state():
         return _run_experiment(cfg, progress, log)
-    finally:
-        if torch.get_num_threads() != threads:
-            torch.set_num_threads(threads)
+
+
+@contextlib.contextmanager
+def caller_torch_state() -> Iterator[None]:
+    """Restore, on leaving, the torch state a run sets for itself: the thread count, the CPU
+    (and, where initialised, CUDA) random number generators and cuDNN's autotuning switch."""
+    threads = torch.get_num_threads()
+    benchmark = torch.backends.cudnn.benchmark
+    cuda = torch.cuda.is_available() and torch.cuda.is_initialized()
+    with torch.random.fork_rng(devices=range(torch.cuda.device_count()) if cuda else []):
+        try:
+            yield
+        finally:
+            torch.backends.cudnn.benchmark = benchmark
+            if torch.get_num_threads() != threads:
+                torch.set_num_threads(threads)
 
 
 def _run_experiment(cfg: RunConfig, progress: bool, log: Callable[[str], None] | None) -> RunResult:

@@ -189,14 +189,16 @@ def rebuild_model(ckpt: dict[str, Any], path: Path) -> torch.nn.Module:
     input_size = ckpt.get("input_size", cfg.get("input_size"))
     input_size = int(input_size) if input_size else None
     try:
-        model = build_model_for_head(
-            str(ckpt["model"]),
-            int(ckpt["in_channels"]),
-            int(ckpt["num_classes"]),
-            input_size or height,
-            str(cfg.get("stem", "auto")),
-            head,
-        )
+        # the random init (replaced by the weights below) leaves the caller's random numbers
+        with torch.random.fork_rng(devices=[]):
+            model = build_model_for_head(
+                str(ckpt["model"]),
+                int(ckpt["in_channels"]),
+                int(ckpt["num_classes"]),
+                input_size or height,
+                str(cfg.get("stem", "auto")),
+                head,
+            )
     except UnseenError as exc:
         raise UnseenError(f"{path} cannot be rebuilt by this version: {exc}") from None
     for net in model.modules():
@@ -520,7 +522,12 @@ class Predictor:
         threshold: float | None = None,
         known_acceptance: float | None = None,
     ) -> Predictor:
-        """A copy (sharing the model) with another score or threshold; see :meth:`configure`."""
+        """A copy (sharing the model) with another score or threshold; see :meth:`configure`.
+        A known acceptance this predictor was calibrated at, other than the run's, carries
+        over to the copy unless ``threshold`` or ``known_acceptance`` is given."""
+        chosen = self.known_acceptance
+        if threshold is None and known_acceptance is None and chosen != self.run_known_acceptance:
+            known_acceptance = chosen  # None when the threshold was given or a score's own rule
         return copy.copy(self).configure(score, threshold, known_acceptance)
 
     # -- images

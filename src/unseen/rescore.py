@@ -21,15 +21,15 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
-from .config import SCORE_OPTIONS, RunConfig
+from .config import FIELDS, SCORE_OPTIONS, RunConfig
 from .errors import ConfigError, DataError
 from .experiment import (
     TRAINING_METRICS,
     Prepared,
     RunResult,
     Scored,
+    caller_torch_state,
     finish_metrics,
     prepare,
     pretrained_metrics,
@@ -65,16 +65,13 @@ def rescore_run(
     validation images are checked against the fingerprint in model.pt (runs of earlier
     versions do not have it) and the test and validation labels against scores.npz. Returns
     the new metrics (``metrics["rescored"]`` says what changed). Like
-    :func:`~unseen.experiment.run_experiment`, it gives the caller's torch thread count back.
+    :func:`~unseen.experiment.run_experiment`, it gives the caller's torch state back
+    (threads, random number generators).
     """
-    threads = torch.get_num_threads()
-    try:
+    with caller_torch_state():
         return _rescore_run(
             Path(run_dir), dict(changes or {}), device, dataset, data_root, report, progress, log
         )
-    finally:
-        if torch.get_num_threads() != threads:
-            torch.set_num_threads(threads)
 
 
 def _rescore_run(
@@ -100,6 +97,8 @@ def _rescore_run(
             f"pass {other[0]} as rescore_run's own argument"
             if other[0] in ("device", "dataset", "data_root", "report")
             else "that needs another network, so another run"
+            if other[0] in FIELDS
+            else "no option has that name"
         )
         raise ConfigError(
             f"rescoring changes only the score options ({', '.join(SCORE_OPTIONS)}), not "

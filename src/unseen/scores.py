@@ -18,7 +18,7 @@ from typing import Any, ClassVar
 
 import torch
 
-from .errors import ConfigError, UnseenError
+from .errors import ConfigError, InputError, UnseenError
 
 
 @dataclass
@@ -34,27 +34,26 @@ class Outputs:
 
     def __post_init__(self) -> None:
         for name in ("logits", "features"):
-            value = _tensor(getattr(self, name), name)
+            value = _tensor(getattr(self, name), f"Outputs.{name}")
             if value.ndim != 2:
-                raise ValueError(
-                    f"Outputs.{name} must be N x {name[0].upper()}, not {tuple(value.shape)}"
-                )
+                width = "K (classes)" if name == "logits" else "D (features)"
+                raise InputError(f"Outputs.{name} must be N x {width}, not {tuple(value.shape)}")
             if not value.is_floating_point():
                 value = value.float()
             setattr(self, name, value)
         if len(self.features) != len(self.logits):
-            raise ValueError(
+            raise InputError(
                 f"Outputs has {len(self.logits)} rows of logits but {len(self.features)} of features"
             )
         if self.labels is not None:
-            labels = _tensor(self.labels, "labels")
+            labels = _tensor(self.labels, "Outputs.labels")
             whole = not labels.is_floating_point() or bool(
                 (labels.isfinite() & (labels == labels.round()) & (labels.abs() < 2**53)).all()
             )
             if not whole or labels.dtype == torch.bool or labels.ndim != 1:
-                raise ValueError("Outputs.labels must be one integer class per row (-1: unseen)")
+                raise InputError("Outputs.labels must be one integer class per row (-1: unseen)")
             if len(labels) != len(self.logits):
-                raise ValueError(
+                raise InputError(
                     f"Outputs has {len(self.logits)} rows of logits but {len(labels)} labels"
                 )
             self.labels = labels.long()
@@ -64,12 +63,14 @@ class Outputs:
 
 
 def _tensor(value: Any, name: str) -> torch.Tensor:
+    """``value`` as a tensor outside autograd (outputs computed with gradients, a head's
+    parameters): scores are numbers, never part of a graph."""
     if isinstance(value, torch.Tensor):
-        return value
+        return value.detach()
     try:
         return torch.as_tensor(value)
     except (TypeError, ValueError, RuntimeError) as exc:
-        raise ValueError(f"Outputs.{name} must be an array of numbers ({exc})") from None
+        raise InputError(f"{name} must be an array of numbers ({exc})") from None
 
 
 @dataclass
@@ -92,8 +93,31 @@ class FitContext:
     def __post_init__(self) -> None:
         for name in ("head_weight", "head_bias"):  # NumPy arrays of your own head welcome
             value = getattr(self, name)
-            if value is not None and not isinstance(value, torch.Tensor):
-                setattr(self, name, torch.as_tensor(value, dtype=torch.float32))
+            if value is not None:  # a copy: a fitted score must not change with the model
+                value = _tensor(value, f"FitContext.{name}").float().clone()
+                setattr(self, name, value)
+        w, b = self.head_weight, self.head_bias
+        if w is not None and w.ndim != 2:
+            raise InputError(f"FitContext.head_weight must be K x D, not {tuple(w.shape)}")
+        if b is not None and (b.ndim != 1 or (w is not None and len(b) != len(w))):
+            k = f"{len(w)}" if w is not None else "K"
+            raise InputError(f"FitContext.head_bias must hold {k} values, not {tuple(b.shape)}")
+        for name in ("train", "val"):
+            outputs = getattr(self, name)
+            if outputs is None:
+                continue
+            if w is not None and outputs.features.shape[1] != w.shape[1]:
+                raise InputError(
+                    f"FitContext.{name} has {outputs.features.shape[1]} features per image, "
+                    f"but the head takes {w.shape[1]}"
+                )
+            for part in ("features", "logits"):
+                values = getattr(outputs, part)
+                if bad := int((~values.isfinite()).sum()):
+                    raise InputError(
+                        f"FitContext.{name}.{part} holds {bad} values that are not finite (NaN "
+                        "or infinite): no score can be fitted on them"
+                    )
 
     @property
     def num_classes(self) -> int:
@@ -103,7 +127,7 @@ class FitContext:
         for outputs in (self.train, self.val):
             if outputs is not None:
                 return int(outputs.logits.shape[1])
-        raise ValueError("FitContext holds neither a head nor any outputs")
+        raise InputError("FitContext holds neither a head nor any outputs")
 
 
 class Score:
@@ -430,7 +454,7 @@ class OvrDocScore(Score):
         _require_one_vs_rest(self, context)
         val = context.val
         if val is None or val.labels is None:
-            raise ValueError("ovr-doc needs the labels of the validation images")
+            raise InputError("ovr-doc needs the labels of the validation images")
         self.thresholds_, self.sigmas_ = doc_thresholds(
             val.logits.double().sigmoid(), val.labels, self.alpha
         )
