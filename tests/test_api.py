@@ -241,6 +241,23 @@ def test_a_context_is_checked_detached_and_copied_when_built():
         FitContext(train=Outputs(xl, bad, y))
 
 
+def test_logits_alone_serve_the_logit_scores_and_the_feature_scores_say_what_they_need():
+    from unseen.errors import InputError
+
+    (xf, xl, y), (tf, tl, ty), _ = _blobs()
+    ctx = FitContext(train=Outputs(xl, labels=y), val=Outputs(xl, labels=y))  # no features
+    uses = {n for n, cls in SCORES.items() if cls.uses_features}
+    assert uses == {"mahalanobis", "rmd", "knn", "vim", "react"}
+    for name in ("msp", "maxlogit", "energy", "entropy", "temperature", "openmax"):
+        s = create_score(name).fit(ctx).score(Outputs(tl)).numpy()
+        assert s.shape == (300,) and np.isfinite(s).all(), name
+    with pytest.raises(InputError, match="'knn' needs the features of the training images"):
+        create_score("knn").fit(ctx)
+    fitted = create_score("mahalanobis").fit(FitContext(train=Outputs(xl, xf, y)))
+    with pytest.raises(InputError, match="'mahalanobis' needs the penultimate features"):
+        fitted.score(Outputs(tl))
+
+
 def test_a_context_with_other_training_outputs_fits_again():
     import dataclasses
 

@@ -45,6 +45,11 @@ def _train(score: Score, context: FitContext, labelled: bool = True) -> Outputs:
     if train is None or (labelled and train.labels is None):
         what = "labelled known training outputs" if labelled else "known training outputs"
         raise InputError(f"score '{score.name}' needs the {what} (FitContext.train)")
+    if train.features is None and score.uses_features:
+        raise InputError(
+            f"score '{score.name}' needs the features of the training images "
+            "(FitContext.train.features), not their logits alone"
+        )
     if len(train) == 0:
         raise DataError(f"score '{score.name}' has no known training images to fit on.")
     if labelled and (int(train.labels.min()) < 0 or int(train.labels.max()) >= context.num_classes):
@@ -128,6 +133,7 @@ class Mahalanobis(Score):
     """
 
     name = "mahalanobis"
+    uses_features = True
     description = "minus the smallest Mahalanobis distance to a class mean (shared covariance; train features)"
     needs_train = True
 
@@ -237,6 +243,7 @@ class KNN(Score):
     """
 
     name = "knn"
+    uses_features = True
     description = (
         "minus the distance to the k-th nearest normalised training feature (Sun et al. 2022)"
     )
@@ -310,6 +317,7 @@ class ViM(Score):
     """
 
     name = "vim"
+    uses_features = True
     description = (
         "virtual-logit matching: energy minus alpha * residual norm outside the principal subspace"
     )
@@ -390,6 +398,7 @@ class ReAct(Score):
     """
 
     name = "react"
+    uses_features = True
     description = "energy of the head applied to features clipped at a training percentile"
     needs_train = True
 

@@ -26,14 +26,18 @@ class Outputs:
     """What one forward pass gives for a set of images.
 
     Any array-like is accepted (NumPy arrays of your own model's outputs, lists): logits and
-    features become float tensors, labels int64 tensors, on the device they are on."""
+    features become float tensors, labels int64 tensors, on the device they are on. Logits
+    alone (``features=None``) serve the scores of logits (msp, maxlogit, energy, entropy,
+    temperature, openmax); the feature scores say that they need features."""
 
     logits: torch.Tensor  # N x K, float32
-    features: torch.Tensor  # N x D, float32
+    features: torch.Tensor | None = None  # N x D, float32
     labels: torch.Tensor | None = None  # N, 0..K-1 for known, -1 unseen (None when unknown)
 
     def __post_init__(self) -> None:
         for name in ("logits", "features"):
+            if name == "features" and self.features is None:
+                continue
             value = _tensor(getattr(self, name), f"Outputs.{name}")
             if value.ndim != 2:
                 width = "K (classes)" if name == "logits" else "D (features)"
@@ -41,7 +45,7 @@ class Outputs:
             if not value.is_floating_point():
                 value = value.float()
             setattr(self, name, value)
-        if len(self.features) != len(self.logits):
+        if self.features is not None and len(self.features) != len(self.logits):
             raise InputError(
                 f"Outputs has {len(self.logits)} rows of logits but {len(self.features)} of features"
             )
@@ -106,14 +110,18 @@ class FitContext:
             outputs = getattr(self, name)
             if outputs is None:
                 continue
-            if w is not None and outputs.features.shape[1] != w.shape[1]:
+            if (
+                w is not None
+                and outputs.features is not None
+                and outputs.features.shape[1] != w.shape[1]
+            ):
                 raise InputError(
                     f"FitContext.{name} has {outputs.features.shape[1]} features per image, "
                     f"but the head takes {w.shape[1]}"
                 )
             for part in ("features", "logits"):
                 values = getattr(outputs, part)
-                if bad := int((~values.isfinite()).sum()):
+                if values is not None and (bad := int((~values.isfinite()).sum())):
                     raise InputError(
                         f"FitContext.{name}.{part} holds {bad} values that are not finite (NaN "
                         "or infinite): no score can be fitted on them"
@@ -147,6 +155,8 @@ class Score:
     #: True for a score whose ``score`` works without ``fit`` (a fit that only checks the
     #: context, or fixed settings)
     stateless: ClassVar[bool] = False
+    #: True when ``score`` reads the penultimate features, not only the logits
+    uses_features: ClassVar[bool] = False
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         # a score that learns state refuses to score before it has learnt it, in one clear
@@ -155,6 +165,8 @@ class Score:
         super().__init_subclass__(**kwargs)
         if "fit" in vars(cls):
             cls.fit = _marks_fitted(vars(cls)["fit"])
+        if "score" in vars(cls) and cls.uses_features:
+            cls.score = _with_features(vars(cls)["score"])
         if cls.fit is not Score.fit and "score" in vars(cls) and not cls.stateless:
             cls.score = _after_fit(vars(cls)["score"])
 
@@ -235,6 +247,19 @@ def _marks_fitted(fit: Callable[[Score, FitContext], Score]) -> Callable:
             raise
 
     return marking
+
+
+def _with_features(score: Callable[[Score, Outputs], torch.Tensor]) -> Callable:
+    @functools.wraps(score)
+    def checked(self: Score, outputs: Outputs) -> torch.Tensor:
+        if outputs.features is None:
+            raise InputError(
+                f"score '{self.name}' needs the penultimate features (Outputs.features), "
+                "not the logits alone"
+            )
+        return score(self, outputs)
+
+    return checked
 
 
 def _after_fit(score: Callable[[Score, Outputs], torch.Tensor]) -> Callable:
