@@ -258,6 +258,26 @@ def test_logits_alone_serve_the_logit_scores_and_the_feature_scores_say_what_the
         fitted.score(Outputs(tl))
 
 
+def test_scores_check_their_settings_types_and_the_outputs_they_are_given():
+    from unseen.detectors import KNN
+    from unseen.errors import InputError
+
+    assert KNN(k=np.int64(7)).k == 7 and type(KNN(k=np.int64(7)).k) is int
+    with pytest.raises(ConfigError, match=r"KNN\(k=2.5\): k must be an integer"):
+        KNN(k=2.5)  # used to be truncated to 2
+    (xf, xl, y), (tf, tl, _), means = _blobs()
+    ctx = FitContext(train=Outputs(xl, xf, y), val=Outputs(xl, xf, np.where(y == 2, 3, y)))
+    for name in ("knn", "mahalanobis", "rmd"):
+        s = create_score(name).fit(ctx)
+        assert s.fit_summary()["feature_dim"] == 8
+        with pytest.raises(
+            InputError, match=f"'{name}' was fitted on 8 features per image; these outputs have 5"
+        ):
+            s.score(Outputs(tl, tf[:, :5]))
+    with pytest.raises(InputError, match="validation labels must be 0 to 2"):
+        create_score("temperature").fit(ctx)  # a label 3 of a three-class head
+
+
 def test_a_context_with_other_training_outputs_fits_again():
     import dataclasses
 

@@ -615,6 +615,12 @@ class RunConfig:
         return dataclasses.replace(self, **changes)
 
 
+def typed_value(name: str, value: Any) -> Any:
+    """``value`` as the type of the RunConfig field ``name`` (as a RunConfig built with it
+    would hold it), or a ConfigError saying what the field takes."""
+    return _typed(FIELDS[name], value)
+
+
 def _typed(f: dataclasses.Field, value: Any) -> Any:
     """``value`` as field ``f``'s declared type, or a ConfigError naming what it takes.
     Returns ``value`` itself when it already has that type."""

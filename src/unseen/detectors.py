@@ -250,8 +250,8 @@ class KNN(Score):
     needs_train = True
 
     def __init__(self, k: int = 50, bank_size: int | None = 10000, seed: int = 0):
-        check_setting(self, "k", k, "knn_k")
-        check_setting(self, "bank_size", bank_size, "knn_bank")
+        k = check_setting(self, "k", k, "knn_k")
+        bank_size = check_setting(self, "bank_size", bank_size, "knn_bank")
         self.k = k
         self.bank_size = bank_size
         self.seed = seed
@@ -324,7 +324,7 @@ class ViM(Score):
     needs_train = True
 
     def __init__(self, dim: int | None = None):
-        check_setting(self, "dim", dim, "vim_dim")
+        dim = check_setting(self, "dim", dim, "vim_dim")
         self.dim = dim
 
     @classmethod
@@ -403,7 +403,7 @@ class ReAct(Score):
     needs_train = True
 
     def __init__(self, percentile: float = 90.0):
-        check_setting(self, "percentile", percentile, "react_percentile")
+        percentile = check_setting(self, "percentile", percentile, "react_percentile")
         self.percentile = percentile
 
     @classmethod
@@ -490,6 +490,12 @@ class Temperature(Score):
         val = context.val
         if val is None or val.labels is None or len(val) == 0:
             raise DataError("score 'temperature' needs labelled validation images to fit T.")
+        k = val.logits.shape[1]
+        if int(val.labels.min()) < 0 or int(val.labels.max()) >= k:
+            raise InputError(
+                f"score 'temperature' fits on known classes only: validation labels must be 0 "
+                f"to {k - 1}"
+            )
         lo, hi = TEMPERATURE_BOUNDS
         self.fitted_temperature_ = fit_temperature(val.logits, val.labels)
         # at a bound the NLL still fell: e.g. a perfectly separated validation slice (T -> 0)
@@ -595,8 +601,8 @@ class OpenMax(Score):
     needs_train = True
 
     def __init__(self, tail_size: int = 20, alpha: int = 3):
-        check_setting(self, "tail_size", tail_size, "openmax_tail")
-        check_setting(self, "alpha", alpha, "openmax_alpha")
+        tail_size = check_setting(self, "tail_size", tail_size, "openmax_tail")
+        alpha = check_setting(self, "alpha", alpha, "openmax_alpha")
         self.tail_size = tail_size
         self.alpha = alpha
 
@@ -731,8 +737,8 @@ class ODIN(Score):
     stateless = True  # fixed settings: fit only records them
 
     def __init__(self, temperature: float = 1000.0, epsilon: float = 0.0014):
-        check_setting(self, "temperature", temperature, "odin_temperature")
-        check_setting(self, "epsilon", epsilon, "odin_epsilon")
+        temperature = check_setting(self, "temperature", temperature, "odin_temperature")
+        epsilon = check_setting(self, "epsilon", epsilon, "odin_epsilon")
         self.temperature = temperature
         self.epsilon = epsilon
 

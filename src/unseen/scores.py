@@ -241,10 +241,14 @@ def _marks_fitted(fit: Callable[[Score, FitContext], Score]) -> Callable:
         before = getattr(self, "_fitted", False)
         self._fitted = True
         try:
-            return fit(self, context)
+            fitted = fit(self, context)
         except BaseException:
             self._fitted = before
             raise
+        train = context.train
+        if self.uses_features and train is not None and train.features is not None:
+            self.feature_dim_ = int(train.features.shape[1])  # what score() will check
+        return fitted
 
     return marking
 
@@ -256,6 +260,12 @@ def _with_features(score: Callable[[Score, Outputs], torch.Tensor]) -> Callable:
             raise InputError(
                 f"score '{self.name}' needs the penultimate features (Outputs.features), "
                 "not the logits alone"
+            )
+        fitted_on = getattr(self, "feature_dim_", None)  # (runs of earlier versions: none)
+        if fitted_on is not None and outputs.features.shape[1] != fitted_on:
+            raise InputError(
+                f"score '{self.name}' was fitted on {fitted_on} features per image; these "
+                f"outputs have {outputs.features.shape[1]}"
             )
         return score(self, outputs)
 
@@ -272,15 +282,26 @@ def _after_fit(score: Callable[[Score, Outputs], torch.Tensor]) -> Callable:
     return checked
 
 
-def check_setting(score: Score, setting: str, value: Any, option: str) -> None:
-    """Check a score's constructor argument as ``--option`` would be checked (see
-    :mod:`unseen.config`), so that a score built in Python cannot hold a value the CLI
-    refuses."""
-    from .config import FIELDS
+def check_setting(score: Score, setting: str, value: Any, option: str) -> Any:
+    """A score's constructor argument checked as ``--option`` is checked (see
+    :mod:`unseen.config`): its type (``k=2.5`` is refused, not truncated; a NumPy integer
+    becomes an int) and its range, so that a score built in Python cannot hold a value the
+    CLI refuses. Returns the value as the option's type."""
+    from .config import FIELDS, typed_value
 
+    name = f"{type(score).__name__}({setting}={value!r})"
+    try:
+        value = typed_value(option, value)
+    except ConfigError:
+        kind = str(FIELDS[option].type).split(" |")[0]
+        raise ConfigError(
+            f"{name}: {setting} must be {'an' if kind == 'int' else 'a'} "
+            f"{'integer' if kind == 'int' else 'number'}."
+        ) from None
     check = FIELDS[option].metadata["check"]
     if value is not None and check is not None and (problem := check(value)):
-        raise ConfigError(f"{type(score).__name__}({setting}={value!r}): {setting} {problem}.")
+        raise ConfigError(f"{name}: {setting} {problem}.")
+    return value
 
 
 # ----------------------------------------------------------------------------- logit scores
@@ -468,7 +489,7 @@ class OvrDocScore(Score):
     one_vs_rest_only = True
 
     def __init__(self, alpha: float = 3.0):
-        check_setting(self, "alpha", alpha, "doc_alpha")
+        alpha = check_setting(self, "alpha", alpha, "doc_alpha")
         self.alpha = alpha
 
     @classmethod
