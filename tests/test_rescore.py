@@ -219,11 +219,34 @@ def test_a_sweep_folder_is_rescored_run_by_run_then_summarised(tmp_path, capsys)
     (second / "run.json").unlink()  # an unfinished run: left alone
     code = main(["rescore", str(tmp_path / "sw"), "--scores", "msp,energy", "--no-report"])
     out = capsys.readouterr().out
-    assert code == 0 and "1 of the sweep's 2 runs are not finished" in out
-    assert "1 runs rescored" in out and "energy" in out
+    assert code == 0 and "1 of the sweep's 2 runs is not finished: left as they are" in out
+    assert "1 run rescored" in out and "energy" in out
     assert list(read(first / "metrics.json")["scores"]) == ["msp", "energy"]
     assert list(read(second / "metrics.json")["scores"]) == ["msp"]
     summary = read(tmp_path / "sw" / "summary.json")
     assert summary["score_names"] == ["msp", "energy"] and summary["runs_finished"] == 1
     code = main(["rescore", str(tmp_path / "sw"), "--dataset", "digits"])
     assert code == 2 and "--dataset applies to a run folder" in capsys.readouterr().err
+
+
+def test_a_sweep_that_cannot_be_summarised_again_is_refused_before_any_run_changes(
+    tmp_path, capsys
+):
+    from unseen.sweep import SweepOptions, run_sweep
+
+    base = RunConfig(scores=("msp",), **TINY)
+    sweep = run_sweep(base, SweepOptions("single", seeds=2), tmp_path / "sw", log=None)
+    plan_file = tmp_path / "sw" / "sweep.json"
+    plan = read(plan_file)
+    before = [(r.run_dir / "metrics.json").read_bytes() for r in sweep.runs]
+    for edit, message in (
+        ({"protocol": "loo"}, "lists other runs than its options plan"),  # 10 runs, not 2
+        ({"seeds": "two"}, "cannot rescore the sweep in"),
+        ({"protocol": 5}, "cannot rescore the sweep in"),
+        ({"base_config": {**plan["base_config"], "dataset": "npz:nowhere.npz"}}, "nowhere.npz"),
+    ):
+        plan_file.write_text(json.dumps({**plan, **edit}))
+        code = main(["rescore", str(tmp_path / "sw"), "--scores", "msp,energy", "--no-report"])
+        err = capsys.readouterr().err.strip()
+        assert code == 2 and message in err and len(err.splitlines()) == 1, err
+        assert [(r.run_dir / "metrics.json").read_bytes() for r in sweep.runs] == before

@@ -178,7 +178,8 @@ def cmd_rescore(args: argparse.Namespace) -> int:
                     raise UnseenError("--dataset applies to a run folder, not to a sweep folder.")
                 results, sweep = rescore_sweep(folder, changes, **common)
                 print(format_summary(sweep.summary))
-                print(f"\nsweep folder: {sweep.out_dir}: {len(results)} runs rescored")
+                runs = f"{len(results)} run{'' if len(results) == 1 else 's'}"
+                print(f"\nsweep folder: {sweep.out_dir}: {runs} rescored")
                 continue
             result = rescore_run(folder, changes, dataset=args.dataset, **common)
         except UnseenError as exc:  # name the folder when there are several

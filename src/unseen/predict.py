@@ -524,10 +524,14 @@ class Predictor:
     ) -> Predictor:
         """A copy (sharing the model) with another score or threshold; see :meth:`configure`.
         A known acceptance this predictor was calibrated at, other than the run's, carries
-        over to the copy unless ``threshold`` or ``known_acceptance`` is given."""
-        chosen = self.known_acceptance
-        if threshold is None and known_acceptance is None and chosen != self.run_known_acceptance:
-            known_acceptance = chosen  # None when the threshold was given or a score's own rule
+        over to the copy unless ``threshold`` or ``known_acceptance`` is given, or the new
+        score has its own decision rule (ovr-doc, openmax)."""
+        chosen = self.known_acceptance  # None when the threshold was given or a score's own rule
+        name = score or self.default_score()
+        own_rule = name in self.detectors and self.detectors[name].decision_threshold() is not None
+        keep = threshold is None and known_acceptance is None and not own_rule
+        if keep and chosen != self.run_known_acceptance:
+            known_acceptance = chosen
         return copy.copy(self).configure(score, threshold, known_acceptance)
 
     # -- images

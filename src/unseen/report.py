@@ -486,7 +486,7 @@ def _rescored_text(rescored: Any) -> str | None:
         return None
 
     def text(value: Any) -> str:
-        return _names(value) if isinstance(value, list) else str(value)
+        return _names(value) if isinstance(value, list) else "auto" if value is None else str(value)
 
     changed = rescored.get("changed")
     parts = [

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from .config import FIELDS, SCORE_OPTIONS, RunConfig
-from .errors import ConfigError, DataError
+from .errors import ConfigError, DataError, UnseenError
 from .experiment import (
     TRAINING_METRICS,
     Prepared,
@@ -225,24 +225,34 @@ def rescore_sweep(
 
     sweep_dir = Path(sweep_dir)
     say = log or (lambda _msg: None)
-    plan = read_json(sweep_dir / "sweep.json")
+    plan_file = sweep_dir / "sweep.json"
+    plan = read_json(plan_file)
+    # the plan is rebuilt (data loaded, runs planned) before any run is rewritten: a sweep
+    # that could not be summarised again must not be left half rescored
     try:
         base = RunConfig.from_dict(plan["base_config"])
+        if data_root is not None:  # not hashed: the runs keep their folders
+            base = base.replace(data_root=data_root)
         opts = SweepOptions(
-            protocol=plan["protocol"],
-            seeds=plan["seeds"],
-            splits=plan.get("splits"),
-            fractions=tuple(plan["fractions"]) if plan.get("fractions") else None,
-            balances=tuple(plan["compare_balance"]) if plan.get("compare_balance") else None,
+            protocol=str(plan["protocol"]),
+            seeds=int(plan["seeds"]),
+            splits=None if plan.get("splits") is None else int(plan["splits"]),
+            fractions=tuple(map(float, plan["fractions"])) if plan.get("fractions") else None,
+            balances=_names(plan.get("compare_balance")),
         )
-        folders = [sweep_dir / "runs" / Path(r["dir"]).name for r in plan["runs"]]
-    except (KeyError, TypeError, ValueError) as exc:
+        listed = {Path(r["dir"]).name for r in plan["runs"]}
+        planned = run_sweep(base, opts, sweep_dir, dry_run=True, log=None).runs
+    except (KeyError, TypeError, ValueError, AttributeError, UnseenError) as exc:
+        raise DataError(f"cannot rescore the sweep in {sweep_dir}: {plan_file}: {exc}") from None
+    if {r.run_dir.name for r in planned} != listed:
         raise DataError(
-            f"{sweep_dir / 'sweep.json'} is not a sweep plan this version reads ({exc!r})."
-        ) from None
+            f"{plan_file} lists other runs than its options plan; it was edited or damaged."
+        )
+    folders = [r.run_dir for r in planned]
     finished = [f for f in folders if is_finished(f)]
-    if len(finished) < len(folders):
-        say(f"{len(folders) - len(finished)} of the sweep's {len(folders)} runs are not finished")
+    if left := len(folders) - len(finished):
+        were = "is" if left == 1 else "are"
+        say(f"{left} of the sweep's {len(folders)} runs {were} not finished: left as they are")
     results = []
     for i, folder in enumerate(finished):
         say(f"run {i + 1} of {len(finished)}: {folder.name}")
@@ -257,7 +267,14 @@ def rescore_sweep(
                 log=log,
             )  # fmt: skip
         )
-    if data_root is not None:  # not hashed: the runs keep their folders
-        base = base.replace(data_root=data_root)
     summary = run_sweep(base, opts, sweep_dir, summary_only=True, report=report, log=log)
     return results, summary
+
+
+def _names(value: Any) -> tuple[str, ...] | None:
+    """sweep.json's list of balance modes (None: not compared)."""
+    if value is None:
+        return None
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise TypeError(f"compare_balance must be a list of names, not {value!r}")
+    return tuple(value) or None
