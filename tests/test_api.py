@@ -413,3 +413,13 @@ def test_a_run_and_a_load_leave_the_caller_s_torch_state_as_it_was(tmp_path, dig
     assert predictor.with_options(score="msp").known_acceptance == 0.95  # the run's
     given = unseen.load(digits_run, threshold=0.5).with_options(score="msp")
     assert given.known_acceptance == 0.95  # a given threshold does not carry over as one
+
+
+def test_with_options_keeps_a_score_s_own_rule(tmp_path):
+    cfg = RunConfig(head=("ovr",), scores=("msp", "ovr-doc"), epochs=1, train_subset=300,
+                    device="cpu", report=False, out=str(tmp_path / "ovr"))  # fmt: skip
+    unseen.run_experiment(cfg, progress=False, log=None)
+    predictor = unseen.load(tmp_path / "ovr", score="msp", known_acceptance=0.9)
+    doc = predictor.with_options(score="ovr-doc")  # rejected below 0, whatever acceptance
+    assert doc.threshold == 0.0 and doc.threshold_source == "the score's own rule"
+    assert predictor.with_options(score="msp").known_acceptance == 0.9
