@@ -505,18 +505,8 @@ def score_head(p: Prepared, head: str, model: Classifier, progress: bool = True)
     return Scored(test, val, fitted, test_scores, val_scores, metrics, seconds)
 
 
-#: metrics.json's entries about training (:func:`training_metrics`), which a rescore keeps
-TRAINING_METRICS = (
-    "train_seconds",
-    "train_images_per_second",
-    "validation_seconds",
-    "checkpoint_seconds",
-    "resumed_train_seconds",
-    "cuda_graphs",
-)
-
-
 def training_metrics(trained: TrainResult) -> dict:
+    """metrics.json's entries about training (:data:`TRAINING_METRICS`)."""
     return {
         "train_seconds": trained.seconds,
         "train_images_per_second": trained.images_per_second,
@@ -525,6 +515,10 @@ def training_metrics(trained: TrainResult) -> dict:
         "resumed_train_seconds": trained.resumed_seconds,
         "cuda_graphs": trained.cuda_graphs,
     }
+
+
+#: the names of those entries, which a rescore keeps as the run recorded them
+TRAINING_METRICS = tuple(training_metrics(TrainResult()))
 
 
 def finish_metrics(p: Prepared, head: str, scored: Scored, training: dict, device: str) -> dict:

@@ -126,7 +126,8 @@ def _rescore_run(
     )
     say(f"rescoring {run_dir} on {describe_device(p.device)}: {', '.join(cfg.scores)}")
     resolved = p.config.to_dict()  # paths made absolute
-    new_options = {k: cfg.to_dict()[k] for k in SCORE_OPTIONS}
+    options = cfg.to_dict()
+    new_options = {k: options[k] for k in SCORE_OPTIONS}
     if dataset is not None or data_root is not None:  # where the data is now
         new_options.update(dataset=resolved["dataset"], data_root=resolved["data_root"])
     changed = {k: [saved.get(k), v] for k, v in new_options.items() if saved.get(k, v) != v}
@@ -221,7 +222,7 @@ def rescore_sweep(
     ``sweep.json`` lists them), then the sweep's summary again (``unseen sweep
     --summary-only``, which reads the runs' new metrics). Returns the runs' results and the
     :class:`unseen.sweep.SweepResult`; runs not finished are left alone."""
-    from .sweep import SweepOptions, run_sweep
+    from .sweep import RunOutcome, SweepOptions, run_sweep, summarize
 
     sweep_dir = Path(sweep_dir)
     say = log or (lambda _msg: None)
@@ -267,7 +268,9 @@ def rescore_sweep(
                 log=log,
             )  # fmt: skip
         )
-    summary = run_sweep(base, opts, sweep_dir, summary_only=True, report=report, log=log)
+    # the summary of `unseen sweep --summary-only`, from the plan rebuilt above
+    skipped = [RunOutcome(r, "skipped") for r in planned]
+    summary = summarize(sweep_dir, base, opts, planned, skipped, report=report, log=log)
     return results, summary
 
 

@@ -1056,7 +1056,7 @@ def run_sweep(
     from .splits import resolve_auto
 
     say = log or (lambda _msg: None)
-    kind, _ = parse_protocol(opts.protocol)
+    parse_protocol(opts.protocol)  # an unknown protocol fails before any work
     check_options(opts)  # before the dataset is loaded or anything is written
     if dry_run and summary_only:
         raise ConfigError("give --dry-run or --summary-only, not both.")
@@ -1081,6 +1081,23 @@ def run_sweep(
         outcomes = [RunOutcome(r, "skipped") for r in runs]
     else:
         outcomes = run_plan(runs, opts.jobs, say)
+    return summarize(out, base, opts, runs, outcomes, report=report, log=log)
+
+
+def summarize(
+    out: Path,
+    base: RunConfig,
+    opts: SweepOptions,
+    runs: Sequence[PlannedRun],
+    outcomes: Sequence[RunOutcome],
+    *,
+    report: bool = True,
+    log: Callable[[str], None] | None = print,
+) -> SweepResult:
+    """Aggregate the finished ``runs`` of the sweep in ``out`` (planned from ``base`` and
+    ``opts``): ``summary.json``, ``summary.txt`` and, with ``report``, the comparison report."""
+    say = log or (lambda _msg: None)
+    kind, _ = parse_protocol(opts.protocol)
     summary = aggregate(load_records(runs), kind)
     summary.update(
         {
@@ -1107,7 +1124,7 @@ def run_sweep(
         if path is not None:
             summary["report"] = str(path)
             write_json(out / "summary.json", summary)
-    return SweepResult(out, runs, outcomes, summary)
+    return SweepResult(out, list(runs), list(outcomes), summary)
 
 
 # ----------------------------------------------------------------------------- command line
