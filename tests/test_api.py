@@ -247,8 +247,8 @@ def test_logits_alone_serve_the_logit_scores_and_the_feature_scores_say_what_the
     (xf, xl, y), (tf, tl, ty), _ = _blobs()
     ctx = FitContext(train=Outputs(xl, labels=y), val=Outputs(xl, labels=y))  # no features
     uses = {n for n, cls in SCORES.items() if cls.uses_features}
-    assert uses == {"mahalanobis", "rmd", "knn", "vim", "react"}
-    for name in ("msp", "maxlogit", "energy", "entropy", "temperature", "openmax"):
+    assert uses == {"mahalanobis", "rmd", "knn", "vim", "react", "ash", "scale", "dice"}
+    for name in ("msp", "maxlogit", "energy", "entropy", "temperature", "gen", "openmax"):
         s = create_score(name).fit(ctx).score(Outputs(tl)).numpy()
         assert s.shape == (300,) and np.isfinite(s).all(), name
     with pytest.raises(InputError, match="'knn' needs the features of the training images"):

@@ -7,6 +7,7 @@ never the functions under test.
 from __future__ import annotations
 
 import json
+import math
 
 import numpy as np
 import pytest
@@ -214,6 +215,171 @@ def test_react_matches_numpy(percentile):
     expected = logsumexp(np.minimum(f32(xt), c) @ f32(w).T + f32(b), axis=1)
     assert s.clip_ == pytest.approx(c, rel=1e-6)
     np.testing.assert_allclose(s.score(outputs(xt, w, b)).numpy(), expected, rtol=1e-5)
+
+
+# ----------------------------------------------------------------------------- ASH, SCALE, DICE
+
+
+def numpy_shape(x, percentile, variant):
+    """ASH / SCALE written from the papers with NumPy: per row, keep the n - round(n p / 100)
+    largest activations; s1 = sum of all, s2 = sum of those kept."""
+    out = np.zeros_like(x)
+    for i, row in enumerate(x):
+        keep = max(1, len(row) - int(np.round(len(row) * percentile / 100)))
+        top = np.argsort(-row, kind="stable")[:keep]
+        s1, s2 = row.sum(), row[top].sum()
+        if variant == "scale":
+            out[i] = row * np.exp(s1 / s2)
+        elif variant == "s":
+            out[i, top] = row[top] * np.exp(s1 / s2)
+        elif variant == "b":
+            out[i, top] = s1 / keep
+        else:
+            out[i, top] = row[top]
+    return out
+
+
+def test_ash_and_scale_on_a_known_vector():
+    x = torch.tensor([[4.0, 0.0, 3.0, 1.0, 2.0]])  # p = 60: keeps 5 - round(3) = 2 (4 and 3)
+    e = math.exp(10 / 7)  # s1 = 10, s2 = 4 + 3
+    torch.testing.assert_close(det.ash(x, 60, "p"), torch.tensor([[4.0, 0, 3, 0, 0]]).double())
+    torch.testing.assert_close(det.ash(x, 60, "b"), torch.tensor([[5.0, 0, 5, 0, 0]]).double())
+    torch.testing.assert_close(
+        det.ash(x, 60, "s"), torch.tensor([[4 * e, 0, 3 * e, 0, 0]]).double()
+    )
+    torch.testing.assert_close(det.scale(x, 60), x.double() * e)
+    # ties at the cut go to the lower index: b fills the same entries on every device
+    tied = torch.tensor([[0.0, 2.0, 0.0, 0.0]])  # p = 50 keeps 2: the 2 and the first 0
+    torch.testing.assert_close(det.ash(tied, 50, "b"), torch.tensor([[1.0, 1, 0, 0]]).double())
+    assert det.kept_count(5, 99.9) == 1 and det.kept_count(512, 90) == 51
+    assert det.kept_count(64, 90) == 6  # 57.6 rounds to 58
+    # an all-zero image stays zero: the energy of the bias alone, not NaN
+    zero = torch.zeros(1, 5)
+    assert torch.equal(det.ash(zero, 90, "s"), zero.double())
+    assert torch.equal(det.scale(zero, 90), zero.double())
+
+
+@pytest.mark.parametrize(("name", "variant", "percentile"),
+                         [("ash", "s", 90.0), ("ash", "b", 65.0), ("ash", "p", 50.0),
+                          ("scale", "scale", 85.0), ("scale", "scale", 0.0)])  # fmt: skip
+def test_ash_and_scale_match_numpy(name, variant, percentile):
+    x, y, xt, w, b = random_problem(14, d=20)
+    x, xt = np.maximum(x, 0), np.maximum(xt, 0)  # post-ReLU features
+    s = det.ASH(percentile, variant) if name == "ash" else det.Scale(percentile)
+    s.fit(context(x, y, w, b))
+    expected = logsumexp(numpy_shape(f32(xt), percentile, variant) @ f32(w).T + f32(b), axis=1)
+    np.testing.assert_allclose(s.score(outputs(xt, w, b)).numpy(), expected, rtol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["ash", "scale"])
+def test_activation_shaping_refuses_negative_features(name):
+    x, y, xt, w, b = random_problem(15)
+    with pytest.raises(ValueError, match=f"'{name}' shapes post-ReLU activations"):
+        create_score(name).fit(context(x, y, w, b))
+    s = create_score(name).fit(FitContext(head_weight=w, head_bias=b))  # no training outputs
+    with pytest.raises(ValueError, match="Outputs.features has negative values"):
+        s.score(outputs(xt, w, b))
+    with pytest.raises(ValueError, match="fitted on 6 features per image; these outputs have 3"):
+        s.score(Outputs(np.zeros((2, 3)), np.ones((2, 3))))
+
+
+def separate_problem(seed=18, k=3, d=8, n=200):
+    """Features of K member networks side by side (member m: columns m*d:(m+1)*d, on their
+    own scale), a block-diagonal head as ovr-separate stacks the members' one-output heads."""
+    rng = np.random.default_rng(seed)
+    scales = np.repeat(np.array([0.5, 1.0, 2.0])[:k], d)
+    x = rng.gamma(2.0, 1.0, (n, k * d)) * scales
+    xt = rng.gamma(2.0, 1.0, (40, k * d)) * scales
+    w = np.zeros((k, k * d))
+    for m in range(k):
+        w[m, m * d : (m + 1) * d] = rng.normal(0, 1, d)
+    b = rng.normal(0, 1, k)
+    return x, rng.integers(0, k, n), xt, w, b
+
+
+@pytest.mark.parametrize("name", ["ash", "scale", "dice"])
+def test_ovr_separate_members_are_shaped_and_sparsified_one_by_one(name):
+    """On ovr-separate each member network is treated as the paper's network: its own
+    features shaped (ash, scale), its own one-output head sparsified (dice) -- not the
+    stacked features and block-diagonal head as a whole."""
+    x, y, xt, w, b = separate_problem()
+    k, d = w.shape[0], w.shape[1] // w.shape[0]
+    ctx = context(x, y, w, b)
+    ctx.head = "ovr-separate"
+    s = create_score(name).fit(ctx)
+    assert s.members_ == k
+    expected = np.empty((len(xt), k))
+    for m in range(k):  # each member alone: its features, its one-output head
+        cols = slice(m * d, (m + 1) * d)
+        member = create_score(name).fit(context(x[:, cols], y, w[m : m + 1, cols], b[m : m + 1]))
+        feats = f32(xt[:, cols])
+        if name == "dice":
+            feats_w = member.head_weight_.double().numpy()
+        else:
+            feats = member.shape(torch.as_tensor(feats)).numpy()
+            feats_w = f32(w[m : m + 1, cols])
+        expected[:, m] = (feats @ feats_w.T)[:, 0] + f32(b[m])
+    np.testing.assert_allclose(
+        s.score(outputs(xt, w, b)).numpy(), logsumexp(expected, axis=1), rtol=1e-6
+    )
+    if name == "dice":  # 90% of each member's d weights go, none of the structural zeros count
+        assert s.kept_fraction_ == pytest.approx(1 / d)
+
+
+def test_activation_shaping_refuses_a_scale_beyond_float64():
+    """exp(s1/s2) overflows float64 past s1/s2 = 709.8; s1/s2 reaches n/k for even
+    activations: 2048 of them, one kept (p = 99.99), is refused in one sentence."""
+    x = torch.ones(2, 2048)
+    with pytest.raises(ValueError, match="beyond float64: keep more activations"):
+        det.ash(x, 99.99, "s")
+    with pytest.raises(ValueError, match="beyond float64"):
+        det.scale(x, 99.99)
+    # 10 kept: exp(204.8), within float64
+    torch.testing.assert_close(det.scale(x, 99.5), x.double() * math.exp(204.8))
+
+
+@pytest.mark.parametrize("sparsity", [90.0, 50.0, 0.0])
+def test_dice_matches_numpy(sparsity):
+    x, y, xt, w, b = random_problem(16, d=12)
+    x, xt = np.maximum(x, 0), np.maximum(xt, 0)
+    s = det.DICE(sparsity).fit(context(x, y, w, b))
+    contribution = f32(x).mean(0)[None, :] * f32(w)
+    mask = contribution > np.percentile(contribution, sparsity)
+    expected = logsumexp(f32(xt) @ (f32(w) * mask).T + f32(b), axis=1)
+    np.testing.assert_allclose(s.score(outputs(xt, w, b)).numpy(), expected, rtol=1e-6)
+    assert s.kept_fraction_ == pytest.approx(mask.mean())
+
+
+def test_dice_drops_the_weights_of_smallest_mean_contribution():
+    """A known answer: mean features (1, 2, 3); contributions W * mean; sparsity 50 of the
+    six sets to zero the three at or below the median contribution (the bias is kept)."""
+    train = Outputs(np.zeros((2, 2)), [[1.0, 2.0, 3.0], [1.0, 2.0, 3.0]], [0, 1])
+    w = np.array([[1.0, 1.0, 1.0], [3.0, 0.1, -1.0]])  # contributions 1 2 3 / 3 0.2 -3
+    s = det.DICE(50).fit(FitContext(train, head_weight=w, head_bias=[0.5, -0.5]))
+    # the median contribution is 1.5: the weights of contributions 2, 3 and 3 stay
+    torch.testing.assert_close(s.head_weight_, torch.tensor([[0.0, 1.0, 1.0], [3.0, 0.0, 0.0]]))
+    assert s.kept_fraction_ == 0.5
+    feats = torch.tensor([[2.0, 5.0, 1.0]])  # logits 5 + 1 + 0.5 and 6 - 0.5
+    torch.testing.assert_close(
+        s.score(Outputs(np.zeros((1, 2)), feats)),
+        torch.logsumexp(torch.tensor([[6.5, 5.5]]).double(), 1),
+    )
+
+
+# ----------------------------------------------------------------------------- GEN
+
+
+@pytest.mark.parametrize(("gamma", "m"), [(0.1, 100), (0.5, 2), (0.9, 1)])
+def test_gen_matches_numpy(gamma, m):
+    z = np.random.default_rng(17).normal(0, 4, (50, 6))
+    p = -np.sort(-softmax(z, axis=1), axis=1)[:, :m]
+    expected = -(p**gamma * (1 - p) ** gamma).sum(1)
+    s = det.GEN(gamma, m).fit(FitContext())
+    np.testing.assert_allclose(s.score(Outputs(z)).numpy(), expected, rtol=1e-12)
+    # uniform over K classes: -K (1/K)^g (1 - 1/K)^g, the lowest value (least known)
+    uniform = s.score(Outputs(np.zeros((1, 4)))).item()
+    assert uniform == pytest.approx(-min(m, 4) * (0.25 * 0.75) ** gamma)
+    assert s.score(Outputs([[50.0, 0, 0, 0]])).item() > uniform
 
 
 # ----------------------------------------------------------------------------- temperature
@@ -466,7 +632,9 @@ def test_every_score_separates_and_is_oriented_higher_known(name):
     val = forward_pass(model, xv, torch.device("cpu"), labels=yv)
     test = forward_pass(model, xte, torch.device("cpu"), labels=yte)
     ctx = FitContext(train, val, model.head.weight.detach(), model.head.bias.detach(), head)
-    s = create_score(name, RunConfig()).fit(ctx)
+    # dice: 36 of the head's 48 weights are zero, so its default 90% sparsity would also
+    # drop weights that matter; 70% keeps all 12 that are not
+    s = create_score(name, RunConfig(dice_sparsity=70)).fit(ctx)
     values = s.score_images(model, xte, "cpu", "fp32") if s.needs_model else s.score(test)
     values = values.float().numpy()
     assert values.shape == (len(yte),) and np.isfinite(values).all()
@@ -479,7 +647,7 @@ def test_fit_uses_known_training_data_only():
     not on what is scored afterwards."""
     x, y, xt, w, b = random_problem(11)
     ctx = context(x, y, w, b)
-    for name in ("mahalanobis", "rmd", "knn", "vim", "react", "openmax"):
+    for name in ("mahalanobis", "rmd", "knn", "vim", "react", "dice", "openmax"):
         s1 = create_score(name).fit(ctx)
         before = {k: v.clone() if torch.is_tensor(v) else v for k, v in s1.fitted_state().items()}
         s1.score(outputs(xt, w, b))
@@ -496,6 +664,12 @@ def test_detector_settings_come_from_the_config():
     react, om = create_score("react", cfg), create_score("openmax", cfg)
     assert (knn.k, knn.bank_size, vim.dim, react.percentile) == (7, None, 5, 80)
     assert (om.tail_size, om.alpha) == (9, 2)
+    cfg = RunConfig(ash_percentile=65, ash_variant="b", scale_percentile=80, dice_sparsity=70,
+                    gen_gamma=0.5, gen_m=3)  # fmt: skip
+    ash, scale = create_score("ash", cfg), create_score("scale", cfg)
+    dice, gen = create_score("dice", cfg), create_score("gen", cfg)
+    assert (ash.percentile, ash.variant, scale.percentile) == (65, "b", 80)
+    assert (dice.sparsity, gen.gamma, gen.m) == (70, 0.5, 3)
 
 
 def test_detector_options_are_checked():
@@ -504,9 +678,18 @@ def test_detector_options_are_checked():
     assert parse_value("knn_bank", "all") is None
     assert parse_value("knn_bank", "500") == 500
     for name, bad in [("knn_k", "0"), ("react_percentile", "0"), ("react_percentile", "101"),
-                      ("openmax_tail", "1"), ("odin_epsilon", "-1"), ("vim_dim", "0")]:  # fmt: skip
+                      ("openmax_tail", "1"), ("odin_epsilon", "-1"), ("vim_dim", "0"),
+                      ("ash_percentile", "100"), ("ash_percentile", "-1"), ("ash_variant", "x"),
+                      ("scale_percentile", "100"), ("dice_sparsity", "100"), ("gen_gamma", "0"),
+                      ("gen_m", "0")]:  # fmt: skip
         with pytest.raises(ConfigError):
             parse_value(name, bad)
+    # the same checks for a score built in Python
+    for make in (lambda: det.ASH(percentile=100), lambda: det.ASH(variant="x"),
+                 lambda: det.Scale(-1), lambda: det.DICE(100), lambda: det.GEN(gamma=-1),
+                 lambda: det.GEN(m=2.5)):  # fmt: skip
+        with pytest.raises(ConfigError):
+            make()
 
 
 # ----------------------------------------------------------------------------- end to end
@@ -560,10 +743,13 @@ def test_temperature_at_the_bounds():
     assert s.temperature_ == det.TEMPERATURE_BOUNDS[1] and s.at_bound_ and not s.degenerate_
 
 
-@pytest.mark.parametrize("name", ["mahalanobis", "rmd", "knn", "vim", "react", "openmax"])
+@pytest.mark.parametrize(
+    "name", ["mahalanobis", "rmd", "knn", "vim", "react", "ash", "scale", "dice", "gen", "openmax"]
+)
 def test_restored_detector_scores_the_same(name, tmp_path):
     """What detectors.pt holds is enough to score again (weights-only loading)."""
     x, y, xt, w, b = random_problem(12)
+    x, xt = np.maximum(x, 0), np.maximum(xt, 0)  # post-ReLU features (ash, scale)
     s = create_score(name).fit(context(x, y, w, b))
     torch.save(s.fitted_state(), tmp_path / "d.pt")
     restored = create_score(name).load_fitted_state(
@@ -614,3 +800,58 @@ def test_the_run_summary_notes_a_vim_alpha_that_is_not_positive(digits_run):
     for alpha, noted in ((2.0, False), (-0.25, True)):
         metrics["scores"]["vim"] = {**metrics["scores"]["msp"], "fit": {"alpha": alpha}}
         assert ("note: vim's alpha is -0.25" in run_summary(metrics)) == noted
+    # several heads share one table: the note says which head it is about
+    from unseen.console import heads_summary
+
+    ok = {**metrics, "scores": {**metrics["scores"], "vim": {"fit": {"alpha": 1.0}}}}
+    shown = heads_summary({"softmax": metrics, "ovr": ok})
+    assert "head softmax: note: vim's alpha is -0.25" in shown and "head ovr: note" not in shown
+
+
+# ----------------------------------------------------------------------------- score options
+
+
+def test_every_score_option_belongs_to_one_score_which_reads_it():
+    """Each detector option (and --doc-alpha) is declared by exactly one score, rescore can
+    change it, and the score's from_config really reads it."""
+    from unseen.config import FIELDS, SCORE_OPTIONS
+
+    owners = {}
+    for name, cls in SCORES.items():
+        for option in cls.options:
+            assert option not in owners, f"{option}: {owners.get(option)} and {name}"
+            owners[option] = name
+    detector_fields = {n for n, f in FIELDS.items() if f.metadata["group"] == "detectors"}
+    assert set(owners) == detector_fields | {"doc_alpha"}
+    assert set(owners) <= set(SCORE_OPTIONS)
+    for option, name in owners.items():
+        f = FIELDS[option]
+        if f.metadata["choices"]:
+            other = next(c for c in f.metadata["choices"] if c != f.default)
+        elif f.default is None:
+            other = 8
+        else:
+            other = f.default + 1 if isinstance(f.default, int) else f.default / 2
+        default, changed = (
+            create_score(name, RunConfig()),
+            create_score(name, RunConfig(**{option: other})),
+        )
+        assert vars(default) != vars(changed), f"{name} does not read {option}"
+
+
+def test_a_run_says_which_score_options_have_no_effect(tmp_path, capsys):
+    from unseen.cli import main
+    from unseen.scores import unused_score_options
+
+    cfg = RunConfig(scores=("msp", "knn"), knn_k=5, ash_variant="b", doc_alpha=1.0)
+    assert unused_score_options(cfg) == [("doc_alpha", "ovr-doc"), ("ash_variant", "ash")]
+    # ovr-doc is computed on a one-vs-rest head, whatever --scores says
+    assert unused_score_options(cfg.replace(head=("softmax", "ovr"))) == [("ash_variant", "ash")]
+    assert unused_score_options(cfg.replace(scores=("all",))) == [("doc_alpha", "ovr-doc")]
+    assert unused_score_options(RunConfig()) == []
+    code = main(["run", "--epochs", "1", "--train-subset", "100", "--no-report", "--gen-m", "3",
+                 "--knn-k", "5", "--scores", "msp,knn", "--out", str(tmp_path / "r")])  # fmt: skip
+    assert code == 0
+    out = capsys.readouterr().out
+    assert "note: --gen-m (for gen) has no effect: no score of this run reads it" in out
+    assert "--knn-k (for" not in out

@@ -101,6 +101,20 @@ def test_roc_figure_curves_integrate_to_auroc():
         assert np.trapezoid(y, x) == pytest.approx(auroc(scores[name], is_known), abs=1e-9)
 
 
+def test_roc_legend_ranks_the_scores_and_no_two_curves_look_alike():
+    rng = np.random.default_rng(4)
+    is_known = np.r_[np.ones(100, bool), np.zeros(50, bool)]
+    scores = {f"s{i}": rng.normal(0, 1, 150) + is_known * i / 8 for i in range(17)}
+    fig = plots.roc_figure(scores, is_known)
+    lines = [ln for ln in fig.axes[0].lines if "AUROC" in str(ln.get_label())]
+    shown = [float(ln.get_label().split("AUROC ")[1].rstrip(")")) for ln in lines]
+    assert shown == sorted(shown, reverse=True)  # best first, as in the run's table
+    looks = {(ln.get_color(), ln.get_linestyle()) for ln in lines}
+    assert len(looks) == 17
+    legend = fig.axes[0].get_legend()  # 17 entries: beside the axes, not over the curves
+    assert legend.get_bbox_to_anchor().x0 > fig.axes[0].get_window_extent().x1
+
+
 def test_projection_subsamples_by_class_and_matches_pca():
     from sklearn.decomposition import PCA
 
@@ -546,6 +560,15 @@ def test_comparison_figure_with_long_labels_draws_without_a_warning():
             labels, ["msp", "energy"], "AUROC", np.full((2, 2), 0.8), np.zeros((2, 2))
         )
         assert figure_png(fig).startswith(b"\x89PNG")
+        # 17 scores: bars told apart by colour and hatch, the legend beside the bars
+        names = [f"s{i}" for i in range(17)]
+        fig = comparison_figure(labels, names, "AUROC", np.full((2, 17), 0.8), np.zeros((2, 17)))
+        assert figure_png(fig).startswith(b"\x89PNG")
+        ax = fig.axes[0]
+        bars = [c for c in ax.containers if hasattr(c, "patches")]
+        looks = {(tuple(c.patches[0].get_facecolor()), c.patches[0].get_hatch()) for c in bars}
+        assert len(looks) == 17
+        assert ax.get_legend().get_bbox_to_anchor().x0 > ax.get_window_extent().x1
 
 
 def test_a_damaged_run_folder_is_one_sentence_not_a_traceback(digits_run, tmp_path, capsys):

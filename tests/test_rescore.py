@@ -89,6 +89,17 @@ def test_rescoring_with_the_run_s_own_options_reproduces_its_results(msp_run, tm
         np.testing.assert_array_equal(new[key], old[key])
 
 
+def test_rescoring_says_when_a_given_option_has_no_effect(msp_run, tmp_path):
+    run, said = copy_of(msp_run, tmp_path), []
+    quiet = {"log": said.append, "progress": False, "report": False}
+    rescore_run(run, {"scores": ("msp", "gen"), "vim_dim": 4}, **quiet)
+    note = "note: --vim-dim (for vim) has no effect: no score of this run reads it (--scores)"
+    assert note in said
+    said.clear()  # an option the score reads, or one left as the run had it: no note
+    rescore_run(run, {"gen_m": 3}, **quiet)
+    assert not [line for line in said if line.startswith("note:")]
+
+
 def test_only_score_options_change(msp_run):
     with pytest.raises(ConfigError, match="changes only the score options .* not 'epochs'"):
         rescore_run(msp_run, {"epochs": 3}, log=None)

@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import fields
 from typing import TYPE_CHECKING
 
-from .config import SCORE_OPTIONS, RunConfig, flag_name, parse_value, resolve_config
+from .config import FIELDS, SCORE_OPTIONS, RunConfig, flag_name, parse_value, resolve_config
 from .errors import Interrupted, UnseenError
 
 if TYPE_CHECKING:
@@ -54,6 +54,14 @@ def _value_parser(name: str) -> Callable[[str], object]:
     return parse
 
 
+def shown_default(name: str) -> str:
+    """A RunConfig field's default as --help shows it (None as auto, a tuple comma-separated)."""
+    default = FIELDS[name].default
+    if isinstance(default, tuple):
+        return ",".join(default)
+    return "auto" if default is None else str(default)
+
+
 def add_run_options(parser: argparse.ArgumentParser, only: Sequence[str] | None = None) -> None:
     """One flag per RunConfig field, grouped as in the dataclass (and a hidden ``--no-X`` for
     each boolean, to undo a config file's ``X = true``), plus --config and --quiet; with
@@ -68,12 +76,10 @@ def add_run_options(parser: argparse.ArgumentParser, only: Sequence[str] | None 
             meta["group"], parser.add_argument_group(f"{meta['group']} options")
         )
         default = f.default
-        shown = (
-            ",".join(default)
-            if isinstance(default, tuple)
-            else ("auto" if default is None else default)
+        help_text = (
+            f"{meta['help']} [default: {shown_default(f.name) if only is None else RUNS_VALUE}]"
         )
-        help_text = f"{meta['help']} [default: {shown if only is None else RUNS_VALUE}]"
+        help_text = help_text.replace("%", "%%")  # argparse formats help with %
         if isinstance(default, bool):
             group.add_argument(
                 flag_name(f.name),
@@ -205,6 +211,9 @@ def cmd_scores(args: argparse.Namespace) -> int:
     print("higher score = more likely a known class, for every score")
     for name, cls in SCORES.items():
         print(f"{name:14s} {cls.description}")
+        if cls.options:
+            settings = ", ".join(f"{flag_name(o)} {shown_default(o)}" for o in cls.options)
+            print(f"{'':14s} settings: {settings}")
     return 0
 
 

@@ -458,6 +458,57 @@ class RunConfig:
         metavar="P",
         group="detectors",
     )
+    ash_percentile: float = opt(
+        90.0,
+        "ash score: zero all but each image's largest (100-P)% of activations (by count: "
+        "n - round(n P/100) kept, at least one)",
+        parse=float,
+        check=lambda v: None if 0 <= v < 100 else "must be at least 0 and below 100",
+        metavar="P",
+        group="detectors",
+    )
+    ash_variant: str = opt(
+        "s",
+        "ash score: what happens to the activations kept: s scales them by exp(sum of all / sum "
+        "kept), b sets each to the sum of all over the number kept, p leaves them",
+        choices=("s", "b", "p"),
+        group="detectors",
+    )
+    scale_percentile: float = opt(
+        85.0,
+        "scale score: each image's activations times exp(sum of all / sum of its largest "
+        "(100-P)%, by count)",
+        parse=float,
+        check=lambda v: None if 0 <= v < 100 else "must be at least 0 and below 100",
+        metavar="P",
+        group="detectors",
+    )
+    dice_sparsity: float = opt(
+        90.0,
+        "dice score: set to zero the head's weights whose contribution (weight times the mean "
+        "training activation) is at or below this percentile of all contributions",
+        parse=float,
+        check=lambda v: None if 0 <= v < 100 else "must be at least 0 and below 100",
+        metavar="P",
+        group="detectors",
+    )
+    gen_gamma: float = opt(
+        0.1,
+        "gen score: exponent gamma of the generalized entropy (the paper uses 0 < G < 1)",
+        parse=float,
+        check=_positive,
+        metavar="G",
+        group="detectors",
+    )
+    gen_m: int = opt(
+        100,
+        "gen score: the generalized entropy sums over this many largest softmax probabilities "
+        "(all of them when there are fewer classes)",
+        parse=int,
+        check=_positive,
+        metavar="M",
+        group="detectors",
+    )
     openmax_tail: int = opt(
         20,
         "openmax score: Weibull fit on this many largest distances to each class mean",
@@ -676,7 +727,8 @@ RESULT_NEUTRAL_KEYS = (
 #: rescore`` changes them on a finished run without training it again
 SCORE_OPTIONS = (
     "scores", "known_acceptance", "doc_alpha", "knn_k", "knn_bank", "vim_dim",
-    "react_percentile", "openmax_tail", "openmax_alpha", "odin_temperature", "odin_epsilon",
+    "react_percentile", "ash_percentile", "ash_variant", "scale_percentile", "dice_sparsity",
+    "gen_gamma", "gen_m", "openmax_tail", "openmax_alpha", "odin_temperature", "odin_epsilon",
 )  # fmt: skip
 
 

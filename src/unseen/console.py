@@ -123,21 +123,7 @@ def run_summary(metrics: dict, with_scores: bool = True) -> str:
         lines += ["", score_table(metrics["scores"], sort_by="auroc")]
         if metrics.get("logits", "softmax logits") != "softmax logits":  # one-vs-rest (issue 3)
             lines.append(_logits_note(metrics))
-        vim_fit = metrics["scores"].get("vim", {}).get("fit", {})
-        asked, used = vim_fit.get("requested_dim"), vim_fit.get("dim")
-        if isinstance(asked, int) and isinstance(used, int) and used < asked:
-            lines.append(
-                f"note: vim used a {used}-dimensional principal subspace, not --vim-dim {asked}: "
-                f"the training features span only {vim_fit.get('rank')} directions, and a "
-                "subspace of them all leaves the training images no residual"
-            )
-        alpha = vim_fit.get("alpha")
-        if isinstance(alpha, (int, float)) and alpha <= 0:
-            lines.append(
-                f"note: vim's alpha is {alpha:.3g} (the mean largest training logit is not "
-                "positive), so a large residual makes an image look more known; see "
-                "docs/detectors.md"
-            )
+        lines += score_notes(metrics)
     for name, r in metrics.get("rare", {}).items():  # --rare (issue 7)
         from .rare import format_fraction
 
@@ -152,6 +138,28 @@ def run_summary(metrics: dict, with_scores: bool = True) -> str:
     if metrics.get("pretrained_warning"):
         lines.append(f"warning: {metrics['pretrained_warning']}")
     return "\n".join(lines)
+
+
+def score_notes(metrics: dict) -> list[str]:
+    """Notes on fitted scores that a reader of the table should know (ViM's subspace or alpha
+    not what was asked or expected)."""
+    notes = []
+    vim_fit = metrics["scores"].get("vim", {}).get("fit", {})
+    asked, used = vim_fit.get("requested_dim"), vim_fit.get("dim")
+    if isinstance(asked, int) and isinstance(used, int) and used < asked:
+        notes.append(
+            f"note: vim used a {used}-dimensional principal subspace, not --vim-dim {asked}: "
+            f"the training features span only {vim_fit.get('rank')} directions, and a "
+            "subspace of them all leaves the training images no residual"
+        )
+    alpha = vim_fit.get("alpha")
+    if isinstance(alpha, (int, float)) and alpha <= 0:
+        notes.append(
+            f"note: vim's alpha is {alpha:.3g} (the mean largest training logit is not "
+            "positive), so a large residual makes an image look more known; see "
+            "docs/detectors.md"
+        )
+    return notes
 
 
 # ----------------------------------------------------------------------------- several heads (issue 3)
@@ -199,6 +207,9 @@ def heads_summary(heads: dict[str, dict]) -> str:
         "",
         by_score,
     ]
+    notes = [f"head {head}: {n}" for head, m in heads.items() for n in score_notes(m)]
+    if notes:
+        lines += [""] + notes
     if any(m.get("logits", "softmax logits") != "softmax logits" for m in heads.values()):
         lines += [
             "",

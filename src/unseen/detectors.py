@@ -16,7 +16,11 @@ rmd             train features    ``-min_k [MD_k(x) - MD_0(x)]``, MD_0: one back
 knn             train features    ``-|| z - z_(k) ||``, z = x/||x||, z_(k) k-th nearest bank entry
 vim             train feats+head  ``logsumexp(logits) - alpha ||P_res (x - u)||``
 react           train features    ``logsumexp(W min(x, c) + b)``, c the p-th percentile
+ash             (the head)        ``logsumexp(W a(x) + b)``, a: per-image prune and rescale
+scale           (the head)        ``logsumexp(W x exp(s1/s2) + b)``, no pruning
+dice            train feats+head  ``logsumexp((W * M) x + b)``, M drops small contributions
 temperature     validation        ``max softmax(logits / T)``, T minimises validation NLL
+gen             (nothing)         ``-sum p^g (1-p)^g`` over the top-M softmax probabilities
 openmax         train logits      ``1 - P(unknown)`` after Weibull recalibration
 odin            (nothing)         ``max softmax(f(x~) / T)``, x~ = x - eps sign(grad)
 ==============  ================  =========================================================
@@ -25,6 +29,7 @@ odin            (nothing)         ``max softmax(f(x~) / T)``, x~ = x - eps sign(
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -243,6 +248,7 @@ class KNN(Score):
     """
 
     name = "knn"
+    options = ("knn_k", "knn_bank")
     uses_features = True
     description = (
         "minus the distance to the k-th nearest normalised training feature (Sun et al. 2022)"
@@ -317,6 +323,7 @@ class ViM(Score):
     """
 
     name = "vim"
+    options = ("vim_dim",)
     uses_features = True
     description = (
         "virtual-logit matching: energy minus alpha * residual norm outside the principal subspace"
@@ -398,6 +405,7 @@ class ReAct(Score):
     """
 
     name = "react"
+    options = ("react_percentile",)
     uses_features = True
     description = "energy of the head applied to features clipped at a training percentile"
     needs_train = True
@@ -424,6 +432,246 @@ class ReAct(Score):
         clipped = outputs.features.float().clamp(max=self.clip_)
         logits = clipped @ self.head_weight_.to(dev).T + self.head_bias_.to(dev)
         return torch.logsumexp(logits, dim=1)
+
+
+# ----------------------------------------------------------------------------- ASH, SCALE, DICE
+
+
+def head_energy(features: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """``logsumexp(features W^T + b)`` in float64: the energy of a head applied to features."""
+    dev = features.device
+    logits = features.double() @ weight.to(dev, torch.float64).T + bias.to(dev, torch.float64)
+    return torch.logsumexp(logits, dim=1)
+
+
+def kept_count(width: int, percentile: float) -> int:
+    """Activations per image that a ``percentile`` prune keeps: ``width - round(width p / 100)``
+    (round half to even, as the reference code's ``np.round``), at least one."""
+    return max(1, width - int(np.round(width * percentile / 100.0)))
+
+
+def _non_negative(score: Score, features: torch.Tensor, what: str) -> None:
+    """Activation shaping is defined on post-ReLU activations: refuse negative ones."""
+    if len(features) and float(features.min()) < 0:
+        raise InputError(
+            f"score '{score.name}' shapes post-ReLU activations, but {what} has negative values "
+            f"(the smallest is {float(features.min()):.4g})"
+        )
+
+
+#: the largest ``s1 / s2`` whose exponential float64 holds (about 709.8)
+MAX_LOG_SCALE = math.log(torch.finfo(torch.float64).max)
+
+
+def _sum_ratio(x: torch.Tensor, top: torch.Tensor) -> torch.Tensor:
+    """``s1 / s2`` per row: the sum of all activations over the sum of the ``top`` ones kept
+    (0 for an all-zero row, which stays zero whatever it is multiplied by). It is at most
+    ``n / k``; one whose exponential overflows float64 is refused."""
+    s1, s2 = x.sum(1), top.sum(1)
+    ratio = torch.where(s2 > 0, s1 / s2.clamp_min(torch.finfo(s2.dtype).tiny), 0.0)
+    if len(ratio) and float(ratio.max()) > MAX_LOG_SCALE:
+        raise InputError(
+            f"activation shaping would multiply by exp({float(ratio.max()):.0f}), beyond "
+            "float64: keep more activations per image (a lower percentile)"
+        )
+    return ratio
+
+
+def _per_member(
+    shape: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, members: int
+) -> torch.Tensor:
+    """``shape`` applied to each member network's own block of features: ``x`` is N x (M*D),
+    member m's features columns ``m*D:(m+1)*D`` (as ``ovr-separate`` stacks them)."""
+    if members == 1:
+        return shape(x)
+    n, width = x.shape
+    if width % members:
+        raise InputError(f"{width} features cannot be split among {members} member networks")
+    return shape(x.reshape(n * members, width // members)).reshape(n, width)
+
+
+def members_of(context: FitContext) -> int:
+    """Member networks whose features sit side by side: K for ``ovr-separate`` (whose head is
+    block-diagonal), else 1 (one network, one head)."""
+    from .heads import HEADS
+
+    head = HEADS.get(context.head)
+    return context.num_classes if head is not None and head.separate else 1
+
+
+def ash(features: torch.Tensor, percentile: float = 90.0, variant: str = "s") -> torch.Tensor:
+    """Activation shaping (Djurisic et al. 2023), per image (per row), in float64.
+
+    Keep each image's :func:`kept_count` largest activations and zero the rest; then ``p``
+    leaves the kept values as they are, ``b`` sets each to ``s1 / k`` (the sum of all
+    ``s1`` spread evenly over the ``k`` kept), ``s`` multiplies them by ``exp(s1 / s2)``
+    (``s2`` the sum of the kept values). Ties at the cut go to the lower feature index.
+    """
+    x = features.double()
+    keep = kept_count(x.shape[1], percentile)
+    # a stable sort, not topk: ties (zeros, with fewer than k active units) are broken the same
+    # way on every device, by the lower index (it matters to b, which fills the kept entries)
+    values, index = (t[:, :keep] for t in x.sort(dim=1, descending=True, stable=True))
+    if variant == "b":
+        values = (x.sum(1) / values.shape[1])[:, None].expand_as(values)
+    elif variant == "s":
+        values = values * _sum_ratio(x, values).exp()[:, None]
+    elif variant != "p":
+        raise ConfigError(f"ash variant {variant!r} is not known; choose one of: s, b, p.")
+    return torch.zeros_like(x).scatter_(1, index, values)
+
+
+def scale(features: torch.Tensor, percentile: float = 85.0) -> torch.Tensor:
+    """SCALE (Xu et al. 2024): every activation times ``exp(s1 / s2)``, with ``s1`` the sum of
+    all of the image's activations and ``s2`` the sum of its :func:`kept_count` largest; no
+    pruning. In float64."""
+    x = features.double()
+    top = x.topk(kept_count(x.shape[1], percentile), dim=1).values
+    return x * _sum_ratio(x, top).exp()[:, None]
+
+
+class _HeadEnergy(Score):
+    """A score that is the energy of the head applied to transformed features; fit keeps a
+    copy of the head and the number of member networks (K on ``ovr-separate``, else 1)."""
+
+    uses_features = True
+
+    def _keep_head(self, context: FitContext) -> tuple[torch.Tensor, torch.Tensor]:
+        weight, bias = _head(self, context)
+        self.head_weight_ = weight.float()
+        self.head_bias_ = bias.float()
+        self.feature_dim_ = int(weight.shape[1])  # what score() checks
+        self.members_ = members_of(context)
+        if self.feature_dim_ % self.members_ or len(weight) % self.members_:
+            raise InputError(
+                f"score '{self.name}': a {tuple(weight.shape)} head cannot be split among "
+                f"{self.members_} member networks"
+            )
+        return weight, bias
+
+
+class _Shaping(_HeadEnergy):
+    """Activation shaping: the energy of the head on features reshaped image by image (and
+    member network by member network, on ``ovr-separate``). Nothing is learned from data;
+    the features must be non-negative (post-ReLU), as those of every model here are."""
+
+    def shape(self, features: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def fit(self, context: FitContext) -> Score:
+        self._keep_head(context)
+        if context.train is not None and context.train.features is not None:
+            _non_negative(self, context.train.features, "FitContext.train.features")
+        self.fit_on_ = "nothing (fixed settings; the head)"
+        return self
+
+    def score(self, outputs: Outputs) -> torch.Tensor:
+        _non_negative(self, outputs.features, "Outputs.features")
+        shaped = _per_member(self.shape, outputs.features, getattr(self, "members_", 1))
+        return head_energy(shaped, self.head_weight_, self.head_bias_)
+
+
+@register
+class ASH(_Shaping):
+    """Djurisic et al. (2023), Activation SHaping: the energy of the head applied to each
+    image's features pruned to their largest ``100 - p`` percent and shaped (see :func:`ash`):
+    ``--ash-percentile`` is the paper's ``p``, ``--ash-variant`` ``s`` (scale, the
+    authors' choice), ``b`` (binarise) or ``p`` (prune only).
+    """
+
+    name = "ash"
+    options = ("ash_percentile", "ash_variant")
+    description = (
+        "energy of the head on features pruned to each image's top (100-p)% "
+        "(variant s rescales them, b binarises)"
+    )
+
+    def __init__(self, percentile: float = 90.0, variant: str = "s"):
+        self.percentile = check_setting(self, "percentile", percentile, "ash_percentile")
+        self.variant = check_setting(self, "variant", variant, "ash_variant")
+
+    @classmethod
+    def from_config(cls, config: Any) -> Score:
+        return cls(percentile=config.ash_percentile, variant=config.ash_variant)
+
+    def fit(self, context: FitContext) -> Score:
+        super().fit(context)
+        self.percentile_ = float(self.percentile)
+        self.variant_ = str(self.variant)
+        return self
+
+    def shape(self, features: torch.Tensor) -> torch.Tensor:
+        return ash(features, self.percentile_, self.variant_)
+
+
+@register
+class Scale(_Shaping):
+    """Xu et al. (2024), SCALE: the energy of the head applied to each image's features
+    multiplied by ``exp(s1 / s2)`` (see :func:`scale`); nothing is pruned."""
+
+    name = "scale"
+    options = ("scale_percentile",)
+    description = "energy of the head on features scaled by exp(sum of all / sum of top (100-p)%)"
+
+    def __init__(self, percentile: float = 85.0):
+        self.percentile = check_setting(self, "percentile", percentile, "scale_percentile")
+
+    @classmethod
+    def from_config(cls, config: Any) -> Score:
+        return cls(percentile=config.scale_percentile)
+
+    def fit(self, context: FitContext) -> Score:
+        super().fit(context)
+        self.percentile_ = float(self.percentile)
+        return self
+
+    def shape(self, features: torch.Tensor) -> torch.Tensor:
+        return scale(features, self.percentile_)
+
+
+@register
+class DICE(_HeadEnergy):
+    """Sun and Li (2022), DIrected Sparsification: the energy of a sparsified head.
+
+    The contribution of feature ``j`` to class ``k`` is ``m_j W_kj``, with ``m`` the mean
+    training feature; the weights whose contribution is at or below the ``p``-th percentile
+    of all ``K x D`` contributions (linear interpolation, as ``numpy.percentile``) are set to
+    zero, the bias is kept. Score: ``logsumexp((W * M) x + b)``. On ``ovr-separate`` each
+    member network's head is sparsified on its own (its block of the block-diagonal head).
+    """
+
+    name = "dice"
+    options = ("dice_sparsity",)
+    description = "energy of the head with its weights of smallest mean contribution set to zero"
+    needs_train = True
+
+    def __init__(self, sparsity: float = 90.0):
+        self.sparsity = check_setting(self, "sparsity", sparsity, "dice_sparsity")
+
+    @classmethod
+    def from_config(cls, config: Any) -> Score:
+        return cls(sparsity=config.dice_sparsity)
+
+    def fit(self, context: FitContext) -> Score:
+        weight, bias = self._keep_head(context)
+        x = _train(self, context, labelled=False).features.double()
+        mean = x.mean(0).to(weight.device)
+        contribution = (mean[None, :] * weight.double()).cpu()
+        mask = torch.zeros_like(contribution, dtype=torch.bool)
+        rows, cols = len(weight) // self.members_, weight.shape[1] // self.members_
+        for m in range(self.members_):  # one block: the whole head, unless ovr-separate
+            block = (slice(m * rows, (m + 1) * rows), slice(m * cols, (m + 1) * cols))
+            threshold = float(np.percentile(contribution[block].numpy(), self.sparsity))
+            mask[block] = contribution[block] > threshold
+        self.mean_activation_ = mean.float()
+        self.head_weight_ = (weight.double() * mask.to(weight.device)).float()
+        self.sparsity_ = float(self.sparsity)
+        self.kept_fraction_ = float(mask.sum()) / (self.members_ * rows * cols)
+        self.fit_on_ = "train"
+        return self
+
+    def score(self, outputs: Outputs) -> torch.Tensor:
+        return head_energy(outputs.features, self.head_weight_, self.head_bias_)
 
 
 # ----------------------------------------------------------------------------- temperature
@@ -512,6 +760,48 @@ class Temperature(Score):
         return (outputs.logits.double() / self.temperature_).softmax(dim=1).amax(dim=1)
 
 
+# ----------------------------------------------------------------------------- GEN
+
+
+def generalized_entropy(logits: torch.Tensor, gamma: float = 0.1, m: int = 100) -> torch.Tensor:
+    """Minus the generalized entropy of Liu, Lochman and Zach (2023), in float64:
+    ``-sum_j p_j^gamma (1 - p_j)^gamma`` over each image's ``m`` largest softmax
+    probabilities (all of them when there are fewer classes)."""
+    p = logits.double().softmax(dim=1)
+    top = p.topk(min(int(m), p.shape[1]), dim=1).values
+    return -(top.pow(gamma) * (1.0 - top).pow(gamma)).sum(dim=1)
+
+
+@register
+class GEN(Score):
+    """GEN (Liu, Lochman and Zach 2023): minus the generalized entropy of the top ``M``
+    softmax probabilities (see :func:`generalized_entropy`); fixed settings ``gamma``
+    (``--gen-gamma``) and ``M`` (``--gen-m``), nothing learned."""
+
+    name = "gen"
+    options = ("gen_gamma", "gen_m")
+    description = "minus the generalized entropy sum p^g (1-p)^g of the top-M softmax probabilities"
+    stateless = True  # fixed settings: fit only records them
+
+    def __init__(self, gamma: float = 0.1, m: int = 100):
+        self.gamma = check_setting(self, "gamma", gamma, "gen_gamma")
+        self.m = check_setting(self, "m", m, "gen_m")
+
+    @classmethod
+    def from_config(cls, config: Any) -> Score:
+        return cls(gamma=config.gen_gamma, m=config.gen_m)
+
+    def fit(self, context: FitContext) -> Score:
+        self.gamma_ = float(self.gamma)
+        self.m_ = int(self.m)  # more than the classes: all of them
+        self.fit_on_ = "nothing (fixed settings)"
+        return self
+
+    def score(self, outputs: Outputs) -> torch.Tensor:
+        gamma, m = getattr(self, "gamma_", self.gamma), getattr(self, "m_", self.m)
+        return generalized_entropy(outputs.logits, gamma, m)
+
+
 # ----------------------------------------------------------------------------- OpenMax
 
 
@@ -595,6 +885,7 @@ class OpenMax(Score):
     """
 
     name = "openmax"
+    options = ("openmax_tail", "openmax_alpha")
     description = (
         "1 - P(unknown) after Weibull recalibration of the top logits (Bendale and Boult 2016)"
     )
@@ -729,6 +1020,7 @@ class ODIN(Score):
     through the model, so it runs only when named (``--scores all`` leaves it out)."""
 
     name = "odin"
+    options = ("odin_temperature", "odin_epsilon")
     description = (
         "temperature plus input perturbation (Liang et al. 2018); extra passes, run only when named"
     )

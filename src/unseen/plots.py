@@ -102,19 +102,35 @@ def score_histogram(
 # ----------------------------------------------------------------------------- ROC
 
 
+#: line styles and bar hatches of the series after the first 10 colours, 10 at a time
+SERIES_LINES = ("-", "--", ":", "-.")
+SERIES_HATCHES = ("", "//", "..", "xx")
+
+
+def series_style(i: int, bars: bool = False) -> dict[str, object]:
+    """Series ``i``'s colour (matplotlib's 10-colour cycle) and, from the 11th series on, a
+    line style (or bar hatch), so that no two of up to 40 series look alike."""
+    shapes = SERIES_HATCHES if bars else SERIES_LINES
+    return {"color": f"C{i % 10}", ("hatch" if bars else "linestyle"): shapes[i // 10 % 4]}
+
+
+#: a legend of more entries goes beside the axes, not over the curves
+LEGEND_INSIDE = 8
+
+
 def roc_figure(scores: Mapping[str, np.ndarray], is_known: np.ndarray) -> Figure:
-    """ROC curves of every score in one axes (known = positive), AUROC in the legend."""
+    """ROC curves of every score in one axes (known = positive), best AUROC first in the
+    legend (beside the axes for more than 8 scores)."""
     is_known = np.asarray(is_known, bool)
-    fig = Figure(figsize=(4.8, 4.4))
-    ax = fig.add_subplot()
     both = bool(is_known.any() and (~is_known).any())
-    for name, score in scores.items():
-        if not both:
-            break
-        fpr, tpr, _ = roc_curve(is_known, np.asarray(score, float))
-        ax.plot(
-            fpr, tpr, linewidth=1.4, label=f"{name} (AUROC {roc_auc_score(is_known, score):.3f})"
-        )
+    beside = both and len(scores) > LEGEND_INSIDE
+    fig = Figure(figsize=(7.0 if beside else 4.8, 4.4))
+    ax = fig.add_subplot()
+    aurocs = {n: roc_auc_score(is_known, s) for n, s in scores.items()} if both else {}
+    for i, name in enumerate(sorted(aurocs, key=lambda n: -aurocs[n])):
+        fpr, tpr, _ = roc_curve(is_known, np.asarray(scores[name], float))
+        ax.plot(fpr, tpr, linewidth=1.4, label=f"{name} (AUROC {aurocs[name]:.3f})",
+                **series_style(i))  # fmt: skip
     ax.plot([0, 1], [0, 1], color="grey", linestyle=":", linewidth=1)
     ax.axhline(0.95, color="grey", linestyle="--", linewidth=0.8)
     ax.set_xlim(0, 1)
@@ -122,7 +138,9 @@ def roc_figure(scores: Mapping[str, np.ndarray], is_known: np.ndarray) -> Figure
     ax.set_xlabel("unseen images accepted (FPR)")
     ax.set_ylabel("known images accepted (TPR)")
     ax.set_title("ROC, known = positive" if both else "ROC needs known and unseen test images")
-    if both:
+    if beside:
+        ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.02, 0.5), frameon=False)
+    elif both:
         ax.legend(fontsize=8, loc="lower right", frameon=False)
     tight_layout(fig)
     return fig
@@ -475,16 +493,21 @@ def comparison_figure(
     means = np.asarray(means, float)
     stds = np.nan_to_num(np.asarray(stds, float), nan=0.0)
     n_cfg, n_scores = means.shape
-    fig = Figure(figsize=(7.5, max(2.5, 0.28 * n_cfg * max(n_scores, 1) + 1.2)))
+    beside = n_scores > LEGEND_INSIDE
+    fig = Figure(figsize=(9.0 if beside else 7.5, max(2.5, 0.28 * n_cfg * max(n_scores, 1) + 1.2)))
     ax = fig.add_subplot()
     height = 0.8 / max(n_scores, 1)
     for j, name in enumerate(score_names):
         y = np.arange(n_cfg) + (j - (n_scores - 1) / 2) * height
         ok = np.isfinite(means[:, j])
-        ax.barh(y[ok], means[ok, j], height=height * 0.9, xerr=stds[ok, j], capsize=2, label=name)
+        ax.barh(y[ok], means[ok, j], height=height * 0.9, xerr=stds[ok, j], capsize=2, label=name,
+                edgecolor="white", **series_style(j, bars=True))  # fmt: skip
     ax.set_yticks(range(n_cfg), [literal(label) for label in labels], fontsize=8)
     ax.invert_yaxis()
     ax.set_xlabel(f"{metric} (mean ± std over seeds)")
-    ax.legend(fontsize=8, frameon=False, loc="lower right")
+    if beside:  # more entries than fit over the bars
+        ax.legend(fontsize=8, frameon=False, loc="center left", bbox_to_anchor=(1.02, 0.5))
+    else:
+        ax.legend(fontsize=8, frameon=False, loc="lower right")
     tight_layout(fig)
     return fig

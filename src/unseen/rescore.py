@@ -41,6 +41,7 @@ from .hardware import describe_device
 from .predict import is_head_folder, load_checkpoint, rebuild_model
 from .report import head_folder
 from .runfolder import is_finished, read_json, require_finished, write_json
+from .scores import unused_options_note, unused_score_options
 
 
 def rescore_run(
@@ -125,6 +126,8 @@ def _rescore_run(
         )
     )
     say(f"rescoring {run_dir} on {describe_device(p.device)}: {', '.join(cfg.scores)}")
+    if unused := [(o, n) for o, n in unused_score_options(cfg) if o in changes]:
+        say(unused_options_note(unused))
     resolved = p.config.to_dict()  # paths made absolute
     options = cfg.to_dict()
     new_options = {k: options[k] for k in SCORE_OPTIONS}

@@ -160,6 +160,8 @@ class Score:
     stateless: ClassVar[bool] = False
     #: True when ``score`` reads the penultimate features, not only the logits
     uses_features: ClassVar[bool] = False
+    #: the RunConfig fields (options) that set the score, read by ``from_config``
+    options: ClassVar[tuple[str, ...]] = ()
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         # a score that learns state refuses to score before it has learnt it, in one clear
@@ -403,6 +405,30 @@ def create_score(name: str, config: Any = None) -> Score:
     return SCORES[name]() if config is None else SCORES[name].from_config(config)
 
 
+def unused_score_options(config: Any) -> list[tuple[str, str]]:
+    """``(option, score)`` for each score option of ``config`` set away from its default
+    although the score that reads it is not computed (on any of the run's heads): ``knn_k``
+    without knn, say."""
+    from .config import FIELDS
+
+    computed = {n for head in config.head for n in scores_for_head(config.scores, head)}
+    return [
+        (option, name)
+        for name, cls in SCORES.items()
+        for option in cls.options
+        if name not in computed and getattr(config, option) != FIELDS[option].default
+    ]
+
+
+def unused_options_note(unused: list[tuple[str, str]]) -> str:
+    """One line for :func:`unused_score_options`' answer."""
+    from .config import flag_name
+
+    listed = ", ".join(f"{flag_name(option)} (for {name})" for option, name in unused)
+    verb, it = ("has", "it") if len(unused) == 1 else ("have", "them")
+    return f"note: {listed} {verb} no effect: no score of this run reads {it} (--scores)"
+
+
 def scores_for_head(names: Iterable[str], head: str) -> list[str]:
     """The scores a model with ``head`` computes: the requested ones that apply to it (scores
     for one-vs-rest logits are skipped on a softmax head), then those the head always adds."""
@@ -490,6 +516,7 @@ class OvrDocScore(Score):
         "from validation sigmoids; score = max_k (p_k - t_k), rejected below 0"
     )
     one_vs_rest_only = True
+    options = ("doc_alpha",)
 
     def __init__(self, alpha: float = 3.0):
         alpha = check_setting(self, "alpha", alpha, "doc_alpha")
