@@ -841,7 +841,7 @@ def test_every_score_option_belongs_to_one_score_which_reads_it():
 
 def test_a_run_says_which_score_options_have_no_effect(tmp_path, capsys):
     from unseen.cli import main
-    from unseen.scores import unused_score_options
+    from unseen.scores import unused_options_notes, unused_score_options
 
     cfg = RunConfig(scores=("msp", "knn"), knn_k=5, ash_variant="b", doc_alpha=1.0)
     assert unused_score_options(cfg) == [("doc_alpha", "ovr-doc"), ("ash_variant", "ash")]
@@ -849,9 +849,31 @@ def test_a_run_says_which_score_options_have_no_effect(tmp_path, capsys):
     assert unused_score_options(cfg.replace(head=("softmax", "ovr"))) == [("ash_variant", "ash")]
     assert unused_score_options(cfg.replace(scores=("all",))) == [("doc_alpha", "ovr-doc")]
     assert unused_score_options(RunConfig()) == []
+    # options given on a command line count whatever their value (rescore: back to a default)
+    assert unused_score_options(RunConfig(), given=["gen_m", "knn_k"]) == [
+        ("knn_k", "knn"),
+        ("gen_m", "gen"),
+    ]
+    assert unused_options_notes(unused_score_options(cfg)) == [
+        "note: --ash-variant has no effect: this run does not compute ash (--scores)",
+        "note: --doc-alpha has no effect: ovr-doc needs a one-vs-rest head (--head ovr or "
+        "ovr-separate)",
+    ]
+    two = unused_options_notes([("knn_k", "knn"), ("knn_bank", "knn"), ("gen_m", "gen")], "sweep")
+    assert two == [
+        "note: --knn-k, --knn-bank and --gen-m have no effect: this sweep does not compute knn "
+        "or gen (--scores)"
+    ]
     code = main(["run", "--epochs", "1", "--train-subset", "100", "--no-report", "--gen-m", "3",
                  "--knn-k", "5", "--scores", "msp,knn", "--out", str(tmp_path / "r")])  # fmt: skip
     assert code == 0
     out = capsys.readouterr().out
-    assert "note: --gen-m (for gen) has no effect: no score of this run reads it" in out
-    assert "--knn-k (for" not in out
+    assert "note: --gen-m has no effect: this run does not compute gen (--scores)" in out
+    assert "--knn-k has" not in out
+    # a sweep says it once, before its runs
+    code = main(["sweep", "--protocol", "single", "--seeds", "1", "--epochs", "1",
+                 "--train-subset", "100", "--no-report", "--scores", "msp", "--knn-k", "5",
+                 "--out", str(tmp_path / "sw")])  # fmt: skip
+    assert code == 0
+    out = capsys.readouterr().out
+    assert out.count("note: --knn-k has no effect: this sweep does not compute knn") == 1

@@ -93,11 +93,37 @@ def test_rescoring_says_when_a_given_option_has_no_effect(msp_run, tmp_path):
     run, said = copy_of(msp_run, tmp_path), []
     quiet = {"log": said.append, "progress": False, "report": False}
     rescore_run(run, {"scores": ("msp", "gen"), "vim_dim": 4}, **quiet)
-    note = "note: --vim-dim (for vim) has no effect: no score of this run reads it (--scores)"
-    assert note in said
+    assert "note: --vim-dim has no effect: this run does not compute vim (--scores)" in said
     said.clear()  # an option the score reads, or one left as the run had it: no note
     rescore_run(run, {"gen_m": 3}, **quiet)
     assert not [line for line in said if line.startswith("note:")]
+    # given back at its default, with no score to read it: still said
+    rescore_run(run, {"knn_k": 50}, **quiet)
+    assert "note: --knn-k has no effect: this run does not compute knn (--scores)" in said
+
+
+def test_rescoring_records_scores_that_all_takes_in_since_the_run(msp_run, tmp_path):
+    """A run of an earlier version with --scores all lacks the scores added since; rescoring
+    it with its own options computes them, and says and records so."""
+    run, said = copy_of(msp_run, tmp_path), []
+    quiet = {"log": said.append, "progress": False, "report": False}
+    rescore_run(run, {"scores": ("all",)}, **quiet)
+    metrics = read(run / "metrics.json")
+    for name in ("gen", "ash"):  # as an earlier version, which had neither, wrote it
+        del metrics["scores"][name]
+    (run / "metrics.json").write_text(json.dumps(metrics))
+    said.clear()
+    after = rescore_run(run, **quiet).metrics
+    assert after["rescored"]["changed"] == {}
+    before, now = after["rescored"]["computed"]
+    assert "gen" not in before and "gen" in now and "ash" in now
+    assert (
+        "note: --scores all now also computes ash, gen, which the run's version did not have"
+        in said
+    )
+    from unseen.report import _rescored_text
+
+    assert "scores added: ash, gen" in _rescored_text(after["rescored"])
 
 
 def test_only_score_options_change(msp_run):

@@ -387,6 +387,48 @@ def test_resume_names_the_option_not_what_was_derived_from_it(reference, tmp_pat
     assert code == 2 and 'dataset: "digits" -> "npz:/nowhere.npz"' in line
 
 
+#: options this version added after runs of earlier versions were saved
+LATER_OPTIONS = ("ash_percentile", "ash_variant", "scale_percentile", "dice_sparsity",
+                 "gen_gamma", "gen_m")  # fmt: skip
+
+
+def as_earlier_version(run_dir: Path) -> None:
+    """Strip the options added since from a run folder's config.json and checkpoint, as an
+    earlier version wrote them."""
+    path = run_dir / "config.json"
+    saved = json.loads(path.read_text())
+    path.write_text(json.dumps({k: v for k, v in saved.items() if k not in LATER_OPTIONS}))
+    if (run_dir / "checkpoint.pt").is_file():
+        state = torch.load(run_dir / "checkpoint.pt", weights_only=True)
+        state["config"] = {k: v for k, v in state["config"].items() if k not in LATER_OPTIONS}
+        torch.save(state, run_dir / "checkpoint.pt")
+
+
+def test_a_run_of_an_earlier_version_resumes(reference, tmp_path, capsys, monkeypatch):
+    """An option added since counts as its default: an interrupted run of an earlier version
+    resumes to the same results, a finished one is left as it is, and `unseen report` groups
+    it with a run of this version."""
+    out = tmp_path / "run"
+    interrupt_at(monkeypatch, 12)
+    code, _, _ = cli(capsys, "run", *TINY_ARGS, "--out", str(out))
+    assert code == 130
+    monkeypatch.undo()
+    as_earlier_version(out)
+    code, _, err = cli(capsys, "run", "--resume", "--out", str(out), "--quiet")
+    assert code == 0, err
+    assert_same_results(reference, out)
+    as_earlier_version(out)
+    code, printed, err = cli(capsys, "run", "--resume", "--out", str(out))
+    assert code == 0 and "holds a finished run with these options" in printed, err
+    # an option the earlier run did not have, given away from its default: a difference
+    code, _, err = cli(capsys, "run", "--resume", "--out", str(out), "--gen-m", "5")
+    assert code == 2 and "gen_m: 100 -> 5" in one_line_error(err)  # it ran as the default
+    from unseen.report import aggregate_runs
+
+    rows = aggregate_runs([out, reference])
+    assert len(rows) == 1 and rows[0]["n_runs"] == 2
+
+
 def test_derived_differences_are_named_by_the_values_inside():
     from unseen.checkpoint import check_same_config
 

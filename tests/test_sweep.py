@@ -870,7 +870,7 @@ def test_a_jobs_sweep_stopped_by_a_signal_leaves_no_worker_behind(tmp_path, how)
     proc, workers = _jobs_sweep_started(out)
     assert len(workers) == 2
     proc.send_signal(getattr(signal, how))
-    _, err = proc.communicate(timeout=60)
+    _, err = proc.communicate(timeout=180)  # generous: a loaded machine is slow to stop
     expected = {"SIGTERM": 143, "SIGINT": 130, "SIGKILL": -9}[how]
     assert proc.returncode == expected, err
     if how == "SIGTERM":
@@ -961,3 +961,13 @@ def test_each_variant_lists_only_the_scores_it_computed():
     softmax_table = text.split("== ovr")[0]
     assert "\nmsp " in softmax_table and "\novr " not in softmax_table
     assert "\novr   " in text.split("== ovr")[1]
+    assert "computed on only" not in text  # each variant's runs all have its scores
+    # runs of an earlier version that lack a score, among runs that have it: said plainly
+    records[0]["metrics"]["scores"]["gen"] = msp
+    summary = sweep.aggregate(records, "single")
+    assert summary["score_coverage"] == [
+        "softmax / none: gen was computed on only 1 of the 2 runs (runs of an earlier version "
+        "with fewer scores, or rescored runs): their means are over fewer runs and other "
+        "conditions; `unseen rescore` on the sweep folder computes every score on every run"
+    ]
+    assert "WARNING: softmax / none: gen was computed on only 1" in sweep.format_summary(summary)

@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from .config import FIELDS, RESULT_NEUTRAL_KEYS
+from .config import FIELDS, RESULT_NEUTRAL_KEYS, with_field_defaults
 from .data import absolute_paths
 from .errors import ConfigError, Interrupted, UnseenError
 from .hardware import describe_device
@@ -104,8 +104,10 @@ def check_same_config(saved: Mapping[str, Any], current: Mapping[str, Any], wher
     The message names the options that differ; what the run derived from them (the split,
     the augmentation's parameters) only when no option does, and then by the values inside
     that differ. Long values are shortened."""
-    # paths compare as absolute: older run folders recorded them as given
-    saved, current = absolute_paths(saved), absolute_paths(current)
+    # paths compare as absolute: older run folders recorded them as given; options added
+    # since an older run was saved count as their defaults
+    saved = absolute_paths(with_field_defaults(saved, only=current))
+    current = absolute_paths(current)
     differing = config_differences(saved, current)
     if not differing:
         return

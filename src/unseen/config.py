@@ -13,7 +13,7 @@ import math
 import numbers
 import os
 import sys
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -664,6 +664,19 @@ class RunConfig:
 
     def replace(self, **changes: Any) -> RunConfig:
         return dataclasses.replace(self, **changes)
+
+
+def with_field_defaults(
+    record: Mapping[str, Any], only: Iterable[str] | None = None
+) -> dict[str, Any]:
+    """A recorded config (config.json, a checkpoint's) with the options it lacks (of
+    ``only``, when given) at their defaults: a run of an earlier version, which had no such
+    option, ran as its default does (every option added since came with the default that
+    keeps the earlier behaviour), so resuming it or grouping it with newer runs must not see
+    a difference there."""
+    defaults = RunConfig().to_dict()
+    wanted = defaults.keys() if only is None else [k for k in only if k in defaults]
+    return {**{k: defaults[k] for k in wanted if k not in record}, **record}
 
 
 def typed_value(name: str, value: Any) -> Any:

@@ -167,7 +167,7 @@ def score_notes(metrics: dict) -> list[str]:
 
 def _logits_note(metrics: dict) -> str:
     return (
-        f"note: logit scores (msp, maxlogit, energy, entropy) of head {metrics.get('head')} are "
+        f"note: logit scores (msp, maxlogit, energy, entropy, gen...) of head {metrics.get('head')} are "
         f"computed on its {metrics['logits']}; ovr-doc rejects at its own DOC thresholds "
         "(margin 0), the other scores at the validation threshold"
     )
@@ -213,7 +213,7 @@ def heads_summary(heads: dict[str, dict]) -> str:
     if any(m.get("logits", "softmax logits") != "softmax logits" for m in heads.values()):
         lines += [
             "",
-            "on one-vs-rest heads, msp/maxlogit/energy/entropy are computed on one-vs-rest "
+            "on one-vs-rest heads, msp/maxlogit/energy/entropy/gen... are computed on one-vs-rest "
             "logits; ovr-doc rejects at its own DOC thresholds (margin 0), every other score "
             "at the threshold accepting --known-acceptance of the validation images",
         ]

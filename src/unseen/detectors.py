@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -40,6 +40,9 @@ from .console import image_bar
 from .errors import ConfigError, DataError, InputError
 from .hardware import autocast
 from .scores import FitContext, Outputs, Score, check_setting, register
+
+if TYPE_CHECKING:
+    from typing_extensions import Self  # typing.Self from Python 3.11
 
 # ----------------------------------------------------------------------------- helpers
 
@@ -142,7 +145,7 @@ class Mahalanobis(Score):
     description = "minus the smallest Mahalanobis distance to a class mean (shared covariance; train features)"
     needs_train = True
 
-    def fit(self, context: FitContext) -> Score:
+    def fit(self, context: FitContext) -> Self:
         train = _train(self, context)
         x = train.features.double()
         # mahalanobis and rmd fit the same Gaussians: the first fits them, for these outputs
@@ -180,7 +183,7 @@ class RelativeMahalanobis(Mahalanobis):
     name = "rmd"
     description = "relative Mahalanobis: minus min_k (MD_k - MD_background) (train features)"
 
-    def fit(self, context: FitContext) -> Score:
+    def fit(self, context: FitContext) -> Self:
         super().fit(context)
         x = _train(self, context).features.double()
         self.background_mean_ = x.mean(0)
@@ -263,10 +266,10 @@ class KNN(Score):
         self.seed = seed
 
     @classmethod
-    def from_config(cls, config: Any) -> Score:
+    def from_config(cls, config: Any) -> Self:
         return cls(k=config.knn_k, bank_size=config.knn_bank, seed=config.seed)
 
-    def fit(self, context: FitContext) -> Score:
+    def fit(self, context: FitContext) -> Self:
         x = _train(self, context, labelled=False).features.float()
         n_total = len(x)
         if self.bank_size is not None and n_total > self.bank_size:
@@ -335,10 +338,10 @@ class ViM(Score):
         self.dim = dim
 
     @classmethod
-    def from_config(cls, config: Any) -> Score:
+    def from_config(cls, config: Any) -> Self:
         return cls(dim=config.vim_dim)
 
-    def fit(self, context: FitContext) -> Score:
+    def fit(self, context: FitContext) -> Self:
         train = _train(self, context, labelled=False)
         w, b = (t.double() for t in _head(self, context))
         x = train.features.double().to(w.device)
@@ -415,10 +418,10 @@ class ReAct(Score):
         self.percentile = percentile
 
     @classmethod
-    def from_config(cls, config: Any) -> Score:
+    def from_config(cls, config: Any) -> Self:
         return cls(percentile=config.react_percentile)
 
-    def fit(self, context: FitContext) -> Score:
+    def fit(self, context: FitContext) -> Self:
         weight, bias = _head(self, context)
         self.clip_ = percentile(_train(self, context, labelled=False).features, self.percentile)
         self.percentile_ = float(self.percentile)
@@ -558,7 +561,7 @@ class _Shaping(_HeadEnergy):
     def shape(self, features: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
-    def fit(self, context: FitContext) -> Score:
+    def fit(self, context: FitContext) -> Self:
         self._keep_head(context)
         if context.train is not None and context.train.features is not None:
             _non_negative(self, context.train.features, "FitContext.train.features")
@@ -591,10 +594,10 @@ class ASH(_Shaping):
         self.variant = check_setting(self, "variant", variant, "ash_variant")
 
     @classmethod
-    def from_config(cls, config: Any) -> Score:
+    def from_config(cls, config: Any) -> Self:
         return cls(percentile=config.ash_percentile, variant=config.ash_variant)
 
-    def fit(self, context: FitContext) -> Score:
+    def fit(self, context: FitContext) -> Self:
         super().fit(context)
         self.percentile_ = float(self.percentile)
         self.variant_ = str(self.variant)
@@ -617,10 +620,10 @@ class Scale(_Shaping):
         self.percentile = check_setting(self, "percentile", percentile, "scale_percentile")
 
     @classmethod
-    def from_config(cls, config: Any) -> Score:
+    def from_config(cls, config: Any) -> Self:
         return cls(percentile=config.scale_percentile)
 
-    def fit(self, context: FitContext) -> Score:
+    def fit(self, context: FitContext) -> Self:
         super().fit(context)
         self.percentile_ = float(self.percentile)
         return self
@@ -649,10 +652,10 @@ class DICE(_HeadEnergy):
         self.sparsity = check_setting(self, "sparsity", sparsity, "dice_sparsity")
 
     @classmethod
-    def from_config(cls, config: Any) -> Score:
+    def from_config(cls, config: Any) -> Self:
         return cls(sparsity=config.dice_sparsity)
 
-    def fit(self, context: FitContext) -> Score:
+    def fit(self, context: FitContext) -> Self:
         weight, bias = self._keep_head(context)
         x = _train(self, context, labelled=False).features.double()
         mean = x.mean(0).to(weight.device)
@@ -734,7 +737,7 @@ class Temperature(Score):
     name = "temperature"
     description = "max softmax of logits / T, T fitted by NLL on the validation slice"
 
-    def fit(self, context: FitContext) -> Score:
+    def fit(self, context: FitContext) -> Self:
         val = context.val
         if val is None or val.labels is None or len(val) == 0:
             raise DataError("score 'temperature' needs labelled validation images to fit T.")
@@ -788,10 +791,10 @@ class GEN(Score):
         self.m = check_setting(self, "m", m, "gen_m")
 
     @classmethod
-    def from_config(cls, config: Any) -> Score:
+    def from_config(cls, config: Any) -> Self:
         return cls(gamma=config.gen_gamma, m=config.gen_m)
 
-    def fit(self, context: FitContext) -> Score:
+    def fit(self, context: FitContext) -> Self:
         self.gamma_ = float(self.gamma)
         self.m_ = int(self.m)  # more than the classes: all of them
         self.fit_on_ = "nothing (fixed settings)"
@@ -898,10 +901,10 @@ class OpenMax(Score):
         self.alpha = alpha
 
     @classmethod
-    def from_config(cls, config: Any) -> Score:
+    def from_config(cls, config: Any) -> Self:
         return cls(tail_size=config.openmax_tail, alpha=config.openmax_alpha)
 
-    def fit(self, context: FitContext) -> Score:
+    def fit(self, context: FitContext) -> Self:
         train = _train(self, context)
         logits, labels = train.logits.double().cpu(), train.labels.cpu()
         k = context.num_classes
@@ -1035,10 +1038,10 @@ class ODIN(Score):
         self.epsilon = epsilon
 
     @classmethod
-    def from_config(cls, config: Any) -> Score:
+    def from_config(cls, config: Any) -> Self:
         return cls(temperature=config.odin_temperature, epsilon=config.odin_epsilon)
 
-    def fit(self, context: FitContext) -> Score:
+    def fit(self, context: FitContext) -> Self:
         self.temperature_ = float(self.temperature)
         self.epsilon_ = float(self.epsilon)
         self.fit_on_ = "nothing (fixed settings)"

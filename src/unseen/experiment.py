@@ -79,7 +79,7 @@ from .scores import (
     expand_score_names,
     max_softmax,
     scores_for_head,
-    unused_options_note,
+    unused_options_notes,
     unused_score_options,
 )
 from .splits import Split, SplitData, make_split, resolve_auto, split_data
@@ -767,8 +767,8 @@ def _run_experiment(cfg: RunConfig, progress: bool, log: Callable[[str], None] |
         say(f"note: --stem {cfg.stem} has no effect: {cfg.model} has one input stem")
     if cfg.freeze_backbone and p.pretrained is None:
         say("note: --freeze-backbone without --pretrained trains a head on random features")
-    if unused := unused_score_options(cfg):
-        say(unused_options_note(unused))
+    for line in unused_options_notes(unused_score_options(cfg)):
+        say(line)
     write_json(run_dir / "config.json", record)
     per_head = {}
     earlier: list[str] = []  # heads a process before a --resume finished

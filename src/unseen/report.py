@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 
 from . import plots
-from .config import FIELDS, RESULT_NEUTRAL_KEYS
+from .config import FIELDS, RESULT_NEUTRAL_KEYS, with_field_defaults
 from .console import mean_std_text
 from .data import absolute_paths
 from .errors import UnseenError
@@ -496,6 +496,17 @@ def _rescored_text(rescored: Any) -> str | None:
     ]
     text = f"on {rescored.get('device', '-')}, without training again"
     text += f"; last changed: {'; '.join(parts)}" if parts else " (options unchanged)"
+    computed = rescored.get("computed")  # said when --scores did not change: 'all' grew
+    if (
+        isinstance(computed, list)
+        and len(computed) == 2
+        and all(isinstance(c, list) for c in computed)
+        and not (isinstance(changed, dict) and "scores" in changed)
+    ):
+        if added := [n for n in computed[1] if n not in computed[0]]:
+            text += f"; scores added: {_names(added)}"
+        if dropped := [n for n in computed[0] if n not in computed[1]]:
+            text += f"; scores dropped: {_names(dropped)}"
     trained = (rescored.get("trained_with") or {}).get("scores")
     if isinstance(trained, list):
         text += f"; trained with scores {_names(trained)}"
@@ -761,7 +772,8 @@ def _grouping_config(config: dict) -> dict:
     :data:`GROUPING_IGNORES`, with the split given one way. ``--holdout 9`` and ``--known
     0,...,8`` (or the same classes by name or index, in any order) train the same experiment:
     both become ``holdout`` = the unseen class names that the run's split recorded."""
-    config = absolute_paths(config)  # older runs recorded paths as given
+    # older runs recorded paths as given, and lack the options added since (at their default)
+    config = absolute_paths(with_field_defaults(config))
     out = {k: v for k, v in config.items() if k not in GROUPING_IGNORES}
     unseen = (config.get("split") or {}).get("unseen_names")
     if unseen is not None:

@@ -41,7 +41,7 @@ from .hardware import describe_device
 from .predict import is_head_folder, load_checkpoint, rebuild_model
 from .report import head_folder
 from .runfolder import is_finished, read_json, require_finished, write_json
-from .scores import unused_options_note, unused_score_options
+from .scores import unused_options_notes, unused_score_options
 
 
 def rescore_run(
@@ -126,8 +126,8 @@ def _rescore_run(
         )
     )
     say(f"rescoring {run_dir} on {describe_device(p.device)}: {', '.join(cfg.scores)}")
-    if unused := [(o, n) for o, n in unused_score_options(cfg) if o in changes]:
-        say(unused_options_note(unused))
+    for line in unused_options_notes(unused_score_options(cfg, given=changes)):
+        say(line)
     resolved = p.config.to_dict()  # paths made absolute
     options = cfg.to_dict()
     new_options = {k: options[k] for k in SCORE_OPTIONS}
@@ -157,6 +157,15 @@ def _rescore_run(
             "device": describe_device(p.device),
             "seconds": scored.seconds,
         }
+        computed = [list(old[head].get("scores", {})), list(metrics["scores"])]
+        if computed[0] != computed[1]:  # also with --scores as it was: 'all' grows
+            metrics["rescored"]["computed"] = computed
+            added = [n for n in computed[1] if n not in computed[0]]
+            if "scores" not in changed and added and head == heads[0]:
+                say(
+                    f"note: --scores {','.join(cfg.scores)} now also computes "
+                    f"{', '.join(added)}, which the run's version did not have"
+                )
         payload = {**payload, "config": {**payload.get("config", {}), **new_options}}
         results[head] = scored, payload
     for head, (scored, payload) in results.items():

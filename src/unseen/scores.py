@@ -14,11 +14,14 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 
 from .errors import ConfigError, InputError, UnseenError
+
+if TYPE_CHECKING:
+    from typing_extensions import Self  # typing.Self from Python 3.11
 
 
 @dataclass
@@ -28,7 +31,7 @@ class Outputs:
     Any array-like is accepted (NumPy arrays of your own model's outputs, lists): logits and
     features become float tensors, labels int64 tensors, on the device they are on. Logits
     alone (``features=None``) serve the scores of logits (msp, maxlogit, energy, entropy,
-    temperature, openmax); the feature scores say that they need features."""
+    temperature, gen, openmax); the feature scores say that they need features."""
 
     logits: torch.Tensor  # N x K, float32
     features: torch.Tensor | None = None  # N x D, float32
@@ -82,8 +85,8 @@ class FitContext:
     """Everything a score may learn from: known-class data and the model's head.
 
     Only what a score uses must be there: the feature scores (mahalanobis, knn...) need
-    ``train`` with labels, temperature needs ``val``, vim and react the head's weight and
-    bias. Without a head, the number of known classes is the logits' width."""
+    ``train`` with labels, temperature needs ``val``, vim, react, dice, ash and scale the
+    head's weight and bias. Without a head, the number of known classes is the logits' width."""
 
     train: Outputs | None = None  # known-class training images without augmentation
     val: Outputs | None = None  # the validation slice (known classes only)
@@ -176,11 +179,11 @@ class Score:
             cls.score = _after_fit(vars(cls)["score"])
 
     @classmethod
-    def from_config(cls, config: Any) -> Score:
+    def from_config(cls, config: Any) -> Self:
         """Build the score with its settings taken from a RunConfig (default: no settings)."""
         return cls()
 
-    def fit(self, context: FitContext) -> Score:
+    def fit(self, context: FitContext) -> Self:
         """Learn the score's state from known-class data in ``context``; returns ``self``."""
         return self
 
@@ -231,7 +234,7 @@ class Score:
                 out[k.rstrip("_")] = v
         return out
 
-    def load_fitted_state(self, state: dict[str, Any]) -> Score:
+    def load_fitted_state(self, state: dict[str, Any]) -> Self:
         for k, v in state.items():
             setattr(self, k, v)
         self._fitted = bool(state)  # an empty (damaged) state leaves the score unfitted
@@ -405,10 +408,10 @@ def create_score(name: str, config: Any = None) -> Score:
     return SCORES[name]() if config is None else SCORES[name].from_config(config)
 
 
-def unused_score_options(config: Any) -> list[tuple[str, str]]:
-    """``(option, score)`` for each score option of ``config`` set away from its default
-    although the score that reads it is not computed (on any of the run's heads): ``knn_k``
-    without knn, say."""
+def unused_score_options(config: Any, given: Iterable[str] | None = None) -> list[tuple[str, str]]:
+    """``(option, score)`` for each score option whose score ``config`` does not compute (on
+    any of its heads): ``knn_k`` without knn, say. The options looked at are those set away
+    from their default, or the ``given`` ones (options given on a command line)."""
     from .config import FIELDS
 
     computed = {n for head in config.head for n in scores_for_head(config.scores, head)}
@@ -416,17 +419,35 @@ def unused_score_options(config: Any) -> list[tuple[str, str]]:
         (option, name)
         for name, cls in SCORES.items()
         for option in cls.options
-        if name not in computed and getattr(config, option) != FIELDS[option].default
+        if name not in computed
+        and (
+            option in given
+            if given is not None
+            else getattr(config, option) != FIELDS[option].default
+        )
     ]
 
 
-def unused_options_note(unused: list[tuple[str, str]]) -> str:
-    """One line for :func:`unused_score_options`' answer."""
+def unused_options_notes(unused: Iterable[tuple[str, str]], what: str = "run") -> list[str]:
+    """The note lines for :func:`unused_score_options`' answer: one for scores missing from
+    ``--scores``, one for one-vs-rest scores on a ``what`` (run, sweep) without a one-vs-rest
+    head."""
     from .config import flag_name
 
-    listed = ", ".join(f"{flag_name(option)} (for {name})" for option, name in unused)
-    verb, it = ("has", "it") if len(unused) == 1 else ("have", "them")
-    return f"note: {listed} {verb} no effect: no score of this run reads {it} (--scores)"
+    unused, lines = list(unused), []
+    for ovr in (False, True):
+        mine = [(o, n) for o, n in unused if SCORES[n].one_vs_rest_only == ovr]
+        if not mine:
+            continue
+        flags = " and ".join(", ".join(flag_name(o) for o, _ in mine).rsplit(", ", 1))
+        names = list(dict.fromkeys(n for _, n in mine))
+        verb = "has" if len(mine) == 1 else "have"
+        if ovr:
+            why = f"{' and '.join(names)} needs a one-vs-rest head (--head ovr or ovr-separate)"
+        else:
+            why = f"this {what} does not compute {' or '.join(names)} (--scores)"
+        lines.append(f"note: {flags} {verb} no effect: {why}")
+    return lines
 
 
 def scores_for_head(names: Iterable[str], head: str) -> list[str]:
@@ -492,7 +513,7 @@ class OvrScore(Score):
     one_vs_rest_only = True
     stateless = True
 
-    def fit(self, context: FitContext) -> Score:
+    def fit(self, context: FitContext) -> Self:
         _require_one_vs_rest(self, context)
         return self
 
@@ -523,10 +544,10 @@ class OvrDocScore(Score):
         self.alpha = alpha
 
     @classmethod
-    def from_config(cls, config: Any) -> Score:
+    def from_config(cls, config: Any) -> Self:
         return cls(alpha=config.doc_alpha)
 
-    def fit(self, context: FitContext) -> Score:
+    def fit(self, context: FitContext) -> Self:
         _require_one_vs_rest(self, context)
         val = context.val
         if val is None or val.labels is None:

@@ -61,6 +61,7 @@ from .runfolder import (
     resolved_settings,
     write_json,
 )
+from .scores import unused_options_notes, unused_score_options
 
 #: Neal et al. 2018 ("Open Set Learning with Counterfactual Images"), known classes per split
 NEAL6_SPLITS: tuple[tuple[int, ...], ...] = (
@@ -783,7 +784,8 @@ def aggregate(records: Sequence[dict], protocol: str = "") -> dict:
     """
     names = _score_names(records)
     variants = []
-    warnings: list[str] = []
+    warnings: list[str] = []  # runs of different resolved settings averaged together
+    coverage: list[str] = []  # scores that some runs lack
     keys = list(dict.fromkeys(_variant(r) for r in records))
     for key in keys:
         mine = [r for r in records if _variant(r) == key]
@@ -834,6 +836,17 @@ def aggregate(records: Sequence[dict], protocol: str = "") -> dict:
                     f"{where}the overall statistics average conditions run with different "
                     f"resolved settings: {describe_mixed(mixed)}"
                 )
+        counts = {n: sum(n in r["metrics"].get("scores", {}) for r in mine) for n in names}
+        if partial := [n for n in names if 0 < counts[n] < len(mine)]:
+            least = min(counts[n] for n in partial)
+            coverage.append(
+                f"{where}{', '.join(partial)} {'was' if len(partial) == 1 else 'were'} computed "
+                f"on only {least}"
+                f"{'' if all(counts[n] == least for n in partial) else ' or more'} of the "
+                f"{len(mine)} runs (runs of an earlier version with fewer scores, or rescored "
+                "runs): their means are over fewer runs and other conditions; `unseen rescore` "
+                "on the sweep folder computes every score on every run"
+            )
         variants.append(variant)
     return {
         "protocol": protocol,
@@ -843,6 +856,7 @@ def aggregate(records: Sequence[dict], protocol: str = "") -> dict:
         "variants": variants,
         # runs whose 'auto' settings resolved differently (another machine) averaged together
         "warnings": warnings,
+        "score_coverage": coverage,
     }
 
 
@@ -886,6 +900,8 @@ def format_summary(summary: dict) -> str:
         )
         lines += [f"  {w}" for w in warnings]
         lines.append("")
+    if coverage := summary.get("score_coverage"):
+        lines += [f"WARNING: {w}" for w in coverage] + [""]
     for v in variants:
         title = _variant_name(v, many_heads, many_bal)
         head = (f"== {title}: " if title else "") + f"{v['runs']} runs"
@@ -1077,6 +1093,8 @@ def run_sweep(
         return SweepResult(out, runs, [], {})
     write_plan(out, base, opts, runs)
     say(f"sweep {opts.protocol} on {base.dataset} in {out}")
+    for line in unused_options_notes(unused_score_options(base), "sweep"):
+        say(line)
     if summary_only:  # aggregate what has finished, train nothing
         outcomes = [RunOutcome(r, "skipped") for r in runs]
     else:
