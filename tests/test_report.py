@@ -455,6 +455,26 @@ def test_comparison_warns_when_a_row_counts_one_seed_twice(digits_run, tmp_path,
     assert "warning" not in capsys.readouterr().err
 
 
+def test_a_run_of_an_earlier_version_groups_with_this_one_s_and_its_missing_scores_are_said(
+    digits_run, tmp_path, capsys
+):
+    """An earlier version wrote neither the options added since (they count as their
+    defaults: the same configuration) nor their scores (said: fewer runs behind them)."""
+    new = _copy_run(digits_run, tmp_path / "runs" / "new", seed=1)
+    old = _copy_run(digits_run, tmp_path / "runs" / "old", seed=0)
+    cfg = json.loads((old / "config.json").read_text())
+    (old / "config.json").write_text(json.dumps({k: v for k, v in cfg.items() if k != "gen_m"}))
+    metrics = _metrics(old)
+    name = next(iter(metrics["scores"]))
+    del metrics["scores"][name]
+    (old / "metrics.json").write_text(json.dumps(metrics))
+    (row,) = aggregate_runs([old, new])
+    assert row["n_runs"] == 2 and row["scores"][name]["auroc"]["n"] == 1
+    assert main(["report", str(old), str(new), "--out", str(tmp_path / "cmp")]) == 0
+    err = capsys.readouterr().err
+    assert f"has figures of some scores from fewer of its runs ({name} 1 of 2:" in err
+
+
 def test_runs_recorded_with_relative_and_absolute_paths_group_together(tmp_path, monkeypatch):
     from unseen.report import _grouping_config
 

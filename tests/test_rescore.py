@@ -93,13 +93,36 @@ def test_rescoring_says_when_a_given_option_has_no_effect(msp_run, tmp_path):
     run, said = copy_of(msp_run, tmp_path), []
     quiet = {"log": said.append, "progress": False, "report": False}
     rescore_run(run, {"scores": ("msp", "gen"), "vim_dim": 4}, **quiet)
-    assert "note: --vim-dim has no effect: this run does not compute vim (--scores)" in said
+    assert (
+        "note: --vim-dim has no effect: this rescored run does not compute vim (--scores)" in said
+    )
     said.clear()  # an option the score reads, or one left as the run had it: no note
     rescore_run(run, {"gen_m": 3}, **quiet)
     assert not [line for line in said if line.startswith("note:")]
     # given back at its default, with no score to read it: still said
     rescore_run(run, {"knn_k": 50}, **quiet)
-    assert "note: --knn-k has no effect: this run does not compute knn (--scores)" in said
+    assert "note: --knn-k has no effect: this rescored run does not compute knn (--scores)" in said
+    said.clear()  # the run has no one-vs-rest head, and rescoring cannot give it one
+    rescore_run(run, {"doc_alpha": 2.0}, **quiet)
+    assert said[1] == (
+        "note: --doc-alpha has no effect: ovr-doc needs a one-vs-rest head, which this run was "
+        "not trained with"
+    )
+
+
+def test_a_note_for_several_runs_is_said_once(msp_run, tmp_path, capsys):
+    from unseen.cli import main
+    from unseen.console import notes_once
+
+    said = []
+    say = notes_once(said.append)
+    for message in ("note: a", "run 1", "note: a", "run 2", "note: b"):
+        say(message)
+    assert said == ["note: a", "run 1", "run 2", "note: b"] and notes_once(None) is None
+    runs = [copy_of(msp_run, tmp_path / str(i)) for i in range(2)]
+    assert main(["rescore", *map(str, runs), "--knn-k", "5", "--no-report"]) == 0
+    shown = capsys.readouterr()
+    assert (shown.out + shown.err).count("note: --knn-k has no effect") == 1
 
 
 def test_rescoring_records_scores_that_all_takes_in_since_the_run(msp_run, tmp_path):

@@ -966,8 +966,19 @@ def test_each_variant_lists_only_the_scores_it_computed():
     records[0]["metrics"]["scores"]["gen"] = msp
     summary = sweep.aggregate(records, "single")
     assert summary["score_coverage"] == [
-        "softmax / none: gen was computed on only 1 of the 2 runs (runs of an earlier version "
-        "with fewer scores, or rescored runs): their means are over fewer runs and other "
-        "conditions; `unseen rescore` on the sweep folder computes every score on every run"
+        "softmax / none: gen was computed on 1 of the 2 runs (runs of an earlier version with "
+        "fewer scores, or runs rescored with other --scores): their means are over fewer runs "
+        "than the other scores'; `unseen rescore` on the sweep folder with --scores naming "
+        "them computes them on every finished run"
     ]
-    assert "WARNING: softmax / none: gen was computed on only 1" in sweep.format_summary(summary)
+    assert "WARNING: softmax / none: gen was computed on 1 of" in sweep.format_summary(summary)
+    # a whole balance mode without it (finished by an earlier version), the other with it
+    for r in records[:2]:
+        r["metrics"]["scores"]["gen"] = msp
+    late = [record("softmax", s, {"msp": msp}) for s in (0, 1)]
+    for r in late:
+        r["tags"]["balance"] = "sampler"
+    summary = sweep.aggregate(records[:2] + late, "single")
+    assert [w.split(" (")[0] for w in summary["score_coverage"]] == [
+        "softmax / sampler: gen was computed on 0 of the 2 runs"
+    ]

@@ -163,7 +163,7 @@ def print_result(result: RunResult, timing: bool = True) -> None:
 def cmd_rescore(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from .console import progress_line
+    from .console import notes_once, progress_line
     from .rescore import rescore_run, rescore_sweep
     from .sweep import format_summary
 
@@ -173,7 +173,7 @@ def cmd_rescore(args: argparse.Namespace) -> int:
         data_root=args.data_root,
         report=not args.no_report,
         progress=not args.quiet,
-        log=None if args.quiet else progress_line,
+        log=None if args.quiet else notes_once(progress_line),  # a note once for all runs
     )
     for i, folder in enumerate(args.runs):
         if i:

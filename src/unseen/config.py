@@ -126,6 +126,10 @@ def _fraction_closed_open(v: float) -> str | None:
     return None if 0.0 <= v < 1.0 else "must be at least 0 and below 1"
 
 
+def _percent_closed_open(v: float) -> str | None:
+    return None if 0.0 <= v < 100.0 else "must be at least 0 and below 100"
+
+
 def _one_of(*choices: str) -> Callable[[Any], str | None]:
     def check(v: Any) -> str | None:
         return None if v in choices else f"must be one of: {', '.join(choices)}"
@@ -463,7 +467,7 @@ class RunConfig:
         "ash score: zero all but each image's largest (100-P)% of activations (by count: "
         "n - round(n P/100) kept, at least one)",
         parse=float,
-        check=lambda v: None if 0 <= v < 100 else "must be at least 0 and below 100",
+        check=_percent_closed_open,
         metavar="P",
         group="detectors",
     )
@@ -479,7 +483,7 @@ class RunConfig:
         "scale score: each image's activations times exp(sum of all / sum of its largest "
         "(100-P)%, by count)",
         parse=float,
-        check=lambda v: None if 0 <= v < 100 else "must be at least 0 and below 100",
+        check=_percent_closed_open,
         metavar="P",
         group="detectors",
     )
@@ -488,7 +492,7 @@ class RunConfig:
         "dice score: set to zero the head's weights whose contribution (weight times the mean "
         "training activation) is at or below this percentile of all contributions",
         parse=float,
-        check=lambda v: None if 0 <= v < 100 else "must be at least 0 and below 100",
+        check=_percent_closed_open,
         metavar="P",
         group="detectors",
     )
@@ -671,9 +675,10 @@ def with_field_defaults(
 ) -> dict[str, Any]:
     """A recorded config (config.json, a checkpoint's) with the options it lacks (of
     ``only``, when given) at their defaults: a run of an earlier version, which had no such
-    option, ran as its default does (every option added since came with the default that
-    keeps the earlier behaviour), so resuming it or grouping it with newer runs must not see
-    a difference there."""
+    option, ran as its default does, so resuming it or grouping it with newer runs must not
+    see a difference there. (Every option added since came with the default that keeps the
+    earlier results; ``cudnn_benchmark``, ``cuda_graphs`` and ``checkpoint_every`` changed
+    only speed or checkpointing, and no comparison looks at them.)"""
     defaults = RunConfig().to_dict()
     wanted = defaults.keys() if only is None else [k for k in only if k in defaults]
     return {**{k: defaults[k] for k in wanted if k not in record}, **record}

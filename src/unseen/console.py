@@ -6,7 +6,7 @@ import math
 import os
 import sys
 import unicodedata
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 from typing import Any
 
 SCORE_COLUMNS = (
@@ -233,6 +233,23 @@ def image_bar(desc: str | None, total: int | None = None) -> Any:
 
     return tqdm(total=total, desc=desc, unit="img", unit_scale=True, leave=False,
                 disable=None if desc else True)  # fmt: skip
+
+
+def notes_once(log: Callable[[str], None] | None) -> Callable[[str], None] | None:
+    """``log`` passing each note (a line starting ``note:``) only the first time: a command
+    over several runs says what applies to all of them once."""
+    if log is None:
+        return None
+    seen: set[str] = set()
+
+    def say(message: str) -> None:
+        if message.startswith("note:"):
+            if message in seen:
+                return
+            seen.add(message)
+        log(message)
+
+    return say
 
 
 def progress_line(message: str) -> None:

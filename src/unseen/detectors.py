@@ -29,8 +29,9 @@ odin            (nothing)         ``max softmax(f(x~) / T)``, x~ = x - eps sign(
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
@@ -41,8 +42,10 @@ from .errors import ConfigError, DataError, InputError
 from .hardware import autocast
 from .scores import FitContext, Outputs, Score, check_setting, register
 
-if TYPE_CHECKING:
-    from typing_extensions import Self  # typing.Self from Python 3.11
+if sys.version_info >= (3, 11):
+    from typing import Self
+else:  # typing_extensions comes with torch
+    from typing_extensions import Self
 
 # ----------------------------------------------------------------------------- helpers
 

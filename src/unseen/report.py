@@ -835,8 +835,9 @@ def aggregate_runs(run_dirs: Iterable[str | Path]) -> list[dict]:
 
 def comparison_warnings(rows: Sequence[dict]) -> list[str]:
     """One sentence per row of :func:`aggregate_runs` that averages runs whose 'auto'
-    settings resolved differently, and per row that holds a seed twice (the same run
-    counted twice, e.g. a copied run folder: its std is too small)."""
+    settings resolved differently, per row that holds a seed twice (the same run counted
+    twice, e.g. a copied run folder: its std is too small), and per row whose scores do not
+    all come from every one of its runs."""
     out = [
         f"'{r['label']}' averages runs with different resolved settings: "
         f"{describe_mixed(r['mixed_settings'])}; pin them (--device, --precision, "
@@ -850,6 +851,20 @@ def comparison_warnings(rows: Sequence[dict]) -> list[str]:
             out.append(
                 f"'{r['label']}' averages several runs of seed {', '.join(map(str, twice))} "
                 "with the same settings (copies of one run?); its std understates the spread."
+            )
+        n_runs = r.get("n_runs", 0)
+        short = {
+            name: n
+            for name, m in r.get("scores", {}).items()
+            if isinstance(n := (m.get("auroc") or {}).get("n"), int) and n < n_runs
+        }
+        if short:
+            counts = ", ".join(f"{name} {n} of {n_runs}" for name, n in short.items())
+            out.append(
+                f"'{r['label']}' has figures of some scores from fewer of its runs ({counts}: "
+                "runs of an earlier version with fewer scores, runs rescored with other "
+                "--scores, or without unseen test images); `unseen rescore` with --scores "
+                "naming them computes them on every run."
             )
     return out
 

@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from .config import FIELDS, SCORE_OPTIONS, RunConfig
+from .console import notes_once
 from .errors import ConfigError, DataError, UnseenError
 from .experiment import (
     TRAINING_METRICS,
@@ -126,7 +127,7 @@ def _rescore_run(
         )
     )
     say(f"rescoring {run_dir} on {describe_device(p.device)}: {', '.join(cfg.scores)}")
-    for line in unused_options_notes(unused_score_options(cfg, given=changes)):
+    for line in unused_options_notes(unused_score_options(cfg, given=changes), "rescored run"):
         say(line)
     resolved = p.config.to_dict()  # paths made absolute
     options = cfg.to_dict()
@@ -135,6 +136,7 @@ def _rescore_run(
         new_options.update(dataset=resolved["dataset"], data_root=resolved["data_root"])
     changed = {k: [saved.get(k), v] for k, v in new_options.items() if saved.get(k, v) != v}
     results: dict[str, tuple[Scored, dict]] = {}
+    added: dict[str, None] = {}  # scores --scores takes in now that the run's version did not
     for head in heads:  # every head scored before any file is rewritten
         path = folders[head] / "model.pt"
         payload = load_checkpoint(path)
@@ -160,14 +162,15 @@ def _rescore_run(
         computed = [list(old[head].get("scores", {})), list(metrics["scores"])]
         if computed[0] != computed[1]:  # also with --scores as it was: 'all' grows
             metrics["rescored"]["computed"] = computed
-            added = [n for n in computed[1] if n not in computed[0]]
-            if "scores" not in changed and added and head == heads[0]:
-                say(
-                    f"note: --scores {','.join(cfg.scores)} now also computes "
-                    f"{', '.join(added)}, which the run's version did not have"
-                )
+            if "scores" not in changed:
+                added.update(dict.fromkeys(n for n in computed[1] if n not in computed[0]))
         payload = {**payload, "config": {**payload.get("config", {}), **new_options}}
         results[head] = scored, payload
+    if added:
+        say(
+            f"note: --scores {','.join(cfg.scores)} now also computes {', '.join(added)}, "
+            "which the run's version did not have"
+        )
     for head, (scored, payload) in results.items():
         write_run_files(folders[head], p, scored, payload)
         if len(heads) > 1:
@@ -237,6 +240,7 @@ def rescore_sweep(
     from .sweep import RunOutcome, SweepOptions, run_sweep, summarize
 
     sweep_dir = Path(sweep_dir)
+    log = notes_once(log)  # what applies to every run is said once
     say = log or (lambda _msg: None)
     plan_file = sweep_dir / "sweep.json"
     plan = read_json(plan_file)

@@ -12,16 +12,19 @@ Scores work on torch tensors on whatever device the outputs live on.
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Iterable
+import sys
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar
 
 import torch
 
 from .errors import ConfigError, InputError, UnseenError
 
-if TYPE_CHECKING:
-    from typing_extensions import Self  # typing.Self from Python 3.11
+if sys.version_info >= (3, 11):
+    from typing import Self
+else:  # typing_extensions comes with torch
+    from typing_extensions import Self
 
 
 @dataclass
@@ -428,10 +431,15 @@ def unused_score_options(config: Any, given: Iterable[str] | None = None) -> lis
     ]
 
 
+def _listed(items: Sequence[str], last: str = "and") -> str:
+    """``a``, ``a and b``, ``a, b and c``."""
+    return items[0] if len(items) == 1 else f"{', '.join(items[:-1])} {last} {items[-1]}"
+
+
 def unused_options_notes(unused: Iterable[tuple[str, str]], what: str = "run") -> list[str]:
     """The note lines for :func:`unused_score_options`' answer: one for scores missing from
-    ``--scores``, one for one-vs-rest scores on a ``what`` (run, sweep) without a one-vs-rest
-    head."""
+    ``--scores``, one for one-vs-rest scores without a one-vs-rest head. ``what`` is the
+    ``run`` or ``sweep`` given the options, or the ``rescored run`` (whose head is fixed)."""
     from .config import flag_name
 
     unused, lines = list(unused), []
@@ -439,13 +447,15 @@ def unused_options_notes(unused: Iterable[tuple[str, str]], what: str = "run") -
         mine = [(o, n) for o, n in unused if SCORES[n].one_vs_rest_only == ovr]
         if not mine:
             continue
-        flags = " and ".join(", ".join(flag_name(o) for o, _ in mine).rsplit(", ", 1))
+        flags = _listed([flag_name(o) for o, _ in mine])
         names = list(dict.fromkeys(n for _, n in mine))
         verb = "has" if len(mine) == 1 else "have"
-        if ovr:
-            why = f"{' and '.join(names)} needs a one-vs-rest head (--head ovr or ovr-separate)"
+        if not ovr:
+            why = f"this {what} does not compute {_listed(names, 'or')} (--scores)"
+        elif what == "rescored run":
+            why = f"{_listed(names)} needs a one-vs-rest head, which this run was not trained with"
         else:
-            why = f"this {what} does not compute {' or '.join(names)} (--scores)"
+            why = f"{_listed(names)} needs a one-vs-rest head (--head ovr or ovr-separate)"
         lines.append(f"note: {flags} {verb} no effect: {why}")
     return lines
 

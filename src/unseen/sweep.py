@@ -836,16 +836,20 @@ def aggregate(records: Sequence[dict], protocol: str = "") -> dict:
                     f"{where}the overall statistics average conditions run with different "
                     f"resolved settings: {describe_mixed(mixed)}"
                 )
-        counts = {n: sum(n in r["metrics"].get("scores", {}) for r in mine) for n in names}
-        if partial := [n for n in names if 0 < counts[n] < len(mine)]:
-            least = min(counts[n] for n in partial)
+        # the scores any run of this head has (another balance mode's runs count too)
+        same_head = [r for r in records if _variant(r)[0] == key[0]]
+        expected = [n for n in names if any(n in r["metrics"].get("scores", {}) for r in same_head)]
+        counts = {n: sum(n in r["metrics"].get("scores", {}) for r in mine) for n in expected}
+        if partial := [n for n in expected if counts[n] < len(mine)]:
             coverage.append(
-                f"{where}{', '.join(partial)} {'was' if len(partial) == 1 else 'were'} computed "
-                f"on only {least}"
-                f"{'' if all(counts[n] == least for n in partial) else ' or more'} of the "
-                f"{len(mine)} runs (runs of an earlier version with fewer scores, or rescored "
-                "runs): their means are over fewer runs and other conditions; `unseen rescore` "
-                "on the sweep folder computes every score on every run"
+                f"{where}"
+                + ", ".join(
+                    f"{n} was computed on {counts[n]} of the {len(mine)} runs" for n in partial
+                )
+                + " (runs of an earlier version with fewer scores, or runs rescored with other "
+                "--scores): their means are over fewer runs than the other scores'; `unseen "
+                "rescore` on the sweep folder with --scores naming them computes them on every "
+                "finished run"
             )
         variants.append(variant)
     return {
