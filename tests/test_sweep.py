@@ -831,6 +831,9 @@ def _jobs_sweep(out: Path, *args: str, started: int = 2) -> tuple[subprocess.Pop
         [sys.executable, "-m", "unseen", "sweep", "--jobs", "2", *args, "--train-subset",
          "300", "--no-report", "--out", str(out)],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
+        # SIGINT as a terminal gives it: a test suite started in the background of a
+        # non-interactive shell (`pytest &`) ignores SIGINT, and its children would inherit that
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )  # fmt: skip
     deadline = time.monotonic() + 120
     while len(list(out.glob("runs/*/config.json"))) < started and time.monotonic() < deadline:
@@ -870,7 +873,7 @@ def test_a_jobs_sweep_stopped_by_a_signal_leaves_no_worker_behind(tmp_path, how)
     proc, workers = _jobs_sweep_started(out)
     assert len(workers) == 2
     proc.send_signal(getattr(signal, how))
-    _, err = proc.communicate(timeout=180)  # generous: a loaded machine is slow to stop
+    _, err = proc.communicate(timeout=60)
     expected = {"SIGTERM": 143, "SIGINT": 130, "SIGKILL": -9}[how]
     assert proc.returncode == expected, err
     if how == "SIGTERM":
