@@ -500,6 +500,29 @@ def test_multi_head_run_checkpoints_and_resumes_per_head(tmp_path, monkeypatch):
     assert not list(out.rglob("checkpoint*.pt"))
 
 
+def test_resuming_says_when_a_head_finished_earlier_lacks_scores(tmp_path, monkeypatch):
+    """A head an earlier version finished lacks the scores added since: resuming the run's
+    other head says so, and how to add them."""
+    from unseen.experiment import run_experiment
+
+    out = tmp_path / "run"
+    interrupt_at(monkeypatch, 2 * 8 + 3)  # in the second head
+    with pytest.raises(Interrupted):
+        run(out, head=("softmax", "ovr"), epochs=2)
+    monkeypatch.undo()
+    metrics = json.loads((out / "softmax" / "metrics.json").read_text())
+    del metrics["scores"]["msp"]  # as a version without msp would have written it
+    (out / "softmax" / "metrics.json").write_text(json.dumps(metrics))
+    said: list[str] = []
+    cfg = RunConfig(out=str(out), **{**TINY, "head": ("softmax", "ovr"), "epochs": 2})
+    run_experiment(cfg.replace(resume=True), progress=False, log=said.append)
+    assert (
+        f"note: head softmax finished without msp (scores its version did not have); "
+        f"`unseen rescore {out}` computes them" in said
+    )
+    assert not [line for line in said if "head ovr finished without" in line]
+
+
 # ----------------------------------------------------------------------------- 2. run folders
 
 

@@ -792,6 +792,12 @@ def _run_experiment(cfg: RunConfig, progress: bool, log: Callable[[str], None] |
             say(f"head {head}: finished before the interruption")
             per_head[head] = read_json(head_dir / "metrics.json")
             earlier.append(head)
+            have = per_head[head].get("scores", {})
+            if missing := [n for n in scores_for_head(cfg.scores, head) if n not in have]:
+                say(
+                    f"note: head {head} finished without {', '.join(missing)} (scores its "
+                    f"version did not have); `unseen rescore {run_dir}` computes them"
+                )
             continue
         per_head[head] = run_head(p, head, head_dir, progress, checkpoint)
         if len(cfg.head) > 1:
