@@ -487,12 +487,11 @@ def _per_member(
     shape: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, members: int
 ) -> torch.Tensor:
     """``shape`` applied to each member network's own block of features: ``x`` is N x (M*D),
-    member m's features columns ``m*D:(m+1)*D`` (as ``ovr-separate`` stacks them)."""
+    member m's features columns ``m*D:(m+1)*D`` (as ``ovr-separate`` stacks them). The
+    width was checked to divide at fit (``_keep_head``) and against the outputs at score."""
     if members == 1:
         return shape(x)
     n, width = x.shape
-    if width % members:
-        raise InputError(f"{width} features cannot be split among {members} member networks")
     return shape(x.reshape(n * members, width // members)).reshape(n, width)
 
 
@@ -547,8 +546,8 @@ class _HeadEnergy(Score):
         self.head_weight_ = weight.float()
         self.head_bias_ = bias.float()
         self.feature_dim_ = int(weight.shape[1])  # what score() checks
-        self.members_ = members_of(context)
-        if self.feature_dim_ % self.members_ or len(weight) % self.members_:
+        self.members_ = members_of(context)  # 1, or the head's K rows (one per member)
+        if self.feature_dim_ % self.members_:
             raise InputError(
                 f"score '{self.name}': a {tuple(weight.shape)} head cannot be split among "
                 f"{self.members_} member networks"
