@@ -115,6 +115,23 @@ def test_toml_config_then_flags_override(tmp_path):
     assert cfg.epochs == 2 and cfg.holdout == ("3", "4") and cfg.label_smoothing == 0.1
 
 
+def test_scores_starting_with_plus_add_to_the_layer_below(tmp_path, capsys):
+    from unseen.config import DEFAULT_SCORES, RunConfig
+
+    cfg_file = tmp_path / "c.toml"
+    cfg_file.write_text('scores = "+vim"\n')
+    args = build_parser().parse_args(["run", "--config", str(cfg_file), "--scores", "+knn,+msp"])
+    assert config_from_args(args).scores == (*DEFAULT_SCORES, "vim", "knn")
+    args = build_parser().parse_args(["run", "--config", str(cfg_file), "--scores", "knn"])
+    assert config_from_args(args).scores == ("knn",)  # without +, the list replaces
+    # the Python API: a new config adds to the defaults, replace() to its own list
+    assert RunConfig(scores="+odin").scores == (*DEFAULT_SCORES, "odin")
+    assert RunConfig(scores=("vim",)).replace(scores=("+all",)).scores == ("vim", "all")
+    assert main(["run", "--scores", "msp,+vim"]) == 2
+    err = capsys.readouterr().err
+    assert "mixes names with and without '+'" in err and len(err.strip().splitlines()) == 1
+
+
 def test_holdout_auto_is_the_default_and_an_empty_list_is_refused(capsys):
     # the help shows [default: auto]: 'auto' means the default, unless a class is named so
     from unseen.splits import make_split

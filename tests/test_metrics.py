@@ -85,6 +85,19 @@ def test_calibrate_threshold_accepts_target_fraction():
         M.calibrate_threshold(np.array([]), 0.95)
 
 
+def test_score_metrics_refuses_non_finite_validation_scores_with_either_threshold():
+    # with a score's own threshold the validation scores only give val_known_accepted; a
+    # NaN there must not pass as a rejected image
+    test, val = np.array([0.9, 0.1, 0.8]), np.array([0.7, np.nan])
+    args = (np.array([0, 0, 1]), np.array([0, -1, 1]), 2)
+    for threshold in (None, 0.5):
+        with pytest.raises(ValueError, match="validation scores holds 1 value"):
+            M.score_metrics(test, val, *args, threshold=threshold)
+    out = M.score_metrics(test, np.array([0.7, 0.2]), *args, threshold=0.5)
+    assert out["val_known_accepted"] == 0.5 and out["threshold_from"] == "score"
+    assert math.isnan(M.score_metrics(test, [], *args, threshold=0.5)["val_known_accepted"])
+
+
 def test_open_set_metrics_hand_computed():
     # K = 2 known classes; labels -1 = unseen
     labels = np.array([0, 0, 1, 1, -1, -1])

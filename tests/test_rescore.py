@@ -270,6 +270,17 @@ def test_rescoring_keeps_the_trained_options_the_caller_s_threads_and_no_stale_p
     )
 
 
+def test_scores_starting_with_plus_are_added_to_the_run_s(msp_run, tmp_path, capsys):
+    run = copy_of(msp_run, tmp_path)
+    assert main(["rescore", str(run), "--scores", "+energy", "--no-report", "--quiet"]) == 0
+    metrics = read(run / "metrics.json")
+    assert list(metrics["scores"]) == ["msp", "energy"]
+    assert metrics["rescored"]["changed"] == {"scores": [["msp"], ["msp", "energy"]]}
+    assert read(run / "config.json")["scores"] == ["msp", "energy"]
+    result = rescore_run(run, {"scores": "+knn,msp"}, log=None, progress=False, report=False)
+    assert list(result.metrics["scores"]) == ["msp", "energy", "knn"]
+
+
 def test_a_sweep_folder_is_rescored_run_by_run_then_summarised(tmp_path, capsys):
     from unseen.sweep import SweepOptions, run_sweep
 
@@ -285,8 +296,44 @@ def test_a_sweep_folder_is_rescored_run_by_run_then_summarised(tmp_path, capsys)
     assert list(read(second / "metrics.json")["scores"]) == ["msp"]
     summary = read(tmp_path / "sw" / "summary.json")
     assert summary["score_names"] == ["msp", "energy"] and summary["runs_finished"] == 1
-    code = main(["rescore", str(tmp_path / "sw"), "--dataset", "digits"])
-    assert code == 2 and "--dataset applies to a run folder" in capsys.readouterr().err
+    code = main(["rescore", str(tmp_path / "sw"), "--dataset", "npz:d.npz"])
+    assert code == 2 and "is not the run's data source (digits)" in capsys.readouterr().err
+
+
+def test_a_sweep_on_a_relative_path_rescores_from_anywhere_and_after_a_move(
+    tmp_path, monkeypatch, capsys
+):
+    from sklearn.datasets import load_digits
+
+    from unseen.sweep import SweepOptions, run_sweep
+
+    x, y = (load_digits().images * 16).astype(np.uint8), load_digits().target
+    work, elsewhere = tmp_path / "work", tmp_path / "elsewhere"
+    work.mkdir(), elsewhere.mkdir()
+    np.savez(work / "d.npz", x_train=x[:600], y_train=y[:600], x_test=x[600:], y_test=y[600:])
+    monkeypatch.chdir(work)
+    base = RunConfig(dataset="npz:d.npz", scores=("msp",), **{**TINY, "train_subset": None})
+    sweep = run_sweep(base, SweepOptions("single", seeds=2), "sw", log=None)
+    assert read(work / "sw" / "sweep.json")["base_config"]["dataset"] == "npz:d.npz"
+
+    monkeypatch.chdir(elsewhere)  # npz:d.npz names nothing here: the runs' record is read
+    assert main(["rescore", str(work / "sw"), "--scores", "msp,energy", "--no-report"]) == 0
+    for run in sweep.runs:
+        assert list(read(work / run.run_dir / "metrics.json")["scores"]) == ["msp", "energy"]
+
+    moved = tmp_path / "moved.npz"
+    (work / "d.npz").rename(moved)
+    assert main(["rescore", str(work / "sw"), "--scores", "msp", "--no-report"]) == 2
+    assert "d.npz" in capsys.readouterr().err
+    code = main(
+        ["rescore", str(work / "sw"), "--scores", "msp", "--dataset", f"npz:{moved}", "--no-report"]
+    )
+    assert code == 0, capsys.readouterr().err
+    for run in sweep.runs:
+        saved = read(work / run.run_dir / "config.json")
+        assert saved["dataset"] == f"npz:{moved}" and saved["scores"] == ["msp"]
+    # the summary is the sweep's as planned: its folders did not change
+    assert read(work / "sw" / "summary.json")["runs_finished"] == 2
 
 
 def test_a_sweep_that_cannot_be_summarised_again_is_refused_before_any_run_changes(

@@ -180,9 +180,7 @@ def cmd_rescore(args: argparse.Namespace) -> int:
             print()
         try:
             if (Path(folder) / "sweep.json").is_file():  # every finished run, then the summary
-                if args.dataset is not None:
-                    raise UnseenError("--dataset applies to a run folder, not to a sweep folder.")
-                results, sweep = rescore_sweep(folder, changes, **common)
+                results, sweep = rescore_sweep(folder, changes, dataset=args.dataset, **common)
                 print(format_summary(sweep.summary))
                 runs = f"{len(results)} run{'' if len(results) == 1 else 's'}"
                 print(f"\nsweep folder: {sweep.out_dir}: {runs} rescored")
@@ -275,8 +273,8 @@ def build_parser() -> argparse.ArgumentParser:
         type=nonempty_path,
         default=None,
         metavar="SOURCE",
-        help="the run's folder:PATH or npz:PATH source at its new path, if it moved "
-        "[default: the run's]",
+        help="the run's (or sweep's) folder:PATH or npz:PATH source at its new path, if it "
+        "moved [default: where the run found it]",
     )
     rs.add_argument(
         "--data-root",

@@ -173,6 +173,22 @@ def opt(
 DEFAULT_SCORES = ("msp", "maxlogit", "energy", "entropy")
 
 
+def add_scores(current: tuple[str, ...], given: tuple[str, ...]) -> tuple[str, ...]:
+    """``--scores`` over the list it replaces: ``given`` itself, or, when it starts with
+    ``+`` (``+vim,knn``), ``current`` with the given names added (a name already there
+    keeps its place). ``+`` is accepted on every added name, but only a list whose first
+    name has it adds."""
+    if not any(n.startswith("+") for n in given):
+        return given
+    if not given[0].startswith("+"):
+        raise ConfigError(
+            f"--scores {','.join(given)} mixes names with and without '+': start the list "
+            "with '+' to add its names to the scores (+vim,knn), or give the whole list."
+        )
+    added = [n.lstrip("+").strip() for n in given]
+    return tuple(dict.fromkeys([*current, *(n for n in added if n)]))
+
+
 @dataclass(frozen=True)
 class RunConfig:
     """Every setting of one run. Field order is the order of ``unseen run --help``."""
@@ -330,7 +346,8 @@ class RunConfig:
     # evaluation
     scores: tuple[str, ...] = opt(
         DEFAULT_SCORES,
-        "rejection scores to compute, comma-separated, or 'all' (see `unseen scores`)",
+        "rejection scores to compute, comma-separated, or 'all' (see `unseen scores`); a "
+        "list that starts with + adds to the scores (+vim,knn)",
         parse=parse_list,
         metavar="NAMES",
         group="evaluation",
@@ -628,6 +645,8 @@ class RunConfig:
             check = f.metadata["check"]
             if check is not None and typed is not None and (problem := check(typed)):
                 raise ConfigError(f"{_keyword(f.name)} {problem} (got {value!r}).")
+        # scores="+vim" adds to the default list (replace() adds to the config's own)
+        object.__setattr__(self, "scores", add_scores(DEFAULT_SCORES, self.scores))
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> RunConfig:
@@ -667,6 +686,9 @@ class RunConfig:
         }
 
     def replace(self, **changes: Any) -> RunConfig:
+        """A copy with ``changes``; ``scores="+vim"`` adds to this config's scores."""
+        if "scores" in changes:
+            changes["scores"] = add_scores(self.scores, typed_value("scores", changes["scores"]))
         return dataclasses.replace(self, **changes)
 
 
@@ -879,12 +901,16 @@ def resolve_config(
         if name not in FIELDS:
             raise ConfigError(f"unknown option '{name}'.")
     layers.append(dict(overrides or {}))
+    base = base or RunConfig()
     for layer in layers:
         given = [k for k in ("holdout", "known") if _gives_classes(layer.get(k))]
         if len(given) == 1:
             values["known" if given[0] == "holdout" else "holdout"] = None
+        if "scores" in layer:  # '+vim' adds to the layers below
+            below = values.get("scores", base.scores)
+            layer = {**layer, "scores": add_scores(below, typed_value("scores", layer["scores"]))}
         values.update(layer)
-    cfg = (base or RunConfig()).replace(**values)
+    cfg = base.replace(**values)
     validate(cfg)
     return cfg
 

@@ -218,7 +218,7 @@ def score_metrics(
     if threshold is None:
         threshold = calibrate_threshold(val_score, known_acceptance)
     out.update(open_set_metrics(test_score, threshold, predicted, labels, num_known))
-    val_score = np.asarray(val_score, float)
+    val_score = _scores(np.ravel(val_score), "the validation scores")
     out["threshold_from"] = threshold_from
     out["val_known_accepted"] = (
         float(np.mean(val_score >= threshold)) if val_score.size else math.nan

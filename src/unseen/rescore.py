@@ -16,7 +16,7 @@ network, so another run.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -228,6 +228,7 @@ def rescore_sweep(
     changes: Mapping[str, Any] | None = None,
     *,
     device: str = "auto",
+    dataset: str | None = None,
     data_root: str | None = None,
     report: bool = True,
     progress: bool = True,
@@ -236,8 +237,14 @@ def rescore_sweep(
     """:func:`rescore_run` on every finished run of the sweep in ``sweep_dir`` (its
     ``sweep.json`` lists them), then the sweep's summary again (``unseen sweep
     --summary-only``, which reads the runs' new metrics). Returns the runs' results and the
-    :class:`unseen.sweep.SweepResult`; runs not finished are left alone."""
-    from .sweep import RunOutcome, SweepOptions, run_sweep, summarize
+    :class:`unseen.sweep.SweepResult`; runs not finished are left alone.
+
+    The data is read where the runs found it (their config.json records absolute paths), so
+    a sweep given a relative ``folder:``/``npz:`` path rescores from any working directory;
+    ``dataset`` and ``data_root`` say where it is now if it moved, as for :func:`rescore_run`.
+    """
+    from .data import load_dataset
+    from .sweep import RunOutcome, SweepOptions, plan_sweep, summarize
 
     sweep_dir = Path(sweep_dir)
     log = notes_once(log)  # what applies to every run is said once
@@ -258,8 +265,24 @@ def rescore_sweep(
             balances=_names(plan.get("compare_balance")),
         )
         listed = {Path(r["dir"]).name for r in plan["runs"]}
-        planned = run_sweep(base, opts, sweep_dir, dry_run=True, log=None).runs
+        if dataset is not None:
+            check_same_source(dataset, base.dataset)
+        source, root = dataset or base.dataset, base.data_root
+        if dataset is None and data_root is None:  # where the runs found it
+            source, root = recorded_source(sweep_dir, sorted(listed), base)
     except (KeyError, TypeError, ValueError, AttributeError, UnseenError) as exc:
+        raise DataError(f"cannot rescore the sweep in {sweep_dir}: {plan_file}: {exc}") from None
+    try:
+        data = load_dataset(source, root)
+    except DataError as exc:
+        flag = "--dataset" if ":" in source else "--data-root"
+        raise DataError(
+            f"cannot rescore the sweep in {sweep_dir}: {str(exc).rstrip('.')}; if the data "
+            f"moved, {flag} says where it is now."
+        ) from None
+    try:  # the folders are those of the options as given (a path is hashed as typed)
+        planned = plan_sweep(base, opts, sweep_dir, data)
+    except UnseenError as exc:
         raise DataError(f"cannot rescore the sweep in {sweep_dir}: {plan_file}: {exc}") from None
     if {r.run_dir.name for r in planned} != listed:
         raise DataError(
@@ -278,6 +301,7 @@ def rescore_sweep(
                 folder,
                 changes,
                 device=device,
+                dataset=dataset,
                 data_root=data_root,
                 report=report,
                 progress=progress,
@@ -288,6 +312,27 @@ def rescore_sweep(
     skipped = [RunOutcome(r, "skipped") for r in planned]
     summary = summarize(sweep_dir, base, opts, planned, skipped, report=report, log=log)
     return results, summary
+
+
+def recorded_source(
+    sweep_dir: Path, names: Sequence[str], base: RunConfig
+) -> tuple[str, str | None]:
+    """The dataset and data root that the first finished run of the sweep recorded (as
+    absolute paths), or ``base``'s when no run finished or a run records another source."""
+    for name in names:
+        folder = sweep_dir / "runs" / name
+        if is_finished(folder):
+            saved = read_json(folder / "config.json")
+            dataset, root = saved.get("dataset"), saved.get("data_root")
+            if isinstance(dataset, str) and _kind(dataset) == _kind(base.dataset):
+                return dataset, root if isinstance(root, str) else base.data_root
+            break
+    return base.dataset, base.data_root
+
+
+def _kind(dataset: str) -> str:
+    """``folder``/``npz`` for a file source, else the dataset's name."""
+    return dataset.split(":", 1)[0] if ":" in dataset else dataset
 
 
 def _names(value: Any) -> tuple[str, ...] | None:

@@ -46,7 +46,7 @@ import traceback
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -62,6 +62,9 @@ from .runfolder import (
     write_json,
 )
 from .scores import unused_options_notes, unused_score_options
+
+if TYPE_CHECKING:
+    from .data import ImageData
 
 #: Neal et al. 2018 ("Open Set Learning with Counterfactual Images"), known classes per split
 NEAL6_SPLITS: tuple[tuple[int, ...], ...] = (
@@ -1056,6 +1059,22 @@ def write_report(
         return None
 
 
+def plan_sweep(
+    base: RunConfig, opts: SweepOptions, out_dir: str | Path, data: ImageData | None = None
+) -> list[PlannedRun]:
+    """The runs of the sweep in ``out_dir``: :func:`plan` over the classes of ``base``'s
+    dataset, or of ``data`` when given (``unseen rescore`` loads the sweep's data from where
+    its runs found it, while the runs' folders stay those of ``base`` as given)."""
+    from .data import load_dataset
+    from .splits import resolve_auto
+
+    if data is None:
+        data = load_dataset(base.dataset, base.data_root, base.download)
+    holdout, known = resolve_auto(data.classes, base.holdout, base.known)  # hashed as not given
+    resolved = base.replace(out=None, holdout=holdout, known=known)
+    return plan(resolved, data.classes, opts, out_dir, data.untrained)
+
+
 def run_sweep(
     base: RunConfig,
     opts: SweepOptions,
@@ -1072,8 +1091,6 @@ def run_sweep(
     without training the others.
     """
     from .checkpoint import holds_run_files
-    from .data import load_dataset
-    from .splits import resolve_auto
 
     say = log or (lambda _msg: None)
     parse_protocol(opts.protocol)  # an unknown protocol fails before any work
@@ -1085,11 +1102,7 @@ def run_sweep(
         raise ConfigError(
             f"--out {out} holds a run of `unseen run`, not a sweep; give the sweep its own folder."
         )
-    data = load_dataset(base.dataset, base.data_root, base.download)
-    classes = data.classes
-    holdout, known = resolve_auto(classes, base.holdout, base.known)  # hashed as not given
-    resolved = base.replace(out=None, holdout=holdout, known=known)
-    runs = plan(resolved, classes, opts, out, data.untrained)
+    runs = plan_sweep(base, opts, out)
     if dry_run:
         for r in runs:
             state = "finished" if is_finished(r.run_dir) else "to run"
