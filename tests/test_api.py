@@ -184,6 +184,8 @@ def test_a_fit_may_score_its_own_outputs_and_a_failed_fit_leaves_the_score_unfit
         failed.fit(FitContext(train=Outputs(xl, xf)))
     with pytest.raises(UnseenError, match="is not fitted"):
         failed.score(Outputs(xl, xf))
+    with pytest.raises(ValueError, match="is not fitted"):  # as scikit-learn's NotFittedError
+        failed.score(Outputs(xl, xf))
     with pytest.raises(UnseenError, match="'knn' is not fitted"):  # a damaged detectors.pt
         create_score("knn").load_fitted_state({}).score(Outputs(xl, xf))
 
@@ -265,6 +267,9 @@ def test_scores_check_their_settings_types_and_the_outputs_they_are_given():
     assert KNN(k=np.int64(7)).k == 7 and type(KNN(k=np.int64(7)).k) is int
     with pytest.raises(ConfigError, match=r"KNN\(k=2.5\): k must be an integer"):
         KNN(k=2.5)  # used to be truncated to 2
+    # a bad setting is a ValueError too, as Python code (and scikit-learn's users) expect
+    with pytest.raises(ValueError, match=r"KNN\(k=0\): k must be positive"):
+        KNN(k=0)
     (xf, xl, y), (tf, tl, _), means = _blobs()
     ctx = FitContext(train=Outputs(xl, xf, y), val=Outputs(xl, xf, np.where(y == 2, 3, y)))
     for name in ("knn", "mahalanobis", "rmd"):

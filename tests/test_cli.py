@@ -132,6 +132,20 @@ def test_scores_starting_with_plus_add_to_the_layer_below(tmp_path, capsys):
     assert "mixes names with and without '+'" in err and len(err.strip().splitlines()) == 1
 
 
+def test_every_default_shown_in_help_gives_the_default_back_when_typed():
+    # --out auto would be a folder named auto: the help shows what typing gives the default
+    from unseen.cli import shown_default
+    from unseen.config import FIELDS, is_auto, parse_value
+
+    for name, f in FIELDS.items():
+        value = parse_value(name, shown_default(name))
+        if f.default is None:
+            assert value is None or is_auto(value), name
+        else:
+            assert value == f.default, name
+    assert shown_default("out") == "none" and shown_default("epochs") == "auto"
+
+
 def test_holdout_auto_is_the_default_and_an_empty_list_is_refused(capsys):
     # the help shows [default: auto]: 'auto' means the default, unless a class is named so
     from unseen.splits import make_split

@@ -472,7 +472,23 @@ def test_a_run_of_an_earlier_version_groups_with_this_one_s_and_its_missing_scor
     assert row["n_runs"] == 2 and row["scores"][name]["auroc"]["n"] == 1
     assert main(["report", str(old), str(new), "--out", str(tmp_path / "cmp")]) == 0
     err = capsys.readouterr().err
-    assert f"has figures of some scores from fewer of its runs ({name} 1 of 2:" in err
+    assert f"has some scores from fewer of its runs ({name} 1 of 2:" in err
+    assert row["computed"][name] == 1
+
+
+def test_runs_without_unseen_test_images_are_not_said_to_lack_scores(digits_run, tmp_path, capsys):
+    # a --rare run that holds nothing out computes every score, with AUROC null
+    runs = [_copy_run(digits_run, tmp_path / "runs" / k, seed=i) for i, k in enumerate("ab")]
+    metrics = _metrics(runs[0])
+    for m in metrics["scores"].values():
+        m["auroc"] = None
+    (runs[0] / "metrics.json").write_text(json.dumps(metrics))
+    (row,) = aggregate_runs(runs)
+    assert set(row["computed"].values()) == {2}
+    name = next(iter(metrics["scores"]))
+    assert row["scores"][name]["auroc"]["n"] == 1
+    assert main(["report", *map(str, runs), "--out", str(tmp_path / "cmp")]) == 0
+    assert "fewer of its runs" not in capsys.readouterr().err
 
 
 def test_runs_recorded_with_relative_and_absolute_paths_group_together(tmp_path, monkeypatch):
@@ -511,6 +527,10 @@ def test_folder_of_runs_skips_unfinished_and_writes_inside(digits_run, tmp_path,
     assert "skipping" in captured.err and "s2" in captured.err
     text = (sweep / "comparison" / "comparison.html").read_text()
     assert "2 run(s)" in text
+    # a sweep folder's comparison is the one `unseen sweep` writes: its report/ folder
+    (sweep / "sweep.json").write_text("{}")
+    assert main(["report", str(sweep)]) == 0
+    assert (sweep / "report" / "comparison.html").is_file()
     # a folder with no runs at all, and an explicit unfinished run, are one-line errors
     (tmp_path / "empty").mkdir()
     assert main(["report", str(tmp_path / "empty"), str(sweep)]) == 2

@@ -158,6 +158,9 @@ def test_only_score_options_change(msp_run):
         rescore_run(msp_run, {"vimdim": 16}, log=None)
     with pytest.raises(ConfigError, match="pass device as rescore_run's own argument"):
         rescore_run(msp_run, {"device": "cpu"}, log=None)
+    # a score of a head the run does not have needs another run, not another flag
+    with pytest.raises(ConfigError, match="trained --head softmax: train a run with --head ovr"):
+        rescore_run(msp_run, {"scores": "+ovr"}, log=None)
 
 
 def test_other_data_is_refused(msp_run, tmp_path):
@@ -209,8 +212,10 @@ def test_cli_errors_are_one_line_and_name_the_run(msp_run, tmp_path, capsys):
     assert code == 2 and err == f"unseen: error: run folder {missing} does not exist."
     code = main(["rescore", str(msp_run), "--vim-dim", "0"])
     assert code == 2 and "vim-dim" in capsys.readouterr().err
-    code = main(["rescore", str(msp_run), "--epochs", "3"])
-    assert code == 2 and "unrecognized arguments: --epochs" in capsys.readouterr().err
+    code = main(["rescore", str(msp_run), "--epochs=3"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("unseen rescore: error: unrecognized arguments: --epochs")
+    assert "--epochs needs another run (see unseen rescore --help)" in err
 
 
 def test_a_head_folder_is_refused_for_its_run(tmp_path):
@@ -279,6 +284,16 @@ def test_scores_starting_with_plus_are_added_to_the_run_s(msp_run, tmp_path, cap
     assert read(run / "config.json")["scores"] == ["msp", "energy"]
     result = rescore_run(run, {"scores": "+knn,msp"}, log=None, progress=False, report=False)
     assert list(result.metrics["scores"]) == ["msp", "energy", "knn"]
+
+
+def test_a_report_is_rebuilt_where_the_run_has_one(msp_run, tmp_path):
+    run = copy_of(msp_run, tmp_path)  # trained with --no-report
+    assert main(["rescore", str(run), "--scores", "+energy", "--quiet"]) == 0
+    assert not (run / "report.html").exists()  # none made for a --no-report run
+    assert main(["rescore", str(run), "--report", "--quiet"]) == 0
+    assert (run / "plots" / "hist_energy.png").is_file() and (run / "report.html").is_file()
+    assert main(["rescore", str(run), "--scores", "msp", "--quiet"]) == 0
+    assert not (run / "plots" / "hist_energy.png").exists()  # the existing one kept current
 
 
 def test_a_sweep_folder_is_rescored_run_by_run_then_summarised(tmp_path, capsys):

@@ -1222,3 +1222,15 @@ def test_default_run_folders_are_claimed_so_two_runs_never_share_one(tmp_path, m
     second = default_run_dir("npz:/data/my set.npz", ["Ankle boot"], tmp_path / "runs")
     assert first.name == "20261129-120000-my-set.npz-ankle-boot" and first.is_dir()
     assert second.name == first.name + "-2" and second.is_dir()
+
+
+def test_ctrl_c_while_the_command_line_starts_is_one_line(monkeypatch, capsys):
+    # building the parser imports torch (seconds): a Ctrl-C then is no traceback either
+    import unseen.cli
+
+    def interrupted():
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(unseen.cli, "build_parser", interrupted)
+    assert unseen.cli.main(["run"]) == 130
+    assert capsys.readouterr().err == "unseen: interrupted.\n"

@@ -773,6 +773,13 @@ def test_dry_run_lists_folders(tmp_path, capsys):
     lines = [ln for ln in capsys.readouterr().out.splitlines() if "to run" in ln]
     assert len(lines) == 10
     assert not (tmp_path / "runs").exists()
+    # an interrupted run (a checkpoint in its folder or a head's) is said to resume
+    first = Path(lines[0].split()[0])
+    (first / "ovr").mkdir(parents=True)
+    (first / "ovr" / "checkpoint.pt").write_bytes(b"")
+    rc = main(["sweep", "--protocol", "loo", "--epochs", "1", "--dry-run", "--out", str(tmp_path)])
+    out = capsys.readouterr().out
+    assert f"{first}  to resume (from its checkpoint)" in out and out.count("to run") == 9
 
 
 @pytest.mark.slow

@@ -14,7 +14,15 @@ from collections.abc import Callable, Sequence
 from dataclasses import fields
 from typing import TYPE_CHECKING
 
-from .config import FIELDS, SCORE_OPTIONS, RunConfig, flag_name, parse_value, resolve_config
+from .config import (
+    FIELDS,
+    SCORE_OPTIONS,
+    RunConfig,
+    flag_name,
+    is_auto,
+    parse_value,
+    resolve_config,
+)
 from .errors import Interrupted, UnseenError
 
 if TYPE_CHECKING:
@@ -55,11 +63,19 @@ def _value_parser(name: str) -> Callable[[str], object]:
 
 
 def shown_default(name: str) -> str:
-    """A RunConfig field's default as --help shows it (None as auto, a tuple comma-separated)."""
+    """A RunConfig field's default as --help shows it: a tuple comma-separated, and None as
+    the word that gives it back on the command line: ``auto`` where the option takes it,
+    else ``none`` (a path: ``--out auto`` is a folder named auto)."""
     default = FIELDS[name].default
     if isinstance(default, tuple):
         return ",".join(default)
-    return "auto" if default is None else str(default)
+    if default is not None:
+        return str(default)
+    try:
+        auto = FIELDS[name].metadata["parse"]("auto")
+    except (ValueError, TypeError, UnseenError):
+        return "none"
+    return "auto" if auto is None or (isinstance(auto, tuple) and is_auto(auto)) else "none"
 
 
 def add_run_options(parser: argparse.ArgumentParser, only: Sequence[str] | None = None) -> None:
@@ -171,7 +187,7 @@ def cmd_rescore(args: argparse.Namespace) -> int:
     common = dict(
         device=args.device,
         data_root=args.data_root,
-        report=not args.no_report,
+        report=args.report,
         progress=not args.quiet,
         log=None if args.quiet else notes_once(progress_line),  # a note once for all runs
     )
@@ -285,7 +301,11 @@ def build_parser() -> argparse.ArgumentParser:
         "[default: where the run found it]",
     )
     rs.add_argument(
-        "--no-report", action="store_true", help="leave the run's report.html/report.md as they are"
+        "--report",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="rebuild the run's report (--no-report: leave report.html/report.md as they are) "
+        "[default: where the run has one]",
     )
     rs.set_defaults(func=cmd_rescore)
 
@@ -359,6 +379,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def unknown_arguments(parser: argparse.ArgumentParser, command: str, extra: list[str]) -> None:
+    """The usage error for arguments ``command`` does not take, from its own parser (so it
+    points to ``unseen COMMAND --help``); for ``rescore``, a run option says it needs a run."""
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    message = f"unrecognized arguments: {' '.join(extra)}"
+    run_flags = {flag_name(name) for name in FIELDS if name not in SCORE_OPTIONS}
+    given = (a.split("=", 1)[0] for a in extra)  # --epochs=3 too
+    if command == "rescore" and (flag := next((a for a in given if a in run_flags), None)):
+        message += f"; a rescore changes only score options, and {flag} needs another run"
+    sub.choices[command].error(message)
+
+
 #: the standard streams the process was started without (see :func:`main`)
 CLOSED_STREAMS: set[str] = set()
 
@@ -371,10 +403,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         if getattr(sys, name) is None:
             CLOSED_STREAMS.add(name)
             setattr(sys, name, open(os.devnull, "w"))  # noqa: SIM115 (lives as long as the process)
-    parser = build_parser()
     try:
+        parser = build_parser()  # imports torch: seconds, in which Ctrl-C must not trace back
         try:
-            args = parser.parse_args(argv)
+            args, extra = parser.parse_known_args(argv)
+            if extra:  # named by the subcommand, whose --help lists what it takes
+                unknown_arguments(parser, args.command, extra)
         except SystemExit as exc:  # --help, --version, or a usage error already printed
             return int(exc.code or 0)
         return int(args.func(args) or 0)

@@ -203,7 +203,7 @@ class RunConfig:
     )
     data_root: str | None = opt(
         None,
-        "folder holding the dataset files (default: look in the usual places)",
+        "folder holding the dataset files (none: look in the usual places)",
         parse=parse_optional_str,
         accepts="a folder (or 'none' for the default)",
         metavar="DIR",
@@ -380,7 +380,7 @@ class RunConfig:
     )
     out: str | None = opt(
         None,
-        "run folder (default: runs/<time>-<dataset>-<holdout>)",
+        "run folder (none: runs/<time>-<dataset>-<holdout>)",
         parse=parse_optional_str,
         accepts="a folder (or 'none' for the default)",
         metavar="DIR",
@@ -948,20 +948,21 @@ def validate(cfg: RunConfig) -> None:
             f"--knn-k {cfg.knn_k} is larger than --knn-bank {cfg.knn_bank}; lower k or enlarge the bank."
         )
     _check_pretrained(cfg)
-    _check_one_vs_rest_scores(cfg)
-
-
-def _check_one_vs_rest_scores(cfg: RunConfig) -> None:
-    """Scores for sigmoid logits, named explicitly, need at least one one-vs-rest head."""
-    from .heads import HEADS
-    from .scores import SCORES
-
-    ovr_only = [n for n in cfg.scores if n in SCORES and SCORES[n].one_vs_rest_only]
-    if ovr_only and not any(HEADS[h].one_vs_rest for h in cfg.head):
+    if ovr_only := scores_without_their_head(cfg):
         raise ConfigError(
             f"--scores {','.join(ovr_only)} needs a one-vs-rest head; add --head ovr "
             "(or ovr-separate), e.g. --head softmax,ovr."
         )
+
+
+def scores_without_their_head(cfg: RunConfig) -> list[str]:
+    """The scores for sigmoid logits that ``cfg`` names explicitly although none of its
+    heads is one-vs-rest (``all`` takes them in only where there is one)."""
+    from .heads import HEADS
+    from .scores import SCORES
+
+    ovr_only = [n for n in cfg.scores if n in SCORES and SCORES[n].one_vs_rest_only]
+    return [] if any(HEADS[h].one_vs_rest for h in cfg.head) else ovr_only
 
 
 def _check_run_folder_options(cfg: RunConfig) -> None:

@@ -22,6 +22,11 @@ SCORE_COLUMNS = (
 )
 
 
+def counted(n: int, noun: str, plural: str | None = None) -> str:
+    """``1 run``, ``2 runs``: a count with its noun in the right number."""
+    return f"{n} {noun if n == 1 else plural or noun + 's'}"
+
+
 def fmt(value: object, digits: int = 3) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "-"
@@ -128,8 +133,9 @@ def run_summary(metrics: dict, with_scores: bool = True) -> str:
         from .rare import format_fraction
 
         aurocs = ", ".join(f"{s} {fmt(v)}" for s, v in r["auroc_vs_known"].items())
+        images = counted(r["train_images"], "training image")
         lines.append(
-            f"rare class {name} (fraction {format_fraction(r['fraction'])}, {r['train_images']} training images): "
+            f"rare class {name} (fraction {format_fraction(r['fraction'])}, {images}): "
             f"recall {fmt(r['recall'])}, precision {fmt(r['precision'])} | AUROC other known "
             f"classes vs {name}: {aurocs}"
         )

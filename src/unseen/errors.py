@@ -23,6 +23,16 @@ class InputError(UnseenError, ValueError):
     code expects of a bad value."""
 
 
+class SettingError(ConfigError, ValueError):
+    """A score's constructor argument out of range (``KNN(k=0)``): a :class:`ConfigError`,
+    as the option's flag gives, and a ``ValueError``, as Python code expects."""
+
+
+class NotFittedError(UnseenError, ValueError, AttributeError):
+    """A score used before ``fit``: an :class:`UnseenError`, and a ``ValueError`` and an
+    ``AttributeError`` as scikit-learn's ``NotFittedError`` is."""
+
+
 class DataError(UnseenError):
     """Data that is missing, truncated or malformed."""
 

@@ -38,7 +38,7 @@ import numpy as np
 
 from . import plots
 from .config import FIELDS, RESULT_NEUTRAL_KEYS, with_field_defaults
-from .console import mean_std_text
+from .console import counted, mean_std_text
 from .data import absolute_paths
 from .errors import UnseenError
 from .metrics import mean_std
@@ -820,6 +820,9 @@ def aggregate_runs(run_dirs: Iterable[str | Path]) -> list[dict]:
             "runs": g["runs"],
             "seeds": g["seeds"],
             "n_runs": len(g["runs"]),
+            # how many of the runs computed each score (a run without unseen test images
+            # computes it, with AUROC null)
+            "computed": {n: sum(n in m.get("scores", {}) for m in g["m"]) for n in score_names},
             "metrics": {k: mean_std([m.get(k) for m in g["m"]]) for k, _ in RUN_METRICS},
             "scores": {
                 n: {k: mean_std([m.get("scores", {}).get(n, {}).get(k) for m in g["m"]])
@@ -853,18 +856,13 @@ def comparison_warnings(rows: Sequence[dict]) -> list[str]:
                 "with the same settings (copies of one run?); its std understates the spread."
             )
         n_runs = r.get("n_runs", 0)
-        short = {
-            name: n
-            for name, m in r.get("scores", {}).items()
-            if isinstance(n := (m.get("auroc") or {}).get("n"), int) and n < n_runs
-        }
+        short = {name: n for name, n in r.get("computed", {}).items() if n < n_runs}
         if short:
             counts = ", ".join(f"{name} {n} of {n_runs}" for name, n in short.items())
             out.append(
-                f"'{r['label']}' has figures of some scores from fewer of its runs ({counts}: "
-                "runs of an earlier version with fewer scores, runs rescored with other "
-                "--scores, or without unseen test images); `unseen rescore` with --scores "
-                "naming them computes them on every run."
+                f"'{r['label']}' has some scores from fewer of its runs ({counts}: runs of an "
+                "earlier version with fewer scores, or runs rescored with other --scores); "
+                "`unseen rescore` with --scores naming them computes them on every run."
             )
     return out
 
@@ -1043,7 +1041,8 @@ def report_command(
     """``unseen report``: one run -> its report; several runs or folders of runs -> comparison.
 
     The comparison goes to ``out``, by default ``<folder>/comparison`` for a single folder of
-    runs and ``./comparison`` otherwise. ``each`` also rebuilds every compared run's report.
+    runs (``<folder>/report`` for a sweep's, where ``unseen sweep`` writes it) and
+    ``./comparison`` otherwise. ``each`` also rebuilds every compared run's report.
     Returns the path of the report or comparison written.
     """
     import sys
@@ -1071,10 +1070,12 @@ def report_command(
             log(f"report: {path} ({time.perf_counter() - start:.1f} s)")
     if out is None:
         only = paths[0]
-        out = only / "comparison" if len(paths) == 1 and not is_run(only) else Path("comparison")
+        # a sweep's own comparison is its report/ folder, which `unseen sweep` writes
+        inside = "report" if (only / "sweep.json").is_file() else "comparison"
+        out = only / inside if len(paths) == 1 and not is_run(only) else Path("comparison")
     start = time.perf_counter()
     path = write_comparison(runs, out)
     for warning in comparison_warnings(read_json(path.parent / "comparison.json")):
         print(f"unseen: warning: {warning}", file=sys.stderr)
-    log(f"comparison of {len(runs)} runs: {path} ({time.perf_counter() - start:.1f} s)")
+    log(f"comparison of {counted(len(runs), 'run')}: {path} ({time.perf_counter() - start:.1f} s)")
     return path

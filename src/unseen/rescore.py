@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from .config import FIELDS, SCORE_OPTIONS, RunConfig
+from .config import FIELDS, SCORE_OPTIONS, RunConfig, scores_without_their_head
 from .console import notes_once
 from .errors import ConfigError, DataError, UnseenError
 from .experiment import (
@@ -52,7 +52,7 @@ def rescore_run(
     device: str = "auto",
     dataset: str | None = None,
     data_root: str | None = None,
-    report: bool = True,
+    report: bool | None = None,
     progress: bool = True,
     log: Callable[[str], None] | None = print,
 ) -> RunResult:
@@ -65,7 +65,9 @@ def rescore_run(
     (``fashion-mnist``...) and ``dataset`` gives a ``folder:``/``npz:`` source its new path;
     config.json then records where it is. The data must be the run's: the training and
     validation images are checked against the fingerprint in model.pt (runs of earlier
-    versions do not have it) and the test and validation labels against scores.npz. Returns
+    versions do not have it) and the test and validation labels against scores.npz.
+    ``report`` rebuilds the run's report; by default, when it has one (a ``--no-report`` run
+    gets none, and an existing report does not go stale). Returns
     the new metrics (``metrics["rescored"]`` says what changed). Like
     :func:`~unseen.experiment.run_experiment`, it gives the caller's torch state back
     (threads, random number generators).
@@ -82,13 +84,15 @@ def _rescore_run(
     device: str,
     dataset: str | None,
     data_root: str | None,
-    report: bool,
+    report: bool | None,
     progress: bool,
     log: Callable[[str], None] | None,
 ) -> RunResult:
     say = log or (lambda _msg: None)
     started = time.perf_counter()
     run_dir = require_finished(run_dir)
+    if report is None:
+        report = (run_dir / "report.html").is_file()
     if is_head_folder(run_dir):
         raise ConfigError(
             f"{run_dir} is one head of the run {run_dir.parent}; rescore {run_dir.parent}, "
@@ -108,6 +112,11 @@ def _rescore_run(
         )
     saved = read_json(run_dir / "config.json")
     cfg = RunConfig.from_run(run_dir).replace(**changes)  # checks each new value
+    if ovr_only := scores_without_their_head(cfg):
+        raise ConfigError(
+            f"--scores {','.join(ovr_only)} needs a one-vs-rest head, and {run_dir} trained "
+            f"--head {','.join(cfg.head)}: train a run with --head ovr (or softmax,ovr) for it."
+        )
     if dataset is not None:
         check_same_source(dataset, cfg.dataset)
     heads = list(cfg.head)
@@ -230,7 +239,7 @@ def rescore_sweep(
     device: str = "auto",
     dataset: str | None = None,
     data_root: str | None = None,
-    report: bool = True,
+    report: bool | None = None,
     progress: bool = True,
     log: Callable[[str], None] | None = print,
 ) -> tuple[list[RunResult], Any]:
@@ -242,6 +251,8 @@ def rescore_sweep(
     The data is read where the runs found it (their config.json records absolute paths), so
     a sweep given a relative ``folder:``/``npz:`` path rescores from any working directory;
     ``dataset`` and ``data_root`` say where it is now if it moved, as for :func:`rescore_run`.
+    ``report``, as there: by default each run's report and the sweep's comparison are
+    rebuilt where they exist.
     """
     from .data import load_dataset
     from .sweep import RunOutcome, SweepOptions, plan_sweep, summarize
@@ -310,6 +321,8 @@ def rescore_sweep(
         )
     # the summary of `unseen sweep --summary-only`, from the plan rebuilt above
     skipped = [RunOutcome(r, "skipped") for r in planned]
+    if report is None:
+        report = (sweep_dir / "report").is_dir()
     summary = summarize(sweep_dir, base, opts, planned, skipped, report=report, log=log)
     return results, summary
 

@@ -19,7 +19,7 @@ from typing import Any, ClassVar
 
 import torch
 
-from .errors import ConfigError, InputError, UnseenError
+from .errors import ConfigError, InputError, NotFittedError, SettingError
 
 if sys.version_info >= (3, 11):
     from typing import Self
@@ -287,7 +287,7 @@ def _after_fit(score: Callable[[Score, Outputs], torch.Tensor]) -> Callable:
     @functools.wraps(score)
     def checked(self: Score, outputs: Outputs) -> torch.Tensor:
         if not getattr(self, "_fitted", False):
-            raise UnseenError(f"score '{self.name}' is not fitted: call fit(context) first.")
+            raise NotFittedError(f"score '{self.name}' is not fitted: call fit(context) first.")
         return score(self, outputs)
 
     return checked
@@ -305,13 +305,13 @@ def check_setting(score: Score, setting: str, value: Any, option: str) -> Any:
         value = typed_value(option, value)
     except ConfigError:
         kind = str(FIELDS[option].type).split(" |")[0]
-        raise ConfigError(
+        raise SettingError(
             f"{name}: {setting} must be {'an' if kind == 'int' else 'a'} "
             f"{'integer' if kind == 'int' else 'number'}."
         ) from None
     check = FIELDS[option].metadata["check"]
     if value is not None and check is not None and (problem := check(value)):
-        raise ConfigError(f"{name}: {setting} {problem}.")
+        raise SettingError(f"{name}: {setting} {problem}.")
     return value
 
 

@@ -1105,7 +1105,13 @@ def run_sweep(
     runs = plan_sweep(base, opts, out)
     if dry_run:
         for r in runs:
-            state = "finished" if is_finished(r.run_dir) else "to run"
+            state = (
+                "finished"
+                if is_finished(r.run_dir)
+                else "to resume (from its checkpoint)"
+                if _has_checkpoint(r.run_dir)
+                else "to run"
+            )
             say(f"{r.run_dir}  {state}")
         return SweepResult(out, runs, [], {})
     write_plan(out, base, opts, runs)
@@ -1117,6 +1123,13 @@ def run_sweep(
     else:
         outcomes = run_plan(runs, opts.jobs, say)
     return summarize(out, base, opts, runs, outcomes, report=report, log=log)
+
+
+def _has_checkpoint(run_dir: Path) -> bool:
+    """Whether an unfinished run left a checkpoint (in its folder, or a head's)."""
+    from .checkpoint import CHECKPOINT_FILE
+
+    return any((d / CHECKPOINT_FILE).is_file() for d in (run_dir, *run_dir.glob("*/")))
 
 
 def summarize(
@@ -1235,7 +1248,10 @@ def cmd_sweep(args) -> int:
         return 0
     print()
     print(format_summary(result.summary))
-    print(f"\nsweep folder: {result.out_dir} (summary.json, summary.txt, runs/)")
+    written = ["summary.json", "summary.txt"] + [
+        f"{d}/" for d in ("runs", "report") if (result.out_dir / d).is_dir()
+    ]
+    print(f"\nsweep folder: {result.out_dir} ({', '.join(written)})")
     if result.failed:
         print(f"{len(result.failed)} runs failed (see error.txt in their folders):")
         for o in result.failed:
