@@ -418,7 +418,8 @@ def test_aggregation_matches_hand_computed_means_and_stds(tmp_path):
         _write_fake_run(
             r.run_dir,
             {"closed_set_accuracy": acc, "unseen_predicted_as": ab,
-             "scores": {"msp": {"auroc": a, "fpr_at_95_tpr": 1 - (a or 0), "oscr": 0.5}}},
+             "scores": {"msp": {"auroc": a, "fpr_at_95_tpr": 1 - (a or 0), "oscr": 0.5,
+                                "threshold": acc}}},
         )  # fmt: skip
     runs.append(
         sweep.PlannedRun("unfinished", TINY.replace(out=str(tmp_path / "nothing")), runs[0].tags)
@@ -437,6 +438,7 @@ def test_aggregation_matches_hand_computed_means_and_stds(tmp_path):
         math.sqrt(sum((x - m) ** 2 for x in [0.8, 0.9, 1.0, 0.6, 0.7]) / 4)
     )
     assert v["scores"]["msp"]["oscr"] == {"mean": 0.5, "std": 0.0, "n": 6}
+    assert "threshold" not in v["scores"]["msp"]  # each on its own network's scale
     c0, c1 = v["conditions"]
     assert (c0["condition"], c1["condition"]) == ("0", "1")
     assert c0["auroc"]["msp"]["mean"] == pytest.approx(0.9)

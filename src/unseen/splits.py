@@ -222,7 +222,9 @@ class SplitData:
 
 
 def stratified_subset(labels: np.ndarray, n: int, seed: int) -> np.ndarray:
-    """Indices of a seeded, stratified subset of ``n`` items (all items if ``n`` >= len)."""
+    """Indices of a seeded, stratified subset of ``n`` items (all items if ``n`` >= len).
+    Where stratifying cannot work (``n``, or what is left out, is smaller than the number of
+    classes, or a class has a single item) the draw is uniform instead."""
     if n >= len(labels):
         return np.arange(len(labels))
     from sklearn.model_selection import train_test_split

@@ -711,8 +711,12 @@ def _score_stats(records: Sequence[dict], names: Sequence[str]) -> dict[str, dic
     out: dict[str, dict] = {}
     for name in names:
         per_run = [r["metrics"].get("scores", {}).get(name, {}) for r in records]
+        # each run's threshold is on its own network's scale: a mean of them means nothing
         keys = dict.fromkeys(
-            k for m in per_run for k, v in m.items() if isinstance(v, (int, float)) or v is None
+            k
+            for m in per_run
+            for k, v in m.items()
+            if (isinstance(v, (int, float)) or v is None) and k != "threshold"
         )
         out[name] = {k: mean_std([m.get(k) for m in per_run]) for k in keys}
     return out
