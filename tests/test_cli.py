@@ -126,10 +126,25 @@ def test_scores_starting_with_plus_add_to_the_layer_below(tmp_path, capsys):
     assert config_from_args(args).scores == ("knn",)  # without +, the list replaces
     # the Python API: a new config adds to the defaults, replace() to its own list
     assert RunConfig(scores="+odin").scores == (*DEFAULT_SCORES, "odin")
-    assert RunConfig(scores=("vim",)).replace(scores=("+all",)).scores == ("vim", "all")
+    # +all is --scores all (one sweep folder), with what 'all' leaves out kept
+    assert RunConfig(scores=("vim", "odin")).replace(scores=("+all",)).scores == ("all", "odin")
     assert main(["run", "--scores", "msp,+vim"]) == 2
     err = capsys.readouterr().err
     assert "mixes names with and without '+'" in err and len(err.strip().splitlines()) == 1
+    assert main(["run", "--scores", "+"]) == 2
+    assert "--scores + names no score to add" in capsys.readouterr().err
+
+
+def test_resume_checks_added_scores_against_the_run_s_heads(tmp_path):
+    from unseen.config import RunConfig
+
+    run = tmp_path / "heads"
+    run.mkdir()
+    saved = RunConfig(head=("softmax", "ovr"), out=str(run)).to_dict()
+    (run / "config.json").write_text(json.dumps(saved))
+    args = build_parser().parse_args(["run", "--resume", "--out", str(run), "--scores", "+ovr"])
+    cfg = config_from_args(args)  # the default head (softmax) alone would refuse ovr
+    assert cfg.head == ("softmax", "ovr") and cfg.scores[-1] == "ovr"
 
 
 def test_every_default_shown_in_help_gives_the_default_back_when_typed():
@@ -198,7 +213,11 @@ BAD = [
     (["run", "--val-fraction", "1.5"], "--val-fraction must be between 0 and 1"),
     (["run", "--device", "tpu"], "must be one of: auto, cpu, cuda"),
     (["run", "--config", "/nonexistent.toml"], "does not exist"),
-    (["run", "--no-such-flag"], "unrecognized arguments"),
+    (["run", "--no-such-flag"], "unseen run: error: unrecognized arguments"),
+    (
+        ["--no-such-flag", "run"],
+        "unseen: error: unrecognized arguments: --no-such-flag (see unseen --help)",
+    ),
     (["run", "--dataset", "fashion-mnist", "--data-root", "/nonexistent"], "IDX files not found"),
     (["run", "--val-fraction", "1e-9"], "use 0.008 or more"),
     (["run", "--config", ""], "argument --config: an empty string is not a path"),

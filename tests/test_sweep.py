@@ -782,6 +782,9 @@ def test_dry_run_lists_folders(tmp_path, capsys):
     rc = main(["sweep", "--protocol", "loo", "--epochs", "1", "--dry-run", "--out", str(tmp_path)])
     out = capsys.readouterr().out
     assert f"{first}  to resume (from its checkpoint)" in out and out.count("to run") == 9
+    rc = main(["sweep", "--protocol", "loo", "--epochs", "1", "--dry-run", "--overwrite",
+               "--out", str(tmp_path)])  # fmt: skip
+    assert f"{first}  to run (its checkpoint ignored: --overwrite)" in capsys.readouterr().out
 
 
 @pytest.mark.slow

@@ -16,12 +16,14 @@ from typing import TYPE_CHECKING
 
 from .config import (
     FIELDS,
+    RESULT_NEUTRAL_KEYS,
     SCORE_OPTIONS,
     RunConfig,
     flag_name,
     is_auto,
     parse_value,
     resolve_config,
+    validate,
 )
 from .errors import Interrupted, UnseenError
 
@@ -136,12 +138,15 @@ def add_run_options(parser: argparse.ArgumentParser, only: Sequence[str] | None 
 
 def config_from_args(args: argparse.Namespace) -> RunConfig:
     overrides = {f.name: getattr(args, f.name) for f in fields(RunConfig) if hasattr(args, f.name)}
-    cfg = resolve_config(overrides, config_file=args.config)
+    # checked once the base is known: --resume --out RUN --scores +ovr is checked against
+    # the run's heads, not against the default's
+    cfg = resolve_config(overrides, config_file=args.config, check=False)
     if cfg.resume and cfg.out:  # resume from the run's own options; flags must agree with them
         from .checkpoint import saved_config
 
         if (base := saved_config(cfg.out)) is not None:
-            cfg = resolve_config(overrides, config_file=args.config, base=base)
+            return resolve_config(overrides, config_file=args.config, base=base)
+    validate(cfg)
     return cfg
 
 
@@ -265,7 +270,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Rebuild each run's trained network from its model.pt, make its forward "
         "pass again over the same images (checked), fit the scores asked for on known-class "
         "data only and rewrite scores.npz, detectors.pt, metrics.json, config.json and the "
-        "report. Only score options change; the network and its training record stay. "
+        "report (where the run has one). Only score options change; the network and its "
+        "training record stay. "
         "Options not given keep the run's values.",
     )
     rs.add_argument(
@@ -346,7 +352,8 @@ def build_parser() -> argparse.ArgumentParser:
         type=nonempty_path,
         metavar="DIR",
         default=None,
-        help="comparison folder [default: FOLDER/comparison for one folder of runs, else ./comparison]",
+        help="comparison folder [default: FOLDER/comparison for one folder of runs, "
+        "FOLDER/report for a sweep folder, else ./comparison]",
     )
     rep.add_argument(
         "--each", action="store_true", help="also rebuild the report of every compared run"
@@ -379,15 +386,26 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def unknown_arguments(parser: argparse.ArgumentParser, command: str, extra: list[str]) -> None:
-    """The usage error for arguments ``command`` does not take, from its own parser (so it
-    points to ``unseen COMMAND --help``); for ``rescore``, a run option says it needs a run."""
-    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+def unknown_arguments(
+    parser: argparse.ArgumentParser, argv: Sequence[str], command: str, extra: list[str]
+) -> None:
+    """The usage error for ``extra`` arguments: from the subcommand's parser (pointing to
+    ``unseen COMMAND --help``) when they follow the command, else from ``unseen``'s. For
+    ``rescore``, an option of the trained network says that it needs another run."""
     message = f"unrecognized arguments: {' '.join(extra)}"
-    run_flags = {flag_name(name) for name in FIELDS if name not in SCORE_OPTIONS}
-    given = (a.split("=", 1)[0] for a in extra)  # --epochs=3 too
-    if command == "rescore" and (flag := next((a for a in given if a in run_flags), None)):
-        message += f"; a rescore changes only score options, and {flag} needs another run"
+    argv = list(argv)
+    if command in argv and extra[0] in argv and argv.index(command) > argv.index(extra[0]):
+        parser.error(message)  # unseen --bogus run
+    # the options that shape the network (not where files go or how fast), and --no-X forms
+    trained = [n for n in FIELDS if n not in SCORE_OPTIONS and n not in RESULT_NEUTRAL_KEYS]
+    flags = [flag_name(n) for n in trained] + [f"--no-{flag_name(n)[2:]}" for n in trained]
+    for arg in extra:
+        given = arg.split("=", 1)[0]  # --epochs=3 too, and a prefix as argparse reads it
+        matches = [f for f in flags if f == given] or [f for f in flags if f.startswith(given)]
+        if command == "rescore" and given.startswith("--") and len(matches) == 1:
+            message += f"; a rescore changes only score options, and {matches[0]} needs another run"
+            break
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
     sub.choices[command].error(message)
 
 
@@ -406,9 +424,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         parser = build_parser()  # imports torch: seconds, in which Ctrl-C must not trace back
         try:
+            argv = sys.argv[1:] if argv is None else list(argv)
             args, extra = parser.parse_known_args(argv)
             if extra:  # named by the subcommand, whose --help lists what it takes
-                unknown_arguments(parser, args.command, extra)
+                unknown_arguments(parser, argv, args.command, extra)
         except SystemExit as exc:  # --help, --version, or a usage error already printed
             return int(exc.code or 0)
         return int(args.func(args) or 0)

@@ -185,8 +185,18 @@ def add_scores(current: tuple[str, ...], given: tuple[str, ...]) -> tuple[str, .
             f"--scores {','.join(given)} mixes names with and without '+': start the list "
             "with '+' to add its names to the scores (+vim,knn), or give the whole list."
         )
-    added = [n.lstrip("+").strip() for n in given]
-    return tuple(dict.fromkeys([*current, *(n for n in added if n)]))
+    added = [name for n in given if (name := n.lstrip("+").strip())]
+    if not added:
+        raise ConfigError("--scores + names no score to add; give one, e.g. +vim,knn.")
+    names = list(dict.fromkeys([*current, *added]))
+    if "all" in names:  # the names 'all' takes in go: +all is --scores all (one sweep folder)
+        from .scores import SCORES
+
+        names = [
+            "all",
+            *(n for n in names if n != "all" and not getattr(SCORES.get(n), "in_all", False)),
+        ]
+    return tuple(names)
 
 
 @dataclass(frozen=True)
@@ -888,8 +898,10 @@ def resolve_config(
     overrides: Mapping[str, Any] | None = None,
     config_file: str | Path | None = None,
     base: RunConfig | None = None,
+    check: bool = True,
 ) -> RunConfig:
-    """Defaults (or ``base``), then the TOML file, then ``overrides`` (already parsed values).
+    """Defaults (or ``base``), then the TOML file, then ``overrides`` (already parsed values);
+    checked by :func:`validate` unless ``check`` is false.
 
     ``holdout`` and ``known`` are one setting given two ways: a layer that gives one of them
     clears the other from the layers below (``--known`` on the command line wins over a
@@ -911,7 +923,8 @@ def resolve_config(
             layer = {**layer, "scores": add_scores(below, typed_value("scores", layer["scores"]))}
         values.update(layer)
     cfg = base.replace(**values)
-    validate(cfg)
+    if check:
+        validate(cfg)
     return cfg
 
 

@@ -279,17 +279,18 @@ def rescore_sweep(
         if dataset is not None:
             check_same_source(dataset, base.dataset)
         source, root = dataset or base.dataset, base.data_root
-        if dataset is None and data_root is None:  # where the runs found it
+        if dataset is None:  # where the runs found it (--data-root: where it is now)
             source, root = recorded_source(sweep_dir, sorted(listed), base)
+            root = data_root or root
     except (KeyError, TypeError, ValueError, AttributeError, UnseenError) as exc:
         raise DataError(f"cannot rescore the sweep in {sweep_dir}: {plan_file}: {exc}") from None
     try:
         data = load_dataset(source, root)
     except DataError as exc:
         flag = "--dataset" if ":" in source else "--data-root"
+        hint = "" if dataset or data_root else f"; if the data moved, {flag} says where it is now"
         raise DataError(
-            f"cannot rescore the sweep in {sweep_dir}: {str(exc).rstrip('.')}; if the data "
-            f"moved, {flag} says where it is now."
+            f"cannot rescore the sweep in {sweep_dir}: {str(exc).rstrip('.')}{hint}."
         ) from None
     try:  # the folders are those of the options as given (a path is hashed as typed)
         planned = plan_sweep(base, opts, sweep_dir, data)

@@ -1109,14 +1109,7 @@ def run_sweep(
     runs = plan_sweep(base, opts, out)
     if dry_run:
         for r in runs:
-            state = (
-                "finished"
-                if is_finished(r.run_dir)
-                else "to resume (from its checkpoint)"
-                if _has_checkpoint(r.run_dir)
-                else "to run"
-            )
-            say(f"{r.run_dir}  {state}")
+            say(f"{r.run_dir}  {_dry_run_state(r.run_dir, base.overwrite)}")
         return SweepResult(out, runs, [], {})
     write_plan(out, base, opts, runs)
     say(f"sweep {opts.protocol} on {base.dataset} in {out}")
@@ -1129,11 +1122,20 @@ def run_sweep(
     return summarize(out, base, opts, runs, outcomes, report=report, log=log)
 
 
-def _has_checkpoint(run_dir: Path) -> bool:
-    """Whether an unfinished run left a checkpoint (in its folder, or a head's)."""
+def _dry_run_state(run_dir: Path, overwrite: bool) -> str:
+    """What the sweep will do with a run's folder: nothing (finished), resume it from the
+    checkpoint an interrupted run left (in its folder, or a head's), or run it."""
     from .checkpoint import CHECKPOINT_FILE
 
-    return any((d / CHECKPOINT_FILE).is_file() for d in (run_dir, *run_dir.glob("*/")))
+    if is_finished(run_dir):
+        return "to run again (--overwrite)" if overwrite else "finished"
+    if any((d / CHECKPOINT_FILE).is_file() for d in (run_dir, *run_dir.glob("*/"))):
+        return (
+            "to run (its checkpoint ignored: --overwrite)"
+            if overwrite
+            else "to resume (from its checkpoint)"
+        )
+    return "to run"
 
 
 def summarize(
@@ -1252,9 +1254,9 @@ def cmd_sweep(args) -> int:
         return 0
     print()
     print(format_summary(result.summary))
-    written = ["summary.json", "summary.txt"] + [
-        f"{d}/" for d in ("runs", "report") if (result.out_dir / d).is_dir()
-    ]
+    written = ["summary.json", "summary.txt"]
+    written += ["runs/"] if (result.out_dir / "runs").is_dir() else []
+    written += ["report/"] if result.summary.get("report") else []
     print(f"\nsweep folder: {result.out_dir} ({', '.join(written)})")
     if result.failed:
         print(f"{len(result.failed)} runs failed (see error.txt in their folders):")
