@@ -788,7 +788,8 @@ def aggregate_runs(run_dirs: Iterable[str | Path]) -> list[dict]:
     with several heads gives one row per head. Each row: ``label`` (the settings that differ
     between rows), ``head``, ``config`` (grouping config), ``runs`` (folders), ``seeds``,
     ``n_runs``, ``computed`` (score -> how many of the runs computed it), ``metrics``
-    (run-level metric -> {mean, std, n}) and ``scores`` (score -> metric -> {mean, std, n}). ``std`` is the sample standard deviation, None for one run.
+    (run-level metric -> {mean, std, n}) and ``scores`` (score -> metric -> {mean, std,
+    n}). ``std`` is the sample standard deviation, None for one run.
     ``--device`` and ``--precision`` stay 'auto' in config.json and so do not split a group;
     a row whose runs resolved them differently (``runfolder.resolved_settings``: a CPU and a
     GPU run, bf16 and fp32) is averaged all the same, as in ``unseen sweep``, and gets
