@@ -184,7 +184,7 @@ def print_result(result: RunResult, timing: bool = True) -> None:
 def cmd_rescore(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from .console import notes_once, progress_line
+    from .console import counted, notes_once, progress_line
     from .rescore import rescore_run, rescore_sweep
     from .sweep import format_summary
 
@@ -203,8 +203,7 @@ def cmd_rescore(args: argparse.Namespace) -> int:
             if (Path(folder) / "sweep.json").is_file():  # every finished run, then the summary
                 results, sweep = rescore_sweep(folder, changes, dataset=args.dataset, **common)
                 print(format_summary(sweep.summary))
-                runs = f"{len(results)} run{'' if len(results) == 1 else 's'}"
-                print(f"\nsweep folder: {sweep.out_dir}: {runs} rescored")
+                print(f"\nsweep folder: {sweep.out_dir}: {counted(len(results), 'run')} rescored")
                 continue
             result = rescore_run(folder, changes, dataset=args.dataset, **common)
         except UnseenError as exc:  # name the folder when there are several

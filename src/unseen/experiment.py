@@ -35,6 +35,7 @@ from .checkpoint import (
     to_cpu,
 )
 from .config import RunConfig, validate
+from .console import counted
 from .data import ImageData, absolute_paths, load_dataset
 from .detectors import check_vim_dim
 from .errors import ConfigError
@@ -728,7 +729,7 @@ def _run_experiment(cfg: RunConfig, progress: bool, log: Callable[[str], None] |
         if cfg.input_size and (cfg.input_size, cfg.input_size) != (h, w)
         else ""
     )
-    epochs = f"{cfg.epochs} epoch{'s' if cfg.epochs != 1 else ''}"
+    epochs = counted(cfg.epochs, "epoch")
     say(
         f"{cfg.model}{resized}, {epochs} on {describe_device(p.device)}, {p.precision}; run folder {run_dir}"
     )

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import torch
 
+from .console import counted
 from .errors import ConfigError
 from .threads import thread_budget
 
@@ -84,4 +85,4 @@ def describe_device(device: torch.device) -> str:
     if device.type == "cuda":
         return f"cuda ({torch.cuda.get_device_name(device)})"
     n = torch.get_num_threads()
-    return f"cpu ({n} thread{'s' if n != 1 else ''}{', AMX' if cpu_has_amx() else ''})"
+    return f"cpu ({counted(n, 'thread')}{', AMX' if cpu_has_amx() else ''})"

@@ -198,8 +198,7 @@ def _rescore_run(
 def check_same_source(dataset: str, saved: str) -> None:
     """A new ``dataset`` for a rescore must be the run's source at another path: a
     ``folder:`` or ``npz:`` source again (named datasets move with ``data_root``)."""
-    kind, before = dataset.split(":", 1)[0], saved.split(":", 1)[0]
-    if ":" not in saved or kind != before:
+    if ":" not in saved or _kind(dataset) != _kind(saved):
         raise ConfigError(
             f"--dataset {dataset} is not the run's data source ({saved}): a rescore uses the "
             "run's data, and --dataset only gives a folder: or npz: source its new path "
