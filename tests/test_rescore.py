@@ -372,3 +372,31 @@ def test_a_sweep_that_cannot_be_summarised_again_is_refused_before_any_run_chang
         err = capsys.readouterr().err.strip()
         assert code == 2 and message in err and len(err.splitlines()) == 1, err
         assert [(r.run_dir / "metrics.json").read_bytes() for r in sweep.runs] == before
+
+
+def test_a_sweep_on_a_named_dataset_that_moved_rescores_with_data_root(tmp_path, capsys):
+    from test_data import make_idx_set
+
+    from unseen.sweep import SweepOptions, run_sweep
+
+    first, moved = tmp_path / "first", tmp_path / "moved"
+    make_idx_set(first / "MNIST" / "raw", gz=True, n_train=100, n_test=40)
+    base = RunConfig(
+        dataset="mnist", data_root=str(first), scores=("msp",), **{**TINY, "epochs": 1}
+    )
+    sweep = run_sweep(base, SweepOptions("single", seeds=1), tmp_path / "sw", log=None)
+    first.rename(moved)
+
+    assert main(["rescore", str(tmp_path / "sw"), "--scores", "energy", "--no-report"]) == 2
+    err = capsys.readouterr().err
+    assert "mnist IDX files not found" in err and str(first) in err
+    assert err.strip().endswith("if the data moved, --data-root says where it is now.")
+    args = ["rescore", str(tmp_path / "sw"), "--scores", "energy", "--data-root", str(moved)]
+    assert main([*args, "--no-report"]) == 0, capsys.readouterr().err
+    saved = read(sweep.runs[0].run_dir / "config.json")
+    assert (saved["dataset"], saved["data_root"], saved["scores"]) == (
+        "mnist",
+        str(moved),
+        ["energy"],
+    )
+    assert read(tmp_path / "sw" / "summary.json")["runs_finished"] == 1
