@@ -333,6 +333,17 @@ def test_known_acceptance_recalibration_is_monotonic(predictor, run_dir, digits)
     assert predictor.threshold == calibrate_threshold(val, 0.95)  # the original is unchanged
 
 
+def test_options_without_a_score_keep_the_chosen_score(run_dir):
+    val = np.load(run_dir / "scores.npz")["val_score_msp"]
+    p = load(run_dir, device="cpu", score="msp")
+    copy = p.with_options(known_acceptance=0.8)
+    assert copy.score_name == "msp" and copy.threshold == calibrate_threshold(val, 0.8)
+    assert p.with_options(threshold=0.5).score_name == "msp"
+    assert p.configure(known_acceptance=0.9) is p and p.score_name == "msp"
+    assert p.with_options(score="energy").score_name == "energy"
+    assert load(run_dir, device="cpu").score_name == "energy"  # the run's default
+
+
 def test_threshold_override_and_cli_recalibration(capsys, run_dir, pngs):
     files = pngs["known"][:20] + pngs["unseen"][:20]
     counts = {}

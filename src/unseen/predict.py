@@ -469,7 +469,8 @@ class Predictor:
         threshold: float | None = None,
         known_acceptance: float | None = None,
     ) -> Predictor:
-        """Choose the score and its threshold, in place; returns ``self``.
+        """Choose the score and its threshold, in place; returns ``self``. Without
+        ``score``, the score chosen before stays (the run's default on a new predictor).
 
         ``threshold`` is used as given; otherwise the threshold is calibrated on the run's
         validation scores to accept ``known_acceptance`` of known images (default: the
@@ -480,7 +481,7 @@ class Predictor:
 
         if threshold is not None and known_acceptance is not None:
             raise UnseenError("give a threshold or a known acceptance, not both.")
-        name = score or self.default_score()
+        name = score or self.score_name or self.default_score()  # keeps the chosen score
         if name not in self.detectors:
             why = (
                 "this version has no score of that name"
@@ -522,12 +523,13 @@ class Predictor:
         threshold: float | None = None,
         known_acceptance: float | None = None,
     ) -> Predictor:
-        """A copy (sharing the model) with another score or threshold; see :meth:`configure`.
+        """A copy (sharing the model) with another score or threshold; see :meth:`configure`
+        (without ``score``, the copy keeps this predictor's score).
         A known acceptance this predictor was calibrated at, other than the run's, carries
         over to the copy unless ``threshold`` or ``known_acceptance`` is given, or the new
         score has its own decision rule (ovr-doc, openmax)."""
         chosen = self.known_acceptance  # None when the threshold was given or a score's own rule
-        name = score or self.default_score()
+        name = score or self.score_name or self.default_score()
         own_rule = name in self.detectors and self.detectors[name].decision_threshold() is not None
         keep = threshold is None and known_acceptance is None and not own_rule
         if keep and chosen != self.run_known_acceptance:
