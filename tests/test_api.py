@@ -217,6 +217,36 @@ def test_what_a_score_needs_is_named_when_missing():
         create_score("mahalanobis").fit(FitContext(train=Outputs(xl, xf, np.where(y == 0, -1, y))))
 
 
+def test_mistakes_in_python_are_value_errors_and_wrong_types_type_errors():
+    assert issubclass(ConfigError, ValueError)
+    with pytest.raises(ValueError, match="is not known"):
+        create_score("nope")
+    with pytest.raises(ValueError, match="epochs"):
+        RunConfig(epochs=0)
+    with pytest.raises(TypeError, match="run_experiment takes a RunConfig, not a dict"):
+        unseen.run_experiment({"epochs": 1})
+
+
+def test_a_score_checks_the_logits_width_it_was_fitted_for():
+    (xf, xl, y), (tf, tl, _), means = _blobs()
+    head = dict(head_weight=means, head_bias=np.zeros(3))
+    with pytest.raises(ValueError, match=r"class counts differ \(head 3, train 2\)"):
+        FitContext(train=Outputs(xl[:, :2], xf, y), **head)
+    with pytest.raises(ValueError, match=r"class counts differ \(train 3, val 2\)"):
+        FitContext(train=Outputs(xl, xf, y), val=Outputs(xl[:, :2], xf))
+    ctx = FitContext(train=Outputs(xl, xf, y), val=Outputs(xl, xf, y), **head)
+    for name in ("vim", "openmax", "temperature"):  # these read the logits they are given
+        score = create_score(name).fit(ctx)
+        assert score.score(Outputs(tl, tf)).shape == (len(tl),)
+        with pytest.raises(
+            ValueError, match=f"'{name}' was fitted for 3 classes; these outputs have logits for 2"
+        ):
+            score.score(Outputs(tl[:, :2], tf))
+    for name in ("knn", "react"):  # these ignore them: a placeholder is fine
+        score = create_score(name).fit(ctx)
+        assert score.score(Outputs(tl[:, :1], tf)).shape == (len(tl),)
+
+
 def test_a_context_is_checked_detached_and_copied_when_built():
     from unseen.errors import InputError
 
@@ -370,13 +400,18 @@ def test_models_take_the_inputs_they_document():
         model(torch.zeros(2, 1, 8, 8, dtype=torch.uint8))
     with pytest.raises(ValueError, match="not torch.float32 \\(2, 3, 8, 8\\)"):
         model(torch.zeros(2, 3, 8, 8))  # three channels into a one-channel model
-    with pytest.raises(UnseenError, match="forward_pass takes uint8 images"):
+    with pytest.raises(ValueError, match="forward_pass takes uint8 images"):
         forward_pass(model, torch.zeros(2, 1, 8, 8), torch.device("cpu"))
+    out = forward_pass(model, torch.zeros(2, 1, 8, 8, dtype=torch.uint8), "cpu", "bf16")
+    assert out.logits.shape == (2, 3) and out.logits.dtype == torch.float32
     with pytest.raises(ConfigError, match="--stem must be auto, small or imagenet, not 'x'"):
         create_model("resnet20", 1, 3, 8, stem="x")
     create_model("resnet20", 1, 3, 8, stem="imagenet")  # one stem: ignored (earlier runs say so)
     with pytest.raises(ConfigError, match="at least one input channel, class and pixel"):
         create_model("resnet20", 1, 0, 8)
+    with pytest.raises(ValueError, match="num_classes must be a whole number, not 2.5"):
+        create_model("resnet20", 1, 2.5, 8)
+    assert create_model("resnet20", np.int64(1), 3, 8).num_classes == 3
     with pytest.raises(ConfigError, match="choose one of: resnet20, resnet18"):
         create_model("resnet50", 1, 3, 8)
 
@@ -428,3 +463,24 @@ def test_with_options_keeps_a_score_s_own_rule(tmp_path):
     doc = predictor.with_options(score="ovr-doc")  # rejected below 0, whatever acceptance
     assert doc.threshold == 0.0 and doc.threshold_source == "the score's own rule"
     assert predictor.with_options(score="msp").known_acceptance == 0.9
+
+
+def test_scores_follow_scikit_learn_s_parameter_conventions():
+    from sklearn.base import clone
+
+    knn = create_score("knn", RunConfig(knn_k=7))
+    assert repr(knn) == "KNN(k=7, bank_size=10000, seed=0)"
+    assert knn.get_params() == {"k": 7, "bank_size": 10000, "seed": 0}
+    (xf, xl, y), (tf, tl, _), _ = _blobs()
+    knn.fit(FitContext(train=Outputs(xl, xf, y)))
+    copy = clone(knn)  # an unfitted copy with the same settings
+    assert copy.get_params() == knn.get_params() and not hasattr(copy, "feature_dim_")
+    assert knn.set_params(k=3) is knn and knn.k == 3
+    with pytest.raises(ValueError, match="k must be positive"):
+        knn.set_params(k=0)
+    with pytest.raises(ValueError, match="has no setting 'q'; its settings: k, bank_size, seed"):
+        knn.set_params(q=1)
+    assert knn.k == 3  # a refused change changes nothing
+    with pytest.raises(ValueError, match="seed must be an integer"):
+        knn.set_params(seed="x")
+    assert create_score("energy").get_params() == {}

@@ -387,3 +387,9 @@ def test_a_run_says_when_nothing_unseen_is_tested_or_a_channel_never_varies(tmp_
     # a rare-class run holds nothing out: no note that nothing unseen is tested
     assert main([*args, "--rare", "3:0.5", "--out", str(tmp_path / "c")]) == 0
     assert "note:" not in capsys.readouterr().out
+
+
+def test_class_names_reach_the_console_without_their_control_characters():
+    from unseen.console import printable_names
+
+    assert printable_names(["a\nb", "c", "d\x1b[31m"]) == "a\\nb, c, d\\x1b[31m"

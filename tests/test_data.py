@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import os
 import pickle
 import re
 import shutil
@@ -206,13 +207,24 @@ def test_folder_source(tmp_path):
     assert sorted(data.y_train.tolist()) == [0, 0, 0, 1, 1, 1]
 
 
-def test_folder_source_bad_image_and_empty_class(tmp_path):
+def test_folder_source_bad_image_and_empty_class(tmp_path, monkeypatch):
     for split in ("train", "test"):
         (tmp_path / split / "a").mkdir(parents=True)
         Image.new("L", (4, 4)).save(tmp_path / split / "a" / "x.png")
     (tmp_path / "train" / "a" / "broken.png").write_bytes(b"not a png")
     with pytest.raises(DataError, match="could not be decoded"):
         load_dataset(f"folder:{tmp_path}")
+    # a decompression bomb (more pixels than PIL's limit) is one more file that cannot be read
+    (tmp_path / "train" / "a" / "broken.png").unlink()
+    Image.new("L", (16, 16)).save(tmp_path / "train" / "a" / "huge.png")
+    with monkeypatch.context() as m:
+        m.setattr(Image, "MAX_IMAGE_PIXELS", 100)  # 16 x 16 is more than twice the limit
+        with pytest.raises(
+            DataError,
+            match=r"huge.png could not be decoded \(DecompressionBombError: Image size \(256 pixels\)",
+        ):
+            load_dataset(f"folder:{tmp_path}")
+    (tmp_path / "train" / "a" / "huge.png").unlink()
     with pytest.raises(DataError, match="needs subfolders"):
         load_dataset(f"folder:{tmp_path / 'nowhere'}")
     with pytest.raises(
@@ -350,6 +362,9 @@ def test_dark_16bit_pgm_and_float_tiffs_in_0_1_keep_their_scale(tmp_path):
     unit = np.array([[0.0, 0.5], [1.0, 0.25]], np.float32)
     tif = tmp_path / "unit.tif"
     Image.fromarray(unit, "F").save(tif)
+    assert image_array(read_image_file(tif)).tolist() == [[0, 128], [255, 64]]
+    # past 1 by rounding only: still [0, 1] (clipped), not a black 0..255 image
+    Image.fromarray(unit + np.float32([[0, 0], [0.0001, 0]]), "F").save(tif)
     assert image_array(read_image_file(tif)).tolist() == [[0, 128], [255, 64]]
     wide = np.array([[0.0, 2.0], [255.0, 7.0]], np.float32)  # above 1: 0..255 as before
     Image.fromarray(wide, "F").save(tif)
@@ -616,3 +631,30 @@ def test_npz_classes_only_the_test_split_has_are_untrained(tmp_path):
         f"npz:{_npz(tmp_path / 'd.npz', y_test=np.array([0, 1, 2, 3]), classes=np.array(list('abcde')))}"
     )
     assert data.untrained == (3,)
+
+
+def test_class_folders_named_in_another_encoding_keep_their_bytes_as_escapes(tmp_path):
+    from unseen.plots import literal
+
+    for split in ("train", "test"):
+        for name in (os.fsdecode(b"caf\xe9"), "tea"):  # a Latin-1 folder name, not UTF-8
+            (tmp_path / split / name).mkdir(parents=True)
+            Image.new("L", (4, 4)).save(tmp_path / split / name / "x.png")
+    data = load_dataset(f"folder:{tmp_path}")
+    assert data.classes == ("caf\\xe9", "tea")
+    "".join(data.classes).encode("utf-8")  # text that files, JSON and plots can hold
+    assert literal(os.fsdecode(b"caf\xe9 $x$")) == "caf\\xe9 \\$x\\$"  # runs made before
+
+
+def test_a_dataset_given_as_a_bare_path_is_told_its_prefix(tmp_path, monkeypatch):
+    (tmp_path / "tree").mkdir()
+    np.savez(tmp_path / "d.npz", x=np.zeros(1))
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigError, match="'tree' is a path: give it as --dataset folder:tree."):
+        load_dataset("tree")
+    with pytest.raises(ConfigError, match="'d.npz' is a path: give it as --dataset npz:d.npz."):
+        load_dataset("d.npz")
+    with pytest.raises(ConfigError, match="'nowhere' is not known; choose one of"):
+        load_dataset("nowhere")
+    with pytest.raises(DataError, match="npz file tree is a folder; for images in train/ and"):
+        load_dataset("npz:tree")

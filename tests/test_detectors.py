@@ -575,6 +575,9 @@ def test_odin_progress_bar_on_a_terminal_only(capsys, request):
     shown = s.score_images(model, x, desc="odin, test images")
     torch.testing.assert_close(shown, plain)
     assert "odin, test images:" in terminal.getvalue() and "/20.0 " in terminal.getvalue()
+    torch.testing.assert_close(s.score_images(model, x.numpy(), batch_size=8), plain)
+    with pytest.raises(ValueError, match="call score_images"):  # an InputError
+        s.score(Outputs(logits=torch.zeros(2, 3)))
 
 
 def test_odin_runs_only_when_named():

@@ -132,3 +132,43 @@ def test_confidence_summary_and_predicted_as():
     assert c["mean_msp"] == pytest.approx(0.785)
     assert c["frac_msp_above_0_9"] == 0.5
     assert M.predicted_as(np.array([2, 2, 0]), ["a", "b", "c"]) == {"c": 2, "a": 1}
+
+
+def test_oscr_refuses_labels_passed_as_correct():
+    s, known = np.array([4.0, 3.0, 2.0, 1.0]), np.array([1, 0, 1, 0])
+    assert M.oscr(s, known, np.array([1, 0, 0, 0])) == pytest.approx(0.5)  # 0/1 is fine
+    with pytest.raises(ValueError, match="correct must be booleans or 0/1"):
+        M.oscr(s, known, np.array([3, 0, 0, 0]))  # class labels, not correctness
+    with pytest.raises(ValueError, match=r"correct has shape \(3,\)"):
+        M.oscr(s, known, np.array([1, 0, 0]))
+
+
+def test_metrics_take_torch_tensors_of_any_dtype_and_refuse_a_nan_threshold():
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(3)
+    s, known = rng.random(40), rng.random(40) < 0.6
+    pred, labels = rng.integers(0, 3, 40), np.where(known, rng.integers(0, 3, 40), -1)
+    expected = M.auroc(s.astype(np.float32), known)
+    for t in (torch.tensor(s, dtype=torch.float32), torch.tensor(s, requires_grad=True)):
+        assert M.auroc(t, torch.tensor(known)) == pytest.approx(expected)
+    bf16 = torch.tensor(s).bfloat16()
+    assert M.auroc(bf16, known) == M.auroc(bf16.double().numpy(), known)
+    got = M.open_set_metrics(torch.tensor(s), torch.tensor(0.5), torch.tensor(pred), labels, 3)
+    assert got == M.open_set_metrics(s, 0.5, pred, labels, 3)
+    assert M.calibrate_threshold(torch.tensor(s).bfloat16()) == M.calibrate_threshold(
+        bf16.double().numpy()
+    )
+    with pytest.raises(ValueError, match="the threshold is NaN"):
+        M.open_set_metrics(s, math.nan, pred, labels, 3)
+
+
+def test_rank_correlation():
+    assert M.rank_correlation([0.1, 0.5, 0.3, 0.9], [1, 3, 2, 10]) == pytest.approx(1.0)
+    assert M.rank_correlation([1, 2, 3], [3, 2, 1]) == pytest.approx(-1.0)
+    # hand-computed: ranks (1,2,3,4) vs (2,1,4,3): 1 - 6 * 4 / (4 * 15) = 0.6
+    assert M.rank_correlation([1, 2, 3, 4], [2, 1, 4, 3]) == pytest.approx(0.6)
+    assert M.rank_correlation([1, 2, float("nan"), 4, 5], [1, 2, 3, 4, 6]) == pytest.approx(1.0)
+    assert math.isnan(M.rank_correlation([1, 2], [1, 2]))  # too few pairs
+    assert math.isnan(M.rank_correlation([1, 2, 3], [5, 5, 5]))  # constant
+    with pytest.raises(ValueError, match="1-D of one length"):
+        M.rank_correlation([1, 2, 3], [1, 2])

@@ -25,9 +25,16 @@ import unseen
 from unseen.cli import main
 from unseen.config import FIELDS, RunConfig
 from unseen.data import load_dataset
-from unseen.errors import UnseenError
+from unseen.errors import InputError, UnseenError
 from unseen.metrics import calibrate_threshold
-from unseen.predict import Predictor, convert_channels, load, resize_images
+from unseen.predict import (
+    Predictor,
+    convert_channels,
+    load,
+    predict_items,
+    resize_images,
+    summary_line,
+)
 
 HOLDOUT = "9"
 EPOCHS = 20
@@ -459,8 +466,15 @@ def test_cli_counts_images_on_a_terminal_only(capsys, request, run_dir, pngs):
 
 
 def test_load_refuses_bad_arguments_with_one_clear_error(run_dir, tmp_path):
-    with pytest.raises(UnseenError, match="batch_size must be a whole number of at least 1"):
-        load(run_dir, batch_size=0)
+    for bad in (0, True, 2.0):  # mistakes in Python are ValueErrors too
+        with pytest.raises(InputError, match="batch_size must be a whole number of at least 1"):
+            load(run_dir, batch_size=bad)
+    assert load(run_dir, batch_size=np.int64(7), device="cpu").batch_size == 7
+    p = load(run_dir, device="cpu")
+    with pytest.raises(ValueError, match="not available"):
+        p.with_options(score="nope")
+    with pytest.raises(ValueError, match="float images must lie in"):
+        p.predict(np.full((8, 8), 3.0, np.float32))
     with pytest.raises(UnseenError, match="device 'tpu' is not known; choose one of"):
         load(run_dir, device="tpu")
     with pytest.raises(UnseenError, match="is a file, not a folder; give the run folder"):
@@ -694,3 +708,45 @@ def test_a_run_recorded_by_an_earlier_version_keeps_its_fitted_settings(tmp_path
     recorded = np.load(out / "scores.npz")["score_odin"][:16]
     p = load(out, score="odin")
     assert np.allclose(p.scores(digits.x_test[:16]), recorded, atol=1e-6)
+
+
+def test_output_never_replaces_an_input_a_run_file_or_a_file_that_is_not_text(
+    capsys, run_dir, pngs, tmp_path
+):
+    image = tmp_path / "victim.png"
+    shutil.copy(pngs["known"][0], image)
+    before = image.read_bytes()
+    for output, message in [
+        (image, "is one of the inputs"),
+        (run_dir / "model.pt", "is a file of the run itself"),
+        (run_dir / "metrics.json", "is a file of the run itself"),
+        (pngs["known"][1], "exists and is not a text file"),
+    ]:
+        rc, _, err = cli(capsys, run_dir, image, "--output", output)
+        assert rc == 2 and message in err and "Traceback" not in err, err
+    assert image.read_bytes() == before and load(run_dir, device="cpu")  # all intact
+    text = tmp_path / "p.csv"
+    text.write_text("an earlier prediction\n")
+    assert cli(capsys, run_dir, image, "--output", text)[0] == 0  # a text file is replaced
+    assert read_csv(text.read_text())[0]["input"] == str(image)
+
+
+def test_file_names_that_are_not_utf8_are_written_with_escapes(capsys, run_dir, pngs, tmp_path):
+    odd = tmp_path / os.fsdecode(b"caf\xe9.png")  # a Latin-1 name from an old archive
+    shutil.copy(pngs["known"][0], odd)
+    out = tmp_path / "p.csv"
+    assert cli(capsys, run_dir, tmp_path, "--output", out)[0] == 0
+    assert read_csv(out.read_text("utf-8"))[0]["input"] == str(tmp_path / "caf\\xe9.png")
+    rc, stdout, _ = cli(capsys, run_dir, odd, "--format", "json")
+    assert rc == 0 and json.loads(stdout)["predictions"][0]["input"].endswith("caf\\xe9.png")
+
+
+def test_a_class_named_unknown_keeps_rejections_apart(predictor, digits):
+    import copy
+
+    p = copy.copy(predictor).with_options(threshold=1e9)  # rejects every image
+    assert p.predict_names(digits.x_test[:2]) == ["unknown", "unknown"]
+    p.classes = ("unknown", *p.classes[1:])  # a dataset with a class of that name
+    assert p.predict_names(digits.x_test[:2]) == ["<unknown>", "<unknown>"]
+    rows = predict_items(p, iter([]), progress=False)
+    assert "(labelled '<unknown>': a class is named 'unknown')" in summary_line(rows, p)

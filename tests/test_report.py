@@ -17,7 +17,14 @@ import pytest
 from unseen import plots
 from unseen.cli import main
 from unseen.metrics import auroc
-from unseen.report import aggregate_runs, build_report, find_runs, write_comparison
+from unseen.report import (
+    accuracy_auroc_plot,
+    aggregate_runs,
+    build_report,
+    comparison_warnings,
+    find_runs,
+    write_comparison,
+)
 
 # ----------------------------------------------------------------------------- plot numbers
 
@@ -421,6 +428,24 @@ def test_aggregate_groups_seeds_and_averages(digits_run, tmp_path):
     assert (tmp_path / "cmp" / "plots" / "compare_auroc.png").is_file()
 
 
+def test_comparison_plots_closed_set_accuracy_against_auroc_with_its_rank_correlation(
+    digits_run, tmp_path
+):
+    runs = []
+    for lr, closed, area in ((0.05, 0.80, 0.70), (0.1, 0.90, 0.85), (0.2, 0.95, 0.80)):
+        runs.append(_copy_run(digits_run, tmp_path / f"lr{lr}", lr=lr))
+        _set_metric(runs[-1], "msp", "auroc", area, closed=closed)
+    assert accuracy_auroc_plot(aggregate_runs(runs[:2]), ["msp"]) is None  # two points
+    plot = accuracy_auroc_plot(aggregate_runs(runs), ["msp", "energy"])
+    # msp: accuracy ranks 1, 2, 3 and AUROC ranks 1, 3, 2: 1 - 6 * 2 / (3 * 8) = 0.5; energy
+    # is the fixture's value in every run (constant): no correlation
+    assert "correlation over these 3 configurations: msp 0.50." in plot.caption
+    assert "energy" not in plot.caption.split("configurations:")[1]
+    write_comparison(runs, tmp_path / "cmp")
+    assert (tmp_path / "cmp" / "plots" / "accuracy_vs_auroc.png").is_file()
+    assert "msp 0.50" in (tmp_path / "cmp" / "comparison.md").read_text()
+
+
 def test_comparison_warns_when_a_row_mixes_resolved_settings(digits_run, tmp_path, capsys):
     # device and precision stay 'auto' in config.json: a CPU/fp32 and a GPU/bf16 seed are
     # one row, averaged as the sweep summary averages them, and marked in every output
@@ -442,6 +467,25 @@ def test_comparison_warns_when_a_row_mixes_resolved_settings(digits_run, tmp_pat
         assert "device cpu vs cuda" in (tmp_path / "cmp" / name).read_text()
     saved = json.loads((tmp_path / "cmp" / "comparison.json").read_text())
     assert saved[0]["mixed_settings"]["device"] == ["cpu", "cuda"]
+
+
+def test_comparison_warns_when_pretrained_weights_may_know_a_held_out_class(digits_run, tmp_path):
+    a = _copy_run(digits_run, tmp_path / "runs" / "a", seed=0)
+    b = _copy_run(digits_run, tmp_path / "runs" / "b", seed=1)
+    assert aggregate_runs([a, b])[0]["seen_in_pretraining"] == 0
+    assert not any("pretraining" in w for w in comparison_warnings(aggregate_runs([a, b])))
+    m = _metrics(b)
+    m["pretrained_warning"] = "the pretrained run r trained on digits class 9, which ..."
+    (b / "metrics.json").write_text(json.dumps(m))
+    rows = aggregate_runs([a, b])
+    assert rows[0]["seen_in_pretraining"] == 1
+    (said,) = [w for w in comparison_warnings(rows) if "pretraining" in w]
+    assert "1 of its 2 runs carry a pretraining warning" in said
+    write_comparison([a, b], tmp_path / "cmp")
+    assert (
+        "1 of its 2 runs carry a pretraining warning"
+        in (tmp_path / "cmp" / "comparison.md").read_text()
+    )
 
 
 def test_comparison_warns_when_a_row_counts_one_seed_twice(digits_run, tmp_path, capsys):

@@ -238,8 +238,9 @@ def test_a_folder_dataset_that_moved_is_given_its_new_path(tmp_path, capsys):
     cfg = RunConfig(out=str(run), dataset=f"folder:{root}", val_fraction=0.25, **TINY)
     run_experiment(cfg, False, None)
     moved = root.rename(tmp_path / "moved")
-    with pytest.raises(DataError, match=f"folder dataset {root} needs subfolders"):
+    with pytest.raises(DataError, match=f"folder dataset {root} needs subfolders") as caught:
         rescore_run(run, log=None)
+    assert str(caught.value).endswith("; if the data moved, --dataset says where it is now.")
     with pytest.raises(ConfigError, match="is not the run's data source"):
         rescore_run(run, dataset="digits", log=None)
     result = rescore_run(run, {"scores": ("msp", "energy")}, dataset=f"folder:{moved}", log=None)

@@ -856,6 +856,11 @@ def test_a_class_only_the_test_folder_has_is_held_out(tmp_path, capsys):
     assert code == 0 and "known: cat, dog | unseen: fox, owl" in out
     code, _, err = cli(capsys, *args, "--known", "cat,fox", "--out", str(tmp_path / "r3"))
     assert code == 2 and "--known names 'fox', which has no training images" in one_line_error(err)
+    # test/Dog beside train/dog: most likely one class written two ways, and said so
+    (root / "test" / "fox").rename(root / "test" / "Dog")
+    code, out, err = cli(capsys, *args, "--out", str(tmp_path / "r4"))
+    assert code == 0, err
+    assert "'Dog' and 'dog' differ only in case or spaces: the same class?" in out
 
 
 @pytest.fixture(scope="module")

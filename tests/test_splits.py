@@ -70,6 +70,8 @@ def test_classes_without_training_images_are_always_held_out():
         make_split(classes, rare=[(0, 0.5)], untrained=untrained)
     with pytest.raises(ConfigError, match="only one known class"):
         make_split(classes, holdout=("bee", "cat"), untrained=untrained)
+    with pytest.raises(ConfigError, match="has only 2 classes, and holding one out needs three"):
+        make_split(("yes", "no"))  # the default holds out the last class
 
 
 def test_a_one_class_dataset_is_named_as_such():

@@ -541,6 +541,35 @@ def test_summary_flags_conditions_whose_runs_resolved_settings_differently(tmp_p
     assert len(split["warnings"]) == 1 and "overall" in split["warnings"][0]
 
 
+def test_summary_flags_conditions_whose_pretrained_weights_may_know_the_held_out_class(
+    tmp_path,
+):
+    runs = expand(TINY, DIGITS, SweepOptions("loo", seeds=2))
+    runs = [
+        sweep.PlannedRun(r.label, r.config.replace(out=str(tmp_path / r.label)), r.tags)
+        for r in runs[:4]
+    ]  # classes 0 and 1, seeds 0 and 1
+    warning = "the pretrained run runs/d trained on digits class 1, which this run holds out"
+    for i, run in enumerate(runs):
+        write_json(run.run_dir / "config.json", TINY.to_dict())
+        _write_fake_run(
+            run.run_dir,
+            {"closed_set_accuracy": 0.9, "scores": {"msp": {"auroc": 0.8}},
+             "pretrained_warning": warning if i == 3 else None},
+        )  # fmt: skip
+    summary = sweep.aggregate(sweep.load_records(runs), "loo")
+    c0, c1 = summary["variants"][0]["conditions"]
+    assert "seen_in_pretraining" not in c0 and c1["seen_in_pretraining"] == 1
+    assert summary["seen_in_pretraining"] == [f"condition '1' (1 of 2 runs): {warning}"]
+    text = sweep.format_summary(summary)
+    assert "WARNING: runs of these conditions carry a pretraining warning" in text
+    row1 = next(ln for ln in text.splitlines() if ln.startswith("1"))
+    row0 = next(ln for ln in text.splitlines() if ln.startswith("0"))
+    assert "pretraining warning" in row1 and "pretraining" not in row0
+    clean = sweep.aggregate(sweep.load_records(runs[:2]), "loo")
+    assert clean["seen_in_pretraining"] == [] and "pretraining" not in sweep.format_summary(clean)
+
+
 def _rare_record(fraction, seed, rare, auroc=None):
     """A finished run's record as load_records makes it, with ``rare`` entries per class."""
     metrics = {
@@ -773,8 +802,12 @@ def test_dry_run_lists_folders(tmp_path, capsys):
     rc = main(["sweep", "--protocol", "loo", "--epochs", "1", "--dry-run", "--out", str(tmp_path)])
     assert rc == 0
     lines = [ln for ln in capsys.readouterr().out.splitlines() if "to run" in ln]
-    assert len(lines) == 10
+    assert len(lines) == 10 and sum(ln.endswith("  (held out: 9; seed 0)") for ln in lines) == 1
     assert not (tmp_path / "runs").exists()
+    # what each run keeps, by class name, before anything trains
+    assert main(["sweep", "--protocol", "neal6", "--dry-run", "--out", str(tmp_path / "n")]) == 0
+    neal = capsys.readouterr().out.splitlines()
+    assert len(neal) == 5 and neal[0].endswith("  (known: 0, 1, 2, 4, 5, 9; seed 0)")
     # an interrupted run (a checkpoint in its folder or a head's) is said to resume
     first = Path(lines[0].split()[0])
     (first / "ovr").mkdir(parents=True)

@@ -8,11 +8,12 @@ Mistakes a user can make end with one line on stderr and exit code 2.
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import fields
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 from .config import (
     FIELDS,
@@ -26,6 +27,8 @@ from .config import (
     validate,
 )
 from .errors import Interrupted, UnseenError
+
+T = TypeVar("T")
 
 if TYPE_CHECKING:
     from .experiment import RunResult
@@ -56,12 +59,31 @@ def nonempty_path(text: str) -> str:
     return text
 
 
+class OptionError(UnseenError):
+    """A flag's value refused while the command line is parsed. Not a ``ValueError``, unlike
+    :class:`unseen.errors.ConfigError`: argparse rewords a ``ValueError`` raised by a type
+    function into "invalid ... value", and the sentence saying why would be lost."""
+
+
+def option_type(parse: Callable[[str], T]) -> Callable[[str], T]:
+    """An argparse ``type`` whose :class:`UnseenError` reaches the user as it was written."""
+
+    @functools.wraps(parse)
+    def checked(text: str) -> T:
+        try:
+            return parse(text)
+        except UnseenError as exc:
+            raise OptionError(str(exc)) from None
+
+    return checked
+
+
 def _value_parser(name: str) -> Callable[[str], object]:
     def parse(text: str) -> object:
         return parse_value(name, text)
 
     parse.__name__ = name
-    return parse
+    return option_type(parse)
 
 
 def shown_default(name: str) -> str:

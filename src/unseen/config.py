@@ -18,7 +18,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from .errors import ConfigError
+from .errors import ConfigError, UnseenError
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -809,6 +809,8 @@ def parse_value(name: str, raw: Any, *, source: str = "flag") -> Any:
     parser = f.metadata["parse"]
     try:
         value = parser(text)
+    except UnseenError:  # the parser's own sentence (a ConfigError is a ValueError too)
+        raise
     except (ValueError, TypeError):
         kind = {int: "an integer", float: "a number", parse_bool: "true or false"}.get(parser)
         if kind is None:

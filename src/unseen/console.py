@@ -22,6 +22,16 @@ SCORE_COLUMNS = (
 )
 
 
+def valid_unicode(text: str) -> str:
+    """``text`` with the bytes of a file name that are not UTF-8 (which Python decodes as
+    lone surrogates) written as ``\\xe9``: text that files, JSON and plots can hold."""
+    try:
+        raw = text.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:  # a surrogate that no file name decodes to
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return raw.decode("utf-8", "backslashreplace")
+
+
 def counted(n: int, noun: str, plural: str | None = None) -> str:
     """``1 run``, ``2 runs``: a count with its noun in the right number."""
     return f"{n} {noun if n == 1 else plural or noun + 's'}"
@@ -51,6 +61,12 @@ def mean_std_text(s: dict | None, digits: int = 3, runs: int | None = None) -> s
 
 def _printable(text: str) -> str:
     return "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(text))
+
+
+def printable_names(names: Sequence[str]) -> str:
+    """Class names for one console line: comma-separated, a newline or a terminal escape in a
+    name written as ``\\n``, ``\\x1b`` (not obeyed by the terminal)."""
+    return ", ".join(_printable(n) for n in names)
 
 
 def _width(text: str) -> int:

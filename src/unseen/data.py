@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .console import valid_unicode
 from .errors import ConfigError, DataError, UnseenError
 from .runfolder import read_npz
 
@@ -380,6 +381,12 @@ def read_image_file(path: str | os.PathLike):
         return out
 
 
+#: how far above 1 a float image ("F") may reach and still be read as [0, 1] (clipped):
+#: values computed in floating point overshoot 1 by rounding, and read as 0..255 instead
+#: the image would turn black
+FLOAT_SLACK = 1e-3
+
+
 def image_array(image) -> np.ndarray:
     """A PIL image -> uint8 ``H x W`` (grey), ``H x W x 2`` (grey + alpha), ``H x W x 3`` or
     ``H x W x 4`` (RGB, RGB + alpha).
@@ -387,7 +394,8 @@ def image_array(image) -> np.ndarray:
     16-bit greyscale (PNG, TIFF, PGM) scales as ``round(v * 255 / 65535)``. Modes "I" and "F"
     do not record a bit depth: they are read as 16-bit when a value exceeds 255 and as 0..255
     otherwise, except that a float image ("F") with no value above 1 is read as [0, 1], as
-    float arrays are; values outside 0..65535 raise ``ValueError``. Palette and other modes
+    float arrays are (up to 1 + :data:`FLOAT_SLACK`, clipped to 1); values outside 0..65535
+    raise ``ValueError``. Palette and other modes
     become RGB (RGBA when the image has transparency).
     """
     mode = image.mode
@@ -399,7 +407,8 @@ def image_array(image) -> np.ndarray:
         if not (lo >= 0 and hi <= 65535):
             raise ValueError(f"it holds values {lo:g}..{hi:g}, not 8-bit or 16-bit (0..65535)")
         top = 65535.0 if mode.startswith("I;16") or hi > 255 else 255.0
-        top = 1.0 if mode == "F" and hi <= 1 else top
+        if mode == "F" and hi <= 1 + FLOAT_SLACK:  # [0, 1], past 1 by rounding at most
+            top, a = 1.0, np.minimum(a, 1.0)
         return np.rint(a * (255.0 / top)).astype(np.uint8)
     if mode == "1":
         return np.array(image.convert("L"), dtype=np.uint8)
@@ -448,15 +457,26 @@ def image_tensor(image) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(a)).permute(2, 0, 1)[None]
 
 
+def decode_error(exc: BaseException, path: str | os.PathLike) -> str:
+    """Why an image file could not be decoded, in a few words: the exception's type and the
+    first line of its message (without the file name, which PIL repeats)."""
+    text = str(exc).strip()
+    reason = text.splitlines()[0][:160] if text else ""
+    reason = "" if str(path) in reason else reason
+    return f"{type(exc).__name__}{': ' + reason if reason else ''}"
+
+
 def _image_file_tensor(path: Path) -> torch.Tensor:
     """One image file of a folder dataset -> uint8 1 x C x H x W (:func:`image_tensor`)."""
-    from PIL import UnidentifiedImageError
-
     try:
-        return image_tensor(read_image_file(path))
-    except (UnidentifiedImageError, OSError, ValueError) as exc:
-        why = f"{type(exc).__name__}" if not isinstance(exc, ValueError) else str(exc)
-        raise DataError(f"image {path} could not be decoded ({why}).") from None
+        image = read_image_file(path)
+    except Exception as exc:  # PIL's decoders raise more than OSError: DecompressionBombError,
+        # SyntaxError, struct.error... on damaged or huge files
+        raise DataError(f"image {path} could not be decoded ({decode_error(exc, path)}).") from None
+    try:
+        return image_tensor(image)
+    except ValueError as exc:  # values no bit depth explains
+        raise DataError(f"image {path} could not be decoded ({exc}).") from None
 
 
 def _load_image_files(files: dict[str, list[Path]]) -> dict[str, torch.Tensor]:
@@ -548,7 +568,8 @@ def _folder_source(path: str) -> tuple[Callable, Callable]:
             empty = [c for i, c in enumerate(names) if not any(t == i for _, t in samples)]
             if empty:
                 raise DataError(
-                    f"class folder(s) {', '.join(empty)} in {root / split} hold no images."
+                    f"class folder(s) {', '.join(empty)} in {root / split} hold no images "
+                    f"(files ending in {', '.join(IMAGE_EXTENSIONS)}, in any case)."
                 )
             splits[split] = names, samples
         # the folder names as written (runs record them); test/ may write a name in the other
@@ -557,8 +578,11 @@ def _folder_source(path: str) -> tuple[Callable, Callable]:
         # holds it out (ImageData.untrained).
         trained = {unicodedata.normalize("NFC", c) for c in splits["train"][0]}
         extra = [c for c in splits["test"][0] if unicodedata.normalize("NFC", c) not in trained]
-        classes = tuple(sorted(splits["train"][0] + extra))
-        index = {unicodedata.normalize("NFC", c): i for i, c in enumerate(classes)}
+        folders = sorted(splits["train"][0] + extra)
+        index = {unicodedata.normalize("NFC", c): i for i, c in enumerate(folders)}
+        # a folder name's bytes that are not UTF-8 written as \xe9: runs, reports and JSON
+        # hold the name as text
+        classes = tuple(valid_unicode(c) for c in folders)
         x = _load_image_files({split: [p for p, _ in s] for split, (_, s) in splits.items()})
         y = {
             split: np.array(
@@ -600,6 +624,10 @@ def _npz_source(path: str) -> tuple[Callable, Callable]:
     file = Path(path)
 
     def locate(_root: str | None = None) -> str:
+        if file.is_dir():
+            raise DataError(
+                f"npz file {file} is a folder; for images in train/ and test/ use folder:{file}."
+            )
         if not file.is_file():
             raise DataError(f"npz file {file} does not exist.")
         return str(file)
@@ -728,6 +756,10 @@ def get_source(name: str) -> Source:
     if name in SOURCES:
         return SOURCES[name]
     valid = list(SOURCES) + [f"{p}:PATH" for p in PATH_SOURCES]
+    there = Path(os.path.expanduser(name))
+    if there.is_dir() or (there.is_file() and there.suffix.lower() == ".npz"):
+        kind = "folder" if there.is_dir() else "npz"
+        raise ConfigError(f"--dataset {name!r} is a path: give it as --dataset {kind}:{name}.")
     raise ConfigError(f"--dataset {name!r} is not known; choose one of: {', '.join(valid)}.")
 
 

@@ -145,6 +145,7 @@ class Mahalanobis(Score):
 
     name = "mahalanobis"
     uses_features = True
+    reads_logits = False
     description = "minus the smallest Mahalanobis distance to a class mean (shared covariance; train features)"
     needs_train = True
 
@@ -256,6 +257,7 @@ class KNN(Score):
     name = "knn"
     options = ("knn_k", "knn_bank")
     uses_features = True
+    reads_logits = False
     description = (
         "minus the distance to the k-th nearest normalised training feature (Sun et al. 2022)"
     )
@@ -266,7 +268,7 @@ class KNN(Score):
         bank_size = check_setting(self, "bank_size", bank_size, "knn_bank")
         self.k = k
         self.bank_size = bank_size
-        self.seed = seed
+        self.seed = check_setting(self, "seed", seed, "seed")  # the memory bank's draw
 
     @classmethod
     def from_config(cls, config: Any) -> Self:
@@ -413,6 +415,7 @@ class ReAct(Score):
     name = "react"
     options = ("react_percentile",)
     uses_features = True
+    reads_logits = False
     description = "energy of the head applied to features clipped at a training percentile"
     needs_train = True
 
@@ -540,6 +543,7 @@ class _HeadEnergy(Score):
     copy of the head and the number of member networks (K on ``ovr-separate``, else 1)."""
 
     uses_features = True
+    reads_logits = False
 
     def _keep_head(self, context: FitContext) -> tuple[torch.Tensor, torch.Tensor]:
         weight, bias = _head(self, context)
@@ -995,6 +999,7 @@ def odin_scores(
     ``desc``, a progress bar of that name is shown on a terminal.
     """
     device = torch.device(device)
+    images = torch.as_tensor(images)  # a NumPy array too
     was_training = model.training
     model.eval()
     out = []
@@ -1060,7 +1065,10 @@ class ODIN(Score):
     def score(self, outputs: Outputs) -> torch.Tensor:
         temperature, epsilon = self.settings()
         if epsilon != 0:
-            raise RuntimeError("odin perturbs the inputs: call score_images(model, images, ...)")
+            raise InputError(
+                "odin perturbs the inputs, so it scores images, not outputs: call "
+                "score_images(model, images), or give epsilon=0"
+            )
         return (outputs.logits.double() / temperature).softmax(dim=1).amax(dim=1)
 
     def score_images(

@@ -13,8 +13,9 @@ class UnseenError(Exception):
     exit_code = 2
 
 
-class ConfigError(UnseenError):
-    """An option or config-file value that is not accepted."""
+class ConfigError(UnseenError, ValueError):
+    """An option, config-file or ``RunConfig`` value that is not accepted (also a
+    ``ValueError``, as Python code expects of a bad value)."""
 
 
 class InputError(UnseenError, ValueError):
@@ -23,9 +24,9 @@ class InputError(UnseenError, ValueError):
     code expects of a bad value."""
 
 
-class SettingError(ConfigError, ValueError):
+class SettingError(ConfigError):
     """A score's constructor argument out of range (``KNN(k=0)``): a :class:`ConfigError`,
-    as the option's flag gives, and a ``ValueError``, as Python code expects."""
+    as the option's flag gives (so a ``ValueError`` too)."""
 
 
 class NotFittedError(UnseenError, ValueError, AttributeError):

@@ -6,7 +6,7 @@ import torch
 
 from .checkpoint import TrainingDiverged
 from .console import image_bar
-from .errors import UnseenError
+from .errors import InputError
 from .hardware import autocast
 from .models import Classifier
 from .scores import Outputs
@@ -16,7 +16,7 @@ from .scores import Outputs
 def forward_pass(
     model: Classifier,
     images: torch.Tensor,
-    device: torch.device,
+    device: torch.device | str,
     precision: str = "fp32",
     batch_size: int = 1024,
     labels: torch.Tensor | None = None,
@@ -29,13 +29,14 @@ def forward_pass(
     bar of that name is shown on a terminal (as for training) while the batches run.
     """
     if images.dtype != torch.uint8:
-        raise UnseenError(
+        raise InputError(
             f"forward_pass takes uint8 images (0-255), not {images.dtype}: convert float "
             "images in [0, 1] with (x * 255).round().to(torch.uint8), or use unseen.load(run)."
         )
+    device = torch.device(device)  # "cpu" and "cuda:0" too
     was_training = model.training
     model.eval()
-    to_gpu = images.device.type == "cpu" and torch.device(device).type == "cuda"
+    to_gpu = images.device.type == "cpu" and device.type == "cuda"
     logits, feats = [], []
     bar = image_bar(desc, len(images))
     try:

@@ -35,7 +35,7 @@ from .checkpoint import (
     to_cpu,
 )
 from .config import RunConfig, validate
-from .console import counted
+from .console import counted, printable_names
 from .data import ImageData, absolute_paths, load_dataset
 from .detectors import check_vim_dim
 from .errors import ConfigError
@@ -664,6 +664,11 @@ def run_experiment(
     back what it changes of torch's global state: the thread count, the random number
     generators it seeds, and ``torch.backends.cudnn.benchmark``.
     """
+    if not isinstance(cfg, RunConfig):
+        raise TypeError(
+            f"run_experiment takes a RunConfig, not a {type(cfg).__name__}: "
+            "build one with RunConfig(**options)"
+        )
     with caller_torch_state():
         return _run_experiment(cfg, progress, log)
 
@@ -716,12 +721,15 @@ def _run_experiment(cfg: RunConfig, progress: bool, log: Callable[[str], None] |
         return RunResult(run_dir, cfg, read_json(run_dir / "metrics.json"))
     if cfg.overwrite and cfg.out:
         clear_run_state(run_dir)
+    c, h, w = sd.x_test.shape[1:]  # as read: an npz's layout, a folder's common size
     say(
         f"{cfg.dataset}: {len(sd.x_train)} training, {len(sd.x_val)} validation, {len(sd.x_test)} test images "
-        f"({int(sd.test_is_unseen.sum())} of unseen classes) from {p.data.source}"
+        f"({int(sd.test_is_unseen.sum())} of unseen classes), {c} x {h} x {w} (C x H x W), "
+        f"from {p.data.source}"
     )
     say(
-        f"known: {', '.join(p.split.known_names)} | unseen: {', '.join(p.split.unseen_names) or '-'}"
+        f"known: {printable_names(p.split.known_names)} | "
+        f"unseen: {printable_names(p.split.unseen_names) or '-'}"
     )
     h, w = p.data.image_size
     resized = (  # --input-size, or the size the pretrained weights brought
@@ -741,10 +749,19 @@ def _run_experiment(cfg: RunConfig, progress: bool, log: Callable[[str], None] |
             say(f"warning: {warning}")
     if untrained := [p.data.classes[c] for c in p.data.untrained]:
         one = len(untrained) == 1
+        trained = {c.strip().casefold(): c for c in p.data.classes if c not in untrained}
+        alike = [
+            f"{u!r} and {trained[k]!r}" for u in untrained if (k := u.strip().casefold()) in trained
+        ]
         say(
-            f"note: {'class' if one else 'classes'} {', '.join(untrained)} "
+            f"note: {'class' if one else 'classes'} {printable_names(untrained)} "
             f"{'has' if one else 'have'} no training images (only the test set holds any), so "
             f"{'it is' if one else 'they are'} held out"
+            + (
+                f"; {', '.join(alike)} differ only in case or spaces: the same class?"
+                if alike
+                else ""
+            )
         )
     if not p.split.unseen_names and not p.rare:
         say(

@@ -1,4 +1,5 @@
-"""Metrics of a rejection score: pure functions of NumPy arrays.
+"""Metrics of a rejection score: pure functions of NumPy arrays (array-likes and torch
+tensors, on any device and of any dtype, are accepted and converted).
 
 Convention (the same for every score in :mod:`unseen.scores`): **a higher score means
 more likely a known class**. "Positive" below means known. A threshold ``t`` accepts an
@@ -21,9 +22,18 @@ def _both_present(is_known: np.ndarray) -> bool:
     return bool(is_known.any() and (~is_known).any())
 
 
+def _array(x: object) -> np.ndarray:
+    """``x`` as a NumPy array; a torch tensor (recognised without importing torch) is
+    detached and copied to the host, floats as float64 (NumPy has no bfloat16)."""
+    if hasattr(x, "detach") and hasattr(x, "is_floating_point"):
+        x = x.detach().cpu()
+        x = (x.double() if x.is_floating_point() else x).numpy()
+    return np.asarray(x)
+
+
 def _scores(score: np.ndarray, what: str = "score") -> np.ndarray:
     """``score`` as a 1-D float array; ValueError for other shapes and non-finite values."""
-    s = np.asarray(score, float)
+    s = _array(score).astype(float)
     if s.ndim != 1:
         raise ValueError(f"{what} must hold one value per image (1-D), not shape {s.shape}")
     if bad := int(np.count_nonzero(~np.isfinite(s))):
@@ -31,19 +41,25 @@ def _scores(score: np.ndarray, what: str = "score") -> np.ndarray:
     return s
 
 
-def _known_mask(is_known: np.ndarray, n: int) -> np.ndarray:
-    """``is_known`` as booleans, one per score; only booleans or 0/1 are accepted, so that
-    passing class labels by mistake (where -1 would read as known) is an error."""
-    k = np.asarray(is_known)
+def _known_mask(is_known: np.ndarray, n: int, what: str = "is_known") -> np.ndarray:
+    """``is_known`` (or ``correct``) as booleans, one per score; only booleans or 0/1 are
+    accepted, so that passing class labels by mistake (where -1 or class 0 would be read as
+    a boolean) is an error."""
+    k = _array(is_known)
     if k.dtype != bool:
         if k.size and not np.isin(k, (0, 1)).all():
+            if what == "is_known":
+                raise ValueError(
+                    "is_known must be booleans or 0/1 (1 = a known class), not class labels; "
+                    "for labels with -1 for unseen images pass labels >= 0"
+                )
             raise ValueError(
-                "is_known must be booleans or 0/1 (1 = a known class), not class labels; "
-                "for labels with -1 for unseen images pass labels >= 0"
+                "correct must be booleans or 0/1 (1 = correctly classified), not class "
+                "labels; pass predicted == labels"
             )
         k = k.astype(bool)
     if k.shape != (n,):
-        raise ValueError(f"is_known has shape {k.shape}, the scores ({n},)")
+        raise ValueError(f"{what} has shape {k.shape}, the scores ({n},)")
     return k
 
 
@@ -106,9 +122,7 @@ def oscr(score: np.ndarray, is_known: np.ndarray, correct: np.ndarray) -> float:
 
     score = _scores(score)
     is_known = _known_mask(is_known, len(score))
-    correct = np.asarray(correct, bool)
-    if correct.shape != score.shape:
-        raise ValueError(f"correct has shape {correct.shape}, the scores {score.shape}")
+    correct = _known_mask(correct, len(score), "correct")
     if not _both_present(is_known):
         return math.nan
     order = np.argsort(-score, kind="stable")
@@ -124,7 +138,7 @@ def oscr(score: np.ndarray, is_known: np.ndarray, correct: np.ndarray) -> float:
 def calibrate_threshold(val_scores: np.ndarray, known_acceptance: float = 0.95) -> float:
     """Threshold accepting at least ``known_acceptance`` of the known validation images."""
     known_acceptance = _fraction(known_acceptance, "known_acceptance")
-    val_scores = np.sort(_scores(np.ravel(val_scores), "the validation scores"))
+    val_scores = np.sort(_scores(_array(val_scores).ravel(), "the validation scores"))
     if val_scores.size == 0:
         raise ValueError("no validation scores to calibrate on")
     n = val_scores.size
@@ -136,7 +150,7 @@ def calibrate_threshold(val_scores: np.ndarray, known_acceptance: float = 0.95) 
 def _classes(a: np.ndarray, what: str, num_known: int, n: int) -> np.ndarray:
     """``labels`` (-1..K-1, -1: unseen) or ``predicted`` (0..K-1) as integers, one per score;
     whole numbers stored as floats are accepted."""
-    a = np.asarray(a)
+    a = _array(a)
     lo = -1 if what == "labels" else 0
     if a.shape != (n,):
         raise ValueError(f"{what} has shape {a.shape}, the scores ({n},)")
@@ -164,6 +178,9 @@ def open_set_metrics(
     score = _scores(score)
     labels = _classes(labels, "labels", num_known, len(score))
     predicted = _classes(predicted, "predicted", num_known, len(score))
+    threshold = float(threshold)  # a 0-d array or tensor too
+    if math.isnan(threshold):
+        raise ValueError("the threshold is NaN; give a number (-inf accepts every image)")
     accept = score >= threshold
     open_pred = np.where(accept, predicted, num_known)
     open_true = np.where(labels < 0, num_known, labels)
@@ -218,7 +235,7 @@ def score_metrics(
     if threshold is None:
         threshold = calibrate_threshold(val_score, known_acceptance)
     out.update(open_set_metrics(test_score, threshold, predicted, labels, num_known))
-    val_score = _scores(np.ravel(val_score), "the validation scores")
+    val_score = _scores(_array(val_score).ravel(), "the validation scores")
     out["threshold_from"] = threshold_from
     out["val_known_accepted"] = (
         float(np.mean(val_score >= threshold)) if val_score.size else math.nan
@@ -229,7 +246,7 @@ def score_metrics(
 def confidence_summary(msp: np.ndarray) -> dict[str, float]:
     """Mean, standard deviation (of the images' values, ddof=0) and share above 0.9 of
     max-softmax probabilities."""
-    msp = np.asarray(msp, float)
+    msp = _array(msp).astype(float)
     if msp.size == 0:
         return {"mean_msp": math.nan, "std_msp": math.nan, "frac_msp_above_0_9": math.nan}
     return {
@@ -241,7 +258,7 @@ def confidence_summary(msp: np.ndarray) -> dict[str, float]:
 
 def predicted_as(predicted: np.ndarray, names: Sequence[str]) -> dict[str, int]:
     """How many images went to each known class (classes with none are left out), largest first."""
-    counts = np.bincount(np.asarray(predicted, int), minlength=len(names))
+    counts = np.bincount(_array(predicted).astype(int), minlength=len(names))
     pairs = sorted(((names[i], int(c)) for i, c in enumerate(counts) if c > 0), key=lambda p: -p[1])
     return dict(pairs)
 
@@ -263,3 +280,20 @@ def mean_std(values: Sequence[object]) -> dict[str, float | int | None]:
         "std": float(np.std(finite, ddof=1)) if len(finite) > 1 else None,
         "n": len(finite),
     }
+
+
+def rank_correlation(x: Sequence[float], y: Sequence[float]) -> float:
+    """Spearman's rank correlation of the pairs where both values are finite (scipy's
+    ``spearmanr``); NaN with fewer than three such pairs or when either side is constant.
+    Vaze et al. (2022) found open-set AUROC to rise with closed-set accuracy across models:
+    the comparison report gives this figure for its configurations."""
+    from scipy.stats import spearmanr
+
+    a, b = _array(x).astype(float), _array(y).astype(float)
+    if a.shape != b.shape or a.ndim != 1:
+        raise ValueError(f"x and y must be 1-D of one length, not {a.shape} and {b.shape}")
+    ok = np.isfinite(a) & np.isfinite(b)
+    a, b = a[ok], b[ok]
+    if len(a) < 3 or np.ptp(a) == 0 or np.ptp(b) == 0:
+        return math.nan
+    return float(spearmanr(a, b).statistic)

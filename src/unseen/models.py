@@ -9,6 +9,7 @@ penultimate features ``N x D``; ``forward_head`` maps them to logits ``N x K``.
 from __future__ import annotations
 
 import copy
+import numbers
 import warnings
 from collections.abc import Callable
 
@@ -223,6 +224,11 @@ def create_model(
     check_model(name)
     if stem not in ("auto", "small", "imagenet"):
         raise ConfigError(f"--stem must be auto, small or imagenet, not {stem!r}.")
+    sizes = {"in_channels": in_channels, "num_classes": num_classes, "image_size": image_size}
+    for key, value in sizes.items():
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+            raise ConfigError(f"create_model's {key} must be a whole number, not {value!r}.")
+    in_channels, num_classes, image_size = int(in_channels), int(num_classes), int(image_size)
     if in_channels < 1 or num_classes < 1 or image_size < 1:
         raise ConfigError(
             f"a model needs at least one input channel, class and pixel, not in_channels="

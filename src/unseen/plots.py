@@ -23,15 +23,21 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 from sklearn.metrics import confusion_matrix, roc_auc_score, roc_curve
 
+from .console import valid_unicode
+
 KNOWN_COLOR = "#1f77b4"
 UNSEEN_COLOR = "#d62728"
 DPI = 100
 
 
+#: matplotlib's warning for a character its font lacks (CJK class names): one per glyph
+GLYPH_MISSING = r"Glyph \d+ .*missing from font"
+
+
 def literal(text: object) -> str:
     """``text`` as matplotlib should show it: a class or run name with two ``$`` signs would
     otherwise be read as a mathtext formula (and one it cannot parse stops the report)."""
-    return str(text).replace("$", r"\$")
+    return valid_unicode(str(text)).replace("$", r"\$")
 
 
 def tight_layout(fig: Figure, **kwargs: object) -> None:
@@ -39,6 +45,7 @@ def tight_layout(fig: Figure, **kwargs: object) -> None:
     figure is then saved with ``bbox_inches="tight"`` as it is, and nothing is cut off)."""
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", "Tight layout not applied", UserWarning)
+        warnings.filterwarnings("ignore", GLYPH_MISSING, UserWarning)  # it draws the text too
         fig.tight_layout(**kwargs)
 
 
@@ -47,7 +54,7 @@ def figure_png(fig: Figure, dpi: int = DPI) -> bytes:
     are drawn as boxes without a warning per character on stderr."""
     buf = io.BytesIO()
     with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", r"Glyph \d+ .*missing from font", UserWarning)
+        warnings.filterwarnings("ignore", GLYPH_MISSING, UserWarning)
         fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
     return buf.getvalue()
 
@@ -509,5 +516,37 @@ def comparison_figure(
         ax.legend(fontsize=8, frameon=False, loc="center left", bbox_to_anchor=(1.02, 0.5))
     else:
         ax.legend(fontsize=8, frameon=False, loc="lower right")
+    tight_layout(fig)
+    return fig
+
+
+def accuracy_auroc_figure(
+    accuracy: np.ndarray,
+    auroc: np.ndarray,
+    score_names: Sequence[str],
+    correlations: Sequence[float],
+) -> Figure:
+    """Closed-set accuracy (x) against AUROC (y), one point per configuration and one series
+    per score, each labelled with its rank correlation (Vaze et al. 2022's check that a
+    better closed-set classifier is a better open-set one). ``auroc`` is configurations x
+    scores (NaN = absent)."""
+    accuracy, auroc = np.asarray(accuracy, float), np.asarray(auroc, float)
+    beside = len(score_names) > LEGEND_INSIDE
+    fig = Figure(figsize=(8.5 if beside else 6.0, 4.2))
+    ax = fig.add_subplot()
+    for j, name in enumerate(score_names):
+        ok = np.isfinite(accuracy) & np.isfinite(auroc[:, j])
+        rho = correlations[j]
+        label = f"{name} (ρ = {rho:.2f})" if math.isfinite(rho) else f"{name} (ρ: -)"
+        style = series_style(j)
+        ax.plot(accuracy[ok], auroc[ok, j], marker="o", markersize=4, linestyle="none",
+                color=style["color"], label=literal(label))  # fmt: skip
+    ax.set_xlabel("closed-set accuracy (mean over runs)")
+    ax.set_ylabel("AUROC (mean over runs)")
+    ax.grid(alpha=0.3)
+    if beside:
+        ax.legend(fontsize=8, frameon=False, loc="center left", bbox_to_anchor=(1.02, 0.5))
+    else:
+        ax.legend(fontsize=8, frameon=False, loc="best")
     tight_layout(fig)
     return fig

@@ -35,6 +35,7 @@ import csv
 import io
 import json
 import math
+import numbers
 import os
 import sys
 from collections.abc import Iterable, Iterator, Sequence
@@ -45,17 +46,19 @@ from typing import Any
 import numpy as np
 import torch
 
+from .console import valid_unicode
 from .data import (
     IMAGE_EXTENSIONS,
     NPZ_LAYOUTS,
     convert_channels,
+    decode_error,
     image_files,
     image_tensor,
     npz_images_nchw,
     read_image_file,
     resize_images,
 )
-from .errors import UnseenError
+from .errors import InputError, UnseenError
 from .evaluate import forward_pass
 from .models import Classifier, fold_batch_norm
 from .runfolder import (
@@ -275,7 +278,7 @@ def _layout(t: torch.Tensor, channels_last: bool) -> torch.Tensor:
             return t.permute(0, 3, 1, 2)
         if c_first:
             return t
-    raise UnseenError(
+    raise InputError(
         f"an image array of shape {tuple(t.shape)} is not understood; give H x W, H x W x C or "
         "N x H x W x C arrays, or C x H x W or N x C x H x W tensors, with 1, 3 or 4 channels."
     )
@@ -285,14 +288,14 @@ def _to_uint8(t: torch.Tensor) -> torch.Tensor:
     if t.dtype == torch.uint8:
         return t
     if t.dtype == torch.bool or t.is_complex():
-        raise UnseenError(f"images of type {t.dtype} are not supported; give uint8 or float.")
+        raise InputError(f"images of type {t.dtype} are not supported; give uint8 or float.")
     if t.numel() == 0:
         return t.to(torch.uint8)
     if t.is_floating_point():
         t = t.float()
         lo, hi = float(t.min()), float(t.max())
         if not (math.isfinite(lo) and math.isfinite(hi)) or lo < -1e-6 or hi > 1 + 1e-6:
-            raise UnseenError(
+            raise InputError(
                 f"float images must lie in [0, 1] (got values from {lo:g} to {hi:g}); "
                 "divide 0..255 images by 255 or pass them as uint8."
             )
@@ -302,7 +305,7 @@ def _to_uint8(t: torch.Tensor) -> torch.Tensor:
     wide = t.to(torch.float64 if t.dtype == torch.uint64 else torch.int64)
     lo, hi = int(wide.min()), int(wide.max())
     if lo < 0 or hi > 255:
-        raise UnseenError(
+        raise InputError(
             f"integer images must lie in 0..255 (got {lo} to {hi}); pass uint8 or floats in [0, 1]."
         )
     return wide.to(torch.uint8)
@@ -322,12 +325,12 @@ def _array_tensor(image: np.ndarray) -> torch.Tensor:
     double) as float64."""
     kind = image.dtype.kind
     if kind not in "uif":  # bool, complex, strings, objects, dates...
-        raise UnseenError(
+        raise InputError(
             f"an image array of dtype {image.dtype} is not supported; give uint8 or floats in "
             "[0, 1]."
         )
     if image.ndim == 0:
-        raise UnseenError("an image array of shape () holds one number, not an image.")
+        raise InputError("an image array of shape () holds one number, not an image.")
     if kind == "f" and image.dtype.itemsize > 8:
         image = image.astype(np.float64)
     if not image.dtype.isnative:
@@ -350,20 +353,18 @@ def to_nchw_uint8(image: Any) -> torch.Tensor:
         try:
             x = image_tensor(image)
         except ValueError as exc:  # e.g. a 32-bit image beyond 16-bit values
-            raise UnseenError(f"a {image.mode} image cannot be read: {exc}.") from None
+            raise InputError(f"an image of mode {image.mode} cannot be read: {exc}.") from None
     elif isinstance(image, torch.Tensor):
         x = _to_uint8(_layout(image.detach().cpu(), channels_last=False))
     elif isinstance(image, np.ndarray):
         x = _to_uint8(_layout(_array_tensor(image), channels_last=True))
     else:
-        raise UnseenError(
+        raise InputError(
             f"cannot read an image from a {type(image).__name__}; give image file paths, PIL "
             "images, NumPy arrays or torch tensors (or a list of them)."
         )
     if x.shape[-1] == 0 or x.shape[-2] == 0:  # a batch of no images is fine; no pixels is not
-        raise UnseenError(
-            f"an image of height {x.shape[-2]} and width {x.shape[-1]} has no pixels."
-        )
+        raise InputError(f"an image of height {x.shape[-2]} and width {x.shape[-1]} has no pixels.")
     return x
 
 
@@ -480,7 +481,7 @@ class Predictor:
         from .metrics import calibrate_threshold
 
         if threshold is not None and known_acceptance is not None:
-            raise UnseenError("give a threshold or a known acceptance, not both.")
+            raise InputError("give a threshold or a known acceptance, not both.")
         name = score or self.score_name or self.default_score()  # keeps the chosen score
         if name not in self.detectors:
             why = (
@@ -488,13 +489,13 @@ class Predictor:
                 if name not in SCORES
                 else "the run did not compute it"
             )
-            raise UnseenError(
+            raise InputError(
                 f"score {name!r} is not available for {self.run_dir} ({why}); "
                 f"choose from: {', '.join(self.detectors)}."
             )
         if threshold is not None:
             if not math.isfinite(threshold):
-                raise UnseenError(f"the threshold must be a finite number, not {threshold}.")
+                raise InputError(f"the threshold must be a finite number, not {threshold}.")
             self.threshold, self.known_acceptance, self.threshold_source = (
                 float(threshold),
                 None,
@@ -508,7 +509,7 @@ class Predictor:
             acceptance = self.run_known_acceptance if known_acceptance is None else known_acceptance
             if problem := FIELDS["known_acceptance"].metadata["check"](acceptance):
                 # the rule of `unseen run --known-acceptance`
-                raise UnseenError(f"the known acceptance {problem}, not {acceptance}.")
+                raise InputError(f"the known acceptance {problem}, not {acceptance}.")
             self.threshold = calibrate_threshold(self.validation_scores(name), acceptance)
             self.known_acceptance = float(acceptance)
             self.threshold_source = (
@@ -595,11 +596,17 @@ class Predictor:
         return self.decide(images).label
 
     def predict_names(self, images: Any) -> list[str]:
-        """Known class name per image, or ``"unknown"``."""
+        """Known class name per image, or ``"unknown"`` (``"<unknown>"`` when a known class is
+        named "unknown": ``unknown_name``)."""
         return [self.name_of(i) for i in self.predict(images)]
 
+    @property
+    def unknown_name(self) -> str:
+        """The name of a rejection: "unknown", or "<unknown>" when a known class has that name."""
+        return UNKNOWN_NAME if UNKNOWN_NAME not in self.classes else "<unknown>"
+
     def name_of(self, index: int) -> str:
-        return UNKNOWN_NAME if index < 0 else self.classes[int(index)]
+        return self.unknown_name if index < 0 else self.classes[int(index)]
 
     def __repr__(self) -> str:
         return (
@@ -654,15 +661,17 @@ def load(
     """
     from .hardware import resolve_device
 
-    if not isinstance(batch_size, int) or batch_size < 1:
-        raise UnseenError(f"batch_size must be a whole number of at least 1, not {batch_size!r}.")
+    whole = isinstance(batch_size, numbers.Integral) and not isinstance(batch_size, bool)
+    if not whole or batch_size < 1:
+        raise InputError(f"batch_size must be a whole number of at least 1, not {batch_size!r}.")
+    batch_size = int(batch_size)  # a NumPy integer too
     dev = resolve_device(device)
     folder = locate_run(run_dir, head)
     ckpt = load_checkpoint(folder / "model.pt")
     if precision is None:
         precision = resolve_predict_precision(folder, dev)
     elif precision not in {"fp32", "bf16"}:
-        raise UnseenError(f"precision must be fp32 or bf16, not {precision!r}.")
+        raise InputError(f"precision must be fp32 or bf16, not {precision!r}.")
     model = rebuild_model(ckpt, folder / "model.pt")
     detectors = load_detectors(folder / "detectors.pt", dev, run_config(ckpt))
     predictor = Predictor(folder, ckpt, model, detectors, dev, precision, batch_size)
@@ -685,12 +694,7 @@ def _decode_file(path: Path) -> Item:
     try:
         return Item(str(path), read_image_file(path))
     except Exception as exc:  # UnidentifiedImageError, OSError, DecompressionBombError, ...
-        reason = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else ""
-        reason = "" if str(path) in reason else reason  # PIL repeats the file name
-        return Item(
-            str(path),
-            error=f"could not be read as an image ({type(exc).__name__}{': ' + reason if reason else ''})",
-        )
+        return Item(str(path), error=f"could not be read as an image ({decode_error(exc, path)})")
 
 
 def _npz_items(path: Path) -> Iterator[Item]:
@@ -779,7 +783,7 @@ def predict_items(
         chunk_rows = []
         for item in chunk:
             row = {
-                "input": item.name,
+                "input": valid_unicode(item.name),  # a file name's non-UTF-8 bytes as \xe9
                 "prediction": None,
                 "class_index": None,
                 "score": None,
@@ -868,11 +872,41 @@ def summary_line(rows: Sequence[dict[str, Any]], predictor: Predictor) -> str:
     n_unknown = sum(r["class_index"] == UNKNOWN for r in rows)
     n_ok = len(rows) - n_err
     how = predictor.threshold_source
+    renamed = (
+        f" (labelled {predictor.unknown_name!r}: a class is named {UNKNOWN_NAME!r})"
+        if predictor.unknown_name != UNKNOWN_NAME
+        else ""
+    )
     return (
-        f"{n_ok} image(s): {n_ok - n_unknown} known, {n_unknown} unknown"
+        f"{n_ok} image(s): {n_ok - n_unknown} known, {n_unknown} unknown{renamed}"
         f"{f'; {n_err} input(s) could not be read' if n_err else ''} | score {predictor.score_name}, "
         f"threshold {predictor.threshold:.6g} ({how})"
     )
+
+
+#: what an existing --output may be: a text file of predictions (the table, CSV or JSON)
+TEXT_SUFFIXES = frozenset({".csv", ".json", ".txt", ".tsv", ".md", ""})
+
+
+def check_output(output: str, run_dir: str | Path, inputs: Sequence[str]) -> None:
+    """Refuse an ``--output`` that would replace what predict did not write: one of the
+    inputs, a file of the run (model.pt, metrics.json, ...), or an existing file that is
+    not text (an image, a checkpoint)."""
+    from .checkpoint import RUN_FILES
+
+    target = Path(output).resolve()
+    if any(Path(item).resolve() == target for item in inputs):
+        raise InputError(f"--output {output} is one of the inputs; give another file name.")
+    own = target.name in RUN_FILES or (
+        target.name.startswith("checkpoint") and target.suffix == ".pt"
+    )
+    if own and target.is_relative_to(Path(run_dir).resolve()):
+        raise InputError(f"--output {output} is a file of the run itself; give another file name.")
+    if target.is_file() and target.suffix.lower() not in TEXT_SUFFIXES:
+        raise InputError(
+            f"--output {output} exists and is not a text file (.csv, .json, .txt); predict "
+            "would replace it: give another file name, or delete it first."
+        )
 
 
 def format_for(fmt: str | None, output: str | None) -> str:
@@ -912,6 +946,7 @@ def run_predict(
         batch_size=batch_size,
     )
     if output:
+        check_output(output, run_dir, inputs)
         check_writable(output)  # before the images, not after
     rows = predict_items(predictor, iter_inputs(inputs), progress=True)
     kind = format_for(fmt, output)

@@ -71,8 +71,9 @@ SCORE_METRICS = (
     ("oscr", "OSCR", True),
     ("open_set_accuracy", "open-set acc", True),
     ("open_set_macro_f1", "open-set F1", True),
-    ("unseen_rejected", "unseen rejected", True),
-    ("known_rejected", "known rejected", False),
+    # a trade-off at one threshold (rejecting everything maximises the first): neither bold
+    ("unseen_rejected", "unseen rejected", None),
+    ("known_rejected", "known rejected", None),
     ("threshold", "threshold", None),
 )
 
@@ -689,14 +690,15 @@ def _write_report_files(
             f"<{level}>Rejection scores</{level}>",
             '<p class="note">Every score: higher = more likely a known class. AUROC, AUPR, FPR@95TPR and '
             "OSCR need no threshold; the open-set columns use the calibrated threshold. Best per column in "
-            "bold.</p>",
+            "bold, except the two rejection rates: a trade-off, not two goals.</p>",
             score_table_html(m.get("scores", {})),
             f"<{level}>Figures</{level}>",
         ]  # fmt: skip
         md_parts += [f"{md_level} Run", "", "| | |", "|---|---|"]
         md_parts += [f"| {md_text(k)} | {md_text(v)} |" for k, v in rows]
         md_parts += ["", f"> {md_text(headline(m))}", "", f"{md_level} Rejection scores", "",
-                     "Higher = more likely a known class; best per column in bold.", "",
+                     "Higher = more likely a known class; best per column in bold (not the "
+                     "rejection rates: a trade-off).", "",
                      score_table_md(m.get("scores", {})), "", f"{md_level} Figures", ""]  # fmt: skip
         hist = [p for p in s.plots if p.file.rsplit("/", 1)[-1].startswith("hist_")]
         others = [p for p in s.plots if p not in hist]
@@ -824,6 +826,8 @@ def aggregate_runs(run_dirs: Iterable[str | Path]) -> list[dict]:
             # how many of the runs computed each score (a run without unseen test images
             # computes it, with AUROC null)
             "computed": {n: sum(n in m.get("scores", {}) for m in g["m"]) for n in score_names},
+            # runs whose pretrained weights may know a class they hold out
+            "seen_in_pretraining": sum(bool(m.get("pretrained_warning")) for m in g["m"]),
             "metrics": {k: mean_std([m.get(k) for m in g["m"]]) for k, _ in RUN_METRICS},
             "scores": {
                 n: {k: mean_std([m.get("scores", {}).get(n, {}).get(k) for m in g["m"]])
@@ -857,6 +861,13 @@ def comparison_warnings(rows: Sequence[dict]) -> list[str]:
                 "with the same settings (copies of one run?); its std understates the spread."
             )
         n_runs = r.get("n_runs", 0)
+        if leaked := r.get("seen_in_pretraining"):
+            out.append(
+                f"'{r['label']}': {leaked} of its {n_runs} runs carry a pretraining warning "
+                "(the pretrained weights trained on a class the run holds out, or may have "
+                "seen such images: see each run's report); its unseen-class figures may not "
+                "be a held-out evaluation."
+            )
         short = {name: n for name, n in r.get("computed", {}).items() if n < n_runs}
         if short:
             counts = ", ".join(f"{name} {n} of {n_runs}" for name, n in short.items())
@@ -891,7 +902,7 @@ def _label_rows(rows: list[dict]) -> None:
 
 def _short(value: Any) -> str:
     if isinstance(value, list):
-        return "+".join(map(str, value))
+        return "+".join(map(str, value)) or "(none)"
     return str(value)
 
 
@@ -934,6 +945,8 @@ def write_comparison(run_dirs: Iterable[str | Path], out_dir: str | Path) -> Pat
             figures.append(Plot(f"plots/compare_{metric}.png", f"{label} per configuration",
                                 "Bars are means over the runs of a configuration, whiskers one sample "
                                 "standard deviation (none for a single run).", png))  # fmt: skip
+    if (vaze := accuracy_auroc_plot(rows, score_names)) is not None:
+        figures.append(vaze)
     for p in figures:
         _write_bytes(out_dir / p.file, p.png)
 
@@ -1027,6 +1040,35 @@ def write_comparison(run_dirs: Iterable[str | Path], out_dir: str | Path) -> Pat
 
 def _nan(value: Any) -> float:
     return math.nan if value is None else float(value)
+
+
+def accuracy_auroc_plot(rows: Sequence[dict], score_names: Sequence[str]) -> Plot | None:
+    """Closed-set accuracy against AUROC over the configurations of a comparison, with each
+    score's rank correlation; None with fewer than three configurations of known accuracy."""
+    from .metrics import rank_correlation
+
+    acc = np.array([_nan(r["metrics"]["closed_set_accuracy"].get("mean")) for r in rows])
+    auroc = np.array(
+        [[_nan(r["scores"].get(n, {}).get("auroc", {}).get("mean")) for n in score_names]
+         for r in rows]
+    )  # fmt: skip
+    if np.isfinite(acc).sum() < 3 or not np.isfinite(auroc).any():
+        return None
+    rho = [rank_correlation(acc, auroc[:, j]) for j in range(len(score_names))]
+    said = ", ".join(
+        f"{n} {r:.2f}" for n, r in zip(score_names, rho, strict=True) if math.isfinite(r)
+    )
+    fig = plots.accuracy_auroc_figure(acc, auroc, score_names, rho)
+    return Plot(
+        "plots/accuracy_vs_auroc.png",
+        "Closed-set accuracy against AUROC",
+        "One point per configuration (means over its runs). Vaze et al. (2022) found that "
+        "open-set AUROC rises with closed-set accuracy across models; Spearman's rank "
+        f"correlation over these {len(rows)} configurations: {said or 'none (too few values)'}. "
+        "Configurations that differ in the classes held out (a sweep's conditions) also differ "
+        "in how hard their unseen classes are, which this does not separate.",
+        plots.figure_png(fig),
+    )
 
 
 # ----------------------------------------------------------------------------- command

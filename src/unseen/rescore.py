@@ -124,17 +124,21 @@ def _rescore_run(
     old = {h: read_json(folders[h] / "metrics.json") for h in heads}
     # the network as it trained: its precision and input sizes (config.json holds them as
     # resolved), without the pretrained weights, which model.pt replaces
-    p = prepare(
-        cfg.replace(
-            pretrained=None,
-            device=device,
-            precision=old[heads[0]].get("precision") or cfg.precision,
-            dataset=dataset or cfg.dataset,
-            data_root=data_root or cfg.data_root,
-            out=str(run_dir),
-            report=report,
+    try:
+        p = prepare(
+            cfg.replace(
+                pretrained=None,
+                device=device,
+                precision=old[heads[0]].get("precision") or cfg.precision,
+                dataset=dataset or cfg.dataset,
+                data_root=data_root or cfg.data_root,
+                out=str(run_dir),
+                report=report,
+            )
         )
-    )
+    except DataError as exc:
+        hint = moved_hint(cfg.dataset, dataset, data_root)
+        raise DataError(f"{str(exc).rstrip('.')}{hint}.") from None
     say(f"rescoring {run_dir} on {describe_device(p.device)}: {', '.join(cfg.scores)}")
     for line in unused_options_notes(unused_score_options(cfg, given=changes), "rescored run"):
         say(line)
@@ -193,6 +197,15 @@ def _rescore_run(
     if report:
         write_run_report(run_dir, say)
     return RunResult(run_dir, cfg, metrics, {"total": time.perf_counter() - started})
+
+
+def moved_hint(source: str, dataset: str | None, data_root: str | None) -> str:
+    """What to add to a data error of a rescore: which flag says where moved data is now
+    (none when the user gave one already)."""
+    if dataset or data_root:
+        return ""
+    flag = "--dataset" if ":" in source else "--data-root"
+    return f"; if the data moved, {flag} says where it is now"
 
 
 def check_same_source(dataset: str, saved: str) -> None:
@@ -286,8 +299,7 @@ def rescore_sweep(
     try:
         data = load_dataset(source, root)
     except DataError as exc:
-        flag = "--dataset" if ":" in source else "--data-root"
-        hint = "" if dataset or data_root else f"; if the data moved, {flag} says where it is now"
+        hint = moved_hint(source, dataset, data_root)
         raise DataError(
             f"cannot rescore the sweep in {sweep_dir}: {str(exc).rstrip('.')}{hint}."
         ) from None

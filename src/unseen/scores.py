@@ -12,6 +12,7 @@ Scores work on torch tensors on whatever device the outputs live on.
 from __future__ import annotations
 
 import functools
+import inspect
 import sys
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -87,9 +88,9 @@ def _tensor(value: Any, name: str) -> torch.Tensor:
 class FitContext:
     """Everything a score may learn from: known-class data and the model's head.
 
-    Only what a score uses must be there: the feature scores (mahalanobis, knn...) need
-    ``train`` with labels, temperature needs ``val``, vim, react, dice, ash and scale the
-    head's weight and bias. Without a head, the number of known classes is the logits' width."""
+    Only what a score uses must be there: mahalanobis, rmd and openmax need ``train`` with
+    labels, knn ``train`` without them, temperature ``val``, and vim, react, dice, ash and
+    scale the head's weight and bias (docs/detectors.md has the table). Without a head, the number of known classes is the logits' width."""
 
     train: Outputs | None = None  # known-class training images without augmentation
     val: Outputs | None = None  # the validation slice (known classes only)
@@ -112,6 +113,16 @@ class FitContext:
         if b is not None and (b.ndim != 1 or (w is not None and len(b) != len(w))):
             k = f"{len(w)}" if w is not None else "K"
             raise InputError(f"FitContext.head_bias must hold {k} values, not {tuple(b.shape)}")
+        widths = {
+            n: o.logits.shape[1]
+            for n, o in (("train", self.train), ("val", self.val))
+            if o is not None
+        }
+        if w is not None:
+            widths = {"head": len(w), **widths}
+        if len(set(widths.values())) > 1:
+            said = ", ".join(f"{n} {k}" for n, k in widths.items())
+            raise InputError(f"FitContext's class counts differ ({said}): give one model's outputs")
         for name in ("train", "val"):
             outputs = getattr(self, name)
             if outputs is None:
@@ -166,6 +177,9 @@ class Score:
     stateless: ClassVar[bool] = False
     #: True when ``score`` reads the penultimate features, not only the logits
     uses_features: ClassVar[bool] = False
+    #: False when ``score`` ignores the logits (a feature score, or one applying its own copy
+    #: of the head); a fitted score that reads them checks their width against the fit's
+    reads_logits: ClassVar[bool] = True
     #: the RunConfig fields (options) that set the score, read by ``from_config``
     options: ClassVar[tuple[str, ...]] = ()
 
@@ -189,6 +203,35 @@ class Score:
     def fit(self, context: FitContext) -> Self:
         """Learn the score's state from known-class data in ``context``; returns ``self``."""
         return self
+
+    @classmethod
+    def _param_names(cls) -> list[str]:
+        if cls.__init__ is object.__init__:
+            return []
+        params = inspect.signature(cls.__init__).parameters.values()
+        return [p.name for p in params if p.name != "self" and p.kind == p.POSITIONAL_OR_KEYWORD]
+
+    def get_params(self, deep: bool = True) -> dict[str, Any]:
+        """The constructor's arguments, as scikit-learn's estimators give them (so that
+        ``sklearn.base.clone`` makes an unfitted copy)."""
+        return {name: getattr(self, name) for name in self._param_names()}
+
+    def set_params(self, **params: Any) -> Self:
+        """Change constructor arguments, checked as the constructor checks them; the fitted
+        state is kept until the next ``fit``. Returns ``self``."""
+        if unknown := sorted(set(params) - set(self._param_names())):
+            valid = ", ".join(self._param_names()) or "none"
+            raise InputError(
+                f"score '{self.name}' has no setting {unknown[0]!r}; its settings: {valid}"
+            )
+        checked = type(self)(**{**self.get_params(), **params})
+        for name in params:
+            setattr(self, name, getattr(checked, name))
+        return self
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.get_params().items())
+        return f"{type(self).__name__}({args})"
 
     def decision_threshold(self) -> float | None:
         """The threshold of the score's own accept/reject rule, or None (the default) when the
@@ -259,6 +302,9 @@ def _marks_fitted(fit: Callable[[Score, FitContext], Score]) -> Callable:
         train = context.train
         if self.uses_features and train is not None and train.features is not None:
             self.feature_dim_ = int(train.features.shape[1])  # what score() will check
+        given = (context.head_weight, context.train, context.val)
+        if self.reads_logits and any(x is not None for x in given):
+            self.num_classes_ = context.num_classes  # the logits' width score() will check
         return fitted
 
     return marking
@@ -288,6 +334,12 @@ def _after_fit(score: Callable[[Score, Outputs], torch.Tensor]) -> Callable:
     def checked(self: Score, outputs: Outputs) -> torch.Tensor:
         if not getattr(self, "_fitted", False):
             raise NotFittedError(f"score '{self.name}' is not fitted: call fit(context) first.")
+        fitted_for = getattr(self, "num_classes_", None)  # (runs of earlier versions: none)
+        if fitted_for is not None and outputs.logits.shape[1] != fitted_for:
+            raise InputError(
+                f"score '{self.name}' was fitted for {fitted_for} classes; these outputs have "
+                f"logits for {outputs.logits.shape[1]}"
+            )
         return score(self, outputs)
 
     return checked

@@ -65,7 +65,8 @@ def resolve_classes(
     """Class tokens (names, case-insensitive, or indices) -> sorted original indices.
 
     A token that is a class name wins over the same token read as an index. A name that
-    matches a class exactly (as given, or without surrounding spaces) wins over
+    matches a class exactly (as given, which a tuple from Python keeps: the command line
+    and config files strip each name's surrounding spaces; or without them) wins over
     case-insensitive matches, which ignore surrounding spaces too; a token that matches
     several classes only that way (``cat`` for ``Cat`` and ``CAT``) is an error. Below an
     exact match, names also compare in Unicode NFC form (macOS writes folder names
@@ -197,7 +198,14 @@ def make_split(
     if not known_idx:
         raise ConfigError("every class is held out; keep at least two known classes.")
     if len(known_idx) < 2:
-        raise ConfigError(f"only one known class ({classes[known_idx[0]]}); keep at least two.")
+        small = (
+            f": this dataset has only {n} classes, and holding one out needs three or more"
+            if n == 2
+            else ""
+        )
+        raise ConfigError(
+            f"only one known class ({classes[known_idx[0]]}); keep at least two{small}."
+        )
     return Split(tuple(classes), tuple(known_idx), tuple(unseen_idx))
 
 

@@ -793,6 +793,7 @@ def aggregate(records: Sequence[dict], protocol: str = "") -> dict:
     variants = []
     warnings: list[str] = []  # runs of different resolved settings averaged together
     coverage: list[str] = []  # scores that some runs lack
+    seen: list[str] = []  # conditions whose held-out classes the pretrained weights may know
     keys = list(dict.fromkeys(_variant(r) for r in records))
     for key in keys:
         mine = [r for r in records if _variant(r) == key]
@@ -817,6 +818,13 @@ def aggregate(records: Sequence[dict], protocol: str = "") -> dict:
             rare = _rare_stats(rows, names)
             if rare is not None:
                 row["rare"] = rare
+            if leaked := [r for r in rows if r["metrics"].get("pretrained_warning")]:
+                # the weights may know the held-out classes: averaged in, and said loudly
+                row["seen_in_pretraining"] = len(leaked)
+                seen.append(
+                    f"{where}condition {_condition_text(cond, protocol)!r} ({len(leaked)} of "
+                    f"{len(rows)} runs): {leaked[0]['metrics']['pretrained_warning']}"
+                )
             if mixed := mixed_settings(rows):
                 row["mixed_settings"] = mixed
                 warnings.append(
@@ -868,6 +876,7 @@ def aggregate(records: Sequence[dict], protocol: str = "") -> dict:
         # runs whose 'auto' settings resolved differently (another machine) averaged together
         "warnings": warnings,
         "score_coverage": coverage,
+        "seen_in_pretraining": seen,
     }
 
 
@@ -913,6 +922,13 @@ def format_summary(summary: dict) -> str:
         lines.append("")
     if coverage := summary.get("score_coverage"):
         lines += [f"WARNING: {w}" for w in coverage] + [""]
+    if seen := summary.get("seen_in_pretraining"):
+        lines.append(
+            "WARNING: runs of these conditions carry a pretraining warning: their held-out "
+            "classes may not be unseen by the model (marked 'pretraining warning'); the "
+            "figures below average them in:"
+        )
+        lines += [f"  {w}" for w in seen] + [""]
     for v in variants:
         title = _variant_name(v, many_heads, many_bal)
         head = (f"== {title}: " if title else "") + f"{v['runs']} runs"
@@ -962,6 +978,8 @@ def format_summary(summary: dict) -> str:
             cond = _condition_text(c["condition"], protocol)
             if "mixed_settings" in c:
                 cond += " (mixed settings!)"
+            if c.get("seen_in_pretraining"):
+                cond += " (pretraining warning!)"
             row: list[object] = [cond] + ([title] if vcol else [])
             k = c["runs"]
             if is_rare and "rare" in c:
@@ -1007,6 +1025,7 @@ def format_summary(summary: dict) -> str:
             lines.append(f"per {first}")
         header = [first, *vcol, "closed-acc"] + [f"AUROC {n}" for n in names] + ["absorbed by"]
     lines.append(table(header, [row for _, row in rows]))
+    lines += ["", "mean ± sample standard deviation (ddof=1) over runs; (n=N): N runs had a value"]
     return "\n".join(lines)
 
 
@@ -1096,6 +1115,11 @@ def run_sweep(
     """
     from .checkpoint import holds_run_files
 
+    for value, kind, name in ((base, RunConfig, "base"), (opts, SweepOptions, "opts")):
+        if not isinstance(value, kind):
+            raise TypeError(
+                f"run_sweep's {name} must be a {kind.__name__}, not a {type(value).__name__}"
+            )
     say = log or (lambda _msg: None)
     parse_protocol(opts.protocol)  # an unknown protocol fails before any work
     check_options(opts)  # before the dataset is loaded or anything is written
@@ -1109,7 +1133,7 @@ def run_sweep(
     runs = plan_sweep(base, opts, out)
     if dry_run:
         for r in runs:
-            say(f"{r.run_dir}  {_dry_run_state(r.run_dir, base.overwrite)}")
+            say(f"{r.run_dir}  {_dry_run_state(r.run_dir, base.overwrite)}  ({_split_text(r)})")
         return SweepResult(out, runs, [], {})
     write_plan(out, base, opts, runs)
     say(f"sweep {opts.protocol} on {base.dataset} in {out}")
@@ -1120,6 +1144,17 @@ def run_sweep(
     else:
         outcomes = run_plan(runs, opts.jobs, say)
     return summarize(out, base, opts, runs, outcomes, report=report, log=log)
+
+
+def _split_text(run: PlannedRun) -> str:
+    """The classes a planned run holds out, keeps or keeps rare, and its seed, for --dry-run."""
+    cfg = run.config
+    parts = [f"known: {', '.join(cfg.known)}"] if cfg.known else []
+    if not cfg.known and cfg.holdout:
+        parts.append(f"held out: {', '.join(cfg.holdout)}")
+    if cfg.rare:
+        parts.append(f"rare: {', '.join(cfg.rare)}")
+    return "; ".join([*parts, f"seed {cfg.seed}"])
 
 
 def _dry_run_state(run_dir: Path, overwrite: bool) -> str:
@@ -1186,6 +1221,8 @@ def summarize(
 
 def add_sweep_arguments(parser) -> None:
     """The options ``unseen sweep`` has besides the run options."""
+    from .cli import option_type
+
     g = parser.add_argument_group("sweep options")
     g.add_argument(
         "--protocol",
@@ -1204,12 +1241,12 @@ def add_sweep_arguments(parser) -> None:
         help=f"number of random:K splits [default: {DEFAULT_SPLITS}]",
     )  # fmt: skip
     g.add_argument(
-        "--fractions", type=parse_fractions, default=None, metavar="LIST",
+        "--fractions", type=option_type(parse_fractions), default=None, metavar="LIST",
         help="rare:CLASS fractions of the class's training images "
         f"[default: {','.join(f'{f:g}' for f in DEFAULT_FRACTIONS)}]",
     )  # fmt: skip
     g.add_argument(
-        "--compare-balance", type=parse_balances, default=None, metavar="MODES",
+        "--compare-balance", type=option_type(parse_balances), default=None, metavar="MODES",
         help="run every condition once per --balance mode and compare them: comma-separated "
         f"modes from {', '.join(BALANCE_MODES)}, or all [default: only --balance]",
     )  # fmt: skip
