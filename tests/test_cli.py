@@ -393,3 +393,16 @@ def test_class_names_reach_the_console_without_their_control_characters():
     from unseen.console import printable_names
 
     assert printable_names(["a\nb", "c", "d\x1b[31m"]) == "a\\nb, c, d\\x1b[31m"
+
+
+def test_negative_numbers_in_exponent_notation_are_option_values():
+    from unseen.cli import join_negative_numbers
+
+    assert join_negative_numbers(["predict", "r", "x.png", "--threshold", "-1.5e2"]) == [
+        "predict", "r", "x.png", "--threshold=-1.5e2",
+    ]  # fmt: skip
+    assert join_negative_numbers(["--threshold", "-5.", "--format", "csv"]) == [
+        "--threshold=-5.", "--format", "csv",
+    ]  # fmt: skip
+    unchanged = ["--threshold=-1e3", "--quiet", "-h", "--", "-2e3", "-", "--lr", "-x"]
+    assert join_negative_numbers(unchanged) == unchanged

@@ -367,6 +367,9 @@ def test_threshold_override_and_cli_recalibration(capsys, run_dir, pngs):
             assert doc["known_acceptance"] == float(value)
     assert counts["-1e9"] == 0 and counts["1e9"] == 40
     assert counts["0.6"] >= counts["0.99"]
+    # a negative threshold in exponent notation, as a separate argument, is a value
+    rc, stdout, err = cli(capsys, run_dir, *files[:2], "--format", "json", "--threshold", "-1e9")
+    assert rc == 0 and json.loads(stdout)["threshold"] == -1e9, err
     rc, _, err = cli(capsys, run_dir, *files, "--threshold", "1", "--known-acceptance", "0.9")
     assert rc == 2 and "not allowed with argument" in err
     rc, _, err = cli(capsys, run_dir, *files, "--known-acceptance", "1.5")

@@ -434,6 +434,37 @@ def unknown_arguments(
 CLOSED_STREAMS: set[str] = set()
 
 
+def _negative_number(token: str) -> bool:
+    if not token.startswith("-") or token == "-":
+        return False
+    try:
+        float(token)
+    except ValueError:
+        return False
+    return True
+
+
+def join_negative_numbers(argv: list[str]) -> list[str]:
+    """``--threshold -1.5e2`` as ``--threshold=-1.5e2``: argparse takes a value after an
+    option for another option when it starts with '-', unless it reads as ``-5`` or
+    ``-0.5``; negative thresholds (mahalanobis and knn scores are all negative) are often
+    written in exponent notation. An option-like value that is a number is joined to the
+    option before it."""
+    out: list[str] = []
+    for token in argv:
+        before = out[-1] if out else ""
+        if (
+            before.startswith("--")
+            and len(before) > 2
+            and "=" not in before
+            and _negative_number(token)
+        ):
+            out[-1] = f"{before}={token}"
+        else:
+            out.append(token)
+    return out
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     # started with stdout or stderr closed (`unseen ... >&-`): Python sets them to None, and
     # every print or progress bar would fail; write those lines nowhere instead (`predict`,
@@ -445,7 +476,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         parser = build_parser()  # imports torch: seconds, in which Ctrl-C must not trace back
         try:
-            argv = sys.argv[1:] if argv is None else list(argv)
+            argv = join_negative_numbers(sys.argv[1:] if argv is None else list(argv))
             args, extra = parser.parse_known_args(argv)
             if extra:  # named by the subcommand, whose --help lists what it takes
                 unknown_arguments(parser, argv, args.command, extra)
