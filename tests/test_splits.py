@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from unseen.config import parse_value
 from unseen.data import FASHION_CLASSES, ImageData, load_dataset
 from unseen.errors import ConfigError
 from unseen.splits import UNSEEN, make_split, split_data
@@ -246,9 +247,19 @@ def test_class_names_compare_in_nfc_form_and_a_comma_name_gets_a_hint():
     assert make_split(both, holdout=(decomposed,)).unseen == (1,)
     with pytest.raises(ConfigError, match="could mean"):
         make_split(both, holdout=("sac à main",))
-    # commas split the option, so a name holding one is given by its index
+    # commas split the option: a name holding one is given in double quotes, or by index
     assert make_split(("Shirt, long", "Coat", "x"), holdout=("Shirt, long",)).unseen == (0,)
     with pytest.raises(
-        ConfigError, match="commas separate classes: give a class whose name holds one by its index"
+        ConfigError, match="commas separate classes: put a name that holds one in double quotes"
     ):
         make_split(("Shirt, long", "Coat", "x"), holdout=("Shirt", "long"))
+    for given in ('"Shirt, long",x', ' "Shirt, long", x'):
+        holdout = parse_value("holdout", given)
+        assert make_split(("Shirt, long", "Coat", "x", "y"), holdout=holdout).unseen == (0, 2)
+    # a list in a config file (or config.json) keeps such a name whole
+    assert parse_value("holdout", ["Shirt, long", 'say "hi"'], source="file") == (
+        "Shirt, long",
+        'say "hi"',
+    )
+    with pytest.raises(ConfigError, match="--holdout must be one or more class"):
+        parse_value("holdout", '"Shirt, long')

@@ -42,11 +42,24 @@ def parse_list(text: str) -> tuple[str, ...]:
     return tuple(part.strip() for part in text.split(",") if part.strip())
 
 
+def _csv_item(text: str) -> str:
+    """One item of a comma-separated list as a CSV line writes it: in double quotes (its own
+    doubled) when it holds a comma or a quote."""
+    return '"' + text.replace('"', '""') + '"' if "," in text or '"' in text else text
+
+
 def parse_classes(text: str) -> tuple[str, ...] | None:
     """``--holdout``/``--known``: comma-separated class indices or names (``auto``, the
-    default, is resolved with the dataset's classes: :func:`unseen.splits.make_split`). An
-    empty list is refused rather than read as the default."""
-    classes = parse_list(text)
+    default, is resolved with the dataset's classes: :func:`unseen.splits.make_split`). A
+    name that holds a comma is given in double quotes, as in a CSV line
+    (``'"Bag, leather",3'``). An empty list is refused rather than read as the default."""
+    import csv
+
+    try:
+        items = next(csv.reader([text], skipinitialspace=True, strict=True), [])
+    except csv.Error:
+        raise ValueError("unbalanced double quotes") from None
+    classes = tuple(part.strip() for part in items if part.strip())
     if not classes:
         raise ValueError("no class given")
     return classes
@@ -800,8 +813,8 @@ def parse_value(name: str, raw: Any, *, source: str = "flag") -> Any:
     where = {"flag": flag_name(name), "python": _keyword(name)}.get(source, f"'{name}' in {source}")
     if isinstance(raw, bool):
         text = "true" if raw else "false"
-    elif isinstance(raw, (list, tuple)):
-        text = ",".join(str(x) for x in raw)
+    elif isinstance(raw, (list, tuple)):  # an item holding a comma quoted, as --holdout takes it
+        text = ",".join(_csv_item(str(x)) for x in raw)
     elif isinstance(raw, (str, int, float)):
         text = str(raw)
     else:

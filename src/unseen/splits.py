@@ -102,7 +102,8 @@ def resolve_classes(
             shown = ", ".join(f"{i}={c}" for i, c in enumerate(classes[:20]))
             more = ", ..." if len(classes) > 20 else ""
             comma = (
-                " (commas separate classes: give a class whose name holds one by its index)"
+                " (commas separate classes: put a name that holds one in double quotes, "
+                "--holdout '\"a, b\"', or give its index)"
                 if any("," in c for c in classes)
                 else ""
             )
