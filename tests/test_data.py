@@ -638,7 +638,10 @@ def test_class_folders_named_in_another_encoding_keep_their_bytes_as_escapes(tmp
 
     for split in ("train", "test"):
         for name in (os.fsdecode(b"caf\xe9"), "tea"):  # a Latin-1 folder name, not UTF-8
-            (tmp_path / split / name).mkdir(parents=True)
+            try:
+                (tmp_path / split / name).mkdir(parents=True)
+            except OSError:  # a file system that takes only UTF-8 names (macOS)
+                pytest.skip("this file system refuses names that are not UTF-8")
             Image.new("L", (4, 4)).save(tmp_path / split / name / "x.png")
     data = load_dataset(f"folder:{tmp_path}")
     assert data.classes == ("caf\\xe9", "tea")

@@ -732,11 +732,31 @@ def test_output_never_replaces_an_input_a_run_file_or_a_file_that_is_not_text(
     text.write_text("an earlier prediction\n")
     assert cli(capsys, run_dir, image, "--output", text)[0] == 0  # a text file is replaced
     assert read_csv(text.read_text())[0]["input"] == str(image)
+    for _ in range(2):  # predict's own output, whatever its suffix, is replaced the next time
+        assert cli(capsys, run_dir, image, "--output", tmp_path / "p.jsonl")[0] == 0
+
+
+def test_output_never_replaces_a_file_of_a_multi_head_run(tmp_path):
+    from unseen.experiment import run_experiment
+    from unseen.predict import check_output
+
+    out = tmp_path / "heads"
+    cfg = RunConfig(out=str(out), head=("softmax", "ovr"), epochs=1, train_subset=200,
+                    device="cpu", report=False)  # fmt: skip
+    run_experiment(cfg, progress=False, log=None)
+    for target in (out / "run.json", out / "metrics.json", out / "ovr" / "model.pt"):
+        for given in (out, out / "softmax"):  # the run, or one head's folder of it
+            with pytest.raises(InputError, match="is a file of the run itself"):
+                check_output(str(target), given, [])
+    check_output(str(out / "predictions.csv"), out / "softmax", [])  # beside them: fine
 
 
 def test_file_names_that_are_not_utf8_are_written_with_escapes(capsys, run_dir, pngs, tmp_path):
     odd = tmp_path / os.fsdecode(b"caf\xe9.png")  # a Latin-1 name from an old archive
-    shutil.copy(pngs["known"][0], odd)
+    try:
+        shutil.copy(pngs["known"][0], odd)
+    except OSError:  # a file system that takes only UTF-8 names (macOS)
+        pytest.skip("this file system refuses names that are not UTF-8")
     out = tmp_path / "p.csv"
     assert cli(capsys, run_dir, tmp_path, "--output", out)[0] == 0
     assert read_csv(out.read_text("utf-8"))[0]["input"] == str(tmp_path / "caf\\xe9.png")
@@ -753,3 +773,20 @@ def test_a_class_named_unknown_keeps_rejections_apart(predictor, digits):
     assert p.predict_names(digits.x_test[:2]) == ["<unknown>", "<unknown>"]
     rows = predict_items(p, iter([]), progress=False)
     assert "(labelled '<unknown>': a class is named 'unknown')" in summary_line(rows, p)
+
+
+def test_class_names_of_earlier_runs_that_are_not_utf8_are_written_with_escapes(
+    run_dir, tmp_path, digits
+):
+    from unseen.report import _write_text
+
+    run = copy_run(run_dir, tmp_path)
+    ckpt = torch.load(run / "model.pt", weights_only=True)
+    names = list(ckpt["split"]["known_names"])
+    names[0] = os.fsdecode(b"caf\xe9")  # as a folder dataset named it before
+    ckpt["split"] = {**ckpt["split"], "known_names": names}
+    torch.save(ckpt, run / "model.pt")
+    p = load(run, device="cpu")
+    assert p.classes[0] == "caf\\xe9" and "\\xe9" in "".join(p.predict_names(digits.x_test))
+    _write_text(tmp_path / "r.md", f"class {names[0]}")  # reports of such runs
+    assert (tmp_path / "r.md").read_text("utf-8") == "class caf\\xe9"

@@ -247,6 +247,10 @@ def test_a_folder_dataset_that_moved_is_given_its_new_path(tmp_path, capsys):
     assert read(run / "config.json")["dataset"] == f"folder:{moved}"
     assert result.metrics["rescored"]["changed"]["dataset"] == [f"folder:{root}", f"folder:{moved}"]
     rescore_run(run, log=None, progress=False)  # found where config.json now says
+    (moved / "test" / "cat" / "0.png").write_bytes(b"damaged")  # there, but unreadable
+    with pytest.raises(DataError, match="0.png could not be decoded") as caught:
+        rescore_run(run, log=None)
+    assert "if the data moved" not in str(caught.value)
 
 
 def test_rescoring_keeps_the_trained_options_the_caller_s_threads_and_no_stale_plot(

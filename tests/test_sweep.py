@@ -808,6 +808,11 @@ def test_dry_run_lists_folders(tmp_path, capsys):
     assert main(["sweep", "--protocol", "neal6", "--dry-run", "--out", str(tmp_path / "n")]) == 0
     neal = capsys.readouterr().out.splitlines()
     assert len(neal) == 5 and neal[0].endswith("  (known: 0, 1, 2, 4, 5, 9; seed 0)")
+    for extra, said in (([], "held out: the last class (default)"),
+                        (["--rare", "3:0.1"], "held out: none; rare: 3:0.1")):  # fmt: skip
+        args = ["sweep", "--protocol", "single", "--dry-run", "--out", str(tmp_path / "s")]
+        assert main([*args, *extra]) == 0
+        assert capsys.readouterr().out.strip().endswith(f"  ({said}; seed 0)")
     # an interrupted run (a checkpoint in its folder or a head's) is said to resume
     first = Path(lines[0].split()[0])
     (first / "ovr").mkdir(parents=True)
@@ -1030,3 +1035,28 @@ def test_each_variant_lists_only_the_scores_it_computed():
     assert [w.split(" (")[0] for w in summary["score_coverage"]] == [
         "softmax / sampler: gen was computed on 0 of the 2 runs"
     ]
+
+
+def test_sweep_option_values_are_refused_in_their_own_sentence(capsys):
+    # through argparse: a ValueError from a type function would become "invalid ... value"
+    for args, said in ((["--fractions", "2"], "--fractions must be numbers from 0 to 1, not '2'."),
+                       (["--compare-balance", "foo"], "--compare-balance takes modes from")):  # fmt: skip
+        assert main(["sweep", "--protocol", "rare:3", *args, "--dry-run"]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("unseen: error: ") and said in err and "invalid" not in err
+
+
+def test_rare_fractions_that_kept_the_same_images_are_noted():
+    records = [
+        _rare_record(f, s, {"3": (n, 0.5, 0.6)}, auroc=0.8)
+        for f, n in ((0.001, 1), (0.01, 1), (0.1, 11), (1.0, 114))
+        for s in (0, 1)
+    ]
+    text = sweep.format_summary(sweep.aggregate(records, "rare"))
+    assert "note: fractions 0.001, 0.01 kept the same 1 training image(s) of the rare class" in text
+    assert text.count("note: fractions") == 1
+    # 0.1 and 1 with the same mean count, but seeds that kept different numbers: no note
+    for i, n in ((4, 113), (5, 114), (6, 113), (7, 114)):  # (fraction, seed) in order
+        records[i]["metrics"]["rare"]["3"]["train_images"] = n
+    text = sweep.format_summary(sweep.aggregate(records, "rare"))
+    assert "note: fractions 0.001, 0.01 kept" in text and "0.1, 1" not in text

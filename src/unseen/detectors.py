@@ -38,7 +38,7 @@ import torch
 import torch.nn.functional as F
 
 from .console import image_bar
-from .errors import ConfigError, DataError, InputError
+from .errors import ConfigError, InputError
 from .hardware import autocast
 from .scores import FitContext, Outputs, Score, check_setting, register
 
@@ -62,7 +62,7 @@ def _train(score: Score, context: FitContext, labelled: bool = True) -> Outputs:
             "(FitContext.train.features), not their logits alone"
         )
     if len(train) == 0:
-        raise DataError(f"score '{score.name}' has no known training images to fit on.")
+        raise InputError(f"score '{score.name}' has no known training images to fit on.")
     if labelled and (int(train.labels.min()) < 0 or int(train.labels.max()) >= context.num_classes):
         raise InputError(
             f"score '{score.name}' fits on known classes only: training labels must be 0 to "
@@ -86,7 +86,7 @@ def class_means(features: torch.Tensor, labels: torch.Tensor, num_classes: int) 
     counts = torch.bincount(labels, minlength=num_classes).to(features.dtype)
     if bool((counts == 0).any()):
         missing = int((counts == 0).nonzero()[0, 0])
-        raise DataError(
+        raise InputError(
             f"known class {missing} has no training images, so its class mean cannot be fitted; "
             "use a larger --train-subset."
         )
@@ -746,7 +746,7 @@ class Temperature(Score):
     def fit(self, context: FitContext) -> Self:
         val = context.val
         if val is None or val.labels is None or len(val) == 0:
-            raise DataError("score 'temperature' needs labelled validation images to fit T.")
+            raise InputError("score 'temperature' needs labelled validation images to fit T.")
         k = val.logits.shape[1]
         if int(val.labels.min()) < 0 or int(val.labels.max()) >= k:
             raise InputError(
@@ -921,7 +921,7 @@ class OpenMax(Score):
             if not bool(use.any()):
                 use = labels == c
             if not bool(use.any()):
-                raise DataError(f"known class {c} has no training images for OpenMax to fit.")
+                raise InputError(f"known class {c} has no training images for OpenMax to fit.")
             av = logits[use]
             mav = av.mean(0)
             shape, scale, n_tail = fit_weibull_tail((av - mav).norm(dim=1).numpy(), self.tail_size)

@@ -419,9 +419,13 @@ class Predictor:
         self.precision = precision
         self.batch_size = batch_size
         #: known class names, in the order of the predicted indices
-        self.classes: tuple[str, ...] = tuple(split["known_names"])
+        #: (names that runs of earlier versions kept with a folder name's non-UTF-8 bytes
+        #: are written with escapes, as folder datasets now name them)
+        self.classes: tuple[str, ...] = tuple(map(valid_unicode, split["known_names"]))
         #: the classes held out of training
-        self.unseen_classes: tuple[str, ...] = tuple(split.get("unseen_names", ()))
+        self.unseen_classes: tuple[str, ...] = tuple(
+            map(valid_unicode, split.get("unseen_names", ()))
+        )
         self.image_size: tuple[int, int] = (
             int(checkpoint["image_size"][0]),
             int(checkpoint["image_size"][1]),
@@ -884,28 +888,42 @@ def summary_line(rows: Sequence[dict[str, Any]], predictor: Predictor) -> str:
     )
 
 
-#: what an existing --output may be: a text file of predictions (the table, CSV or JSON)
-TEXT_SUFFIXES = frozenset({".csv", ".json", ".txt", ".tsv", ".md", ""})
+#: files --output never replaces, whatever their content: images, arrays, checkpoints
+BINARY_SUFFIXES = frozenset(
+    {*IMAGE_EXTENSIONS, ".gif", ".pt", ".pth", ".ckpt", ".npz", ".npy", ".pkl", ".zip", ".gz"}
+)
+
+
+def _looks_binary(path: Path) -> bool:
+    """Whether ``path`` is a file predict did not write: a binary suffix, or a NUL byte in
+    its first 8 KiB (text, CSV and JSON hold none)."""
+    if path.suffix.lower() in BINARY_SUFFIXES:
+        return True
+    with path.open("rb") as fh:
+        return b"\0" in fh.read(8192)
 
 
 def check_output(output: str, run_dir: str | Path, inputs: Sequence[str]) -> None:
     """Refuse an ``--output`` that would replace what predict did not write: one of the
-    inputs, a file of the run (model.pt, metrics.json, ...), or an existing file that is
-    not text (an image, a checkpoint)."""
+    inputs, a file of the run (model.pt, metrics.json, ...; of the whole run when
+    ``run_dir`` is one head's folder), or an existing file that is not text (an image, a
+    checkpoint)."""
     from .checkpoint import RUN_FILES
 
     target = Path(output).resolve()
     if any(Path(item).resolve() == target for item in inputs):
         raise InputError(f"--output {output} is one of the inputs; give another file name.")
+    folder = Path(run_dir).resolve()
+    runs = [folder, folder.parent] if is_head_folder(folder) else [folder]
     own = target.name in RUN_FILES or (
         target.name.startswith("checkpoint") and target.suffix == ".pt"
     )
-    if own and target.is_relative_to(Path(run_dir).resolve()):
+    if own and any(target.is_relative_to(r) for r in runs):
         raise InputError(f"--output {output} is a file of the run itself; give another file name.")
-    if target.is_file() and target.suffix.lower() not in TEXT_SUFFIXES:
+    if target.is_file() and _looks_binary(target):
         raise InputError(
-            f"--output {output} exists and is not a text file (.csv, .json, .txt); predict "
-            "would replace it: give another file name, or delete it first."
+            f"--output {output} exists and is not a text file; predict would replace it: give "
+            "another file name, or delete it first."
         )
 
 

@@ -38,7 +38,7 @@ import numpy as np
 
 from . import plots
 from .config import FIELDS, RESULT_NEUTRAL_KEYS, with_field_defaults
-from .console import counted, mean_std_text
+from .console import counted, mean_std_text, valid_unicode
 from .data import absolute_paths
 from .errors import UnseenError
 from .metrics import mean_std
@@ -608,7 +608,9 @@ def page(title: str, body: str) -> str:
 
 
 def _write_text(path: Path, text: str) -> Path:
-    return atomic_write(path, lambda fh: fh.write(text.encode("utf-8")))
+    # valid UTF-8 whatever the names hold: runs of earlier versions kept a class folder's
+    # non-UTF-8 bytes as lone surrogates
+    return atomic_write(path, lambda fh: fh.write(valid_unicode(text).encode("utf-8")))
 
 
 def _write_bytes(path: Path, data: bytes) -> Path:

@@ -137,7 +137,7 @@ def _rescore_run(
             )
         )
     except DataError as exc:
-        hint = moved_hint(cfg.dataset, dataset, data_root)
+        hint = moved_hint(cfg.dataset, cfg.data_root, dataset, data_root)
         raise DataError(f"{str(exc).rstrip('.')}{hint}.") from None
     say(f"rescoring {run_dir} on {describe_device(p.device)}: {', '.join(cfg.scores)}")
     for line in unused_options_notes(unused_score_options(cfg, given=changes), "rescored run"):
@@ -199,13 +199,20 @@ def _rescore_run(
     return RunResult(run_dir, cfg, metrics, {"total": time.perf_counter() - started})
 
 
-def moved_hint(source: str, dataset: str | None, data_root: str | None) -> str:
-    """What to add to a data error of a rescore: which flag says where moved data is now
-    (none when the user gave one already)."""
+def moved_hint(source: str, root: str | None, dataset: str | None, data_root: str | None) -> str:
+    """What to add to a data error of a rescore: which flag says where moved data is now;
+    nothing when the user gave one already, or when the data is where it was (and the error
+    is about its content)."""
+    from .data import get_source
+
     if dataset or data_root:
         return ""
-    flag = "--dataset" if ":" in source else "--data-root"
-    return f"; if the data moved, {flag} says where it is now"
+    try:
+        get_source(source).locate(root)
+        return ""
+    except UnseenError:  # not there
+        flag = "--dataset" if ":" in source else "--data-root"
+        return f"; if the data moved, {flag} says where it is now"
 
 
 def check_same_source(dataset: str, saved: str) -> None:
@@ -299,7 +306,7 @@ def rescore_sweep(
     try:
         data = load_dataset(source, root)
     except DataError as exc:
-        hint = moved_hint(source, dataset, data_root)
+        hint = moved_hint(source, root, dataset, data_root)
         raise DataError(
             f"cannot rescore the sweep in {sweep_dir}: {str(exc).rstrip('.')}{hint}."
         ) from None

@@ -230,7 +230,9 @@ class Score:
         return self
 
     def __repr__(self) -> str:
-        args = ", ".join(f"{k}={v!r}" for k, v in self.get_params().items())
+        # a score of one's own may keep its arguments under other names: shown without them
+        params = {n: getattr(self, n) for n in self._param_names() if hasattr(self, n)}
+        args = ", ".join(f"{k}={v!r}" for k, v in params.items())
         return f"{type(self).__name__}({args})"
 
     def decision_threshold(self) -> float | None:

@@ -50,7 +50,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .config import MAX_SEED, RESULT_NEUTRAL_KEYS, RunConfig, validate
+from .config import MAX_SEED, RESULT_NEUTRAL_KEYS, RunConfig, is_auto, validate
 from .errors import ConfigError, Interrupted, UnseenError
 from .metrics import mean_std
 from .runfolder import (
@@ -1025,8 +1025,33 @@ def format_summary(summary: dict) -> str:
             lines.append(f"per {first}")
         header = [first, *vcol, "closed-acc"] + [f"AUROC {n}" for n in names] + ["absorbed by"]
     lines.append(table(header, [row for _, row in rows]))
+    if is_rare:
+        lines += _same_count_notes(variants, many_heads, many_bal)
     lines += ["", "mean ± sample standard deviation (ddof=1) over runs; (n=N): N runs had a value"]
     return "\n".join(lines)
+
+
+def _same_count_notes(variants: Sequence[dict], many_heads: bool, many_bal: bool) -> list[str]:
+    """A note per group of rare fractions that kept the same training images in every run
+    (a small class rounds 0.001 and 0.01 to one image): with one seed, the kept images of a
+    smaller fraction are a subset of a larger one's, so those runs trained on the same data."""
+    notes = []
+    for v in variants:
+        by_count: dict[float, list] = {}
+        for c in v["conditions"]:
+            for r in c.get("rare", {}).values():
+                images = r["train_images"]
+                if images.get("mean") is not None and not images.get("std"):
+                    by_count.setdefault(images["mean"], []).append(c["condition"])
+        title = _variant_name(v, many_heads, many_bal)
+        for count, fractions in by_count.items():
+            if len(fractions) > 1 and count > 0:
+                notes.append(
+                    f"note: {'' if not title else title + ': '}fractions "
+                    f"{', '.join(f'{f:g}' for f in fractions)} kept the same {count:g} training "
+                    "image(s) of the rare class: their runs trained on the same data"
+                )
+    return [""] + notes if notes else []
 
 
 # ----------------------------------------------------------------------------- whole sweep
@@ -1149,9 +1174,13 @@ def run_sweep(
 def _split_text(run: PlannedRun) -> str:
     """The classes a planned run holds out, keeps or keeps rare, and its seed, for --dry-run."""
     cfg = run.config
-    parts = [f"known: {', '.join(cfg.known)}"] if cfg.known else []
-    if not cfg.known and cfg.holdout:
-        parts.append(f"held out: {', '.join(cfg.holdout)}")
+    named = () if is_auto(cfg.holdout) else cfg.holdout or ()
+    if cfg.known and not is_auto(cfg.known):
+        parts = [f"known: {', '.join(cfg.known)}"]
+    elif named:
+        parts = [f"held out: {', '.join(named)}"]
+    else:  # make_split's default: the last class, or none beside --rare
+        parts = ["held out: none" if cfg.rare else "held out: the last class (default)"]
     if cfg.rare:
         parts.append(f"rare: {', '.join(cfg.rare)}")
     return "; ".join([*parts, f"seed {cfg.seed}"])
