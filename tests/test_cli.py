@@ -406,3 +406,8 @@ def test_negative_numbers_in_exponent_notation_are_option_values():
     ]  # fmt: skip
     unchanged = ["--threshold=-1e3", "--quiet", "-h", "--", "-2e3", "-", "--lr", "-x"]
     assert join_negative_numbers(unchanged) == unchanged
+    # what argparse read before keeps its meaning: -5 after a flag is a positional, and
+    # nothing after -- is joined
+    for argv in (["report", "--each", "-5"], ["report", "--no-tsne", "-0.5", "r2"],
+                 ["predict", "r", "--", "--odd.png", "-1e3"]):  # fmt: skip
+        assert join_negative_numbers(argv) == argv

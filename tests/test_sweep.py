@@ -807,9 +807,8 @@ def test_dry_run_lists_folders(tmp_path, capsys):
     # what each run keeps, by class name, before anything trains
     assert main(["sweep", "--protocol", "neal6", "--dry-run", "--out", str(tmp_path / "n")]) == 0
     neal = capsys.readouterr().out.splitlines()
-    assert len(neal) == 5 and neal[0].endswith("  (known: 0, 1, 2, 4, 5, 9; seed 0)")
-    for extra, said in (([], "held out: the last class (default)"),
-                        (["--rare", "3:0.1"], "held out: none; rare: 3:0.1")):  # fmt: skip
+    assert len(neal) == 5 and neal[0].endswith("  (held out: 3, 6, 7, 8; seed 0)")
+    for extra, said in (([], "held out: 9"), (["--rare", "3:0.1"], "held out: none; rare: 3:0.1")):
         args = ["sweep", "--protocol", "single", "--dry-run", "--out", str(tmp_path / "s")]
         assert main([*args, *extra]) == 0
         assert capsys.readouterr().out.strip().endswith(f"  ({said}; seed 0)")
@@ -1060,3 +1059,15 @@ def test_rare_fractions_that_kept_the_same_images_are_noted():
         records[i]["metrics"]["rare"]["3"]["train_images"] = n
     text = sweep.format_summary(sweep.aggregate(records, "rare"))
     assert "note: fractions 0.001, 0.01 kept" in text and "0.1, 1" not in text
+
+
+def test_dry_run_names_the_classes_only_the_test_set_has(tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, (40, 8, 8), dtype=np.uint8)
+    np.savez(tmp_path / "d.npz", x_train=x[:30], y_train=np.arange(30) % 3, x_test=x[30:],
+             y_test=np.arange(10) % 4, classes=np.array(["a", "b", "c", "d"]))  # fmt: skip
+    args = ["sweep", "--protocol", "single", "--dataset", f"npz:{tmp_path / 'd.npz'}",
+            "--dry-run", "--out", str(tmp_path / "s")]  # fmt: skip
+    for extra, said in (([], "held out: d"), (["--rare", "a:0.5"], "held out: d; rare: a:0.5")):
+        assert main([*args, *extra]) == 0
+        assert capsys.readouterr().out.strip().endswith(f"  ({said}; seed 0)")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import functools
 import os
+import re
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import fields
@@ -434,8 +435,13 @@ def unknown_arguments(
 CLOSED_STREAMS: set[str] = set()
 
 
-def _negative_number(token: str) -> bool:
-    if not token.startswith("-") or token == "-":
+#: what argparse itself reads as a negative number (a value or a positional, never an option)
+_ARGPARSE_NEGATIVE = re.compile(r"^-\d+$|^-\d*\.\d+$")
+
+
+def _joinable(token: str) -> bool:
+    """A negative number that argparse would take for an option (``-1e3``, ``-5.``)."""
+    if not token.startswith("-") or _ARGPARSE_NEGATIVE.match(token):
         return False
     try:
         float(token)
@@ -445,20 +451,17 @@ def _negative_number(token: str) -> bool:
 
 
 def join_negative_numbers(argv: list[str]) -> list[str]:
-    """``--threshold -1.5e2`` as ``--threshold=-1.5e2``: argparse takes a value after an
-    option for another option when it starts with '-', unless it reads as ``-5`` or
-    ``-0.5``; negative thresholds (mahalanobis and knn scores are all negative) are often
-    written in exponent notation. An option-like value that is a number is joined to the
-    option before it."""
+    """``--threshold -1.5e2`` as ``--threshold=-1.5e2``: argparse takes a value that starts
+    with '-' for an option unless it reads as ``-5`` or ``-0.5``, and negative thresholds
+    (mahalanobis and knn scores are all negative) are often written in exponent notation.
+    Only such a number is joined to the option before it, so no command line that argparse
+    parsed before changes meaning; nothing after ``--`` is touched."""
     out: list[str] = []
-    for token in argv:
+    for i, token in enumerate(argv):
+        if token == "--":
+            return out + argv[i:]
         before = out[-1] if out else ""
-        if (
-            before.startswith("--")
-            and len(before) > 2
-            and "=" not in before
-            and _negative_number(token)
-        ):
+        if before.startswith("--") and len(before) > 2 and "=" not in before and _joinable(token):
             out[-1] = f"{before}={token}"
         else:
             out.append(token)

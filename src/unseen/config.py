@@ -44,8 +44,9 @@ def parse_list(text: str) -> tuple[str, ...]:
 
 def _csv_item(text: str) -> str:
     """One item of a comma-separated list as a CSV line writes it: in double quotes (its own
-    doubled) when it holds a comma or a quote."""
-    return '"' + text.replace('"', '""') + '"' if "," in text or '"' in text else text
+    doubled) when it holds a comma, a quote or a line break."""
+    special = any(c in text for c in ',"\r\n')
+    return '"' + text.replace('"', '""') + '"' if special else text
 
 
 def parse_classes(text: str) -> tuple[str, ...] | None:
@@ -54,11 +55,16 @@ def parse_classes(text: str) -> tuple[str, ...] | None:
     name that holds a comma is given in double quotes, as in a CSV line
     (``'"Bag, leather",3'``). An empty list is refused rather than read as the default."""
     import csv
+    import io
 
     try:
-        items = next(csv.reader([text], skipinitialspace=True, strict=True), [])
-    except csv.Error:
-        raise ValueError("unbalanced double quotes") from None
+        items = [
+            i
+            for row in csv.reader(io.StringIO(text, newline=""), skipinitialspace=True, strict=True)
+            for i in row
+        ]
+    except csv.Error as exc:  # e.g. a quote left open, or text after a closing one
+        raise ValueError(str(exc)) from None
     classes = tuple(part.strip() for part in items if part.strip())
     if not classes:
         raise ValueError("no class given")
@@ -245,7 +251,8 @@ class RunConfig:
         "default: the last class, 9 for digits); classes without training images (only the "
         "test set holds any) are held out besides, and by default instead",
         parse=parse_classes,
-        accepts="one or more class indices or names, comma-separated, or 'auto'",
+        accepts="one or more class indices or names, comma-separated (a name holding a comma "
+        "in double quotes), or 'auto'",
         metavar="CLASSES",
         group="data",
     )
@@ -253,7 +260,8 @@ class RunConfig:
         None,
         "the classes to train on instead (the complement of --holdout; give only one of the two)",
         parse=parse_classes,
-        accepts="one or more class indices or names, comma-separated, or 'auto'",
+        accepts="one or more class indices or names, comma-separated (a name holding a comma "
+        "in double quotes), or 'auto'",
         metavar="CLASSES",
         group="data",
     )
@@ -813,8 +821,11 @@ def parse_value(name: str, raw: Any, *, source: str = "flag") -> Any:
     where = {"flag": flag_name(name), "python": _keyword(name)}.get(source, f"'{name}' in {source}")
     if isinstance(raw, bool):
         text = "true" if raw else "false"
-    elif isinstance(raw, (list, tuple)):  # an item holding a comma quoted, as --holdout takes it
-        text = ",".join(_csv_item(str(x)) for x in raw)
+    elif isinstance(
+        raw, (list, tuple)
+    ):  # a class name holding a comma quoted, as --holdout takes it
+        item = _csv_item if f.metadata["parse"] is parse_classes else str
+        text = ",".join(item(str(x)) for x in raw)
     elif isinstance(raw, (str, int, float)):
         text = str(raw)
     else:

@@ -890,7 +890,7 @@ def summary_line(rows: Sequence[dict[str, Any]], predictor: Predictor) -> str:
 
 #: files --output never replaces, whatever their content: images, arrays, checkpoints
 BINARY_SUFFIXES = frozenset(
-    {*IMAGE_EXTENSIONS, ".gif", ".pt", ".pth", ".ckpt", ".npz", ".npy", ".pkl", ".zip", ".gz"}
+    {*IMAGE_EXTENSIONS, ".gif", ".pt", ".pth", ".ckpt", ".npz", ".npy", ".pkl"}
 )
 
 
@@ -899,8 +899,11 @@ def _looks_binary(path: Path) -> bool:
     its first 8 KiB (text, CSV and JSON hold none)."""
     if path.suffix.lower() in BINARY_SUFFIXES:
         return True
-    with path.open("rb") as fh:
-        return b"\0" in fh.read(8192)
+    try:
+        with path.open("rb") as fh:
+            return b"\0" in fh.read(8192)
+    except OSError:  # unreadable: replaced as before (the atomic write says if it cannot)
+        return False
 
 
 def check_output(output: str, run_dir: str | Path, inputs: Sequence[str]) -> None:

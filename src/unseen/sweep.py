@@ -50,7 +50,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .config import MAX_SEED, RESULT_NEUTRAL_KEYS, RunConfig, is_auto, validate
+from .config import MAX_SEED, RESULT_NEUTRAL_KEYS, RunConfig, validate
+from .console import printable_names
 from .errors import ConfigError, Interrupted, UnseenError
 from .metrics import mean_std
 from .runfolder import (
@@ -140,6 +141,8 @@ class PlannedRun:
     config: RunConfig
     #: protocol axis ("condition"), seed and balance mode of this run
     tags: dict[str, Any] = field(default_factory=dict)
+    #: the classes the run holds out, as its split resolved them (None: not planned yet)
+    held_out: tuple[str, ...] | None = field(default=None, compare=False)
 
     @property
     def hash(self) -> str:
@@ -374,7 +377,7 @@ def plan(
 
     classes = tuple(classes)
     planned = []
-    checked: set[tuple] = set()
+    checked: dict[tuple, tuple[str, ...]] = {}  # split -> the classes it holds out
     folders: set[Path] = set()
     for run in expand(base, classes, opts, untrained):
         folder = Path(out_dir) / "runs" / f"{run.label}-{run.hash[:8]}"
@@ -392,8 +395,8 @@ def plan(
                 check_score_settings(cfg, split.num_known)
             except ConfigError as exc:
                 raise ConfigError(f"run {run.label}: {exc}") from None
-            checked.add(key)
-        planned.append(PlannedRun(run.label, cfg, run.tags))
+            checked[key] = tuple(split.unseen_names)
+        planned.append(PlannedRun(run.label, cfg, run.tags, checked[key]))
     return planned
 
 
@@ -1172,15 +1175,11 @@ def run_sweep(
 
 
 def _split_text(run: PlannedRun) -> str:
-    """The classes a planned run holds out, keeps or keeps rare, and its seed, for --dry-run."""
+    """The classes a planned run holds out (as its split resolved them: by name, with the
+    classes only the test set has), its rare classes and its seed, for --dry-run."""
     cfg = run.config
-    named = () if is_auto(cfg.holdout) else cfg.holdout or ()
-    if cfg.known and not is_auto(cfg.known):
-        parts = [f"known: {', '.join(cfg.known)}"]
-    elif named:
-        parts = [f"held out: {', '.join(named)}"]
-    else:  # make_split's default: the last class, or none beside --rare
-        parts = ["held out: none" if cfg.rare else "held out: the last class (default)"]
+    held = "?" if run.held_out is None else printable_names(run.held_out) or "none"
+    parts = [f"held out: {held}"]
     if cfg.rare:
         parts.append(f"rare: {', '.join(cfg.rare)}")
     return "; ".join([*parts, f"seed {cfg.seed}"])
