@@ -393,6 +393,7 @@ def test_class_names_reach_the_console_without_their_control_characters():
     from unseen.console import printable_names
 
     assert printable_names(["a\nb", "c", "d\x1b[31m"]) == "a\\nb, c, d\\x1b[31m"
+    assert printable_names([str(i) for i in range(98)], limit=3) == "0, 1, 2, ... (98 in all)"
 
 
 def test_negative_numbers_in_exponent_notation_are_option_values():

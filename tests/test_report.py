@@ -249,6 +249,14 @@ def test_names_with_dollar_signs_are_drawn_literally():
     assert not any(t._preprocess_math(t.get_text())[1] for t in ticks)  # none read as math
 
 
+def test_long_class_names_are_cut_in_figures():
+    names = ["x" * 400, "dog", "owl"]
+    fig = plots.confusion_figure(np.array([[1, 0], [0, 1], [1, 1]]), names, names[:2], 2)
+    rows = [t.get_text() for t in fig.axes[0].get_yticklabels()]
+    assert rows == ["x" * 39 + "…", "dog", "owl (unseen)"]
+    assert [t.get_text() for t in fig.axes[0].get_xticklabels()] == ["x" * 39 + "…", "dog"]
+
+
 # ----------------------------------------------------------------------------- the run report
 
 PLOTS = ("roc", "confusion", "reliability", "projection", "training")

@@ -214,6 +214,9 @@ def test_many_known_classes_without_training_images_are_counted_not_listed():
         err.value
     )
     assert len(str(err.value)) < 300
+    npz = ImageData("npz:gaps.npz", x, y, x.clone(), y.clone(), names, "test")  # said why
+    with pytest.raises(ConfigError, match="renumber the labels 0..K-1, or name the classes"):
+        split_data(npz, make_split(names))
 
 
 def test_class_names_differing_in_case_resolve_exactly_or_fail():

@@ -63,10 +63,12 @@ def _printable(text: str) -> str:
     return "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(text))
 
 
-def printable_names(names: Sequence[str]) -> str:
+def printable_names(names: Sequence[str], limit: int = 30) -> str:
     """Class names for one console line: comma-separated, a newline or a terminal escape in a
-    name written as ``\\n``, ``\\x1b`` (not obeyed by the terminal)."""
-    return ", ".join(_printable(n) for n in names)
+    name written as ``\\n``, ``\\x1b`` (not obeyed by the terminal); past ``limit`` names,
+    the count (an npz whose labels have gaps names hundreds of classes)."""
+    shown = ", ".join(_printable(n) for n in names[:limit])
+    return shown + (f", ... ({len(names)} in all)" if len(names) > limit else "")
 
 
 def _width(text: str) -> int:

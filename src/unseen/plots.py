@@ -34,10 +34,18 @@ DPI = 100
 GLYPH_MISSING = r"Glyph \d+ .*missing from font"
 
 
-def literal(text: object) -> str:
+#: the longest class name a tick label or legend entry shows in full
+LABEL_CHARS = 40
+
+
+def literal(text: object, limit: int | None = None) -> str:
     """``text`` as matplotlib should show it: a class or run name with two ``$`` signs would
-    otherwise be read as a mathtext formula (and one it cannot parse stops the report)."""
-    return valid_unicode(str(text)).replace("$", r"\$")
+    otherwise be read as a mathtext formula (and one it cannot parse stops the report).
+    With ``limit``, a longer text is cut to that many characters, ending in an ellipsis."""
+    text = valid_unicode(str(text))
+    if limit is not None and len(text) > limit:
+        text = text[: limit - 1] + "…"
+    return text.replace("$", r"\$")
 
 
 def tight_layout(fig: Figure, **kwargs: object) -> None:
@@ -196,10 +204,13 @@ def confusion_figure(
                 if counts[i, j]:
                     ax.text(j, i, str(counts[i, j]), ha="center", va="center", fontsize=7,
                             color="white" if share[i, j] > 0.6 else "black")  # fmt: skip
-    labels = [literal(f"{n} (unseen)" if i >= num_known else n) for i, n in enumerate(row_names)]
+    labels = [
+        literal(n, LABEL_CHARS) + (" (unseen)" if i >= num_known else "")
+        for i, n in enumerate(row_names)
+    ]
     tick_size = 8 if max(rows, cols) <= 30 else 5
     ax.set_yticks(range(rows), labels, fontsize=tick_size)
-    ax.set_xticks(range(cols), [literal(c) for c in col_names], fontsize=tick_size,
+    ax.set_xticks(range(cols), [literal(c, LABEL_CHARS) for c in col_names], fontsize=tick_size,
                   rotation=90 if cols > 10 else 0)  # fmt: skip
     for tick in ax.get_yticklabels()[num_known:]:
         tick.set_color(UNSEEN_COLOR)
@@ -407,12 +418,12 @@ def projection_figure(
         for n, c in enumerate(known_present):
             rows = (labels == c) & np.isfinite(xy[:, 0])
             ax.scatter(xy[rows, 0], xy[rows, 1], s=5, alpha=0.6, color=cmap(n % cmap.N),
-                       label=literal(class_names[c]), rasterized=True, linewidths=0)  # fmt: skip
+                       label=literal(class_names[c], LABEL_CHARS), rasterized=True, linewidths=0)  # fmt: skip
         for n, c in enumerate(c for c in present if c in set(unseen)):
             rows = (labels == c) & np.isfinite(xy[:, 0])
             ax.scatter(xy[rows, 0], xy[rows, 1], s=22, color="black", alpha=0.8,
                        marker=unseen_markers[n % len(unseen_markers)],
-                       label=literal(f"{class_names[c]} (unseen)"), rasterized=True,
+                       label=literal(class_names[c], LABEL_CHARS) + " (unseen)", rasterized=True,
                        linewidths=0)  # fmt: skip
         shown = int(np.isfinite(xy[:, 0]).sum())
         ax.set_title(f"{method} of test features ({shown} images)", fontsize=10)

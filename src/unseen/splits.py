@@ -301,10 +301,15 @@ def split_data(
             names += f", ... ({len(empty)} in all)"
         where = f" in a --train-subset of {train_subset}" if train_subset is not None else ""
         what = f"known class {names} has" if len(empty) == 1 else f"known classes {names} have"
-        raise ConfigError(
-            f"{what} no training images{where}: hold {'it' if len(empty) == 1 else 'them'} "
-            "out (--holdout) or train on more images."
-        )
+        fix = "hold them out (--holdout) or train on more images"
+        if len(empty) == 1:
+            fix = "hold it out (--holdout) or train on more images"
+        if train_subset is None and data.name.startswith("npz:"):  # labels with gaps, say
+            fix = (
+                "the npz's labels number its classes from 0, so a gap leaves classes without "
+                "images: renumber the labels 0..K-1, or name the classes to train on (--known)"
+            )
+        raise ConfigError(f"{what} no training images{where}: {fix}.")
     rare_known = [(cls, frac) for cls, frac in rare if cls in split.known]
     for cls, frac in rare_known:
         train_idx = subsample_class(train_idx, y_train, cls, frac, seed)
