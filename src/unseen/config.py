@@ -821,9 +821,8 @@ def parse_value(name: str, raw: Any, *, source: str = "flag") -> Any:
     where = {"flag": flag_name(name), "python": _keyword(name)}.get(source, f"'{name}' in {source}")
     if isinstance(raw, bool):
         text = "true" if raw else "false"
-    elif isinstance(
-        raw, (list, tuple)
-    ):  # a class name holding a comma quoted, as --holdout takes it
+    elif isinstance(raw, (list, tuple)):
+        # a class name holding a comma is quoted, as --holdout takes it
         item = _csv_item if f.metadata["parse"] is parse_classes else str
         text = ",".join(item(str(x)) for x in raw)
     elif isinstance(raw, (str, int, float)):

@@ -721,10 +721,10 @@ def _run_experiment(cfg: RunConfig, progress: bool, log: Callable[[str], None] |
         return RunResult(run_dir, cfg, read_json(run_dir / "metrics.json"))
     if cfg.overwrite and cfg.out:
         clear_run_state(run_dir)
-    c, h, w = sd.x_test.shape[1:]  # as read: an npz's layout, a folder's common size
+    shape = " x ".join(map(str, sd.x_test.shape[1:]))  # as read: an npz's layout, a folder's size
     say(
         f"{cfg.dataset}: {len(sd.x_train)} training, {len(sd.x_val)} validation, {len(sd.x_test)} test images "
-        f"({int(sd.test_is_unseen.sum())} of unseen classes), {c} x {h} x {w} (C x H x W), "
+        f"({int(sd.test_is_unseen.sum())} of unseen classes), {shape} (C x H x W), "
         f"from {p.data.source}"
     )
     say(

@@ -90,7 +90,9 @@ class FitContext:
 
     Only what a score uses must be there: mahalanobis, rmd and openmax need ``train`` with
     labels, knn ``train`` without them, temperature ``val``, and vim, react, dice, ash and
-    scale the head's weight and bias (docs/detectors.md has the table). Without a head, the number of known classes is the logits' width."""
+    scale the head's weight and bias (docs/detectors.md has the table). Without a head, the
+    number of known classes is the logits' width; the head, ``train`` and ``val`` must agree
+    on it."""
 
     train: Outputs | None = None  # known-class training images without augmentation
     val: Outputs | None = None  # the validation slice (known classes only)

@@ -306,8 +306,9 @@ def split_data(
             fix = "hold it out (--holdout) or train on more images"
         if train_subset is None and data.name.startswith("npz:"):  # labels with gaps, say
             fix = (
-                "the npz's labels number its classes from 0, so a gap leaves classes without "
-                "images: renumber the labels 0..K-1, or name the classes to train on (--known)"
+                f"{fix.removesuffix(' or train on more images')}, name the classes to train "
+                "on (--known), or, if the npz's labels skip numbers (they number the classes "
+                "from 0), renumber them 0..K-1"
             )
         raise ConfigError(f"{what} no training images{where}: {fix}.")
     rare_known = [(cls, frac) for cls, frac in rare if cls in split.known]
