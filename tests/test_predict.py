@@ -790,3 +790,17 @@ def test_class_names_of_earlier_runs_that_are_not_utf8_are_written_with_escapes(
     assert p.classes[0] == "caf\\xe9" and "\\xe9" in "".join(p.predict_names(digits.x_test))
     _write_text(tmp_path / "r.md", f"class {names[0]}")  # reports of such runs
     assert (tmp_path / "r.md").read_text("utf-8") == "class caf\\xe9"
+
+
+def test_an_existing_output_that_cannot_be_read_is_not_replaced(tmp_path, monkeypatch):
+    from unseen.predict import _looks_binary
+
+    kept = tmp_path / "notes"
+    kept.write_text("text")
+    assert not _looks_binary(kept)
+
+    def refuse(self, *args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(Path, "open", refuse)  # as a mode-000 file for a user who is not root
+    assert _looks_binary(kept)

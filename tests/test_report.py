@@ -250,11 +250,13 @@ def test_names_with_dollar_signs_are_drawn_literally():
 
 
 def test_long_class_names_are_cut_in_figures():
-    names = ["x" * 400, "dog", "owl"]
+    long = "Boeing 737-800 commercial airliner, livery "  # names that differ at their ends
+    names = [long + "A" * 300, long + "B", "owl"]
     fig = plots.confusion_figure(np.array([[1, 0], [0, 1], [1, 1]]), names, names[:2], 2)
     rows = [t.get_text() for t in fig.axes[0].get_yticklabels()]
-    assert rows == ["x" * 39 + "…", "dog", "owl (unseen)"]
-    assert [t.get_text() for t in fig.axes[0].get_xticklabels()] == ["x" * 39 + "…", "dog"]
+    cut = "Boeing 737-800 commerci…"  # 40 characters: the start, an ellipsis, the end
+    assert rows == [cut + "A" * 16, cut + "rliner, livery B", "owl (unseen)"]
+    assert [t.get_text() for t in fig.axes[0].get_xticklabels()] == rows[:2]
 
 
 # ----------------------------------------------------------------------------- the run report

@@ -272,3 +272,5 @@ def test_class_names_compare_in_nfc_form_and_a_comma_name_gets_a_hint():
     # only class lists are quoted: other list options read their items as before
     assert parse_value("rare", ['say "hi":0.5'], source="file") == ('say "hi":0.5',)
     assert parse_value("known", ["a\nb", "c"], source="file") == ("a\nb", "c")
+    with pytest.raises(ConfigError, match="--holdout must be one or more class"):
+        parse_value("holdout", "3\n5")  # a line break does not separate classes

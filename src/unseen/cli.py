@@ -435,13 +435,14 @@ def unknown_arguments(
 CLOSED_STREAMS: set[str] = set()
 
 
-#: what argparse itself reads as a negative number (a value or a positional, never an option)
+#: what argparse reads as a negative number (a value or a positional, never an option)
+#: where the parser does not say (its own pattern, ``_negative_number_matcher``, is private)
 _ARGPARSE_NEGATIVE = re.compile(r"^-\d+$|^-\d*\.\d+$")
 
 
-def _joinable(token: str) -> bool:
+def _joinable(token: str, negative: re.Pattern[str]) -> bool:
     """A negative number that argparse would take for an option (``-1e3``, ``-5.``)."""
-    if not token.startswith("-") or _ARGPARSE_NEGATIVE.match(token):
+    if not token.startswith("-") or negative.match(token):
         return False
     try:
         float(token)
@@ -450,18 +451,22 @@ def _joinable(token: str) -> bool:
     return True
 
 
-def join_negative_numbers(argv: list[str]) -> list[str]:
+def join_negative_numbers(
+    argv: list[str], negative: re.Pattern[str] = _ARGPARSE_NEGATIVE
+) -> list[str]:
     """``--threshold -1.5e2`` as ``--threshold=-1.5e2``: argparse takes a value that starts
-    with '-' for an option unless it reads as ``-5`` or ``-0.5``, and negative thresholds
-    (mahalanobis and knn scores are all negative) are often written in exponent notation.
-    Only such a number is joined to the option before it, so no command line that argparse
-    parsed before changes meaning; nothing after ``--`` is touched."""
+    with '-' for an option unless it matches ``negative`` (its pattern of a negative number:
+    ``-5`` or ``-0.5`` up to Python 3.13), and negative thresholds (mahalanobis and knn
+    scores are all negative) are often written in exponent notation. Only a number argparse
+    would refuse is joined to the option before it, so no command line that argparse parsed
+    before changes meaning; nothing after ``--`` is touched."""
     out: list[str] = []
     for i, token in enumerate(argv):
         if token == "--":
             return out + argv[i:]
         before = out[-1] if out else ""
-        if before.startswith("--") and len(before) > 2 and "=" not in before and _joinable(token):
+        joinable = _joinable(token, negative)
+        if before.startswith("--") and len(before) > 2 and "=" not in before and joinable:
             out[-1] = f"{before}={token}"
         else:
             out.append(token)
@@ -479,7 +484,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         parser = build_parser()  # imports torch: seconds, in which Ctrl-C must not trace back
         try:
-            argv = join_negative_numbers(sys.argv[1:] if argv is None else list(argv))
+            negative = getattr(parser, "_negative_number_matcher", _ARGPARSE_NEGATIVE)
+            argv = join_negative_numbers(sys.argv[1:] if argv is None else list(argv), negative)
             args, extra = parser.parse_known_args(argv)
             if extra:  # named by the subcommand, whose --help lists what it takes
                 unknown_arguments(parser, argv, args.command, extra)

@@ -58,13 +58,12 @@ def parse_classes(text: str) -> tuple[str, ...] | None:
     import io
 
     try:
-        items = [
-            i
-            for row in csv.reader(io.StringIO(text, newline=""), skipinitialspace=True, strict=True)
-            for i in row
-        ]
+        rows = list(csv.reader(io.StringIO(text, newline=""), skipinitialspace=True, strict=True))
     except csv.Error as exc:  # e.g. a quote left open, or text after a closing one
         raise ValueError(str(exc)) from None
+    if len(rows) > 1:  # a line break outside quotes: commas separate classes, nothing else
+        raise ValueError("a line break between classes")
+    items = rows[0] if rows else []
     classes = tuple(part.strip() for part in items if part.strip())
     if not classes:
         raise ValueError("no class given")

@@ -13,7 +13,6 @@ import shutil
 import subprocess
 import tempfile
 import unicodedata
-import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -373,17 +372,13 @@ def read_image_file(path: str | os.PathLike):
     """
     from PIL import Image, ImageOps
 
-    with warnings.catch_warnings():
-        # a large photo (89-179 megapixels) is read as any other image, without PIL's
-        # two-line warning; twice PIL's limit still raises DecompressionBombError
-        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-        with Image.open(path) as im:
-            im.load()
-            upright = ImageOps.exif_transpose(im)
-            out = im.copy() if upright is im else upright
-            if im.format == "PPM" and out.mode == "I":  # 16-bit PGM, scaled by PIL to 0..65535
-                out = out.convert("I;16")
-            return out
+    with Image.open(path) as im:
+        im.load()
+        upright = ImageOps.exif_transpose(im)
+        out = im.copy() if upright is im else upright
+        if im.format == "PPM" and out.mode == "I":  # a 16-bit PGM, scaled by PIL to 0..65535
+            out = out.convert("I;16")
+        return out
 
 
 #: how far above 1 a float image ("F") may reach and still be read as [0, 1] (clipped):

@@ -41,10 +41,12 @@ LABEL_CHARS = 40
 def literal(text: object, limit: int | None = None) -> str:
     """``text`` as matplotlib should show it: a class or run name with two ``$`` signs would
     otherwise be read as a mathtext formula (and one it cannot parse stops the report).
-    With ``limit``, a longer text is cut to that many characters, ending in an ellipsis."""
+    With ``limit``, a longer text is cut to that many characters in the middle, where an
+    ellipsis stands (names that differ only in their ends stay apart)."""
     text = valid_unicode(str(text))
     if limit is not None and len(text) > limit:
-        text = text[: limit - 1] + "…"
+        head = (limit - 1) * 3 // 5
+        text = text[:head] + "…" + text[len(text) - (limit - 1 - head) :]
     return text.replace("$", r"\$")
 
 

@@ -896,14 +896,15 @@ BINARY_SUFFIXES = frozenset(
 
 def _looks_binary(path: Path) -> bool:
     """Whether ``path`` is a file predict did not write: a binary suffix, or a NUL byte in
-    its first 8 KiB (text, CSV and JSON hold none)."""
+    its first 8 KiB (text, CSV and JSON hold none). A file that cannot be read counts: the
+    atomic write would replace it unread."""
     if path.suffix.lower() in BINARY_SUFFIXES:
         return True
     try:
         with path.open("rb") as fh:
             return b"\0" in fh.read(8192)
-    except OSError:  # unreadable: replaced as before (the atomic write says if it cannot)
-        return False
+    except OSError:
+        return True
 
 
 def check_output(output: str, run_dir: str | Path, inputs: Sequence[str]) -> None:
@@ -925,8 +926,8 @@ def check_output(output: str, run_dir: str | Path, inputs: Sequence[str]) -> Non
         raise InputError(f"--output {output} is a file of the run itself; give another file name.")
     if target.is_file() and _looks_binary(target):
         raise InputError(
-            f"--output {output} exists and is not a text file; predict would replace it: give "
-            "another file name, or delete it first."
+            f"--output {output} exists and is not a text file predict can read; predict would "
+            "replace it: give another file name, or delete it first."
         )
 
 
