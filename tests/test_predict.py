@@ -180,9 +180,16 @@ def test_folders_skip_hidden_entries_as_folder_datasets_do(capsys, run_dir, pngs
     shutil.copy(pngs["known"][0], tmp_path / "imgs" / "a.png")
     shutil.copy(pngs["known"][1], tmp_path / "imgs" / ".hidden.png")
     shutil.copy(pngs["known"][2], tmp_path / "imgs" / ".ipynb_checkpoints" / "b.png")
-    rc, stdout, _ = cli(capsys, run_dir, tmp_path / "imgs", "--format", "csv")
+    rc, stdout, err = cli(capsys, run_dir, tmp_path / "imgs", "--format", "csv")
     assert rc == 0
     assert [r["input"] for r in read_csv(stdout)] == [str(tmp_path / "imgs" / "a.png")]
+    assert "not read" not in err  # hidden files are not counted as skipped
+    # files of other types are left out, and said so on stderr (stdout stays the CSV)
+    for name in ("x.gif", "y.gif", "z.jfif"):
+        shutil.copy(pngs["known"][0], tmp_path / "imgs" / name)
+    rc, again, err = cli(capsys, run_dir, tmp_path / "imgs", "--format", "csv")
+    assert rc == 0 and again == stdout
+    assert "note: 3 file(s) in the folders given were not read (2 .gif, 1 .jfif)" in err
 
 
 def test_folders_follow_links_as_folder_datasets_do(capsys, run_dir, pngs, tmp_path):
@@ -521,8 +528,9 @@ def test_folders_read_the_same_file_types_as_folder_datasets(tmp_path):
         path.parent.mkdir(exist_ok=True)
         path.touch()
     (tmp_path / "a" / "notes.txt").touch()
-    listed = {p.suffix.lower() for p in image_files(tmp_path)}
-    assert listed == set(IMAGE_EXTENSIONS)
+    others: list[Path] = []
+    listed = {p.suffix.lower() for p in image_files(tmp_path, others)}
+    assert listed == set(IMAGE_EXTENSIONS) and others == [tmp_path / "a" / "notes.txt"]
 
 
 def test_input_conversion_channels_size_and_range(predictor):

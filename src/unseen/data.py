@@ -498,13 +498,14 @@ def _load_image_files(files: dict[str, list[Path]]) -> dict[str, torch.Tensor]:
     }
 
 
-def image_files(folder: str | os.PathLike) -> list[Path]:
+def image_files(folder: str | os.PathLike, others: list[Path] | None = None) -> list[Path]:
     """The image files below ``folder`` (:data:`IMAGE_EXTENSIONS`, any case), in the order of
     torchvision's ``ImageFolder``: folder by folder, sorted by path, then by name.
 
     Links to folders are followed, each real folder once (a link back up the tree is not
     searched again); hidden entries such as ``.ipynb_checkpoints/`` or macOS's ``._x.png``
-    are skipped. A broken link is listed: reading it fails with its own message.
+    are skipped. A broken link is listed: reading it fails with its own message. The files
+    left out for their extension (not hidden ones) are added to ``others`` when given.
     """
     listed, seen = [], set()
     for root, dirs, files in os.walk(folder, followlinks=True):
@@ -514,8 +515,11 @@ def image_files(folder: str | os.PathLike) -> list[Path]:
             continue
         seen.add(real)
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))  # the same alias wins anywhere
-        names = [f for f in files if not f.startswith(".") and f.lower().endswith(IMAGE_EXTENSIONS)]
+        visible = [f for f in files if not f.startswith(".")]
+        names = [f for f in visible if f.lower().endswith(IMAGE_EXTENSIONS)]
         listed.append((root, sorted(names)))
+        if others is not None:
+            others += [Path(root) / f for f in sorted(set(visible) - set(names))]
     return [Path(root) / f for root, names in sorted(listed) for f in names]
 
 

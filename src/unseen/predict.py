@@ -742,12 +742,13 @@ def _npz_items(path: Path) -> Iterator[Item]:
         yield Item(f"{path}[{i}]", np.moveaxis(nchw[i], 0, -1))  # H x W x C, as decoded files
 
 
-def iter_inputs(inputs: Iterable[str | Path]) -> Iterator[Item]:
-    """Image files, folders (searched recursively for image extensions) and npz files."""
+def iter_inputs(inputs: Iterable[str | Path], skipped: list[Path] | None = None) -> Iterator[Item]:
+    """Image files, folders (searched recursively for image extensions; the other files are
+    added to ``skipped`` when given) and npz files."""
     for raw in inputs:
         path = Path(raw)
         if path.is_dir():
-            files = image_files(path)  # as a folder:PATH dataset lists them
+            files = image_files(path, skipped)  # as a folder:PATH dataset lists them
             if not files:
                 yield Item(
                     str(path), error=f"folder holds no image files ({' '.join(IMAGE_EXTENSIONS)})"
@@ -970,7 +971,8 @@ def run_predict(
     if output:
         check_output(output, run_dir, inputs)
         check_writable(output)  # before the images, not after
-    rows = predict_items(predictor, iter_inputs(inputs), progress=True)
+    skipped: list[Path] = []
+    rows = predict_items(predictor, iter_inputs(inputs, skipped), progress=True)
     kind = format_for(fmt, output)
     if kind == "csv":
         text = rows_to_csv(rows)
@@ -988,6 +990,21 @@ def run_predict(
             print(f"\n{summary}")
         else:
             print(summary, file=sys.stderr)
+    if skipped:  # on stderr: stdout may be the CSV or JSON
+        print(skipped_note(skipped), file=sys.stderr)
     if rows and all(r["error"] is not None for r in rows):
         raise UnseenError(f"none of the {len(rows)} input(s) could be read as an image.")
     return 0
+
+
+def skipped_note(skipped: Sequence[Path]) -> str:
+    """One line on the files of the folders given that were not read: how many, by suffix."""
+    from collections import Counter
+
+    kinds = Counter(p.suffix.lower() or "no suffix" for p in skipped)
+    said = ", ".join(f"{n} {suffix}" for suffix, n in kinds.most_common(5))
+    more = ", ..." if len(kinds) > 5 else ""
+    return (
+        f"note: {len(skipped)} file(s) in the folders given were not read ({said}{more}): not "
+        "image files by their extension; name such a file to read it anyway."
+    )
