@@ -9,6 +9,7 @@ import torch
 from unseen.config import parse_value
 from unseen.data import FASHION_CLASSES, ImageData, load_dataset
 from unseen.errors import ConfigError
+from unseen.rare import resolve_rare
 from unseen.splits import UNSEEN, make_split, split_data
 
 
@@ -269,8 +270,20 @@ def test_class_names_compare_in_nfc_form_and_a_comma_name_gets_a_hint():
     )
     with pytest.raises(ConfigError, match="--holdout must be one or more class"):
         parse_value("holdout", '"Shirt, long')
-    # only class lists are quoted: other list options read their items as before
+    # --rare items too (CLASS:FRACTION, the whole item in quotes); other lists as before
     assert parse_value("rare", ['say "hi":0.5'], source="file") == ('say "hi":0.5',)
+    assert parse_value("rare", '"Shirt, long:0.1", x:0.5') == ("Shirt, long:0.1", "x:0.5")
+    assert parse_value("rare", ["Shirt, long:0.1"], source="file") == ("Shirt, long:0.1",)
+    assert (
+        make_split(
+            ("Shirt, long", "Coat", "x"),
+            rare=resolve_rare(("Shirt, long:0.1",), ("Shirt, long", "Coat", "x")),
+        ).unseen
+        == ()
+    )
+    assert parse_value("scores", ["msp", "energy"], source="file") == ("msp", "energy")
+    with pytest.raises(ConfigError, match="--rare items are CLASS:FRACTION, comma-separated"):
+        parse_value("rare", '"Shirt, long:0.1')
     assert parse_value("known", ["a\nb", "c"], source="file") == ("a\nb", "c")
     with pytest.raises(ConfigError, match="--holdout must be one or more class"):
         parse_value("holdout", "3\n5")  # a line break does not separate classes

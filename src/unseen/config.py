@@ -49,22 +49,28 @@ def _csv_item(text: str) -> str:
     return '"' + text.replace('"', '""') + '"' if special else text
 
 
-def parse_classes(text: str) -> tuple[str, ...] | None:
-    """``--holdout``/``--known``: comma-separated class indices or names (``auto``, the
-    default, is resolved with the dataset's classes: :func:`unseen.splits.make_split`). A
-    name that holds a comma is given in double quotes, as in a CSV line
-    (``'"Bag, leather",3'``). An empty list is refused rather than read as the default."""
+def split_csv(text: str) -> list[str]:
+    """A comma-separated list read as one CSV line: an item in double quotes may hold commas
+    (``'"Bag, leather",3'``); items are stripped and empty ones dropped. ``ValueError`` for
+    a quote left open, text after a closing quote, or a line break outside quotes."""
     import csv
     import io
 
     try:
         rows = list(csv.reader(io.StringIO(text, newline=""), skipinitialspace=True, strict=True))
-    except csv.Error as exc:  # e.g. a quote left open, or text after a closing one
+    except csv.Error as exc:
         raise ValueError(str(exc)) from None
-    if len(rows) > 1:  # a line break outside quotes: commas separate classes, nothing else
-        raise ValueError("a line break between classes")
-    items = rows[0] if rows else []
-    classes = tuple(part.strip() for part in items if part.strip())
+    if len(rows) > 1:  # commas separate items, nothing else
+        raise ValueError("a line break between items")
+    return [part.strip() for part in (rows[0] if rows else []) if part.strip()]
+
+
+def parse_classes(text: str) -> tuple[str, ...] | None:
+    """``--holdout``/``--known``: comma-separated class indices or names (``auto``, the
+    default, is resolved with the dataset's classes: :func:`unseen.splits.make_split`). A
+    name that holds a comma is given in double quotes (:func:`split_csv`). An empty list is
+    refused rather than read as the default."""
+    classes = tuple(split_csv(text))
     if not classes:
         raise ValueError("no class given")
     return classes
@@ -601,7 +607,7 @@ class RunConfig:
         "train on only FRACTION of a class's training images, CLASS:FRACTION, comma-separated "
         "for several (e.g. 'Ankle boot:0.01'); fraction 0 leaves the class out (unseen); with "
         "--rare and no --holdout/--known no other class is held out",
-        parse=lambda s: _parse_rare(s),
+        parse=_parse_rare,
         metavar="CLASS:F",
         group="data",
     )
@@ -822,7 +828,7 @@ def parse_value(name: str, raw: Any, *, source: str = "flag") -> Any:
         text = "true" if raw else "false"
     elif isinstance(raw, (list, tuple)):
         # a class name holding a comma is quoted, as --holdout takes it
-        item = _csv_item if f.metadata["parse"] is parse_classes else str
+        item = _csv_item if f.metadata["parse"] in (parse_classes, _parse_rare) else str
         text = ",".join(item(str(x)) for x in raw)
     elif isinstance(raw, (str, int, float)):
         text = str(raw)

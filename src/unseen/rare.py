@@ -54,9 +54,18 @@ def format_fraction(value: float) -> str:
 
 
 def parse_rare(text: str) -> tuple[str, ...] | None:
-    """Config parser: comma-separated ``CLASS:FRACTION`` items, normalised to ``"CLASS:F"``."""
-    items = [part for part in text.split(",") if part.strip()]
-    if not items or text.strip().lower() in {"none", "null"}:
+    """Config parser: comma-separated ``CLASS:FRACTION`` items, normalised to ``"CLASS:F"``;
+    an item whose class name holds a comma is given in double quotes
+    (``'"Bag, leather:0.1",3:0.5'``, :func:`unseen.config.split_csv`)."""
+    from .config import split_csv
+
+    if text.strip().lower() in {"none", "null"}:
+        return None
+    try:
+        items = split_csv(text)
+    except ValueError as exc:
+        raise ConfigError(f"--rare items are CLASS:FRACTION, comma-separated ({exc}).") from None
+    if not items:
         return None
     out = []
     for item in items:
