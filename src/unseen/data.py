@@ -395,8 +395,8 @@ def image_array(image) -> np.ndarray:
     do not record a bit depth: they are read as 16-bit when a value exceeds 255 and as 0..255
     otherwise, except that a float image ("F") with no value above 1 is read as [0, 1], as
     float arrays are (up to 1 + :data:`FLOAT_SLACK`, clipped to 1); values outside 0..65535
-    raise ``ValueError``. Palette and other modes
-    become RGB (RGBA when the image has transparency).
+    raise ``ValueError``. Palette and other modes become RGB (RGBA when the image has
+    transparency).
     """
     mode = image.mode
     if mode in {"L", "LA", "RGB", "RGBA"}:

@@ -927,18 +927,8 @@ def write_comparison(run_dirs: Iterable[str | Path], out_dir: str | Path) -> Pat
 
     figures: list[Plot] = []
     for metric, label in (("auroc", "AUROC"), ("oscr", "OSCR")):
-        means = np.array(
-            [
-                [_nan(r["scores"].get(n, {}).get(metric, {}).get("mean")) for n in score_names]
-                for r in rows
-            ]
-        )
-        stds = np.array(
-            [
-                [_nan(r["scores"].get(n, {}).get(metric, {}).get("std")) for n in score_names]
-                for r in rows
-            ]
-        )
+        means = _score_table(rows, score_names, metric, "mean")
+        stds = _score_table(rows, score_names, metric, "std")
         if np.isfinite(means).any():
             fig = plots.comparison_figure(
                 [r["label"] for r in rows], score_names, label, means, stds
@@ -1044,16 +1034,24 @@ def _nan(value: Any) -> float:
     return math.nan if value is None else float(value)
 
 
+def _score_table(
+    rows: Sequence[dict], score_names: Sequence[str], metric: str, stat: str
+) -> np.ndarray:
+    """Configurations x scores: ``stat`` ("mean" or "std") of ``metric`` in the rows of
+    :func:`aggregate_runs`, NaN where a row lacks it."""
+    return np.array(
+        [[_nan(r["scores"].get(n, {}).get(metric, {}).get(stat)) for n in score_names]
+         for r in rows]
+    )  # fmt: skip
+
+
 def accuracy_auroc_plot(rows: Sequence[dict], score_names: Sequence[str]) -> Plot | None:
     """Closed-set accuracy against AUROC over the configurations of a comparison, with each
     score's rank correlation; None with fewer than three configurations of known accuracy."""
     from .metrics import rank_correlation
 
     acc = np.array([_nan(r["metrics"]["closed_set_accuracy"].get("mean")) for r in rows])
-    auroc = np.array(
-        [[_nan(r["scores"].get(n, {}).get("auroc", {}).get("mean")) for n in score_names]
-         for r in rows]
-    )  # fmt: skip
+    auroc = _score_table(rows, score_names, "auroc", "mean")
     if np.isfinite(acc).sum() < 3 or not np.isfinite(auroc).any():
         return None
     rho = [rank_correlation(acc, auroc[:, j]) for j in range(len(score_names))]
