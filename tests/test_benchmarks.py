@@ -153,3 +153,16 @@ def test_bench_train_text_says_the_layout_it_used(capsys, monkeypatch):
     assert "NCHW" in line and "channels_last" not in line and "compiled" in line
     assert bench.main([*args, "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["tool"]["channels_last"] is False
+
+
+def test_bench_precision_times_both_precisions_side_by_side(capsys):
+    bench = load("bench_precision")
+    args = ["--device", "cpu", "--batch-size", "8", "--image-size", "8", "--steps", "1",
+            "--rounds", "3", "--json"]  # fmt: skip
+    assert bench.main(args) == 0
+    out = json.loads(capsys.readouterr().out)
+    rounds = out["images_per_s_rounds"]
+    assert len(rounds["fp32"]) == len(rounds["bf16"]) == 3
+    medians = out["images_per_s_median"]
+    assert out["bf16_over_fp32"] == pytest.approx(medians["bf16"] / medians["fp32"], rel=1e-2)
+    assert out["auto_precision"] == ("bf16" if out["cpu_bf16_units"] else "fp32")

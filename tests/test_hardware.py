@@ -49,13 +49,45 @@ def test_configure_threads_sets_torch_and_the_description_counts_them(monkeypatc
     assert hardware.describe_device(torch.device("cpu")).startswith("cpu (2 threads")
 
 
-def test_auto_precision_follows_amx_on_the_cpu(monkeypatch):
+def test_auto_precision_follows_the_cpus_bf16_units(monkeypatch):
     cpu = torch.device("cpu")
-    monkeypatch.setattr(hardware, "cpu_has_amx", lambda: True)
-    assert hardware.resolve_precision("auto", cpu) == "bf16"
-    monkeypatch.setattr(hardware, "cpu_has_amx", lambda: False)
+    for units in ("AMX", "AVX512-BF16"):
+        monkeypatch.setattr(hardware, "cpu_bf16_units", lambda units=units: units)
+        assert hardware.resolve_precision("auto", cpu) == "bf16"
+        assert hardware.describe_device(cpu).endswith(f", {units})")
+    monkeypatch.setattr(hardware, "cpu_bf16_units", lambda: None)
     assert hardware.resolve_precision("auto", cpu) == "fp32"
+    assert hardware.describe_device(cpu).endswith(("thread)", "threads)"))
     assert hardware.resolve_precision("bf16", cpu) == "bf16"  # asked for: kept
+
+
+@pytest.mark.parametrize(
+    ("probes", "flags", "expected"),
+    [
+        ({"_is_amx_tile_supported": True, "_is_avx512_bf16_supported": True}, "", "AMX"),
+        ({"_is_amx_tile_supported": False, "_is_avx512_bf16_supported": True}, "", "AVX512-BF16"),
+        ({"_is_amx_tile_supported": False, "_is_avx512_bf16_supported": False}, "", None),
+        # AVX-512 without BF16 (Skylake, Zen 3 has none at all): emulated, so no
+        ({}, "flags : fpu avx2 avx512f avx512bw", None),
+        ({}, "flags : fpu avx2 avx512f avx512_bf16", "AVX512-BF16"),
+        ({}, "flags : fpu amx_bf16 amx_tile avx512_bf16", "AMX"),
+    ],
+)
+def test_cpu_bf16_units_from_torchs_probes_or_cpuinfo(
+    monkeypatch, tmp_path, probes, flags, expected
+):
+    for name in ("_is_amx_tile_supported", "_is_avx512_bf16_supported"):
+        if name in probes:
+            monkeypatch.setattr(torch.cpu, name, lambda v=probes[name]: v, raising=False)
+        else:  # an older torch without the probe: /proc/cpuinfo decides
+            monkeypatch.delattr(torch.cpu, name, raising=False)
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text(flags)
+    real_path = hardware.Path
+    monkeypatch.setattr(
+        hardware, "Path", lambda p: real_path(cpuinfo) if p == "/proc/cpuinfo" else real_path(p)
+    )
+    assert hardware.cpu_bf16_units() == expected
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error on a machine without CUDA")

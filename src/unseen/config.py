@@ -410,7 +410,7 @@ class RunConfig:
     device: str = opt("auto", "where to train", choices=("auto", "cpu", "cuda"), group="execution")
     precision: str = opt(
         "auto",
-        "arithmetic: auto (bf16 autocast on CUDA, and on CPUs with AMX), bf16 or fp32",
+        "arithmetic: auto (bf16 autocast on CUDA GPUs and CPUs with native bf16), bf16 or fp32",
         choices=("auto", "bf16", "fp32"),
         group="execution",
     )
