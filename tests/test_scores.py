@@ -42,6 +42,9 @@ def test_logit_score_values():
     assert torch.allclose(energy(z), torch.tensor([math.log(math.exp(2) + 1), math.log(2)]))
     assert torch.allclose(negative_entropy(z)[1], torch.tensor(-math.log(2)))
     assert (negative_entropy(z) <= 0).all()
+    # a -inf logit has probability 0 and adds 0 log 0 = 0, not NaN
+    z = torch.tensor([[0.0, float("-inf")], [0.0, -200.0]])
+    assert negative_entropy(z).tolist() == [0.0, 0.0]
 
 
 def test_score_names():

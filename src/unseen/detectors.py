@@ -63,7 +63,12 @@ def _train(score: Score, context: FitContext, labelled: bool = True) -> Outputs:
         )
     if len(train) == 0:
         raise InputError(f"score '{score.name}' has no known training images to fit on.")
-    if labelled and (int(train.labels.min()) < 0 or int(train.labels.max()) >= context.num_classes):
+    labels = train.labels  # checked whenever given: an unseen row (-1) must not shape any fit
+    # (only a score that reads them needs them to be the head's classes: the members of an
+    # ovr-separate head have one output each but see the labels of all K classes)
+    if labels is not None and (
+        int(labels.min()) < 0 or (labelled and int(labels.max()) >= context.num_classes)
+    ):
         raise InputError(
             f"score '{score.name}' fits on known classes only: training labels must be 0 to "
             f"{context.num_classes - 1}"
@@ -226,9 +231,11 @@ def kth_neighbour_distance(
     """Euclidean distance from each query to its ``k``-th nearest bank row.
 
     Brute force in float32, in chunks of queries bounded to ``max_elements`` entries:
-    ``2 q.b - ||b||^2`` for every bank row, its ``k``-th largest value ``m`` per query, then
-    ``||q - b|| = sqrt(||q||^2 - m)``. Exact for any norms, so an all-zero feature (left at
-    zero by L2 normalisation) is at distance 1 from unit-norm rows, as in faiss.
+    ``2 q.b - ||b||^2`` for every bank row (one matrix product), its ``k``-th largest value
+    ``m`` per query, then ``||q - b|| = sqrt(||q||^2 - m)``. Exact for any norms, so an
+    all-zero feature (left at zero by L2 normalisation) is at distance 1 from unit-norm rows,
+    as in faiss; like faiss, up to float32 cancellation, which blurs distances between unit
+    vectors below about 1e-3 (near-duplicate features of a collapsed network).
     """
     if len(queries) == 0:
         return torch.empty(0, device=queries.device)
@@ -845,7 +852,8 @@ def fit_weibull_tail(distances: np.ndarray, tail_size: int) -> tuple[float, floa
     """Weibull (shape, scale, location 0) fitted to the ``tail_size`` largest distances.
 
     Returns ``(shape, scale, n_tail)``. With fewer than two distinct positive tail values
-    the fit is degenerate; then shape 1 and scale = the tail mean are used.
+    the fit is degenerate; then shape 1 and scale = the tail mean are used (scale 1 for an
+    empty tail: :class:`OpenMax` replaces that with the other classes' median).
     """
     tail = np.sort(np.asarray(distances, float))[-tail_size:]
     tail = tail[tail > 0]
@@ -929,6 +937,15 @@ class OpenMax(Score):
             shapes.append(shape)
             scales.append(scale)
             tails.append(n_tail)
+        # a class whose tail holds no positive distance (one training image, or identical
+        # ones) has nothing to fit: it borrows the median Weibull of the classes that have
+        # one, on the same logit scale, rather than a fixed scale of 1 that would reject
+        # nearly all of its images on large logits and none on small ones
+        fitted = [c for c in range(k) if tails[c] > 0]
+        for c in range(k):
+            if tails[c] == 0 and fitted:
+                shapes[c] = float(np.median([shapes[i] for i in fitted]))
+                scales[c] = float(np.median([scales[i] for i in fitted]))
         self.mavs_ = torch.stack(mavs)
         self.weibull_shape_ = torch.tensor(shapes, dtype=torch.float64)
         self.weibull_scale_ = torch.tensor(scales, dtype=torch.float64)
@@ -959,6 +976,7 @@ class OpenMax(Score):
         out = super().fit_summary()
         out["weibull_shape"] = self.weibull_shape_.tolist()
         out["weibull_scale"] = self.weibull_scale_.tolist()
+        out["tail_counts"] = self.tail_counts_.tolist()
         return out
 
 

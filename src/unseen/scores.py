@@ -37,8 +37,8 @@ class Outputs:
     alone (``features=None``) serve the scores of logits (msp, maxlogit, energy, entropy,
     temperature, gen, openmax); the feature scores say that they need features."""
 
-    logits: torch.Tensor  # N x K, float32
-    features: torch.Tensor | None = None  # N x D, float32
+    logits: torch.Tensor  # N x K, floating point (integers become float32; others keep their dtype)
+    features: torch.Tensor | None = None  # N x D, as logits; scores cast what they compute with
     labels: torch.Tensor | None = None  # N, 0..K-1 for known, -1 unseen (None when unknown)
 
     def __post_init__(self) -> None:
@@ -394,9 +394,10 @@ def energy(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
 
 
 def negative_entropy(logits: torch.Tensor) -> torch.Tensor:
-    """Minus the entropy of the softmax distribution (sum p log p)."""
+    """Minus the entropy of the softmax distribution (sum p log p, with 0 log 0 = 0)."""
     logp = logits.float().log_softmax(dim=1)
-    return (logp.exp() * logp).sum(dim=1)
+    p = logp.exp()
+    return torch.where(p > 0, p * logp, 0.0).sum(dim=1)  # a -inf logit: p = 0, logp = -inf
 
 
 class LogitScore(Score):
