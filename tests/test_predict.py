@@ -26,6 +26,7 @@ from unseen.cli import main
 from unseen.config import FIELDS, RunConfig
 from unseen.data import load_dataset
 from unseen.errors import InputError, UnseenError
+from unseen.evaluate import forward_pass
 from unseen.metrics import calibrate_threshold
 from unseen.predict import (
     Predictor,
@@ -358,6 +359,16 @@ def test_options_without_a_score_keep_the_chosen_score(run_dir):
     assert load(run_dir, device="cpu").score_name == "energy"  # the run's default
 
 
+def test_options_keep_a_given_threshold_while_the_score_stays(run_dir):
+    p = load(run_dir, device="cpu", score="msp", threshold=0.75)
+    same = p.with_options()
+    assert (same.threshold, same.threshold_source, same.known_acceptance) == (0.75, "given", None)
+    assert p.with_options(known_acceptance=0.8).threshold != 0.75  # asked for: recalibrated
+    other = p.with_options(score="energy")  # another scale: calibrated, at the run's rate
+    val = np.load(run_dir / "scores.npz")["val_score_energy"]
+    assert other.threshold == calibrate_threshold(val, other.run_known_acceptance)
+
+
 def test_threshold_override_and_cli_recalibration(capsys, run_dir, pngs):
     files = pngs["known"][:20] + pngs["unseen"][:20]
     counts = {}
@@ -441,6 +452,18 @@ def test_api_gives_identical_results_for_tensors_arrays_and_pil(predictor, digit
     np.testing.assert_allclose(predictor.scores(digits.x_test), stored["score_energy"], rtol=1e-4)
     every = predictor.all_scores(x)
     np.testing.assert_allclose(every["msp"], stored["score_msp"][:64], rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_scores_do_not_depend_on_the_memory_layout_of_the_same_pixels(run_dir, precision):
+    # one-channel pixels from NumPy (N x 8 x 8 x 1 viewed as N x 1 x 8 x 8) and the same
+    # pixels in NCHW strides are both "contiguous", yet the CPU picked other conv kernels
+    x = load_dataset("digits").x_test[:64]
+    nchw = torch.empty(x.shape, dtype=x.dtype).copy_(x)
+    assert torch.equal(x, nchw) and x.stride() != nchw.stride()
+    model = load(run_dir, device="cpu").model
+    a, b = (forward_pass(model, t, "cpu", precision) for t in (x, nchw))
+    assert torch.equal(a.logits, b.logits) and torch.equal(a.features, b.features)
 
 
 def test_api_reads_image_files_like_the_cli(capsys, predictor, run_dir, pngs, tmp_path):

@@ -40,6 +40,7 @@ import torch.nn.functional as F
 from .console import image_bar
 from .errors import ConfigError, InputError
 from .hardware import autocast
+from .models import model_input
 from .scores import FitContext, Outputs, Score, check_setting, register
 
 if sys.version_info >= (3, 11):
@@ -1025,7 +1026,7 @@ def odin_scores(
     try:
         for start in range(0, len(images), batch_size):
             xb = images[start : start + batch_size].to(device)
-            x = (xb.float() / 255 if xb.dtype == torch.uint8 else xb.float()).requires_grad_(True)
+            x = model_input(xb).requires_grad_(True)
             with torch.enable_grad():
                 logits = _fp32_head_logits(model, x, device, precision)
                 loss = F.cross_entropy(logits / temperature, logits.argmax(1), reduction="sum")

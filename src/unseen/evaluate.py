@@ -8,7 +8,7 @@ from .checkpoint import TrainingDiverged
 from .console import image_bar
 from .errors import InputError
 from .hardware import autocast
-from .models import Classifier
+from .models import Classifier, model_input
 from .scores import Outputs
 
 
@@ -44,7 +44,7 @@ def forward_pass(
             # non-blocking only from the CPU to a GPU: a copy back to the CPU could still be
             # running when the next line reads it
             xb = images[start : start + batch_size].to(device, non_blocking=to_gpu)
-            xb = xb.float().div_(255).contiguous(memory_format=torch.channels_last)
+            xb = model_input(xb)
             with autocast(device, precision):
                 f = model.forward_features(xb).float()
             # the head in fp32: bf16 logits keep 3 significant digits, and the logit scores of

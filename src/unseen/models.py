@@ -84,6 +84,22 @@ class Classifier(nn.Module):
         return self.forward_head(self.forward_features(x))
 
 
+def model_input(images: torch.Tensor) -> torch.Tensor:
+    """A batch as the network is fed it in evaluation: float32 in [0, 1] (uint8 images are
+    divided by 255, float ones taken as they are), in one fixed ``channels_last`` layout.
+
+    The layout is made, not inherited: for one-channel images the NCHW and NHWC strides of
+    the same pixels are both "contiguous", yet the CPU's convolutions pick different kernels
+    for them, whose results differ in the last bits (in fp32; by up to 1e-2 in bf16). A
+    fresh tensor makes the scores of the same pixels the same, whether they come from a
+    NumPy array, a dataset tensor or image files."""
+    x = torch.empty(
+        images.shape, dtype=torch.float32, device=images.device, memory_format=torch.channels_last
+    )
+    x.copy_(images)
+    return x.div_(255) if images.dtype == torch.uint8 else x
+
+
 def fold_batch_norm(model: nn.Module) -> nn.Module:
     """An eval-mode copy of ``model`` for inference, with every batch norm that directly follows
     a convolution folded into that convolution's weight and bias (``torch.fx``'s conv-bn

@@ -530,14 +530,18 @@ class Predictor:
     ) -> Predictor:
         """A copy (sharing the model) with another score or threshold; see :meth:`configure`
         (without ``score``, the copy keeps this predictor's score).
-        A known acceptance this predictor was calibrated at, other than the run's, carries
-        over to the copy unless ``threshold`` or ``known_acceptance`` is given, or the new
-        score has its own decision rule (ovr-doc, openmax)."""
+        Unless ``threshold`` or ``known_acceptance`` is given, the copy keeps how this
+        predictor decides: a threshold given for this score stays while the score does (a new
+        score, on another scale, is calibrated instead); a known acceptance other than the
+        run's carries over, also to a new score, unless that score has its own decision rule
+        (ovr-doc)."""
         chosen = self.known_acceptance  # None when the threshold was given or a score's own rule
         name = score or self.score_name or self.default_score()
         own_rule = name in self.detectors and self.detectors[name].decision_threshold() is not None
-        keep = threshold is None and known_acceptance is None and not own_rule
-        if keep and chosen != self.run_known_acceptance:
+        keep = threshold is None and known_acceptance is None
+        if keep and self.threshold_source == "given" and name == self.score_name:
+            threshold = self.threshold
+        elif keep and not own_rule and chosen != self.run_known_acceptance:
             known_acceptance = chosen
         return copy.copy(self).configure(score, threshold, known_acceptance)
 
