@@ -822,6 +822,12 @@ def test_dry_run_lists_folders(tmp_path, capsys):
     rc = main(["sweep", "--protocol", "loo", "--epochs", "1", "--dry-run", "--overwrite",
                "--out", str(tmp_path)])  # fmt: skip
     assert f"{first}  to run (its checkpoint ignored: --overwrite)" in capsys.readouterr().out
+    # --quiet lists the same states, without the split
+    for extra, state in (([], "to resume (from its checkpoint)"),
+                         (["--overwrite"], "to run (its checkpoint ignored: --overwrite)")):  # fmt: skip
+        rc = main(["sweep", "--protocol", "loo", "--epochs", "1", "--dry-run", "--quiet",
+                   "--out", str(tmp_path), *extra])  # fmt: skip
+        assert rc == 0 and f"{first}  {state}\n" in capsys.readouterr().out
 
 
 @pytest.mark.slow

@@ -352,7 +352,7 @@ def build_parser() -> argparse.ArgumentParser:
     sc = sub.add_parser("scores", help="list the rejection scores")
     sc.set_defaults(func=cmd_scores)
 
-    # --- `unseen report` (issue 6) registers here
+    # --- `unseen report`
     rep = sub.add_parser(
         "report",
         help="rebuild a run's report.html/report.md, or compare several runs (mean ± std over seeds)",
@@ -385,7 +385,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     rep.set_defaults(func=cmd_report)
 
-    # --- `unseen sweep` (issue 7) registers here
+    # --- `unseen sweep`
     from .sweep import add_sweep_arguments, cmd_sweep
 
     sw = sub.add_parser(
@@ -401,7 +401,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_run_options(sw)
     sw.set_defaults(func=cmd_sweep)
 
-    # --- `unseen predict` (issue 9) registers here
+    # --- `unseen predict`
     from .predict_cli import add_predict_parser
 
     add_predict_parser(sub)

@@ -422,7 +422,7 @@ class RunConfig:
         metavar="DIR",
         group="execution",
     )
-    # --- reports (issue 6)
+    # --- reports
     report: bool = opt(
         True,
         "write report.html and report.md with plots into the run folder (--no-report skips it; "
@@ -431,7 +431,7 @@ class RunConfig:
         group="execution",
     )
 
-    # --- one-vs-rest heads (issue 3): fields go here
+    # --- one-vs-rest heads
     doc_alpha: float = opt(
         3.0,
         "DOC per-class thresholds of the ovr-doc score: t_k = max(0.5, 1 - alpha * sigma_k), "
@@ -442,7 +442,7 @@ class RunConfig:
         group="evaluation",
     )
 
-    # --- augmentation and pretrained weights (issue 4): fields go here
+    # --- augmentation and pretrained weights
     pretrained: str | None = opt(
         None,
         "start from pretrained weights: 'torchvision' (ImageNet-1k ResNet-18, needs --model "
@@ -478,7 +478,7 @@ class RunConfig:
         group="model",
     )
 
-    # --- detectors (issue 5): fields go here
+    # --- detectors
     knn_k: int = opt(
         50,
         "knn score: distance to the k-th nearest normalised training feature",
@@ -601,7 +601,7 @@ class RunConfig:
         group="detectors",
     )
 
-    # --- protocols / rare classes (issue 7): fields go here
+    # --- protocols / rare classes
     rare: tuple[str, ...] | None = opt(
         None,
         "train on only FRACTION of a class's training images, CLASS:FRACTION, comma-separated "
@@ -619,7 +619,7 @@ class RunConfig:
         group="training",
     )
 
-    # --- robustness, resume (issue 10): fields go here
+    # --- robustness, resume
     resume: bool = opt(
         False,
         "continue the unfinished run in --out from its last checkpoint (the other options must "
@@ -644,7 +644,7 @@ class RunConfig:
         group="execution",
     )
 
-    # --- speed (issue 8): fields go here
+    # --- speed
     compile: bool = opt(
         False,
         "compile the network with torch.compile for training (pays on long GPU runs; the first "
@@ -986,7 +986,7 @@ def validate(cfg: RunConfig) -> None:
     if cfg.augment == "none" and cfg.flip:
         raise ConfigError("--flip on has no effect with --augment none; use --augment standard.")
     check_score_names(cfg.scores)
-    if cfg.knn_bank is not None and cfg.knn_k > cfg.knn_bank:  # detectors (issue 5)
+    if cfg.knn_bank is not None and cfg.knn_k > cfg.knn_bank:  # detectors
         raise ConfigError(
             f"--knn-k {cfg.knn_k} is larger than --knn-bank {cfg.knn_bank}; lower k or enlarge the bank."
         )
@@ -1009,7 +1009,7 @@ def scores_without_their_head(cfg: RunConfig) -> list[str]:
 
 
 def _check_run_folder_options(cfg: RunConfig) -> None:
-    """``--resume`` and ``--overwrite`` need a run folder and exclude each other (issue 10)."""
+    """``--resume`` and ``--overwrite`` need a run folder and exclude each other."""
     if cfg.resume and cfg.overwrite:
         raise ConfigError("give --resume or --overwrite, not both.")
     if cfg.resume and not cfg.out:

@@ -144,10 +144,10 @@ def run_summary(metrics: dict, with_scores: bool = True) -> str:
     ]
     if with_scores:
         lines += ["", score_table(metrics["scores"], sort_by="auroc")]
-        if metrics.get("logits", "softmax logits") != "softmax logits":  # one-vs-rest (issue 3)
+        if metrics.get("logits", "softmax logits") != "softmax logits":  # one-vs-rest heads
             lines.append(_logits_note(metrics))
         lines += score_notes(metrics)
-    for name, r in metrics.get("rare", {}).items():  # --rare (issue 7)
+    for name, r in metrics.get("rare", {}).items():  # --rare
         from .rare import format_fraction
 
         aurocs = ", ".join(f"{s} {fmt(v)}" for s, v in r["auroc_vs_known"].items())
@@ -157,7 +157,7 @@ def run_summary(metrics: dict, with_scores: bool = True) -> str:
             f"recall {fmt(r['recall'])}, precision {fmt(r['precision'])} | AUROC other known "
             f"classes vs {name}: {aurocs}"
         )
-    if metrics.get("pretrained_on"):  # --pretrained (issue 4)
+    if metrics.get("pretrained_on"):  # --pretrained
         lines.append(f"started from pretrained weights: {metrics['pretrained_on']}")
     if metrics.get("pretrained_warning"):
         lines.append(f"warning: {metrics['pretrained_warning']}")
@@ -186,7 +186,7 @@ def score_notes(metrics: dict) -> list[str]:
     return notes
 
 
-# ----------------------------------------------------------------------------- several heads (issue 3)
+# ----------------------------------------------------------------------------- several heads
 
 
 def _logits_note(metrics: dict) -> str:

@@ -103,7 +103,8 @@ def class_means(features: torch.Tensor, labels: torch.Tensor, num_classes: int) 
 
 def whitening(precision: torch.Tensor) -> torch.Tensor:
     """``L`` with ``L L^T = precision`` (precision symmetric positive semi-definite); used when
-    a score is restored from ``detectors.pt``."""
+    a score is restored from a ``detectors.pt`` written before the fit kept its own ``L``
+    (a second eigendecomposition moves distances in their last bits)."""
     evals, evecs = torch.linalg.eigh(precision)
     return evecs * evals.clamp_min(0).sqrt()
 
@@ -165,7 +166,9 @@ class Mahalanobis(Score):
             means = class_means(x, train.labels, context.num_classes)
             cached = train, (means, *gaussian_fit(x - means[train.labels]))
             context.shared["class_gaussians"] = cached
-        self.means_, self.covariance_, self.precision_, self._whiten, self.covariance_rank_ = (
+        # the whitening is kept (and saved) with the fit: the distances after loading are
+        # then the ones the threshold was calibrated on, to the last bit
+        self.means_, self.covariance_, self.precision_, self.whiten_, self.covariance_rank_ = (
             cached[1]
         )
         self.feature_dim_ = int(x.shape[1])
@@ -173,10 +176,10 @@ class Mahalanobis(Score):
         return self
 
     def class_distances(self, features: torch.Tensor) -> torch.Tensor:
-        if getattr(self, "_whiten", None) is None:
-            self._whiten = whitening(self.precision_)
+        if getattr(self, "whiten_", None) is None:  # restored from an older detectors.pt
+            self.whiten_ = whitening(self.precision_)
         dev = features.device
-        return squared_mahalanobis(features, self.means_.to(dev), self._whiten.to(dev))
+        return squared_mahalanobis(features, self.means_.to(dev), self.whiten_.to(dev))
 
     def score(self, outputs: Outputs) -> torch.Tensor:
         return -self.class_distances(outputs.features).amin(dim=1)
@@ -200,17 +203,17 @@ class RelativeMahalanobis(Mahalanobis):
         (
             self.background_covariance_,
             self.background_precision_,
-            self._bg_whiten,
+            self.background_whiten_,
             self.background_rank_,
         ) = gaussian_fit(x - self.background_mean_)
         return self
 
     def score(self, outputs: Outputs) -> torch.Tensor:
-        if getattr(self, "_bg_whiten", None) is None:
-            self._bg_whiten = whitening(self.background_precision_)
+        if getattr(self, "background_whiten_", None) is None:  # an older detectors.pt
+            self.background_whiten_ = whitening(self.background_precision_)
         dev = outputs.features.device
         d0 = squared_mahalanobis(
-            outputs.features, self.background_mean_.to(dev)[None], self._bg_whiten.to(dev)
+            outputs.features, self.background_mean_.to(dev)[None], self.background_whiten_.to(dev)
         )[:, 0]
         return -(self.class_distances(outputs.features).amin(dim=1) - d0)
 

@@ -126,7 +126,7 @@ class Prepared:
     precision: str
     #: ``--rare`` classes as (original index, fraction)
     rare: list[tuple[int, float]] = field(default_factory=list)
-    #: ``--pretrained`` weights as loaded (issue 4), and how they fitted the network
+    #: ``--pretrained`` weights as loaded, and how they fitted the network
     pretrained: PretrainedSource | None = None
     #: per head (``build_model`` fills it): how the weights fitted that head's network
     load_reports: dict[str, LoadReport] = field(default_factory=dict)
@@ -573,7 +573,7 @@ def run_record(p: Prepared, heads: Sequence[str]) -> dict:
 
 
 def pretrained_metrics(p: Prepared, head: str) -> dict:
-    """metrics.json entries of issue 4: augmentation, and where the weights came from."""
+    """metrics.json entries for augmentation, and where the weights came from."""
     cfg = p.config
     src = p.pretrained
     return {
@@ -642,7 +642,7 @@ def checkpoint_payload(p: Prepared, head: str, model: Classifier) -> dict:
 
 
 def write_run_report(run_dir: Path, say: Callable[[str], None]) -> None:
-    """Write report.html/report.md (issue 6). A failure here costs the report, never the run:
+    """Write report.html/report.md. A failure here costs the report, never the run:
     it is logged and ``unseen report RUN`` can build the report later."""
     start = time.perf_counter()  # importing matplotlib counts too, as in the time: line
     from .report import build_report

@@ -197,12 +197,10 @@ def load_run(run_dir: str | Path, check_finished: bool = True) -> tuple[dict, li
 
 
 def check_run_folder(run_dir: str | Path) -> Path:
-    """A finished run folder, or a one-line error saying what the folder is instead."""
+    """A finished run folder, or a one-line error saying what the folder is instead. One
+    head's folder of a run with several heads is a complete one-head run: its report is that
+    head's alone."""
     run_dir = Path(run_dir)
-    if run_dir.is_dir() and not is_run(run_dir) and is_run(run_dir.parent):
-        raise UnseenError(
-            f"{run_dir} is one head of the run {run_dir.parent}; give the run folder instead."
-        )
     require_finished(run_dir)
     if not is_run(run_dir):
         raise UnseenError(f"{run_dir} has no config.json; it is not a run folder.")

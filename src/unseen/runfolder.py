@@ -1,8 +1,11 @@
 """The run folder: what a run leaves behind, written atomically.
 
-Layout (see the README): ``config.json``, ``metrics.json``, ``history.csv``,
-``scores.npz``, ``model.pt``, ``detectors.pt``. Every file is written to a temporary
-name in the same folder and renamed into place, so a reader never sees half a file.
+Layout (see the README's "What a run writes"): ``config.json``, ``metrics.json``,
+``history.csv``, ``scores.npz``, ``model.pt``, ``detectors.pt``, ``checkpoint.pt`` while
+the run trains, ``report.html``/``report.md``/``plots/``, one subfolder per head when there
+are several (each a complete one-head run), and last ``run.json``, the finished marker.
+Every file is written to a temporary name in the same folder and renamed into place, so a
+reader never sees half a file.
 """
 
 from __future__ import annotations

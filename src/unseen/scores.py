@@ -527,7 +527,7 @@ def scores_for_head(names: Iterable[str], head: str) -> list[str]:
     return out + [n for n in h.scores if n not in out]
 
 
-# ----------------------------------------------------------------------------- one-vs-rest (issue 3)
+# ----------------------------------------------------------------------------- one-vs-rest
 
 
 def _require_one_vs_rest(score: Score, context: FitContext) -> None:
@@ -634,6 +634,6 @@ class OvrDocScore(Score):
         return 0.0
 
 
-# ----------------------------------------------------------------------------- detectors (issue 5)
+# ----------------------------------------------------------------------------- detectors
 
 from . import detectors as _detectors  # noqa: E402,F401  (registers mahalanobis, knn, vim, ...)

@@ -505,7 +505,7 @@ def _run_one_now(cfg: RunConfig, threads: int | None) -> tuple[float, str | None
         os.environ[THREADS_ENV] = str(threads)
         torch.set_num_threads(threads)
     start = time.perf_counter()
-    if cfg.out and not cfg.overwrite:  # continue a run an earlier sweep left unfinished (issue 10)
+    if cfg.out and not cfg.overwrite:  # continue a run an earlier sweep left unfinished
         cfg = cfg.replace(resume=True)
     if cfg.out:
         (Path(cfg.out) / "error.txt").unlink(missing_ok=True)
@@ -1095,12 +1095,10 @@ def write_plan(
 def write_report(
     out_dir: Path, run_dirs: Sequence[Path], say: Callable[[str], None]
 ) -> Path | None:
-    """The comparison report of ``unseen report`` (issue 6), when that module provides it."""
-    try:
-        from .report import write_comparison
-    except (ImportError, AttributeError):
-        say("comparison report skipped: unseen.report.write_comparison is not available")
-        return None
+    """The comparison report of ``unseen report`` over the sweep's finished runs. A failure
+    costs the report, never the sweep: it is said, and ``unseen report`` can retry."""
+    from .report import write_comparison
+
     if not run_dirs:
         return None
     try:
@@ -1315,7 +1313,7 @@ def cmd_sweep(args) -> int:
     if args.dry_run:
         if args.quiet:
             for r in result.runs:
-                print(f"{r.run_dir}  {'finished' if is_finished(r.run_dir) else 'to run'}")
+                print(f"{r.run_dir}  {_dry_run_state(r.run_dir, base.overwrite)}")
         return 0
     print()
     print(format_summary(result.summary))
