@@ -321,3 +321,17 @@ def test_cli_rejects_ovr_score_without_ovr_head(capsys):
     assert main(["run", "--scores", "ovr", "--head", "softmax", "--quiet"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "one-vs-rest head" in err
+
+
+def test_head_confidence_is_the_largest_probability_in_float64():
+    from unseen.heads import confidence
+    from unseen.scores import max_softmax
+
+    z = torch.tensor([[25.0, 0.0, -3.0], [0.5, 0.2, -1.0]])
+    soft = confidence("softmax", z)
+    assert soft.dtype == torch.float64 and torch.equal(soft, max_softmax(z))
+    assert soft[0] < 1  # float32 would round it to exactly 1
+    for head in ("ovr", "ovr-separate"):
+        ovr = confidence(head, z)
+        assert ovr.dtype == torch.float64
+        torch.testing.assert_close(ovr, z.double().sigmoid().amax(dim=1), rtol=0, atol=0)

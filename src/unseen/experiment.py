@@ -47,7 +47,7 @@ from .hardware import (
     resolve_precision,
     sync,
 )
-from .heads import HEADS
+from .heads import HEADS, confidence
 from .metrics import confidence_summary, open_set_metrics, predicted_as, score_metrics
 from .models import HAS_STEMS, Classifier, fold_batch_norm
 from .ovr import build_model_for_head, train_separate
@@ -78,7 +78,6 @@ from .scores import (
     Score,
     create_score,
     expand_score_names,
-    max_softmax,
     scores_for_head,
     unused_options_notes,
     unused_score_options,
@@ -365,10 +364,7 @@ def build_metrics(
     labels = sd.y_test.numpy()
     predicted = test.logits.argmax(1).cpu().numpy()
     is_unseen = labels < 0
-    if HEADS[head].one_vs_rest:
-        msp = HEADS[head].probabilities(test.logits.float()).amax(1).cpu().numpy()
-    else:
-        msp = max_softmax(test.logits).cpu().numpy()
+    msp = confidence(head, test.logits).cpu().numpy()
     thresholds = thresholds or {}
     names = split.known_names
     known_correct = predicted[~is_unseen] == labels[~is_unseen]

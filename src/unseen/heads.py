@@ -119,6 +119,13 @@ HEADS: dict[str, Head] = {
 }
 
 
+def confidence(head: str, logits: torch.Tensor) -> torch.Tensor:
+    """Each image's largest class probability under ``head`` (max softmax, or max sigmoid for
+    one-vs-rest heads), in float64, like the ``msp`` score: in float32 confident images'
+    probabilities round to exactly 1. What metrics.json, the report and predict show."""
+    return HEADS[head].probabilities(logits.double()).amax(dim=1)
+
+
 def is_one_vs_rest(head: str) -> bool:
     """True for heads whose logits are K independent sigmoids (``ovr``, ``ovr-separate``)."""
     return head in HEADS and HEADS[head].one_vs_rest

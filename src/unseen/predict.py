@@ -593,8 +593,8 @@ class Predictor:
 
         x, out = self._forward(images)
         score = self._apply(self.score_name, x, out)
-        probs = HEADS[self.head].probabilities(out.logits.float())
-        prob, closest = probs.max(dim=1)
+        # in float64, as the run's known_confidence (heads.confidence)
+        prob, closest = HEADS[self.head].probabilities(out.logits.double()).max(dim=1)
         closest_np = closest.cpu().numpy().astype(np.int64)
         label = np.where(score >= self.threshold, closest_np, UNKNOWN).astype(np.int64)
         return Decision(label, closest_np, prob.float().cpu().numpy(), score)

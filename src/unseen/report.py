@@ -232,16 +232,15 @@ def head_confidence(head: str, arrays: dict[str, np.ndarray]) -> tuple[np.ndarra
     """Confidence of each test image and its name: the head's largest class probability from
     the stored logits (max softmax, or max sigmoid for one-vs-rest heads), else the stored
     ``msp`` score of an older run folder."""
-    from .heads import HEADS
+    from .heads import confidence, is_one_vs_rest
 
     if "logits" in arrays:
         import torch
 
-        spec = HEADS.get(head)
         logits = torch.from_numpy(arrays["logits"].astype(np.float32))
-        if spec is None or not getattr(spec, "one_vs_rest", False):
-            return logits.softmax(dim=1).amax(dim=1).double().numpy(), "max-softmax"
-        return spec.probabilities(logits).amax(dim=1).double().numpy(), "max-sigmoid"
+        if is_one_vs_rest(head):
+            return confidence(head, logits).numpy(), "max-sigmoid"
+        return confidence("softmax", logits).numpy(), "max-softmax"
     if "score_msp" in arrays:
         return arrays["score_msp"].astype(np.float64), "max-softmax"
     return None, "max-softmax"
