@@ -386,20 +386,9 @@ def build_parser() -> argparse.ArgumentParser:
     rep.set_defaults(func=cmd_report)
 
     # --- `unseen sweep`
-    from .sweep import add_sweep_arguments, cmd_sweep
+    from .sweep_cli import add_sweep_parser
 
-    sw = sub.add_parser(
-        "sweep",
-        help="run a protocol (leave-one-out, Neal et al. splits, random splits, rare class, "
-        "seeds) and aggregate it; resumable",
-        description="Expand a protocol into runs, run those not finished yet (re-running the "
-        "command resumes an interrupted sweep) and print mean and standard deviation over runs. "
-        "Every `unseen run` option applies to every run; --out is the sweep folder "
-        "[default: sweeps/<dataset>-<protocol>].",
-    )
-    add_sweep_arguments(sw)
-    add_run_options(sw)
-    sw.set_defaults(func=cmd_sweep)
+    add_sweep_parser(sub)
 
     # --- `unseen predict`
     from .predict_cli import add_predict_parser

@@ -1159,7 +1159,7 @@ def run_sweep(
     runs = plan_sweep(base, opts, out)
     if dry_run:
         for r in runs:
-            say(f"{r.run_dir}  {_dry_run_state(r.run_dir, base.overwrite)}  ({_split_text(r)})")
+            say(f"{r.run_dir}  {dry_run_state(r.run_dir, base.overwrite)}  ({_split_text(r)})")
         return SweepResult(out, runs, [], {})
     write_plan(out, base, opts, runs)
     say(f"sweep {opts.protocol} on {base.dataset} in {out}")
@@ -1183,7 +1183,7 @@ def _split_text(run: PlannedRun) -> str:
     return "; ".join([*parts, f"seed {cfg.seed}"])
 
 
-def _dry_run_state(run_dir: Path, overwrite: bool) -> str:
+def dry_run_state(run_dir: Path, overwrite: bool) -> str:
     """What the sweep will do with a run's folder: nothing (finished), resume it from the
     checkpoint an interrupted run left (in its folder, or a head's), or run it."""
     from .checkpoint import CHECKPOINT_FILE
@@ -1240,90 +1240,3 @@ def summarize(
             summary["report"] = str(path)
             write_json(out / "summary.json", summary)
     return SweepResult(out, list(runs), list(outcomes), summary)
-
-
-# ----------------------------------------------------------------------------- command line
-
-
-def add_sweep_arguments(parser) -> None:
-    """The options ``unseen sweep`` has besides the run options."""
-    from .cli import option_type
-
-    g = parser.add_argument_group("sweep options")
-    g.add_argument(
-        "--protocol",
-        required=True,
-        metavar="P",
-        help="loo (each class held out in turn), neal6 (the five 6-known splits of Neal et al. "
-        "2018), random:K (random splits with K known classes), rare:CLASS (CLASS kept at "
-        "--fractions of its training images) or single (the run options' split)",
-    )
-    g.add_argument(
-        "--seeds", type=int, default=1, metavar="N",
-        help="repeat every run with N seeds: --seed .. --seed+N-1 [default: 1]",
-    )  # fmt: skip
-    g.add_argument(
-        "--splits", type=int, default=None, metavar="N",
-        help=f"number of random:K splits [default: {DEFAULT_SPLITS}]",
-    )  # fmt: skip
-    g.add_argument(
-        "--fractions", type=option_type(parse_fractions), default=None, metavar="LIST",
-        help="rare:CLASS fractions of the class's training images "
-        f"[default: {','.join(f'{f:g}' for f in DEFAULT_FRACTIONS)}]",
-    )  # fmt: skip
-    g.add_argument(
-        "--compare-balance", type=option_type(parse_balances), default=None, metavar="MODES",
-        help="run every condition once per --balance mode and compare them: comma-separated "
-        f"modes from {', '.join(BALANCE_MODES)}, or all [default: only --balance]",
-    )  # fmt: skip
-    g.add_argument(
-        "--jobs", type=int, default=1, metavar="N",
-        help="runs at a time, in separate processes sharing the cores [default: 1]",
-    )  # fmt: skip
-    g.add_argument(
-        "--dry-run", action="store_true", help="list the run folders and their state; train nothing"
-    )
-    g.add_argument(
-        "--summary-only",
-        action="store_true",
-        help="aggregate the runs finished so far; train nothing",
-    )
-
-
-def cmd_sweep(args) -> int:
-    """``unseen sweep``: run the protocol, print the tables, exit 1 if a run failed."""
-    from .cli import config_from_args
-
-    base = config_from_args(args)
-    opts = SweepOptions(
-        protocol=args.protocol,
-        seeds=args.seeds,
-        splits=args.splits,
-        fractions=args.fractions,
-        balances=args.compare_balance,
-        jobs=args.jobs,
-    )
-    from .console import progress_line
-
-    listing = args.dry_run or args.summary_only  # a listing cut short by a pipe exits 141
-    say = None if args.quiet else (print if listing else progress_line)
-    result = run_sweep(
-        base, opts, base.out, dry_run=args.dry_run, summary_only=args.summary_only, log=say
-    )
-    if args.dry_run:
-        if args.quiet:
-            for r in result.runs:
-                print(f"{r.run_dir}  {_dry_run_state(r.run_dir, base.overwrite)}")
-        return 0
-    print()
-    print(format_summary(result.summary))
-    written = ["summary.json", "summary.txt"]
-    written += ["runs/"] if (result.out_dir / "runs").is_dir() else []
-    written += ["report/"] if result.summary.get("report") else []
-    print(f"\nsweep folder: {result.out_dir} ({', '.join(written)})")
-    if result.failed:
-        print(f"{len(result.failed)} runs failed (see error.txt in their folders):")
-        for o in result.failed:
-            print(f"  {o.run.run_dir}: {o.error}")
-        return 1
-    return 0
