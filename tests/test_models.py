@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
 
+from unseen.config import RunConfig
+from unseen.data import load_dataset
+from unseen.errors import ConfigError
 from unseen.evaluate import forward_pass
 from unseen.models import create_model, fold_batch_norm
 from unseen.ovr import OneVsRestEnsemble
@@ -102,3 +106,69 @@ def test_under_bf16_the_head_runs_in_fp32_on_the_features():
         expected = model.forward_head(out.features)  # fp32, on the bf16-computed features
     torch.testing.assert_close(out.logits, expected, rtol=1e-6, atol=1e-6)
     assert out.logits.amax(1).unique().numel() == 64
+
+
+@pytest.fixture
+def registry(monkeypatch):
+    """The model registry, restored after the test."""
+    from unseen import models
+
+    monkeypatch.setattr(models, "MODELS", dict(models.MODELS))
+    monkeypatch.setattr(models, "HAS_STEMS", set(models.HAS_STEMS))
+    return models
+
+
+def test_a_registered_model_of_ones_own_trains_evaluates_and_predicts(registry, tmp_path):
+    import unseen
+    from unseen.experiment import run_experiment
+
+    @registry.register_model("tinycnn")
+    def build(in_channels, num_classes, image_size, stem="auto"):
+        backbone = torch.nn.Sequential(
+            torch.nn.Conv2d(in_channels, 8, 3, padding=1),
+            torch.nn.BatchNorm2d(8),
+            torch.nn.ReLU(),
+            torch.nn.AdaptiveAvgPool2d(1),
+            torch.nn.Flatten(),
+        )
+        return registry.Classifier(backbone, 8, num_classes, in_channels)
+
+    assert "tinycnn" in registry.list_models() and registry.list_models() == sorted(
+        registry.list_models()
+    )
+    cfg = RunConfig(model="tinycnn", epochs=2, device="cpu", precision="fp32",
+                    scores=("msp", "mahalanobis"), report=False, out=str(tmp_path / "run"))  # fmt: skip
+    result = run_experiment(cfg, progress=False, log=None)
+    assert result.metrics["scores"]["mahalanobis"]["auroc"] > 0
+    predictor = unseen.load(result.run_dir, device="cpu")
+    assert predictor.model.feature_dim == 8
+    scores = np.load(result.run_dir / "scores.npz")["score_msp"]
+    x = load_dataset("digits").x_test
+    np.testing.assert_allclose(predictor.with_options(score="msp").scores(x), scores, rtol=1e-5)
+
+
+def test_register_model_refuses_taken_names_and_builders_of_other_types(registry):
+    with pytest.raises(ConfigError, match="registered already"):
+        registry.register_model("resnet20")(lambda *a: None)
+    registry.register_model("notaclassifier")(lambda *a: torch.nn.Linear(2, 2))
+    with pytest.raises(ConfigError, match="not an unseen.models.Classifier"):
+        registry.create_model("notaclassifier", 1, 3, 8)
+    with pytest.raises(ConfigError, match="choose one of: notaclassifier, resnet18, resnet20 .a"):
+        registry.check_model("nope")
+
+
+def test_a_run_of_an_unregistered_network_says_how_to_load_it(registry, tmp_path, capsys):
+    from unseen.cli import main
+    from unseen.experiment import run_experiment
+
+    registry.register_model("tinylinear")(
+        lambda c, k, size, stem="auto": registry.Classifier(
+            torch.nn.Flatten(), c * size * size, k, c
+        )
+    )
+    cfg = RunConfig(model="tinylinear", epochs=1, device="cpu", precision="fp32",
+                    scores=("msp",), report=False, out=str(tmp_path / "run"))  # fmt: skip
+    run = run_experiment(cfg, progress=False, log=None).run_dir
+    del registry.MODELS["tinylinear"]  # a new process: the CLI knows the built-in ones only
+    assert main(["predict", str(run), str(tmp_path)]) == 2
+    assert "'tinylinear', which is not registered in this process" in capsys.readouterr().err

@@ -219,13 +219,47 @@ MODELS: dict[str, Callable[..., Classifier]] = {
     "resnet18": build_resnet18,
 }
 #: the models whose input stem ``--stem`` chooses; the others have one and ignore ``--stem``
-HAS_STEMS = ("resnet18",)
+HAS_STEMS = {"resnet18"}
+
+
+def register_model(
+    name: str, *, has_stem: bool = False
+) -> Callable[[Callable[..., Classifier]], Callable[..., Classifier]]:
+    """Decorator adding a network of your own to the registry, under ``name``.
+
+    The builder is called as ``builder(in_channels, num_classes, image_size, stem)`` and
+    returns a :class:`Classifier` (your backbone, mapping normalised images to ``N x D``
+    features, its ``D`` and the sizes: ``Classifier(backbone, D, num_classes, in_channels)``).
+    ``stem`` is ``auto``, ``small`` or ``imagenet`` (``--stem``); with ``has_stem=False`` the
+    network has one stem and a ``--stem`` given is ignored with a note. Then
+    ``RunConfig(model=name)``, rescore, report and ``unseen.load`` work with it in any
+    Python process that registered it first (the CLI knows only the built-in ones)."""
+    if not isinstance(name, str) or not name or name != name.strip():
+        raise ConfigError(f"a model name must be a non-empty string, not {name!r}.")
+    if name in MODELS:
+        raise ConfigError(f"a model named {name!r} is registered already.")
+
+    def add(builder: Callable[..., Classifier]) -> Callable[..., Classifier]:
+        MODELS[name] = builder
+        if has_stem:
+            HAS_STEMS.add(name)
+        return builder
+
+    return add
+
+
+def list_models() -> list[str]:
+    """The registered model names, sorted."""
+    return sorted(MODELS)
 
 
 def check_model(name: str) -> None:
     """ConfigError for an unknown model name, listing the known ones."""
     if name not in MODELS:
-        raise ConfigError(f"--model {name!r} is not known; choose one of: {', '.join(MODELS)}.")
+        raise ConfigError(
+            f"--model {name!r} is not known; choose one of: {', '.join(list_models())} (a "
+            "network of your own is registered from Python: unseen.models.register_model)."
+        )
 
 
 def create_model(
@@ -251,5 +285,11 @@ def create_model(
             f"{in_channels}, num_classes={num_classes}, image_size={image_size}."
         )
     model = MODELS[name](in_channels, num_classes, input_size or image_size, stem)
+    if not isinstance(model, Classifier):
+        raise ConfigError(
+            f"the builder of model {name!r} returned a {type(model).__name__}, not an "
+            "unseen.models.Classifier (wrap your backbone: Classifier(backbone, feature_dim, "
+            "num_classes, in_channels))."
+        )
     model.input_size = input_size
     return model

@@ -203,6 +203,14 @@ def rebuild_model(ckpt: dict[str, Any], path: Path) -> torch.nn.Module:
                 head,
             )
     except UnseenError as exc:
+        from .models import MODELS
+
+        if str(ckpt["model"]) not in MODELS:  # a network registered in Python for that run
+            raise UnseenError(
+                f"{path} holds the network {str(ckpt['model'])!r}, which is not registered in "
+                "this process; register its builder (unseen.models.register_model) and use "
+                "unseen.load from Python, or rerun with a built-in --model."
+            ) from None
         raise UnseenError(f"{path} cannot be rebuilt by this version: {exc}") from None
     for net in model.modules():
         if isinstance(net, Classifier):
