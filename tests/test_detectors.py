@@ -568,6 +568,24 @@ def test_odin_matches_analytic_gradient_of_a_linear_model():
     assert (got >= plain - 1e-7).all() and (got > plain).any()
 
 
+def test_odin_takes_rows_of_a_module_of_ones_own_and_any_strides():
+    # a plain MLP on N x D rows: not image batches, so not made channels_last
+    torch.manual_seed(0)
+    mlp = torch.nn.Sequential(torch.nn.Linear(10, 5))
+    rows = torch.rand(6, 10)
+    got = det.odin_scores(mlp, rows, temperature=10, epsilon=0.01)
+    assert got.shape == (6,) and got.dtype == torch.float64 and got.isfinite().all()
+    # the same pixels in NCHW and NHWC strides: the same scores, to the last bit
+    model = linear_model(np.random.default_rng(1).normal(0, 1, (3, 16)), np.zeros(3))
+    x = torch.randint(0, 256, (5, 4, 4, 1), dtype=torch.uint8).permute(0, 3, 1, 2)
+    nchw = torch.empty(x.shape, dtype=x.dtype).copy_(x)
+    assert torch.equal(x, nchw) and x.stride() != nchw.stride()
+    torch.testing.assert_close(
+        det.odin_scores(model, x, 10.0, 0.01), det.odin_scores(model, nchw, 10.0, 0.01),
+        rtol=0, atol=0,
+    )  # fmt: skip
+
+
 def test_odin_runs_the_head_in_fp32_under_bf16():
     # as forward_pass does: at T = 1000, bf16 logits' rounding (3 significant digits) is as
     # large as the perturbation's effect. Flatten and the normalisation do not round, so

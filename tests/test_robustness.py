@@ -429,6 +429,47 @@ def test_a_run_of_an_earlier_version_resumes(reference, tmp_path, capsys, monkey
     assert len(rows) == 1 and rows[0]["n_runs"] == 2
 
 
+def test_a_resume_keeps_the_arithmetic_the_run_started_in(reference, tmp_path, capsys, monkeypatch):
+    """`--precision auto` resolved again on resume could switch a run to bf16 halfway (another
+    machine, or a version that counts more CPUs as bf16-capable): the checkpoint's stays."""
+    from unseen import hardware
+
+    out = tmp_path / "run"
+    auto = [a if a != "fp32" else "auto" for a in TINY_ARGS]
+    monkeypatch.setattr(hardware, "cpu_bf16_units", lambda: None)  # auto: fp32
+    interrupt_at(monkeypatch, 12)
+    code, _, _ = cli(capsys, "run", *auto, "--out", str(out))
+    assert code == 130
+    monkeypatch.undo()
+    monkeypatch.setenv("UNSEEN_NUM_THREADS", "1")
+    monkeypatch.setattr(hardware, "cpu_bf16_units", lambda: "AVX512-BF16")  # auto now: bf16
+    assert hardware.resolve_precision("auto", torch.device("cpu")) == "bf16"
+    code, _, err = cli(capsys, "run", "--resume", "--out", str(out), "--quiet")
+    assert code == 0, err
+    assert json.loads((out / "metrics.json").read_text())["precision"] == "fp32"
+    assert_same_results(reference, out)  # the fp32 run, as if never interrupted
+
+
+@pytest.mark.parametrize(
+    ("saved", "expected"),
+    [
+        ({"precision": "bf16", "computed_on": "cpu (2 threads)"}, "bf16"),
+        ({"precision": "fp32", "computed_on": "cpu (2 threads, AMX)"}, "fp32"),
+        # checkpoints of versions that did not record it: what their `auto` chose on a CPU
+        ({"computed_on": "cpu (2 threads, AMX), torch 2.14.1"}, "bf16"),
+        ({"computed_on": "cpu (2 threads), torch 2.14.1"}, "fp32"),
+        ({"computed_on": "cuda (NVIDIA H200), torch 2.11.0"}, None),
+    ],
+)
+def test_resumed_precision_reads_the_checkpoint(tmp_path, saved, expected):
+    from unseen.checkpoint import CHECKPOINT_KIND, resumed_precision
+
+    assert resumed_precision(tmp_path) is None  # no checkpoint
+    (tmp_path / "ovr").mkdir()  # one head's, for a run of several
+    torch.save({"kind": CHECKPOINT_KIND, **saved}, tmp_path / "ovr" / "checkpoint.pt")
+    assert resumed_precision(tmp_path) == expected
+
+
 def test_derived_differences_are_named_by_the_values_inside():
     from unseen.checkpoint import check_same_config
 

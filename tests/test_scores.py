@@ -45,6 +45,9 @@ def test_logit_score_values():
     # a -inf logit has probability 0 and adds 0 log 0 = 0, not NaN
     z = torch.tensor([[0.0, float("-inf")], [0.0, -200.0]])
     assert negative_entropy(z).tolist() == [0.0, 0.0]
+    # ...but a NaN, +inf or all -inf row stays NaN, for the metrics to refuse
+    z = torch.tensor([[float("nan"), 0.0], [float("inf"), 0.0], [float("-inf")] * 2])
+    assert negative_entropy(z).isnan().all()
 
 
 def test_score_names():

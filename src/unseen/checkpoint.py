@@ -407,6 +407,9 @@ class Checkpointing:
     every: float = 0.0
     #: what the run trains on (:func:`data_fingerprint`): stored, and on resume it must match
     data: dict[str, Any] = field(default_factory=dict)
+    #: the arithmetic the run trains in, as resolved (bf16 or fp32): stored, so that a resume
+    #: keeps it (:func:`resumed_precision`) wherever ``--precision auto`` would now resolve
+    precision: str = ""
     #: where a resume's warning goes: stderr, whatever --quiet or a sweep does with the log
     warn: Callable[[str], None] = field(default=lambda m: print(f"unseen: {m}", file=sys.stderr))
     #: a checkpoint still being written in the background (see ``save(background=True)``)
@@ -482,6 +485,7 @@ class Checkpointing:
             "epoch_state": to_cpu(epoch_state),
             # what the arithmetic ran on: a resume elsewhere cannot repeat it bit for bit
             "computed_on": computed_on(device),
+            "precision": self.precision,
             "data": self.data,
         }
         self.wait()
@@ -560,7 +564,8 @@ class Checkpointing:
                 f"{self.path} does not fit this run ({first[:160]}); pass --overwrite to start again."
             ) from None
         before, now = state.get("computed_on"), computed_on(generator.device)
-        if before is not None and before != now:
+        # versions before 2026-11-29 did not name AVX512-BF16 units: the same machine
+        if before is not None and before not in (now, now.replace(", AVX512-BF16)", ")")):
             self.warn(
                 f"warning: this run trained on {before} and resumes on {now}; a different "
                 "thread count, device or torch version rounds differently, so the results "
@@ -606,6 +611,29 @@ def data_fingerprint(*tensors: torch.Tensor) -> dict[str, Any]:
         if t.numel():  # (a view of no bytes cannot be cast)
             crc = zlib.crc32(memoryview(t.detach().cpu().contiguous().numpy()).cast("B"), crc)
     return {"images": len(tensors[0]), "crc32": crc}
+
+
+def resumed_precision(run_dir: str | Path) -> str | None:
+    """The arithmetic an interrupted run trained in, from its checkpoint (or a head's), which
+    its ``--resume`` keeps: ``bf16`` or ``fp32``. A checkpoint of a version that did not record
+    it gets what that version's ``auto`` chose on a CPU (bf16 with AMX, else fp32); None for
+    such a checkpoint from a GPU (the rule there is unchanged), or without a readable one."""
+    run_dir = Path(run_dir)
+    stem, suffix = Path(CHECKPOINT_FILE).stem, Path(CHECKPOINT_FILE).suffix
+    for path in sorted({*run_dir.glob(f"{stem}*{suffix}"), *run_dir.glob(f"*/{stem}*{suffix}")}):
+        try:  # mmap: the pickle is read, the weights are not
+            state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except Exception:  # noqa: BLE001 - the resume itself names a damaged checkpoint
+            continue
+        if not isinstance(state, dict) or state.get("kind") != CHECKPOINT_KIND:
+            continue
+        if state.get("precision") in ("bf16", "fp32"):
+            return str(state["precision"])
+        where = str(state.get("computed_on") or "")
+        if where.startswith("cpu"):
+            return "bf16" if "AMX" in where else "fp32"
+        return None
+    return None
 
 
 def computed_on(device: torch.device) -> str:

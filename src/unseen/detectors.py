@@ -101,14 +101,6 @@ def class_means(features: torch.Tensor, labels: torch.Tensor, num_classes: int) 
     return sums / counts[:, None]
 
 
-def whitening(precision: torch.Tensor) -> torch.Tensor:
-    """``L`` with ``L L^T = precision`` (precision symmetric positive semi-definite); used when
-    a score is restored from a ``detectors.pt`` written before the fit kept its own ``L``
-    (a second eigendecomposition moves distances in their last bits)."""
-    evals, evecs = torch.linalg.eigh(precision)
-    return evecs * evals.clamp_min(0).sqrt()
-
-
 def squared_mahalanobis(x: torch.Tensor, means: torch.Tensor, whiten: torch.Tensor) -> torch.Tensor:
     """``N x K`` squared Mahalanobis distances ``(x - mu_k)^T P (x - mu_k)`` with ``P = L L^T``.
 
@@ -120,20 +112,28 @@ def squared_mahalanobis(x: torch.Tensor, means: torch.Tensor, whiten: torch.Tens
     return d.clamp_min(0)
 
 
-def gaussian_fit(centred: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
-    """Maximum-likelihood covariance of already centred rows, from one eigendecomposition.
+def covariance_inverse(cov: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """``(precision, whitening, rank)`` of a symmetric covariance, from one eigendecomposition.
 
-    Returns ``(covariance, precision, whitening, rank)``: the precision is the pseudo-inverse
-    (eigenvalues below ``D * eps * max eigenvalue`` count as zero, as in ``pinv``/``pinvh``),
-    ``whitening`` the ``D x rank`` matrix ``L`` with ``L L^T = precision``.
+    The precision is the pseudo-inverse (eigenvalues below ``D * eps * max eigenvalue`` count
+    as zero, as in ``pinv``/``pinvh``), ``whitening`` the ``D x rank`` matrix ``L`` with
+    ``L L^T = precision``. A score restored from ``detectors.pt`` rebuilds ``L`` from the
+    saved covariance with this same function: the distances, and so the threshold's image,
+    come out as fitted, to the last bit.
     """
-    cov = centred.T @ centred / centred.shape[0]
-    cov = (cov + cov.T) / 2
     evals, evecs = torch.linalg.eigh(cov)
     keep = evals > evals.abs().max() * cov.shape[0] * torch.finfo(cov.dtype).eps
     inv = torch.where(keep, 1 / evals, torch.zeros_like(evals))
     precision = (evecs * inv) @ evecs.T
-    return cov, precision, evecs[:, keep] * inv[keep].sqrt(), int(keep.sum())
+    return precision, evecs[:, keep] * inv[keep].sqrt(), int(keep.sum())
+
+
+def gaussian_fit(centred: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
+    """Maximum-likelihood covariance of already centred rows, with its
+    :func:`covariance_inverse`: ``(covariance, precision, whitening, rank)``."""
+    cov = centred.T @ centred / centred.shape[0]
+    cov = (cov + cov.T) / 2
+    return (cov, *covariance_inverse(cov))
 
 
 # ----------------------------------------------------------------------------- Mahalanobis
@@ -166,9 +166,7 @@ class Mahalanobis(Score):
             means = class_means(x, train.labels, context.num_classes)
             cached = train, (means, *gaussian_fit(x - means[train.labels]))
             context.shared["class_gaussians"] = cached
-        # the whitening is kept (and saved) with the fit: the distances after loading are
-        # then the ones the threshold was calibrated on, to the last bit
-        self.means_, self.covariance_, self.precision_, self.whiten_, self.covariance_rank_ = (
+        self.means_, self.covariance_, self.precision_, self._whiten, self.covariance_rank_ = (
             cached[1]
         )
         self.feature_dim_ = int(x.shape[1])
@@ -176,10 +174,10 @@ class Mahalanobis(Score):
         return self
 
     def class_distances(self, features: torch.Tensor) -> torch.Tensor:
-        if getattr(self, "whiten_", None) is None:  # restored from an older detectors.pt
-            self.whiten_ = whitening(self.precision_)
+        if getattr(self, "_whiten", None) is None:  # restored from detectors.pt
+            self._whiten = covariance_inverse(self.covariance_)[1]
         dev = features.device
-        return squared_mahalanobis(features, self.means_.to(dev), self.whiten_.to(dev))
+        return squared_mahalanobis(features, self.means_.to(dev), self._whiten.to(dev))
 
     def score(self, outputs: Outputs) -> torch.Tensor:
         return -self.class_distances(outputs.features).amin(dim=1)
@@ -203,17 +201,17 @@ class RelativeMahalanobis(Mahalanobis):
         (
             self.background_covariance_,
             self.background_precision_,
-            self.background_whiten_,
+            self._bg_whiten,
             self.background_rank_,
         ) = gaussian_fit(x - self.background_mean_)
         return self
 
     def score(self, outputs: Outputs) -> torch.Tensor:
-        if getattr(self, "background_whiten_", None) is None:  # an older detectors.pt
-            self.background_whiten_ = whitening(self.background_precision_)
+        if getattr(self, "_bg_whiten", None) is None:  # restored from detectors.pt
+            self._bg_whiten = covariance_inverse(self.background_covariance_)[1]
         dev = outputs.features.device
         d0 = squared_mahalanobis(
-            outputs.features, self.background_mean_.to(dev)[None], self.background_whiten_.to(dev)
+            outputs.features, self.background_mean_.to(dev)[None], self._bg_whiten.to(dev)
         )[:, 0]
         return -(self.class_distances(outputs.features).amin(dim=1) - d0)
 

@@ -32,6 +32,7 @@ from .checkpoint import (
     check_same_config,
     clear_run_state,
     data_fingerprint,
+    resumed_precision,
     to_cpu,
 )
 from .config import RunConfig, validate
@@ -151,8 +152,9 @@ def half_if_it_fits(x: np.ndarray) -> np.ndarray:
     return x.astype(np.float16 if fits else np.float32)
 
 
-def prepare(cfg: RunConfig) -> Prepared:
-    """Validate, load the data, split it, pick the device; resolve every 'auto' setting."""
+def prepare(cfg: RunConfig, precision: str | None = None) -> Prepared:
+    """Validate, load the data, split it, pick the device; resolve every 'auto' setting
+    (``precision`` replaces what ``--precision auto`` resolves to: a resume's arithmetic)."""
     validate(cfg)
     # config.json records absolute paths, so that --resume works from any working directory
     paths = absolute_paths(cfg.to_dict())
@@ -161,7 +163,7 @@ def prepare(cfg: RunConfig) -> Prepared:
     pretrained = resolve_pretrained(cfg.pretrained, cfg.download) if cfg.pretrained else None
     configure_threads()
     device = resolve_device(cfg.device)
-    precision = resolve_precision(cfg.precision, device)
+    precision = resolve_precision(cfg.precision if precision is None else precision, device)
     graphs = use_cuda_graphs(cfg.cuda_graphs, device, cfg.balance)
     torch.backends.cudnn.benchmark = cfg.cudnn_benchmark
     data = load_dataset(cfg.dataset, cfg.data_root, cfg.download)
@@ -701,7 +703,12 @@ def _run_experiment(cfg: RunConfig, progress: bool, log: Callable[[str], None] |
             check_same_config(
                 {"dataset": saved["dataset"]}, {"dataset": cfg.dataset}, Path(cfg.out)
             )
-    p = prepare(cfg)
+    # a resumed run keeps the arithmetic it started in, though `auto` may resolve otherwise now
+    # (another machine, or a version whose rule changed)
+    kept = None
+    if folder == "resume" and cfg.precision == "auto":
+        kept = resumed_precision(Path(cfg.out))
+    p = prepare(cfg, precision=kept)
     prepare_seconds = time.perf_counter() - started
     cfg = p.config
     run_dir = Path(cfg.out) if cfg.out else default_run_dir(cfg.dataset, p.split.unseen_names)
@@ -802,6 +809,7 @@ def _run_experiment(cfg: RunConfig, progress: bool, log: Callable[[str], None] |
             resume_hint=f"unseen run --resume --out {run_dir}",
             every=cfg.checkpoint_every,
             data=p.data_fingerprint,
+            precision=p.precision,
         )
         checkpoints.append(checkpoint)
         if len(cfg.head) > 1 and cfg.resume and is_finished(head_dir):

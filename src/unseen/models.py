@@ -92,10 +92,10 @@ def model_input(images: torch.Tensor) -> torch.Tensor:
     the same pixels are both "contiguous", yet the CPU's convolutions pick different kernels
     for them, whose results differ in the last bits (in fp32; by up to 1e-2 in bf16). A
     fresh tensor makes the scores of the same pixels the same, whether they come from a
-    NumPy array, a dataset tensor or image files."""
-    x = torch.empty(
-        images.shape, dtype=torch.float32, device=images.device, memory_format=torch.channels_last
-    )
+    NumPy array, a dataset tensor or image files. Inputs that are not image batches (the
+    ``N x D`` rows of a module of your own given to ODIN) are made contiguous instead."""
+    layout = torch.channels_last if images.dim() == 4 else torch.contiguous_format
+    x = torch.empty(images.shape, dtype=torch.float32, device=images.device, memory_format=layout)
     x.copy_(images)
     return x.div_(255) if images.dtype == torch.uint8 else x
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import math
 import sys
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -396,8 +397,8 @@ def energy(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
 def negative_entropy(logits: torch.Tensor) -> torch.Tensor:
     """Minus the entropy of the softmax distribution (sum p log p, with 0 log 0 = 0)."""
     logp = logits.float().log_softmax(dim=1)
-    p = logp.exp()
-    return torch.where(p > 0, p * logp, 0.0).sum(dim=1)  # a -inf logit: p = 0, logp = -inf
+    # a -inf logit: p = 0 and logp = -inf, whose product is 0 (NaN logits stay NaN)
+    return (logp.exp() * logp.masked_fill(logp == -math.inf, 0.0)).sum(dim=1)
 
 
 class LogitScore(Score):

@@ -917,7 +917,8 @@ def format_summary(summary: dict) -> str:
         ]
     if warnings := summary.get("warnings"):
         lines.append(
-            "WARNING: runs whose 'auto' settings resolved differently (another machine?) are "
+            "WARNING: runs whose 'auto' settings resolved differently (another machine, or an "
+            "earlier version of unseen?) are "
             "averaged together below (marked 'mixed'); pin --device, --precision, --batch-size, "
             "--lr and --epochs, or delete the odd run folders and run the sweep again:"
         )
