@@ -259,6 +259,37 @@ def test_long_class_names_are_cut_in_figures():
     assert [t.get_text() for t in fig.axes[0].get_xticklabels()] == rows[:2]
 
 
+@pytest.mark.parametrize(
+    "names",
+    [
+        ["Diabetic retinopathy (proliferative)", "Effusion", "Fracture", "Nodule", "Normal"],
+        ["Effusion", "Fracture", "Nodule", "Normal", "Pneumonia"],
+        ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker",
+         "Bag", "Ankle boot"],
+    ],
+)  # fmt: skip
+def test_confusion_matrix_column_names_do_not_overlap(names):
+    k = len(names) - 1
+    counts = np.arange(len(names) * k).reshape(len(names), k) % 7
+    fig = plots.confusion_figure(counts, names, names[:k], k)
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    renderer = FigureCanvasAgg(fig).get_renderer()
+    fig.draw(renderer)
+    boxes = sorted(
+        (t.get_window_extent(renderer) for t in fig.axes[0].get_xticklabels()), key=lambda b: b.x0
+    )
+    gaps = [b.x0 - a.x1 for a, b in zip(boxes[:-1], boxes[1:], strict=True)]
+    assert min(gaps) >= 0, [(b.x0, b.x1) for b in boxes]
+    matrix = fig.axes[0].get_window_extent(renderer)
+    assert matrix.width > 0.3 * fig.bbox.width and matrix.height > 0.3 * fig.bbox.height
+
+
+def test_short_column_names_stay_level():
+    fig = plots.confusion_figure(np.eye(4, 3, dtype=int), list("0123"), list("012"), 3)
+    assert all(t.get_rotation() == 0 for t in fig.axes[0].get_xticklabels())
+
+
 # ----------------------------------------------------------------------------- the run report
 
 PLOTS = ("roc", "confusion", "reliability", "projection", "training")

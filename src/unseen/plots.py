@@ -196,8 +196,21 @@ def confusion_figure(
     counts = np.asarray(counts)
     rows, cols = counts.shape
     share = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
-    size = min(16.0, max(4.0, 0.45 * cols + 2.5)), min(16.0, max(3.5, 0.4 * rows + 1.8))
-    fig = Figure(figsize=size)
+    labels = [
+        literal(n, LABEL_CHARS) + (" (unseen)" if i >= num_known else "")
+        for i, n in enumerate(row_names)
+    ]
+    col_labels = [literal(c, LABEL_CHARS) for c in col_names]
+    tick_size = 8 if max(rows, cols) <= 30 else 5
+    # the labels take room of their own: long row names widen the figure, and column names
+    # wider than their cell (a character is about 0.6 of the font size) are turned upright
+    char = tick_size * 0.6 / 72  # inches
+    row_room = char * max((len(t) for t in labels), default=0)
+    col_long = char * max((len(t) for t in col_labels), default=0)
+    width = min(16.0, max(4.0, 0.45 * cols + 2.5) + max(0.0, row_room - 1.0))
+    upright = cols > 10 or col_long > 0.8 * (width - row_room - 1.5) / max(cols, 1)
+    height = min(16.0, max(3.5, 0.4 * rows + 1.8) + (max(0.0, col_long - 0.3) if upright else 0))
+    fig = Figure(figsize=(width, height))
     ax = fig.add_subplot()
     im = ax.imshow(share, cmap="Blues", vmin=0, vmax=1, aspect="auto")
     if rows * cols <= 900:
@@ -206,14 +219,8 @@ def confusion_figure(
                 if counts[i, j]:
                     ax.text(j, i, str(counts[i, j]), ha="center", va="center", fontsize=7,
                             color="white" if share[i, j] > 0.6 else "black")  # fmt: skip
-    labels = [
-        literal(n, LABEL_CHARS) + (" (unseen)" if i >= num_known else "")
-        for i, n in enumerate(row_names)
-    ]
-    tick_size = 8 if max(rows, cols) <= 30 else 5
     ax.set_yticks(range(rows), labels, fontsize=tick_size)
-    ax.set_xticks(range(cols), [literal(c, LABEL_CHARS) for c in col_names], fontsize=tick_size,
-                  rotation=90 if cols > 10 else 0)  # fmt: skip
+    ax.set_xticks(range(cols), col_labels, fontsize=tick_size, rotation=90 if upright else 0)
     for tick in ax.get_yticklabels()[num_known:]:
         tick.set_color(UNSEEN_COLOR)
     if num_known < rows:
