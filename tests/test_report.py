@@ -731,3 +731,16 @@ def test_rows_are_labelled_by_options_not_by_the_records_derived_from_them(digit
     # when only a derived record differs, it names the rows
     c = _copy_run(digits_run, tmp_path / "c", augment="none", augmentation={"preset": "other"})
     assert any("augmentation=" in r["label"] for r in aggregate_runs([a, c]))
+
+
+def test_the_report_headline_says_how_a_rare_class_fared():
+    from unseen.report import headline
+
+    rare = {"fraction": 0.05, "train_images": 6, "test_images": 55, "recall": 0.0,
+            "precision": float("nan"), "predicted_as": {"9": 27, "8": 28},
+            "mean_confidence": 0.684, "confidently_mislabelled": 0.273,
+            "auroc_vs_known": {"msp": 0.945}}  # fmt: skip
+    text = headline({"closed_set_accuracy": 0.88, "all_test_accuracy": 0.88, "rare": {"3": rare}})
+    assert "Rare class 3 (fraction 0.05, 6 training images): recall 0.000" in text
+    assert "its 55 test images were labelled as: 9 27, 8 28" in text
+    assert "0.273 labelled as another class above 0.9" in text and text.endswith("msp 0.945.")

@@ -595,6 +595,27 @@ def test_rare_statistics_are_kept_per_class():
     assert c["rare"]["8"]["auroc_vs_known"]["msp"]["mean"] == pytest.approx(0.9)
 
 
+def test_rare_protocol_table_says_where_the_class_went_and_how_confidently():
+    records = []
+    for seed, went, wrong in ((0, {"5": 30, "3": 15, "8": 5}, 0.5), (1, {"5": 10, "8": 40}, 0.7)):
+        r = _rare_record(0.1, seed, {"3": (5, 0.3, 0.6)})
+        r["metrics"]["rare"]["3"].update(predicted_as=went, confidently_mislabelled=wrong,
+                                         mean_confidence=0.9)  # fmt: skip
+        records.append(r)
+    old = _rare_record(0.5, 0, {"3": (20, 0.8, 0.7)})  # a run of an earlier version
+    (c, c_old) = sweep.aggregate([*records, old], "rare")["variants"][0]["conditions"]
+    stats = c["rare"]["3"]
+    # of its 100 test images over the two runs, 45 went to 8 and 40 to 5 (15 stayed 3)
+    assert stats["absorbed_by"] == {"class": "8", "share": pytest.approx(0.45)}
+    assert stats["confidently_mislabelled"]["mean"] == pytest.approx(0.6)
+    assert c_old["rare"]["3"]["absorbed_by"] is None
+    text = sweep.format_summary(sweep.aggregate([*records, old], "rare"))
+    header = next(ln for ln in text.splitlines() if ln.startswith("fraction"))
+    assert "mostly as" in header and "wrong >0.9" in header
+    row = next(ln for ln in text.splitlines() if ln.startswith("0.1"))
+    assert "8 (45%)" in row and "0.600 ± 0.141" in row
+
+
 def test_rare_protocol_table_shows_detection_auroc_when_classes_are_held_out_too():
     # rare:3 alone: at fraction 0.5 nothing is unseen, so the run has no detection AUROC
     alone = [_rare_record(0.0, 0, {"3": (0, None, 0.8)}, auroc=0.8),
@@ -731,19 +752,34 @@ def test_rare_metrics_known_answer():
     pos, neg = [0.9, 0.8, 0.7, 0.6], [0.3, 0.85, 0.2]
     expected = np.mean([[p > n for n in neg] for p in pos])
     assert r["auroc_vs_known"]["s"] == pytest.approx(expected)
+    assert "mean_confidence" not in r  # without the head's confidence
+    # with it: the 3s (indices 2, 3, 4) at 0.95, 0.99, 0.5; index 3 went to class 0 at 0.99
+    conf = np.array([0.9, 0.9, 0.95, 0.99, 0.5, 0.9, 0.9, 0.9])
+    r = rare_metrics([(3, 0.1)], DIGITS, [0, 3, 5], y_train, y_orig, predicted, {"s": score},
+                     confidence=conf)["3"]  # fmt: skip
+    assert r["mean_confidence"] == pytest.approx((0.95 + 0.99 + 0.5) / 3)
+    assert r["confidently_mislabelled"] == pytest.approx(1 / 3)
 
 
 def test_rare_metrics_when_the_class_is_absent():
     y_orig = np.array([0, 3, 3, 5])
     out = rare_metrics(
         [(3, 0.0)], DIGITS, [0, 5], np.array([0, 1]), y_orig, np.array([0, 1, 0, 1]),
-        {"s": np.array([0.9, 0.1, 0.2, 0.8])},
+        {"s": np.array([0.9, 0.1, 0.2, 0.8])}, confidence=np.array([0.5, 0.95, 0.85, 0.5]),
     )  # fmt: skip
     r = out["3"]
     assert not r["known"] and r["train_images"] == 0
     assert math.isnan(r["recall"]) and math.isnan(r["precision"])
     assert r["predicted_as"] == {"5": 1, "0": 1}
     assert r["auroc_vs_known"]["s"] == 1.0
+    # absent: every label it gets is wrong; one of its two above 0.9
+    assert r["mean_confidence"] == pytest.approx(0.9)
+    assert r["confidently_mislabelled"] == pytest.approx(0.5)
+    from unseen.console import fmt
+    from unseen.rare import rare_summary
+
+    line = rare_summary("3", r, fmt)
+    assert "its 2 test images were labelled as: 0 1, 5 1; mean confidence 0.900, 0.500" in line
 
 
 # ----------------------------------------------------------------------------- balance

@@ -148,15 +148,9 @@ def run_summary(metrics: dict, with_scores: bool = True) -> str:
             lines.append(_logits_note(metrics))
         lines += score_notes(metrics)
     for name, r in metrics.get("rare", {}).items():  # --rare
-        from .rare import format_fraction
+        from .rare import rare_summary
 
-        aurocs = ", ".join(f"{s} {fmt(v)}" for s, v in r["auroc_vs_known"].items())
-        images = counted(r["train_images"], "training image")
-        lines.append(
-            f"rare class {name} (fraction {format_fraction(r['fraction'])}, {images}): "
-            f"recall {fmt(r['recall'])}, precision {fmt(r['precision'])} | AUROC other known "
-            f"classes vs {name}: {aurocs}"
-        )
+        lines.append(rare_summary(name, r, fmt))
     if metrics.get("pretrained_on"):  # --pretrained
         lines.append(f"started from pretrained weights: {metrics['pretrained_on']}")
     if metrics.get("pretrained_warning"):

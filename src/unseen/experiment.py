@@ -503,6 +503,7 @@ def score_head(p: Prepared, head: str, model: Classifier, progress: bool = True)
         metrics["rare"] = rare_metrics(
             p.rare, p.split.classes, p.split.known, sd.y_train.numpy(),
             sd.y_test_original.numpy(), HEADS[head].predict(test.logits).cpu().numpy(), test_scores,
+            confidence=confidence(head, test.logits).cpu().numpy(),
         )  # fmt: skip
     metrics.update(pretrained_metrics(p, head))
     return Scored(test, val, fitted, test_scores, val_scores, metrics, seconds)

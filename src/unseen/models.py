@@ -257,7 +257,7 @@ def check_model(name: str) -> None:
     """ConfigError for an unknown model name, listing the known ones."""
     if name not in MODELS:
         raise ConfigError(
-            f"--model {name!r} is not known; choose one of: {', '.join(list_models())} (a "
+            f"--model {name!r} is not known; choose one of: {', '.join(MODELS)} (a "
             "network of your own is registered from Python: unseen.models.register_model)."
         )
 

@@ -25,7 +25,8 @@ single the class out.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -42,6 +43,32 @@ def parse_rare_item(text: str) -> tuple[str, float]:
     if not 0.0 <= value <= 1.0:
         raise ValueError(f"fraction must be between 0 and 1, got {frac!r}")
     return name.strip(), value
+
+
+#: confidence above which a wrong label counts as confidently wrong (the run's "above 0.9")
+CONFIDENT = 0.9
+
+
+def rare_summary(name: str, r: dict, fmt: Callable[[Any], str]) -> str:
+    """One rare class's result in a sentence, for the console and the report: its training
+    images, recall and precision, where its test images went and how confidently, and the
+    AUROC of the other known classes against it (``fmt`` formats a number)."""
+    from .console import counted
+
+    went = ", ".join(f"{k} {v}" for k, v in list(r.get("predicted_as", {}).items())[:4]) or "-"
+    aurocs = ", ".join(f"{s} {fmt(v)}" for s, v in r.get("auroc_vs_known", {}).items())
+    text = (
+        f"rare class {name} (fraction {format_fraction(r['fraction'])}, "
+        f"{counted(r['train_images'], 'training image')}): recall {fmt(r['recall'])}, "
+        f"precision {fmt(r['precision'])}; its {counted(r['test_images'], 'test image')} "
+        f"were labelled as: {went}"
+    )
+    if "mean_confidence" in r:  # runs of earlier versions did not record it
+        text += (
+            f"; mean confidence {fmt(r['mean_confidence'])}, "
+            f"{fmt(r['confidently_mislabelled'])} labelled as another class above {CONFIDENT}"
+        )
+    return text + f" | AUROC other known classes vs {name}: {aurocs or '-'}"
 
 
 def format_fraction(value: float) -> str:
@@ -127,14 +154,19 @@ def rare_metrics(
     y_test_original: np.ndarray,
     predicted: np.ndarray,
     test_scores: dict[str, np.ndarray],
+    confidence: np.ndarray | None = None,
 ) -> dict[str, dict]:
-    """Per rare class: training images, closed-set recall/precision, AUROC against the others.
+    """Per rare class: training images, closed-set recall/precision, where its test images
+    went, how confident the network was about them, and the AUROC against the others.
 
     ``known`` are the original indices of the known classes in order (``predicted`` and
     ``y_train`` use the remapped labels 0..K-1); ``y_test_original`` the original test labels.
     Recall and precision are closed-set, over the test images of known classes; both are
     ``NaN`` when the class is unseen (fraction 0) and precision is ``NaN`` when nothing is
-    predicted as the class.
+    predicted as the class. With ``confidence`` (the head's largest class probability per
+    test image), ``mean_confidence`` is its mean over the class's test images and
+    ``confidently_mislabelled`` the share of them labelled as another class with confidence
+    above :data:`CONFIDENT` -- the confident wrong answer.
     """
     known = list(known)
     y_test_original = np.asarray(y_test_original)
@@ -160,6 +192,13 @@ def rare_metrics(
                 entry["recall"] = float(np.mean(pred_cls[is_cls]))
             if (pred_cls & test_known).any():
                 entry["precision"] = float(np.mean(is_cls[pred_cls & test_known]))
+        if confidence is not None:
+            conf = np.asarray(confidence, float)[is_cls]
+            wrong = predicted[is_cls] != (known.index(cls) if cls in known else -1)
+            entry["mean_confidence"] = float(conf.mean()) if conf.size else math.nan
+            entry["confidently_mislabelled"] = (
+                float(np.mean(wrong & (conf > CONFIDENT))) if conf.size else math.nan
+            )
         # images of the rare class went to which (other) known class
         counts = np.bincount(predicted[is_cls].astype(int), minlength=len(known))
         entry["predicted_as"] = {

@@ -527,6 +527,11 @@ def headline(metrics: dict) -> str:
             f"known class (mostly {absorbed or '-'}), with mean {metrics.get('confidence_from', 'max softmax probability')} "
             f"{_fmt(uc.get('mean_msp'))}; {_pct(uc.get('frac_msp_above_0_9'))} of them above 0.9."
         )
+    for name, r in metrics.get("rare", {}).items():  # --rare: how the scarce class fared
+        from .rare import rare_summary
+
+        summary = rare_summary(name, r, _fmt)
+        text += f" {summary[0].upper()}{summary[1:]}."
     if metrics.get("pretrained_warning"):
         text += f" Warning: {metrics['pretrained_warning']}"
     return text

@@ -54,6 +54,7 @@ from .config import MAX_SEED, RESULT_NEUTRAL_KEYS, RunConfig, validate
 from .console import printable_names
 from .errors import ConfigError, Interrupted, UnseenError
 from .metrics import mean_std
+from .rare import CONFIDENT
 from .runfolder import (
     describe_mixed,
     is_finished,
@@ -767,11 +768,24 @@ def _rare_stats(records: Sequence[dict], names: Sequence[str]) -> dict | None:
     out = {}
     for cls in classes:
         entries = [r["metrics"].get("rare", {}).get(cls, {}) for r in records]
+        # the other known class that took most of its test images, summed over the runs
+        went: dict[str, int] = {}
+        for e in entries:
+            for other, count in e.get("predicted_as", {}).items():
+                went[other] = went.get(other, 0) + int(count)
+        total = sum(went.values())
+        went.pop(cls, None)
+        top = max(went, key=lambda c: went[c]) if went else None
         out[cls] = {
             "train_images": mean_std([e.get("train_images") for e in entries]),
             "test_images": mean_std([e.get("test_images") for e in entries]),
             "recall": mean_std([e.get("recall") for e in entries]),
             "precision": mean_std([e.get("precision") for e in entries]),
+            "mean_confidence": mean_std([e.get("mean_confidence") for e in entries]),
+            "confidently_mislabelled": mean_std(
+                [e.get("confidently_mislabelled") for e in entries]
+            ),
+            "absorbed_by": {"class": top, "share": went[top] / total} if top else None,
             "auroc_vs_known": {
                 n: mean_std([e.get("auroc_vs_known", {}).get(n) for e in entries]) for n in names
             },
@@ -990,6 +1004,9 @@ def format_summary(summary: dict) -> str:
                 (r,) = c["rare"].values()  # the protocol's one rare class
                 row += [mean_std_text(r["train_images"], 0, k), mean_std_text(r["recall"], runs=k)]
                 row += [mean_std_text(r["precision"], runs=k)]
+                ab = r.get("absorbed_by")  # summaries of earlier versions lack the next two
+                row.append(f"{ab['class']} ({ab['share']:.0%})" if ab else "-")
+                row.append(mean_std_text(r.get("confidently_mislabelled", {}), runs=k))
                 row += [mean_std_text(r["auroc_vs_known"][n], runs=k) for n in names]
                 row += [mean_std_text(c["auroc"][n], runs=k) for n in names] if detection else []
                 row += [mean_std_text(c["closed_set_accuracy"], runs=k)]
@@ -1001,14 +1018,17 @@ def format_summary(summary: dict) -> str:
             rows.append((c, row))
     if is_rare:
         rows.sort(key=lambda cr: (cr[0]["condition"], cr[1][1] if vcol else ""))
-        header = ["fraction", *vcol, "train imgs", "recall", "precision"]
+        header = ["fraction", *vcol, "train imgs", "recall", "precision", "mostly as",
+                  f"wrong >{CONFIDENT}"]  # fmt: skip
         header += [f"AUROC {n}" for n in names]
         header += [f"unseen AUROC {n}" for n in names] if detection else []
         header += ["closed-acc"]
         lines.append("")
         lines.append(
-            "rare class per fraction (AUROC: other known classes vs the rare class, "
-            "higher = the scores single it out; at fraction 0 it is unseen"
+            "rare class per fraction (mostly as: the other class that took most of its test "
+            f"images, summed over runs; wrong >{CONFIDENT}: share of its test images labelled as "
+            f"another class with confidence above {CONFIDENT}; AUROC: other known classes vs "
+            "the rare class, higher = the scores single it out; at fraction 0 it is unseen"
             + ("; unseen AUROC: known vs all unseen test images, the held-out classes "
                "and, at fraction 0, the rare class)" if detection else ")")
         )  # fmt: skip
