@@ -25,7 +25,9 @@ def digits_run(tmp_path_factory) -> Path:
 @pytest.fixture
 def terminal(monkeypatch):
     """``sys.stderr`` replaced by a buffer that says it is a terminal, so progress bars show;
-    its ``getvalue()`` is what they wrote."""
+    its ``getvalue()`` is what they wrote. Get it with ``request.getfixturevalue("terminal")``
+    inside the test: pytest's output capture replaces ``sys.stderr`` again between a test's
+    fixtures and its body, so as a plain argument it would never see a bar."""
     import io
     import sys
 

@@ -80,3 +80,35 @@ def test_auto_lr_follows_the_batch_the_steps_really_take():
     n = len(p.split_data.x_train)
     assert n < 300 and p.config.lr == default_lr(n) and p.config.batch_size == 100000
     assert prepare(RunConfig(batch_size=64, device="cpu")).config.lr == default_lr(64)
+
+
+@pytest.mark.parametrize("every, lines", [(0.0, 3), (30.0, 0)])
+def test_without_a_bar_long_training_says_how_it_goes(capsys, monkeypatch, every, lines):
+    # stderr captured: not a terminal, so no bar; a line per epoch once `every` s have passed
+    from unseen import train
+
+    monkeypatch.setattr(train, "LOG_EVERY_SECONDS", every)
+    settings = TrainSettings(epochs=3, batch_size=16, lr=0.1)
+    x = torch.randint(0, 256, (40, 1, 8, 8), dtype=torch.uint8)
+    y = torch.arange(40) % 3
+    spec = A.make_augment_spec("none", 8, flip_ok=False)
+    train_model(create_model("resnet20", 1, 3, 8), x, y, settings, HEADS["softmax"], spec,
+                torch.device("cpu"), x_val=x[:9], y_val=y[:9])  # fmt: skip
+    said = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("training: ")]
+    assert len(said) == lines
+    if lines:
+        assert said[0].startswith("training: epoch 1/3, loss ") and "val acc " in said[0]
+        assert said[-1].endswith(" images/s")
+
+
+def test_a_terminal_gets_the_bar_and_no_log_lines(request, monkeypatch):
+    from unseen import train
+
+    terminal = request.getfixturevalue("terminal")  # in the test: capture is set up by then
+    monkeypatch.setattr(train, "LOG_EVERY_SECONDS", 0.0)
+    settings = TrainSettings(epochs=2, batch_size=16, lr=0.1)
+    x = torch.randint(0, 256, (40, 1, 8, 8), dtype=torch.uint8)
+    spec = A.make_augment_spec("none", 8, flip_ok=False)
+    train_model(create_model("resnet20", 1, 3, 8), x, torch.arange(40) % 3, settings,
+                HEADS["softmax"], spec, torch.device("cpu"))  # fmt: skip
+    assert "training: epoch" not in terminal.getvalue() and "epoch" in terminal.getvalue()

@@ -9,6 +9,7 @@ sample in a few tensor operations and fed through the network in ``channels_last
 from __future__ import annotations
 
 import math
+import sys
 import time
 import warnings
 from collections.abc import Callable
@@ -25,6 +26,10 @@ from .evaluate import forward_pass
 from .hardware import autocast
 from .heads import Head
 from .models import Classifier
+
+#: without a progress bar (stderr not a terminal), a plain progress line at the end of an
+#: epoch once this many seconds have passed since the last one: none for a one-minute run
+LOG_EVERY_SECONDS = 30.0
 
 
 @dataclass(frozen=True)
@@ -267,6 +272,7 @@ def train_model(
         leave=False,
     )
     start = time.perf_counter()
+    logged = time.monotonic()  # the last progress line without a bar (see LOG_EVERY_SECONDS)
     eval_seconds = 0.0
     save_seconds = 0.0  # writing checkpoints is not training time either
 
@@ -355,6 +361,17 @@ def train_model(
         row["seconds"] = wall_seconds()
         result.history.append(row)
         bar.set_postfix(loss=f"{row['loss']:.3f}", val_acc=f"{row['val_accuracy']:.3f}")
+        if progress and bar.disable and time.monotonic() - logged >= LOG_EVERY_SECONDS:
+            # no bar (stderr is a log file, as under nohup or a batch job): a plain line now
+            # and then, so that a long run is seen to progress
+            logged = time.monotonic()
+            rate = result.images_seen / max(train_seconds(), 1e-9)
+            print(
+                f"training: epoch {epoch + 1}/{settings.epochs}, loss {row['loss']:.3f}, val "
+                f"acc {row['val_accuracy']:.3f}, {row['seconds']:.0f} s, {rate:.0f} images/s",
+                file=sys.stderr,
+                flush=True,
+            )
         if on_epoch_end is not None:
             on_epoch_end(epoch, row)
         if checkpoint is not None:  # a stop, the last epoch and --checkpoint-every save one
