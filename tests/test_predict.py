@@ -835,3 +835,20 @@ def test_an_existing_output_that_cannot_be_read_is_not_replaced(tmp_path, monkey
 
     monkeypatch.setattr(Path, "open", refuse)  # as a mode-000 file for a user who is not root
     assert _looks_binary(kept)
+
+
+def test_a_score_worse_than_chance_on_the_run_is_warned_about(capsys, run_dir, pngs, tmp_path):
+    copy = tmp_path / "run"
+    shutil.copytree(run_dir, copy)
+    metrics = json.loads((copy / "metrics.json").read_text())
+    for name, m in metrics["scores"].items():  # msp the best, energy worse than chance
+        m["auroc"] = {"msp": 0.91, "energy": 0.12}.get(name, 0.5)
+    (copy / "metrics.json").write_text(json.dumps(metrics))
+    rc, _, err = cli(capsys, copy, *pngs["unseen"][:3])
+    assert rc == 0
+    assert "energy ranked unseen images as more known than known ones (AUROC 0.120)" in err
+    assert "the run's best was msp (AUROC 0.910): --score msp" in err
+    rc, _, err = cli(capsys, copy, *pngs["unseen"][:3], "--score", "msp")
+    assert rc == 0 and "warning" not in err
+    rc, _, err = cli(capsys, run_dir, *pngs["unseen"][:3])  # the real run: energy did fine
+    assert rc == 0 and "warning" not in err

@@ -884,6 +884,41 @@ def rows_to_table(rows: Sequence[dict[str, Any]]) -> str:
     return table(header, cells, left=(0, 1, 4, 6))
 
 
+def run_aurocs(run_dir: Path) -> dict[str, float]:
+    """Each score's AUROC on the run's own test set (known against unseen images), from its
+    metrics.json; empty when the run held nothing out (or the file is unreadable)."""
+    try:
+        scores = json.loads((run_dir / "metrics.json").read_text()).get("scores", {})
+    except (OSError, ValueError, AttributeError):
+        return {}
+    out = {}
+    for name, m in scores.items() if isinstance(scores, dict) else ():
+        value = m.get("auroc") if isinstance(m, dict) else None
+        if isinstance(value, (int, float)) and math.isfinite(value):
+            out[str(name)] = float(value)
+    return out
+
+
+def weak_score_note(predictor: Predictor) -> str | None:
+    """A warning when the chosen score did worse than chance on the run's own unseen images
+    (AUROC below 0.5: it ranked them as *more* known), naming the run's best score."""
+    aurocs = run_aurocs(predictor.run_dir)
+    mine = aurocs.get(predictor.score_name)
+    if mine is None or mine >= 0.5:
+        return None
+    best = max((n for n in aurocs if n in predictor.detectors), key=lambda n: aurocs[n])
+    advice = (
+        f"; the run's best was {best} (AUROC {aurocs[best]:.3f}): --score {best}"
+        if best != predictor.score_name
+        else "; no score the run computed did better (unseen rescore --scores all adds more)"
+    )
+    return (
+        f"warning: on the run's own test set, {predictor.score_name} ranked unseen images as "
+        f"more known than known ones (AUROC {mine:.3f}), so it will accept most images of "
+        f"classes it never saw{advice}."
+    )
+
+
 def summary_line(rows: Sequence[dict[str, Any]], predictor: Predictor) -> str:
     n_err = sum(r["error"] is not None for r in rows)
     n_unknown = sum(r["class_index"] == UNKNOWN for r in rows)
@@ -1004,6 +1039,8 @@ def run_predict(
             print(summary, file=sys.stderr)
     if skipped:  # on stderr: stdout may be the CSV or JSON
         print(skipped_note(skipped), file=sys.stderr)
+    if note := weak_score_note(predictor):
+        print(f"unseen: {note}", file=sys.stderr)
     if rows and all(r["error"] is not None for r in rows):
         raise UnseenError(f"none of the {len(rows)} input(s) could be read as an image.")
     return 0
