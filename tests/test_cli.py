@@ -421,3 +421,30 @@ def test_negative_numbers_in_exponent_notation_are_option_values():
         "--each",
         "-1e3",
     ]
+
+
+@pytest.mark.parametrize(
+    ("args", "line", "noted"),
+    [
+        (["--model", "resnet20"], "resnet20, 1 epoch", True),
+        (["--model", "resnet18"], "resnet18 (imagenet stem), 1 epoch", False),
+        (["--model", "resnet18", "--stem", "small"], "resnet18 (small stem), 1 epoch", True),
+        (["--model", "resnet20", "--input-size", "32"], "resnet20 at 32 x 32 px", False),
+    ],
+)
+def test_large_images_on_a_cpu_get_advice_and_the_stem_is_named(
+    tmp_path, capsys, args, line, noted
+):
+    rng = np.random.default_rng(0)
+    data = tmp_path / "big.npz"
+    np.savez(data, x_train=rng.integers(0, 256, (12, 72, 72), dtype=np.uint8),
+             y_train=np.arange(12) % 3, x_test=rng.integers(0, 256, (6, 72, 72), dtype=np.uint8),
+             y_test=np.arange(6) % 3)  # fmt: skip
+    rc = main(["run", "--dataset", f"npz:{data}", "--epochs", "1", "--device", "cpu",
+               "--scores", "msp", "--no-report", "--val-fraction", "0.25",
+               "--out", str(tmp_path / "run"), *args])  # fmt: skip
+    out = capsys.readouterr().out
+    assert rc == 0 and line in out
+    assert ("72 x 72 px images on a CPU" in out) == noted
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["stem"] == (line.split("(")[1].split(" ")[0] if "(" in line else None)

@@ -50,7 +50,7 @@ from .hardware import (
 )
 from .heads import HEADS, confidence
 from .metrics import confidence_summary, open_set_metrics, predicted_as, score_metrics
-from .models import HAS_STEMS, Classifier, fold_batch_norm
+from .models import HAS_STEMS, Classifier, fold_batch_norm, resolve_stem
 from .ovr import build_model_for_head, train_separate
 from .pretrained import (
     LoadReport,
@@ -150,6 +150,15 @@ def half_if_it_fits(x: np.ndarray) -> np.ndarray:
     finite = x[np.isfinite(x)]
     fits = finite.size == 0 or float(np.abs(finite).max()) <= float(np.finfo(np.float16).max)
     return x.astype(np.float16 if fits else np.float32)
+
+
+#: images larger than this (px, after --input-size) make a full-resolution network slow on a CPU
+LARGE_ON_CPU = 64
+
+
+def resolved_stem(cfg: RunConfig, image_size: tuple[int, int]) -> str:
+    """The input stem ``--stem`` gives on images of ``image_size`` (after ``--input-size``)."""
+    return resolve_stem(cfg.stem, cfg.input_size or image_size[0])
 
 
 def prepare(cfg: RunConfig, precision: str | None = None) -> Prepared:
@@ -532,6 +541,8 @@ def finish_metrics(p: Prepared, head: str, scored: Scored, training: dict, devic
     scored.metrics.update(
         head=head,
         model=cfg.model,
+        # the input stem --stem auto chose (null for a network with one stem)
+        stem=resolved_stem(cfg, p.data.image_size) if cfg.model in HAS_STEMS else None,
         dataset=cfg.dataset,
         epochs=cfg.epochs,
         **training,
@@ -742,8 +753,10 @@ def _run_experiment(cfg: RunConfig, progress: bool, log: Callable[[str], None] |
         else ""
     )
     epochs = counted(cfg.epochs, "epoch")
+    stem = f" ({resolved_stem(cfg, (h, w))} stem)" if cfg.model in HAS_STEMS else ""
     say(
-        f"{cfg.model}{resized}, {epochs} on {describe_device(p.device)}, {p.precision}; run folder {run_dir}"
+        f"{cfg.model}{stem}{resized}, {epochs} on {describe_device(p.device)}, {p.precision}; "
+        f"run folder {run_dir}"
     )
     if p.pretrained is not None:
         for head, report in p.load_reports.items():
@@ -789,6 +802,17 @@ def _run_experiment(cfg: RunConfig, progress: bool, log: Callable[[str], None] |
         )
     if cfg.stem != "auto" and cfg.model not in HAS_STEMS:
         say(f"note: --stem {cfg.stem} has no effect: {cfg.model} has one input stem")
+    side = cfg.input_size or max(h, w)
+    full_size = cfg.model == "resnet20" or (
+        cfg.model in HAS_STEMS and resolved_stem(cfg, (h, w)) == "small"
+    )
+    if p.device.type == "cpu" and side > LARGE_ON_CPU and full_size:
+        say(
+            f"note: {side} x {side} px images on a CPU: {cfg.model} convolves them at full "
+            "resolution, which is slow (on one core a reviewer measured 29 images/s at 128 px, "
+            "5 at 256 px); --input-size 64 shrinks them inside the model, or --model resnet18 "
+            "with its ImageNet stem (--stem imagenet) downsamples them 4x first"
+        )
     if cfg.freeze_backbone and p.pretrained is None:
         say("note: --freeze-backbone without --pretrained trains a head on random features")
     for line in unused_options_notes(unused_score_options(cfg)):
