@@ -344,6 +344,33 @@ def test_folder_16bit_greyscale_is_scaled_not_clipped(tmp_path):
     assert data.x_test[1, 0].numpy().tolist() == [[0, 7, 255], [1, 2, 3]]  # already 8-bit
 
 
+def test_folder_loading_says_what_it_changed(tmp_path):
+    rng = np.random.default_rng(0)
+    twelve = [Image.fromarray(rng.integers(0, 4096, (8, 8)).astype(np.uint16)) for _ in range(3)]
+    _save_split_images(tmp_path, "train", {"a": [(im, "png") for im in twelve[:2]],
+                                           "b": [(twelve[2], "png")]})  # fmt: skip
+    rgb = Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8))
+    small = Image.fromarray(rng.integers(0, 256, (4, 6), dtype=np.uint8))
+    _save_split_images(tmp_path, "test", {"a": [(rgb, "png")], "b": [(small, "png")]})
+    data = load_dataset(f"folder:{tmp_path}")
+    assert data.x_train.shape == (3, 3, 8, 8)
+    resized, rgbed, depth = data.notes
+    assert resized.startswith(
+        "1 of 5 images were resized to 8 x 8, the most common size (from 4 x 6 (1))"
+    )
+    assert rgbed.startswith("1 colour images make the dataset RGB: its 4 greyscale images")
+    top = max(int(np.asarray(im).max()) for im in twelve)
+    assert depth.startswith(f"the 3 16-bit images use values up to {top} of 65535 (12-bit data?)")
+    assert f"they keep only {round(top * 255 / 65535) + 1} grey levels" in depth
+    # full-range 16-bit images of one size and mode: nothing to say
+    for f in tmp_path.rglob("*.png"):
+        f.unlink()
+    full = Image.fromarray(rng.integers(0, 65536, (8, 8)).astype(np.uint16))
+    _save_split_images(tmp_path, "train", {"a": [(full, "png")], "b": [(full, "png")]})
+    _save_split_images(tmp_path, "test", {"a": [(full, "png")], "b": [(full, "png")]})
+    assert load_dataset(f"folder:{tmp_path}").notes == ()
+
+
 def test_dark_16bit_pgm_and_float_tiffs_in_0_1_keep_their_scale(tmp_path):
     from unseen.data import image_array, read_image_file
 

@@ -49,6 +49,9 @@ class ImageData:
     source: str
     #: whether a horizontal flip keeps an image's meaning (not for digits)
     flip_ok: bool = True
+    #: what reading the files did that a user should know (resized images, grey made RGB,
+    #: 16-bit images that use few of their levels), one sentence each; a run prints them
+    notes: tuple[str, ...] = ()
 
     @property
     def channels(self) -> int:
@@ -466,36 +469,69 @@ def decode_error(exc: BaseException, path: str | os.PathLike) -> str:
     return f"{type(exc).__name__}{': ' + reason if reason else ''}"
 
 
-def _image_file_tensor(path: Path) -> torch.Tensor:
-    """One image file of a folder dataset -> uint8 1 x C x H x W (:func:`image_tensor`)."""
+def _image_file_tensor(path: Path) -> tuple[torch.Tensor, int | None]:
+    """One image file of a folder dataset -> uint8 1 x C x H x W (:func:`image_tensor`), and
+    for a 16-bit image its largest value before scaling (None for others)."""
     try:
         image = read_image_file(path)
     except Exception as exc:  # PIL's decoders raise more than OSError: DecompressionBombError,
         # SyntaxError, struct.error... on damaged or huge files
         raise DataError(f"image {path} could not be decoded ({decode_error(exc, path)}).") from None
+    peak = None
+    if image.mode.startswith("I;16"):
+        peak = int(np.asarray(image).max(initial=0))
     try:
-        return image_tensor(image)
+        return image_tensor(image), peak
     except ValueError as exc:  # values no bit depth explains
         raise DataError(f"image {path} could not be decoded ({exc}).") from None
 
 
-def _load_image_files(files: dict[str, list[Path]]) -> dict[str, torch.Tensor]:
+def _load_image_files(
+    files: dict[str, list[Path]],
+) -> tuple[dict[str, torch.Tensor], tuple[str, ...]]:
     """Decode the image files of every split into uint8 N x C x H x W tensors of one channel
-    count and one size, as ``unseen predict`` reads a file.
+    count and one size, as ``unseen predict`` reads a file, and say what that changed.
 
     The images are RGB when any image of any split has colour, grey otherwise; those of
     another size are resized (``resize_images``) to the most common size over all splits.
+    The notes count the images resized and made RGB, and warn when the 16-bit images use at
+    most an eighth of their range (12-bit data, say), which 0..255 keeps only a few levels of.
     """
     from collections import Counter
 
-    decoded = {split: [_image_file_tensor(p) for p in paths] for split, paths in files.items()}
+    read = {split: [_image_file_tensor(p) for p in paths] for split, paths in files.items()}
+    decoded = {split: [t for t, _ in pairs] for split, pairs in read.items()}
     everything = [t for ts in decoded.values() for t in ts]
     channels = 3 if any(t.shape[1] >= 3 for t in everything) else 1
-    size = Counter(tuple(t.shape[-2:]) for t in everything).most_common(1)[0][0]
-    return {
+    sizes = Counter(tuple(t.shape[-2:]) for t in everything)
+    size = sizes.most_common(1)[0][0]
+    notes = []
+    if n_other := sum(n for s, n in sizes.items() if s != size):
+        others = ", ".join(f"{h} x {w} ({n})" for (h, w), n in sizes.most_common()[1:4])
+        more = ", ..." if len(sizes) > 4 else ""
+        notes.append(
+            f"{n_other} of {len(everything)} images were resized to {size[0]} x {size[1]}, the "
+            f"most common size (from {others}{more}); unseen predict resizes new images too"
+        )
+    if channels == 3 and (n_grey := sum(t.shape[1] < 3 for t in everything)):
+        notes.append(
+            f"{len(everything) - n_grey} colour images make the dataset RGB: its {n_grey} "
+            "greyscale images were copied into three channels"
+        )
+    peaks = [peak for pairs in read.values() for _, peak in pairs if peak is not None]
+    if peaks and (top := max(peaks)) <= 65535 // 8:
+        levels = round(top * 255 / 65535) + 1
+        notes.append(
+            f"the {len(peaks)} 16-bit images use values up to {top} of 65535 ({top.bit_length()}-"
+            f"bit data?): scaled from 16 bits to 0..255 they keep only {levels} grey levels; "
+            "rescale them to the full 16-bit range, or to 8 bits, before training (unseen "
+            "predict reads new files the same way)"
+        )
+    tensors = {
         split: torch.cat([resize_images(convert_channels(t, channels), size) for t in ts])
         for split, ts in decoded.items()
     }
+    return tensors, tuple(notes)
 
 
 def image_files(folder: str | os.PathLike, others: list[Path] | None = None) -> list[Path]:
@@ -587,7 +623,7 @@ def _folder_source(path: str) -> tuple[Callable, Callable]:
         # a folder name's bytes that are not UTF-8 written as \xe9: runs, reports and JSON
         # hold the name as text
         classes = tuple(valid_unicode(c) for c in folders)
-        x = _load_image_files({split: [p for p, _ in s] for split, (_, s) in splits.items()})
+        x, notes = _load_image_files({split: [p for p, _ in s] for split, (_, s) in splits.items()})
         y = {
             split: np.array(
                 [index[unicodedata.normalize("NFC", names[t])] for _, t in s], dtype=np.int64
@@ -602,6 +638,7 @@ def _folder_source(path: str) -> tuple[Callable, Callable]:
             y_test=torch.from_numpy(y["test"]),
             classes=classes,
             source=str(root),
+            notes=notes,
         )
 
     return load, locate

@@ -742,6 +742,8 @@ def _run_experiment(cfg: RunConfig, progress: bool, log: Callable[[str], None] |
         f"({int(sd.test_is_unseen.sum())} of unseen classes), {shape} (C x H x W), "
         f"from {p.data.source}"
     )
+    for note in p.data.notes:
+        say(f"note: {note}")
     say(
         f"known: {printable_names(p.split.known_names)} | "
         f"unseen: {printable_names(p.split.unseen_names) or '-'}"
