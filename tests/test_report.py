@@ -744,3 +744,30 @@ def test_the_report_headline_says_how_a_rare_class_fared():
     assert "Rare class 3 (fraction 0.05, 6 training images): recall 0.000" in text
     assert "its 55 test images were labelled as: 9 27, 8 28" in text
     assert "0.273 labelled as another class above 0.9" in text and text.endswith("msp 0.945.")
+
+
+def test_comparison_has_a_rare_class_table_when_runs_kept_a_class_rare(digits_run, tmp_path):
+    runs = []
+    for seed, (recall, wrong, went) in enumerate([(0.2, 0.5, {"8": 30, "3": 10}),
+                                                  (0.4, 0.7, {"8": 20, "3": 20})]):  # fmt: skip
+        run = _copy_run(digits_run, tmp_path / f"r{seed}", seed=seed, rare=["3:0.1"])
+        m = _metrics(run)
+        m["rare"] = {"3": {"fraction": 0.1, "known": True, "train_images": 12, "test_images": 40,
+                           "recall": recall, "precision": 0.9, "predicted_as": went,
+                           "mean_confidence": 0.8, "confidently_mislabelled": wrong,
+                           "auroc_vs_known": {"msp": 0.6}}}  # fmt: skip
+        (run / "metrics.json").write_text(json.dumps(m))
+        runs.append(run)
+    plain = _copy_run(digits_run, tmp_path / "plain", seed=0)
+    (row,) = [r for r in aggregate_runs([*runs, plain]) if "rare" in r]
+    assert row["rare"]["3"]["recall"]["mean"] == pytest.approx(0.3)
+    assert row["rare"]["3"]["absorbed_by"] == {"class": "8", "share": pytest.approx(50 / 80)}
+    write_comparison([*runs, plain], tmp_path / "cmp")
+    md = (tmp_path / "cmp" / "comparison.md").read_text()
+    line = next(ln for ln in md.splitlines() if ln.startswith("| ") and "| 3 |" in ln)
+    assert "0.300 ± 0.141" in line and "0.600 ± 0.141" in line and "8 (62%)" in line
+    assert 'id="rare-table"' in (tmp_path / "cmp" / "comparison.html").read_text()
+    assert "rare:3:confidently_mislabelled" in (tmp_path / "cmp" / "comparison.csv").read_text()
+    # runs without rare classes: no such table
+    write_comparison([plain], tmp_path / "cmp2")
+    assert "Rare classes" not in (tmp_path / "cmp2" / "comparison.md").read_text()

@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from .errors import ConfigError
-from .metrics import auroc
+from .metrics import auroc, mean_std
 
 
 def parse_rare_item(text: str) -> tuple[str, float]:
@@ -211,4 +211,41 @@ def rare_metrics(
             name: auroc(np.asarray(s)[subset], others[subset]) for name, s in test_scores.items()
         }
         out[classes[cls]] = entry
+    return out
+
+
+def rare_statistics(metrics: Sequence[dict], names: Sequence[str]) -> dict | None:
+    """Per rare class (by name), over runs (their ``metrics.json``): its training and test
+    images, recall, precision, confidence, the other class that took most of its test images
+    (``absorbed_by``, summed over the runs) and the AUROC against the other known classes per
+    score in ``names``, each as :func:`~unseen.metrics.mean_std`. None without rare classes.
+    The sweep summary and the comparison report both use it."""
+    classes = list(dict.fromkeys(c for m in metrics for c in m.get("rare", {})))
+    if not classes:
+        return None
+    out = {}
+    for cls in classes:
+        entries = [m.get("rare", {}).get(cls, {}) for m in metrics]
+        # the other known class that took most of its test images, summed over the runs
+        went: dict[str, int] = {}
+        for e in entries:
+            for other, count in e.get("predicted_as", {}).items():
+                went[other] = went.get(other, 0) + int(count)
+        total = sum(went.values())
+        went.pop(cls, None)
+        top = max(went, key=lambda c: went[c]) if went else None
+        out[cls] = {
+            "train_images": mean_std([e.get("train_images") for e in entries]),
+            "test_images": mean_std([e.get("test_images") for e in entries]),
+            "recall": mean_std([e.get("recall") for e in entries]),
+            "precision": mean_std([e.get("precision") for e in entries]),
+            "mean_confidence": mean_std([e.get("mean_confidence") for e in entries]),
+            "confidently_mislabelled": mean_std(
+                [e.get("confidently_mislabelled") for e in entries]
+            ),
+            "absorbed_by": {"class": top, "share": went[top] / total} if top else None,
+            "auroc_vs_known": {
+                n: mean_std([e.get("auroc_vs_known", {}).get(n) for e in entries]) for n in names
+            },
+        }
     return out

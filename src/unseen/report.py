@@ -42,6 +42,7 @@ from .console import counted, mean_std_text, valid_unicode
 from .data import absolute_paths
 from .errors import UnseenError
 from .metrics import mean_std
+from .rare import CONFIDENT, rare_statistics
 from .runfolder import (
     FINISHED_FILE,
     atomic_write,
@@ -841,6 +842,8 @@ def aggregate_runs(run_dirs: Iterable[str | Path]) -> list[dict]:
         })  # fmt: skip
         if mixed := mixed_settings(g["s"]):
             rows[-1]["mixed_settings"] = mixed
+        if (rare := rare_statistics(g["m"], score_names)) is not None:  # --rare runs
+            rows[-1]["rare"] = rare
     _label_rows(rows)
     return rows
 
@@ -1002,6 +1005,22 @@ def write_comparison(run_dirs: Iterable[str | Path], out_dir: str | Path) -> Pat
                      + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")  # fmt: skip
             md.append(f"| {md_text(r['label'])} | {n} | " + " | ".join(cells) + " |")
     h.append("</tbody></table>")
+    if rare_rows := rare_table_rows(rows):
+        rare_head = ["configuration", "rare class", "train imgs", "recall", "precision",
+                     "mean confidence", f"wrong >{CONFIDENT}", "mostly as"]  # fmt: skip
+        h += ["<h2>Rare classes</h2>",
+              f'<p class="note">A --rare class kept at a fraction of its training images: closed-set '
+              f"recall and precision on the test set, the head's mean confidence on its test "
+              f"images, the share of them labelled as another class with confidence above "
+              f"{CONFIDENT}, and the other class that took most of them.</p>",
+              '<table id="rare-table"><thead><tr>'
+              + "".join(f"<th>{html.escape(c)}</th>" for c in rare_head) + "</tr></thead><tbody>"]  # fmt: skip
+        md += ["", "## Rare classes", "", "| " + " | ".join(rare_head) + " |",
+               "|---|---|" + "---:|" * (len(rare_head) - 2)]  # fmt: skip
+        for cells in rare_rows:
+            h.append("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in cells) + "</tr>")
+            md.append("| " + " | ".join(md_text(c) for c in cells) + " |")
+        h.append("</tbody></table>")
     if figures:
         h.append("<h2>Figures</h2>")
         h += [figure_html(p) for p in figures]
@@ -1027,9 +1046,35 @@ def write_comparison(run_dirs: Iterable[str | Path], out_dir: str | Path) -> Pat
                 writer.writerow(
                     [r["label"], r["head"], r["n_runs"], n, k, s["mean"], s["std"], s["n"]]
                 )
+        for cls, stats in r.get("rare", {}).items():  # metric "rare:<class>:recall", ...
+            for k in RARE_COLUMNS:
+                s = stats[k]
+                writer.writerow(
+                    [r["label"], r["head"], r["n_runs"], "", f"rare:{cls}:{k}", s["mean"],
+                     s["std"], s["n"]]
+                )  # fmt: skip
     _write_text(out_dir / "comparison.csv", buf.getvalue())
     _write_text(out_dir / "comparison.md", "\n".join(md))
     return _write_text(out_dir / "comparison.html", page(title, "\n".join(h)))
+
+
+#: the rare-class statistics of a comparison row, in its table's order
+RARE_COLUMNS = ("train_images", "recall", "precision", "mean_confidence", "confidently_mislabelled")
+
+
+def rare_table_rows(rows: Sequence[dict]) -> list[list[str]]:
+    """The cells of the comparison's rare-class table: one line per configuration and rare
+    class (none when no run kept a class rare)."""
+    out = []
+    for r in rows:
+        for cls, stats in r.get("rare", {}).items():
+            ab = stats.get("absorbed_by")
+            out.append(
+                [r["label"], cls, mean_std_text(stats["train_images"], 0)]
+                + [mean_std_text(stats[k], runs=r["n_runs"]) for k in RARE_COLUMNS[1:]]
+                + [f"{ab['class']} ({ab['share']:.0%})" if ab else "-"]
+            )
+    return out
 
 
 def _nan(value: Any) -> float:

@@ -54,7 +54,7 @@ from .config import MAX_SEED, RESULT_NEUTRAL_KEYS, RunConfig, validate
 from .console import printable_names
 from .errors import ConfigError, Interrupted, UnseenError
 from .metrics import mean_std
-from .rare import CONFIDENT
+from .rare import CONFIDENT, rare_statistics
 from .runfolder import (
     describe_mixed,
     is_finished,
@@ -759,40 +759,6 @@ def _absorbed_by(records: Sequence[dict]) -> dict | None:
     return {"class": top, "share": totals[top] / sum(totals.values())}
 
 
-def _rare_stats(records: Sequence[dict], names: Sequence[str]) -> dict | None:
-    """Per rare class (by name): its training and test images, recall, precision and AUROC
-    against the other known classes, each as :func:`~unseen.metrics.mean_std` over ``records``."""
-    classes = list(dict.fromkeys(c for r in records for c in r["metrics"].get("rare", {})))
-    if not classes:
-        return None
-    out = {}
-    for cls in classes:
-        entries = [r["metrics"].get("rare", {}).get(cls, {}) for r in records]
-        # the other known class that took most of its test images, summed over the runs
-        went: dict[str, int] = {}
-        for e in entries:
-            for other, count in e.get("predicted_as", {}).items():
-                went[other] = went.get(other, 0) + int(count)
-        total = sum(went.values())
-        went.pop(cls, None)
-        top = max(went, key=lambda c: went[c]) if went else None
-        out[cls] = {
-            "train_images": mean_std([e.get("train_images") for e in entries]),
-            "test_images": mean_std([e.get("test_images") for e in entries]),
-            "recall": mean_std([e.get("recall") for e in entries]),
-            "precision": mean_std([e.get("precision") for e in entries]),
-            "mean_confidence": mean_std([e.get("mean_confidence") for e in entries]),
-            "confidently_mislabelled": mean_std(
-                [e.get("confidently_mislabelled") for e in entries]
-            ),
-            "absorbed_by": {"class": top, "share": went[top] / total} if top else None,
-            "auroc_vs_known": {
-                n: mean_std([e.get("auroc_vs_known", {}).get(n) for e in entries]) for n in names
-            },
-        }
-    return out
-
-
 def _variant(record: dict) -> tuple[str, str]:
     return record["head"], record["tags"].get("balance", "none")
 
@@ -832,7 +798,7 @@ def aggregate(records: Sequence[dict], protocol: str = "") -> dict:
                 },
                 "absorbed_by": _absorbed_by(rows),
             }
-            rare = _rare_stats(rows, names)
+            rare = rare_statistics([r["metrics"] for r in rows], names)
             if rare is not None:
                 row["rare"] = rare
             if leaked := [r for r in rows if r["metrics"].get("pretrained_warning")]:
