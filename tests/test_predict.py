@@ -852,3 +852,16 @@ def test_a_score_worse_than_chance_on_the_run_is_warned_about(capsys, run_dir, p
     assert rc == 0 and "warning" not in err
     rc, _, err = cli(capsys, run_dir, *pngs["unseen"][:3])  # the real run: energy did fine
     assert rc == 0 and "warning" not in err
+
+
+def test_images_of_another_size_or_colour_are_noted(capsys, run_dir, pngs, tmp_path):
+    rgb = tmp_path / "rgb.png"
+    Image.new("RGB", (8, 8), (200, 10, 10)).save(rgb)
+    wide = tmp_path / "wide.png"
+    Image.new("L", (30, 20), 128).save(wide)
+    rc, _, err = cli(capsys, run_dir, *pngs["known"][:2], rgb, wide)
+    assert rc == 0
+    assert ("note: of the images read, 1 resized to the run's 8 x 8 (stretched where the aspect "
+            "differs) and 1 converted to greyscale, as training reads images") in err  # fmt: skip
+    rc, _, err = cli(capsys, run_dir, *pngs["known"][:2])  # the run's own kind: nothing to say
+    assert rc == 0 and "note: of the images" not in err

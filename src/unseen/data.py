@@ -365,6 +365,8 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".t
 
 #: PIL modes of one channel with more than 8 bits per pixel (16-bit PNG and TIFF, PGM, float)
 _WIDE_MODES = frozenset({"I;16", "I;16B", "I;16L", "I;16N", "I", "F"})
+#: PIL modes :func:`image_array` reads as greyscale (one channel, perhaps with alpha)
+GREY_MODES = frozenset({"1", "L", "LA"}) | _WIDE_MODES
 
 
 def read_image_file(path: str | os.PathLike):

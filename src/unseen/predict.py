@@ -48,6 +48,7 @@ import torch
 
 from .console import valid_unicode
 from .data import (
+    GREY_MODES,
     IMAGE_EXTENSIONS,
     NPZ_LAYOUTS,
     convert_channels,
@@ -787,10 +788,16 @@ def _chunks(items: Iterable[Item], size: int) -> Iterator[list[Item]]:
 
 
 def predict_items(
-    predictor: Predictor, items: Iterable[Item], progress: bool = False
+    predictor: Predictor,
+    items: Iterable[Item],
+    progress: bool = False,
+    converted: dict[str, int] | None = None,
 ) -> list[dict[str, Any]]:
     """One row per item: input, prediction, class_index, score, threshold, closest, probability,
-    error. With ``progress``, a count of the images done is shown on a terminal (stderr)."""
+    error. With ``progress``, a count of the images done is shown on a terminal (stderr).
+    ``converted``, when given, counts the image files read at another size than the run's
+    (``"resized"``) or with colour where the run has none, or the other way round
+    (``"channels"``): :func:`conversion_note` says it."""
     from .console import image_bar
 
     rows: list[dict[str, Any]] = []
@@ -810,6 +817,12 @@ def predict_items(
                 "error": item.error,
             }
             if item.error is None:
+                if converted is not None and hasattr(item.image, "mode"):  # a PIL image
+                    w, h = item.image.size
+                    if (h, w) != tuple(predictor.image_size):
+                        converted["resized"] = converted.get("resized", 0) + 1
+                    if (item.image.mode in GREY_MODES) != (predictor.in_channels == 1):
+                        converted["channels"] = converted.get("channels", 0) + 1
                 try:
                     good.append((len(chunk_rows), predictor.prepare(item.image)))
                 except UnseenError as exc:
@@ -1019,7 +1032,10 @@ def run_predict(
         check_output(output, run_dir, inputs)
         check_writable(output)  # before the images, not after
     skipped: list[Path] = []
-    rows = predict_items(predictor, iter_inputs(inputs, skipped), progress=True)
+    converted: dict[str, int] = {}
+    rows = predict_items(
+        predictor, iter_inputs(inputs, skipped), progress=True, converted=converted
+    )
     kind = format_for(fmt, output)
     if kind == "csv":
         text = rows_to_csv(rows)
@@ -1039,11 +1055,31 @@ def run_predict(
             print(summary, file=sys.stderr)
     if skipped:  # on stderr: stdout may be the CSV or JSON
         print(skipped_note(skipped), file=sys.stderr)
+    if note := conversion_note(converted, predictor):
+        print(note, file=sys.stderr)
     if note := weak_score_note(predictor):
         print(f"unseen: {note}", file=sys.stderr)
     if rows and all(r["error"] is not None for r in rows):
         raise UnseenError(f"none of the {len(rows)} input(s) could be read as an image.")
     return 0
+
+
+def conversion_note(converted: dict[str, int], predictor: Predictor) -> str | None:
+    """One line on the images read at another size, or with another channel count, than the
+    run trained on: they were resized (not cropped: the aspect ratio follows) or converted,
+    as training read its own images."""
+    parts = []
+    if n := converted.get("resized"):
+        h, w = predictor.image_size
+        parts.append(f"{n} resized to the run's {h} x {w} (stretched where the aspect differs)")
+    if n := converted.get("channels"):
+        to = "greyscale" if predictor.in_channels == 1 else "RGB"
+        parts.append(f"{n} converted to {to}")
+    return (
+        f"note: of the images read, {' and '.join(parts)}, as training reads images"
+        if parts
+        else None
+    )
 
 
 def skipped_note(skipped: Sequence[Path]) -> str:
