@@ -369,6 +369,12 @@ def test_folder_loading_says_what_it_changed(tmp_path):
     _save_split_images(tmp_path, "train", {"a": [(full, "png")], "b": [(full, "png")]})
     _save_split_images(tmp_path, "test", {"a": [(full, "png")], "b": [(full, "png")]})
     assert load_dataset(f"folder:{tmp_path}").notes == ()
+    # all black: said as such, not as "0-bit data"
+    for f in tmp_path.rglob("*.png"):
+        Image.fromarray(np.zeros((8, 8), np.uint16)).save(f)
+    assert load_dataset(f"folder:{tmp_path}").notes == (
+        "all 4 16-bit images are black (every value 0)",
+    )
 
 
 def test_dark_16bit_pgm_and_float_tiffs_in_0_1_keep_their_scale(tmp_path):

@@ -172,3 +172,12 @@ def test_rank_correlation():
     assert math.isnan(M.rank_correlation([1, 2, 3], [5, 5, 5]))  # constant
     with pytest.raises(ValueError, match="1-D of one length"):
         M.rank_correlation([1, 2, 3], [1, 2])
+
+
+def test_absorbed_by_sums_runs_and_can_leave_a_class_out():
+    from unseen.metrics import absorbed_by
+
+    runs = [{"5": 30, "3": 15, "8": 5}, {"5": 10, "8": 40}]
+    assert absorbed_by(runs) == {"class": "8", "share": pytest.approx(0.45)}
+    assert absorbed_by(runs, exclude="8") == {"class": "5", "share": pytest.approx(0.40)}
+    assert absorbed_by([{"3": 4}], exclude="3") is None and absorbed_by([]) is None

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -109,13 +111,17 @@ def test_under_bf16_the_head_runs_in_fp32_on_the_features():
 
 
 @pytest.fixture
-def registry(monkeypatch):
-    """The model registry, restored after the test."""
+def registry():
+    """The model registry, restored after the test (the same objects, which other modules
+    import by name)."""
     from unseen import models
 
-    monkeypatch.setattr(models, "MODELS", dict(models.MODELS))
-    monkeypatch.setattr(models, "HAS_STEMS", set(models.HAS_STEMS))
-    return models
+    saved_models, saved_stems = dict(models.MODELS), set(models.HAS_STEMS)
+    yield models
+    models.MODELS.clear()
+    models.MODELS.update(saved_models)
+    models.HAS_STEMS.clear()
+    models.HAS_STEMS.update(saved_stems)
 
 
 def test_a_registered_model_of_ones_own_trains_evaluates_and_predicts(registry, tmp_path):
@@ -147,10 +153,15 @@ def test_a_registered_model_of_ones_own_trains_evaluates_and_predicts(registry, 
     np.testing.assert_allclose(predictor.with_options(score="msp").scores(x), scores, rtol=1e-5)
 
 
-def test_register_model_refuses_taken_names_and_builders_of_other_types(registry):
-    with pytest.raises(ConfigError, match="registered already"):
+def test_register_model_refuses_built_in_and_odd_names_and_builders_of_other_types(registry):
+    with pytest.raises(ConfigError, match="'resnet20' is a built-in model"):
         registry.register_model("resnet20")(lambda *a: None)
-    registry.register_model("notaclassifier")(lambda *a: torch.nn.Linear(2, 2))
+    for bad in ("", "a b", "line\nbreak", "my/net", 3):
+        with pytest.raises(ConfigError, match="letters, digits"):
+            registry.register_model(bad)
+    first = registry.register_model("notaclassifier")(lambda *a: None)
+    registry.register_model("notaclassifier")(lambda *a: torch.nn.Linear(2, 2))  # run again
+    assert registry.MODELS["notaclassifier"] is not first
     with pytest.raises(ConfigError, match="not an unseen.models.Classifier"):
         registry.create_model("notaclassifier", 1, 3, 8)
     with pytest.raises(ConfigError, match="choose one of: resnet20, resnet18, notaclassifier .a"):
@@ -172,3 +183,22 @@ def test_a_run_of_an_unregistered_network_says_how_to_load_it(registry, tmp_path
     del registry.MODELS["tinylinear"]  # a new process: the CLI knows the built-in ones only
     assert main(["predict", str(run), str(tmp_path)]) == 2
     assert "'tinylinear', which is not registered in this process" in capsys.readouterr().err
+
+
+def test_a_registered_model_with_stems_gets_stem_but_no_resnet18_rules(registry, tmp_path, capsys):
+    from unseen.cli import main
+
+    chosen = []
+
+    @registry.register_model("stemmed", has_stem=True)
+    def build(in_channels, num_classes, image_size, stem="auto"):
+        chosen.append(stem)
+        return registry.Classifier(torch.nn.Flatten(), in_channels * 64, num_classes, in_channels)
+
+    args = ["run", "--epochs", "1", "--device", "cpu", "--scores", "msp", "--no-report"]
+    assert main([*args, "--model", "stemmed", "--stem", "small", "--out", str(tmp_path / "a")]) == 0
+    out = capsys.readouterr().out
+    assert chosen[-1] == "small" and "has no effect" not in out  # its builder took --stem
+    assert "stemmed, 1 epoch" in out  # no "(small stem)": only resnet18's rule is known
+    metrics = json.loads((tmp_path / "a" / "metrics.json").read_text())
+    assert metrics["stem"] is None

@@ -616,6 +616,16 @@ def test_rare_protocol_table_says_where_the_class_went_and_how_confidently():
     assert "8 (45%)" in row and "0.600 ± 0.141" in row
 
 
+def test_sweep_summary_says_the_notes_on_the_data_once():
+    records = [_rare_record(0.1, seed, {"3": (5, 0.3, 0.6)}) for seed in (0, 1)]
+    for r in records:
+        r["metrics"]["data_notes"] = ["the 40 16-bit images use values up to 4095 of 65535"]
+    summary = sweep.aggregate(records, "rare")
+    assert summary["data_notes"] == ["the 40 16-bit images use values up to 4095 of 65535"]
+    text = sweep.format_summary(summary)
+    assert text.count("NOTE on the data: the 40 16-bit images") == 1
+
+
 def test_rare_protocol_table_shows_detection_auroc_when_classes_are_held_out_too():
     # rare:3 alone: at fraction 0.5 nothing is unseen, so the run has no detection AUROC
     alone = [_rare_record(0.0, 0, {"3": (0, None, 0.8)}, auroc=0.8),
@@ -779,7 +789,7 @@ def test_rare_metrics_when_the_class_is_absent():
     from unseen.rare import rare_summary
 
     line = rare_summary("3", r, fmt)
-    assert "its 2 test images were labelled as: 0 1, 5 1; mean confidence 0.900, 0.500" in line
+    assert "its 2 test images were labelled as: 0 (1), 5 (1); mean confidence 0.900, 0.500" in line
 
 
 # ----------------------------------------------------------------------------- balance

@@ -126,13 +126,17 @@ def timing_line(seconds: dict[str, float]) -> str:
     return f"time: {seconds['total']:.1f} s in all ({parts}){resumed}"
 
 
+def counts_text(counts: dict[str, int], top: int = 4) -> str:
+    """The first ``top`` entries of a ``class -> images`` dict as ``5 (30), 3 (9)`` (class,
+    then its count in brackets: unambiguous with digit class names), or ``-``."""
+    return ", ".join(f"{k} ({v})" for k, v in list(counts.items())[:top]) or "-"
+
+
 def run_summary(metrics: dict, with_scores: bool = True) -> str:
     """What a finished run prints: the figures a naive evaluation hides, then one row per score
     (left out with ``with_scores=False``, when several heads share one table)."""
     uc, kc = metrics["unseen_confidence"], metrics["known_confidence"]
-    absorbed = (
-        ", ".join(f"{k} {v}" for k, v in list(metrics["unseen_predicted_as"].items())[:4]) or "-"
-    )
+    absorbed = counts_text(metrics["unseen_predicted_as"])
     lines = [
         f"closed-set accuracy {fmt(metrics['closed_set_accuracy'])} (known classes) | "
         f"all-test accuracy {fmt(metrics['all_test_accuracy'])} (what a naive evaluation reports)",

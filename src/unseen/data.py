@@ -521,13 +521,15 @@ def _load_image_files(
             "greyscale images were copied into three channels"
         )
     peaks = [peak for pairs in read.values() for _, peak in pairs if peak is not None]
-    if peaks and (top := max(peaks)) <= 65535 // 8:
+    if peaks and (top := max(peaks)) == 0:
+        notes.append(f"all {len(peaks)} 16-bit images are black (every value 0)")
+    elif peaks and top <= 65535 // 8:
         levels = round(top * 255 / 65535) + 1
         notes.append(
             f"the {len(peaks)} 16-bit images use values up to {top} of 65535 ({top.bit_length()}-"
-            f"bit data?): scaled from 16 bits to 0..255 they keep only {levels} grey levels; "
-            "rescale them to the full 16-bit range, or to 8 bits, before training (unseen "
-            "predict reads new files the same way)"
+            f"bit data?): scaled from 16 bits to 0..255 they keep only {levels} grey "
+            f"level{'s' if levels > 1 else ''}; rescale them to the full 16-bit range, or to 8 "
+            "bits, before training (unseen predict reads new files the same way)"
         )
     tensors = {
         split: torch.cat([resize_images(convert_channels(t, channels), size) for t in ts])

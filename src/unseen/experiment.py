@@ -541,9 +541,12 @@ def finish_metrics(p: Prepared, head: str, scored: Scored, training: dict, devic
     scored.metrics.update(
         head=head,
         model=cfg.model,
-        # the input stem --stem auto chose (null for a network with one stem)
-        stem=resolved_stem(cfg, p.data.image_size) if cfg.model in HAS_STEMS else None,
+        # the input stem --stem auto chose (resnet18's; null for the others)
+        stem=resolved_stem(cfg, p.data.image_size) if cfg.model == "resnet18" else None,
         dataset=cfg.dataset,
+        # what reading the data did that a user should know (folder datasets): kept, since
+        # --quiet and sweeps do not print it
+        data_notes=list(p.data.notes),
         epochs=cfg.epochs,
         **training,
         eval_seconds=scored.seconds,
@@ -755,7 +758,7 @@ def _run_experiment(cfg: RunConfig, progress: bool, log: Callable[[str], None] |
         else ""
     )
     epochs = counted(cfg.epochs, "epoch")
-    stem = f" ({resolved_stem(cfg, (h, w))} stem)" if cfg.model in HAS_STEMS else ""
+    stem = f" ({resolved_stem(cfg, (h, w))} stem)" if cfg.model == "resnet18" else ""
     say(
         f"{cfg.model}{stem}{resized}, {epochs} on {describe_device(p.device)}, {p.precision}; "
         f"run folder {run_dir}"
@@ -804,16 +807,22 @@ def _run_experiment(cfg: RunConfig, progress: bool, log: Callable[[str], None] |
         )
     if cfg.stem != "auto" and cfg.model not in HAS_STEMS:
         say(f"note: --stem {cfg.stem} has no effect: {cfg.model} has one input stem")
-    side = cfg.input_size or max(h, w)
+    # the built-in networks that convolve at full resolution: slow on large images on a CPU
+    size = (cfg.input_size, cfg.input_size) if cfg.input_size else (h, w)
     full_size = cfg.model == "resnet20" or (
-        cfg.model in HAS_STEMS and resolved_stem(cfg, (h, w)) == "small"
+        cfg.model == "resnet18" and resolved_stem(cfg, (h, w)) == "small"
     )
-    if p.device.type == "cpu" and side > LARGE_ON_CPU and full_size:
+    if p.device.type == "cpu" and max(size) > LARGE_ON_CPU and full_size:
+        other = (
+            ", or --model resnet18, whose ImageNet stem downsamples them 4x first"
+            if cfg.model == "resnet20"
+            else ", or --stem imagenet, which downsamples them 4x first"
+        )
         say(
-            f"note: {side} x {side} px images on a CPU: {cfg.model} convolves them at full "
-            "resolution, which is slow (on one core a reviewer measured 29 images/s at 128 px, "
-            "5 at 256 px); --input-size 64 shrinks them inside the model, or --model resnet18 "
-            "with its ImageNet stem (--stem imagenet) downsamples them 4x first"
+            f"note: {size[0]} x {size[1]} px images on a CPU: {cfg.model} convolves them at full "
+            "resolution, which is slow (resnet20 trained about 29 images/s at 128 px and 5 at "
+            f"256 px on one core); --input-size {LARGE_ON_CPU} shrinks them to "
+            f"{LARGE_ON_CPU} x {LARGE_ON_CPU} inside the model{other}"
         )
     if cfg.freeze_backbone and p.pretrained is None:
         say("note: --freeze-backbone without --pretrained trains a head on random features")

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 import numbers
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 
@@ -243,17 +243,39 @@ def score_metrics(
     return out
 
 
+#: a confidence above this counts as confident (``frac_msp_above_0_9``; a rare class's
+#: ``confidently_mislabelled``)
+CONFIDENT = 0.9
+
+
 def confidence_summary(msp: np.ndarray) -> dict[str, float]:
-    """Mean, standard deviation (of the images' values, ddof=0) and share above 0.9 of
-    max-softmax probabilities."""
+    """Mean, standard deviation (of the images' values, ddof=0) and share above
+    :data:`CONFIDENT` of max-softmax probabilities."""
     msp = _array(msp).astype(float)
     if msp.size == 0:
         return {"mean_msp": math.nan, "std_msp": math.nan, "frac_msp_above_0_9": math.nan}
     return {
         "mean_msp": float(msp.mean()),
         "std_msp": float(msp.std()),
-        "frac_msp_above_0_9": float(np.mean(msp > 0.9)),
+        "frac_msp_above_0_9": float(np.mean(msp > CONFIDENT)),
     }
+
+
+def absorbed_by(counts: Iterable[dict[str, int]], exclude: str | None = None) -> dict | None:
+    """The class that took the most images, summed over ``counts`` (per-run ``class -> images``
+    dicts such as :func:`predicted_as`), as ``{"class", "share"}`` of all the images counted;
+    ``exclude`` (a class's own name) counts in the total but cannot take first place. None
+    when no other class took any."""
+    totals: dict[str, int] = {}
+    for c in counts:
+        for name, n in c.items():
+            totals[name] = totals.get(name, 0) + int(n)
+    total = sum(totals.values())
+    totals.pop(exclude, None)
+    if not totals:
+        return None
+    top = max(totals, key=lambda name: totals[name])
+    return {"class": top, "share": totals[top] / total}
 
 
 def predicted_as(predicted: np.ndarray, names: Sequence[str]) -> dict[str, int]:

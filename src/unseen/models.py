@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import numbers
+import re
 import warnings
 from collections.abc import Callable
 
@@ -220,6 +221,7 @@ MODELS: dict[str, Callable[..., Classifier]] = {
 }
 #: the models whose input stem ``--stem`` chooses; the others have one and ignore ``--stem``
 HAS_STEMS = {"resnet18"}
+BUILT_IN_MODELS = frozenset(MODELS)
 
 
 def register_model(
@@ -233,16 +235,21 @@ def register_model(
     ``stem`` is ``auto``, ``small`` or ``imagenet`` (``--stem``); with ``has_stem=False`` the
     network has one stem and a ``--stem`` given is ignored with a note. Then
     ``RunConfig(model=name)``, rescore, report and ``unseen.load`` work with it in any
-    Python process that registered it first (the CLI knows only the built-in ones)."""
-    if not isinstance(name, str) or not name or name != name.strip():
-        raise ConfigError(f"a model name must be a non-empty string, not {name!r}.")
-    if name in MODELS:
-        raise ConfigError(f"a model named {name!r} is registered already.")
+    Python process that registered it first (the CLI knows only the built-in ones).
+
+    Names are letters, digits, ``_``, ``.`` and ``-``. Registering a name of your own again
+    replaces its builder (a notebook cell run twice); the built-in names are refused."""
+    if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
+        raise ConfigError(f"a model name is letters, digits, '_', '.' and '-', not {name!r}.")
+    if name in BUILT_IN_MODELS:
+        raise ConfigError(f"{name!r} is a built-in model; register yours under another name.")
 
     def add(builder: Callable[..., Classifier]) -> Callable[..., Classifier]:
         MODELS[name] = builder
         if has_stem:
             HAS_STEMS.add(name)
+        else:
+            HAS_STEMS.discard(name)
         return builder
 
     return add

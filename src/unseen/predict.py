@@ -922,8 +922,9 @@ def weak_score_note(predictor: Predictor) -> str | None:
     best = max((n for n in aurocs if n in predictor.detectors), key=lambda n: aurocs[n])
     advice = (
         f"; the run's best was {best} (AUROC {aurocs[best]:.3f}): --score {best}"
-        if best != predictor.score_name
-        else "; no score the run computed did better (unseen rescore --scores all adds more)"
+        if aurocs[best] >= 0.5
+        else "; no score the run computed did better than chance (unseen rescore --scores all "
+        "adds more)"
     )
     return (
         f"warning: on the run's own test set, {predictor.score_name} ranked unseen images as "

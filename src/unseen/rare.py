@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from .errors import ConfigError
-from .metrics import auroc, mean_std
+from .metrics import CONFIDENT, absorbed_by, auroc, mean_std
 
 
 def parse_rare_item(text: str) -> tuple[str, float]:
@@ -45,23 +45,19 @@ def parse_rare_item(text: str) -> tuple[str, float]:
     return name.strip(), value
 
 
-#: confidence above which a wrong label counts as confidently wrong (the run's "above 0.9")
-CONFIDENT = 0.9
-
-
 def rare_summary(name: str, r: dict, fmt: Callable[[Any], str]) -> str:
     """One rare class's result in a sentence, for the console and the report: its training
     images, recall and precision, where its test images went and how confidently, and the
     AUROC of the other known classes against it (``fmt`` formats a number)."""
-    from .console import counted
+    from .console import counted, counts_text
 
-    went = ", ".join(f"{k} {v}" for k, v in list(r.get("predicted_as", {}).items())[:4]) or "-"
     aurocs = ", ".join(f"{s} {fmt(v)}" for s, v in r.get("auroc_vs_known", {}).items())
+    were = "was" if r["test_images"] == 1 else "were"
     text = (
         f"rare class {name} (fraction {format_fraction(r['fraction'])}, "
         f"{counted(r['train_images'], 'training image')}): recall {fmt(r['recall'])}, "
         f"precision {fmt(r['precision'])}; its {counted(r['test_images'], 'test image')} "
-        f"were labelled as: {went}"
+        f"{were} labelled as: {counts_text(r.get('predicted_as', {}))}"
     )
     if "mean_confidence" in r:  # runs of earlier versions did not record it
         text += (
@@ -226,14 +222,6 @@ def rare_statistics(metrics: Sequence[dict], names: Sequence[str]) -> dict | Non
     out = {}
     for cls in classes:
         entries = [m.get("rare", {}).get(cls, {}) for m in metrics]
-        # the other known class that took most of its test images, summed over the runs
-        went: dict[str, int] = {}
-        for e in entries:
-            for other, count in e.get("predicted_as", {}).items():
-                went[other] = went.get(other, 0) + int(count)
-        total = sum(went.values())
-        went.pop(cls, None)
-        top = max(went, key=lambda c: went[c]) if went else None
         out[cls] = {
             "train_images": mean_std([e.get("train_images") for e in entries]),
             "test_images": mean_std([e.get("test_images") for e in entries]),
@@ -243,7 +231,8 @@ def rare_statistics(metrics: Sequence[dict], names: Sequence[str]) -> dict | Non
             "confidently_mislabelled": mean_std(
                 [e.get("confidently_mislabelled") for e in entries]
             ),
-            "absorbed_by": {"class": top, "share": went[top] / total} if top else None,
+            # the other known class that took most of its test images, summed over the runs
+            "absorbed_by": absorbed_by((e.get("predicted_as", {}) for e in entries), cls),
             "auroc_vs_known": {
                 n: mean_std([e.get("auroc_vs_known", {}).get(n) for e in entries]) for n in names
             },

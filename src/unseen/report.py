@@ -38,11 +38,11 @@ import numpy as np
 
 from . import plots
 from .config import FIELDS, RESULT_NEUTRAL_KEYS, with_field_defaults
-from .console import counted, mean_std_text, valid_unicode
+from .console import counted, counts_text, mean_std_text, valid_unicode
 from .data import absolute_paths
 from .errors import UnseenError
-from .metrics import mean_std
-from .rare import CONFIDENT, rare_statistics
+from .metrics import CONFIDENT, mean_std
+from .rare import rare_statistics
 from .runfolder import (
     FINISHED_FILE,
     atomic_write,
@@ -515,9 +515,7 @@ def _rescored_text(rescored: Any) -> str | None:
 def headline(metrics: dict) -> str:
     """The sentence a naive evaluation hides, in plain text."""
     uc = metrics.get("unseen_confidence", {})
-    absorbed = ", ".join(
-        f"{k} ({v})" for k, v in list(metrics.get("unseen_predicted_as", {}).items())[:4]
-    )
+    absorbed = counts_text(metrics.get("unseen_predicted_as", {}))
     text = (
         f"Closed-set accuracy {_pct(metrics.get('closed_set_accuracy'))} on known classes; "
         f"a naive evaluation over all test images reports {_pct(metrics.get('all_test_accuracy'))}. "
@@ -525,7 +523,7 @@ def headline(metrics: dict) -> str:
     if metrics.get("num_test_unseen"):
         text += (
             f"The network labelled every one of the {metrics['num_test_unseen']} unseen images as a "
-            f"known class (mostly {absorbed or '-'}), with mean {metrics.get('confidence_from', 'max softmax probability')} "
+            f"known class (mostly {absorbed}), with mean {metrics.get('confidence_from', 'max softmax probability')} "
             f"{_fmt(uc.get('mean_msp'))}; {_pct(uc.get('frac_msp_above_0_9'))} of them above 0.9."
         )
     for name, r in metrics.get("rare", {}).items():  # --rare: how the scarce class fared
@@ -535,6 +533,8 @@ def headline(metrics: dict) -> str:
         text += f" {summary[0].upper()}{summary[1:]}."
     if metrics.get("pretrained_warning"):
         text += f" Warning: {metrics['pretrained_warning']}"
+    for note in metrics.get("data_notes", []):  # reading a folder dataset: resized, 16-bit...
+        text += f" Note on the data: {note}."
     return text
 
 

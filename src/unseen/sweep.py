@@ -53,8 +53,8 @@ import numpy as np
 from .config import MAX_SEED, RESULT_NEUTRAL_KEYS, RunConfig, validate
 from .console import printable_names
 from .errors import ConfigError, Interrupted, UnseenError
-from .metrics import mean_std
-from .rare import CONFIDENT, rare_statistics
+from .metrics import CONFIDENT, absorbed_by, mean_std
+from .rare import rare_statistics
 from .runfolder import (
     describe_mixed,
     is_finished,
@@ -747,18 +747,6 @@ def _over_conditions(records: Sequence[dict], conditions: Sequence[dict], names:
     }
 
 
-def _absorbed_by(records: Sequence[dict]) -> dict | None:
-    """The known class that took the most unseen images, summed over runs, and its share."""
-    totals: dict[str, int] = {}
-    for r in records:
-        for cls, count in r["metrics"].get("unseen_predicted_as", {}).items():
-            totals[cls] = totals.get(cls, 0) + int(count)
-    if not totals:
-        return None
-    top = max(totals, key=lambda c: totals[c])
-    return {"class": top, "share": totals[top] / sum(totals.values())}
-
-
 def _variant(record: dict) -> tuple[str, str]:
     return record["head"], record["tags"].get("balance", "none")
 
@@ -796,7 +784,9 @@ def aggregate(records: Sequence[dict], protocol: str = "") -> dict:
                     )
                     for n in names
                 },
-                "absorbed_by": _absorbed_by(rows),
+                "absorbed_by": absorbed_by(
+                    r["metrics"].get("unseen_predicted_as", {}) for r in rows
+                ),
             }
             rare = rare_statistics([r["metrics"] for r in rows], names)
             if rare is not None:
@@ -860,6 +850,10 @@ def aggregate(records: Sequence[dict], protocol: str = "") -> dict:
         "warnings": warnings,
         "score_coverage": coverage,
         "seen_in_pretraining": seen,
+        # what reading the data did (resized images, 16-bit images using few levels...), once
+        "data_notes": list(
+            dict.fromkeys(n for r in records for n in r["metrics"].get("data_notes", []))
+        ),
     }
 
 
@@ -906,6 +900,8 @@ def format_summary(summary: dict) -> str:
         lines.append("")
     if coverage := summary.get("score_coverage"):
         lines += [f"WARNING: {w}" for w in coverage] + [""]
+    if data_notes := summary.get("data_notes"):
+        lines += [f"NOTE on the data: {n}" for n in data_notes] + [""]
     if seen := summary.get("seen_in_pretraining"):
         lines.append(
             "WARNING: runs of these conditions carry a pretraining warning: their held-out "
