@@ -110,6 +110,15 @@ def test_under_bf16_the_head_runs_in_fp32_on_the_features():
     assert out.logits.amax(1).unique().numel() == 64
 
 
+def flat_builder(in_channels, num_classes, image_size, stem="auto"):
+    """A network of one's own at the top level of an importable module: --jobs workers can
+    load it by reference."""
+    from unseen.models import Classifier
+
+    return Classifier(torch.nn.Flatten(), in_channels * image_size * image_size, num_classes,
+                      in_channels)  # fmt: skip
+
+
 @pytest.fixture
 def registry():
     """The model registry, restored after the test (the same objects, which other modules
@@ -202,3 +211,41 @@ def test_a_registered_model_with_stems_gets_stem_but_no_resnet18_rules(registry,
     assert "stemmed, 1 epoch" in out  # no "(small stem)": only resnet18's rule is known
     metrics = json.loads((tmp_path / "a" / "metrics.json").read_text())
     assert metrics["stem"] is None
+
+
+@pytest.mark.slow
+def test_a_sweep_with_jobs_sends_registered_networks_to_its_workers(registry, tmp_path):
+    import sys
+    import types
+
+    from unseen.errors import ConfigError
+    from unseen.sweep import SweepOptions, run_sweep
+
+    base = RunConfig(epochs=1, train_subset=300, device="cpu", precision="fp32",
+                     scores=("msp",), report=False)  # fmt: skip
+    registry.register_model("flat")(flat_builder)
+    ok = run_sweep(base.replace(model="flat"), SweepOptions("single", seeds=2, jobs=2),
+                   tmp_path / "ok", log=None)  # fmt: skip
+    assert not ok.failed and len(ok.runs) == 2
+    # a builder only this process can reach (a notebook's): every run fails saying why
+    here = types.ModuleType("only_in_this_process")
+
+    def build(in_channels, num_classes, image_size, stem="auto"):
+        return flat_builder(in_channels, num_classes, image_size, stem)
+
+    build.__module__, build.__qualname__ = "only_in_this_process", "build"
+    here.build = build
+    sys.modules["only_in_this_process"] = here
+    try:
+        registry.register_model("unreachable")(build)
+        bad = run_sweep(base.replace(model="unreachable"), SweepOptions("single", seeds=2, jobs=2),
+                        tmp_path / "bad", log=None)  # fmt: skip
+    finally:
+        del sys.modules["only_in_this_process"]
+    assert len(bad.failed) == 2
+    assert "could not be registered in a worker process" in bad.failed[0].error
+    # one that cannot be pickled at all (a lambda) is refused before any run starts
+    registry.register_model("lam")(lambda c, k, size, stem="auto": flat_builder(c, k, size))
+    with pytest.raises(ConfigError, match="cannot be sent to the sweep's worker processes"):
+        run_sweep(base.replace(model="lam"), SweepOptions("single", seeds=2, jobs=2),
+                  tmp_path / "lam", log=None)  # fmt: skip

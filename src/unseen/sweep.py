@@ -468,15 +468,53 @@ def _watch(parent: int) -> None:
         time.sleep(0.2)
 
 
-def _init_worker(parent: int) -> None:
+#: in a ``--jobs`` worker: why a network registered in the main process could not be
+#: registered here (its runs fail with this, not with "not known")
+_MODEL_ERRORS: dict[str, str] = {}
+
+
+def _registered_builders(names: set[str]) -> dict[str, tuple[bytes, bool]]:
+    """The networks of one's own (:func:`unseen.models.register_model`) that runs in worker
+    processes need: name -> (pickled builder, has_stem). Spawned workers start with only the
+    built-in networks, so the builders travel to them by reference (module and name)."""
+    import pickle
+
+    from .models import BUILT_IN_MODELS, HAS_STEMS, MODELS
+
+    out = {}
+    for name in sorted(n for n in names if n not in BUILT_IN_MODELS and n in MODELS):
+        try:
+            out[name] = (pickle.dumps(MODELS[name]), name in HAS_STEMS)
+        except Exception as exc:  # noqa: BLE001 - a lambda, a function inside a function...
+            raise ConfigError(
+                f"model {name!r} cannot be sent to the sweep's worker processes ({exc}); "
+                "define its builder at the top level of an importable module, or use jobs=1."
+            ) from None
+    return out
+
+
+def _init_worker(parent: int, builders: dict[str, tuple[bytes, bool]] | None = None) -> None:
+    import pickle
     import signal
     import threading
+
+    from .models import register_model
 
     global _IN_WORKER
     _IN_WORKER = True
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, _worker_signal)
     threading.Thread(target=_watch, args=(parent,), daemon=True).start()
+    for name, (builder, has_stem) in (builders or {}).items():
+        try:
+            register_model(name, has_stem=has_stem)(pickle.loads(builder))
+        except Exception as exc:  # noqa: BLE001 - e.g. a builder defined in a notebook
+            _MODEL_ERRORS[name] = (
+                f"model {name!r} could not be registered in a worker process "
+                f"({type(exc).__name__}: {exc}); define its builder at the top level of an "
+                "importable module (not in a notebook, nor under `if __name__ == '__main__':`), "
+                "or use jobs=1"
+            )
 
 
 def _run_one(cfg: RunConfig, threads: int | None = None) -> tuple[float, str | None]:
@@ -506,6 +544,8 @@ def _run_one_now(cfg: RunConfig, threads: int | None) -> tuple[float, str | None
         os.environ[THREADS_ENV] = str(threads)
         torch.set_num_threads(threads)
     start = time.perf_counter()
+    if cfg.model in _MODEL_ERRORS:
+        return 0.0, _MODEL_ERRORS[cfg.model]
     if cfg.out and not cfg.overwrite:  # continue a run an earlier sweep left unfinished
         cfg = cfg.replace(resume=True)
     if cfg.out:
@@ -583,11 +623,12 @@ def _run_todo(
         from .threads import available_cores
 
         threads = max(1, available_cores() // jobs)
+        builders = _registered_builders({runs[i].config.model for i in todo})
         pool = ProcessPoolExecutor(
             max_workers=min(jobs, len(todo)),
             mp_context=multiprocessing.get_context("spawn"),
             initializer=_init_worker,
-            initargs=(os.getpid(),),
+            initargs=(os.getpid(), builders),
         )
         processes = []
         with _sigterm_raises():
