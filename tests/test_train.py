@@ -112,3 +112,24 @@ def test_a_terminal_gets_the_bar_and_no_log_lines(request, monkeypatch):
     train_model(create_model("resnet20", 1, 3, 8), x, torch.arange(40) % 3, settings,
                 HEADS["softmax"], spec, torch.device("cpu"))  # fmt: skip
     assert "training: epoch" not in terminal.getvalue() and "epoch" in terminal.getvalue()
+
+
+def test_networks_trained_in_turn_share_one_rhythm_of_progress_lines(capsys, monkeypatch):
+    from unseen import train
+    from unseen.ovr import OneVsRestEnsemble, train_separate
+
+    monkeypatch.setattr(train, "LOG_EVERY_SECONDS", 0.0)
+    model = OneVsRestEnsemble([create_model("resnet20", 1, 1, 8) for _ in range(3)])
+    x = torch.randint(0, 256, (30, 1, 8, 8), dtype=torch.uint8)
+    spec = A.make_augment_spec("none", 8, flip_ok=False)
+    train_separate(model, x, torch.arange(30) % 3, TrainSettings(epochs=2, batch_size=16, lr=0.1),
+                   spec, torch.device("cpu"))  # fmt: skip
+    said = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("training: ")]
+    assert [ln.split(", loss")[0] for ln in said] == [
+        f"training: network {k}/3, epoch {e}/2" for k in (1, 2, 3) for e in (1, 2)
+    ]
+    # at the usual 30 s, three short networks say nothing
+    monkeypatch.setattr(train, "LOG_EVERY_SECONDS", 30.0)
+    train_separate(model, x, torch.arange(30) % 3, TrainSettings(epochs=2, batch_size=16, lr=0.1),
+                   spec, torch.device("cpu"))  # fmt: skip
+    assert "training: " not in capsys.readouterr().err

@@ -24,7 +24,7 @@ from .augment import AugmentSpec
 from .checkpoint import Checkpointing
 from .heads import BINARY_HEAD, HEADS
 from .models import Classifier, create_model
-from .train import TrainResult, TrainSettings, train_model
+from .train import ProgressLog, TrainResult, TrainSettings, train_model
 
 
 class OneVsRestEnsemble(nn.Module):
@@ -109,8 +109,10 @@ def train_separate(
     """
     result = TrainResult()
     offset = 0.0
+    log = ProgressLog()  # one rhythm of plain progress lines across the members
     for k, member in enumerate(model.members):
         member_settings = dataclasses.replace(settings, seed=settings.seed + k)
+        log.label = f"network {k + 1}/{len(model.members)}, "
         trained = train_model(
             member,
             x_train,
@@ -124,6 +126,7 @@ def train_separate(
             y_val=None if y_val is None else (y_val == k).long(),
             progress=progress,
             checkpoint=None if checkpoint is None else checkpoint.member(k),
+            log=log,
         )
         for row in trained.history:
             result.history.append({"network": k, **row, "seconds": offset + row["seconds"]})

@@ -28,8 +28,18 @@ from .heads import Head
 from .models import Classifier
 
 #: without a progress bar (stderr not a terminal), a plain progress line at the end of an
-#: epoch once this many seconds have passed since the last one: none for a one-minute run
+#: epoch once this many seconds have passed since the last one (none for a run under 30 s)
 LOG_EVERY_SECONDS = 30.0
+
+
+@dataclass
+class ProgressLog:
+    """The plain progress lines of :func:`train_model` without a bar: when the last one was
+    printed, and what names the network being trained (``network 3/9``: one of a head's
+    several), so that networks trained one after another share one rhythm."""
+
+    label: str = ""
+    last: float = field(default_factory=time.monotonic)
 
 
 @dataclass(frozen=True)
@@ -200,6 +210,7 @@ def train_model(
     progress: bool = True,
     on_epoch_end: Callable[[int, dict], None] | None = None,
     checkpoint: Checkpointing | None = None,
+    log: ProgressLog | None = None,
 ) -> TrainResult:
     """Train ``model`` in place and return its per-epoch history.
 
@@ -272,7 +283,7 @@ def train_model(
         leave=False,
     )
     start = time.perf_counter()
-    logged = time.monotonic()  # the last progress line without a bar (see LOG_EVERY_SECONDS)
+    log = log if log is not None else ProgressLog()  # lines without a bar: LOG_EVERY_SECONDS
     eval_seconds = 0.0
     save_seconds = 0.0  # writing checkpoints is not training time either
 
@@ -361,14 +372,15 @@ def train_model(
         row["seconds"] = wall_seconds()
         result.history.append(row)
         bar.set_postfix(loss=f"{row['loss']:.3f}", val_acc=f"{row['val_accuracy']:.3f}")
-        if progress and bar.disable and time.monotonic() - logged >= LOG_EVERY_SECONDS:
+        if progress and bar.disable and time.monotonic() - log.last >= LOG_EVERY_SECONDS:
             # no bar (stderr is a log file, as under nohup or a batch job): a plain line now
             # and then, so that a long run is seen to progress
-            logged = time.monotonic()
+            log.last = time.monotonic()
             rate = result.images_seen / max(train_seconds(), 1e-9)
             print(
-                f"training: epoch {epoch + 1}/{settings.epochs}, loss {row['loss']:.3f}, val "
-                f"acc {row['val_accuracy']:.3f}, {row['seconds']:.0f} s, {rate:.0f} images/s",
+                f"training: {log.label}epoch {epoch + 1}/{settings.epochs}, loss "
+                f"{row['loss']:.3f}, val acc {row['val_accuracy']:.3f}, {row['seconds']:.0f} s, "
+                f"{rate:.0f} images/s",
                 file=sys.stderr,
                 flush=True,
             )
