@@ -448,3 +448,12 @@ def test_large_images_on_a_cpu_get_advice_and_the_stem_is_named(
     assert ("72 x 72 px images on a CPU" in out) == noted
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert metrics["stem"] == (line.split("(")[1].split(" ")[0] if "(" in line else None)
+
+
+def test_class_counts_are_unambiguous_and_say_when_some_are_left_out():
+    from unseen.console import absorbed_text, counts_text
+
+    assert counts_text({"5": 30, "3": 9}) == "5 (30), 3 (9)"
+    assert counts_text({str(i): 5 - i for i in range(5)}) == "0 (5), 1 (4), 2 (3), 3 (2), ..."
+    assert counts_text({}) == "-"
+    assert absorbed_text({"class": "8", "share": 0.45}) == "8 (45%)" and absorbed_text(None) == "-"

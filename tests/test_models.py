@@ -148,9 +148,7 @@ def test_a_registered_model_of_ones_own_trains_evaluates_and_predicts(registry, 
         )
         return registry.Classifier(backbone, 8, num_classes, in_channels)
 
-    assert "tinycnn" in registry.list_models() and registry.list_models() == sorted(
-        registry.list_models()
-    )
+    assert registry.list_models() == ["resnet20", "resnet18", "tinycnn"]  # built-ins first
     cfg = RunConfig(model="tinycnn", epochs=2, device="cpu", precision="fp32",
                     scores=("msp", "mahalanobis"), report=False, out=str(tmp_path / "run"))  # fmt: skip
     result = run_experiment(cfg, progress=False, log=None)
@@ -191,7 +189,11 @@ def test_a_run_of_an_unregistered_network_says_how_to_load_it(registry, tmp_path
     run = run_experiment(cfg, progress=False, log=None).run_dir
     del registry.MODELS["tinylinear"]  # a new process: the CLI knows the built-in ones only
     assert main(["predict", str(run), str(tmp_path)]) == 2
-    assert "'tinylinear', which is not registered in this process" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "'tinylinear', which is not registered in this process" in err and "unseen.load" in err
+    assert main(["rescore", str(run), "--scores", "+energy"]) == 2
+    err = capsys.readouterr().err
+    assert "'tinylinear', which is not registered" in err and "rescore_run from Python" in err
 
 
 def test_a_registered_model_with_stems_gets_stem_but_no_resnet18_rules(registry, tmp_path, capsys):

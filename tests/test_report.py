@@ -745,7 +745,8 @@ def test_the_report_headline_says_how_a_rare_class_fared():
     assert text.endswith("Note on the data: 3 of 90 images were resized to 8 x 8.")
     assert "Rare class 3 (fraction 0.05, 6 training images): recall 0.000" in text
     assert "its 55 test images were labelled as: 9 (27), 8 (28)" in text
-    assert "0.273 labelled as another class above 0.9" in text and "msp 0.945. Note" in text
+    assert "27.3% labelled as another class above 0.9" in text and "msp 0.945. Note" in text
+    assert "  " not in text and " | " not in text
 
 
 def test_comparison_has_a_rare_class_table_when_runs_kept_a_class_rare(digits_run, tmp_path):

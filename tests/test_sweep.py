@@ -611,7 +611,7 @@ def test_rare_protocol_table_says_where_the_class_went_and_how_confidently():
     assert c_old["rare"]["3"]["absorbed_by"] is None
     text = sweep.format_summary(sweep.aggregate([*records, old], "rare"))
     header = next(ln for ln in text.splitlines() if ln.startswith("fraction"))
-    assert "mostly as" in header and "wrong >0.9" in header
+    assert "absorbed by" in header and "wrong >0.9" in header
     row = next(ln for ln in text.splitlines() if ln.startswith("0.1"))
     assert "8 (45%)" in row and "0.600 ± 0.141" in row
 

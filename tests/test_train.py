@@ -128,6 +128,14 @@ def test_networks_trained_in_turn_share_one_rhythm_of_progress_lines(capsys, mon
     assert [ln.split(", loss")[0] for ln in said] == [
         f"training: network {k}/3, epoch {e}/2" for k in (1, 2, 3) for e in (1, 2)
     ]
+    # seconds since the first network started, as history.csv counts them: a later network
+    # adds the time of those before it
+    settings = TrainSettings(epochs=1, batch_size=16, lr=0.1)
+    train_model(create_model("resnet20", 1, 3, 8), x, torch.arange(30) % 3, settings,
+                HEADS["softmax"], spec, torch.device("cpu"),
+                log=train.ProgressLog(label="network 2/2, ", offset=500.0))  # fmt: skip
+    (line,) = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("training: ")]
+    assert line.startswith("training: network 2/2, epoch 1/1") and ", 500 s, " in line
     # at the usual 30 s, three short networks say nothing
     monkeypatch.setattr(train, "LOG_EVERY_SECONDS", 30.0)
     train_separate(model, x, torch.arange(30) % 3, TrainSettings(epochs=2, batch_size=16, lr=0.1),

@@ -128,21 +128,31 @@ def timing_line(seconds: dict[str, float]) -> str:
 
 def counts_text(counts: dict[str, int], top: int = 4) -> str:
     """The first ``top`` entries of a ``class -> images`` dict as ``5 (30), 3 (9)`` (class,
-    then its count in brackets: unambiguous with digit class names), or ``-``."""
-    return ", ".join(f"{k} ({v})" for k, v in list(counts.items())[:top]) or "-"
+    then its count in brackets: unambiguous with digit class names), ``, ...`` when more
+    classes took some, or ``-``."""
+    shown = ", ".join(f"{k} ({v})" for k, v in list(counts.items())[:top])
+    return (shown + (", ..." if len(counts) > top else "")) or "-"
+
+
+def absorbed_text(absorbed: dict | None) -> str:
+    """:func:`unseen.metrics.absorbed_by`'s result as ``8 (45%)``, or ``-``."""
+    return f"{absorbed['class']} ({absorbed['share']:.0%})" if absorbed else "-"
 
 
 def run_summary(metrics: dict, with_scores: bool = True) -> str:
     """What a finished run prints: the figures a naive evaluation hides, then one row per score
     (left out with ``with_scores=False``, when several heads share one table)."""
+    from .metrics import CONFIDENT
+
     uc, kc = metrics["unseen_confidence"], metrics["known_confidence"]
     absorbed = counts_text(metrics["unseen_predicted_as"])
     lines = [
         f"closed-set accuracy {fmt(metrics['closed_set_accuracy'])} (known classes) | "
         f"all-test accuracy {fmt(metrics['all_test_accuracy'])} (what a naive evaluation reports)",
         f"{metrics.get('confidence_from', 'max softmax probability')} on known images: "
-        f"mean {fmt(kc['mean_msp'])}, {fmt(kc['frac_msp_above_0_9'])} above 0.9 | "
-        f"on unseen images: mean {fmt(uc['mean_msp'])}, {fmt(uc['frac_msp_above_0_9'])} above 0.9",
+        f"mean {fmt(kc['mean_msp'])}, {fmt(kc['frac_msp_above_0_9'])} above {CONFIDENT} | "
+        f"on unseen images: mean {fmt(uc['mean_msp'])}, {fmt(uc['frac_msp_above_0_9'])} above "
+        f"{CONFIDENT}",
         f"unseen images were labelled as: {absorbed}",
         f"training: {fmt(metrics['train_seconds'], 1)} s, {fmt(metrics['train_images_per_second'], 0)} images/s on {metrics['device']}",
     ]

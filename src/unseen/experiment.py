@@ -156,7 +156,7 @@ def half_if_it_fits(x: np.ndarray) -> np.ndarray:
 LARGE_ON_CPU = 64
 
 
-def resolved_stem(cfg: RunConfig, image_size: tuple[int, int]) -> str:
+def run_stem(cfg: RunConfig, image_size: tuple[int, int]) -> str:
     """The input stem ``--stem`` gives on images of ``image_size`` (after ``--input-size``)."""
     return resolve_stem(cfg.stem, cfg.input_size or image_size[0])
 
@@ -542,7 +542,7 @@ def finish_metrics(p: Prepared, head: str, scored: Scored, training: dict, devic
         head=head,
         model=cfg.model,
         # the input stem --stem auto chose (resnet18's; null for the others)
-        stem=resolved_stem(cfg, p.data.image_size) if cfg.model == "resnet18" else None,
+        stem=run_stem(cfg, p.data.image_size) if cfg.model == "resnet18" else None,
         dataset=cfg.dataset,
         # what reading the data did that a user should know (folder datasets): kept, since
         # --quiet and sweeps do not print it
@@ -758,7 +758,7 @@ def _run_experiment(cfg: RunConfig, progress: bool, log: Callable[[str], None] |
         else ""
     )
     epochs = counted(cfg.epochs, "epoch")
-    stem = f" ({resolved_stem(cfg, (h, w))} stem)" if cfg.model == "resnet18" else ""
+    stem = f" ({run_stem(cfg, (h, w))} stem)" if cfg.model == "resnet18" else ""
     say(
         f"{cfg.model}{stem}{resized}, {epochs} on {describe_device(p.device)}, {p.precision}; "
         f"run folder {run_dir}"
@@ -810,19 +810,15 @@ def _run_experiment(cfg: RunConfig, progress: bool, log: Callable[[str], None] |
     # the built-in networks that convolve at full resolution: slow on large images on a CPU
     size = (cfg.input_size, cfg.input_size) if cfg.input_size else (h, w)
     full_size = cfg.model == "resnet20" or (
-        cfg.model == "resnet18" and resolved_stem(cfg, (h, w)) == "small"
+        cfg.model == "resnet18" and run_stem(cfg, (h, w)) == "small"
     )
     if p.device.type == "cpu" and max(size) > LARGE_ON_CPU and full_size:
-        other = (
-            ", or --model resnet18, whose ImageNet stem downsamples them 4x first"
-            if cfg.model == "resnet20"
-            else ", or --stem imagenet, which downsamples them 4x first"
-        )
+        other = "--model resnet18 --stem imagenet" if cfg.model == "resnet20" else "--stem imagenet"
         say(
             f"note: {size[0]} x {size[1]} px images on a CPU: {cfg.model} convolves them at full "
-            "resolution, which is slow (resnet20 trained about 29 images/s at 128 px and 5 at "
-            f"256 px on one core); --input-size {LARGE_ON_CPU} shrinks them to "
-            f"{LARGE_ON_CPU} x {LARGE_ON_CPU} inside the model{other}"
+            f"resolution, which is slow; --input-size {LARGE_ON_CPU} shrinks them to "
+            f"{LARGE_ON_CPU} x {LARGE_ON_CPU} inside the model, or {other} downsamples them 4x "
+            "first (see the README's Speed section)"
         )
     if cfg.freeze_backbone and p.pretrained is None:
         say("note: --freeze-backbone without --pretrained trains a head on random features")

@@ -256,8 +256,20 @@ def register_model(
 
 
 def list_models() -> list[str]:
-    """The registered model names, sorted."""
-    return sorted(MODELS)
+    """The registered model names, the built-in ones first (``resnet20``, the default, then
+    ``resnet18``), then those registered, in order."""
+    return list(MODELS)
+
+
+def not_registered(name: str, what: str, python: str) -> str:
+    """The sentence for ``what`` (a file or folder) trained with a network ``name`` that this
+    process has not registered (a network of one's own, registered in the Python process that
+    trained it); ``python`` names the call to use from Python instead."""
+    return (
+        f"{what} holds the network {name!r}, which is not registered in this process; "
+        f"register its builder (unseen.models.register_model) and use {python} from Python, "
+        "or rerun with a built-in --model."
+    )
 
 
 def check_model(name: str) -> None:

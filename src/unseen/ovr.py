@@ -112,7 +112,7 @@ def train_separate(
     log = ProgressLog()  # one rhythm of plain progress lines across the members
     for k, member in enumerate(model.members):
         member_settings = dataclasses.replace(settings, seed=settings.seed + k)
-        log.label = f"network {k + 1}/{len(model.members)}, "
+        log.label, log.offset = f"network {k + 1}/{len(model.members)}, ", offset
         trained = train_model(
             member,
             x_train,

@@ -204,13 +204,11 @@ def rebuild_model(ckpt: dict[str, Any], path: Path) -> torch.nn.Module:
                 head,
             )
     except UnseenError as exc:
-        from .models import MODELS
+        from .models import MODELS, not_registered
 
         if str(ckpt["model"]) not in MODELS:  # a network registered in Python for that run
             raise UnseenError(
-                f"{path} holds the network {str(ckpt['model'])!r}, which is not registered in "
-                "this process; register its builder (unseen.models.register_model) and use "
-                "unseen.load from Python, or rerun with a built-in --model."
+                not_registered(str(ckpt["model"]), str(path), "unseen.load")
             ) from None
         raise UnseenError(f"{path} cannot be rebuilt by this version: {exc}") from None
     for net in model.modules():
@@ -1058,8 +1056,8 @@ def run_predict(
         print(skipped_note(skipped), file=sys.stderr)
     if note := conversion_note(converted, predictor):
         print(note, file=sys.stderr)
-    if note := weak_score_note(predictor):
-        print(f"unseen: {note}", file=sys.stderr)
+    if note := weak_score_note(predictor):  # "warning: ...", as the run's console notes
+        print(note, file=sys.stderr)
     if rows and all(r["error"] is not None for r in rows):
         raise UnseenError(f"none of the {len(rows)} input(s) could be read as an image.")
     return 0

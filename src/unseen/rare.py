@@ -45,10 +45,14 @@ def parse_rare_item(text: str) -> tuple[str, float]:
     return name.strip(), value
 
 
-def rare_summary(name: str, r: dict, fmt: Callable[[Any], str]) -> str:
+def rare_summary(
+    name: str, r: dict, fmt: Callable[[Any], str], share: Callable[[Any], str] | None = None
+) -> str:
     """One rare class's result in a sentence, for the console and the report: its training
     images, recall and precision, where its test images went and how confidently, and the
-    AUROC of the other known classes against it (``fmt`` formats a number)."""
+    AUROC of the other known classes against it (``fmt`` formats a number, ``share`` a share
+    of its images: ``fmt`` too, unless given, e.g. as a percentage)."""
+    share = share or fmt
     from .console import counted, counts_text
 
     aurocs = ", ".join(f"{s} {fmt(v)}" for s, v in r.get("auroc_vs_known", {}).items())
@@ -62,9 +66,9 @@ def rare_summary(name: str, r: dict, fmt: Callable[[Any], str]) -> str:
     if "mean_confidence" in r:  # runs of earlier versions did not record it
         text += (
             f"; mean confidence {fmt(r['mean_confidence'])}, "
-            f"{fmt(r['confidently_mislabelled'])} labelled as another class above {CONFIDENT}"
+            f"{share(r['confidently_mislabelled'])} labelled as another class above {CONFIDENT}"
         )
-    return text + f" | AUROC other known classes vs {name}: {aurocs or '-'}"
+    return text + f"; AUROC other known classes vs {name}: {aurocs or '-'}"
 
 
 def format_fraction(value: float) -> str:

@@ -38,7 +38,7 @@ import numpy as np
 
 from . import plots
 from .config import FIELDS, RESULT_NEUTRAL_KEYS, with_field_defaults
-from .console import counted, counts_text, mean_std_text, valid_unicode
+from .console import absorbed_text, counted, counts_text, mean_std_text, valid_unicode
 from .data import absolute_paths
 from .errors import UnseenError
 from .metrics import CONFIDENT, mean_std
@@ -513,29 +513,29 @@ def _rescored_text(rescored: Any) -> str | None:
 
 
 def headline(metrics: dict) -> str:
-    """The sentence a naive evaluation hides, in plain text."""
+    """The sentences a naive evaluation hides, in plain text."""
+    from .rare import rare_summary
+
     uc = metrics.get("unseen_confidence", {})
     absorbed = counts_text(metrics.get("unseen_predicted_as", {}))
-    text = (
+    parts = [
         f"Closed-set accuracy {_pct(metrics.get('closed_set_accuracy'))} on known classes; "
-        f"a naive evaluation over all test images reports {_pct(metrics.get('all_test_accuracy'))}. "
-    )
+        f"a naive evaluation over all test images reports {_pct(metrics.get('all_test_accuracy'))}."
+    ]
     if metrics.get("num_test_unseen"):
-        text += (
+        parts.append(
             f"The network labelled every one of the {metrics['num_test_unseen']} unseen images as a "
             f"known class (mostly {absorbed}), with mean {metrics.get('confidence_from', 'max softmax probability')} "
-            f"{_fmt(uc.get('mean_msp'))}; {_pct(uc.get('frac_msp_above_0_9'))} of them above 0.9."
+            f"{_fmt(uc.get('mean_msp'))}; {_pct(uc.get('frac_msp_above_0_9'))} of them above {CONFIDENT}."
         )
     for name, r in metrics.get("rare", {}).items():  # --rare: how the scarce class fared
-        from .rare import rare_summary
-
-        summary = rare_summary(name, r, _fmt)
-        text += f" {summary[0].upper()}{summary[1:]}."
+        summary = rare_summary(name, r, _fmt, share=_pct)
+        parts.append(f"{summary[0].upper()}{summary[1:]}.")
     if metrics.get("pretrained_warning"):
-        text += f" Warning: {metrics['pretrained_warning']}"
+        parts.append(f"Warning: {metrics['pretrained_warning']}")
     for note in metrics.get("data_notes", []):  # reading a folder dataset: resized, 16-bit...
-        text += f" Note on the data: {note}."
-    return text
+        parts.append(f"Note on the data: {note}.")
+    return " ".join(parts)
 
 
 def best_values(scores: dict[str, dict]) -> dict[str, float]:
@@ -1007,7 +1007,7 @@ def write_comparison(run_dirs: Iterable[str | Path], out_dir: str | Path) -> Pat
     h.append("</tbody></table>")
     if rare_rows := rare_table_rows(rows):
         rare_head = ["configuration", "rare class", "train imgs", "recall", "precision",
-                     "mean confidence", f"wrong >{CONFIDENT}", "mostly as"]  # fmt: skip
+                     "mean confidence", f"wrong >{CONFIDENT}", "absorbed by"]  # fmt: skip
         h += ["<h2>Rare classes</h2>",
               f'<p class="note">A --rare class kept at a fraction of its training images: closed-set '
               f"recall and precision on the test set, the head's mean confidence on its test "
@@ -1053,6 +1053,16 @@ def write_comparison(run_dirs: Iterable[str | Path], out_dir: str | Path) -> Pat
                     [r["label"], r["head"], r["n_runs"], "", f"rare:{cls}:{k}", s["mean"],
                      s["std"], s["n"]]
                 )  # fmt: skip
+            for n, s in stats["auroc_vs_known"].items():  # other known classes vs the class
+                writer.writerow(
+                    [r["label"], r["head"], r["n_runs"], n, f"rare:{cls}:auroc_vs_known",
+                     s["mean"], s["std"], s["n"]]
+                )  # fmt: skip
+            if ab := stats.get("absorbed_by"):  # its share of the class's test images
+                writer.writerow(
+                    [r["label"], r["head"], r["n_runs"], "", f"rare:{cls}:absorbed_by:{ab['class']}",
+                     ab["share"], "", r["n_runs"]]
+                )  # fmt: skip
     _write_text(out_dir / "comparison.csv", buf.getvalue())
     _write_text(out_dir / "comparison.md", "\n".join(md))
     return _write_text(out_dir / "comparison.html", page(title, "\n".join(h)))
@@ -1068,11 +1078,10 @@ def rare_table_rows(rows: Sequence[dict]) -> list[list[str]]:
     out = []
     for r in rows:
         for cls, stats in r.get("rare", {}).items():
-            ab = stats.get("absorbed_by")
             out.append(
                 [r["label"], cls, mean_std_text(stats["train_images"], 0)]
                 + [mean_std_text(stats[k], runs=r["n_runs"]) for k in RARE_COLUMNS[1:]]
-                + [f"{ab['class']} ({ab['share']:.0%})" if ab else "-"]
+                + [absorbed_text(stats.get("absorbed_by"))]
             )
     return out
 

@@ -111,6 +111,12 @@ def _rescore_run(
             f"{other[0]!r}: {where}."
         )
     saved = read_json(run_dir / "config.json")
+    from .models import MODELS, not_registered
+
+    if isinstance(saved.get("model"), str) and saved["model"] not in MODELS:
+        raise ConfigError(
+            not_registered(saved["model"], str(run_dir), "unseen.rescore.rescore_run")
+        )
     cfg = RunConfig.from_run(run_dir).replace(**changes)  # checks each new value
     if ovr_only := scores_without_their_head(cfg):
         raise ConfigError(

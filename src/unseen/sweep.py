@@ -912,7 +912,7 @@ def _variant_name(v: dict, many_heads: bool, many_balances: bool) -> str:
 
 def format_summary(summary: dict) -> str:
     """Console tables of :func:`aggregate`: overall per score, then per condition."""
-    from .console import mean_std_text, table
+    from .console import absorbed_text, mean_std_text, table
 
     variants = summary["variants"]
     if not variants:
@@ -1007,8 +1007,8 @@ def format_summary(summary: dict) -> str:
                 (r,) = c["rare"].values()  # the protocol's one rare class
                 row += [mean_std_text(r["train_images"], 0, k), mean_std_text(r["recall"], runs=k)]
                 row += [mean_std_text(r["precision"], runs=k)]
-                ab = r.get("absorbed_by")  # summaries of earlier versions lack the next two
-                row.append(f"{ab['class']} ({ab['share']:.0%})" if ab else "-")
+                # summaries of earlier versions lack the next two
+                row.append(absorbed_text(r.get("absorbed_by")))
                 row.append(mean_std_text(r.get("confidently_mislabelled", {}), runs=k))
                 row += [mean_std_text(r["auroc_vs_known"][n], runs=k) for n in names]
                 row += [mean_std_text(c["auroc"][n], runs=k) for n in names] if detection else []
@@ -1016,19 +1016,18 @@ def format_summary(summary: dict) -> str:
             else:
                 row += [mean_std_text(c["closed_set_accuracy"], runs=k)]
                 row += [mean_std_text(c["auroc"][n], runs=k) for n in names]
-                ab = c["absorbed_by"]
-                row.append(f"{ab['class']} ({ab['share']:.0%})" if ab else "-")
+                row.append(absorbed_text(c["absorbed_by"]))
             rows.append((c, row))
     if is_rare:
         rows.sort(key=lambda cr: (cr[0]["condition"], cr[1][1] if vcol else ""))
-        header = ["fraction", *vcol, "train imgs", "recall", "precision", "mostly as",
+        header = ["fraction", *vcol, "train imgs", "recall", "precision", "absorbed by",
                   f"wrong >{CONFIDENT}"]  # fmt: skip
         header += [f"AUROC {n}" for n in names]
         header += [f"unseen AUROC {n}" for n in names] if detection else []
         header += ["closed-acc"]
         lines.append("")
         lines.append(
-            "rare class per fraction (mostly as: the other class that took most of its test "
+            "rare class per fraction (absorbed by: the other class that took most of its test "
             f"images, summed over runs; wrong >{CONFIDENT}: share of its test images labelled as "
             f"another class with confidence above {CONFIDENT}; AUROC: other known classes vs "
             "the rare class, higher = the scores single it out; at fraction 0 it is unseen"

@@ -40,6 +40,8 @@ class ProgressLog:
 
     label: str = ""
     last: float = field(default_factory=time.monotonic)
+    #: seconds the networks before this one took (their lines count time from the first)
+    offset: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -379,7 +381,8 @@ def train_model(
             rate = result.images_seen / max(train_seconds(), 1e-9)
             print(
                 f"training: {log.label}epoch {epoch + 1}/{settings.epochs}, loss "
-                f"{row['loss']:.3f}, val acc {row['val_accuracy']:.3f}, {row['seconds']:.0f} s, "
+                f"{row['loss']:.3f}, val acc {row['val_accuracy']:.3f}, "
+                f"{log.offset + row['seconds']:.0f} s, "
                 f"{rate:.0f} images/s",
                 file=sys.stderr,
                 flush=True,
