@@ -774,3 +774,10 @@ def test_comparison_has_a_rare_class_table_when_runs_kept_a_class_rare(digits_ru
     # runs without rare classes: no such table
     write_comparison([plain], tmp_path / "cmp2")
     assert "Rare classes" not in (tmp_path / "cmp2" / "comparison.md").read_text()
+
+
+def test_a_histogram_without_unseen_images_does_not_promise_them():
+    fig = plots.score_histogram(np.array([0.2, 0.5, 0.9]), np.array([]), 0.3, "msp")
+    assert fig.axes[0].get_title() == "msp: known test images"
+    fig = plots.score_histogram(np.array([0.2, 0.9]), np.array([0.1]), 0.3, "msp")
+    assert fig.axes[0].get_title() == "msp: known vs unseen test images"

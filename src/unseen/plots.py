@@ -110,7 +110,9 @@ def score_histogram(
         ax.axvline(threshold, color="black", linestyle="--", linewidth=1.2, label="threshold")
     ax.set_xlabel(f"{name} (higher = more likely known)")
     ax.set_ylabel("density")
-    ax.set_title(f"{name}: known vs unseen test images")
+    ax.set_title(
+        f"{name}: known vs unseen test images" if len(unseen) else f"{name}: known test images"
+    )
     ax.legend(fontsize=8, frameon=False)
     tight_layout(fig)
     return fig

@@ -307,14 +307,21 @@ def _draw_head_figures(
         )
         known_rejected = m.get("known_rejected")
         accepted = None if known_rejected is None else 1 - known_rejected
+        caption = (
+            f"Test images at or right of the dashed threshold ({where}) are accepted as known: "
+            f"here {_pct(accepted)} of known test images; "
+        )
+        caption += (
+            f"{_pct(m.get('unseen_rejected'))} of unseen images fall left of it and are rejected. "
+            "The less the two histograms overlap, the better the score separates them."
+            if is_unseen.any()
+            else "no test image is of an unseen class in this run, so there is nothing to "
+            "separate them from (a --rare class is known: see the summary for it)."
+        )
         add(
             f"hist_{name}",
-            f"{name}: known vs unseen",
-            f"Test images at or right of the dashed threshold ({where}) are accepted as known: "
-            f"here {_pct(accepted)} of known "
-            f"test images; {_pct(m.get('unseen_rejected'))} of unseen images fall left of it and are "
-            "rejected. "
-            "The less the two histograms overlap, the better the score separates them.",
+            f"{name}: known vs unseen" if is_unseen.any() else f"{name}: known test images",
+            caption,
             lambda s=s, t=threshold, n=name: plots.score_histogram(
                 s[~is_unseen], s[is_unseen], t, n
             ),
