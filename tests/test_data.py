@@ -377,6 +377,26 @@ def test_folder_loading_says_what_it_changed(tmp_path):
     )
 
 
+def test_bit_depth_reads_12_bit_data_at_its_own_depth(tmp_path):
+    twelve = np.array([[0, 1, 2048], [4095, 100, 3000]], dtype=np.uint16)
+    over = np.array([[0, 5000, 65535], [4095, 1, 2]], dtype=np.uint16)  # beyond 12 bits
+    _save_split_images(tmp_path, "train", {"a": [(Image.fromarray(twelve), "png")],
+                                           "b": [(Image.fromarray(twelve), "png")]})  # fmt: skip
+    _save_split_images(tmp_path, "test", {"a": [(Image.fromarray(over), "png")],
+                                          "b": [(Image.fromarray(twelve), "png")]})  # fmt: skip
+    data = load_dataset(f"folder:{tmp_path}", bit_depth=12)
+    want = np.rint(twelve.astype(float) * 255 / 4095).astype(np.uint8)
+    assert data.x_train[0, 0].numpy().tolist() == want.tolist()  # 4095 -> 255, 2048 -> 128
+    assert data.x_test[0, 0].numpy().tolist() == [[0, 255, 255], [255, 0, 0]]  # clipped
+    (note,) = data.notes
+    assert note.startswith("1 of the 4 16-bit images hold values above 4095 (up to 65535)")
+    # read as 16-bit, the same files would keep few levels: the note names the option
+    for f in (tmp_path / "test").rglob("*.png"):
+        Image.fromarray(twelve).save(f)
+    (note,) = load_dataset(f"folder:{tmp_path}").notes
+    assert "(12-bit data?)" in note and "--bit-depth 12 reads them at their own depth" in note
+
+
 def test_dark_16bit_pgm_and_float_tiffs_in_0_1_keep_their_scale(tmp_path):
     from unseen.data import image_array, read_image_file
 

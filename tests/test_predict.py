@@ -865,3 +865,28 @@ def test_images_of_another_size_or_colour_are_noted(capsys, run_dir, pngs, tmp_p
             "differs) and 1 converted to greyscale, as training reads images") in err  # fmt: skip
     rc, _, err = cli(capsys, run_dir, *pngs["known"][:2])  # the run's own kind: nothing to say
     assert rc == 0 and "note: of the images" not in err
+
+
+def test_predict_reads_16_bit_files_at_the_run_s_bit_depth(tmp_path, capsys):
+    from unseen.experiment import run_experiment
+
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 6), ("test", 3)):
+        for cls in ("a", "b"):
+            (tmp_path / "data" / split / cls).mkdir(parents=True)
+            for i in range(n):
+                values = rng.integers(0, 4096, (8, 8)).astype(np.uint16)
+                Image.fromarray(values).save(tmp_path / "data" / split / cls / f"{i}.png")
+    cfg = RunConfig(dataset=f"folder:{tmp_path / 'data'}", known=("a", "b"), bit_depth=12,
+                    epochs=1, device="cpu", precision="fp32", scores=("msp",), report=False,
+                    val_fraction=0.34, out=str(tmp_path / "run"))  # fmt: skip
+    run_experiment(cfg, progress=False, log=None)
+    p = load(tmp_path / "run", device="cpu")
+    assert p.bit_depth == 12
+    image = Image.open(tmp_path / "data" / "test" / "a" / "0.png")
+    expected = np.rint(np.asarray(image, dtype=float) * 255 / 4095).astype(np.uint8)
+    assert p.prepare(image)[0, 0].numpy().tolist() == expected.tolist()
+    # and the scores of the run's own test files are the ones it stored
+    stored = np.load(tmp_path / "run" / "scores.npz")["score_msp"]
+    files = sorted((tmp_path / "data" / "test").rglob("*.png"))
+    np.testing.assert_allclose(p.with_options(score="msp").scores(files), stored, rtol=1e-6)

@@ -389,7 +389,7 @@ def test_resume_names_the_option_not_what_was_derived_from_it(reference, tmp_pat
 
 #: options this version added after runs of earlier versions were saved
 LATER_OPTIONS = ("ash_percentile", "ash_variant", "scale_percentile", "dice_sparsity",
-                 "gen_gamma", "gen_m")  # fmt: skip
+                 "gen_gamma", "gen_m", "bit_depth")  # fmt: skip
 
 
 def as_earlier_version(run_dir: Path) -> None:

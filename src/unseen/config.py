@@ -121,6 +121,10 @@ def _input_size(v: int | None) -> str | None:
     return None if ok else f"must be between 1 and {MAX_INPUT_SIZE} (pixels per side)"
 
 
+def _bit_depth(v: int) -> str | None:
+    return None if 8 <= v <= 16 else "must be between 8 and 16 (bits per pixel)"
+
+
 def _non_negative(v: float | int) -> str | None:
     return None if v >= 0 and _finite(v) else "must be zero or more, and finite"
 
@@ -293,6 +297,16 @@ class RunConfig:
         "use at most this many test images (seeded, stratified; for quick runs)",
         parse=parse_optional_int,
         check=_positive,
+        metavar="N",
+        group="data",
+    )
+    bit_depth: int = opt(
+        16,
+        "bits used by 16-bit greyscale image files (PNG, TIFF, PGM) of a folder dataset: "
+        "values 0..2^N-1 map to 0..255, and above it are clipped (12 for 12-bit data such as "
+        "X-rays; unseen predict reads the run's files the same way)",
+        parse=int,
+        check=_bit_depth,
         metavar="N",
         group="data",
     )

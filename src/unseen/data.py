@@ -392,16 +392,17 @@ def read_image_file(path: str | os.PathLike):
 FLOAT_SLACK = 1e-3
 
 
-def image_array(image) -> np.ndarray:
+def image_array(image, bit_depth: int = 16) -> np.ndarray:
     """A PIL image -> uint8 ``H x W`` (grey), ``H x W x 2`` (grey + alpha), ``H x W x 3`` or
     ``H x W x 4`` (RGB, RGB + alpha).
 
-    16-bit greyscale (PNG, TIFF, PGM) scales as ``round(v * 255 / 65535)``. Modes "I" and "F"
-    do not record a bit depth: they are read as 16-bit when a value exceeds 255 and as 0..255
-    otherwise, except that a float image ("F") with no value above 1 is read as [0, 1], as
-    float arrays are (up to 1 + :data:`FLOAT_SLACK`, clipped to 1); values outside 0..65535
-    raise ``ValueError``. Palette and other modes become RGB (RGBA when the image has
-    transparency).
+    16-bit greyscale (PNG, TIFF, PGM) scales as ``round(v * 255 / (2^bit_depth - 1))``, values
+    above ``2^bit_depth - 1`` clipped (``bit_depth`` 12 for 12-bit data stored in 16-bit
+    files; default 16). Modes "I" and "F" do not record a bit depth: they are read as 16-bit
+    when a value exceeds 255 and as 0..255 otherwise, except that a float image ("F") with no
+    value above 1 is read as [0, 1], as float arrays are (up to 1 + :data:`FLOAT_SLACK`,
+    clipped to 1); values outside 0..65535 raise ``ValueError``. Palette and other modes
+    become RGB (RGBA when the image has transparency).
     """
     mode = image.mode
     if mode in {"L", "LA", "RGB", "RGBA"}:
@@ -411,10 +412,10 @@ def image_array(image) -> np.ndarray:
         lo, hi = (float(a.min()), float(a.max())) if a.size else (0.0, 0.0)
         if not (lo >= 0 and hi <= 65535):
             raise ValueError(f"it holds values {lo:g}..{hi:g}, not 8-bit or 16-bit (0..65535)")
-        top = 65535.0 if mode.startswith("I;16") or hi > 255 else 255.0
+        top = float(2**bit_depth - 1) if mode.startswith("I;16") or hi > 255 else 255.0
         if mode == "F" and hi <= 1 + FLOAT_SLACK:  # [0, 1], past 1 by rounding at most
             top, a = 1.0, np.minimum(a, 1.0)
-        return np.rint(a * (255.0 / top)).astype(np.uint8)
+        return np.rint(np.minimum(a, top) * (255.0 / top)).astype(np.uint8)
     if mode == "1":
         return np.array(image.convert("L"), dtype=np.uint8)
     return np.array(
@@ -454,10 +455,10 @@ def resize_images(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return resize(x, list(size), interpolation=InterpolationMode.BILINEAR, antialias=True)
 
 
-def image_tensor(image) -> torch.Tensor:
+def image_tensor(image, bit_depth: int = 16) -> torch.Tensor:
     """A PIL image -> uint8 ``1 x C x H x W``, C from :func:`image_array` (1 to 4): the one
     conversion that training on a folder and ``unseen predict`` share."""
-    a = image_array(image)
+    a = image_array(image, bit_depth)
     a = a[:, :, None] if a.ndim == 2 else a
     return torch.from_numpy(np.ascontiguousarray(a)).permute(2, 0, 1)[None]
 
@@ -471,7 +472,7 @@ def decode_error(exc: BaseException, path: str | os.PathLike) -> str:
     return f"{type(exc).__name__}{': ' + reason if reason else ''}"
 
 
-def _image_file_tensor(path: Path) -> tuple[torch.Tensor, int | None]:
+def _image_file_tensor(path: Path, bit_depth: int = 16) -> tuple[torch.Tensor, int | None]:
     """One image file of a folder dataset -> uint8 1 x C x H x W (:func:`image_tensor`), and
     for a 16-bit image its largest value before scaling (None for others)."""
     try:
@@ -483,13 +484,13 @@ def _image_file_tensor(path: Path) -> tuple[torch.Tensor, int | None]:
     if image.mode.startswith("I;16"):
         peak = int(np.asarray(image).max(initial=0))
     try:
-        return image_tensor(image), peak
+        return image_tensor(image, bit_depth), peak
     except ValueError as exc:  # values no bit depth explains
         raise DataError(f"image {path} could not be decoded ({exc}).") from None
 
 
 def _load_image_files(
-    files: dict[str, list[Path]],
+    files: dict[str, list[Path]], bit_depth: int = 16
 ) -> tuple[dict[str, torch.Tensor], tuple[str, ...]]:
     """Decode the image files of every split into uint8 N x C x H x W tensors of one channel
     count and one size, as ``unseen predict`` reads a file, and say what that changed.
@@ -501,7 +502,9 @@ def _load_image_files(
     """
     from collections import Counter
 
-    read = {split: [_image_file_tensor(p) for p in paths] for split, paths in files.items()}
+    read = {
+        split: [_image_file_tensor(p, bit_depth) for p in paths] for split, paths in files.items()
+    }
     decoded = {split: [t for t, _ in pairs] for split, pairs in read.items()}
     everything = [t for ts in decoded.values() for t in ts]
     channels = 3 if any(t.shape[1] >= 3 for t in everything) else 1
@@ -521,15 +524,22 @@ def _load_image_files(
             "greyscale images were copied into three channels"
         )
     peaks = [peak for pairs in read.values() for _, peak in pairs if peak is not None]
+    full = 2**bit_depth - 1
     if peaks and (top := max(peaks)) == 0:
         notes.append(f"all {len(peaks)} 16-bit images are black (every value 0)")
-    elif peaks and top <= 65535 // 8:
-        levels = round(top * 255 / 65535) + 1
+    elif peaks and top > full:
+        over = sum(p > full for p in peaks)
         notes.append(
-            f"the {len(peaks)} 16-bit images use values up to {top} of 65535 ({top.bit_length()}-"
-            f"bit data?): scaled from 16 bits to 0..255 they keep only {levels} grey "
-            f"level{'s' if levels > 1 else ''}; rescale them to the full 16-bit range, or to 8 "
-            "bits, before training (unseen predict reads new files the same way)"
+            f"{over} of the {len(peaks)} 16-bit images hold values above {full} (up to {top}), "
+            f"which --bit-depth {bit_depth} clips to white; give a larger --bit-depth"
+        )
+    elif peaks and top <= full // 8:
+        levels = round(top * 255 / full) + 1
+        notes.append(
+            f"the {len(peaks)} 16-bit images use values up to {top} of {full} ({top.bit_length()}-"
+            f"bit data?): scaled from {bit_depth} bits to 0..255 they keep only {levels} grey "
+            f"level{'s' if levels > 1 else ''}; --bit-depth {max(8, top.bit_length())} reads "
+            "them at their own depth (unseen predict then does too)"
         )
     tensors = {
         split: torch.cat([resize_images(convert_channels(t, channels), size) for t in ts])
@@ -601,7 +611,7 @@ def _folder_source(path: str) -> tuple[Callable, Callable]:
                 )
         return str(root)
 
-    def load(_root: str | None = None, download: bool = False) -> ImageData:
+    def load(_root: str | None = None, download: bool = False, bit_depth: int = 16) -> ImageData:
         locate()
         splits = {}
         for split in ("train", "test"):
@@ -627,7 +637,9 @@ def _folder_source(path: str) -> tuple[Callable, Callable]:
         # a folder name's bytes that are not UTF-8 written as \xe9: runs, reports and JSON
         # hold the name as text
         classes = tuple(valid_unicode(c) for c in folders)
-        x, notes = _load_image_files({split: [p for p, _ in s] for split, (_, s) in splits.items()})
+        x, notes = _load_image_files(
+            {split: [p for p, _ in s] for split, (_, s) in splits.items()}, bit_depth
+        )
         y = {
             split: np.array(
                 [index[unicodedata.normalize("NFC", names[t])] for _, t in s], dtype=np.int64
@@ -841,9 +853,16 @@ def check_dataset_name(name: str) -> None:
     get_source(name)
 
 
-def load_dataset(name: str, root: str | None = None, download: bool = False) -> ImageData:
-    """Load a whole dataset by registry name. Raises :class:`DataError` when it is missing."""
-    return get_source(name).load(root, download)
+def load_dataset(
+    name: str, root: str | None = None, download: bool = False, bit_depth: int = 16
+) -> ImageData:
+    """Load a whole dataset by registry name. Raises :class:`DataError` when it is missing.
+    ``bit_depth`` is that of a folder dataset's 16-bit greyscale files (:func:`image_array`);
+    the other sources are 8-bit."""
+    source = get_source(name)
+    if name.partition(":")[0] == "folder":
+        return source.load(root, download, bit_depth=bit_depth)
+    return source.load(root, download)
 
 
 def describe_sources(root: str | None = None) -> list[tuple[str, str, str]]:

@@ -175,7 +175,7 @@ def prepare(cfg: RunConfig, precision: str | None = None) -> Prepared:
     precision = resolve_precision(cfg.precision if precision is None else precision, device)
     graphs = use_cuda_graphs(cfg.cuda_graphs, device, cfg.balance)
     torch.backends.cudnn.benchmark = cfg.cudnn_benchmark
-    data = load_dataset(cfg.dataset, cfg.data_root, cfg.download)
+    data = load_dataset(cfg.dataset, cfg.data_root, cfg.download, bit_depth=cfg.bit_depth)
     rare = resolve_rare(cfg.rare, data.classes)
     holdout, known = resolve_auto(data.classes, cfg.holdout, cfg.known)  # config.json: resolved
     cfg = cfg.replace(holdout=holdout, known=known)
@@ -819,6 +819,10 @@ def _run_experiment(cfg: RunConfig, progress: bool, log: Callable[[str], None] |
             f"resolution, which is slow; --input-size {LARGE_ON_CPU} shrinks them to "
             f"{LARGE_ON_CPU} x {LARGE_ON_CPU} inside the model, or {other} downsamples them 4x "
             "first (see the README's Speed section)"
+        )
+    if cfg.bit_depth != 16 and not cfg.dataset.startswith("folder:"):
+        say(
+            f"note: --bit-depth {cfg.bit_depth} has no effect: only folder datasets read 16-bit files"
         )
     if cfg.freeze_backbone and p.pretrained is None:
         say("note: --freeze-backbone without --pretrained trains a head on random features")

@@ -346,9 +346,9 @@ def _array_tensor(image: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(image if image.flags.writeable else image.copy())
 
 
-def to_nchw_uint8(image: Any) -> torch.Tensor:
+def to_nchw_uint8(image: Any, bit_depth: int = 16) -> torch.Tensor:
     """One input (an image file's path, PIL image, array or tensor, single image or batch)
-    -> uint8 N x C x H x W."""
+    -> uint8 N x C x H x W (16-bit greyscale files read at ``bit_depth`` bits)."""
     if isinstance(image, (str, os.PathLike)):
         if not Path(image).is_file():
             raise UnseenError(f"{image} is not an image file (it does not exist or is a folder).")
@@ -358,7 +358,7 @@ def to_nchw_uint8(image: Any) -> torch.Tensor:
         image = item.image
     if _is_pil(image):
         try:
-            x = image_tensor(image)
+            x = image_tensor(image, bit_depth)
         except ValueError as exc:  # e.g. a 32-bit image beyond 16-bit values
             raise InputError(f"an image of mode {image.mode} cannot be read: {exc}.") from None
     elif isinstance(image, torch.Tensor):
@@ -441,6 +441,8 @@ class Predictor:
         self.run_known_acceptance = float(
             (checkpoint.get("config") or {}).get("known_acceptance", 0.95)
         )
+        #: the bits of 16-bit greyscale files, as the run read its own (``--bit-depth``)
+        self.bit_depth = int((checkpoint.get("config") or {}).get("bit_depth") or 16)
         self._val_scores: dict[str, np.ndarray] | None = None
         self.score_name = ""
         self.threshold = math.nan
@@ -558,7 +560,10 @@ class Predictor:
         """Images in any accepted format -> uint8 N x C x H x W as the model was trained on."""
         items = _as_list(images)
         batches = [
-            resize_images(convert_channels(to_nchw_uint8(im), self.in_channels), self.image_size)
+            resize_images(
+                convert_channels(to_nchw_uint8(im, self.bit_depth), self.in_channels),
+                self.image_size,
+            )
             for im in items
         ]
         if not batches:

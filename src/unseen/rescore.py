@@ -310,7 +310,7 @@ def rescore_sweep(
     except (KeyError, TypeError, ValueError, AttributeError, UnseenError) as exc:
         raise DataError(f"cannot rescore the sweep in {sweep_dir}: {plan_file}: {exc}") from None
     try:
-        data = load_dataset(source, root)
+        data = load_dataset(source, root, bit_depth=base.bit_depth)
     except DataError as exc:
         hint = moved_hint(source, root, dataset, data_root)
         raise DataError(

@@ -1141,7 +1141,7 @@ def plan_sweep(
     from .splits import resolve_auto
 
     if data is None:
-        data = load_dataset(base.dataset, base.data_root, base.download)
+        data = load_dataset(base.dataset, base.data_root, base.download, bit_depth=base.bit_depth)
     holdout, known = resolve_auto(data.classes, base.holdout, base.known)  # hashed as not given
     resolved = base.replace(out=None, holdout=holdout, known=known)
     return plan(resolved, data.classes, opts, out_dir, data.untrained)
