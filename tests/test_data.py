@@ -397,6 +397,29 @@ def test_bit_depth_reads_12_bit_data_at_its_own_depth(tmp_path):
     assert "(12-bit data?)" in note and "--bit-depth 12 reads them at their own depth" in note
 
 
+def test_bit_depth_leaves_pgm_maxval_alone_and_reads_mode_i_at_its_depth(tmp_path):
+    from unseen.data import image_array, read_image_file
+
+    # a 12-bit PGM (maxval 4095): PIL stretches it to 0..65535 already
+    values = np.array([[0, 1000], [2048, 4095]], dtype=np.uint16)
+    pgm = tmp_path / "m4095.pgm"
+    pgm.write_bytes(b"P5 2 2 4095\n" + values.astype(">u2").tobytes())
+    want = np.rint(values * (255 / 4095)).astype(np.uint8)
+    for depth in (16, 12):
+        assert image_array(read_image_file(pgm), depth).tolist() == want.tolist()
+    # mode I (a 32-bit TIFF) of 12-bit values: read at 12 bits when asked, even when dark
+    dark = Image.fromarray(np.array([[0, 200]], np.int32), "I")
+    assert image_array(dark, 12).tolist() == [[0, round(200 * 255 / 4095)]]
+    assert image_array(dark, 16).tolist() == [[0, 200]]  # default: an 8-bit scale
+    # a folder without raw 16-bit files: --bit-depth says it changes nothing
+    eight = Image.fromarray(np.zeros((4, 4), np.uint8))
+    _save_split_images(tmp_path / "f", "train", {"a": [(eight, "png")], "b": [(eight, "png")]})
+    _save_split_images(tmp_path / "f", "test", {"a": [(eight, "png")], "b": [(eight, "png")]})
+    assert load_dataset(f"folder:{tmp_path / 'f'}", bit_depth=12).notes == (
+        "--bit-depth 12 has no effect: none of the images holds raw 16-bit values",
+    )
+
+
 def test_dark_16bit_pgm_and_float_tiffs_in_0_1_keep_their_scale(tmp_path):
     from unseen.data import image_array, read_image_file
 

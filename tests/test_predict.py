@@ -890,3 +890,17 @@ def test_predict_reads_16_bit_files_at_the_run_s_bit_depth(tmp_path, capsys):
     stored = np.load(tmp_path / "run" / "scores.npz")["score_msp"]
     files = sorted((tmp_path / "data" / "test").rglob("*.png"))
     np.testing.assert_allclose(p.with_options(score="msp").scores(files), stored, rtol=1e-6)
+    # a file beyond 12 bits is clipped, and predict says so
+    white = tmp_path / "white.png"
+    Image.fromarray(np.full((8, 8), 60000, np.uint16)).save(white)
+    assert main(["predict", str(tmp_path / "run"), str(white), str(files[0])]) == 0
+    assert "1 with values above 4095 clipped to white" in capsys.readouterr().err
+    # rescore reads the training files at 12 bits too: its fingerprint check passes...
+    from unseen.rescore import rescore_run
+
+    rescore_run(tmp_path / "run", {"scores": "+energy"}, progress=False, log=None)
+    # ...and would fail at 16 bits
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    (tmp_path / "run" / "config.json").write_text(json.dumps({**config, "bit_depth": 16}))
+    with pytest.raises(UnseenError, match="differ"):
+        rescore_run(tmp_path / "run", {"scores": "+energy"}, progress=False, log=None)

@@ -302,9 +302,10 @@ class RunConfig:
     )
     bit_depth: int = opt(
         16,
-        "bits used by 16-bit greyscale image files (PNG, TIFF, PGM) of a folder dataset: "
-        "values 0..2^N-1 map to 0..255, and above it are clipped (12 for 12-bit data such as "
-        "X-rays; unseen predict reads the run's files the same way)",
+        "bits used by the raw values of a folder dataset's 16-bit greyscale PNG and TIFF files: "
+        "values 0..2^N-1 map to 0..255, those above are clipped (12 for unscaled 12-bit data "
+        "such as X-rays; PGM files carry their own maxval, which applies instead; unseen "
+        "predict reads new files the same way)",
         parse=int,
         check=_bit_depth,
         metavar="N",

@@ -364,9 +364,9 @@ def _torchvision_source(name: str, flip_ok: bool) -> tuple[Callable, Callable]:
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 
 #: PIL modes of one channel with more than 8 bits per pixel (16-bit PNG and TIFF, PGM, float)
-_WIDE_MODES = frozenset({"I;16", "I;16B", "I;16L", "I;16N", "I", "F"})
+WIDE_MODES = frozenset({"I;16", "I;16B", "I;16L", "I;16N", "I", "F"})
 #: PIL modes :func:`image_array` reads as greyscale (one channel, perhaps with alpha)
-GREY_MODES = frozenset({"1", "L", "LA"}) | _WIDE_MODES
+GREY_MODES = frozenset({"1", "L", "LA"}) | WIDE_MODES
 
 
 def read_image_file(path: str | os.PathLike):
@@ -383,8 +383,14 @@ def read_image_file(path: str | os.PathLike):
         out = im.copy() if upright is im else upright
         if im.format == "PPM" and out.mode == "I":  # a 16-bit PGM, scaled by PIL to 0..65535
             out = out.convert("I;16")
+            # its header's maxval is applied already: --bit-depth must not scale it again
+            out.info[FULL_RANGE] = True
         return out
 
+
+#: ``PIL.Image.info`` key of an image whose values already span 0..65535 (a PGM, which PIL
+#: scaled by its header's maxval): read at 16 bits whatever ``--bit-depth`` says
+FULL_RANGE = "unseen_full_range"
 
 #: how far above 1 a float image ("F") may reach and still be read as [0, 1] (clipped):
 #: values computed in floating point overshoot 1 by rounding, and read as 0..255 instead
@@ -396,23 +402,28 @@ def image_array(image, bit_depth: int = 16) -> np.ndarray:
     """A PIL image -> uint8 ``H x W`` (grey), ``H x W x 2`` (grey + alpha), ``H x W x 3`` or
     ``H x W x 4`` (RGB, RGB + alpha).
 
-    16-bit greyscale (PNG, TIFF, PGM) scales as ``round(v * 255 / (2^bit_depth - 1))``, values
-    above ``2^bit_depth - 1`` clipped (``bit_depth`` 12 for 12-bit data stored in 16-bit
-    files; default 16). Modes "I" and "F" do not record a bit depth: they are read as 16-bit
-    when a value exceeds 255 and as 0..255 otherwise, except that a float image ("F") with no
-    value above 1 is read as [0, 1], as float arrays are (up to 1 + :data:`FLOAT_SLACK`,
-    clipped to 1); values outside 0..65535 raise ``ValueError``. Palette and other modes
-    become RGB (RGBA when the image has transparency).
+    16-bit greyscale (PNG, TIFF) scales as ``round(v * 255 / (2^bit_depth - 1))``, values
+    above ``2^bit_depth - 1`` clipped (``bit_depth`` 12 for raw 12-bit values stored in
+    16-bit files; default 16). A 16-bit PGM is read at 16 bits whatever ``bit_depth``: PIL
+    has applied its header's maxval. Modes "I" and "F" do not record a bit depth: they are
+    read at ``bit_depth`` bits when a value exceeds 255, or when ``bit_depth`` is not 16 (mode
+    "I"), and as 0..255 otherwise, except that a float image ("F") with no value above 1 is
+    read as [0, 1], as float arrays are (up to 1 + :data:`FLOAT_SLACK`, clipped to 1); values
+    outside 0..65535 raise ``ValueError``. Palette and other modes become RGB (RGBA when the
+    image has transparency).
     """
     mode = image.mode
     if mode in {"L", "LA", "RGB", "RGBA"}:
         return np.array(image, dtype=np.uint8)
-    if mode in _WIDE_MODES:
+    if mode in WIDE_MODES:
         a = np.asarray(image, dtype=np.float64)
         lo, hi = (float(a.min()), float(a.max())) if a.size else (0.0, 0.0)
         if not (lo >= 0 and hi <= 65535):
             raise ValueError(f"it holds values {lo:g}..{hi:g}, not 8-bit or 16-bit (0..65535)")
-        top = float(2**bit_depth - 1) if mode.startswith("I;16") or hi > 255 else 255.0
+        if image.info.get(FULL_RANGE):
+            bit_depth = 16
+        wide = mode.startswith("I;16") or hi > 255 or (mode == "I" and bit_depth != 16)
+        top = float(2**bit_depth - 1) if wide else 255.0
         if mode == "F" and hi <= 1 + FLOAT_SLACK:  # [0, 1], past 1 by rounding at most
             top, a = 1.0, np.minimum(a, 1.0)
         return np.rint(np.minimum(a, top) * (255.0 / top)).astype(np.uint8)
@@ -481,8 +492,13 @@ def _image_file_tensor(path: Path, bit_depth: int = 16) -> tuple[torch.Tensor, i
         # SyntaxError, struct.error... on damaged or huge files
         raise DataError(f"image {path} could not be decoded ({decode_error(exc, path)}).") from None
     peak = None
-    if image.mode.startswith("I;16"):
-        peak = int(np.asarray(image).max(initial=0))
+    if image.mode in WIDE_MODES and not image.info.get(FULL_RANGE):
+        values = np.asarray(image)
+        top = float(values.max(initial=0))
+        # 16-bit and whole-number wide images: their largest value, for the notes (a float
+        # image in [0, 1] or 0..255 is read as such, not at any bit depth)
+        if image.mode.startswith("I;16") or (top > 255 and float(top).is_integer()):
+            peak = int(top)
     try:
         return image_tensor(image, bit_depth), peak
     except ValueError as exc:  # values no bit depth explains
@@ -525,6 +541,10 @@ def _load_image_files(
         )
     peaks = [peak for pairs in read.values() for _, peak in pairs if peak is not None]
     full = 2**bit_depth - 1
+    if bit_depth != 16 and not peaks:
+        notes.append(
+            f"--bit-depth {bit_depth} has no effect: none of the images holds raw 16-bit values"
+        )
     if peaks and (top := max(peaks)) == 0:
         notes.append(f"all {len(peaks)} 16-bit images are black (every value 0)")
     elif peaks and top > full:

@@ -48,9 +48,11 @@ import torch
 
 from .console import valid_unicode
 from .data import (
+    FULL_RANGE,
     GREY_MODES,
     IMAGE_EXTENSIONS,
     NPZ_LAYOUTS,
+    WIDE_MODES,
     convert_channels,
     decode_error,
     image_files,
@@ -826,6 +828,8 @@ def predict_items(
                         converted["resized"] = converted.get("resized", 0) + 1
                     if (item.image.mode in GREY_MODES) != (predictor.in_channels == 1):
                         converted["channels"] = converted.get("channels", 0) + 1
+                    if _clipped(item.image, predictor.bit_depth):
+                        converted["clipped"] = converted.get("clipped", 0) + 1
                 try:
                     good.append((len(chunk_rows), predictor.prepare(item.image)))
                 except UnseenError as exc:
@@ -1068,6 +1072,14 @@ def run_predict(
     return 0
 
 
+def _clipped(image: Any, bit_depth: int) -> bool:
+    """Whether a PIL image holds values above ``2^bit_depth - 1`` that reading it at the run's
+    ``--bit-depth`` clips to white (16-bit PNG or TIFF; a PGM's maxval is applied instead)."""
+    if bit_depth >= 16 or image.mode not in WIDE_MODES or image.info.get(FULL_RANGE):
+        return False
+    return float(np.asarray(image).max(initial=0)) > 2**bit_depth - 1
+
+
 def conversion_note(converted: dict[str, int], predictor: Predictor) -> str | None:
     """One line on the images read at another size, or with another channel count, than the
     run trained on: they were resized (not cropped: the aspect ratio follows) or converted,
@@ -1079,6 +1091,9 @@ def conversion_note(converted: dict[str, int], predictor: Predictor) -> str | No
     if n := converted.get("channels"):
         to = "greyscale" if predictor.in_channels == 1 else "RGB"
         parts.append(f"{n} converted to {to}")
+    if n := converted.get("clipped"):
+        full = 2**predictor.bit_depth - 1
+        parts.append(f"{n} with values above {full} clipped to white (the run's --bit-depth)")
     return (
         f"note: of the images read, {' and '.join(parts)}, as training reads images"
         if parts

@@ -316,7 +316,12 @@ def _draw_head_figures(
             "The less the two histograms overlap, the better the score separates them."
             if is_unseen.any()
             else "no test image is of an unseen class in this run, so there is nothing to "
-            "separate them from (a --rare class is known: see the summary for it)."
+            "separate them from"
+            + (
+                " (a --rare class is known: see the summary for it)."
+                if h.metrics.get("rare")
+                else "."
+            )
         )
         add(
             f"hist_{name}",
