@@ -781,3 +781,22 @@ def test_a_histogram_without_unseen_images_does_not_promise_them():
     assert fig.axes[0].get_title() == "msp: known test images"
     fig = plots.score_histogram(np.array([0.2, 0.9]), np.array([0.1]), 0.3, "msp")
     assert fig.axes[0].get_title() == "msp: known vs unseen test images"
+
+
+def test_a_rare_run_report_plots_the_rare_class_against_the_other_known_ones(tmp_path):
+    from unseen.config import RunConfig
+    from unseen.experiment import run_experiment
+    from unseen.report import build_report
+
+    out = tmp_path / "rare"
+    cfg = RunConfig(out=str(out), rare=("3:0.05",), epochs=2, device="cpu", precision="fp32",
+                    scores=("msp",), report=False)  # fmt: skip
+    run_experiment(cfg, progress=False, log=None)
+    build_report(out, tsne=False)
+    png = out / "plots" / "hist_rare_3_msp.png"
+    assert png.read_bytes().startswith(b"\x89PNG")
+    md = (out / "report.md").read_text()
+    assert "msp: rare class 3 vs the other known classes" in md
+    auroc = json.loads((out / "metrics.json").read_text())["rare"]["3"]["auroc_vs_known"]["msp"]
+    assert f"AUROC of the others against it: {auroc:.3f}" in md
+    assert "msp: known test images" in md  # nothing unseen: the score histogram says so

@@ -78,8 +78,10 @@ def score_histogram(
     threshold: float | None,
     name: str,
     bins: int = 50,
+    groups: tuple[str, str] = ("known", "unseen"),
 ) -> Figure:
-    """Overlapping histograms of one score on known and unseen test images.
+    """Overlapping histograms of one score on known and unseen test images (or two other
+    ``groups`` of test images: the other known classes and a rare class, say).
 
     The calibrated threshold is a vertical dashed line (label ``threshold``): images at or
     above it are accepted as known. Histograms are densities so that groups of different
@@ -98,8 +100,8 @@ def score_histogram(
     fig = Figure(figsize=(5.2, 3.4))
     ax = fig.add_subplot()
     for values, label, color in (
-        (known, f"known ({len(known)})", KNOWN_COLOR),
-        (unseen, f"unseen ({len(unseen)})", UNSEEN_COLOR),
+        (known, f"{literal(groups[0], LABEL_CHARS)} ({len(known)})", KNOWN_COLOR),
+        (unseen, f"{literal(groups[1], LABEL_CHARS)} ({len(unseen)})", UNSEEN_COLOR),
     ):
         values = values[np.isfinite(values)]
         if values.size:
@@ -110,8 +112,11 @@ def score_histogram(
         ax.axvline(threshold, color="black", linestyle="--", linewidth=1.2, label="threshold")
     ax.set_xlabel(f"{name} (higher = more likely known)")
     ax.set_ylabel("density")
+    first, second = (literal(g, LABEL_CHARS) for g in groups)
     ax.set_title(
-        f"{name}: known vs unseen test images" if len(unseen) else f"{name}: known test images"
+        f"{name}: {first} vs {second} test images"
+        if len(unseen)
+        else f"{name}: {first} test images"
     )
     ax.legend(fontsize=8, frameon=False)
     tight_layout(fig)

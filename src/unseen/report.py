@@ -331,6 +331,29 @@ def _draw_head_figures(
                 s[~is_unseen], s[is_unseen], t, n
             ),
         )
+    # a known rare class (--rare) against the other known classes, on the run's first score
+    first = next((n for n in score_names if f"score_{n}" in a), None)
+    for cls, r in h.metrics.get("rare", {}).items() if first else ():
+        if not r.get("known") or cls not in classes or "label" not in a:
+            continue
+        is_rare = a["label"] == classes.index(cls)
+        others = ~is_unseen & ~is_rare
+        if not is_rare.any() or not others.any():
+            continue
+        s, threshold = a[f"score_{first}"], h.metrics["scores"][first].get("threshold")
+        auroc_rare = r.get("auroc_vs_known", {}).get(first)
+        add(
+            f"hist_rare_{classes.index(cls)}_{first}",
+            f"{first}: rare class {cls} vs the other known classes",
+            f"The {int(is_rare.sum())} test images of the rare class {cls} (kept at "
+            f"{r.get('fraction')} of its training images) against those of the other known "
+            f"classes, with the threshold calibrated on the validation slice. AUROC of the "
+            f"others against it: {_fmt(auroc_rare)} (0.5: the score does not single it out; "
+            "below 0.5: it is more confident on the rare class).",
+            lambda s=s, t=threshold, o=others, k=is_rare, c=cls: plots.score_histogram(
+                s[o], s[k], t, first, groups=("other known", f"rare class {c}")
+            ),
+        )
     if score_names and is_unseen.any() and (~is_unseen).any():
         add(
             "roc",

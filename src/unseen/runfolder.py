@@ -205,14 +205,18 @@ def load_torch(path: str | Path, map_location: Any = "cpu") -> Any:
         ) from None
 
 
+def slug(text: str) -> str:
+    """``text`` for a file or folder name: runs of other characters than ASCII letters,
+    digits and ``.`` become one ``-``, lower case; ``x`` when nothing is left."""
+    import re
+
+    return re.sub(r"[^A-Za-z0-9.]+", "-", str(text)).strip("-").lower() or "x"
+
+
 def default_run_dir(dataset: str, unseen_names: Sequence[str], root: str | Path = "runs") -> Path:
     """``runs/<time>-<dataset>-<holdout>``, created here so that two runs started in the same
     second (two processes) never share it: the second gets ``...-2``."""
-    import re
     import time
-
-    def slug(s: str) -> str:
-        return re.sub(r"[^A-Za-z0-9.]+", "-", s).strip("-").lower() or "x"
 
     stem = f"{time.strftime('%Y%m%d-%H%M%S')}-{slug(Path(dataset).name if ':' in dataset else dataset)}-{slug('+'.join(unseen_names)) or 'none'}"
     Path(root).mkdir(parents=True, exist_ok=True)

@@ -40,7 +40,6 @@ import itertools
 import json
 import math
 import os
-import re
 import time
 import traceback
 from collections.abc import Callable, Iterator, Sequence
@@ -61,6 +60,7 @@ from .runfolder import (
     mixed_settings,
     read_json,
     resolved_settings,
+    slug,
     write_json,
 )
 from .scores import unused_options_notes, unused_score_options
@@ -125,10 +125,6 @@ def config_hash(cfg: RunConfig) -> str:
     """SHA-256 (hex) of the canonical JSON of :func:`hash_fields`: stable across processes."""
     text = json.dumps(hash_fields(cfg), sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()
-
-
-def slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9.]+", "-", str(text)).strip("-").lower() or "x"
 
 
 # ----------------------------------------------------------------------------- expansion
