@@ -483,6 +483,14 @@ def decode_error(exc: BaseException, path: str | os.PathLike) -> str:
     return f"{type(exc).__name__}{': ' + reason if reason else ''}"
 
 
+def wide_peak(image: Any) -> float | None:
+    """The largest raw value of a wide greyscale PIL image (16-bit, mode "I" or "F"), which
+    ``--bit-depth`` scales; None for other images and for a PGM, whose maxval PIL applied."""
+    if image.mode not in WIDE_MODES or image.info.get(FULL_RANGE):
+        return None
+    return float(np.asarray(image).max(initial=0))
+
+
 def _image_file_tensor(path: Path, bit_depth: int = 16) -> tuple[torch.Tensor, int | None]:
     """One image file of a folder dataset -> uint8 1 x C x H x W (:func:`image_tensor`), and
     for a 16-bit image its largest value before scaling (None for others)."""
@@ -491,14 +499,11 @@ def _image_file_tensor(path: Path, bit_depth: int = 16) -> tuple[torch.Tensor, i
     except Exception as exc:  # PIL's decoders raise more than OSError: DecompressionBombError,
         # SyntaxError, struct.error... on damaged or huge files
         raise DataError(f"image {path} could not be decoded ({decode_error(exc, path)}).") from None
-    peak = None
-    if image.mode in WIDE_MODES and not image.info.get(FULL_RANGE):
-        values = np.asarray(image)
-        top = float(values.max(initial=0))
-        # 16-bit and whole-number wide images: their largest value, for the notes (a float
-        # image in [0, 1] or 0..255 is read as such, not at any bit depth)
-        if image.mode.startswith("I;16") or (top > 255 and float(top).is_integer()):
-            peak = int(top)
+    # 16-bit and whole-number wide images: their largest value, for the notes (a float image
+    # in [0, 1] or 0..255 is read as such, not at any bit depth)
+    top, peak = wide_peak(image), None
+    if top is not None and (image.mode.startswith("I;16") or (top > 255 and top.is_integer())):
+        peak = int(top)
     try:
         return image_tensor(image, bit_depth), peak
     except ValueError as exc:  # values no bit depth explains

@@ -48,11 +48,9 @@ import torch
 
 from .console import valid_unicode
 from .data import (
-    FULL_RANGE,
     GREY_MODES,
     IMAGE_EXTENSIONS,
     NPZ_LAYOUTS,
-    WIDE_MODES,
     convert_channels,
     decode_error,
     image_files,
@@ -60,6 +58,7 @@ from .data import (
     npz_images_nchw,
     read_image_file,
     resize_images,
+    wide_peak,
 )
 from .errors import InputError, UnseenError
 from .evaluate import forward_pass
@@ -801,8 +800,9 @@ def predict_items(
     """One row per item: input, prediction, class_index, score, threshold, closest, probability,
     error. With ``progress``, a count of the images done is shown on a terminal (stderr).
     ``converted``, when given, counts the image files read at another size than the run's
-    (``"resized"``) or with colour where the run has none, or the other way round
-    (``"channels"``): :func:`conversion_note` says it."""
+    (``"resized"``), with colour where the run has none or the other way round
+    (``"channels"``), or with values the run's ``--bit-depth`` clips (``"clipped"``):
+    :func:`conversion_note` says it."""
     from .console import image_bar
 
     rows: list[dict[str, Any]] = []
@@ -1075,9 +1075,8 @@ def run_predict(
 def _clipped(image: Any, bit_depth: int) -> bool:
     """Whether a PIL image holds values above ``2^bit_depth - 1`` that reading it at the run's
     ``--bit-depth`` clips to white (16-bit PNG or TIFF; a PGM's maxval is applied instead)."""
-    if bit_depth >= 16 or image.mode not in WIDE_MODES or image.info.get(FULL_RANGE):
-        return False
-    return float(np.asarray(image).max(initial=0)) > 2**bit_depth - 1
+    top = wide_peak(image) if bit_depth < 16 else None
+    return top is not None and top > 2**bit_depth - 1
 
 
 def conversion_note(converted: dict[str, int], predictor: Predictor) -> str | None:
