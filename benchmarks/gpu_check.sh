@@ -1,17 +1,23 @@
 #!/usr/bin/env bash
-# The prepared GPU check of issue 8 (speed): one call of about 8 minutes on a CUDA machine.
+# The prepared GPU check of issue 8 (speed): one call on a CUDA machine. Its first version took
+# 2.5 minutes on 2026-11-29; the step limits add up to 550 s, so a hung step cannot eat a
+# 15-minute device lease.
 #
 # What it measures, in this order, each in its own process:
 #   1. a full `unseen run --dataset fashion-mnist --holdout 9 --model resnet18` on a fresh
 #      machine, start to end (target: under 20 s, closed-set accuracy >= 0.94), then once more
-#      with warm file caches;
-#   2. training images/s of unseen's loop, with and without CUDA graphs, against the
+#      warm, and warm without unseen.preload's imports during training, each with the run's
+#      own account of where the time went (run.json);
+#   2. the fixed start-up costs (benchmarks/startup.py: imports, CUDA, fonts, data), and
+#      whether Python can cache bytecode there;
+#   3. training images/s of unseen's loop, with and without CUDA graphs, against the
 #      conventional DataLoader loop (8 workers), with evaluation time and peak memory;
-#   3. the same loop compiled at batch 1024 and 2048 (the 100,000 images/s target);
-#   4. one training step alone, eager and graphed, with its GPU kernel time.
+#   4. one training step alone at batch 512, bf16 and fp16, with its GPU kernel time;
+#   5. unseen's loop compiled at batch 2048 (the 100,000 images/s target);
+#   6. the tests that need CUDA (tests/test_cudagraphs.py and the benchmarks' tests).
 #
 # The machine needs torch >= 2.11 with CUDA and the package's dependencies (the project's
-# H200 image has them); the package itself is read from src/ through PYTHONPATH.
+# H200 image has them, and pytest); the package itself is read from src/ through PYTHONPATH.
 #
 # Fashion-MNIST travels in a git-ignored folder. Once, on the machine that has the data:
 #   mkdir -p .devdata/fashion && cp /usr/share/datasets/fashion-mnist/*-ubyte.gz .devdata/fashion/
@@ -27,14 +33,29 @@ mkdir -p "$OUT"
 export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 PY=${PYTHON:-python3}
 LOG="$OUT/log.txt"
+RUN=(-m unseen run --dataset fashion-mnist --holdout 9 --model resnet18 --data-root "$DATA")
 
 step() {  # step SECONDS NAME COMMAND...: run one step under a time limit, timing it
     local limit=$1 name=$2
     shift 2
     echo "=== $name ($(date -u +%H:%M:%S), limit ${limit}s): $*"
-    local start=$SECONDS
+    local start=$EPOCHREALTIME
     timeout "$limit" "$@"
-    echo "=== $name: exit $?, $((SECONDS - start)) s wall"
+    local rc=$?
+    echo "=== $name: exit $rc, $(awk "BEGIN {print $EPOCHREALTIME - $start}") s wall"
+}
+
+timings() {  # where a run's time went, by its own account
+    "$PY" - "$1" <<'PYEOF'
+import json, pathlib, sys
+for run in sorted(pathlib.Path(sys.argv[1]).glob("**/run.json")):
+    print("run.json seconds:", json.dumps(json.loads(run.read_text()).get("seconds")))
+    for m in sorted(run.parent.glob("**/metrics.json")):
+        d = json.loads(m.read_text())
+        keys = ("closed_set_accuracy", "train_seconds", "train_images_per_second",
+                "validation_seconds", "eval_seconds", "cuda_graphs", "precision")
+        print(m.relative_to(run.parent), {k: d.get(k) for k in keys})
+PYEOF
 }
 
 {
@@ -45,19 +66,34 @@ step() {  # step SECONDS NAME COMMAND...: run one step under a time limit, timin
     nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader || true
     "$PY" -c "import torch, torchvision; print('torch', torch.__version__, 'torchvision', torchvision.__version__, 'cuda', torch.cuda.is_available())"
 
-    step 90 "full run, fresh machine" "$PY" -m unseen run --dataset fashion-mnist --holdout 9 \
-        --model resnet18 --data-root "$DATA" --out "$OUT/run1"
-    step 90 "full run, warm caches" "$PY" -m unseen run --dataset fashion-mnist --holdout 9 \
-        --model resnet18 --data-root "$DATA" --out "$OUT/run2" --no-report
-
-    step 150 "training loop vs conventional" "$PY" benchmarks/bench_train.py --data-root "$DATA" \
+    step 60 "full run, fresh machine" "$PY" "${RUN[@]}" --out "$OUT/run1"
+    timings "$OUT/run1"
+    step 60 "full run, warm" "$PY" "${RUN[@]}" --out "$OUT/run2"
+    timings "$OUT/run2"
+    # the same without unseen.preload's imports during training, for the side-by-side figure
+    step 60 "full run, warm, without preloading" "$PY" -c "
+import sys, unseen.experiment
+unseen.experiment.preload = lambda modules: None
+from unseen.cli import main
+sys.exit(main(sys.argv[1:]))" "${RUN[@]:2}" --out "$OUT/run3"
+    timings "$OUT/run3"
+    "$PY" - <<'PYEOF'
+import glob, os, sys, torch
+site = os.path.dirname(os.path.dirname(torch.__file__))
+print("python", sys.version.split()[0], "| bytecode writes off:", sys.flags.dont_write_bytecode,
+      "| site-packages writable:", os.access(site, os.W_OK), "| torch .py files",
+      len(glob.glob(site + "/torch/**/*.py", recursive=True)), "| .pyc files",
+      len(glob.glob(site + "/torch/**/__pycache__/*.pyc", recursive=True)))
+PYEOF
+    step 40 "start-up costs" "$PY" benchmarks/startup.py --data-root "$DATA"
+    step 100 "training loop vs conventional" "$PY" benchmarks/bench_train.py --data-root "$DATA" \
         --model resnet18 --images 65536 --workers 8 --cuda-graphs both --json \
         >"$OUT/bench_resnet18.json"
-    for batch in 1024 2048; do
-        step 90 "compiled, batch $batch" "$PY" benchmarks/bench_train.py --data-root "$DATA" \
-            --model resnet18 --images 131072 --skip-conventional --compile --batch-size "$batch" \
-            --json >"$OUT/bench_compiled_$batch.json"
-    done
-    step 60 "one step alone" "$PY" benchmarks/profile_step.py --batch-size 512 1024
+    step 50 "one step alone" "$PY" benchmarks/profile_step.py --batch-size 512 --dtype bf16 fp16
+    step 90 "compiled, batch 2048" "$PY" benchmarks/bench_train.py --data-root "$DATA" \
+        --model resnet18 --images 262144 --skip-conventional --compile --batch-size 2048 \
+        --json >"$OUT/bench_compiled_2048.json"
+    step 90 "tests that need CUDA" "$PY" -m pytest -q -p no:cacheprovider \
+        tests/test_cudagraphs.py tests/test_benchmarks.py
     for f in "$OUT"/*.json; do echo "--- $f"; cat "$f"; done
 } 2>&1 | tee "$LOG"

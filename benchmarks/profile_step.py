@@ -2,7 +2,7 @@
 
     python benchmarks/profile_step.py --model resnet18 --batch-size 512 1024
 
-For each batch size, on random 28 px images (nothing but the step: no data indexing or
+For each batch size (and --dtype, --layout, --cudnn-benchmark), on random 28 px images (nothing but the step: no data indexing or
 augmentation): milliseconds per step and images/s of the eager step and of the graphed one
 (:class:`unseen.cudagraphs.GraphedStep`), then, from ``torch.profiler``, the GPU kernel time
 of one eager step (the ceiling a perfect host could reach) and its top kernels. Needs CUDA.
@@ -41,36 +41,73 @@ def main(argv=None) -> int:
     ap.add_argument("--batch-size", type=int, nargs="+", default=[512, 1024])
     ap.add_argument("--image-size", type=int, default=28)
     ap.add_argument("--steps", type=int, default=50)
+    ap.add_argument(
+        "--cudnn-benchmark",
+        default="off",
+        choices=("off", "on", "both"),
+        help="let cuDNN time its kernels; 'both' measures each batch size without, then with",
+    )
+    ap.add_argument(
+        "--dtype",
+        nargs="+",
+        default=["bf16"],
+        choices=("bf16", "fp16"),
+        help="autocast dtype of the step; fp16 (unscaled, for timing only: batch norm then "
+        "runs through cuDNN, which PyTorch does not use for bf16) is timed eager only",
+    )
+    ap.add_argument(
+        "--layout",
+        nargs="+",
+        default=["channels_last"],
+        choices=("channels_last", "nchw"),
+        help="memory layout of the network and its input",
+    )
     args = ap.parse_args(argv)
     if not torch.cuda.is_available():
         print("profile_step: needs a CUDA GPU", file=sys.stderr)
         return 2
     dev = resolve_device("cuda")
-    print(f"{torch.cuda.get_device_name(dev)}, torch {torch.__version__}, {args.model}, bf16")
+    print(f"{torch.cuda.get_device_name(dev)}, torch {torch.__version__}, {args.model}")
 
     def loss_fn(z, t):
         return HEADS["softmax"].loss(z, t, 0.0)
 
-    for bs in args.batch_size:
+    modes = {"off": [False], "on": [True], "both": [False, True]}[args.cudnn_benchmark]
+    cases = [
+        (bs, b, d, lay)
+        for bs in args.batch_size
+        for b in modes
+        for d in args.dtype
+        for lay in args.layout
+    ]
+    for bs, benchmark, dtype_name, layout_name in cases:
+        layout = {"channels_last": torch.channels_last, "nchw": torch.contiguous_format}[
+            layout_name
+        ]
+        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[dtype_name]
+        torch.backends.cudnn.benchmark = benchmark
         torch.manual_seed(0)
         model = create_model(args.model, 1, 9, args.image_size).to(dev)
-        model = model.to(memory_format=torch.channels_last).train()
+        model = model.to(memory_format=layout).train()
         opt = make_optimizer(model, TrainSettings(epochs=1, batch_size=bs))
         x = torch.rand(bs, 1, args.image_size, args.image_size, device=dev)
-        x = x.contiguous(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=layout)
         y = torch.randint(0, 9, (bs,), device=dev)
 
-        def eager(xb, yb, model=model, opt=opt):
-            with torch.autocast("cuda", dtype=torch.bfloat16):
+        def eager(xb, yb, model=model, opt=opt, dtype=dtype):
+            with torch.autocast("cuda", dtype=dtype):
                 z = model(xb)
             loss = loss_fn(z.float(), yb)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
 
-        graphed = GraphedStep(model, loss_fn, opt, dev, "bf16", bs)
         ms_eager = time_steps(eager, x, y, args.steps)
-        ms_graph = time_steps(graphed, x, y, args.steps)
+        graphed_text = ""
+        if dtype_name == "bf16":  # GraphedStep autocasts to bf16 only
+            graphed = GraphedStep(model, loss_fn, opt, dev, "bf16", bs)
+            ms_graph = time_steps(graphed, x, y, args.steps)
+            graphed_text = f"graphed {ms_graph:.2f} ms/step ({bs / ms_graph * 1e3:,.0f} images/s); "
         with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
             for _ in range(3):
                 eager(x, y)
@@ -78,8 +115,8 @@ def main(argv=None) -> int:
         events = prof.key_averages()
         gpu_us = sum(e.self_device_time_total for e in events) / 3
         print(
-            f"batch {bs}: eager {ms_eager:.2f} ms/step ({bs / ms_eager * 1e3:,.0f} images/s); "
-            f"graphed {ms_graph:.2f} ms/step ({bs / ms_graph * 1e3:,.0f} images/s); "
+            f"batch {bs}, {dtype_name}, {layout_name}, cudnn.benchmark {'on' if benchmark else 'off'}: "
+            f"eager {ms_eager:.2f} ms/step ({bs / ms_eager * 1e3:,.0f} images/s); {graphed_text}"
             f"GPU kernel time of an eager step {gpu_us / 1e3:.2f} ms "
             f"(ceiling {bs / gpu_us * 1e6:,.0f} images/s)"
         )

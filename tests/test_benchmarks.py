@@ -57,6 +57,19 @@ def test_profile_step_needs_cuda(capsys):
         pytest.skip("this machine has a GPU")
     assert load("profile_step").main([]) == 2
     assert "needs a CUDA GPU" in capsys.readouterr().err
+    every = ["--dtype", "bf16", "fp16", "--layout", "channels_last", "nchw"]
+    assert load("profile_step").main([*every, "--cudnn-benchmark", "both"]) == 2  # parsed
+
+
+def test_startup_times_each_stage_and_the_total(capsys):
+    assert load("startup").main(["--dataset", "digits", "--device", "cpu"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    stages = {line.rsplit(None, 2)[0]: float(line.rsplit(None, 2)[1]) for line in lines}
+    assert any(name.startswith("import torch ") for name in stages)
+    assert any(name.startswith("load digits (1797 images)") for name in stages)
+    *parts, total = stages.values()
+    assert list(stages)[-1] == "total" and all(s >= 0 for s in parts)
+    assert total >= sum(parts) - 1e-3  # the total counts from the script's start
 
 
 SMALL = ["--dataset", "digits", "--device", "cpu", "--workers", "0"]

@@ -52,6 +52,7 @@ from .heads import HEADS, confidence
 from .metrics import confidence_summary, open_set_metrics, predicted_as, score_metrics
 from .models import HAS_STEMS, Classifier, fold_batch_norm, resolve_stem
 from .ovr import build_model_for_head, train_separate
+from .preload import modules_to_preload, preload
 from .pretrained import (
     LoadReport,
     PretrainedSource,
@@ -724,6 +725,9 @@ def _run_experiment(cfg: RunConfig, progress: bool, log: Callable[[str], None] |
     if folder == "resume" and cfg.precision == "auto":
         kept = resumed_precision(Path(cfg.out))
     p = prepare(cfg, precision=kept)
+    # on a GPU, what the metrics and the report import is imported on a side thread while
+    # the GPU trains, instead of after training (see unseen.preload)
+    preloading = preload(modules_to_preload(p.device, cfg.report))
     prepare_seconds = time.perf_counter() - started
     cfg = p.config
     run_dir = Path(cfg.out) if cfg.out else default_run_dir(cfg.dataset, p.split.unseen_names)
@@ -867,6 +871,8 @@ def _run_experiment(cfg: RunConfig, progress: bool, log: Callable[[str], None] |
         write_json(run_dir / "metrics.json", metrics)
     report_start = time.perf_counter()
     if cfg.report:
+        if preloading is not None:  # the report's imports; done during training
+            preloading.join()
         write_run_report(run_dir, say)
     for checkpoint in checkpoints:  # kept until the run is finished; model.pt has the weights
         checkpoint.remove()
