@@ -863,8 +863,36 @@ def test_images_of_another_size_or_colour_are_noted(capsys, run_dir, pngs, tmp_p
     assert rc == 0
     assert ("note: of the images read, 1 resized to the run's 8 x 8 (stretched where the aspect "
             "differs) and 1 converted to greyscale, as training reads images") in err  # fmt: skip
-    rc, _, err = cli(capsys, run_dir, *pngs["known"][:2])  # the run's own kind: nothing to say
-    assert rc == 0 and "note: of the images" not in err
+    rc, out, err = cli(capsys, run_dir, *pngs["known"][:2])  # the run's own kind: nothing to say
+    assert rc == 0 and "note: of the images" not in err and "converted" not in out.splitlines()[0]
+
+
+def test_each_row_says_how_its_image_was_converted(capsys, run_dir, pngs, tmp_path):
+    rgb = tmp_path / "rgb.png"
+    Image.new("RGB", (8, 8), (200, 10, 10)).save(rgb)
+    both = tmp_path / "both.png"
+    Image.new("RGB", (30, 20), (0, 90, 0)).save(both)
+    rc, out, _ = cli(capsys, run_dir, pngs["known"][0], rgb, both, "--format", "csv")
+    assert rc == 0
+    rows = {Path(r["input"]).name: r["converted"] for r in read_csv(out)}
+    assert rows == {
+        pngs["known"][0].name: "",  # the run's own kind of image
+        "rgb.png": "colour to greyscale",
+        "both.png": "resized from 20 x 30; colour to greyscale",  # height x width, as the run's
+    }
+    rc, out, _ = cli(capsys, run_dir, rgb, pngs["known"][0], "--format", "json")
+    converted = [r["converted"] for r in json.loads(out)["predictions"]]
+    assert converted == ["colour to greyscale", None]
+    arrays = tmp_path / "arrays.npz"  # npz rows are converted the same way, and say so
+    np.savez(arrays, x=np.full((2, 12, 10, 3), 77, np.uint8))
+    rc, out, err = cli(capsys, run_dir, arrays, "--format", "csv")
+    assert [r["converted"] for r in read_csv(out)] == [
+        "resized from 12 x 10; colour to greyscale"
+    ] * 2
+    assert "2 resized to the run's 8 x 8" in err and "2 converted to greyscale" in err
+    rc, out, _ = cli(capsys, run_dir, pngs["known"][0], both)  # the table: a column when needed
+    header, *lines = out.splitlines()
+    assert header.split()[-1] == "converted" and lines[2].endswith("colour to greyscale")
 
 
 def test_predict_reads_16_bit_files_at_the_run_s_bit_depth(tmp_path, capsys):
@@ -895,6 +923,8 @@ def test_predict_reads_16_bit_files_at_the_run_s_bit_depth(tmp_path, capsys):
     Image.fromarray(np.full((8, 8), 60000, np.uint16)).save(white)
     assert main(["predict", str(tmp_path / "run"), str(white), str(files[0])]) == 0
     assert "1 with values above 4095 clipped to white" in capsys.readouterr().err
+    assert main(["predict", str(tmp_path / "run"), str(white), "--format", "csv"]) == 0
+    assert read_csv(capsys.readouterr().out)[0]["converted"] == "values above 4095 clipped"
     # rescore reads the training files at 12 bits too: its fingerprint check passes...
     from unseen.rescore import rescore_run
 

@@ -798,10 +798,11 @@ def predict_items(
     converted: dict[str, int] | None = None,
 ) -> list[dict[str, Any]]:
     """One row per item: input, prediction, class_index, score, threshold, closest, probability,
-    error. With ``progress``, a count of the images done is shown on a terminal (stderr).
-    ``converted``, when given, counts the image files read at another size than the run's
-    (``"resized"``), with colour where the run has none or the other way round
-    (``"channels"``), or with values the run's ``--bit-depth`` clips (``"clipped"``):
+    error, converted. With ``progress``, a count of the images done is shown on a terminal
+    (stderr). ``converted`` is, for an image file read unlike the run's own images, what was
+    done to it (:func:`conversions`), else None. The dict ``converted``, when given, counts
+    those files by kind: ``"resized"``, ``"channels"`` (colour where the run has none or the
+    other way round) and ``"clipped"`` (values the run's ``--bit-depth`` clips):
     :func:`conversion_note` says it."""
     from .console import image_bar
 
@@ -820,22 +821,22 @@ def predict_items(
                 "closest": None,
                 "probability": None,
                 "error": item.error,
+                "converted": None,
             }
             if item.error is None:
-                if converted is not None and hasattr(item.image, "mode"):  # a PIL image
-                    w, h = item.image.size
-                    if (h, w) != tuple(predictor.image_size):
-                        converted["resized"] = converted.get("resized", 0) + 1
-                    if (item.image.mode in GREY_MODES) != (predictor.in_channels == 1):
-                        converted["channels"] = converted.get("channels", 0) + 1
-                    if _clipped(item.image, predictor.bit_depth):
-                        converted["clipped"] = converted.get("clipped", 0) + 1
                 try:
-                    good.append((len(chunk_rows), predictor.prepare(item.image)))
+                    x = predictor.prepare(item.image)
                 except UnseenError as exc:
                     row["error"] = str(exc).rstrip(".")
                 except Exception as exc:  # nothing foresaw it: its row says so, the rest go on
                     row["error"] = f"could not be prepared ({type(exc).__name__}: {exc})"
+                else:
+                    good.append((len(chunk_rows), x))
+                    done = conversions(item.image, predictor)
+                    row["converted"] = "; ".join(done.values()) or None
+                    if converted is not None:
+                        for kind in done:
+                            converted[kind] = converted.get(kind, 0) + 1
             chunk_rows.append(row)
         if good:
             d = predictor.decide(torch.cat([x for _, x in good]))
@@ -857,6 +858,7 @@ def predict_items(
 
 COLUMNS = (
     "input", "prediction", "class_index", "score", "threshold", "closest", "probability", "error",
+    "converted",
 )  # fmt: skip
 
 
@@ -891,17 +893,18 @@ def rows_to_table(rows: Sequence[dict[str, Any]]) -> str:
     def num(v: Any) -> str:
         return "" if v is None else f"{v:.4f}"
 
-    header = ["input", "prediction", "score", "threshold", "closest", "prob", "error"]
+    header = ["input", "prediction", "score", "threshold", "closest", "prob", "error", "converted"]
     cells = [
         [
             r["input"], r["prediction"] or "-", num(r["score"]), num(r["threshold"]),
-            r["closest"] or "-", num(r["probability"]), r["error"] or "",
+            r["closest"] or "-", num(r["probability"]), r["error"] or "", r["converted"] or "",
         ]
         for r in rows
     ]  # fmt: skip
-    if not any(r["error"] for r in rows):
-        header, cells = header[:-1], [c[:-1] for c in cells]
-    return table(header, cells, left=(0, 1, 4, 6))
+    # the last two columns only when a row has something in them
+    keep = [i for i in range(len(header)) if i < 6 or any(c[i] for c in cells)]
+    header, cells = [header[i] for i in keep], [[c[i] for i in keep] for c in cells]
+    return table(header, cells, left=tuple(i for i, k in enumerate(keep) if k in (0, 1, 4, 6, 7)))
 
 
 def run_aurocs(run_dir: Path) -> dict[str, float]:
@@ -1070,6 +1073,31 @@ def run_predict(
     if rows and all(r["error"] is not None for r in rows):
         raise UnseenError(f"none of the {len(rows)} input(s) could be read as an image.")
     return 0
+
+
+def conversions(image: Any, predictor: Predictor) -> dict[str, str]:
+    """What reading ``image`` (an image file decoded by PIL, or an array such as an npz row)
+    does to make it like the run's images, by kind: ``resized`` (from its own size),
+    ``channels`` (colour to greyscale or back) and ``clipped`` (a file's values above the
+    run's ``--bit-depth``). Empty for the run's own kind of image."""
+    if hasattr(image, "mode"):  # a PIL image
+        (w, h), colour, clipped = image.size, image.mode not in GREY_MODES, None
+        if _clipped(image, predictor.bit_depth):
+            clipped = f"values above {2**predictor.bit_depth - 1} clipped"
+    else:
+        try:
+            x = to_nchw_uint8(image, predictor.bit_depth)
+        except Exception:  # predictor.prepare says what is wrong with it, in the row's error
+            return {}
+        (h, w), colour, clipped = x.shape[-2:], x.shape[1] >= 3, None  # 2 and 4: with alpha
+    done = {}
+    if (h, w) != tuple(predictor.image_size):
+        done["resized"] = f"resized from {h} x {w}"
+    if colour != (predictor.in_channels == 3):
+        done["channels"] = "colour to greyscale" if colour else "greyscale to RGB"
+    if clipped:
+        done["clipped"] = clipped
+    return done
 
 
 def _clipped(image: Any, bit_depth: int) -> bool:
