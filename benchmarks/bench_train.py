@@ -356,11 +356,11 @@ def main(argv=None) -> int:
         if (message := too_few_images(args.images, args.batch_size, graphed)) is not None:
             raise UnseenError(message)
         data = load_dataset(args.dataset, args.data_root)
+        split = make_split(data.classes)
+        sd = split_data(data, split, val_fraction=0.1, seed=0)  # too few images: refused here
     except UnseenError as exc:
         print(f"bench_train: {exc}", file=sys.stderr)
         return 2
-    split = make_split(data.classes)
-    sd = split_data(data, split, val_fraction=0.1, seed=0)
     spec = make_augment_spec("standard", data.image_size[0], data.flip_ok)
     mean, std = channel_stats(sd.x_train)
     n = args.images

@@ -61,15 +61,27 @@ def test_profile_step_needs_cuda(capsys):
     assert load("profile_step").main([*every, "--cudnn-benchmark", "both"]) == 2  # parsed
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_profile_step_times_every_combination_asked_for_on_a_gpu(capsys):
+    every = ["--dtype", "bf16", "fp16", "--layout", "channels_last", "nchw"]
+    args = ["--batch-size", "16", "--steps", "2", *every, "--cudnn-benchmark", "both"]
+    assert load("profile_step").main(args) == 0
+    lines = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("batch 16, ")]
+    assert len(lines) == 8  # 2 dtypes x 2 layouts x cuDNN autotuning off and on
+    assert sum("graphed" in ln for ln in lines) == 4  # bf16 only
+
+
 def test_startup_times_each_stage_and_the_total(capsys):
     assert load("startup").main(["--dataset", "digits", "--device", "cpu"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     stages = {line.rsplit(None, 2)[0]: float(line.rsplit(None, 2)[1]) for line in lines}
-    assert any(name.startswith("import torch ") for name in stages)
-    assert any(name.startswith("load digits (1797 images)") for name in stages)
+    expected = ["import torch ", "start cpu", "first convolution", "import torchvision ",
+                "import unseen.experiment", "import matplotlib.font_manager",
+                "import unseen.report", "load digits (1797 images)", "total"]  # fmt: skip
+    assert len(stages) == len(expected)
+    assert all(name.startswith(e) for name, e in zip(stages, expected, strict=True)), stages
     *parts, total = stages.values()
-    assert list(stages)[-1] == "total" and all(s >= 0 for s in parts)
-    assert total >= sum(parts) - 1e-3  # the total counts from the script's start
+    assert total >= sum(parts) - 1e-3  # the stages follow one another from the script's start
 
 
 SMALL = ["--dataset", "digits", "--device", "cpu", "--workers", "0"]
@@ -86,6 +98,16 @@ def test_bench_train_terminates_with_two_batches_an_epoch():
     out = json.loads(done.stdout)
     assert out["conventional"]["images_timed"] >= 256
     assert out["conventional"]["images_per_second"] > 0
+
+
+def test_bench_train_refuses_a_dataset_too_small_to_split_in_one_line(tmp_path, capsys):
+    from test_data import make_idx_set
+
+    make_idx_set(tmp_path, gz=True, n_train=60, n_test=20)  # 6 validation images, 9 classes
+    bench = load("bench_train")
+    assert bench.main(["--data-root", str(tmp_path), "--device", "cpu", "--batch-size", "8"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("bench_train: --val-fraction 0.1 keeps 6 of 54")
 
 
 def test_bench_train_refuses_fewer_images_than_one_batch(capsys):

@@ -52,7 +52,7 @@ from .heads import HEADS, confidence
 from .metrics import confidence_summary, open_set_metrics, predicted_as, score_metrics
 from .models import HAS_STEMS, Classifier, fold_batch_norm, resolve_stem
 from .ovr import build_model_for_head, train_separate
-from .preload import modules_to_preload, preload
+from .preload import importing, modules_to_preload
 from .pretrained import (
     LoadReport,
     PretrainedSource,
@@ -440,7 +440,9 @@ def run_head(
         cuda_graphs=cfg.cuda_graphs,
     )
     trained: TrainResult
-    with catch_signals(checkpoint):
+    # on a GPU, the report's imports happen on a side thread while the GPU trains, instead of
+    # after training (see unseen.preload); waited for when training ends
+    with catch_signals(checkpoint), importing(modules_to_preload(p.device, cfg.report)):
         if HEADS[head].separate:  # K binary networks, one after another
             trained = train_separate(
                 model, sd.x_train, sd.y_train, settings, spec, p.device, p.precision,
@@ -725,9 +727,6 @@ def _run_experiment(cfg: RunConfig, progress: bool, log: Callable[[str], None] |
     if folder == "resume" and cfg.precision == "auto":
         kept = resumed_precision(Path(cfg.out))
     p = prepare(cfg, precision=kept)
-    # on a GPU, what the metrics and the report import is imported on a side thread while
-    # the GPU trains, instead of after training (see unseen.preload)
-    preloading = preload(modules_to_preload(p.device, cfg.report))
     prepare_seconds = time.perf_counter() - started
     cfg = p.config
     run_dir = Path(cfg.out) if cfg.out else default_run_dir(cfg.dataset, p.split.unseen_names)
@@ -871,8 +870,6 @@ def _run_experiment(cfg: RunConfig, progress: bool, log: Callable[[str], None] |
         write_json(run_dir / "metrics.json", metrics)
     report_start = time.perf_counter()
     if cfg.report:
-        if preloading is not None:  # the report's imports; done during training
-            preloading.join()
         write_run_report(run_dir, say)
     for checkpoint in checkpoints:  # kept until the run is finished; model.pt has the weights
         checkpoint.remove()
@@ -893,10 +890,10 @@ def wall_clock(
     """Where a run's wall-clock time went (seconds), summed over heads; saved in run.json.
 
     ``total`` counts from the call of :func:`run_experiment`: it leaves out the Python and
-    torch start-up before it (2.5 s on a 2-core CPU, 7 s on an H200 machine). The stages are
-    this process's, so they add up to ``total``; after ``--resume``, the training an earlier
-    process did (part of a head's, or all of the ``earlier`` heads it finished) is
-    ``trained_before_resume``, outside ``total``. metrics.json's ``train_seconds`` (for
+    torch start-up before it (2.5 s on a 2-core CPU, 5-7 s on the project's H200 machine).
+    The stages are this process's, so they add up to ``total``; after ``--resume``, the
+    training an earlier process did (part of a head's, or all of the ``earlier`` heads it
+    finished) is ``trained_before_resume``, outside ``total``. metrics.json's ``train_seconds`` (for
     ``train_images_per_second``) covers the whole training."""
 
     def summed(key: str) -> float:

@@ -1,17 +1,18 @@
-"""On a GPU, import on a side thread what a run needs after training, while the GPU trains.
+"""On a GPU, import on a side thread what a run's report needs, while the GPU trains.
 
-After training, a run imports scikit-learn's metrics and scipy for its scores and, for its
-report, matplotlib and scikit-learn's t-SNE. On the project's H200 machine Python imports are
-slow: unseen's report module took 2.0 s to import (3.8 s on a fresh machine, where matplotlib
-first builds its font cache), against 0.9 s on a 2-core laptop CPU (``benchmarks/startup.py``).
-While the GPU trains, the run's main thread mostly waits for it, and PyTorch lets go of
-Python's GIL while it waits, so a second thread can import these modules then instead of
-after training.
+After training, a run that writes a report imports matplotlib (which builds its font cache
+on a fresh machine) and scikit-learn's t-SNE. On the project's H200 machine these imports
+are slow: ``import unseen.report`` took 2.0 s there (3.8 s on a fresh machine), against
+0.9 s on the 2-core AMD EPYC CI machine (``benchmarks/startup.py``). While the GPU trains,
+the run's main thread mostly waits for it, and PyTorch lets go of Python's GIL while it
+waits, so a second thread can import these modules then instead of after training.
+(Scikit-learn's other modules, and scipy, are imported before training by the split.)
 
 On a CPU the training threads need every core: with the imports beside them, the default
 digits run on the 2-core CI machine took 10.0-12.0 s instead of 9.2-9.3 s (two runs each), so
 CPU runs import as before. The gain on the GPU is expected, not yet measured:
-``benchmarks/gpu_check.sh`` times a run with and without it.
+``benchmarks/gpu_check.sh`` times runs with and without it, and ``UNSEEN_PRELOAD=0`` turns
+it off.
 
 The imports are the ones the run makes anyway. One that fails here is left to fail again
 where the run needs it, with the error it always gave.
@@ -21,16 +22,15 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import os
 import sys
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     import torch
 
-#: what a run imports after training for its metrics and scores
-METRICS_MODULES = ("sklearn.metrics", "scipy.stats")
 #: what writing a run's report imports: matplotlib (and its font cache), the t-SNE projection
 REPORT_MODULES = (
     "unseen.report",
@@ -41,11 +41,11 @@ REPORT_MODULES = (
 
 
 def modules_to_preload(device: torch.device, report: bool) -> tuple[str, ...]:
-    """What a run on ``device`` imports while it trains: on a GPU the metrics' modules, and
-    the report's when it writes one; nothing on a CPU."""
-    if device.type != "cuda":
+    """What a run on ``device`` imports while it trains: on a GPU, the report's modules when
+    it writes one; nothing on a CPU, or with ``UNSEEN_PRELOAD=0`` in the environment."""
+    if device.type != "cuda" or not report or os.environ.get("UNSEEN_PRELOAD", "1") == "0":
         return ()
-    return METRICS_MODULES + (REPORT_MODULES if report else ())
+    return REPORT_MODULES
 
 
 def preload(modules: Iterable[str]) -> threading.Thread | None:
@@ -53,7 +53,7 @@ def preload(modules: Iterable[str]) -> threading.Thread | None:
 
     Python's import lock makes this safe: a module the main thread asks for while the side
     thread is importing it is waited for, not imported twice. ``join()`` the thread to be
-    sure it is done."""
+    sure it is done (:func:`importing` does)."""
     missing = [name for name in modules if name not in sys.modules]
     if not missing:
         return None
@@ -67,3 +67,16 @@ def preload(modules: Iterable[str]) -> threading.Thread | None:
     thread = threading.Thread(target=work, name="unseen-preload", daemon=True)
     thread.start()
     return thread
+
+
+@contextlib.contextmanager
+def importing(modules: Iterable[str]) -> Iterator[None]:
+    """Import ``modules`` on a side thread while the block runs; on leaving it, also by an
+    exception or Ctrl-C, wait for them, so that no import is left half done and the run's
+    own imports after the block never race the thread's."""
+    thread = preload(modules)
+    try:
+        yield
+    finally:
+        if thread is not None:
+            thread.join()
