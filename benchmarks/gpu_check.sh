@@ -35,6 +35,7 @@ OUT=${OUT:-gpu-check}
 DATA=${UNSEEN_GPU_DATA:-.devdata/fashion}
 mkdir -p "$OUT"
 RUNS=$(mktemp -d)
+trap 'rm -rf "$RUNS"' EXIT
 export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 PY=${PYTHON:-python3}
 LOG="$OUT/log.txt"
@@ -101,5 +102,4 @@ PYEOF
     step 60 "tests that need CUDA" "$PY" -m pytest -q -p no:cacheprovider \
         tests/test_cudagraphs.py tests/test_benchmarks.py
     for f in "$OUT"/*.json; do echo "--- $f"; cat "$f"; done
-    rm -rf "$RUNS"
 } 2>&1 | tee "$LOG"

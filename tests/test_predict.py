@@ -868,31 +868,96 @@ def test_images_of_another_size_or_colour_are_noted(capsys, run_dir, pngs, tmp_p
 
 
 def test_each_row_says_how_its_image_was_converted(capsys, run_dir, pngs, tmp_path):
-    rgb = tmp_path / "rgb.png"
-    Image.new("RGB", (8, 8), (200, 10, 10)).save(rgb)
-    both = tmp_path / "both.png"
-    Image.new("RGB", (30, 20), (0, 90, 0)).save(both)
-    rc, out, _ = cli(capsys, run_dir, pngs["known"][0], rgb, both, "--format", "csv")
+    # the digits run is greyscale, 8 x 8 (height x width)
+    images = {
+        "same.png": Image.open(pngs["known"][0]),
+        "colour.png": Image.new("RGB", (8, 8), (200, 10, 10)),
+        "grey_rgb.png": Image.new("RGB", (8, 8), (90, 90, 90)),  # RGB, no colour: kept as is
+        "alpha.png": Image.new("LA", (8, 8), (90, 255)),
+        "square.png": Image.new("L", (16, 16), 90),
+        "wide.png": Image.new("L", (30, 20), 90),  # 30 wide, 20 high
+        "everything.png": Image.new("RGBA", (8, 12), (0, 90, 0, 255)),
+    }
+    for name, im in images.items():
+        im.save(tmp_path / name)
+    rc, out, err = cli(capsys, run_dir, *(tmp_path / n for n in images), "--format", "csv")
     assert rc == 0
     rows = {Path(r["input"]).name: r["converted"] for r in read_csv(out)}
     assert rows == {
-        pngs["known"][0].name: "",  # the run's own kind of image
-        "rgb.png": "colour to greyscale",
-        "both.png": "resized from 20 x 30; colour to greyscale",  # height x width, as the run's
+        "same.png": "",
+        "colour.png": "colour to greyscale",
+        "grey_rgb.png": "",
+        "alpha.png": "alpha dropped",
+        "square.png": "resized from 16 x 16",
+        "wide.png": "resized from 20 x 30",  # height x width, as the run's image size
+        "everything.png": "resized from 12 x 8; alpha dropped; colour to greyscale",
     }
-    rc, out, _ = cli(capsys, run_dir, rgb, pngs["known"][0], "--format", "json")
-    converted = [r["converted"] for r in json.loads(out)["predictions"]]
-    assert converted == ["colour to greyscale", None]
+    assert ("of the images read, 3 resized to the run's 8 x 8 (stretched where the aspect "
+            "differs) and 2 with their alpha channel dropped and 2 converted to greyscale") in err  # fmt: skip
+    rc, out, _ = cli(
+        capsys, run_dir, tmp_path / "colour.png", tmp_path / "same.png", "--format", "json"
+    )
+    assert [r["converted"] for r in json.loads(out)["predictions"]] == ["colour to greyscale", None]
     arrays = tmp_path / "arrays.npz"  # npz rows are converted the same way, and say so
-    np.savez(arrays, x=np.full((2, 12, 10, 3), 77, np.uint8))
+    np.savez(arrays, x=np.full((2, 12, 10, 3), 77, np.uint8) + np.arange(3, dtype=np.uint8))
     rc, out, err = cli(capsys, run_dir, arrays, "--format", "csv")
     assert [r["converted"] for r in read_csv(out)] == [
         "resized from 12 x 10; colour to greyscale"
     ] * 2
     assert "2 resized to the run's 8 x 8" in err and "2 converted to greyscale" in err
-    rc, out, _ = cli(capsys, run_dir, pngs["known"][0], both)  # the table: a column when needed
-    header, *lines = out.splitlines()
-    assert header.split()[-1] == "converted" and lines[2].endswith("colour to greyscale")
+    # the table: one note column for a row's error or conversion, only when a row has one
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"not a png")
+    rc, out, _ = cli(capsys, run_dir, tmp_path / "same.png", tmp_path / "wide.png", broken)
+    header, _, same, wide, bad, *_ = out.splitlines()
+    assert header.split()[-1] == "note" and same.split()[-1] == same.split()[5]  # no note
+    column = header.index("note")  # every note starts under the header, left-aligned
+    assert wide[column:] == "resized from 20 x 30"
+    assert bad[column:] == "could not be read as an image (UnidentifiedImageError)"
+    rc, out, _ = cli(capsys, run_dir, tmp_path / "same.png")
+    assert "note" not in out.splitlines()[0]
+
+
+def test_an_rgb_run_says_greyscale_to_rgb_and_resized_in_height_x_width(capsys, tmp_path):
+    from unseen.experiment import run_experiment
+
+    rng = np.random.default_rng(0)
+    data = tmp_path / "rgb.npz"  # 10 high, 12 wide, 3 channels
+    np.savez(data, x_train=rng.integers(0, 256, (40, 10, 12, 3), dtype=np.uint8),
+             y_train=np.arange(40) % 2, x_test=rng.integers(0, 256, (10, 10, 12, 3), dtype=np.uint8),
+             y_test=np.arange(10) % 2)  # fmt: skip
+    cfg = RunConfig(dataset=f"npz:{data}", known=("0", "1"), epochs=1, device="cpu",
+                    precision="fp32", scores=("msp",), report=False, val_fraction=0.25,
+                    out=str(tmp_path / "run"))  # fmt: skip
+    run_experiment(cfg, progress=False, log=None)
+    images = {
+        "rgb.png": Image.new("RGB", (12, 10), (1, 2, 3)),
+        "grey.png": Image.new("L", (12, 10), 90),
+        "rgba.png": Image.new("RGBA", (12, 10), (1, 2, 3, 4)),
+        "tall.png": Image.new("RGB", (10, 12), (1, 2, 3)),
+    }
+    for name, im in images.items():
+        im.save(tmp_path / name)
+    rc, out, _ = cli(capsys, tmp_path / "run", *(tmp_path / n for n in images), "--format", "csv")
+    assert rc == 0
+    assert {Path(r["input"]).name: r["converted"] for r in read_csv(out)} == {
+        "rgb.png": "",
+        "grey.png": "greyscale to RGB",
+        "rgba.png": "alpha dropped",
+        "tall.png": "resized from 12 x 10",
+    }
+
+
+def test_an_item_holding_several_images_gets_an_error_not_the_next_rows(run_dir):
+    from unseen.predict import Item, predict_items
+
+    p = load(run_dir, device="cpu")
+    white = np.full((8, 8), 255, np.uint8)
+    alone = predict_items(p, [Item("white", white)])[0]
+    rows = predict_items(p, [Item("batch", np.zeros((3, 8, 8), np.uint8)), Item("white", white)])
+    assert rows[0]["error"] == "holds 3 images; give one image per item"
+    assert rows[0]["converted"] is None and rows[0]["score"] is None
+    assert rows[1]["score"] == alone["score"] and rows[1]["error"] is None
 
 
 def test_predict_reads_16_bit_files_at_the_run_s_bit_depth(tmp_path, capsys):

@@ -59,8 +59,11 @@ def test_only_a_gpu_run_with_a_report_preloads_and_the_environment_can_turn_it_o
     assert modules_to_preload(cuda, report=False) == ()  # nothing after training needs them
     # on a CPU the imports would compete with training for the cores (slower, measured)
     assert modules_to_preload(cpu, report=True) == ()
-    monkeypatch.setenv("UNSEEN_PRELOAD", "0")
-    assert modules_to_preload(cuda, report=True) == ()
+    for off in ("0", "false", " Off ", "NO"):
+        monkeypatch.setenv("UNSEEN_PRELOAD", off)
+        assert modules_to_preload(cuda, report=True) == (), off
+    monkeypatch.setenv("UNSEEN_PRELOAD", "1")
+    assert modules_to_preload(cuda, report=True) == REPORT_MODULES
 
 
 @pytest.mark.parametrize("report", [True, False])

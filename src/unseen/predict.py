@@ -48,7 +48,6 @@ import torch
 
 from .console import valid_unicode
 from .data import (
-    GREY_MODES,
     IMAGE_EXTENSIONS,
     NPZ_LAYOUTS,
     convert_channels,
@@ -350,13 +349,7 @@ def _array_tensor(image: np.ndarray) -> torch.Tensor:
 def to_nchw_uint8(image: Any, bit_depth: int = 16) -> torch.Tensor:
     """One input (an image file's path, PIL image, array or tensor, single image or batch)
     -> uint8 N x C x H x W (16-bit greyscale files read at ``bit_depth`` bits)."""
-    if isinstance(image, (str, os.PathLike)):
-        if not Path(image).is_file():
-            raise UnseenError(f"{image} is not an image file (it does not exist or is a folder).")
-        item = _decode_file(Path(image))
-        if item.error is not None:
-            raise UnseenError(f"{image} {item.error}.")
-        image = item.image
+    image = _decoded(image)
     if _is_pil(image):
         try:
             x = image_tensor(image, bit_depth)
@@ -374,6 +367,18 @@ def to_nchw_uint8(image: Any, bit_depth: int = 16) -> torch.Tensor:
     if x.shape[-1] == 0 or x.shape[-2] == 0:  # a batch of no images is fine; no pixels is not
         raise InputError(f"an image of height {x.shape[-2]} and width {x.shape[-1]} has no pixels.")
     return x
+
+
+def _decoded(image: Any) -> Any:
+    """An image file's path decoded to a PIL image; anything else as it is."""
+    if not isinstance(image, (str, os.PathLike)):
+        return image
+    if not Path(image).is_file():
+        raise UnseenError(f"{image} is not an image file (it does not exist or is a folder).")
+    item = _decode_file(Path(image))
+    if item.error is not None:
+        raise UnseenError(f"{image} {item.error}.")
+    return item.image
 
 
 def _as_list(images: Any) -> list[Any]:
@@ -560,16 +565,15 @@ class Predictor:
     def prepare(self, images: Any) -> torch.Tensor:
         """Images in any accepted format -> uint8 N x C x H x W as the model was trained on."""
         items = _as_list(images)
-        batches = [
-            resize_images(
-                convert_channels(to_nchw_uint8(im, self.bit_depth), self.in_channels),
-                self.image_size,
-            )
-            for im in items
-        ]
+        batches = [self.conform(to_nchw_uint8(im, self.bit_depth)) for im in items]
         if not batches:
             return torch.empty(0, self.in_channels, *self.image_size, dtype=torch.uint8)
         return torch.cat(batches).contiguous()
+
+    def conform(self, x: torch.Tensor) -> torch.Tensor:
+        """uint8 N x C x H x W -> the run's channels (alpha dropped, colour to greyscale or
+        back) and image size (resized), as training read its own images."""
+        return resize_images(convert_channels(x, self.in_channels), self.image_size)
 
     def outputs(self, images: Any) -> Outputs:
         """Logits and features of the images (on the predictor's device)."""
@@ -799,11 +803,10 @@ def predict_items(
 ) -> list[dict[str, Any]]:
     """One row per item: input, prediction, class_index, score, threshold, closest, probability,
     error, converted. With ``progress``, a count of the images done is shown on a terminal
-    (stderr). ``converted`` is, for an image file read unlike the run's own images, what was
-    done to it (:func:`conversions`), else None. The dict ``converted``, when given, counts
-    those files by kind: ``"resized"``, ``"channels"`` (colour where the run has none or the
-    other way round) and ``"clipped"`` (values the run's ``--bit-depth`` clips):
-    :func:`conversion_note` says it."""
+    (stderr). Each item holds one image; the row's ``converted`` says what was done to make
+    it like the run's images (:func:`conversions`), None when nothing was. The argument
+    ``converted``, a dict when given, counts the rows by kind of conversion (``"resized"``,
+    ``"alpha"``, ``"channels"``, ``"clipped"``): :func:`conversion_note` says it."""
     from .console import image_bar
 
     rows: list[dict[str, Any]] = []
@@ -825,14 +828,18 @@ def predict_items(
             }
             if item.error is None:
                 try:
-                    x = predictor.prepare(item.image)
+                    image = _decoded(item.image)
+                    read = to_nchw_uint8(image, predictor.bit_depth)
+                    if len(read) != 1:  # a batch in one item: its rows would go to other items
+                        raise InputError(f"holds {len(read)} images; give one image per item.")
+                    x = predictor.conform(read)
+                    done = conversions(image, read, predictor)
                 except UnseenError as exc:
                     row["error"] = str(exc).rstrip(".")
                 except Exception as exc:  # nothing foresaw it: its row says so, the rest go on
                     row["error"] = f"could not be prepared ({type(exc).__name__}: {exc})"
                 else:
                     good.append((len(chunk_rows), x))
-                    done = conversions(item.image, predictor)
                     row["converted"] = "; ".join(done.values()) or None
                     if converted is not None:
                         for kind in done:
@@ -893,18 +900,18 @@ def rows_to_table(rows: Sequence[dict[str, Any]]) -> str:
     def num(v: Any) -> str:
         return "" if v is None else f"{v:.4f}"
 
-    header = ["input", "prediction", "score", "threshold", "closest", "prob", "error", "converted"]
+    header = ["input", "prediction", "score", "threshold", "closest", "prob", "note"]
     cells = [
         [
             r["input"], r["prediction"] or "-", num(r["score"]), num(r["threshold"]),
-            r["closest"] or "-", num(r["probability"]), r["error"] or "", r["converted"] or "",
+            r["closest"] or "-", num(r["probability"]),
+            r.get("error") or r.get("converted") or "",  # a row has one or the other
         ]
         for r in rows
     ]  # fmt: skip
-    # the last two columns only when a row has something in them
-    keep = [i for i in range(len(header)) if i < 6 or any(c[i] for c in cells)]
-    header, cells = [header[i] for i in keep], [[c[i] for i in keep] for c in cells]
-    return table(header, cells, left=tuple(i for i, k in enumerate(keep) if k in (0, 1, 4, 6, 7)))
+    if not any(c[-1] for c in cells):  # the note column only when a row has one
+        header, cells = header[:-1], [c[:-1] for c in cells]
+    return table(header, cells, left=(0, 1, 4, 6))
 
 
 def run_aurocs(run_dir: Path) -> dict[str, float]:
@@ -1075,28 +1082,27 @@ def run_predict(
     return 0
 
 
-def conversions(image: Any, predictor: Predictor) -> dict[str, str]:
-    """What reading ``image`` (an image file decoded by PIL, or an array such as an npz row)
-    does to make it like the run's images, by kind: ``resized`` (from its own size),
-    ``channels`` (colour to greyscale or back) and ``clipped`` (a file's values above the
-    run's ``--bit-depth``). Empty for the run's own kind of image."""
-    if hasattr(image, "mode"):  # a PIL image
-        (w, h), colour, clipped = image.size, image.mode not in GREY_MODES, None
-        if _clipped(image, predictor.bit_depth):
-            clipped = f"values above {2**predictor.bit_depth - 1} clipped"
-    else:
-        try:
-            x = to_nchw_uint8(image, predictor.bit_depth)
-        except Exception:  # predictor.prepare says what is wrong with it, in the row's error
-            return {}
-        (h, w), colour, clipped = x.shape[-2:], x.shape[1] >= 3, None  # 2 and 4: with alpha
+def conversions(image: Any, read: torch.Tensor, predictor: Predictor) -> dict[str, str]:
+    """What :meth:`Predictor.conform` does to one image, ``read`` as uint8 1 x C x H x W
+    from ``image`` (a PIL image, an array...), to make it like the run's images, by kind:
+    ``resized`` (from its own height x width), ``alpha`` (dropped), ``channels`` (colour to
+    greyscale, unless its three channels are equal and nothing changes; greyscale to RGB) and
+    ``clipped`` (a PIL image's values above the run's ``--bit-depth``). Empty when its pixels
+    are used as they are."""
+    c, h, w = read.shape[-3:]
     done = {}
     if (h, w) != tuple(predictor.image_size):
         done["resized"] = f"resized from {h} x {w}"
-    if colour != (predictor.in_channels == 3):
-        done["channels"] = "colour to greyscale" if colour else "greyscale to RGB"
-    if clipped:
-        done["clipped"] = clipped
+    if c in (2, 4):
+        done["alpha"] = "alpha dropped"
+    if c >= 3 and predictor.in_channels == 1:
+        rgb = read[0, :3]
+        if not (torch.equal(rgb[0], rgb[1]) and torch.equal(rgb[1], rgb[2])):
+            done["channels"] = "colour to greyscale"
+    elif c <= 2 and predictor.in_channels == 3:
+        done["channels"] = "greyscale to RGB"
+    if _is_pil(image) and _clipped(image, predictor.bit_depth):
+        done["clipped"] = f"values above {2**predictor.bit_depth - 1} clipped"
     return done
 
 
@@ -1115,6 +1121,8 @@ def conversion_note(converted: dict[str, int], predictor: Predictor) -> str | No
     if n := converted.get("resized"):
         h, w = predictor.image_size
         parts.append(f"{n} resized to the run's {h} x {w} (stretched where the aspect differs)")
+    if n := converted.get("alpha"):
+        parts.append(f"{n} with their alpha channel dropped")
     if n := converted.get("channels"):
         to = "greyscale" if predictor.in_channels == 1 else "RGB"
         parts.append(f"{n} converted to {to}")

@@ -40,10 +40,15 @@ REPORT_MODULES = (
 )
 
 
+#: values of ``UNSEEN_PRELOAD`` that turn preloading off (any case, spaces around ignored)
+OFF = ("0", "false", "no", "off")
+
+
 def modules_to_preload(device: torch.device, report: bool) -> tuple[str, ...]:
     """What a run on ``device`` imports while it trains: on a GPU, the report's modules when
-    it writes one; nothing on a CPU, or with ``UNSEEN_PRELOAD=0`` in the environment."""
-    if device.type != "cuda" or not report or os.environ.get("UNSEEN_PRELOAD", "1") == "0":
+    it writes one; nothing on a CPU, or with ``UNSEEN_PRELOAD=0`` (or false, no, off)."""
+    off = os.environ.get("UNSEEN_PRELOAD", "").strip().lower() in OFF
+    if device.type != "cuda" or not report or off:
         return ()
     return REPORT_MODULES
 
@@ -72,8 +77,11 @@ def preload(modules: Iterable[str]) -> threading.Thread | None:
 @contextlib.contextmanager
 def importing(modules: Iterable[str]) -> Iterator[None]:
     """Import ``modules`` on a side thread while the block runs; on leaving it, also by an
-    exception or Ctrl-C, wait for them, so that no import is left half done and the run's
-    own imports after the block never race the thread's."""
+    exception or Ctrl-C, wait for them, so that no import is left half done (a daemon thread
+    stopped inside a C extension's import can abort the interpreter at exit) and the run's
+    own imports after the block never race the thread's. A run stopped by Ctrl-C during
+    its first seconds of training so waits up to the rest of these imports (seconds on the
+    H200 machine) before it exits; its checkpoint is saved before that."""
     thread = preload(modules)
     try:
         yield

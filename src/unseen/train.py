@@ -314,6 +314,7 @@ def train_model(
         if not weights_finite(model):
             raise diverged(epoch, step, steps, None, settings.lr, checkpoint)
 
+    sched_stepped = False  # in this process
     for epoch in bar:
         first_step = 0
         lr_used = opt.param_groups[0]["lr"]  # the rate of the epoch's last step, for history
@@ -340,12 +341,16 @@ def train_model(
             yb = y[idx]
             lr_used = opt.param_groups[0]["lr"]  # the schedule moves it on after the step
             loss, logits = train_step(xb, yb)
-            if graphed:  # the graph's update is not optimizer.step(), which torch warns about
+            if graphed and not sched_stepped:
+                # the graph's update is not optimizer.step(), which torch warns about at the
+                # scheduler's first step only; later steps run without catch_warnings, which
+                # is not thread-safe (unseen.preload imports on a side thread meanwhile)
                 with warnings.catch_warnings():
                     warnings.filterwarnings("ignore", "Detected call of `lr_scheduler.step")
                     sched.step()
             else:
                 sched.step()
+            sched_stepped = True
             loss_sum += loss * len(idx)
             correct += (head.predict(logits) == yb).sum()
             seen += len(idx)
