@@ -990,6 +990,11 @@ def test_predict_reads_16_bit_files_at_the_run_s_bit_depth(tmp_path, capsys):
     assert "1 with values above 4095 clipped to white" in capsys.readouterr().err
     assert main(["predict", str(tmp_path / "run"), str(white), "--format", "csv"]) == 0
     assert read_csv(capsys.readouterr().out)[0]["converted"] == "values above 4095 clipped"
+    from unseen.predict import Item, predict_items  # a file's path in Python: the same
+
+    assert predict_items(p, [Item("white", str(white))])[0]["converted"] == (
+        "values above 4095 clipped"
+    )
     # rescore reads the training files at 12 bits too: its fingerprint check passes...
     from unseen.rescore import rescore_run
 
