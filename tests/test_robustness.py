@@ -175,6 +175,45 @@ def test_interrupted_run_resumes_to_identical_metrics(
     assert_same_results(reference, out)
 
 
+def test_a_checkpoint_from_a_gpu_resumes_on_a_cpu_with_a_new_seed(tmp_path, monkeypatch, capsys):
+    # a CUDA generator's state is 16 bytes, a CPU generator's 5,056: neither takes the other's.
+    # A run interrupted on a GPU (here: its checkpoint given a CUDA-sized generator state and
+    # a GPU's `computed_on`) finishes on a CPU, drawing its remaining epochs from a new seed
+    from unseen.runfolder import save_torch
+
+    out = tmp_path / "run"
+    interrupt_at(monkeypatch, 12)  # epoch 2, step 4 of 7
+    code, _, _ = cli(capsys, "run", *TINY_ARGS, "--out", str(out))
+    assert code == 130
+    monkeypatch.undo()
+    monkeypatch.setenv("UNSEEN_NUM_THREADS", "1")
+    state = load_torch(out / CHECKPOINT_FILE)
+    state["generator"] = torch.arange(16, dtype=torch.uint8)  # as a CUDA generator saves it
+    state["computed_on"] = "cuda (NVIDIA H200), torch 2.11.0"
+    save_torch(out / CHECKPOINT_FILE, state)
+    code, _, err = cli(capsys, "run", "--resume", "--out", str(out), "--quiet")
+    assert code == 0, err
+    assert "trained on cuda (NVIDIA H200), torch 2.11.0 and resumes on cpu" in err
+    assert "drawn from a new seed" in err
+    assert len(json.loads((out / "metrics.json").read_text())["scores"]) == 1  # finished
+
+
+def test_a_generator_state_of_another_device_reseeds_the_same_way_every_time():
+    from unseen.checkpoint import restore_generator
+
+    cpu = torch.Generator().manual_seed(5)
+    state = {"generator": cpu.get_state(), "epoch": 2, "step": 3, "config": {"seed": 7}}
+    g = torch.Generator()
+    assert restore_generator(g, state) is False and torch.equal(g.get_state(), cpu.get_state())
+    cuda_state = {**state, "generator": torch.arange(16, dtype=torch.uint8)}
+    a, b = torch.Generator(), torch.Generator()
+    assert restore_generator(a, cuda_state) and restore_generator(b, cuda_state)
+    assert torch.equal(a.get_state(), b.get_state())  # deterministic
+    c = torch.Generator()
+    restore_generator(c, {**cuda_state, "step": 4})  # another position: another seed
+    assert not torch.equal(a.get_state(), c.get_state())
+
+
 def test_a_stop_inside_an_epoch_keeps_that_epoch_s_time(reference, tmp_path, monkeypatch):
     out = tmp_path / "run"
     interrupt_at(monkeypatch, 12)  # epoch 2, step 4 of 7

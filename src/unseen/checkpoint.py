@@ -351,6 +351,30 @@ class FiniteGuard:
 # ----------------------------------------------------------------------------- checkpoints
 
 
+#: what a resume says when the checkpoint's generator state could not be restored
+RESEEDED = (
+    "the batch order and augmentation of the epochs to come are drawn from a new seed (a "
+    "GPU's random generator state does not fit a CPU's generator, nor the other way round)"
+)
+
+
+def restore_generator(generator: torch.Generator, state: dict[str, Any]) -> bool:
+    """Give ``generator`` (the one that draws batches and augmentation) the checkpoint's
+    state, and return False; or, when that state is of another kind of device (a run
+    interrupted on a GPU resumed on a CPU, or the other way round: a CUDA generator's state
+    is 16 bytes, a CPU generator's 5,056, and neither takes the other's), seed it anew from
+    the run's seed and the position, the same way every time, and return True. The epoch in
+    progress keeps its saved batch order either way."""
+    saved = state["generator"]
+    if saved.numel() == generator.get_state().numel():
+        generator.set_state(saved)
+        return False
+    seed = int((state.get("config") or {}).get("seed") or 0)
+    position = (seed * 1_000_003 + int(state["epoch"])) * 1_000_003 + int(state["step"])
+    generator.manual_seed(position % 2**63)
+    return True
+
+
 @dataclass
 class Position:
     """Where a (resumed) training run continues: 0-based epoch and the next step in it."""
@@ -555,7 +579,7 @@ class Checkpointing:
             optimizer.load_state_dict(state["optimizer"])
             scheduler.load_state_dict(state["scheduler"])
             torch.set_rng_state(state["torch_rng"])
-            generator.set_state(state["generator"])
+            reseeded = restore_generator(generator, state)
             if state.get("cuda_rng") is not None and generator.device.type == "cuda":
                 torch.cuda.set_rng_state(state["cuda_rng"], generator.device)
         except (ValueError, RuntimeError, KeyError, TypeError, IndexError) as exc:
@@ -570,7 +594,10 @@ class Checkpointing:
                 f"warning: this run trained on {before} and resumes on {now}; a different "
                 "thread count, device or torch version rounds differently, so the results "
                 "will not equal those of an uninterrupted run bit for bit"
+                + (f", and {RESEEDED}" if reseeded else "")
             )
+        elif reseeded:
+            self.warn(f"warning: {self.path} resumes on {now}: {RESEEDED}")
         result.history = list(state.get("history") or [])
         result.images_seen = int(state.get("images_seen") or 0)
         # wall-clock seconds at the save (inside an epoch, its steps so far count too); a
@@ -670,6 +697,8 @@ def diverged(
     )
     kept = ""
     if checkpoint is not None:
+        with contextlib.suppress(Exception):  # a checkpoint still being written in the background
+            checkpoint.wait()
         kept = (
             f"; the last good checkpoint is kept in {checkpoint.path}"
             if checkpoint.path.is_file()

@@ -175,7 +175,8 @@ class GraphedStep:
         static_x, static_y, static_loss, static_logits = self._static
         static_x.copy_(x)
         static_y.copy_(y)
-        self.graph.replay()
+        with torch.cuda.device(self.device):  # replayed on the graph's device, whichever is current
+            self.graph.replay()
         return static_loss, static_logits
 
     def _warmup_step(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -197,6 +198,12 @@ class GraphedStep:
         static_y = torch.empty_like(y).copy_(y)
         torch.cuda.synchronize(self.device)
         self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph):
+        # torch.cuda.graph's own capture stream belongs to the current device: on another
+        # (cuda:1 while cuda:0 is current) nothing would be captured, so the capture gets a
+        # stream of the model's device, with that device current
+        with (
+            torch.cuda.device(self.device),
+            torch.cuda.graph(self.graph, stream=torch.cuda.Stream(self.device)),
+        ):
             loss, logits = self._step(static_x, static_y)
         self._static = (static_x, static_y, loss, logits)

@@ -274,7 +274,6 @@ def train_model(
         if graphed
         else eager_step
     )
-    result.cuda_graphs = graphed
     bar = tqdm(
         range(pos.epoch, settings.epochs),
         initial=pos.epoch,
@@ -410,5 +409,7 @@ def train_model(
             raise checkpoint.interrupted(settings.epochs, 0, steps)
     # training time excludes the per-epoch validation passes and checkpoint writes
     result.seconds = train_seconds()
+    # replayed as graphs: captured, which takes more than its warm-up steps and a GPU
+    result.cuda_graphs = isinstance(train_step, GraphedStep) and train_step.graph is not None
     result.validation_seconds, result.checkpoint_seconds = eval_seconds, save_seconds
     return result
