@@ -893,8 +893,8 @@ def wall_clock(
     torch start-up before it (2.5 s on a 2-core CPU, 5-7 s on the project's H200 machine).
     The stages are this process's, so they add up to ``total``; after ``--resume``, the
     training an earlier process did (part of a head's, or all of the ``earlier`` heads it
-    finished) is ``trained_before_resume``, outside ``total``. metrics.json's ``train_seconds`` (for
-    ``train_images_per_second``) covers the whole training."""
+    finished) is ``trained_before_resume``, outside ``total``. metrics.json's
+    ``train_seconds`` (for ``train_images_per_second``) covers the whole training."""
 
     def summed(key: str) -> float:
         return sum(float(m.get(key) or 0.0) for h, m in per_head.items() if h not in earlier)
