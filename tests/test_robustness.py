@@ -194,7 +194,7 @@ def test_a_checkpoint_from_a_gpu_resumes_on_a_cpu_with_a_new_seed(tmp_path, monk
     code, _, err = cli(capsys, "run", "--resume", "--out", str(out), "--quiet")
     assert code == 0, err
     assert "trained on cuda (NVIDIA H200), torch 2.11.0 and resumes on cpu" in err
-    assert "drawn from a new seed" in err
+    assert "from a new seed" in err
     assert len(json.loads((out / "metrics.json").read_text())["scores"]) == 1  # finished
 
 
@@ -202,16 +202,24 @@ def test_a_generator_state_of_another_device_reseeds_the_same_way_every_time():
     from unseen.checkpoint import restore_generator
 
     cpu = torch.Generator().manual_seed(5)
-    state = {"generator": cpu.get_state(), "epoch": 2, "step": 3, "config": {"seed": 7}}
+    on_cpu = {"generator": cpu.get_state(), "epoch": 2, "step": 3, "computed_on": "cpu (2 threads)"}
     g = torch.Generator()
-    assert restore_generator(g, state) is False and torch.equal(g.get_state(), cpu.get_state())
-    cuda_state = {**state, "generator": torch.arange(16, dtype=torch.uint8)}
-    a, b = torch.Generator(), torch.Generator()
-    assert restore_generator(a, cuda_state) and restore_generator(b, cuda_state)
-    assert torch.equal(a.get_state(), b.get_state())  # deterministic
-    c = torch.Generator()
-    restore_generator(c, {**cuda_state, "step": 4})  # another position: another seed
-    assert not torch.equal(a.get_state(), c.get_state())
+    assert restore_generator(g, on_cpu, 7) is False and torch.equal(g.get_state(), cpu.get_state())
+    on_gpu = {**on_cpu, "generator": torch.arange(16, dtype=torch.uint8),
+              "computed_on": "cuda (NVIDIA H200), torch 2.11.0"}  # fmt: skip
+
+    def reseeded(seed=7, **changes):
+        gen = torch.Generator()
+        assert restore_generator(gen, {**on_gpu, **changes}, seed) is True
+        return gen.get_state()
+
+    assert torch.equal(reseeded(), reseeded())  # deterministic
+    for other in (reseeded(seed=8), reseeded(epoch=3), reseeded(step=4)):
+        assert not torch.equal(reseeded(), other)  # each of seed, epoch and step counts
+    # on the same kind of device a state that does not fit is refused, as before
+    for broken in (cpu.get_state()[:-8], None):
+        with pytest.raises((RuntimeError, TypeError)):
+            restore_generator(torch.Generator(), {**on_cpu, "generator": broken}, 7)
 
 
 def test_a_stop_inside_an_epoch_keeps_that_epoch_s_time(reference, tmp_path, monkeypatch):

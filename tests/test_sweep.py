@@ -874,6 +874,10 @@ def test_dry_run_lists_folders(tmp_path, capsys):
         rc = main(["sweep", "--protocol", "loo", "--epochs", "1", "--dry-run", "--quiet",
                    "--out", str(tmp_path), *extra])  # fmt: skip
         assert rc == 0 and f"{first}  {state}\n" in capsys.readouterr().out
+    # an ovr-separate head keeps one checkpoint per network: checkpoint-K.pt
+    (first / "ovr" / "checkpoint.pt").rename(first / "ovr" / "checkpoint-3.pt")
+    rc = main(["sweep", "--protocol", "loo", "--epochs", "1", "--dry-run", "--out", str(tmp_path)])
+    assert f"{first}  to resume (from its checkpoint)" in capsys.readouterr().out
 
 
 @pytest.mark.slow

@@ -353,24 +353,26 @@ class FiniteGuard:
 
 #: what a resume says when the checkpoint's generator state could not be restored
 RESEEDED = (
-    "the batch order and augmentation of the epochs to come are drawn from a new seed (a "
-    "GPU's random generator state does not fit a CPU's generator, nor the other way round)"
+    "the rest of the epoch in progress is augmented, and the epochs after it are shuffled and "
+    "augmented, from a new seed (a GPU's random generator state does not fit a CPU's "
+    "generator, nor the other way round)"
 )
 
 
-def restore_generator(generator: torch.Generator, state: dict[str, Any]) -> bool:
-    """Give ``generator`` (the one that draws batches and augmentation) the checkpoint's
-    state, and return False; or, when that state is of another kind of device (a run
-    interrupted on a GPU resumed on a CPU, or the other way round: a CUDA generator's state
-    is 16 bytes, a CPU generator's 5,056, and neither takes the other's), seed it anew from
-    the run's seed and the position, the same way every time, and return True. The epoch in
-    progress keeps its saved batch order either way."""
-    saved = state["generator"]
-    if saved.numel() == generator.get_state().numel():
-        generator.set_state(saved)
+def restore_generator(generator: torch.Generator, state: dict[str, Any], seed: int) -> bool:
+    """Give ``generator`` (the one that draws batches and augmentation, first seeded with
+    ``seed``) the checkpoint's state, and return False. When the checkpoint was saved on
+    another kind of device (a run interrupted on a GPU resumed on a CPU, or the other way
+    round: a CUDA generator's state is 16 bytes, a CPU generator's 5,056, and neither takes
+    the other's), seed it anew from ``seed`` and the position instead, the same way every
+    time, and return True: the epoch in progress keeps its saved batch order, and the rest of
+    its augmentation and the epochs after it draw from the new seed. A state that does not
+    fit on the same kind of device is an error, as it always was."""
+    saved_on = str(state.get("computed_on") or "").split(" ", 1)[0]  # "cpu", "cuda", or ""
+    if saved_on not in ("cpu", "cuda") or saved_on == generator.device.type:
+        generator.set_state(state["generator"])
         return False
-    seed = int((state.get("config") or {}).get("seed") or 0)
-    position = (seed * 1_000_003 + int(state["epoch"])) * 1_000_003 + int(state["step"])
+    position = (int(seed) * 1_000_003 + int(state["epoch"])) * 1_000_003 + int(state["step"])
     generator.manual_seed(position % 2**63)
     return True
 
@@ -567,9 +569,13 @@ class Checkpointing:
         scheduler: torch.optim.lr_scheduler.LRScheduler,
         generator: torch.Generator,
         result: Any,
+        seed: int = 0,
+        epochs: int | None = None,
     ) -> Position:
         """Where training starts: from the checkpoint when resuming (model, optimiser,
-        scheduler, RNGs, ``result.history`` and ``result.images_seen`` restored), else at 0."""
+        scheduler, RNGs, ``result.history`` and ``result.images_seen`` restored), else at 0.
+        ``seed`` is the one ``generator`` was seeded with and ``epochs`` the training's length
+        (see :func:`restore_generator`)."""
         self._last_saved = time.monotonic()
         state = self.load()
         if state is None:
@@ -579,7 +585,9 @@ class Checkpointing:
             optimizer.load_state_dict(state["optimizer"])
             scheduler.load_state_dict(state["scheduler"])
             torch.set_rng_state(state["torch_rng"])
-            reseeded = restore_generator(generator, state)
+            reseeded = restore_generator(generator, state, seed)
+            if epochs is not None and int(state["epoch"]) >= epochs:
+                reseeded = False  # nothing is left to draw: no need to say so
             if state.get("cuda_rng") is not None and generator.device.type == "cuda":
                 torch.cuda.set_rng_state(state["cuda_rng"], generator.device)
         except (ValueError, RuntimeError, KeyError, TypeError, IndexError) as exc:

@@ -136,5 +136,5 @@ def train_separate(
         result.validation_seconds += trained.validation_seconds
         result.checkpoint_seconds += trained.checkpoint_seconds
         result.resumed_seconds += trained.resumed_seconds
-        result.cuda_graphs = trained.cuda_graphs  # the same settings for every member
+        result.cuda_graphs = result.cuda_graphs or trained.cuda_graphs  # captured for any
     return result

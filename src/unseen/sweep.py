@@ -1209,7 +1209,10 @@ def dry_run_state(run_dir: Path, overwrite: bool) -> str:
 
     if is_finished(run_dir):
         return "to run again (--overwrite)" if overwrite else "finished"
-    if any((d / CHECKPOINT_FILE).is_file() for d in (run_dir, *run_dir.glob("*/"))):
+    stem, suffix = Path(CHECKPOINT_FILE).stem, Path(CHECKPOINT_FILE).suffix
+    # checkpoint.pt, or checkpoint-K.pt for each network of an ovr-separate head
+    kept = (f for d in (run_dir, *run_dir.glob("*/")) for f in d.glob(f"{stem}*{suffix}"))
+    if any(f.is_file() for f in kept):
         return (
             "to run (its checkpoint ignored: --overwrite)"
             if overwrite

@@ -244,8 +244,9 @@ def train_model(
     pos = Position()
     if checkpoint is not None:
         pos = checkpoint.start(
-            model=model, optimizer=opt, scheduler=sched, generator=generator, result=result
-        )
+            model=model, optimizer=opt, scheduler=sched, generator=generator, result=result,
+            seed=settings.seed, epochs=settings.epochs,
+        )  # fmt: skip
         result.resumed_seconds = pos.train_seconds
     guard = FiniteGuard(device)
 
