@@ -17,7 +17,8 @@
 #      conventional DataLoader loop (8 workers), with evaluation time and peak memory;
 #   4. one training step alone at batch 512, bf16 and fp16, with its GPU kernel time;
 #   5. unseen's loop compiled at batch 2048 (the 100,000 images/s target);
-#   6. the tests that need CUDA (tests/test_cudagraphs.py and the benchmarks' tests).
+#   6. the tests that need CUDA (tests/test_cuda.py: whole small runs, a resume across devices,
+#      one-vs-rest heads, a sampler; tests/test_cudagraphs.py; the benchmarks' tests).
 #
 # The machine needs torch >= 2.11 with CUDA and the package's dependencies (the project's
 # H200 image has them, and pytest); the package itself is read from src/ through PYTHONPATH.
@@ -100,6 +101,6 @@ PYEOF
         --model resnet18 --images 262144 --skip-conventional --compile --batch-size 2048 \
         --json >"$OUT/bench_compiled_2048.json"
     step 60 "tests that need CUDA" "$PY" -m pytest -q -p no:cacheprovider \
-        tests/test_cudagraphs.py tests/test_benchmarks.py
+        tests/test_cuda.py tests/test_cudagraphs.py tests/test_benchmarks.py
     for f in "$OUT"/*.json; do echo "--- $f"; cat "$f"; done
 } 2>&1 | tee "$LOG"
