@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The prepared GPU check of issue 8 (speed): one call on a CUDA machine. Its first version took
-# 2.5 minutes on 2026-11-29. Every command runs under a time limit; the limits add up to 515 s
-# (570 s with the grace before each kill), under the device tool's 600 s a call, so a hung
+# 2.5 minutes on 2026-11-29. Every command runs under a time limit; the limits add up to 530 s
+# (590 s with the grace before each kill), under the device tool's 600 s a call, so a hung
 # step cannot eat a 15-minute lease.
 #
 # What it measures, in this order, each in its own process:
@@ -92,15 +92,15 @@ print("python", sys.version.split()[0], "| bytecode writes off:", sys.flags.dont
       len(glob.glob(site + "/torch/**/*.py", recursive=True)), "| .pyc files",
       len(glob.glob(site + "/torch/**/__pycache__/*.pyc", recursive=True)))
 PYEOF
-    step 30 "start-up costs" "$PY" benchmarks/startup.py --data-root "$DATA"
-    step 80 "training loop vs conventional" "$PY" benchmarks/bench_train.py --data-root "$DATA" \
+    step 25 "start-up costs" "$PY" benchmarks/startup.py --data-root "$DATA"
+    step 60 "training loop vs conventional" "$PY" benchmarks/bench_train.py --data-root "$DATA" \
         --model resnet18 --images 65536 --workers 8 --cuda-graphs both --json \
         >"$OUT/bench_resnet18.json"
-    step 30 "one step alone" "$PY" benchmarks/profile_step.py --batch-size 512 --dtype bf16 fp16
-    step 90 "compiled, batch 2048" "$PY" benchmarks/bench_train.py --data-root "$DATA" \
+    step 25 "one step alone" "$PY" benchmarks/profile_step.py --batch-size 512 --dtype bf16 fp16
+    step 75 "compiled, batch 2048" "$PY" benchmarks/bench_train.py --data-root "$DATA" \
         --model resnet18 --images 262144 --skip-conventional --compile --batch-size 2048 \
         --json >"$OUT/bench_compiled_2048.json"
-    step 60 "tests that need CUDA" "$PY" -m pytest -q -p no:cacheprovider \
+    step 120 "tests that need CUDA" "$PY" -m pytest -q -p no:cacheprovider \
         tests/test_cuda.py tests/test_cudagraphs.py tests/test_benchmarks.py
     for f in "$OUT"/*.json; do echo "--- $f"; cat "$f"; done
 } 2>&1 | tee "$LOG"
