@@ -784,6 +784,24 @@ def test_nan_loss_names_the_exact_step_and_keeps_the_last_good_checkpoint(tmp_pa
     assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
 
 
+def test_the_divergence_message_waits_for_a_background_write_and_names_its_failure(tmp_path):
+    from concurrent.futures import Future
+
+    from unseen.checkpoint import diverged
+
+    ckpt = Checkpointing(tmp_path / CHECKPOINT_FILE, {"lr": 0.1})
+    failed: Future = Future()
+    failed.set_exception(OSError(28, "No space left on device"))
+    ckpt._pending = failed  # a GPU run's writer thread, whose last write failed
+    message = str(diverged(1, 2, 5, float("nan"), 0.1, ckpt))
+    assert message.endswith(
+        "; no checkpoint had been saved yet (the last write failed: OSError: [Errno 28] No space "
+        "left on device)."
+    )
+    ckpt.path.write_bytes(b"an earlier, complete checkpoint")
+    assert f"kept in {ckpt.path}." in str(diverged(1, 2, 5, float("nan"), 0.1, ckpt))
+
+
 def test_weights_that_overflow_in_an_epoch_s_last_update_are_caught(tmp_path):
     # every loss is finite, but the last update of epoch 2 leaves infinite weights: no
     # checkpoint of them, and one clear error instead of a traceback in the metrics

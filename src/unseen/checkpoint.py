@@ -705,12 +705,15 @@ def diverged(
     )
     kept = ""
     if checkpoint is not None:
-        with contextlib.suppress(Exception):  # a checkpoint still being written in the background
+        failed = ""
+        try:  # a checkpoint still being written in the background is on disk first
             checkpoint.wait()
+        except Exception as exc:  # the write failed (a full disk): the file is the one before
+            failed = f" (the last write failed: {type(exc).__name__}: {exc})"
         kept = (
-            f"; the last good checkpoint is kept in {checkpoint.path}"
+            f"; the last good checkpoint is kept in {checkpoint.path}{failed}"
             if checkpoint.path.is_file()
-            else "; no checkpoint had been saved yet"
+            else f"; no checkpoint had been saved yet{failed}"
         )
     return TrainingDiverged(
         f"training diverged: {what}; lower the learning rate (--lr {lr:g} now, try "
