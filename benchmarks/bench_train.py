@@ -51,7 +51,7 @@ from unseen.hardware import (
     sync,
 )
 from unseen.heads import HEADS
-from unseen.models import create_model, fold_batch_norm
+from unseen.models import check_model, create_model, fold_batch_norm
 from unseen.scores import SCORES, FitContext
 from unseen.splits import make_split, split_data
 from unseen.train import TrainSettings, train_model, use_cuda_graphs
@@ -344,12 +344,19 @@ def main(argv=None) -> int:
         args.dataset = "fashion-mnist" if found else "digits"
 
     threads = configure_threads()
-    device = resolve_device(args.device)
-    torch.backends.cudnn.benchmark = args.cudnn_benchmark
-    precision = resolve_precision(args.precision, device)
-    args.batch_size = args.batch_size or default_batch_size(device)
     mode = "on" if args.cuda_graphs == "both" else args.cuda_graphs  # of the tool's timed loop
     try:
+        device = resolve_device(args.device)
+        torch.backends.cudnn.benchmark = args.cudnn_benchmark
+        precision = resolve_precision(args.precision, device)
+        check_model(args.model)
+        if args.batch_size is None:  # 0 is refused below, not taken for auto
+            args.batch_size = default_batch_size(device)
+        if args.cuda_graphs == "both" and device.type != "cuda":
+            raise UnseenError(
+                "--cuda-graphs both times the loop with CUDA graphs, which need a CUDA device; "
+                "use --cuda-graphs off here."
+            )
         graphed = use_cuda_graphs(mode, device, "none")
         if args.batch_size < 2:
             raise UnseenError("--batch-size must be at least 2 (batch norm needs two images).")

@@ -19,9 +19,13 @@ STARTED = time.perf_counter()
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--dataset", default="fashion-mnist")
-    ap.add_argument("--data-root", default=None)
-    ap.add_argument("--device", default="auto")
+    ap.add_argument(
+        "--dataset", default="fashion-mnist", help="the data to load last (default: %(default)s)"
+    )
+    ap.add_argument(
+        "--data-root", default=None, help="where its files are (default: the usual places)"
+    )
+    ap.add_argument("--device", default="auto", help="auto, cpu or cuda (default: %(default)s)")
     args = ap.parse_args(argv)
     stages: list[tuple[str, float]] = []
     last = STARTED
@@ -35,6 +39,18 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     mark(f"import torch {torch.__version__}")
+    from unseen.errors import UnseenError
+
+    try:
+        return _stages(args, mark, stages)
+    except UnseenError as exc:  # no such device or dataset: one line, as the CLI says it
+        print(f"startup: {exc}", file=sys.stderr)
+        return 2
+
+
+def _stages(args: argparse.Namespace, mark, stages: list[tuple[str, float]]) -> int:
+    import torch
+
     from unseen.hardware import describe_device, resolve_device, sync
 
     device = resolve_device(args.device)
@@ -50,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     import torchvision
 
     mark(f"import torchvision {torchvision.__version__}")
-    import unseen.experiment  # noqa: F401  (scikit-learn, scipy)
+    import unseen.experiment  # noqa: F401  (unseen itself: scikit-learn is imported later)
 
     mark("import unseen.experiment")
     from matplotlib import font_manager  # its import builds the font cache on a fresh machine

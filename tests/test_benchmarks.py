@@ -71,6 +71,20 @@ def test_profile_step_times_every_combination_asked_for_on_a_gpu(capsys):
     assert sum("graphed" in ln for ln in lines) == 4  # bf16 only
 
 
+@pytest.mark.parametrize(
+    "script, args, said",
+    [
+        ("startup", ["--dataset", "nosuch"], "--dataset 'nosuch' is not known"),
+        ("bench_train", ["--model", "nosuch"], "--model 'nosuch' is not known"),
+        ("bench_train", ["--dataset", "digits", "--batch-size", "0"], "--batch-size must be"),
+    ],
+)
+def test_the_benchmarks_refuse_what_a_user_mistyped_in_one_line(script, args, said, capsys):
+    assert load(script).main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"{script}: {said}")
+
+
 def test_startup_times_each_stage_and_the_total(capsys):
     assert load("startup").main(["--dataset", "digits", "--device", "cpu"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()

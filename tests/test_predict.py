@@ -148,7 +148,7 @@ def test_corrupt_file_gets_its_own_row_and_the_rest_go_on(capsys, run_dir, pngs,
     assert [r["error"] is None for r in rows] == [True, False, False, False]
     assert rows[1]["prediction"] is None and "could not be read" in rows[1]["error"]
     assert "does not exist" in rows[3]["error"]
-    assert "3 input(s) could not be read" in err
+    assert "3 row(s) could not be read" in err
 
     rc, stdout, err = cli(capsys, run_dir, bad, tmp_path / "missing.png")
     assert rc == 2
@@ -946,6 +946,19 @@ def test_an_rgb_run_says_greyscale_to_rgb_and_resized_in_height_x_width(capsys, 
         "rgba.png": "alpha dropped",
         "tall.png": "resized from 12 x 10",
     }
+
+
+def test_conform_takes_uint8_batches_and_names_prepare_for_the_rest(run_dir):
+    from unseen.errors import InputError
+
+    p = load(run_dir, device="cpu")
+    batch = torch.full((2, 3, 12, 10), 77, dtype=torch.uint8)
+    assert p.conform(batch).shape == (2, 1, 8, 8) and p.conform(batch).dtype == torch.uint8
+    for wrong in (torch.rand(2, 3, 12, 10), batch[0], np.zeros((2, 8, 8, 3), np.uint8)):
+        with pytest.raises(InputError, match=r"prepare\(\) reads every other format"):
+            p.conform(wrong)
+    with pytest.raises(InputError, match="not 8 .* channels-last"):
+        p.conform(torch.zeros((2, 8, 8, 3), dtype=torch.uint8))
 
 
 def test_an_item_holding_several_images_gets_an_error_not_the_next_rows(run_dir):

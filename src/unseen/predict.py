@@ -571,8 +571,22 @@ class Predictor:
         return torch.cat(batches).contiguous()
 
     def conform(self, x: torch.Tensor) -> torch.Tensor:
-        """uint8 N x C x H x W -> the run's channels (alpha dropped, colour to greyscale or
-        back) and image size (resized), as training read its own images."""
+        """A uint8 N x C x H x W tensor (C 1 to 4) -> the run's channels (alpha dropped,
+        colour to greyscale or back) and image size (resized), as training read its own
+        images. Other formats go through :meth:`prepare`, which reads and then conforms."""
+        if not (isinstance(x, torch.Tensor) and x.dtype == torch.uint8 and x.dim() == 4):
+            what = (
+                f"{x.dtype} {tuple(x.shape)}" if isinstance(x, torch.Tensor) else type(x).__name__
+            )
+            raise InputError(
+                f"conform takes a uint8 N x C x H x W tensor, not {what}; prepare() reads "
+                "every other format (files, PIL images, arrays, float tensors)."
+            )
+        if not 1 <= x.shape[1] <= 4:
+            raise InputError(
+                f"conform takes 1 to 4 channels, not {x.shape[1]} (N x C x H x W: is the "
+                "batch channels-last? prepare() reads both layouts)."
+            )
         return resize_images(convert_channels(x, self.in_channels), self.image_size)
 
     def outputs(self, images: Any) -> Outputs:
@@ -962,7 +976,7 @@ def summary_line(rows: Sequence[dict[str, Any]], predictor: Predictor) -> str:
     )
     return (
         f"{n_ok} image(s): {n_ok - n_unknown} known, {n_unknown} unknown{renamed}"
-        f"{f'; {n_err} input(s) could not be read' if n_err else ''} | score {predictor.score_name}, "
+        f"{f'; {n_err} row(s) could not be read' if n_err else ''} | score {predictor.score_name}, "
         f"threshold {predictor.threshold:.6g} ({how})"
     )
 

@@ -87,7 +87,7 @@ def add_predict_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentPars
         metavar="INPUT",
         nargs="+",
         help="image files, folders of images (searched recursively) or .npz files with an "
-        "array x, images or x_test (N x H x W or N x H x W x C)",
+        "array x, images or x_test (N x H x W, N x H x W x C or N x C x H x W)",
     )
     p.add_argument(
         "--score",
@@ -129,10 +129,17 @@ def add_predict_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentPars
         help="write there instead of stdout",
     )
     p.add_argument(
-        "--device", choices=("auto", "cpu", "cuda"), default="auto", help="where to run the model"
+        "--device",
+        choices=("auto", "cpu", "cuda"),
+        default="auto",
+        help="where to run the model (default: %(default)s)",
     )
     p.add_argument(
-        "--batch-size", type=_positive_int, metavar="N", default=256, help="images per forward pass"
+        "--batch-size",
+        type=_positive_int,
+        metavar="N",
+        default=256,
+        help="images per forward pass (default: %(default)s)",
     )
     p.set_defaults(func=cmd_predict)
     return p
