@@ -750,15 +750,20 @@ def test_output_never_replaces_an_input_a_run_file_or_a_file_that_is_not_text(
     image = tmp_path / "victim.png"
     shutil.copy(pngs["known"][0], image)
     before = image.read_bytes()
+    blob = tmp_path / "blob.txt"
+    blob.write_bytes(b"not\0text")
     for output, message in [
         (image, "is one of the inputs"),
         (run_dir / "model.pt", "is a file of the run itself"),
         (run_dir / "metrics.json", "is a file of the run itself"),
-        (pngs["known"][1], "exists and is not a text file"),
+        (pngs["known"][1], "names an image or binary file (.png)"),
+        (tmp_path / "new.PNG", "names an image or binary file (.PNG), and predict writes text"),
+        (blob, "exists and is not a text file"),
     ]:
         rc, _, err = cli(capsys, run_dir, image, "--output", output)
         assert rc == 2 and message in err and "Traceback" not in err, err
     assert image.read_bytes() == before and load(run_dir, device="cpu")  # all intact
+    assert not (tmp_path / "new.PNG").exists() and blob.read_bytes() == b"not\0text"
     text = tmp_path / "p.csv"
     text.write_text("an earlier prediction\n")
     assert cli(capsys, run_dir, image, "--output", text)[0] == 0  # a text file is replaced

@@ -1003,8 +1003,8 @@ def _looks_binary(path: Path) -> bool:
 def check_output(output: str, run_dir: str | Path, inputs: Sequence[str]) -> None:
     """Refuse an ``--output`` that would replace what predict did not write: one of the
     inputs, a file of the run (model.pt, metrics.json, ...; of the whole run when
-    ``run_dir`` is one head's folder), or an existing file that is not text (an image, a
-    checkpoint)."""
+    ``run_dir`` is one head's folder), a file named as an image or other binary file
+    (existing or not: predict writes text), or an existing file that is not text."""
     from .checkpoint import RUN_FILES
 
     target = Path(output).resolve()
@@ -1017,6 +1017,11 @@ def check_output(output: str, run_dir: str | Path, inputs: Sequence[str]) -> Non
     )
     if own and any(target.is_relative_to(r) for r in runs):
         raise InputError(f"--output {output} is a file of the run itself; give another file name.")
+    if target.suffix.lower() in BINARY_SUFFIXES:  # a table in photo.png: a typo, not a wish
+        raise InputError(
+            f"--output {output} names an image or binary file ({target.suffix}), and predict "
+            "writes text: give a .csv, .json or .txt file name."
+        )
     if target.is_file() and _looks_binary(target):
         raise InputError(
             f"--output {output} exists and is not a text file predict can read; predict would "
