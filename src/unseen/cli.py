@@ -394,6 +394,11 @@ def build_parser() -> argparse.ArgumentParser:
     from .predict_cli import add_predict_parser
 
     add_predict_parser(sub)
+
+    # --- `unseen ood`
+    from .ood_cli import add_ood_parser
+
+    add_ood_parser(sub)
     return parser
 
 

@@ -1,0 +1,126 @@
+"""Another dataset's images as unseen: how well a finished run's scores reject them (far-OOD).
+
+A run's own unseen images are the classes it held out of its dataset: near out-of-distribution
+(OOD) images, alike in everything but the class. The test images of another dataset (MNIST
+digits for a Fashion-MNIST run, say) are far OOD. :func:`evaluate_ood` scores them with the
+run's network and fitted scores, as ``unseen predict`` would (converted to the run's channels
+and image size), and sets them against the run's own known test images, whose scores the run
+stored in ``scores.npz``: the same metrics as the run's own table, at the same thresholds,
+and where the other images went. ``unseen ood RUN --dataset NAME`` prints it and saves it as
+``RUN/ood/<dataset>.json``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import DataError
+from .metrics import confidence_summary, predicted_as, score_metrics
+from .runfolder import read_json, read_npz, slug, write_json
+
+
+def evaluate_ood(
+    run_dir: str | Path,
+    dataset: str,
+    *,
+    data_root: str | None = None,
+    head: str | None = None,
+    device: str = "auto",
+    batch_size: int = 256,
+    limit: int | None = None,
+) -> dict[str, Any]:
+    """The run's scores on ``dataset``'s test images (its first ``limit``), as unseen images
+    against the run's known test images; see the module docstring. Returns what
+    ``ood/<dataset>.json`` holds: ``scores`` maps each score the run stored to its metrics
+    (``auroc``, ``fpr_at_95_tpr``, ``unseen_rejected`` at the run's threshold, ...)."""
+    from .data import load_dataset
+    from .predict import load
+
+    p = load(run_dir, head=head, device=device, batch_size=batch_size)
+    data = load_dataset(dataset, data_root)
+    x = data.x_test if limit is None else data.x_test[:limit]
+    if len(x) == 0:
+        raise DataError(f"{dataset} has no test images to score.")
+    c, h, w = x.shape[1:]  # a dataset's images share their size and channels
+    converted = [f"resized from {h} x {w}"] if (h, w) != tuple(p.image_size) else []
+    if c != p.in_channels:
+        converted.append("colour to greyscale" if c >= 3 else "greyscale to RGB")
+    x = p.conform(x)
+    other = p.all_scores(x)
+    decision = p.decide(x)  # the closest class and its probability do not depend on the score
+    stored = read_npz(p.run_dir / "scores.npz")
+    known = ~stored["is_unseen"].astype(bool)
+    n_other = len(x)
+    labels = np.concatenate([stored["label_known"][known], np.full(n_other, -1)])
+    predicted = np.concatenate([stored["predicted"][known], decision.closest])
+    scores, missing = {}, []
+    for name, values in other.items():
+        if f"score_{name}" not in stored or f"val_score_{name}" not in stored:
+            missing.append(name)  # a score this version computes and the run did not store
+            continue
+        scores[name] = score_metrics(
+            np.concatenate([stored[f"score_{name}"][known], values]),
+            stored[f"val_score_{name}"],
+            predicted,
+            labels,
+            num_known=len(p.classes),
+            threshold=p.with_options(score=name).threshold,  # as `unseen predict` decides
+        )
+    own = str(read_json(p.run_dir / "config.json").get("dataset", ""))
+    return {
+        "dataset": dataset,
+        "source": data.source,
+        "own_dataset": own,
+        "run": str(p.run_dir),
+        "head": p.head,
+        "num_images": n_other,
+        "converted": "; ".join(converted) or None,
+        "num_known_test": int(known.sum()),
+        "predicted_as": predicted_as(decision.closest, p.classes),
+        "confidence": confidence_summary(decision.probability),
+        "scores": scores,
+        "not_stored": missing,
+    }
+
+
+def ood_path(run_dir: str | Path, dataset: str) -> Path:
+    """Where :func:`save_ood` writes ``dataset``'s result: ``RUN/ood/<dataset>.json``."""
+    return Path(run_dir) / "ood" / f"{slug(dataset)}.json"
+
+
+def save_ood(result: dict[str, Any]) -> Path:
+    path = ood_path(result["run"], result["dataset"])
+    path.parent.mkdir(exist_ok=True)
+    write_json(path, result)
+    return path
+
+
+def ood_summary(result: dict[str, Any]) -> str:
+    """The console's account of :func:`evaluate_ood`'s result: what was scored, where the
+    images went, how confident the network was, and one row per score (best AUROC first)."""
+    from .console import counted, counts_text, printable_names, score_table
+
+    converted = f", {result['converted']}" if result["converted"] else ""
+    conf = result["confidence"]
+    lines = [
+        f"{result['dataset']}: {counted(result['num_images'], 'test image')} from "
+        f"{result['source']}{converted}, scored as unseen against the run's "
+        f"{counted(result['num_known_test'], 'known test image')}",
+        f"labelled as: {counts_text(result['predicted_as'])}",
+        f"confidence (the head's probability of its class): mean {conf['mean_msp']:.3f}, "
+        f"{conf['frac_msp_above_0_9']:.3f} above 0.9",
+    ]
+    if result["own_dataset"] and result["own_dataset"] == result["dataset"]:
+        lines.append(
+            "note: this is the run's own dataset: its test images hold the known classes too, "
+            "so they are not all unseen"
+        )
+    if result["not_stored"]:
+        lines.append(
+            f"note: {printable_names(result['not_stored'])} left out: the run stored no "
+            "scores of its own for them (`unseen rescore` computes them)"
+        )
+    return "\n".join([*lines, "", score_table(result["scores"], sort_by="auroc")])

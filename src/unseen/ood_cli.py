@@ -1,0 +1,69 @@
+"""The ``unseen ood`` subcommand: argparse wiring only (the work is in :mod:`unseen.farood`)."""
+
+from __future__ import annotations
+
+import argparse
+
+from .cli import nonempty_path
+from .predict_cli import _positive_int
+
+
+def cmd_ood(args: argparse.Namespace) -> int:
+    from .farood import evaluate_ood, ood_summary, save_ood
+
+    result = evaluate_ood(
+        args.run_dir,
+        args.dataset,
+        data_root=args.data_root,
+        head=args.head,
+        device=args.device,
+        batch_size=args.batch_size,
+        limit=args.limit,
+    )
+    path = save_ood(result)
+    print(ood_summary(result))
+    print(f"\nsaved: {path}")
+    return 0
+
+
+def add_ood_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """Register ``unseen ood`` on the subcommand table ``sub``."""
+    p = sub.add_parser(
+        "ood",
+        help="score another dataset's images as unseen with a finished run (far-OOD)",
+        description="Score the test images of another dataset with a finished run's network "
+        "and fitted scores (converted to the run's channels and image size, as `unseen "
+        "predict` converts images), as unseen images against the run's own known test images: "
+        "the run's metrics for them, at the run's thresholds, and the known classes that "
+        "took them. Saved as RUN_DIR/ood/<dataset>.json.",
+    )
+    p.add_argument("run_dir", type=nonempty_path, help="a finished run folder")
+    p.add_argument(
+        "--dataset",
+        required=True,
+        metavar="NAME",
+        help="the other dataset: a built-in name (`unseen datasets` lists them), npz:PATH or "
+        "folder:PATH",
+    )
+    p.add_argument(
+        "--data-root", type=nonempty_path, default=None, metavar="DIR", help="where its files are"
+    )
+    p.add_argument("--head", default=None, help="which head of a multi-head run")
+    p.add_argument(
+        "--limit", type=_positive_int, default=None, metavar="N", help="its first N test images"
+    )
+    p.add_argument(
+        "--device",
+        choices=("auto", "cpu", "cuda"),
+        default="auto",
+        help="where to run the model (default: %(default)s)",
+    )
+    p.add_argument(
+        "--batch-size",
+        type=_positive_int,
+        metavar="N",
+        default=256,
+        help="images per forward pass (default: %(default)s)",
+    )
+    p.set_defaults(func=cmd_ood)
+    return p
