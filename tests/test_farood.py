@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -51,15 +52,36 @@ def test_the_run_s_known_images_are_not_told_apart(digits_run, tmp_path):
         assert m["auroc"] == pytest.approx(0.5, abs=1e-9), name
 
 
+def test_the_run_s_report_shows_each_dataset_scored(digits_run, tmp_path, capsys):
+    from unseen.report import build_report
+
+    run = tmp_path / "run"
+    shutil.copytree(digits_run, run)
+    rng = np.random.default_rng(1)
+    name = save_npz_dataset(
+        tmp_path / "noise.npz", rng.integers(0, 256, (10, 1, 8, 8)).astype(np.uint8)
+    )
+    assert main(["ood", str(run), "--dataset", name]) == 0
+    assert f"`unseen report {run}` adds it" in capsys.readouterr().out
+    build_report(run, tsne=False)
+    md = (run / "report.md").read_text()
+    assert f"## Another dataset as unseen: {name}" in md
+    assert "10 test images of" in md and "against the run's 486 known test images" in md
+    assert md.index("Another dataset as unseen") < md.index("## Figures")
+    assert f"Another dataset as unseen: {name}" in (run / "report.html").read_text()
+
+
 def test_unseen_ood_prints_saves_and_converts_another_kind_of_image(digits_run, tmp_path, capsys):
+    run = tmp_path / "run"  # a copy: the shared run folder stays as the run left it
+    shutil.copytree(digits_run, run)
     rng = np.random.default_rng(0)
     colour = rng.integers(0, 256, (30, 3, 16, 12), dtype=np.uint8)  # 16 high, 12 wide, RGB
     name = save_npz_dataset(tmp_path / "colour.npz", colour)
-    assert main(["ood", str(digits_run), "--dataset", name, "--limit", "20"]) == 0
+    assert main(["ood", str(run), "--dataset", name, "--limit", "20"]) == 0
     out = capsys.readouterr().out
     assert "20 test images from" in out and "resized from 16 x 12; colour to greyscale" in out
     assert "against the run's 486 known test images" in out and "\nscore " in out
-    saved = json.loads(ood_path(digits_run, name).read_text())
+    saved = json.loads(ood_path(run, name).read_text())
     assert saved["num_images"] == 20 and saved["dataset"] == name
     assert set(saved["scores"]["msp"]) >= {"auroc", "fpr_at_95_tpr", "unseen_rejected"}
     assert sum(saved["predicted_as"].values()) == 20

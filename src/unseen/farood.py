@@ -98,6 +98,25 @@ def save_ood(result: dict[str, Any]) -> Path:
     return path
 
 
+def ood_results(head_folder: str | Path) -> list[dict[str, Any]]:
+    """The results :func:`save_ood` saved for a run (or a head's folder), by file name."""
+    return [read_json(f) for f in sorted(Path(head_folder).glob("ood/*.json"))]
+
+
+def ood_sentence(result: dict[str, Any]) -> str:
+    """One sentence on what was scored and where the images went (the report's caption)."""
+    from .console import counted, counts_text
+
+    converted = f" ({result['converted']})" if result.get("converted") else ""
+    conf = result["confidence"]
+    return (
+        f"{counted(result['num_images'], 'test image')} of {result['dataset']}{converted}, "
+        f"scored as unseen against the run's {counted(result['num_known_test'], 'known test image')}"
+        f", were labelled as {counts_text(result['predicted_as'])}; the head's probability of "
+        f"its class: mean {conf['mean_msp']:.3f}, {conf['frac_msp_above_0_9']:.3f} above 0.9."
+    )
+
+
 def ood_summary(result: dict[str, Any]) -> str:
     """The console's account of :func:`evaluate_ood`'s result: what was scored, where the
     images went, how confident the network was, and one row per score (best AUROC first)."""

@@ -23,6 +23,8 @@ def cmd_ood(args: argparse.Namespace) -> int:
     path = save_ood(result)
     print(ood_summary(result))
     print(f"\nsaved: {path}")
+    if (path.parent.parent / "report.html").is_file():
+        print(f"`unseen report {args.run_dir}` adds it to the run's report")
     return 0
 
 

@@ -41,6 +41,7 @@ from .config import FIELDS, RESULT_NEUTRAL_KEYS, with_field_defaults
 from .console import absorbed_text, counted, counts_text, mean_std_text, valid_unicode
 from .data import absolute_paths
 from .errors import UnseenError
+from .farood import ood_results, ood_sentence
 from .metrics import CONFIDENT, mean_std
 from .rare import rare_statistics
 from .runfolder import (
@@ -739,7 +740,17 @@ def _write_report_files(
         md_parts += ["", f"> {md_text(headline(m))}", "", f"{md_level} Rejection scores", "",
                      "Higher = more likely a known class; best per column in bold (not the "
                      "rejection rates: a trade-off).", "",
-                     score_table_md(m.get("scores", {})), "", f"{md_level} Figures", ""]  # fmt: skip
+                     score_table_md(m.get("scores", {})), ""]  # fmt: skip
+        for r in ood_results(h.folder):  # `unseen ood`: another dataset's images as unseen
+            title = f"Another dataset as unseen: {r['dataset']}"
+            html_parts[-1:-1] = [
+                f"<{level}>{html.escape(title)}</{level}>",
+                f'<p class="note">{html.escape(ood_sentence(r))}</p>',
+                score_table_html(r.get("scores", {})),
+            ]
+            md_parts += [f"{md_level} {md_text(title)}", "", md_text(ood_sentence(r)), "",
+                         score_table_md(r.get("scores", {})), ""]  # fmt: skip
+        md_parts += [f"{md_level} Figures", ""]
         hist = [p for p in s.plots if p.file.rsplit("/", 1)[-1].startswith("hist_")]
         others = [p for p in s.plots if p not in hist]
         if hist:
