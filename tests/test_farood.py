@@ -10,11 +10,12 @@ import pytest
 
 from unseen import RunConfig
 from unseen.cli import main
-from unseen.experiment import prepare
+from unseen.experiment import prepare, run_experiment
 from unseen.farood import evaluate_ood, ood_path
 
 #: conftest's digits_run configuration (a finished default-split digits run, 9 held out)
 QUICK = dict(epochs=8, device="cpu", precision="fp32")
+QUICK_ARGS = ["--device", "cpu", "--precision", "fp32", "--no-report", "--quiet"]
 
 
 def save_npz_dataset(path, x_test: np.ndarray) -> str:
@@ -35,11 +36,42 @@ def test_the_run_s_own_unseen_images_give_the_run_s_own_metrics(digits_run, tmp_
     assert result["num_known_test"] == int((~sd.test_is_unseen).sum())
     assert set(result["scores"]) == set(run)
     for name, m in result["scores"].items():
-        for key in ("auroc", "aupr_in", "aupr_out", "fpr_at_95_tpr", "oscr", "threshold",
-                    "unseen_rejected", "known_rejected", "open_set_accuracy"):  # fmt: skip
-            assert m[key] == pytest.approx(run[name][key], abs=1e-9), (name, key)
+        assert_same_metrics(m, run[name], name)
     labelled = json.loads((digits_run / "metrics.json").read_text())["unseen_predicted_as"]
     assert result["predicted_as"] == labelled
+
+
+def assert_same_metrics(got: dict, run: dict, name: str) -> None:
+    """Every metric the result has, as ``metrics.json``'s entry for the score has it (which
+    also holds what a score's fit found, e.g. ovr-doc's class thresholds, and its time)."""
+    keys = set(got)
+    assert keys >= {"auroc", "fpr_at_95_tpr", "threshold", "threshold_from", "unseen_rejected",
+                    "known_rejected", "open_set_macro_f1", "val_known_accepted"}  # fmt: skip
+    assert set(run) >= keys, (name, keys - set(run))
+    for key in keys:
+        if isinstance(run[key], str):
+            assert got[key] == run[key], (name, key)
+        else:
+            assert got[key] == pytest.approx(run[key], abs=1e-9), (name, key)
+
+
+def test_held_out_class_0_of_a_one_vs_rest_run_at_another_acceptance(tmp_path):
+    # the same known answer where the labels of known classes are not their digits (class 0
+    # held out), the thresholds are not the default acceptance's, and ovr-doc decides by
+    # its own rule (threshold 0)
+    cfg = RunConfig(out=str(tmp_path / "run"), holdout=("0",), head=("ovr",), epochs=3,
+                    known_acceptance=0.9, device="cpu", precision="fp32", report=False,
+                    scores=("msp", "energy", "ovr-doc", "mahalanobis"))  # fmt: skip
+    run_experiment(cfg, progress=False, log=None)
+    sd = prepare(cfg).split_data
+    zeros = sd.x_test[sd.test_is_unseen].numpy()
+    result = evaluate_ood(tmp_path / "run", save_npz_dataset(tmp_path / "zeros.npz", zeros))
+    run = json.loads((tmp_path / "run" / "metrics.json").read_text())["scores"]
+    # the scores asked for, and the ovr head's own
+    assert set(result["scores"]) == set(run) == {"msp", "energy", "ovr-doc", "mahalanobis", "ovr"}
+    assert result["scores"]["ovr-doc"]["threshold_from"] == "score"
+    for name, m in result["scores"].items():
+        assert_same_metrics(m, run[name], name)
 
 
 def test_the_run_s_known_images_are_not_told_apart(digits_run, tmp_path):
@@ -103,3 +135,50 @@ def test_unseen_ood_refuses_in_one_line(digits_run, args, said, capsys):
 def test_unseen_ood_needs_a_finished_run(tmp_path, capsys):
     assert main(["ood", str(tmp_path), "--dataset", "digits"]) == 2
     assert "unseen: error:" in capsys.readouterr().err
+
+
+def test_a_result_of_an_earlier_state_of_the_run_is_flagged_and_overwrite_removes_it(
+    digits_run, tmp_path, capsys
+):
+    from unseen.report import build_report
+
+    run = tmp_path / "run"
+    shutil.copytree(digits_run, run)
+    name = save_npz_dataset(tmp_path / "x.npz", np.full((5, 1, 8, 8), 200, np.uint8))
+    assert main(["ood", str(run), "--dataset", name]) == 0
+    assert main(["rescore", str(run), "--known-acceptance", "0.8"]) == 0  # new thresholds
+    capsys.readouterr()
+    build_report(run, tsne=False)
+    md = (run / "report.md").read_text()
+    assert "Scored before the run was last finished" in md and "10 test images" not in md
+    assert main(["run", *QUICK_ARGS, "--epochs", "1", "--out", str(run), "--overwrite"]) == 0
+    assert not (run / "ood").exists()  # the old network's results go with it
+
+
+def test_unseen_ood_checks_it_can_save_before_the_work(digits_run, tmp_path, monkeypatch, capsys):
+    import unseen.farood
+    import unseen.runfolder
+
+    def refuse(path):
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(unseen.runfolder, "check_writable", refuse)
+    monkeypatch.setattr(unseen.farood, "evaluate_ood", lambda *a, **k: pytest.fail("worked first"))
+    assert main(["ood", str(digits_run), "--dataset", "digits"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].endswith("ood/digits.json: Permission denied.")
+
+
+@pytest.mark.parametrize("damage", ["no is_unseen", "nan"])
+def test_a_damaged_scores_npz_is_one_clear_error(digits_run, tmp_path, capsys, damage):
+    run = tmp_path / "run"
+    shutil.copytree(digits_run, run)
+    arrays = dict(np.load(run / "scores.npz"))
+    if damage == "nan":
+        arrays["score_msp"][0] = np.nan
+    else:
+        del arrays["is_unseen"]
+    np.savez(run / "scores.npz", **arrays)
+    assert main(["ood", str(run), "--dataset", "digits", "--limit", "5"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "scores.npz" in err[0] and "damaged" in err[0]

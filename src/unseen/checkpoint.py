@@ -163,7 +163,7 @@ def holds_run_files(run_dir: Path) -> bool:
 
 def clear_run_state(run_dir: Path) -> None:
     """Forget an earlier run in ``run_dir`` (for ``--overwrite``): every file a run writes
-    (:data:`RUN_FILES`, ``plots/``, checkpoints), at the top and in the subfolder of every head
+    (:data:`RUN_FILES`, ``plots/``, checkpoints, and ``ood/``), at the top and in the subfolder of every head
     the old run may have had, whatever heads the new run has. A model left behind by the old
     run would otherwise be what ``unseen predict`` loads. Files of the user's own are kept."""
     import shutil
@@ -173,8 +173,9 @@ def clear_run_state(run_dir: Path) -> None:
             (folder / name).unlink(missing_ok=True)
         for ckpt in folder.glob("checkpoint*.pt"):
             ckpt.unlink()
-        if (folder / "plots").is_dir():
-            shutil.rmtree(folder / "plots")
+        for sub in ("plots", "ood"):  # the figures, and `unseen ood`'s results, of the old run
+            if (folder / sub).is_dir():
+                shutil.rmtree(folder / sub)
         if folder != run_dir and not any(folder.iterdir()):
             folder.rmdir()
 

@@ -1,5 +1,5 @@
-"""Command line: ``unseen run | rescore | datasets | scores | report | sweep | predict``; a thin layer
-over the library.
+"""Command line: ``unseen run | rescore | datasets | scores | report | sweep | predict | ood``;
+a thin layer over the library.
 
 Every ``unseen run`` flag is generated from a field of :class:`unseen.config.RunConfig`.
 Mistakes a user can make end with one line on stderr and exit code 2.

@@ -17,9 +17,9 @@ from typing import Any
 
 import numpy as np
 
-from .errors import DataError
+from .errors import DataError, InputError
 from .metrics import confidence_summary, predicted_as, score_metrics
-from .runfolder import read_json, read_npz, slug, write_json
+from .runfolder import read_json, slug, write_json
 
 
 def evaluate_ood(
@@ -27,6 +27,7 @@ def evaluate_ood(
     dataset: str,
     *,
     data_root: str | None = None,
+    download: bool = False,
     head: str | None = None,
     device: str = "auto",
     batch_size: int = 256,
@@ -34,14 +35,29 @@ def evaluate_ood(
 ) -> dict[str, Any]:
     """The run's scores on ``dataset``'s test images (its first ``limit``), as unseen images
     against the run's known test images; see the module docstring. Returns what
-    ``ood/<dataset>.json`` holds: ``scores`` maps each score the run stored to its metrics
-    (``auroc``, ``fpr_at_95_tpr``, ``unseen_rejected`` at the run's threshold, ...)."""
-    from .data import load_dataset
-    from .predict import load
+    ``ood/<dataset>.json`` holds: ``scores`` maps each score the run stored to its metrics,
+    keyed as in ``metrics.json`` (``auroc``, ``fpr_at_95_tpr``, ``unseen_rejected`` at the
+    run's threshold, ...).
 
+    The dataset is read as a run reads it (a folder's images brought to its most common
+    size, 16-bit files at the run's ``--bit-depth``), then converted to the run's channels
+    and image size as ``unseen predict`` converts images."""
+    from .data import absolute_dataset, load_dataset
+    from .predict import load
+    from .report import read_arrays
+
+    if limit is not None and (isinstance(limit, bool) or int(limit) != limit or limit < 1):
+        raise InputError(f"limit must be a whole number of at least 1, not {limit!r}.")
     p = load(run_dir, head=head, device=device, batch_size=batch_size)
-    data = load_dataset(dataset, data_root)
-    x = data.x_test if limit is None else data.x_test[:limit]
+    stored = read_arrays(p.run_dir / "scores.npz")  # checked: one sentence if damaged
+    if missing := {"is_unseen", "label_known", "predicted"} - set(stored):
+        raise DataError(
+            f"{p.run_dir / 'scores.npz'} has no {', '.join(sorted(missing))}: the run folder "
+            "is damaged or of an incompatible version."
+        )
+    dataset = absolute_dataset(dataset)  # npz:/folder: paths as config.json records them
+    data = load_dataset(dataset, data_root, download, bit_depth=p.bit_depth)
+    x = data.x_test if limit is None else data.x_test[: int(limit)]
     if len(x) == 0:
         raise DataError(f"{dataset} has no test images to score.")
     c, h, w = x.shape[1:]  # a dataset's images share their size and channels
@@ -51,44 +67,66 @@ def evaluate_ood(
     x = p.conform(x)
     other = p.all_scores(x)
     decision = p.decide(x)  # the closest class and its probability do not depend on the score
-    stored = read_npz(p.run_dir / "scores.npz")
     known = ~stored["is_unseen"].astype(bool)
     n_other = len(x)
     labels = np.concatenate([stored["label_known"][known], np.full(n_other, -1)])
     predicted = np.concatenate([stored["predicted"][known], decision.closest])
-    scores, missing = {}, []
+    scores, missing_scores = {}, []
     for name, values in other.items():
         if f"score_{name}" not in stored or f"val_score_{name}" not in stored:
-            missing.append(name)  # a score this version computes and the run did not store
+            missing_scores.append(name)  # a score this version computes, the run did not store
             continue
-        scores[name] = score_metrics(
+        q = p.with_options(score=name)  # the threshold `unseen predict` decides with
+        m = score_metrics(
             np.concatenate([stored[f"score_{name}"][known], values]),
             stored[f"val_score_{name}"],
             predicted,
             labels,
             num_known=len(p.classes),
-            threshold=p.with_options(score=name).threshold,  # as `unseen predict` decides
+            threshold=q.threshold,
         )
-    own = str(read_json(p.run_dir / "config.json").get("dataset", ""))
+        # as metrics.json says it: calibrated on validation images, or the score's own rule
+        m["threshold_from"] = "validation" if q.known_acceptance is not None else "score"
+        scores[name] = m
+    config = read_json(p.run_dir / "config.json")
     return {
         "dataset": dataset,
         "source": data.source,
-        "own_dataset": own,
+        "own_dataset": str(config.get("dataset", "")),
         "run": str(p.run_dir),
         "head": p.head,
+        # which state of the run folder this was computed from (a rerun or rescore changes it)
+        "run_state": run_state(p.run_dir),
         "num_images": n_other,
         "converted": "; ".join(converted) or None,
         "num_known_test": int(known.sum()),
         "predicted_as": predicted_as(decision.closest, p.classes),
         "confidence": confidence_summary(decision.probability),
         "scores": scores,
-        "not_stored": missing,
+        "not_stored": missing_scores,
     }
 
 
-def ood_path(run_dir: str | Path, dataset: str) -> Path:
-    """Where :func:`save_ood` writes ``dataset``'s result: ``RUN/ood/<dataset>.json``."""
-    return Path(run_dir) / "ood" / f"{slug(dataset)}.json"
+def run_state(head_folder: str | Path) -> str | None:
+    """A fingerprint of a finished run folder's results: when it was finished and when its
+    metrics were last written (``--overwrite`` and ``unseen rescore`` change both)."""
+    folder = Path(head_folder)
+    finished, metrics = folder / "run.json", folder / "metrics.json"
+    if not (finished.is_file() and metrics.is_file()):
+        return None
+    return f"{read_json(finished).get('finished_at')} {metrics.stat().st_mtime_ns}"
+
+
+def is_stale(result: dict[str, Any]) -> bool:
+    """Whether the run was finished again (``--overwrite``, ``unseen rescore``) after this
+    result was computed: its figures are then of another network or other thresholds."""
+    return result.get("run_state") != run_state(result["run"])
+
+
+def ood_path(head_folder: str | Path, dataset: str) -> Path:
+    """Where :func:`save_ood` writes ``dataset``'s result: ``ood/<dataset>.json`` in the run's
+    folder (its head's folder in a multi-head run), the name made file-safe."""
+    return Path(head_folder) / "ood" / f"{slug(dataset)}.json"
 
 
 def save_ood(result: dict[str, Any]) -> Path:

@@ -9,19 +9,25 @@ from .predict_cli import _positive_int
 
 
 def cmd_ood(args: argparse.Namespace) -> int:
-    from .farood import evaluate_ood, ood_summary, save_ood
+    from .data import absolute_dataset
+    from .farood import evaluate_ood, ood_path, ood_summary, save_ood
+    from .predict import locate_run
+    from .runfolder import check_writable
 
+    # the result can be saved: checked before the work, not after it
+    check_writable(ood_path(locate_run(args.run_dir, args.head), absolute_dataset(args.dataset)))
     result = evaluate_ood(
         args.run_dir,
         args.dataset,
         data_root=args.data_root,
+        download=args.download,
         head=args.head,
         device=args.device,
         batch_size=args.batch_size,
         limit=args.limit,
     )
-    path = save_ood(result)
     print(ood_summary(result))
+    path = save_ood(result)
     print(f"\nsaved: {path}")
     if (path.parent.parent / "report.html").is_file():
         print(f"`unseen report {args.run_dir}` adds it to the run's report")
@@ -48,7 +54,16 @@ def add_ood_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         "folder:PATH",
     )
     p.add_argument(
-        "--data-root", type=nonempty_path, default=None, metavar="DIR", help="where its files are"
+        "--data-root",
+        type=nonempty_path,
+        default=None,
+        metavar="DIR",
+        help="where its files are, as `unseen run --data-root` (default: the usual places)",
+    )
+    p.add_argument(
+        "--download",
+        action="store_true",
+        help="fetch a built-in dataset that is missing (needs internet), as `unseen run --download`",
     )
     p.add_argument("--head", default=None, help="which head of a multi-head run")
     p.add_argument(

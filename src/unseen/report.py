@@ -41,7 +41,7 @@ from .config import FIELDS, RESULT_NEUTRAL_KEYS, with_field_defaults
 from .console import absorbed_text, counted, counts_text, mean_std_text, valid_unicode
 from .data import absolute_paths
 from .errors import UnseenError
-from .farood import ood_results, ood_sentence
+from .farood import is_stale, ood_results, ood_sentence
 from .metrics import CONFIDENT, mean_std
 from .rare import rare_statistics
 from .runfolder import (
@@ -743,13 +743,18 @@ def _write_report_files(
                      score_table_md(m.get("scores", {})), ""]  # fmt: skip
         for r in ood_results(h.folder):  # `unseen ood`: another dataset's images as unseen
             title = f"Another dataset as unseen: {r['dataset']}"
-            html_parts[-1:-1] = [
-                f"<{level}>{html.escape(title)}</{level}>",
-                f'<p class="note">{html.escape(ood_sentence(r))}</p>',
-                score_table_html(r.get("scores", {})),
-            ]
-            md_parts += [f"{md_level} {md_text(title)}", "", md_text(ood_sentence(r)), "",
-                         score_table_md(r.get("scores", {})), ""]  # fmt: skip
+            if is_stale(r):  # the run was rerun or rescored since: not its figures any more
+                text = (f"Scored before the run was last finished (a rerun or a rescore), so its "
+                        f"figures are left out; `unseen ood {r['run']} --dataset {r['dataset']}` "
+                        "scores it again.")  # fmt: skip
+                parts_html, parts_md = [f'<p class="note">{html.escape(text)}</p>'], [md_text(text)]
+            else:
+                text = ood_sentence(r)
+                parts_html = [f'<p class="note">{html.escape(text)}</p>',
+                              score_table_html(r.get("scores", {}))]  # fmt: skip
+                parts_md = [md_text(text), "", score_table_md(r.get("scores", {}))]
+            html_parts[-1:-1] = [f"<{level}>{html.escape(title)}</{level}>", *parts_html]
+            md_parts += [f"{md_level} {md_text(title)}", "", *parts_md, ""]
         md_parts += [f"{md_level} Figures", ""]
         hist = [p for p in s.plots if p.file.rsplit("/", 1)[-1].startswith("hist_")]
         others = [p for p in s.plots if p not in hist]
