@@ -127,9 +127,11 @@ def test_unseen_ood_prints_saves_and_converts_another_kind_of_image(digits_run, 
     ],
 )
 def test_unseen_ood_refuses_in_one_line(digits_run, args, said, capsys):
+    had_results = (digits_run / "ood").exists()
     assert main(["ood", str(digits_run), *args]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and said in err[0] and "Traceback" not in err[0]
+    assert (digits_run / "ood").exists() == had_results  # no empty ood/ left behind
 
 
 def test_unseen_ood_needs_a_finished_run(tmp_path, capsys):

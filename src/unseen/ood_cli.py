@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 
 from .cli import nonempty_path
 from .predict_cli import _positive_int
@@ -15,17 +16,25 @@ def cmd_ood(args: argparse.Namespace) -> int:
     from .runfolder import check_writable
 
     # the result can be saved: checked before the work, not after it
-    check_writable(ood_path(locate_run(args.run_dir, args.head), absolute_dataset(args.dataset)))
-    result = evaluate_ood(
-        args.run_dir,
-        args.dataset,
-        data_root=args.data_root,
-        download=args.download,
-        head=args.head,
-        device=args.device,
-        batch_size=args.batch_size,
-        limit=args.limit,
-    )
+    path = ood_path(locate_run(args.run_dir, args.head), absolute_dataset(args.dataset))
+    made = not path.parent.exists()
+    check_writable(path)  # creates ood/
+    try:
+        result = evaluate_ood(
+            args.run_dir,
+            args.dataset,
+            data_root=args.data_root,
+            download=args.download,
+            head=args.head,
+            device=args.device,
+            batch_size=args.batch_size,
+            limit=args.limit,
+        )
+    except BaseException:
+        if made:  # no empty ood/ left behind by a dataset that could not be read
+            with contextlib.suppress(OSError):
+                path.parent.rmdir()
+        raise
     print(ood_summary(result))
     path = save_ood(result)
     print(f"\nsaved: {path}")
