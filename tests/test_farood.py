@@ -148,11 +148,22 @@ def test_a_result_of_an_earlier_state_of_the_run_is_flagged_and_overwrite_remove
     shutil.copytree(digits_run, run)
     name = save_npz_dataset(tmp_path / "x.npz", np.full((5, 1, 8, 8), 200, np.uint8))
     assert main(["ood", str(run), "--dataset", name]) == 0
+    # moved elsewhere (and copied without its files' times), the result is still the run's
+    moved = tmp_path / "elsewhere" / "run"
+    shutil.copytree(run, moved, copy_function=shutil.copy)
+    (moved / "ood" / "notes.json").write_text("{}")  # a file of the user's own
+    build_report(moved, tsne=False)
+    md = (moved / "report.md").read_text()
+    assert "5 test images of" in md and "Scored before" not in md
+    assert "Left out of the report: notes.json in ood/" in md
     assert main(["rescore", str(run), "--known-acceptance", "0.8"]) == 0  # new thresholds
     capsys.readouterr()
     build_report(run, tsne=False)
     md = (run / "report.md").read_text()
-    assert "Scored before the run was last finished" in md and "10 test images" not in md
+    assert "Scored before the run was last finished" in md and "5 test images of" not in md
+    assert f"`unseen ood {run} --dataset {name}` scores it again" in md
+    build_report(moved, tsne=False)  # the copy was not rescored: still its figures
+    assert "5 test images of" in (moved / "report.md").read_text()
     assert main(["run", *QUICK_ARGS, "--epochs", "1", "--out", str(run), "--overwrite"]) == 0
     assert not (run / "ood").exists()  # the old network's results go with it
 

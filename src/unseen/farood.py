@@ -93,7 +93,8 @@ def evaluate_ood(
         "dataset": dataset,
         "source": data.source,
         "own_dataset": str(config.get("dataset", "")),
-        "run": str(p.run_dir),
+        "run": str(p.run_dir.resolve()),
+        "limit": limit,
         "head": p.head,
         # which state of the run folder this was computed from (a rerun or rescore changes it)
         "run_state": run_state(p.run_dir),
@@ -108,19 +109,24 @@ def evaluate_ood(
 
 
 def run_state(head_folder: str | Path) -> str | None:
-    """A fingerprint of a finished run folder's results: when it was finished and when its
-    metrics were last written (``--overwrite`` and ``unseen rescore`` change both)."""
+    """A fingerprint of a finished run folder's results: when it was finished, and a hash of
+    its metrics.json (``--overwrite`` and ``unseen rescore`` change them; copying or moving
+    the folder does not)."""
+    import hashlib
+
     folder = Path(head_folder)
     finished, metrics = folder / "run.json", folder / "metrics.json"
     if not (finished.is_file() and metrics.is_file()):
         return None
-    return f"{read_json(finished).get('finished_at')} {metrics.stat().st_mtime_ns}"
+    digest = hashlib.sha256(metrics.read_bytes()).hexdigest()[:16]
+    return f"{read_json(finished).get('finished_at')} {digest}"
 
 
-def is_stale(result: dict[str, Any]) -> bool:
-    """Whether the run was finished again (``--overwrite``, ``unseen rescore``) after this
-    result was computed: its figures are then of another network or other thresholds."""
-    return result.get("run_state") != run_state(result["run"])
+def is_stale(result: dict[str, Any], head_folder: str | Path) -> bool:
+    """Whether the run in ``head_folder`` (where ``result`` was found) was finished again
+    (``--overwrite``, ``unseen rescore``) after ``result`` was computed: its figures are then
+    of another network or other thresholds."""
+    return result.get("run_state") != run_state(head_folder)
 
 
 def ood_path(head_folder: str | Path, dataset: str) -> Path:
@@ -136,9 +142,24 @@ def save_ood(result: dict[str, Any]) -> Path:
     return path
 
 
-def ood_results(head_folder: str | Path) -> list[dict[str, Any]]:
-    """The results :func:`save_ood` saved for a run (or a head's folder), by file name."""
-    return [read_json(f) for f in sorted(Path(head_folder).glob("ood/*.json"))]
+#: what every result of :func:`evaluate_ood` holds (a file without them is not one)
+RESULT_KEYS = ("dataset", "num_images", "num_known_test", "predicted_as", "confidence", "scores")
+
+
+def ood_results(head_folder: str | Path) -> tuple[list[dict[str, Any]], list[str]]:
+    """The results :func:`save_ood` saved for a run (or a head's folder), by file name, and
+    the names of the files in ``ood/`` that are not such results (unreadable, or edited)."""
+    results, others = [], []
+    for f in sorted(Path(head_folder).glob("ood/*.json")):
+        try:
+            r = read_json(f)
+        except Exception:  # not JSON, or not readable: not ours to explain
+            r = None
+        if isinstance(r, dict) and all(k in r for k in RESULT_KEYS):
+            results.append(r)
+        else:
+            others.append(f.name)
+    return results, others
 
 
 def ood_sentence(result: dict[str, Any]) -> str:

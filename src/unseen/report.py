@@ -741,12 +741,14 @@ def _write_report_files(
                      "Higher = more likely a known class; best per column in bold (not the "
                      "rejection rates: a trade-off).", "",
                      score_table_md(m.get("scores", {})), ""]  # fmt: skip
-        for r in ood_results(h.folder):  # `unseen ood`: another dataset's images as unseen
+        results, not_results = ood_results(h.folder)
+        for r in results:  # `unseen ood`: another dataset's images as unseen
             title = f"Another dataset as unseen: {r['dataset']}"
-            if is_stale(r):  # the run was rerun or rescored since: not its figures any more
+            if is_stale(r, h.folder):  # rerun or rescored since: not its figures any more
+                limit = f" --limit {r['limit']}" if r.get("limit") else ""
                 text = (f"Scored before the run was last finished (a rerun or a rescore), so its "
-                        f"figures are left out; `unseen ood {r['run']} --dataset {r['dataset']}` "
-                        "scores it again.")  # fmt: skip
+                        f"figures are left out; `unseen ood {h.folder} --dataset {r['dataset']}"
+                        f"{limit}` scores it again.")  # fmt: skip
                 parts_html, parts_md = [f'<p class="note">{html.escape(text)}</p>'], [md_text(text)]
             else:
                 text = ood_sentence(r)
@@ -755,6 +757,10 @@ def _write_report_files(
                 parts_md = [md_text(text), "", score_table_md(r.get("scores", {}))]
             html_parts[-1:-1] = [f"<{level}>{html.escape(title)}</{level}>", *parts_html]
             md_parts += [f"{md_level} {md_text(title)}", "", *parts_md, ""]
+        if not_results:
+            text = f"Left out of the report: {', '.join(not_results)} in ood/ (not results of unseen ood)."
+            html_parts[-1:-1] = [f'<p class="note">{html.escape(text)}</p>']
+            md_parts += [f"_{md_text(text)}_", ""]
         md_parts += [f"{md_level} Figures", ""]
         hist = [p for p in s.plots if p.file.rsplit("/", 1)[-1].startswith("hist_")]
         others = [p for p in s.plots if p not in hist]
