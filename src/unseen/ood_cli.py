@@ -18,8 +18,8 @@ def cmd_ood(args: argparse.Namespace) -> int:
     # the result can be saved: checked before the work, not after it
     path = ood_path(locate_run(args.run_dir, args.head), absolute_dataset(args.dataset))
     made = not path.parent.exists()
-    check_writable(path)  # creates ood/
     try:
+        check_writable(path)  # creates ood/
         result = evaluate_ood(
             args.run_dir,
             args.dataset,
@@ -31,7 +31,7 @@ def cmd_ood(args: argparse.Namespace) -> int:
             limit=args.limit,
         )
     except BaseException:
-        if made:  # no empty ood/ left behind by a dataset that could not be read
+        if made:  # no empty ood/ left behind by a dataset that could not be read, or a refusal
             with contextlib.suppress(OSError):
                 path.parent.rmdir()
         raise
