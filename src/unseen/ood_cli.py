@@ -6,7 +6,7 @@ import argparse
 import contextlib
 
 from .cli import nonempty_path
-from .predict_cli import _positive_int
+from .predict_cli import _positive_int, add_model_options
 
 
 def cmd_ood(args: argparse.Namespace) -> int:
@@ -78,18 +78,6 @@ def add_ood_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument(
         "--limit", type=_positive_int, default=None, metavar="N", help="its first N test images"
     )
-    p.add_argument(
-        "--device",
-        choices=("auto", "cpu", "cuda"),
-        default="auto",
-        help="where to run the model (default: %(default)s)",
-    )
-    p.add_argument(
-        "--batch-size",
-        type=_positive_int,
-        metavar="N",
-        default=256,
-        help="images per forward pass (default: %(default)s)",
-    )
+    add_model_options(p)
     p.set_defaults(func=cmd_ood)
     return p

@@ -128,6 +128,14 @@ def add_predict_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentPars
         default=None,
         help="write there instead of stdout",
     )
+    add_model_options(p)
+    p.set_defaults(func=cmd_predict)
+    return p
+
+
+def add_model_options(p: argparse.ArgumentParser) -> None:
+    """``--device`` and ``--batch-size``: where a run's restored model runs, and how many
+    images it takes per forward pass (``unseen predict`` and ``unseen ood``)."""
     p.add_argument(
         "--device",
         choices=("auto", "cpu", "cuda"),
@@ -141,5 +149,3 @@ def add_predict_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentPars
         default=256,
         help="images per forward pass (default: %(default)s)",
     )
-    p.set_defaults(func=cmd_predict)
-    return p
