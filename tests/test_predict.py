@@ -772,6 +772,18 @@ def test_output_never_replaces_an_input_a_run_file_or_a_file_that_is_not_text(
         assert cli(capsys, run_dir, image, "--output", tmp_path / "p.jsonl")[0] == 0
 
 
+def test_an_input_no_file_can_have_is_a_row_not_a_crash_of_the_output_check(
+    capsys, run_dir, pngs, tmp_path
+):
+    # a NUL byte (found by the fuzz test): check_output compared it with --output by
+    # resolving it, which raises ValueError; it is an unreadable input like any other
+    out = tmp_path / "p.csv"
+    rc, printed, _ = cli(capsys, run_dir, "\x00", pngs["known"][0], "--output", out)
+    assert rc == 0 and "1 row(s) could not be read" in printed
+    rows = read_csv(out.read_text())
+    assert rows[0]["error"] and rows[1]["error"] == "" and len(rows) == 2
+
+
 def test_output_never_replaces_a_file_of_a_multi_head_run(tmp_path):
     from unseen.experiment import run_experiment
     from unseen.predict import check_output

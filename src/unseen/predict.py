@@ -1008,7 +1008,14 @@ def check_output(output: str, run_dir: str | Path, inputs: Sequence[str]) -> Non
     from .checkpoint import RUN_FILES
 
     target = Path(output).resolve()
-    if any(Path(item).resolve() == target for item in inputs):
+
+    def same(item: str) -> bool:  # an input no file can have (a NUL byte) is not the target
+        try:
+            return Path(item).resolve() == target
+        except (OSError, ValueError):
+            return False
+
+    if any(same(item) for item in inputs):
         raise InputError(f"--output {output} is one of the inputs; give another file name.")
     folder = Path(run_dir).resolve()
     runs = [folder, folder.parent] if is_head_folder(folder) else [folder]
