@@ -64,13 +64,12 @@ def evaluate_ood(
     converted = [f"resized from {h} x {w}"] if (h, w) != tuple(p.image_size) else []
     if c != p.in_channels:
         converted.append("colour to greyscale" if c >= 3 else "greyscale to RGB")
-    x = p.conform(x)
-    other = p.all_scores(x)
-    decision = p.decide(x)  # the closest class and its probability do not depend on the score
+    # one forward pass: every score, and the closest class with its probability
+    other, closest, probability = p.all_scores_and_closest(p.conform(x))
     known = ~stored["is_unseen"].astype(bool)
     n_other = len(x)
     labels = np.concatenate([stored["label_known"][known], np.full(n_other, -1)])
-    predicted = np.concatenate([stored["predicted"][known], decision.closest])
+    predicted = np.concatenate([stored["predicted"][known], closest])
     scores, missing_scores = {}, []
     for name, values in other.items():
         if f"score_{name}" not in stored or f"val_score_{name}" not in stored:
@@ -101,8 +100,8 @@ def evaluate_ood(
         "num_images": n_other,
         "converted": "; ".join(converted) or None,
         "num_known_test": int(known.sum()),
-        "predicted_as": predicted_as(decision.closest, p.classes),
-        "confidence": confidence_summary(decision.probability),
+        "predicted_as": predicted_as(closest, p.classes),
+        "confidence": confidence_summary(probability),
         "scores": scores,
         "not_stored": missing_scores,
     }

@@ -613,6 +613,22 @@ class Predictor:
         x, out = self._forward(images)
         return {n: self._apply(n, x, out) for n in self.detectors}
 
+    def all_scores_and_closest(
+        self, images: Any
+    ) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]:
+        """:meth:`all_scores`, and the closest known class of each image with the head's
+        probability of it (as :meth:`decide` gives them), from one forward pass."""
+        x, out = self._forward(images)
+        return {n: self._apply(n, x, out) for n in self.detectors}, *self._closest(out)
+
+    def _closest(self, out: Outputs) -> tuple[np.ndarray, np.ndarray]:
+        """The closest known class (int64) and the head's probability of it, in float64 as
+        the run's known_confidence (heads.confidence), returned as float32."""
+        from .heads import HEADS
+
+        prob, closest = HEADS[self.head].probabilities(out.logits.double()).max(dim=1)
+        return closest.cpu().numpy().astype(np.int64), prob.float().cpu().numpy()
+
     def scores(self, images: Any) -> np.ndarray:
         """The chosen score (``score_name``) of each image; higher = more likely known."""
         x, out = self._forward(images)
@@ -620,15 +636,11 @@ class Predictor:
 
     def decide(self, images: Any) -> Decision:
         """Labels, closest known classes, probabilities and scores in one forward pass."""
-        from .heads import HEADS
-
         x, out = self._forward(images)
         score = self._apply(self.score_name, x, out)
-        # in float64, as the run's known_confidence (heads.confidence)
-        prob, closest = HEADS[self.head].probabilities(out.logits.double()).max(dim=1)
-        closest_np = closest.cpu().numpy().astype(np.int64)
-        label = np.where(score >= self.threshold, closest_np, UNKNOWN).astype(np.int64)
-        return Decision(label, closest_np, prob.float().cpu().numpy(), score)
+        closest, probability = self._closest(out)
+        label = np.where(score >= self.threshold, closest, UNKNOWN).astype(np.int64)
+        return Decision(label, closest, probability, score)
 
     def predict(self, images: Any) -> np.ndarray:
         """Known class index 0..K-1 per image, or -1 (unknown) below the threshold."""
