@@ -103,14 +103,18 @@ def test_the_run_s_report_shows_each_dataset_scored(digits_run, tmp_path, capsys
     assert f"Another dataset as unseen: {name}" in (run / "report.html").read_text()
 
 
-def test_unseen_ood_prints_saves_and_converts_another_kind_of_image(digits_run, tmp_path, capsys):
+def test_unseen_ood_prints_saves_and_converts_another_kind_of_image(
+    digits_run, tmp_path, capsys, monkeypatch
+):
     run = tmp_path / "run"  # a copy: the shared run folder stays as the run left it
     shutil.copytree(digits_run, run)
     rng = np.random.default_rng(0)
     colour = rng.integers(0, 256, (30, 3, 16, 12), dtype=np.uint8)  # 16 high, 12 wide, RGB
     name = save_npz_dataset(tmp_path / "colour.npz", colour)
-    assert main(["ood", str(run), "--dataset", name, "--limit", "20"]) == 0
+    monkeypatch.chdir(tmp_path)  # the run folder given relative: said back as given
+    assert main(["ood", "run", "--dataset", name, "--limit", "20"]) == 0
     out = capsys.readouterr().out
+    assert f"\nsaved: {ood_path('run', name)}\n" in out
     assert "20 test images from" in out and "resized from 16 x 12; colour to greyscale" in out
     assert "against the run's 486 known test images" in out and "\nscore " in out
     saved = json.loads(ood_path(run, name).read_text())

@@ -36,8 +36,8 @@ def cmd_ood(args: argparse.Namespace) -> int:
                 path.parent.rmdir()
         raise
     print(ood_summary(result))
-    path = save_ood(result)
-    print(f"\nsaved: {path}")
+    save_ood(result)  # to `path`, the same file named from the absolute run folder
+    print(f"\nsaved: {path}")  # as the run folder was given
     if (path.parent.parent / "report.html").is_file():
         print(f"`unseen report {args.run_dir}` adds it to the run's report")
     return 0
