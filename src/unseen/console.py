@@ -139,20 +139,24 @@ def absorbed_text(absorbed: dict | None) -> str:
     return f"{absorbed['class']} ({absorbed['share']:.0%})" if absorbed else "-"
 
 
+def confidence_text(summary: dict) -> str:
+    """``mean 0.840, 0.553 above 0.9`` from :func:`unseen.metrics.confidence_summary`."""
+    from .metrics import CONFIDENT
+
+    mean, above = fmt(summary["mean_msp"]), fmt(summary["frac_msp_above_0_9"])
+    return f"mean {mean}, {above} above {CONFIDENT}"
+
+
 def run_summary(metrics: dict, with_scores: bool = True) -> str:
     """What a finished run prints: the figures a naive evaluation hides, then one row per score
     (left out with ``with_scores=False``, when several heads share one table)."""
-    from .metrics import CONFIDENT
-
     uc, kc = metrics["unseen_confidence"], metrics["known_confidence"]
     absorbed = counts_text(metrics["unseen_predicted_as"])
     lines = [
         f"closed-set accuracy {fmt(metrics['closed_set_accuracy'])} (known classes) | "
         f"all-test accuracy {fmt(metrics['all_test_accuracy'])} (what a naive evaluation reports)",
         f"{metrics.get('confidence_from', 'max softmax probability')} on known images: "
-        f"mean {fmt(kc['mean_msp'])}, {fmt(kc['frac_msp_above_0_9'])} above {CONFIDENT} | "
-        f"on unseen images: mean {fmt(uc['mean_msp'])}, {fmt(uc['frac_msp_above_0_9'])} above "
-        f"{CONFIDENT}",
+        f"{confidence_text(kc)} | on unseen images: {confidence_text(uc)}",
         f"unseen images were labelled as: {absorbed}",
         f"training: {fmt(metrics['train_seconds'], 1)} s, {fmt(metrics['train_images_per_second'], 0)} images/s on {metrics['device']}",
     ]

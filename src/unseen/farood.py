@@ -163,32 +163,29 @@ def ood_results(head_folder: str | Path) -> tuple[list[dict[str, Any]], list[str
 
 def ood_sentence(result: dict[str, Any]) -> str:
     """One sentence on what was scored and where the images went (the report's caption)."""
-    from .console import counted, counts_text
+    from .console import confidence_text, counted, counts_text
 
     converted = f" ({result['converted']})" if result.get("converted") else ""
-    conf = result["confidence"]
     return (
         f"{counted(result['num_images'], 'test image')} of {result['dataset']}{converted}, "
         f"scored as unseen against the run's {counted(result['num_known_test'], 'known test image')}"
         f", were labelled as {counts_text(result['predicted_as'])}; the head's probability of "
-        f"its class: mean {conf['mean_msp']:.3f}, {conf['frac_msp_above_0_9']:.3f} above 0.9."
+        f"its class: {confidence_text(result['confidence'])}."
     )
 
 
 def ood_summary(result: dict[str, Any]) -> str:
     """The console's account of :func:`evaluate_ood`'s result: what was scored, where the
     images went, how confident the network was, and one row per score (best AUROC first)."""
-    from .console import counted, counts_text, printable_names, score_table
+    from .console import confidence_text, counted, counts_text, printable_names, score_table
 
     converted = f", {result['converted']}" if result["converted"] else ""
-    conf = result["confidence"]
     lines = [
         f"{result['dataset']}: {counted(result['num_images'], 'test image')} from "
         f"{result['source']}{converted}, scored as unseen against the run's "
         f"{counted(result['num_known_test'], 'known test image')}",
         f"labelled as: {counts_text(result['predicted_as'])}",
-        f"confidence (the head's probability of its class): mean {conf['mean_msp']:.3f}, "
-        f"{conf['frac_msp_above_0_9']:.3f} above 0.9",
+        f"confidence (the head's probability of its class): {confidence_text(result['confidence'])}",
     ]
     if result["own_dataset"] and result["own_dataset"] == result["dataset"]:
         lines.append(
