@@ -43,7 +43,7 @@ def evaluate_ood(
     size, 16-bit files at the run's ``--bit-depth``), then converted to the run's channels
     and image size as ``unseen predict`` converts images."""
     from .data import absolute_dataset, load_dataset
-    from .predict import load
+    from .predict import conversions, load
     from .report import read_arrays
 
     if limit is not None and (isinstance(limit, bool) or int(limit) != limit or limit < 1):
@@ -60,10 +60,7 @@ def evaluate_ood(
     x = data.x_test if limit is None else data.x_test[: int(limit)]
     if len(x) == 0:
         raise DataError(f"{dataset} has no test images to score.")
-    c, h, w = x.shape[1:]  # a dataset's images share their size and channels
-    converted = [f"resized from {h} x {w}"] if (h, w) != tuple(p.image_size) else []
-    if c != p.in_channels:
-        converted.append("colour to greyscale" if c >= 3 else "greyscale to RGB")
+    converted = conversions(None, x, p)  # a dataset's images share their size and channels
     # one forward pass: every score, and the closest class with its probability
     other, closest, probability = p.all_scores_and_closest(p.conform(x))
     known = ~stored["is_unseen"].astype(bool)
@@ -98,7 +95,7 @@ def evaluate_ood(
         # which state of the run folder this was computed from (a rerun or rescore changes it)
         "run_state": run_state(p.run_dir),
         "num_images": n_other,
-        "converted": "; ".join(converted) or None,
+        "converted": "; ".join(converted.values()) or None,
         "num_known_test": int(known.sum()),
         "predicted_as": predicted_as(closest, p.classes),
         "confidence": confidence_summary(probability),

@@ -1121,10 +1121,11 @@ def run_predict(
 
 
 def conversions(image: Any, read: torch.Tensor, predictor: Predictor) -> dict[str, str]:
-    """What :meth:`Predictor.conform` does to one image, ``read`` as uint8 1 x C x H x W
-    from ``image`` (a PIL image, an array...), to make it like the run's images, by kind:
-    ``resized`` (from its own height x width), ``alpha`` (dropped), ``channels`` (colour to
-    greyscale, unless its three channels are equal and nothing changes; greyscale to RGB) and
+    """What :meth:`Predictor.conform` does to ``read``, uint8 N x C x H x W read from
+    ``image`` (one image from a PIL image, an array...; or a dataset's images, all of one
+    size, with ``image`` None), to make it like the run's images, by kind: ``resized`` (from
+    its own height x width), ``alpha`` (dropped), ``channels`` (colour to greyscale, unless
+    the three channels are equal everywhere and nothing changes; greyscale to RGB) and
     ``clipped`` (a PIL image's values above the run's ``--bit-depth``). Empty when its pixels
     are used as they are."""
     c, h, w = read.shape[-3:]
@@ -1134,8 +1135,8 @@ def conversions(image: Any, read: torch.Tensor, predictor: Predictor) -> dict[st
     if c in (2, 4):
         done["alpha"] = "alpha dropped"
     if c >= 3 and predictor.in_channels == 1:
-        rgb = read[0, :3]
-        if not (torch.equal(rgb[0], rgb[1]) and torch.equal(rgb[1], rgb[2])):
+        r, g, b = read[:, 0], read[:, 1], read[:, 2]
+        if not (torch.equal(r, g) and torch.equal(g, b)):
             done["channels"] = "colour to greyscale"
     elif c <= 2 and predictor.in_channels == 3:
         done["channels"] = "greyscale to RGB"
