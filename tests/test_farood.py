@@ -160,7 +160,9 @@ def test_a_result_of_an_earlier_state_of_the_run_is_flagged_and_overwrite_remove
     md = (moved / "report.md").read_text()
     assert "5 test images of" in md and "Scored before" not in md
     assert "Left out of the report: notes.json in ood/" in md
-    assert main(["rescore", str(run), "--known-acceptance", "0.8"]) == 0  # new thresholds
+    # new thresholds, and the dataset gone, so that the rescore cannot score it again
+    (tmp_path / "x.npz").unlink()
+    assert main(["rescore", str(run), "--known-acceptance", "0.8"]) == 0
     capsys.readouterr()
     build_report(run, tsne=False)
     md = (run / "report.md").read_text()

@@ -22,6 +22,7 @@ from unseen.cli import main
 from unseen.config import FIELDS, RunConfig, resolve_config
 from unseen.data import load_dataset
 from unseen.errors import ConfigError
+from unseen.experiment import RunResult
 from unseen.rare import rare_keep_count, rare_metrics, resolve_rare
 from unseen.runfolder import is_finished, mark_finished, write_json
 from unseen.splits import make_split, split_data
@@ -291,6 +292,7 @@ def fake_runs(monkeypatch):
         calls.append(cfg)
         write_json(Path(cfg.out) / "metrics.json", _fake_metrics(cfg))
         mark_finished(cfg.out, heads=list(cfg.head))
+        return RunResult(Path(cfg.out), cfg, {})
 
     monkeypatch.setattr("unseen.experiment.run_experiment", fake_run_experiment)
     return calls
@@ -334,6 +336,7 @@ def test_interrupted_sweep_continues_where_it_stopped(tmp_path, monkeypatch):
         done.append(cfg.out)
         write_json(Path(cfg.out) / "metrics.json", _fake_metrics(cfg))
         mark_finished(cfg.out)
+        return RunResult(Path(cfg.out), cfg, {})
 
     monkeypatch.setattr("unseen.experiment.run_experiment", flaky)
     opts = SweepOptions("random:8", splits=4)
@@ -352,6 +355,7 @@ def test_interrupted_sweep_continues_where_it_stopped(tmp_path, monkeypatch):
         again.append(cfg.out)
         write_json(Path(cfg.out) / "metrics.json", _fake_metrics(cfg))
         mark_finished(cfg.out)
+        return RunResult(Path(cfg.out), cfg, {})
 
     monkeypatch.setattr("unseen.experiment.run_experiment", record)
     sweep.run_sweep(TINY, opts, tmp_path, report=False, log=None)
@@ -385,6 +389,7 @@ def test_a_failed_run_is_reported_and_the_others_still_run(tmp_path, monkeypatch
             raise ConfigError("boom")
         write_json(Path(cfg.out) / "metrics.json", _fake_metrics(cfg))
         mark_finished(cfg.out)
+        return RunResult(Path(cfg.out), cfg, {})
 
     monkeypatch.setattr("unseen.experiment.run_experiment", sometimes)
     result = sweep.run_sweep(

@@ -199,9 +199,29 @@ def print_result(result: RunResult, timing: bool = True) -> None:
         print(run_summary(m, with_scores=len(heads) == 1))
     if len(heads) > 1:  # one table, heads side by side
         print("\n" + heads_summary(heads))
+    print_ood(result)
     if timing and result.seconds:
         print("\n" + timing_line(result.seconds))
     print(f"\nrun folder: {result.run_dir}")
+
+
+def print_ood(result: RunResult) -> None:
+    """``--ood``: what ``unseen ood`` prints, for each dataset (and head), or why it could
+    not be scored."""
+    from .farood import head_folders, is_current, ood_path, ood_summary
+    from .runfolder import read_json
+
+    cfg = result.config
+    for head, folder in head_folders(result.run_dir, cfg.head).items() if cfg.ood else ():
+        where = f" (head {head})" if len(cfg.head) > 1 else ""
+        for dataset in cfg.ood:
+            print(f"\n== far-OOD{where} ", end="")
+            if error := result.ood_errors.get((head, dataset)):
+                print(f"{dataset}: not scored: {error}")
+            elif is_current(folder, dataset, cfg.test_subset):
+                print(ood_summary(read_json(ood_path(folder, dataset))))
+            else:  # not scored, and no reason kept (a Python caller's result, say)
+                print(f"{dataset}: not scored; `unseen ood {folder} --dataset {dataset}` scores it")
 
 
 def cmd_rescore(args: argparse.Namespace) -> int:

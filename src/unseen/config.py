@@ -76,6 +76,14 @@ def parse_classes(text: str) -> tuple[str, ...] | None:
     return classes
 
 
+def parse_datasets(text: str) -> tuple[str, ...]:
+    """``--ood``: dataset names, comma-separated (a path that holds a comma in double quotes,
+    as :func:`split_csv` reads it); ``none`` (or nothing) for none."""
+    if text.strip().lower() in {"", "none"}:
+        return ()
+    return tuple(split_csv(text))
+
+
 def parse_optional_str(text: str) -> str | None:
     """A path or name, or ``none``/``null`` for the default. An empty string is
     refused: it is what an unset shell variable gives (``--out "$DIR"``), and reading it as
@@ -410,6 +418,17 @@ class RunConfig:
         parse=float,
         check=_fraction_open_closed,
         metavar="F",
+        group="evaluation",
+    )
+    ood: tuple[str, ...] = opt(
+        (),
+        "other datasets whose test images are scored as unseen once the run is trained "
+        "(far-OOD, as `unseen ood` scores them; saved in RUN/ood/), comma-separated: built-in "
+        "names, npz:PATH or folder:PATH, looked for under --data-root; --test-subset takes "
+        "their first N images",
+        parse=parse_datasets,
+        accepts="dataset names, comma-separated (or 'none')",
+        metavar="NAMES",
         group="evaluation",
     )
 
@@ -810,7 +829,7 @@ FIELDS: dict[str, dataclasses.Field] = {f.name: f for f in fields(RunConfig)}
 #: ``--resume`` accepts a difference in them, and comparisons group runs across them
 RESULT_NEUTRAL_KEYS = (
     "out", "report", "resume", "overwrite", "data_root", "download", "cuda_graphs",
-    "cudnn_benchmark", "checkpoint_every",
+    "cudnn_benchmark", "checkpoint_every", "ood",
 )  # fmt: skip
 
 
@@ -843,7 +862,8 @@ def parse_value(name: str, raw: Any, *, source: str = "flag") -> Any:
         text = "true" if raw else "false"
     elif isinstance(raw, (list, tuple)):
         # a class name holding a comma is quoted, as --holdout takes it
-        item = _csv_item if f.metadata["parse"] in (parse_classes, _parse_rare) else str
+        quoted = (parse_classes, _parse_rare, parse_datasets)
+        item = _csv_item if f.metadata["parse"] in quoted else str
         text = ",".join(item(str(x)) for x in raw)
     elif isinstance(raw, (str, int, float)):
         text = str(raw)
@@ -986,6 +1006,7 @@ def validate(cfg: RunConfig) -> None:
         raise ConfigError("give --holdout or --known, not both.")
     _check_run_folder_options(cfg)
     check_dataset_name(cfg.dataset)
+    _check_ood(cfg)
     check_model(cfg.model)
     if not cfg.head:
         raise ConfigError(f"--head needs at least one head; choose from: {', '.join(HEADS)}.")
@@ -1021,6 +1042,25 @@ def scores_without_their_head(cfg: RunConfig) -> list[str]:
 
     ovr_only = [n for n in cfg.scores if n in SCORES and SCORES[n].one_vs_rest_only]
     return [] if any(HEADS[h].one_vs_rest for h in cfg.head) else ovr_only
+
+
+def _check_ood(cfg: RunConfig) -> None:
+    """``--ood`` names known data sources, each once, none of them the run's own dataset
+    (whose held-out classes are the run's unseen images already)."""
+    from .data import absolute_dataset, check_dataset_name
+
+    seen: set[str] = set()
+    for name in cfg.ood:
+        check_dataset_name(name, "--ood")
+        where = absolute_dataset(name)
+        if where == absolute_dataset(cfg.dataset):
+            raise ConfigError(
+                f"--ood {name} is the run's own dataset: its held-out classes are the run's "
+                "unseen images already; give another dataset."
+            )
+        if where in seen:
+            raise ConfigError(f"--ood lists {name} twice.")
+        seen.add(where)
 
 
 def _check_run_folder_options(cfg: RunConfig) -> None:

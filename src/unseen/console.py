@@ -118,8 +118,8 @@ def score_table(scores: dict[str, dict], sort_by: str | None = None) -> str:
 def timing_line(seconds: dict[str, float]) -> str:
     """One line from :func:`unseen.experiment.wall_clock`'s breakdown."""
     names = {"prepare": "data and setup", "train": "training", "validation": "per-epoch validation",
-             "checkpoint": "checkpoints", "eval": "evaluation and scores", "report": "report",
-             "other": "other"}  # fmt: skip
+             "checkpoint": "checkpoints", "eval": "evaluation and scores", "ood": "far-OOD",
+             "report": "report", "other": "other"}  # fmt: skip
     parts = ", ".join(f"{label} {seconds[k]:.1f}" for k, label in names.items() if k in seconds)
     before = seconds.get("trained_before_resume")
     resumed = f"; and {before:.1f} s of training before the interruption" if before else ""

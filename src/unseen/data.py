@@ -826,13 +826,13 @@ PATH_SOURCES = {
 }
 
 
-def get_source(name: str) -> Source:
+def get_source(name: str, flag: str = "--dataset") -> Source:
     """Look up a data source by name, including ``folder:PATH`` and ``npz:PATH`` (``~`` is
-    expanded in PATH)."""
+    expanded in PATH). ``flag`` is the option an error names."""
     prefix, sep, path = name.partition(":")
     if sep and prefix in PATH_SOURCES:
         if not path:
-            raise ConfigError(f"--dataset {name!r} needs a path after '{prefix}:'.")
+            raise ConfigError(f"{flag} {name!r} needs a path after '{prefix}:'.")
         description, factory = PATH_SOURCES[prefix]
         return Source(name, description, *factory(os.path.expanduser(path)))
     if name in SOURCES:
@@ -841,8 +841,8 @@ def get_source(name: str) -> Source:
     there = Path(os.path.expanduser(name))
     if there.is_dir() or (there.is_file() and there.suffix.lower() == ".npz"):
         kind = "folder" if there.is_dir() else "npz"
-        raise ConfigError(f"--dataset {name!r} is a path: give it as --dataset {kind}:{name}.")
-    raise ConfigError(f"--dataset {name!r} is not known; choose one of: {', '.join(valid)}.")
+        raise ConfigError(f"{flag} {name!r} is a path: give it as {flag} {kind}:{name}.")
+    raise ConfigError(f"{flag} {name!r} is not known; choose one of: {', '.join(valid)}.")
 
 
 def _absolute(path: str) -> str:
@@ -874,8 +874,8 @@ def absolute_paths(config: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-def check_dataset_name(name: str) -> None:
-    get_source(name)
+def check_dataset_name(name: str, flag: str = "--dataset") -> None:
+    get_source(name, flag)
 
 
 def load_dataset(

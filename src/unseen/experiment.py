@@ -41,6 +41,7 @@ from .data import ImageData, absolute_paths, load_dataset
 from .detectors import check_vim_dim
 from .errors import ConfigError
 from .evaluate import check_finite, forward_pass
+from .farood import locate_ood, missing_ood, score_run_ood
 from .hardware import (
     configure_threads,
     describe_device,
@@ -113,6 +114,8 @@ class RunResult:
     metrics: dict
     #: wall-clock seconds by stage (see :func:`wall_clock`); empty for a run found finished
     seconds: dict[str, float] = field(default_factory=dict)
+    #: why a (head, dataset) pair of ``--ood`` could not be scored (the run is finished)
+    ood_errors: dict[tuple[str, str], str] = field(default_factory=dict)
 
 
 @dataclass
@@ -168,9 +171,10 @@ def prepare(cfg: RunConfig, precision: str | None = None) -> Prepared:
     validate(cfg)
     # config.json records absolute paths, so that --resume works from any working directory
     paths = absolute_paths(cfg.to_dict())
-    cfg = cfg.replace(**{k: paths[k] for k in ("dataset", "data_root", "pretrained")})
+    cfg = cfg.replace(**{k: paths[k] for k in ("dataset", "data_root", "pretrained", "ood")})
     # pretrained weights first: a missing file fails in a second, before any data is read
     pretrained = resolve_pretrained(cfg.pretrained, cfg.download) if cfg.pretrained else None
+    locate_ood(cfg.ood, cfg.data_root, cfg.download)  # --ood files: now, not after training
     configure_threads()
     device = resolve_device(cfg.device)
     precision = resolve_precision(cfg.precision if precision is None else precision, device)
@@ -738,8 +742,21 @@ def _run_experiment(cfg: RunConfig, progress: bool, log: Callable[[str], None] |
     if saved is not None:  # run_dir is --out here
         check_same_config(saved, record, run_dir)
     if folder == "finished":
-        say(f"{run_dir} holds a finished run with these options; nothing to resume.")
-        return RunResult(run_dir, cfg, read_json(run_dir / "metrics.json"))
+        todo = missing_ood(run_dir, cfg.head, cfg.ood, cfg.test_subset)
+        say(
+            f"{run_dir} holds a finished run with these options; "
+            + (
+                f"scoring --ood {', '.join(dict.fromkeys(d for _, d in todo))}"
+                if todo
+                else "nothing to resume."
+            )
+        )
+        errors: dict[tuple[str, str], str] = {}
+        if todo:
+            errors = run_ood(cfg, run_dir, say)
+            if cfg.report:
+                write_run_report(run_dir, say)
+        return RunResult(run_dir, cfg, read_json(run_dir / "metrics.json"), ood_errors=errors)
     if cfg.overwrite and cfg.out:
         clear_run_state(run_dir)
     shape = " x ".join(map(str, sd.x_test.shape[1:]))  # as read: an npz's layout, a folder's size
@@ -868,16 +885,58 @@ def _run_experiment(cfg: RunConfig, progress: bool, log: Callable[[str], None] |
     metrics = per_head[cfg.head[0]] if len(cfg.head) == 1 else {"heads": per_head}
     if len(cfg.head) > 1:
         write_json(run_dir / "metrics.json", metrics)
+    for checkpoint in checkpoints:  # kept until the run is finished; model.pt has the weights
+        checkpoint.remove()
+    # finished: --ood and the report read the run from its folder, as `unseen ood` and
+    # `unseen report` do, and a failure of either costs only itself
+    timings = wall_clock(per_head, prepare_seconds, 0.0, started, earlier)
+    finished = mark_finished(run_dir, heads=list(cfg.head), seconds=timings)
+    ood_start = time.perf_counter()
+    errors = run_ood(cfg, run_dir, say) if cfg.ood else {}
     report_start = time.perf_counter()
     if cfg.report:
         write_run_report(run_dir, say)
-    for checkpoint in checkpoints:  # kept until the run is finished; model.pt has the weights
-        checkpoint.remove()
     timings = wall_clock(
-        per_head, prepare_seconds, time.perf_counter() - report_start, started, earlier
+        per_head,
+        prepare_seconds,
+        time.perf_counter() - report_start,
+        started,
+        earlier,
+        ood=report_start - ood_start if cfg.ood else None,
     )
-    mark_finished(run_dir, heads=list(cfg.head), seconds=timings)
-    return RunResult(run_dir, cfg, metrics, timings)
+    # the same finish, with the time of all stages (its time stamp kept: the far-OOD results
+    # name it as the state of the run they were computed from)
+    mark_finished(
+        run_dir,
+        heads=list(cfg.head),
+        seconds=timings,
+        finished_at=read_json(finished)["finished_at"],
+    )
+    return RunResult(run_dir, cfg, metrics, timings, errors)
+
+
+def run_ood(
+    cfg: RunConfig, run_dir: Path, say: Callable[[str], None]
+) -> dict[tuple[str, str], str]:
+    """``--ood``: score the other datasets with the finished run in ``run_dir``, each head
+    (:func:`unseen.farood.score_run_ood`), where no current result is there."""
+    todo = missing_ood(run_dir, cfg.head, cfg.ood, cfg.test_subset)
+    if not todo:
+        return {}
+    start = time.perf_counter()
+    errors = score_run_ood(
+        run_dir,
+        cfg.head,
+        cfg.ood,
+        data_root=cfg.data_root,
+        download=cfg.download,
+        device=cfg.device,
+        limit=cfg.test_subset,
+        log=say,
+    )
+    if done := list(dict.fromkeys(d for pair in todo if pair not in errors for d in pair[1:])):
+        say(f"far-OOD: {', '.join(done)} scored ({time.perf_counter() - start:.1f} s)")
+    return errors
 
 
 def wall_clock(
@@ -886,6 +945,7 @@ def wall_clock(
     report: float,
     started: float,
     earlier: Sequence[str] = (),
+    ood: float | None = None,
 ) -> dict[str, float]:
     """Where a run's wall-clock time went (seconds), summed over heads; saved in run.json.
 
@@ -894,7 +954,8 @@ def wall_clock(
     The stages are this process's, so they add up to ``total``; after ``--resume``, the
     training an earlier process did (part of a head's, or all of the ``earlier`` heads it
     finished) is ``trained_before_resume``, outside ``total``. metrics.json's
-    ``train_seconds`` (for ``train_images_per_second``) covers the whole training."""
+    ``train_seconds`` (for ``train_images_per_second``) covers the whole training. ``ood``
+    (scoring the ``--ood`` datasets) is there when the run had some."""
 
     def summed(key: str) -> float:
         return sum(float(m.get(key) or 0.0) for h, m in per_head.items() if h not in earlier)
@@ -907,6 +968,7 @@ def wall_clock(
         "prepare": prepare,
         "train": summed("train_seconds") - summed("resumed_train_seconds"),
         **{key: summed(f"{key}_seconds") for key in ("validation", "checkpoint", "eval")},
+        **({"ood": ood} if ood is not None else {}),  # with --ood
         "report": report,
     }
     out = {**parts, "other": max(total - sum(parts.values()), 0.0), "total": total}

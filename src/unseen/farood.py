@@ -7,19 +7,25 @@ run's network and fitted scores, as ``unseen predict`` would (converted to the r
 and image size), and sets them against the run's own known test images, whose scores the run
 stored in ``scores.npz``: the same metrics as the run's own table, at the same thresholds,
 and where the other images went. ``unseen ood RUN --dataset NAME`` prints it and saves it as
-``RUN/ood/<dataset>.json``.
+``RUN/ood/<dataset>.json``; ``unseen run --ood NAMES`` scores each of them once the run is
+trained (:func:`score_run_ood`), and ``unseen sweep --ood NAMES`` does so for every run and
+averages the results per variant.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .errors import DataError, InputError
+from .errors import DataError, InputError, UnseenError
 from .metrics import confidence_summary, predicted_as, score_metrics
 from .runfolder import read_json, slug, write_json
+
+if TYPE_CHECKING:
+    from .data import ImageData
 
 
 def evaluate_ood(
@@ -32,6 +38,7 @@ def evaluate_ood(
     device: str = "auto",
     batch_size: int = 256,
     limit: int | None = None,
+    data: ImageData | None = None,
 ) -> dict[str, Any]:
     """The run's scores on ``dataset``'s test images (its first ``limit``), as unseen images
     against the run's known test images; see the module docstring. Returns what
@@ -41,7 +48,8 @@ def evaluate_ood(
 
     The dataset is read as a run reads it (a folder's images brought to its most common
     size, 16-bit files at the run's ``--bit-depth``), then converted to the run's channels
-    and image size as ``unseen predict`` converts images."""
+    and image size as ``unseen predict`` converts images. ``data`` is the dataset as
+    :func:`unseen.data.load_dataset` read it already (for several heads of one run)."""
     from .data import absolute_dataset, load_dataset
     from .predict import conversions, load
     from .report import read_arrays
@@ -56,7 +64,8 @@ def evaluate_ood(
             "is damaged or of an incompatible version."
         )
     dataset = absolute_dataset(dataset)  # npz:/folder: paths as config.json records them
-    data = load_dataset(dataset, data_root, download, bit_depth=p.bit_depth)
+    if data is None:
+        data = load_dataset(dataset, data_root, download, bit_depth=p.bit_depth)
     x = data.x_test if limit is None else data.x_test[: int(limit)]
     if len(x) == 0:
         raise DataError(f"{dataset} has no test images to score.")
@@ -140,6 +149,111 @@ def save_ood(result: dict[str, Any]) -> Path:
 
 #: what every result of :func:`evaluate_ood` holds (a file without them is not one)
 RESULT_KEYS = ("dataset", "num_images", "num_known_test", "predicted_as", "confidence", "scores")
+
+
+def is_current(head_folder: str | Path, dataset: str, limit: int | None = None) -> bool:
+    """Whether ``head_folder`` holds a result of ``dataset`` (its first ``limit`` test images)
+    computed from the run as it stands (not stale)."""
+    try:
+        r = read_json(ood_path(head_folder, dataset))
+    except UnseenError:  # none, or not readable: to compute
+        return False
+    return (
+        isinstance(r, dict)
+        and all(k in r for k in RESULT_KEYS)
+        and r.get("limit") == limit
+        and not is_stale(r, head_folder)
+    )
+
+
+def head_folders(run_dir: str | Path, heads: Sequence[str]) -> dict[str, Path]:
+    """Each head's folder of a run with ``heads``: the run folder itself for one head."""
+    run_dir = Path(run_dir)
+    return {h: run_dir if len(heads) == 1 else run_dir / h for h in heads}
+
+
+def missing_ood(
+    run_dir: str | Path, heads: Sequence[str], datasets: Sequence[str], limit: int | None = None
+) -> list[tuple[str, str]]:
+    """The (head, dataset) pairs of a finished run that have no current result."""
+    from .data import absolute_dataset
+
+    return [
+        (head, dataset)
+        for head, folder in head_folders(run_dir, heads).items()
+        for dataset in datasets
+        if not is_current(folder, absolute_dataset(dataset), limit)
+    ]
+
+
+def locate_ood(datasets: Sequence[str], data_root: str | None, download: bool = False) -> None:
+    """Fail now, in one sentence naming ``--ood``, for a dataset whose files are not there
+    (unless ``download`` may fetch it), rather than once the run is trained."""
+    from .data import get_source
+
+    for name in datasets:
+        if download and ":" not in name:
+            continue
+        try:
+            get_source(name, "--ood").locate(data_root)
+        except DataError as exc:
+            raise DataError(f"--ood {name}: {exc}") from None
+
+
+def score_run_ood(
+    run_dir: str | Path,
+    heads: Sequence[str],
+    datasets: Sequence[str],
+    *,
+    data_root: str | None = None,
+    download: bool = False,
+    device: str = "auto",
+    limit: int | None = None,
+    log: Callable[[str], None] | None = None,
+) -> dict[tuple[str, str], str]:
+    """Score ``datasets`` with every head of the finished run in ``run_dir`` (trained with
+    ``heads``) where it has no current result (:func:`missing_ood`), and save each result as
+    ``unseen ood`` does. Returns why a (head, dataset) pair could not be scored (a dataset's
+    files unreadable, say): the run stays finished, and ``unseen ood`` can try again."""
+    from .data import load_dataset
+    from .runfolder import read_config_json
+
+    say = log or (lambda _msg: None)
+    todo = missing_ood(run_dir, heads, datasets, limit)
+    if not todo:
+        return {}
+    bit_depth = int(read_config_json(Path(run_dir) / "config.json").get("bit_depth", 16))
+    loaded: dict[str, ImageData | UnseenError] = {}
+    failed: dict[tuple[str, str], str] = {}
+    for head, dataset in todo:
+        if dataset not in loaded:
+            try:
+                loaded[dataset] = load_dataset(dataset, data_root, download, bit_depth=bit_depth)
+            except UnseenError as exc:
+                loaded[dataset] = exc
+        data = loaded[dataset]
+        try:
+            if isinstance(data, UnseenError):
+                raise data
+            result = evaluate_ood(
+                run_dir,
+                dataset,
+                head=head if len(heads) > 1 else None,
+                device=device,
+                batch_size=1024,
+                limit=limit,
+                data=data,
+            )
+        except UnseenError as exc:
+            failed[(head, dataset)] = str(exc)
+            where = f"head {head}: " if len(heads) > 1 else ""
+            say(
+                f"{where}far-OOD {dataset}: not scored ({exc}); `unseen ood {run_dir} --dataset "
+                f"{dataset}` tries again"
+            )
+            continue
+        save_ood(result)
+    return failed
 
 
 def ood_results(head_folder: str | Path) -> tuple[list[dict[str, Any]], list[str]]:

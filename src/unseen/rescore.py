@@ -38,6 +38,7 @@ from .experiment import (
     write_run_files,
     write_run_report,
 )
+from .farood import evaluate_ood, is_stale, ood_results, save_ood
 from .hardware import describe_device
 from .predict import is_head_folder, load_checkpoint, rebuild_model
 from .report import head_folder
@@ -140,6 +141,7 @@ def _rescore_run(
                 data_root=data_root or cfg.data_root,
                 out=str(run_dir),
                 report=report,
+                ood=(),  # the far-OOD results there are refreshed below, where found
             )
         )
     except DataError as exc:
@@ -190,6 +192,11 @@ def _rescore_run(
             f"note: --scores {','.join(cfg.scores)} now also computes {', '.join(added)}, "
             "which the run's version did not have"
         )
+    # far-OOD results of the run as it stood: scored again below, as they go stale now
+    far = {
+        h: [(r["dataset"], r.get("limit")) for r in ood_results(f)[0] if not is_stale(r, f)]
+        for h, f in folders.items()
+    }
     for head, (scored, payload) in results.items():
         write_run_files(folders[head], p, scored, payload)
         if len(heads) > 1:
@@ -200,9 +207,47 @@ def _rescore_run(
     if len(heads) > 1:
         write_json(run_dir / "metrics.json", metrics)
     write_json(run_dir / "config.json", {**saved, **new_options})
+    errors = refresh_ood(run_dir, far, p.config.data_root, device, say)
     if report:
         write_run_report(run_dir, say)
-    return RunResult(run_dir, cfg, metrics, {"total": time.perf_counter() - started})
+    seconds = {"total": time.perf_counter() - started}
+    return RunResult(run_dir, cfg, metrics, seconds, errors)
+
+
+def refresh_ood(
+    run_dir: Path,
+    far: dict[str, list[tuple[str, int | None]]],
+    data_root: str | None,
+    device: str,
+    say: Callable[[str], None],
+) -> dict[tuple[str, str], str]:
+    """Score again, with the rescored run, the far-OOD results (dataset, image limit) each
+    head had (``far``); one that cannot be (its data gone) stays, marked out of date, and
+    is said and returned."""
+    errors = {}
+    for head, results in far.items():
+        for dataset, limit in results:
+            try:
+                result = evaluate_ood(
+                    run_dir,
+                    dataset,
+                    data_root=data_root,
+                    head=head if len(far) > 1 else None,
+                    device=device,
+                    batch_size=1024,
+                    limit=limit,
+                )
+            except UnseenError as exc:
+                errors[(head, dataset)] = str(exc)
+                where = f"head {head}: " if len(far) > 1 else ""
+                say(
+                    f"note: {where}far-OOD {dataset} not scored again, so out of date ({exc}); "
+                    f"`unseen ood {run_dir} --dataset {dataset}` scores it"
+                )
+                continue
+            save_ood(result)
+            say(f"far-OOD {dataset} scored again" + (f" (head {head})" if len(far) > 1 else ""))
+    return errors
 
 
 def moved_hint(source: str, root: str | None, dataset: str | None, data_root: str | None) -> str:

@@ -2,8 +2,9 @@
 
 Layout (see the README's "What a run writes"): ``config.json``, ``metrics.json``,
 ``history.csv``, ``scores.npz``, ``model.pt``, ``detectors.pt``, ``checkpoint.pt`` while
-the run trains, ``report.html``/``report.md``/``plots/``, one subfolder per head when there
-are several (each a complete one-head run), and last ``run.json``, the finished marker.
+the run trains, one subfolder per head when there are several (each a complete one-head
+run), then ``run.json``, the finished marker, and after it the extras that read the finished
+run: ``ood/`` (``--ood``) and ``report.html``/``report.md``/``plots/``.
 Every file is written to a temporary name in the same folder and renamed into place, so a
 reader never sees half a file.
 """
@@ -236,7 +237,10 @@ FINISHED_FILE = "run.json"
 
 
 def mark_finished(run_dir: str | Path, **info: Any) -> Path:
-    """Write ``run.json`` with status "finished": the last file a run writes."""
+    """Write ``run.json`` with status "finished", once every result of the run is written
+    (the far-OOD results and the report, which read the finished run, follow it; the run
+    then writes it again with the time of every stage, ``finished_at`` given to keep the
+    first time stamp)."""
     import time
 
     from . import __version__

@@ -52,6 +52,7 @@ import numpy as np
 from .config import MAX_SEED, RESULT_NEUTRAL_KEYS, RunConfig, validate
 from .console import printable_names
 from .errors import ConfigError, Interrupted, UnseenError
+from .farood import head_folders, is_stale, missing_ood, ood_results
 from .metrics import CONFIDENT, absorbed_by, mean_std
 from .rare import rare_statistics
 from .runfolder import (
@@ -513,8 +514,9 @@ def _init_worker(parent: int, builders: dict[str, tuple[bytes, bool]] | None = N
             )
 
 
-def _run_one(cfg: RunConfig, threads: int | None = None) -> tuple[float, str | None]:
-    """Run one configuration (in this process or a worker); return (seconds, error or None).
+def _run_one(cfg: RunConfig, threads: int | None = None) -> tuple[float, str | None, str | None]:
+    """Run one configuration (in this process or a worker); return (seconds, error or None,
+    note or None): the note says which ``--ood`` datasets a finished run could not score.
 
     A failure writes ``error.txt`` (with the traceback) into the run folder.
     """
@@ -528,7 +530,7 @@ def _run_one(cfg: RunConfig, threads: int | None = None) -> tuple[float, str | N
         _RUNNING = False
 
 
-def _run_one_now(cfg: RunConfig, threads: int | None) -> tuple[float, str | None]:
+def _run_one_now(cfg: RunConfig, threads: int | None) -> tuple[float, str | None, str | None]:
     from . import experiment
 
     global _STOPPING
@@ -541,13 +543,13 @@ def _run_one_now(cfg: RunConfig, threads: int | None) -> tuple[float, str | None
         torch.set_num_threads(threads)
     start = time.perf_counter()
     if cfg.model in _MODEL_ERRORS:
-        return 0.0, _MODEL_ERRORS[cfg.model]
+        return 0.0, _MODEL_ERRORS[cfg.model], None
     if cfg.out and not cfg.overwrite:  # continue a run an earlier sweep left unfinished
         cfg = cfg.replace(resume=True)
     if cfg.out:
         (Path(cfg.out) / "error.txt").unlink(missing_ok=True)
     try:
-        experiment.run_experiment(cfg, progress=False, log=None)
+        result = experiment.run_experiment(cfg, progress=False, log=None)
     except Interrupted as exc:  # Ctrl-C or SIGTERM (checkpoint saved): stop the whole sweep
         _STOPPING = _IN_WORKER  # a worker takes no further run
         raise RunInterrupted(str(exc), exc.exit_code) from None
@@ -557,10 +559,13 @@ def _run_one_now(cfg: RunConfig, threads: int | None) -> tuple[float, str | None
         if folder is not None:
             folder.mkdir(parents=True, exist_ok=True)
             (folder / "error.txt").write_text(traceback.format_exc())
-        return time.perf_counter() - start, detail.strip().splitlines()[
-            0
-        ] if detail.strip() else detail
-    return time.perf_counter() - start, None
+        first = detail.strip().splitlines()[0] if detail.strip() else detail
+        return time.perf_counter() - start, first, None
+    note = "; ".join(
+        f"far-OOD {d} not scored ({e.strip().splitlines()[0] if e.strip() else e})"
+        for (_, d), e in result.ood_errors.items()
+    )
+    return time.perf_counter() - start, None, note or None
 
 
 def run_plan(
@@ -576,20 +581,33 @@ def run_plan(
         raise ConfigError(f"--jobs must be at least 1 (got {jobs}).")
     outcomes: dict[int, RunOutcome] = {}
     todo = []
+    scoring = set()  # finished runs that score their --ood datasets only
     for i, run in enumerate(runs):
-        if is_finished(run.run_dir) and not run.config.overwrite:
-            outcomes[i] = RunOutcome(run, "skipped")
-        else:
+        cfg = run.config
+        if not is_finished(run.run_dir) or cfg.overwrite:
             todo.append(i)
+        elif missing_ood(run.run_dir, cfg.head, cfg.ood, cfg.test_subset):
+            todo.append(i)
+            scoring.add(i)
+        else:
+            outcomes[i] = RunOutcome(run, "skipped")
     total = len(runs)
-    say(f"{total} runs: {total - len(todo)} already finished, {len(todo)} to run")
+    unfinished = len(todo) - len(scoring)
+    say(
+        f"{total} runs: {total - unfinished} already finished, {unfinished} to run"
+        + (f", {len(scoring)} finished to score --ood on" if scoring else "")
+    )
 
-    def report(i: int, seconds: float, error: str | None) -> None:
+    def report(i: int, seconds: float, error: str | None, note: str | None = None) -> None:
         run = runs[i]
         done = len(outcomes) + 1
         if error is None:
             outcomes[i] = RunOutcome(run, "finished", seconds)
-            say(f"[{done}/{total}] {run.run_dir.name}: finished in {seconds:.1f} s")
+            what = "far-OOD scored" if i in scoring else "finished"
+            say(
+                f"[{done}/{total}] {run.run_dir.name}: {what} in {seconds:.1f} s"
+                + (f"; {note}" if note else "")
+            )
         else:
             outcomes[i] = RunOutcome(run, "failed", seconds, error)
             say(f"[{done}/{total}] {run.run_dir.name}: FAILED: {error}")
@@ -715,8 +733,9 @@ def _sigterm_raises() -> Iterator[None]:
 
 
 def load_records(runs: Sequence[PlannedRun]) -> list[dict]:
-    """One record per finished run and head: the run's tags, head, ``metrics.json`` and
-    :func:`resolved_settings`."""
+    """One record per finished run and head: the run's tags, head, ``metrics.json``,
+    :func:`resolved_settings` and, by dataset, the far-OOD results of the head as the run
+    stands (``--ood``, ``unseen ood``; stale ones left out)."""
     records = []
     for run in runs:
         if not is_finished(run.run_dir):
@@ -725,10 +744,13 @@ def load_records(runs: Sequence[PlannedRun]) -> list[dict]:
         config_file = run.run_dir / "config.json"
         config = read_json(config_file) if config_file.is_file() else {}
         per_head = metrics["heads"] if "heads" in metrics else {run.config.head[0]: metrics}
+        folders = head_folders(run.run_dir, list(per_head))
         for head, m in per_head.items():
+            far = {r["dataset"]: r for r in ood_results(folders[head])[0]}
             records.append(
                 {"label": run.label, "dir": str(run.run_dir), "tags": run.tags, "head": head,
-                 "metrics": m, "settings": resolved_settings(config, m)}
+                 "metrics": m, "settings": resolved_settings(config, m),
+                 "ood": {d: r for d, r in far.items() if not is_stale(r, folders[head])}}
             )  # fmt: skip
     return records
 
@@ -760,6 +782,21 @@ def _score_stats(records: Sequence[dict], names: Sequence[str]) -> dict[str, dic
             if (isinstance(v, (int, float)) or v is None) and k != "threshold"
         )
         out[name] = {k: mean_std([m.get(k) for m in per_run]) for k in keys}
+    return out
+
+
+def _far_ood_stats(records: Sequence[dict]) -> dict[str, dict]:
+    """Per far-OOD dataset scored on any of ``records``: the runs that scored it, the
+    numbers of its images they scored, and the mean and std of each score's metrics."""
+    out = {}
+    for dataset in dict.fromkeys(d for r in records for d in r.get("ood", {})):
+        results = [r["ood"][dataset] for r in records if dataset in r.get("ood", {})]
+        names = list(dict.fromkeys(n for res in results for n in res["scores"]))
+        out[dataset] = {
+            "runs": len(results),
+            "num_images": sorted({int(res["num_images"]) for res in results}),
+            "scores": _score_stats([{"metrics": res} for res in results], names),
+        }
     return out
 
 
@@ -854,6 +891,19 @@ def aggregate(records: Sequence[dict], protocol: str = "") -> dict:
         }
         if protocol != "rare" and len(conditions) > 1:
             variant["over_conditions"] = _over_conditions(mine, conditions, names)
+        variant["far_ood"] = _far_ood_stats(mine)
+        for dataset, far in variant["far_ood"].items():
+            if far["runs"] < len(mine):
+                coverage.append(
+                    f"{where}far-OOD {dataset} was scored on {far['runs']} of the {len(mine)} "
+                    f"runs; the same `unseen sweep` command with --ood {dataset} scores the rest"
+                )
+            if len(far["num_images"]) > 1:
+                coverage.append(
+                    f"{where}far-OOD {dataset} averages runs that scored different numbers of "
+                    f"its images ({', '.join(map(str, far['num_images']))}: --test-subset, or "
+                    "`unseen ood --limit`)"
+                )
         if mixed := mixed_settings(mine):
             variant["mixed_settings"] = mixed
             if not any("mixed_settings" in c for c in conditions):  # else said per condition
@@ -981,6 +1031,21 @@ def format_summary(summary: dict) -> str:
             )
         )
         lines.append("")
+        for dataset, far in v.get("far_ood", {}).items():  # summaries of earlier versions lack it
+            images = " or ".join(f"{k:,}" for k in far["num_images"])
+            lines.append(
+                f"far-OOD {dataset}: {images} of its test images as unseen, {far['runs']} runs"
+            )
+            lines.append(
+                table(
+                    ["score"] + [label for _, label in TABLE_METRICS],
+                    [
+                        [n] + [mean_std_text(st.get(k), runs=far["runs"]) for k, _ in TABLE_METRICS]
+                        for n, st in far["scores"].items()
+                    ],
+                )
+            )
+            lines.append("")
 
     rows = []
     is_rare = protocol == "rare"
@@ -1178,7 +1243,7 @@ def run_sweep(
     runs = plan_sweep(base, opts, out)
     if dry_run:
         for r in runs:
-            say(f"{r.run_dir}  {dry_run_state(r.run_dir, base.overwrite)}  ({_split_text(r)})")
+            say(f"{r.run_dir}  {dry_run_state(r, base.overwrite)}  ({_split_text(r)})")
         return SweepResult(out, runs, [], {})
     write_plan(out, base, opts, runs)
     say(f"sweep {opts.protocol} on {base.dataset} in {out}")
@@ -1202,13 +1267,18 @@ def _split_text(run: PlannedRun) -> str:
     return "; ".join([*parts, f"seed {cfg.seed}"])
 
 
-def dry_run_state(run_dir: Path, overwrite: bool) -> str:
-    """What the sweep will do with a run's folder: nothing (finished), resume it from the
-    checkpoint an interrupted run left (in its folder, or a head's), or run it."""
+def dry_run_state(run: PlannedRun, overwrite: bool) -> str:
+    """What the sweep will do with a run's folder: nothing (finished), score its ``--ood``
+    datasets (finished without them), resume it from the checkpoint an interrupted run left
+    (in its folder, or a head's), or run it."""
     from .checkpoint import CHECKPOINT_FILE
 
+    run_dir, cfg = run.run_dir, run.config
     if is_finished(run_dir):
-        return "to run again (--overwrite)" if overwrite else "finished"
+        if overwrite:
+            return "to run again (--overwrite)"
+        todo = dict.fromkeys(d for _, d in missing_ood(run_dir, cfg.head, cfg.ood, cfg.test_subset))
+        return f"finished, far-OOD to score: {', '.join(todo)}" if todo else "finished"
     stem, suffix = Path(CHECKPOINT_FILE).stem, Path(CHECKPOINT_FILE).suffix
     # checkpoint.pt, or checkpoint-K.pt for each network of an ovr-separate head
     kept = (f for d in (run_dir, *run_dir.glob("*/")) for f in d.glob(f"{stem}*{suffix}"))

@@ -95,7 +95,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     if args.dry_run:
         if args.quiet:
             for r in result.runs:
-                print(f"{r.run_dir}  {dry_run_state(r.run_dir, base.overwrite)}")
+                print(f"{r.run_dir}  {dry_run_state(r, base.overwrite)}")
         return 0
     print()
     print(format_summary(result.summary))

@@ -1,0 +1,211 @@
+"""``--ood`` on `unseen run`, `unseen sweep` and `unseen rescore`: far-OOD datasets scored once
+a run is trained, as `unseen ood` scores them, and averaged over a sweep's runs."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from unseen import RunConfig
+from unseen.cli import main
+from unseen.config import parse_value
+from unseen.errors import ConfigError, DataError
+from unseen.experiment import prepare, run_experiment
+from unseen.farood import evaluate_ood, is_current, ood_path
+from unseen.runfolder import is_finished
+from unseen.sweep import SweepOptions, config_hash, run_sweep
+
+QUICK = dict(epochs=8, device="cpu", precision="fp32")  # conftest's digits_run
+FAST = dict(epochs=2, device="cpu", precision="fp32", report=False)
+
+
+def save_npz_dataset(path, x_test: np.ndarray) -> str:
+    """An ``npz:PATH`` dataset whose test split is ``x_test`` (N x C x H x W uint8)."""
+    np.savez(path, x_train=x_test[:2], y_train=np.zeros(2, int), x_test=x_test,
+             y_test=np.zeros(len(x_test), int), classes=np.array(["other"]))  # fmt: skip
+    return f"npz:{path}"
+
+
+def noise(path, n: int = 40, seed: int = 0) -> str:
+    rng = np.random.default_rng(seed)
+    return save_npz_dataset(path, rng.integers(0, 256, (n, 1, 8, 8), dtype=np.uint8))
+
+
+def digest(path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_a_run_with_ood_scores_each_dataset_as_unseen_ood_does(digits_run, tmp_path):
+    # the known answer of `unseen ood`: the run's own held-out 9s, given as another dataset,
+    # give the run's own metrics; here they are scored by the run itself, with --ood
+    sd = prepare(RunConfig(out=str(digits_run), **QUICK)).split_data
+    nines = save_npz_dataset(tmp_path / "nines.npz", sd.x_test[sd.test_is_unseen].numpy())
+    other = noise(tmp_path / "noise.npz")
+    run = tmp_path / "run"
+    result = run_experiment(
+        RunConfig(out=str(run), ood=(nines, other), **QUICK), progress=False, log=None
+    )
+    assert result.ood_errors == {} and result.seconds["ood"] > 0
+    # the same training as the shared run (same seed and options): the same metrics
+    own = json.loads((run / "metrics.json").read_text())["scores"]
+    saved = json.loads(ood_path(run, nines).read_text())
+    assert saved["num_images"] == 54 and set(saved["scores"]) == set(own)
+    for name, m in saved["scores"].items():
+        for key in ("auroc", "fpr_at_95_tpr", "unseen_rejected", "known_rejected"):
+            assert m[key] == pytest.approx(own[name][key], abs=1e-9), (name, key)
+    # what `unseen ood` computes from the finished run, figure for figure
+    again = evaluate_ood(run, other)
+    assert json.loads(ood_path(run, other).read_text())["scores"] == again["scores"]
+    # run.json was written twice (before --ood and the report, then with their times): the
+    # results stay those of the run as it stands, and the report shows them as current
+    finished = json.loads((run / "run.json").read_text())
+    assert finished["status"] == "finished" and "ood" in finished["seconds"]
+    assert is_current(run, nines) and is_current(run, other)
+    md = (run / "report.md").read_text()
+    assert f"## Another dataset as unseen: {nines}" in md and "Scored before" not in md
+    assert "54 test images of" in md and "40 test images of" in md
+
+
+def test_the_cli_prints_each_dataset_and_the_time_it_took(digits_run, tmp_path, capsys):
+    run = tmp_path / "run"
+    shutil.copytree(digits_run, run)
+    name = noise(tmp_path / "noise.npz")
+    args = ["run", "--out", str(run), "--epochs", "8", "--device", "cpu", "--precision", "fp32"]
+    assert main([*args, "--resume", "--ood", name, "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert f"\n== far-OOD {name}: 40 test images from" in out
+    assert "against the run's 486 known test images" in out
+    assert out.index("== far-OOD") < out.index("run folder:")
+    # a fresh run's time line has the stage
+    assert main(["run", "--out", str(tmp_path / "new"), "--epochs", "1", "--no-report",
+                 "--device", "cpu", "--ood", name, "--quiet"]) == 0  # fmt: skip
+    out = capsys.readouterr().out
+    assert ", far-OOD " in out.split("time: ")[1].splitlines()[0]
+
+
+def test_resuming_a_finished_run_scores_only_what_it_lacks(digits_run, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(digits_run, run)
+    first, second = noise(tmp_path / "a.npz"), noise(tmp_path / "b.npz", seed=1)
+    trained = {f: digest(run / f) for f in ("model.pt", "metrics.json", "scores.npz")}
+    log: list[str] = []
+    cfg = RunConfig(out=str(run), resume=True, ood=(first,), report=False, **QUICK)
+    result = run_experiment(cfg, progress=False, log=log.append)
+    assert any(f"scoring --ood {first}" in line for line in log)
+    assert is_current(run, first) and result.ood_errors == {}
+    kept = digest(ood_path(run, first))
+    log.clear()
+    run_experiment(cfg.replace(ood=(first, second)), progress=False, log=log.append)
+    assert any(f"scoring --ood {second}" in line for line in log)
+    assert not any(first in line for line in log)  # current: not scored again
+    assert digest(ood_path(run, first)) == kept and is_current(run, second)
+    assert {f: digest(run / f) for f in trained} == trained  # nothing trained again
+
+
+def test_an_ood_dataset_that_cannot_be_read_costs_only_its_result(digits_run, tmp_path, capsys):
+    run = tmp_path / "run"
+    shutil.copytree(digits_run, run)
+    bad = tmp_path / "bad.npz"
+    bad.write_bytes(b"not an npz file")  # there (so the check before training passes)
+    args = ["run", "--out", str(run), "--epochs", "8", "--device", "cpu", "--precision", "fp32"]
+    assert main([*args, "--resume", "--ood", f"npz:{bad}", "--quiet", "--no-report"]) == 0
+    out = capsys.readouterr().out
+    assert f"== far-OOD npz:{bad}: not scored: " in out
+    assert is_finished(run) and not ood_path(run, f"npz:{bad}").exists()
+
+
+@pytest.mark.parametrize(
+    "ood, error, said",
+    [
+        (("nosuch",), ConfigError, "--ood 'nosuch' is not known; choose one of: digits"),
+        (("digits",), ConfigError, "--ood digits is the run's own dataset"),
+        (("fashion-mnist", "fashion-mnist"), ConfigError, "--ood lists fashion-mnist twice"),
+        (("npz:/no/such.npz",), DataError, "--ood npz:/no/such.npz: npz file /no/such.npz does"),
+    ],
+)
+def test_ood_is_checked_before_any_training(tmp_path, ood, error, said):
+    out = tmp_path / "run"
+    with pytest.raises(error, match="^" + said.replace("(", r"\(").replace(".", r"\.")):
+        run_experiment(RunConfig(out=str(out), ood=ood, **FAST), progress=False, log=None)
+    assert not (out / "model.pt").exists() and not (out / "checkpoint.pt").exists()
+
+
+def test_the_cli_refuses_a_missing_ood_dataset_in_one_line(tmp_path, capsys):
+    assert main(["run", "--out", str(tmp_path / "r"), "--ood", "npz:/no/such.npz"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--ood npz:/no/such.npz: npz file" in err[0]
+
+
+def test_ood_takes_a_path_with_a_comma_from_flags_and_config_files(tmp_path):
+    assert parse_value("ood", '"npz:/a,b.npz",mnist') == ("npz:/a,b.npz", "mnist")
+    assert parse_value("ood", ["npz:/a,b.npz", "mnist"], source="c.toml") == (
+        "npz:/a,b.npz",
+        "mnist",
+    )
+    assert parse_value("ood", "none") == ()
+    assert RunConfig(ood="mnist").ood == ("mnist",)
+
+
+def test_ood_changes_no_sweep_hash():
+    # far-OOD results are added to a run, never a reason to train it again
+    base = RunConfig(epochs=2)
+    assert config_hash(base) == config_hash(base.replace(ood=("mnist", "npz:/x.npz")))
+
+
+def test_a_sweep_scores_its_finished_runs_and_averages_the_results(tmp_path, capsys):
+    out = tmp_path / "sweep"
+    name = noise(tmp_path / "noise.npz", n=60)
+    opts = SweepOptions(protocol="single", seeds=2)
+    first = run_sweep(RunConfig(**FAST), opts, out, report=False, log=None)
+    dirs = [r.run_dir for r in first.runs]
+    trained = {d: digest(d / "model.pt") for d in dirs}
+    assert "far_ood" in first.summary["variants"][0] and not first.summary["variants"][0]["far_ood"]
+    # the same sweep with --ood: nothing trained again, each run scores the dataset
+    states = []
+    run_sweep(RunConfig(**FAST, ood=(name,)), opts, out, dry_run=True, log=states.append)
+    assert all(f"finished, far-OOD to score: {name}" in s for s in states) and len(states) == 2
+    log: list[str] = []
+    second = run_sweep(RunConfig(**FAST, ood=(name,)), opts, out, report=False, log=log.append)
+    assert "2 runs: 2 already finished, 0 to run, 2 finished to score --ood on" in log
+    assert sum("far-OOD scored in" in line for line in log) == 2
+    assert {d: digest(d / "model.pt") for d in dirs} == trained
+    # the known answer: the mean and std of the two runs' own results
+    results = [json.loads(ood_path(d, name).read_text()) for d in dirs]
+    far = second.summary["variants"][0]["far_ood"][name]
+    assert far["runs"] == 2 and far["num_images"] == [60]
+    for key in ("auroc", "fpr_at_95_tpr", "unseen_rejected"):
+        values = [r["scores"]["msp"][key] for r in results]
+        assert far["scores"]["msp"][key]["mean"] == pytest.approx(np.mean(values))
+        assert far["scores"]["msp"][key]["std"] == pytest.approx(np.std(values, ddof=1))
+    text = (out / "summary.txt").read_text()
+    assert f"far-OOD {name}: 60 of its test images as unseen, 2 runs" in text
+    # a run without the result (lost, or gone stale) is said, and left out of the mean
+    ood_path(dirs[1], name).unlink()
+    third = run_sweep(RunConfig(**FAST), opts, out, summary_only=True, report=False, log=None)
+    assert third.summary["variants"][0]["far_ood"][name]["runs"] == 1
+    assert any(
+        f"far-OOD {name} was scored on 1 of the 2 runs" in w
+        for w in third.summary["score_coverage"]
+    )
+
+
+def test_a_rescore_scores_the_far_ood_results_again(digits_run, tmp_path, capsys):
+    run = tmp_path / "run"
+    shutil.copytree(digits_run, run)
+    kept, gone = noise(tmp_path / "kept.npz"), noise(tmp_path / "gone.npz", seed=1)
+    for name in (kept, gone):
+        assert main(["ood", str(run), "--dataset", name]) == 0
+    (tmp_path / "gone.npz").unlink()
+    capsys.readouterr()
+    assert main(["rescore", str(run), "--scores", "+vim", "--no-report"]) == 0
+    out = capsys.readouterr().out
+    # the result of the data still there follows the rescored run: current, with the new score
+    assert is_current(run, kept)
+    assert "vim" in json.loads(ood_path(run, kept).read_text())["scores"]
+    # the other cannot be: it stays as it was, out of date, and the rescore says so
+    assert not is_current(run, gone)
+    assert f"far-OOD {gone} not scored again, so out of date" in out
