@@ -209,3 +209,51 @@ def test_a_rescore_scores_the_far_ood_results_again(digits_run, tmp_path, capsys
     # the other cannot be: it stays as it was, out of date, and the rescore says so
     assert not is_current(run, gone)
     assert f"far-OOD {gone} not scored again, so out of date" in out
+
+
+def test_a_far_ood_set_needs_no_labels_nor_a_training_split(digits_run, tmp_path):
+    from PIL import Image
+
+    from unseen.data import load_test_images
+
+    rng = np.random.default_rng(0)
+    flat = tmp_path / "flat"
+    (flat / "deeper").mkdir(parents=True)
+    for i in range(3):
+        Image.fromarray(rng.integers(0, 256, (12, 12), dtype=np.uint8)).save(flat / f"{i}.png")
+    Image.fromarray(rng.integers(0, 256, (20, 20), dtype=np.uint8)).save(flat / "deeper" / "x.png")
+    (flat / "notes.txt").write_text("not an image")
+    got = load_test_images(f"folder:{flat}")
+    assert tuple(got.x.shape) == (4, 1, 12, 12) and got.source == str(flat)  # the common size
+    # a folder dataset with train/ and test/: its test images only
+    split = tmp_path / "split"
+    for part, n in (("train", 2), ("test", 5)):
+        (split / part / "a").mkdir(parents=True)
+        for i in range(n):
+            Image.fromarray(np.full((8, 8), i, np.uint8)).save(split / part / "a" / f"{i}.png")
+    assert len(load_test_images(f"folder:{split}").x) == 5
+    # an npz of images alone, under the names `unseen predict` reads too
+    np.savez(tmp_path / "x.npz", x=rng.integers(0, 256, (7, 8, 8, 3), dtype=np.uint8))
+    got = load_test_images(f"npz:{tmp_path / 'x.npz'}")
+    assert tuple(got.x.shape) == (7, 3, 8, 8)
+    # scored by a run like any dataset
+    result = evaluate_ood(digits_run, f"folder:{flat}")
+    assert result["num_images"] == 4 and sum(result["predicted_as"].values()) == 4
+
+
+@pytest.mark.parametrize(
+    "kind, make, said",
+    [
+        ("folder", lambda p: p.mkdir(), "holds no image files"),
+        ("folder", lambda p: None, "does not exist"),
+        ("npz", lambda p: np.savez(p, y=np.zeros(3)), "has no array named x_test, x, images"),
+        ("npz", lambda p: np.savez(p, x=np.zeros((3, 8, 8))), "must be uint8 images, not float64"),
+    ],
+)
+def test_an_unreadable_far_ood_set_is_one_sentence(tmp_path, kind, make, said):
+    from unseen.data import load_test_images
+
+    path = tmp_path / ("set.npz" if kind == "npz" else "set")
+    make(path)
+    with pytest.raises(DataError, match=said):
+        load_test_images(f"{kind}:{path}")

@@ -424,8 +424,8 @@ class RunConfig:
         (),
         "other datasets whose test images are scored as unseen once the run is trained "
         "(far-OOD, as `unseen ood` scores them; saved in RUN/ood/), comma-separated: built-in "
-        "names, npz:PATH or folder:PATH, looked for under --data-root; --test-subset takes "
-        "their first N images",
+        "names (looked for under --data-root), npz:PATH or folder:PATH (no labels or training "
+        "split needed); --test-subset takes their first N images",
         parse=parse_datasets,
         accepts="dataset names, comma-separated (or 'none')",
         metavar="NAMES",

@@ -890,6 +890,90 @@ def load_dataset(
     return source.load(root, download)
 
 
+@dataclass(frozen=True)
+class TestImages:
+    """A dataset's test images without their labels: what far-OOD scoring reads."""
+
+    name: str
+    #: uint8 N x C x H x W
+    x: torch.Tensor
+    #: where they were read from
+    source: str
+    notes: tuple[str, ...] = ()
+
+
+#: the arrays an ``npz:`` far-OOD set may hold its images in, tried in this order (a
+#: dataset's test split first, then the names ``unseen predict`` reads)
+TEST_NPZ_KEYS = ("x_test", "x", "images")
+
+
+def locate_test_images(name: str, root: str | None = None) -> str:
+    """Where :func:`load_test_images` finds ``name``'s test images, or a :class:`DataError`."""
+    prefix, sep, path = name.partition(":")
+    if sep and prefix == "folder" and path:
+        folder = Path(os.path.expanduser(path))
+        if not folder.is_dir():
+            what = "is a file, not a folder" if folder.exists() else "does not exist"
+            raise DataError(f"folder {folder} {what}.")
+        return str(folder)
+    return get_source(name).locate(root)
+
+
+def load_test_images(
+    name: str, root: str | None = None, download: bool = False, bit_depth: int = 16
+) -> TestImages:
+    """The test images of a data source, as a run reads them but without labels, so that a
+    set of images that was never a training set can be scored as unseen:
+
+    * ``folder:PATH``: the images under ``PATH/test/`` if there is one, else every image
+      under ``PATH`` (class folders or none), read as a folder dataset's (brought to their
+      most common size; 16-bit files at ``bit_depth``);
+    * ``npz:PATH``: the array ``x_test``, else ``x``, else ``images`` (uint8, any of
+      :data:`NPZ_LAYOUTS`); no labels or training split needed;
+    * a built-in dataset: its test split.
+    """
+    prefix, sep, path = name.partition(":")
+    if sep and prefix == "folder" and path:
+        folder = Path(locate_test_images(name))
+        if (folder / "test").is_dir():
+            folder = folder / "test"
+        files = image_files(folder)
+        if not files:
+            raise DataError(
+                f"folder {folder} holds no image files (ending in "
+                f"{', '.join(IMAGE_EXTENSIONS)}, in any case)."
+            )
+        x, notes = _load_image_files({"test": files}, bit_depth)
+        return TestImages(name, x["test"].contiguous(), str(folder), notes)
+    if sep and prefix == "npz" and path:
+        file = Path(get_source(name).locate(root))
+        names: list[str] = []
+
+        def keep(key: str) -> bool:
+            names.append(key)
+            return key in TEST_NPZ_KEYS
+
+        try:
+            arrays = read_npz(file, "npz file", keep=keep)
+        except UnseenError as exc:
+            raise DataError(str(exc)) from None
+        key = next((k for k in TEST_NPZ_KEYS if k in arrays), None)
+        if key is None:
+            raise DataError(
+                f"npz file {file} has no array named {', '.join(TEST_NPZ_KEYS)} (it has: "
+                f"{', '.join(names) or 'none'})."
+            )
+        a = arrays[key]
+        if a.dtype != np.uint8:
+            raise DataError(f"{key} in {file} must be uint8 images, not {a.dtype}.")
+        if (nchw := npz_images_nchw(a)) is None:
+            raise DataError(f"{key} in {file} must be {NPZ_LAYOUTS}, not {a.shape}.")
+        # alpha is dropped, as the npz source and `unseen predict` drop it
+        return TestImages(name, torch.from_numpy(np.ascontiguousarray(nchw[:, :3])), str(file))
+    data = load_dataset(name, root, download, bit_depth=bit_depth)
+    return TestImages(data.name, data.x_test, data.source, data.notes)
+
+
 def describe_sources(root: str | None = None) -> list[tuple[str, str, str]]:
     """(name, description, where found or how to get it) for `unseen datasets`."""
     rows = []

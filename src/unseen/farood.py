@@ -25,7 +25,7 @@ from .metrics import confidence_summary, predicted_as, score_metrics
 from .runfolder import read_json, slug, write_json
 
 if TYPE_CHECKING:
-    from .data import ImageData
+    from .data import TestImages
 
 
 def evaluate_ood(
@@ -38,7 +38,7 @@ def evaluate_ood(
     device: str = "auto",
     batch_size: int = 256,
     limit: int | None = None,
-    data: ImageData | None = None,
+    data: TestImages | None = None,
 ) -> dict[str, Any]:
     """The run's scores on ``dataset``'s test images (its first ``limit``), as unseen images
     against the run's known test images; see the module docstring. Returns what
@@ -46,11 +46,12 @@ def evaluate_ood(
     keyed as in ``metrics.json`` (``auroc``, ``fpr_at_95_tpr``, ``unseen_rejected`` at the
     run's threshold, ...).
 
-    The dataset is read as a run reads it (a folder's images brought to its most common
-    size, 16-bit files at the run's ``--bit-depth``), then converted to the run's channels
-    and image size as ``unseen predict`` converts images. ``data`` is the dataset as
-    :func:`unseen.data.load_dataset` read it already (for several heads of one run)."""
-    from .data import absolute_dataset, load_dataset
+    The images are read by :func:`unseen.data.load_test_images`, as a run reads a dataset
+    (a folder's images brought to their most common size, 16-bit files at the run's
+    ``--bit-depth``) but without labels or a training split (a folder of images, an npz of
+    ``x``), then converted to the run's channels and image size as ``unseen predict``
+    converts images. ``data`` is what it read already (for several heads of one run)."""
+    from .data import absolute_dataset, load_test_images
     from .predict import conversions, load
     from .report import read_arrays
 
@@ -65,8 +66,8 @@ def evaluate_ood(
         )
     dataset = absolute_dataset(dataset)  # npz:/folder: paths as config.json records them
     if data is None:
-        data = load_dataset(dataset, data_root, download, bit_depth=p.bit_depth)
-    x = data.x_test if limit is None else data.x_test[: int(limit)]
+        data = load_test_images(dataset, data_root, download, bit_depth=p.bit_depth)
+    x = data.x if limit is None else data.x[: int(limit)]
     if len(x) == 0:
         raise DataError(f"{dataset} has no test images to score.")
     converted = conversions(None, x, p)  # a dataset's images share their size and channels
@@ -189,13 +190,13 @@ def missing_ood(
 def locate_ood(datasets: Sequence[str], data_root: str | None, download: bool = False) -> None:
     """Fail now, in one sentence naming ``--ood``, for a dataset whose files are not there
     (unless ``download`` may fetch it), rather than once the run is trained."""
-    from .data import get_source
+    from .data import locate_test_images
 
     for name in datasets:
         if download and ":" not in name:
             continue
         try:
-            get_source(name, "--ood").locate(data_root)
+            locate_test_images(name, data_root)
         except DataError as exc:
             raise DataError(f"--ood {name}: {exc}") from None
 
@@ -215,7 +216,7 @@ def score_run_ood(
     ``heads``) where it has no current result (:func:`missing_ood`), and save each result as
     ``unseen ood`` does. Returns why a (head, dataset) pair could not be scored (a dataset's
     files unreadable, say): the run stays finished, and ``unseen ood`` can try again."""
-    from .data import load_dataset
+    from .data import load_test_images
     from .runfolder import read_config_json
 
     say = log or (lambda _msg: None)
@@ -223,12 +224,12 @@ def score_run_ood(
     if not todo:
         return {}
     bit_depth = int(read_config_json(Path(run_dir) / "config.json").get("bit_depth", 16))
-    loaded: dict[str, ImageData | UnseenError] = {}
+    loaded: dict[str, TestImages | UnseenError] = {}
     failed: dict[tuple[str, str], str] = {}
     for head, dataset in todo:
         if dataset not in loaded:
             try:
-                loaded[dataset] = load_dataset(dataset, data_root, download, bit_depth=bit_depth)
+                loaded[dataset] = load_test_images(dataset, data_root, download, bit_depth)
             except UnseenError as exc:
                 loaded[dataset] = exc
         data = loaded[dataset]

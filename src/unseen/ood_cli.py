@@ -59,8 +59,9 @@ def add_ood_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         "--dataset",
         required=True,
         metavar="NAME",
-        help="the other dataset: a built-in name (`unseen datasets` lists them), npz:PATH or "
-        "folder:PATH",
+        help="the other dataset: a built-in name (`unseen datasets` lists them), npz:PATH (its "
+        "array x_test, x or images) or folder:PATH (the images under PATH/test/, else all "
+        "under PATH); no labels or training split needed",
     )
     p.add_argument(
         "--data-root",
