@@ -183,6 +183,18 @@ def test_a_sweep_scores_its_finished_runs_and_averages_the_results(tmp_path, cap
         assert far["scores"]["msp"][key]["std"] == pytest.approx(np.std(values, ddof=1))
     text = (out / "summary.txt").read_text()
     assert f"far-OOD {name}: 60 of its test images as unseen, 2 runs" in text
+    # the comparison report of the same runs: the same figures, in a table and the CSV
+    from unseen.report import write_comparison
+
+    write_comparison(dirs, tmp_path / "cmp")
+    (row,) = json.loads((tmp_path / "cmp" / "comparison.json").read_text())
+    assert row["far_ood"][name]["runs"] == 2
+    assert row["far_ood"][name]["scores"]["msp"]["auroc"] == pytest.approx(
+        far["scores"]["msp"]["auroc"]
+    )
+    md = (tmp_path / "cmp" / "comparison.md").read_text()
+    assert "## Another dataset as unseen (far-OOD)" in md and f"| {name} | 2 | msp |" in md
+    assert f",msp,ood:{name}:auroc," in (tmp_path / "cmp" / "comparison.csv").read_text()
     # a run without the result (lost, or gone stale) is said, and left out of the mean
     ood_path(dirs[1], name).unlink()
     third = run_sweep(RunConfig(**FAST), opts, out, summary_only=True, report=False, log=None)

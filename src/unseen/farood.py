@@ -273,6 +273,42 @@ def ood_results(head_folder: str | Path) -> tuple[list[dict[str, Any]], list[str
     return results, others
 
 
+def current_results(head_folder: str | Path) -> dict[str, dict[str, Any]]:
+    """The results in a run's (or head's) ``ood/`` computed from the run as it stands, by
+    dataset: those :func:`is_stale` flags are left out."""
+    results = ood_results(head_folder)[0]
+    return {r["dataset"]: r for r in results if not is_stale(r, head_folder)}
+
+
+def far_ood_stats(per_run: Sequence[dict[str, dict[str, Any]]]) -> dict[str, dict[str, Any]]:
+    """Per far-OOD dataset that any of ``per_run`` (each one run's :func:`current_results`)
+    holds: ``runs`` (how many scored it), ``num_images`` (the numbers of its images they
+    scored) and ``scores``: each score's numeric metrics as :func:`unseen.metrics.mean_std`
+    over those runs (not ``threshold``: each run's is on its own network's scale)."""
+    from .metrics import mean_std
+
+    out = {}
+    for dataset in dict.fromkeys(d for run in per_run for d in run):
+        results = [run[dataset] for run in per_run if dataset in run]
+        names = dict.fromkeys(n for r in results for n in r["scores"])
+        scores = {}
+        for name in names:
+            per = [r["scores"].get(name, {}) for r in results]
+            keys = dict.fromkeys(
+                k
+                for m in per
+                for k, v in m.items()
+                if (isinstance(v, (int, float)) or v is None) and k != "threshold"
+            )
+            scores[name] = {k: mean_std([m.get(k) for m in per]) for k in keys}
+        out[dataset] = {
+            "runs": len(results),
+            "num_images": sorted({int(r["num_images"]) for r in results}),
+            "scores": scores,
+        }
+    return out
+
+
 def ood_sentence(result: dict[str, Any]) -> str:
     """One sentence on what was scored and where the images went (the report's caption)."""
     from .console import confidence_text, counted, counts_text

@@ -41,7 +41,7 @@ from .config import FIELDS, RESULT_NEUTRAL_KEYS, with_field_defaults
 from .console import absorbed_text, counted, counts_text, mean_std_text, valid_unicode
 from .data import absolute_paths
 from .errors import UnseenError
-from .farood import is_stale, ood_results, ood_sentence
+from .farood import current_results, far_ood_stats, is_stale, ood_results, ood_sentence
 from .metrics import CONFIDENT, mean_std
 from .rare import rare_statistics
 from .runfolder import (
@@ -183,7 +183,7 @@ def load_head_metrics(run_dir: Path, config: dict) -> dict[str, dict]:
 
 def load_run(run_dir: str | Path, check_finished: bool = True) -> tuple[dict, list[HeadRun]]:
     """config.json and every head of a run; refuses unfinished runs unless ``check_finished``
-    is False (the run itself builds its report just before it marks itself finished)."""
+    is False."""
     run_dir = check_run_folder(run_dir) if check_finished else Path(run_dir)
     config = read_config_json(run_dir / "config.json")
     heads = []
@@ -868,8 +868,11 @@ def aggregate_runs(run_dirs: Iterable[str | Path]) -> list[dict]:
         for head, metrics in load_head_metrics(run_dir, config).items():
             key = (json.dumps(key_cfg, sort_keys=True, default=str), head)
             g = groups.setdefault(
-                key, {"config": key_cfg, "head": head, "runs": [], "seeds": [], "m": [], "s": []}
-            )
+                key,
+                {"config": key_cfg, "head": head, "runs": [], "seeds": [], "m": [], "s": [],
+                 "ood": []},
+            )  # fmt: skip
+            g["ood"].append(current_results(head_folder(run_dir, config, head)))
             g["runs"].append(str(run_dir))
             g["seeds"].append(config.get("seed"))
             g["m"].append(metrics)
@@ -897,6 +900,8 @@ def aggregate_runs(run_dirs: Iterable[str | Path]) -> list[dict]:
                 for n in score_names
             },
         })  # fmt: skip
+        if far := far_ood_stats(g["ood"]):  # `unseen ood`, --ood: another dataset as unseen
+            rows[-1]["far_ood"] = far
         if mixed := mixed_settings(g["s"]):
             rows[-1]["mixed_settings"] = mixed
         if (rare := rare_statistics(g["m"], score_names)) is not None:  # --rare runs
@@ -1062,6 +1067,20 @@ def write_comparison(run_dirs: Iterable[str | Path], out_dir: str | Path) -> Pat
                      + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")  # fmt: skip
             md.append(f"| {md_text(r['label'])} | {n} | " + " | ".join(cells) + " |")
     h.append("</tbody></table>")
+    if far_rows := far_ood_table_rows(rows, [k for k, _ in metric_cols]):
+        far_head = ["configuration", "dataset", "runs", "score"] + [lb for _, lb in metric_cols]
+        h += ["<h2>Another dataset as unseen (far-OOD)</h2>",
+              '<p class="note">The test images of another dataset (`unseen ood`, `--ood`) as '
+              "unseen, against each run's known test images, at each run's thresholds; mean ± "
+              "sample standard deviation over the runs that scored it.</p>",
+              '<table class="scores" id="far-ood-table"><thead><tr>'
+              + "".join(f"<th>{html.escape(c)}</th>" for c in far_head) + "</tr></thead><tbody>"]  # fmt: skip
+        md += ["", "## Another dataset as unseen (far-OOD)", "",
+               "| " + " | ".join(far_head) + " |", "|---|---|---:|---|" + "---:|" * len(metric_cols)]  # fmt: skip
+        for cells in far_rows:
+            h.append("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in cells) + "</tr>")
+            md.append("| " + " | ".join(md_text(c) for c in cells) + " |")
+        h.append("</tbody></table>")
     if rare_rows := rare_table_rows(rows):
         rare_head = ["configuration", "rare class", "train imgs", "recall", "precision",
                      "mean confidence", f"wrong >{CONFIDENT}", "absorbed by"]  # fmt: skip
@@ -1120,6 +1139,13 @@ def write_comparison(run_dirs: Iterable[str | Path], out_dir: str | Path) -> Pat
                     [r["label"], r["head"], r["n_runs"], "", f"rare:{cls}:absorbed_by:{ab['class']}",
                      ab["share"], "", r["n_runs"]]
                 )  # fmt: skip
+        for dataset, far in r.get("far_ood", {}).items():  # metric "ood:<dataset>:auroc", ...
+            for n, stats in far["scores"].items():
+                for k, s in stats.items():
+                    writer.writerow(
+                        [r["label"], r["head"], r["n_runs"], n, f"ood:{dataset}:{k}", s["mean"],
+                         s["std"], s["n"]]
+                    )  # fmt: skip
     _write_text(out_dir / "comparison.csv", buf.getvalue())
     _write_text(out_dir / "comparison.md", "\n".join(md))
     return _write_text(out_dir / "comparison.html", page(title, "\n".join(h)))
@@ -1127,6 +1153,20 @@ def write_comparison(run_dirs: Iterable[str | Path], out_dir: str | Path) -> Pat
 
 #: the rare-class statistics of a comparison row, in its table's order
 RARE_COLUMNS = ("train_images", "recall", "precision", "mean_confidence", "confidently_mislabelled")
+
+
+def far_ood_table_rows(rows: Sequence[dict], metrics: Sequence[str]) -> list[list[str]]:
+    """The cells of the comparison's far-OOD table: one line per configuration, dataset and
+    score (none when no run scored another dataset)."""
+    out = []
+    for r in rows:
+        for dataset, far in r.get("far_ood", {}).items():
+            for n, stats in far["scores"].items():
+                out.append(
+                    [r["label"], dataset, str(far["runs"]), n]
+                    + [mean_std_text(stats.get(k), runs=far["runs"]) for k in metrics]
+                )
+    return out
 
 
 def rare_table_rows(rows: Sequence[dict]) -> list[list[str]]:

@@ -38,7 +38,7 @@ from .experiment import (
     write_run_files,
     write_run_report,
 )
-from .farood import evaluate_ood, is_stale, ood_results, save_ood
+from .farood import current_results, evaluate_ood, save_ood
 from .hardware import describe_device
 from .predict import is_head_folder, load_checkpoint, rebuild_model
 from .report import head_folder
@@ -194,8 +194,7 @@ def _rescore_run(
         )
     # far-OOD results of the run as it stood: scored again below, as they go stale now
     far = {
-        h: [(r["dataset"], r.get("limit")) for r in ood_results(f)[0] if not is_stale(r, f)]
-        for h, f in folders.items()
+        h: [(d, r.get("limit")) for d, r in current_results(f).items()] for h, f in folders.items()
     }
     for head, (scored, payload) in results.items():
         write_run_files(folders[head], p, scored, payload)

@@ -52,7 +52,7 @@ import numpy as np
 from .config import MAX_SEED, RESULT_NEUTRAL_KEYS, RunConfig, validate
 from .console import printable_names
 from .errors import ConfigError, Interrupted, UnseenError
-from .farood import head_folders, is_stale, missing_ood, ood_results
+from .farood import current_results, far_ood_stats, head_folders, missing_ood
 from .metrics import CONFIDENT, absorbed_by, mean_std
 from .rare import rare_statistics
 from .runfolder import (
@@ -746,11 +746,10 @@ def load_records(runs: Sequence[PlannedRun]) -> list[dict]:
         per_head = metrics["heads"] if "heads" in metrics else {run.config.head[0]: metrics}
         folders = head_folders(run.run_dir, list(per_head))
         for head, m in per_head.items():
-            far = {r["dataset"]: r for r in ood_results(folders[head])[0]}
             records.append(
                 {"label": run.label, "dir": str(run.run_dir), "tags": run.tags, "head": head,
                  "metrics": m, "settings": resolved_settings(config, m),
-                 "ood": {d: r for d, r in far.items() if not is_stale(r, folders[head])}}
+                 "ood": current_results(folders[head])}
             )  # fmt: skip
     return records
 
@@ -782,21 +781,6 @@ def _score_stats(records: Sequence[dict], names: Sequence[str]) -> dict[str, dic
             if (isinstance(v, (int, float)) or v is None) and k != "threshold"
         )
         out[name] = {k: mean_std([m.get(k) for m in per_run]) for k in keys}
-    return out
-
-
-def _far_ood_stats(records: Sequence[dict]) -> dict[str, dict]:
-    """Per far-OOD dataset scored on any of ``records``: the runs that scored it, the
-    numbers of its images they scored, and the mean and std of each score's metrics."""
-    out = {}
-    for dataset in dict.fromkeys(d for r in records for d in r.get("ood", {})):
-        results = [r["ood"][dataset] for r in records if dataset in r.get("ood", {})]
-        names = list(dict.fromkeys(n for res in results for n in res["scores"]))
-        out[dataset] = {
-            "runs": len(results),
-            "num_images": sorted({int(res["num_images"]) for res in results}),
-            "scores": _score_stats([{"metrics": res} for res in results], names),
-        }
     return out
 
 
@@ -891,7 +875,7 @@ def aggregate(records: Sequence[dict], protocol: str = "") -> dict:
         }
         if protocol != "rare" and len(conditions) > 1:
             variant["over_conditions"] = _over_conditions(mine, conditions, names)
-        variant["far_ood"] = _far_ood_stats(mine)
+        variant["far_ood"] = far_ood_stats([r["ood"] for r in mine])
         for dataset, far in variant["far_ood"].items():
             if far["runs"] < len(mine):
                 coverage.append(
