@@ -80,11 +80,23 @@ def test_the_cli_prints_each_dataset_and_the_time_it_took(digits_run, tmp_path, 
     assert f"\n== far-OOD {name}: 40 test images from" in out
     assert "against the run's 486 known test images" in out
     assert out.index("== far-OOD") < out.index("run folder:")
-    # a fresh run's time line has the stage
-    assert main(["run", "--out", str(tmp_path / "new"), "--epochs", "1", "--no-report",
-                 "--device", "cpu", "--ood", name, "--quiet"]) == 0  # fmt: skip
+
+
+def test_a_relative_ood_path_is_recorded_absolute(tmp_path, monkeypatch, capsys):
+    # given relative to the working directory, as --dataset npz:PATH may be: the run
+    # records it absolute, prints its result, and resumes from anywhere
+    noise(tmp_path / "noise.npz")
+    monkeypatch.chdir(tmp_path)
+    args = ["run", "--out", "new", "--epochs", "1", "--no-report", "--device", "cpu"]
+    assert main([*args, "--ood", "npz:noise.npz", "--quiet"]) == 0
     out = capsys.readouterr().out
-    assert ", far-OOD " in out.split("time: ")[1].splitlines()[0]
+    absolute = f"npz:{tmp_path / 'noise.npz'}"
+    assert f"\n== far-OOD {absolute}: 40 test images from" in out
+    assert ", far-OOD " in out.split("time: ")[1].splitlines()[0]  # its stage in the time line
+    config = json.loads((tmp_path / "new" / "config.json").read_text())
+    assert config["ood"] == [absolute] and is_current(tmp_path / "new", absolute)
+    monkeypatch.chdir(tmp_path.parent)
+    assert main(["run", "--out", str(tmp_path / "new"), "--resume", "--quiet"]) == 0
 
 
 def test_resuming_a_finished_run_scores_only_what_it_lacks(digits_run, tmp_path):
@@ -110,12 +122,30 @@ def test_an_ood_dataset_that_cannot_be_read_costs_only_its_result(digits_run, tm
     run = tmp_path / "run"
     shutil.copytree(digits_run, run)
     bad = tmp_path / "bad.npz"
-    bad.write_bytes(b"not an npz file")  # there (so the check before training passes)
+    np.savez(bad, x=np.zeros((3, 8, 8)))  # its names pass the check before training, not its floats
     args = ["run", "--out", str(run), "--epochs", "8", "--device", "cpu", "--precision", "fp32"]
     assert main([*args, "--resume", "--ood", f"npz:{bad}", "--quiet", "--no-report"]) == 0
     out = capsys.readouterr().out
-    assert f"== far-OOD npz:{bad}: not scored: " in out
+    assert f"== far-OOD npz:{bad}: not scored: x in {bad} must be uint8 images" in out
     assert is_finished(run) and not ood_path(run, f"npz:{bad}").exists()
+
+
+def test_a_run_stopped_while_writing_its_report_gets_it_on_resume(tmp_path, monkeypatch):
+    import unseen.report
+
+    def stopped(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    cfg = RunConfig(out=str(tmp_path / "run"), **{**FAST, "report": True})
+    monkeypatch.setattr(unseen.report, "build_report", stopped)
+    with pytest.raises(KeyboardInterrupt):
+        run_experiment(cfg, progress=False, log=None)
+    assert is_finished(tmp_path / "run") and not (tmp_path / "run" / "report.html").exists()
+    monkeypatch.undo()
+    log: list[str] = []
+    run_experiment(cfg.replace(resume=True), progress=False, log=log.append)
+    assert (tmp_path / "run" / "report.html").is_file()
+    assert any("nothing to train" in line for line in log)
 
 
 @pytest.mark.parametrize(
@@ -125,6 +155,7 @@ def test_an_ood_dataset_that_cannot_be_read_costs_only_its_result(digits_run, tm
         (("digits",), ConfigError, "--ood digits is the run's own dataset"),
         (("fashion-mnist", "fashion-mnist"), ConfigError, "--ood lists fashion-mnist twice"),
         (("npz:/no/such.npz",), DataError, "--ood npz:/no/such.npz: npz file /no/such.npz does"),
+        (("folder:/no/such",), DataError, "--ood folder:/no/such: folder /no/such does not exist"),
     ],
 )
 def test_ood_is_checked_before_any_training(tmp_path, ood, error, said):
@@ -142,6 +173,8 @@ def test_the_cli_refuses_a_missing_ood_dataset_in_one_line(tmp_path, capsys):
 
 def test_ood_takes_a_path_with_a_comma_from_flags_and_config_files(tmp_path):
     assert parse_value("ood", '"npz:/a,b.npz",mnist') == ("npz:/a,b.npz", "mnist")
+    with pytest.raises(ConfigError, match="--ood must be dataset names"):
+        parse_value("ood", ",")
     assert parse_value("ood", ["npz:/a,b.npz", "mnist"], source="c.toml") == (
         "npz:/a,b.npz",
         "mnist",
@@ -205,6 +238,44 @@ def test_a_sweep_scores_its_finished_runs_and_averages_the_results(tmp_path, cap
     )
 
 
+def test_a_sweep_scores_its_rescored_runs_and_says_what_no_run_could_score(tmp_path):
+    out = tmp_path / "sweep"
+    opts = SweepOptions(protocol="single", seeds=2)
+    run_sweep(RunConfig(**FAST), opts, out, report=False, log=None)
+    assert main(["rescore", str(out), "--scores", "+vim", "--quiet"]) == 0
+    good, bad = noise(tmp_path / "good.npz"), f"npz:{tmp_path / 'bad.npz'}"
+    np.savez(tmp_path / "bad.npz", x=np.zeros((3, 8, 8)))  # found, but not uint8 images
+    log: list[str] = []
+    result = run_sweep(RunConfig(**FAST, ood=(good, bad)), opts, out, report=False, log=log.append)
+    # the runs' options differ from the sweep's now (--scores): scored all the same, not failed
+    assert [o.status for o in result.outcomes] == ["finished", "finished"]
+    assert not any((r.run_dir / "error.txt").exists() for r in result.runs)
+    assert all(is_current(r.run_dir, good) for r in result.runs)
+    far = result.summary["variants"][0]["far_ood"]
+    assert far[good]["runs"] == 2 and "vim" in far[good]["scores"] and bad not in far
+    assert sum(f"but far-OOD {bad} not scored (x in" in line for line in log) == 2
+    assert any(
+        f"far-OOD {bad} was scored on none of the 2 runs" in w
+        for w in result.summary["score_coverage"]
+    )
+
+
+def test_a_sweep_checks_its_ood_files_before_any_run(tmp_path):
+    with pytest.raises(DataError, match="--ood npz:/no/such.npz: npz file"):
+        run_sweep(RunConfig(**FAST, ood=("npz:/no/such.npz",)), SweepOptions("single"),
+                  tmp_path / "sweep", report=False, log=None)  # fmt: skip
+    assert not (tmp_path / "sweep").exists()
+
+
+def test_a_limit_draws_the_same_images_every_time_not_the_first_ones():
+    from unseen.farood import subset_index
+
+    drawn = subset_index(1000, 10)
+    assert drawn.tolist() == subset_index(1000, 10).tolist() == sorted(set(drawn.tolist()))
+    assert drawn.tolist() != list(range(10)) and int(drawn.max()) > 100
+    assert subset_index(5, 10).tolist() == [0, 1, 2, 3, 4]
+
+
 def test_a_rescore_scores_the_far_ood_results_again(digits_run, tmp_path, capsys):
     run = tmp_path / "run"
     shutil.copytree(digits_run, run)
@@ -221,6 +292,10 @@ def test_a_rescore_scores_the_far_ood_results_again(digits_run, tmp_path, capsys
     # the other cannot be: it stays as it was, out of date, and the rescore says so
     assert not is_current(run, gone)
     assert f"far-OOD {gone} not scored again, so out of date" in out
+    # once its data is back, the next rescore scores it again, out of date as it was
+    noise(tmp_path / "gone.npz", seed=1)
+    assert main(["rescore", str(run), "--no-report"]) == 0
+    assert is_current(run, gone) and is_current(run, kept)
 
 
 def test_a_far_ood_set_needs_no_labels_nor_a_training_split(digits_run, tmp_path):

@@ -218,7 +218,7 @@ def print_ood(result: RunResult) -> None:
             print(f"\n== far-OOD{where} ", end="")
             if error := result.ood_errors.get((head, dataset)):
                 print(f"{dataset}: not scored: {error}")
-            elif is_current(folder, dataset, cfg.test_subset):
+            elif is_current(folder, dataset):
                 print(ood_summary(read_json(ood_path(folder, dataset))))
             else:  # not scored, and no reason kept (a Python caller's result, say)
                 print(f"{dataset}: not scored; `unseen ood {folder} --dataset {dataset}` scores it")

@@ -81,7 +81,9 @@ def parse_datasets(text: str) -> tuple[str, ...]:
     as :func:`split_csv` reads it); ``none`` (or nothing) for none."""
     if text.strip().lower() in {"", "none"}:
         return ()
-    return tuple(split_csv(text))
+    if not (names := tuple(split_csv(text))):
+        raise ValueError("no dataset given")
+    return names
 
 
 def parse_optional_str(text: str) -> str | None:
@@ -425,7 +427,7 @@ class RunConfig:
         "other datasets whose test images are scored as unseen once the run is trained "
         "(far-OOD, as `unseen ood` scores them; saved in RUN/ood/), comma-separated: built-in "
         "names (looked for under --data-root), npz:PATH or folder:PATH (no labels or training "
-        "split needed); --test-subset takes their first N images",
+        "split needed); --test-subset scores N of their test images, drawn with a fixed seed",
         parse=parse_datasets,
         accepts="dataset names, comma-separated (or 'none')",
         metavar="NAMES",

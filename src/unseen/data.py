@@ -860,13 +860,17 @@ def absolute_dataset(name: str) -> str:
 
 def absolute_paths(config: Mapping[str, Any]) -> dict[str, Any]:
     """``config`` (a run's options, or its config.json) with every path absolute and ``~``
-    expanded: a ``folder:``/``npz:`` dataset's path, ``data_root``, and a ``pretrained``
-    file or run folder (not 'torchvision'). Run folders record paths so, to resume from any
+    expanded: a ``folder:``/``npz:`` dataset's path (``dataset``, and each of ``ood``),
+    ``data_root``, and a ``pretrained`` file or run folder (not 'torchvision'). Run folders record paths so, to resume from any
     directory; ones written before recorded them as given, and a relative one is read here
     against the working directory."""
     out = dict(config)
     if isinstance(out.get("dataset"), str):
         out["dataset"] = absolute_dataset(out["dataset"])
+    if isinstance(out.get("ood"), (list, tuple)):
+        out["ood"] = type(out["ood"])(
+            absolute_dataset(d) if isinstance(d, str) else d for d in out["ood"]
+        )
     for key in ("data_root", "pretrained"):
         value = out.get(key)
         if isinstance(value, str) and not (key == "pretrained" and value.lower() == "torchvision"):
@@ -908,15 +912,51 @@ TEST_NPZ_KEYS = ("x_test", "x", "images")
 
 
 def locate_test_images(name: str, root: str | None = None) -> str:
-    """Where :func:`load_test_images` finds ``name``'s test images, or a :class:`DataError`."""
+    """Where :func:`load_test_images` finds ``name``'s test images, or a :class:`DataError`:
+    a folder with image files, an npz archive with an array of :data:`TEST_NPZ_KEYS` (its
+    names read, not its arrays), a built-in dataset's files."""
     prefix, sep, path = name.partition(":")
     if sep and prefix == "folder" and path:
-        folder = Path(os.path.expanduser(path))
-        if not folder.is_dir():
-            what = "is a file, not a folder" if folder.exists() else "does not exist"
-            raise DataError(f"folder {folder} {what}.")
+        folder = _test_folder(Path(os.path.expanduser(path)))
+        if not image_files(folder):
+            raise DataError(
+                f"folder {folder} holds no image files (ending in "
+                f"{', '.join(IMAGE_EXTENSIONS)}, in any case)."
+            )
         return str(folder)
-    return get_source(name).locate(root)
+    where = get_source(name).locate(root)
+    if sep and prefix == "npz" and path:
+        _npz_test_key(Path(where))
+    return where
+
+
+def _test_folder(folder: Path) -> Path:
+    """A far-OOD folder's images: its ``test/`` if it has one, else the folder itself."""
+    if not folder.is_dir():
+        what = "is a file, not a folder" if folder.exists() else "does not exist"
+        raise DataError(f"folder {folder} {what}.")
+    return folder / "test" if (folder / "test").is_dir() else folder
+
+
+def _npz_test_key(file: Path) -> str:
+    """The array of :data:`TEST_NPZ_KEYS` that an npz far-OOD set holds its images in."""
+    names: list[str] = []
+
+    def keep(key: str) -> bool:
+        names.append(key)
+        return False  # the names only
+
+    try:
+        read_npz(file, "npz file", keep=keep)
+    except UnseenError as exc:
+        raise DataError(str(exc)) from None
+    key = next((k for k in TEST_NPZ_KEYS if k in names), None)
+    if key is None:
+        raise DataError(
+            f"npz file {file} has no array named {', '.join(TEST_NPZ_KEYS)} (it has: "
+            f"{', '.join(names) or 'none'})."
+        )
+    return key
 
 
 def load_test_images(
@@ -935,35 +975,15 @@ def load_test_images(
     prefix, sep, path = name.partition(":")
     if sep and prefix == "folder" and path:
         folder = Path(locate_test_images(name))
-        if (folder / "test").is_dir():
-            folder = folder / "test"
-        files = image_files(folder)
-        if not files:
-            raise DataError(
-                f"folder {folder} holds no image files (ending in "
-                f"{', '.join(IMAGE_EXTENSIONS)}, in any case)."
-            )
-        x, notes = _load_image_files({"test": files}, bit_depth)
+        x, notes = _load_image_files({"test": image_files(folder)}, bit_depth)
         return TestImages(name, x["test"].contiguous(), str(folder), notes)
     if sep and prefix == "npz" and path:
         file = Path(get_source(name).locate(root))
-        names: list[str] = []
-
-        def keep(key: str) -> bool:
-            names.append(key)
-            return key in TEST_NPZ_KEYS
-
+        key = _npz_test_key(file)
         try:
-            arrays = read_npz(file, "npz file", keep=keep)
+            a = read_npz(file, "npz file", keep=lambda k: k == key)[key]
         except UnseenError as exc:
             raise DataError(str(exc)) from None
-        key = next((k for k in TEST_NPZ_KEYS if k in arrays), None)
-        if key is None:
-            raise DataError(
-                f"npz file {file} has no array named {', '.join(TEST_NPZ_KEYS)} (it has: "
-                f"{', '.join(names) or 'none'})."
-            )
-        a = arrays[key]
         if a.dtype != np.uint8:
             raise DataError(f"{key} in {file} must be uint8 images, not {a.dtype}.")
         if (nchw := npz_images_nchw(a)) is None:

@@ -37,9 +37,9 @@ from .checkpoint import (
 )
 from .config import RunConfig, validate
 from .console import counted, printable_names
-from .data import ImageData, absolute_paths, load_dataset
+from .data import ImageData, absolute_dataset, absolute_paths, load_dataset
 from .detectors import check_vim_dim
-from .errors import ConfigError
+from .errors import ConfigError, DataError
 from .evaluate import check_finite, forward_pass
 from .farood import locate_ood, missing_ood, score_run_ood
 from .hardware import (
@@ -742,20 +742,16 @@ def _run_experiment(cfg: RunConfig, progress: bool, log: Callable[[str], None] |
     if saved is not None:  # run_dir is --out here
         check_same_config(saved, record, run_dir)
     if folder == "finished":
-        todo = missing_ood(run_dir, cfg.head, cfg.ood, cfg.test_subset)
-        say(
-            f"{run_dir} holds a finished run with these options; "
-            + (
-                f"scoring --ood {', '.join(dict.fromkeys(d for _, d in todo))}"
-                if todo
-                else "nothing to resume."
-            )
+        say(f"{run_dir} holds a finished run with these options; nothing to train.")
+        errors = complete_finished_run(
+            run_dir,
+            cfg.ood,
+            data_root=cfg.data_root,
+            download=cfg.download,
+            device=cfg.device,
+            report=cfg.report,
+            log=say,
         )
-        errors: dict[tuple[str, str], str] = {}
-        if todo:
-            errors = run_ood(cfg, run_dir, say)
-            if cfg.report:
-                write_run_report(run_dir, say)
         return RunResult(run_dir, cfg, read_json(run_dir / "metrics.json"), ood_errors=errors)
     if cfg.overwrite and cfg.out:
         clear_run_state(run_dir)
@@ -892,7 +888,18 @@ def _run_experiment(cfg: RunConfig, progress: bool, log: Callable[[str], None] |
     timings = wall_clock(per_head, prepare_seconds, 0.0, started, earlier)
     finished = mark_finished(run_dir, heads=list(cfg.head), seconds=timings)
     ood_start = time.perf_counter()
-    errors = run_ood(cfg, run_dir, say) if cfg.ood else {}
+    errors = {}
+    if cfg.ood:
+        errors = run_ood(
+            run_dir,
+            cfg.head,
+            cfg.ood,
+            data_root=cfg.data_root,
+            download=cfg.download,
+            device=cfg.device,
+            limit=cfg.test_subset,
+            say=say,
+        )
     report_start = time.perf_counter()
     if cfg.report:
         write_run_report(run_dir, say)
@@ -916,26 +923,79 @@ def _run_experiment(cfg: RunConfig, progress: bool, log: Callable[[str], None] |
 
 
 def run_ood(
-    cfg: RunConfig, run_dir: Path, say: Callable[[str], None]
+    run_dir: Path,
+    heads: Sequence[str],
+    ood: Sequence[str],
+    *,
+    data_root: str | None,
+    download: bool,
+    device: str,
+    limit: int | None,
+    say: Callable[[str], None],
 ) -> dict[tuple[str, str], str]:
-    """``--ood``: score the other datasets with the finished run in ``run_dir``, each head
-    (:func:`unseen.farood.score_run_ood`), where no current result is there."""
-    todo = missing_ood(run_dir, cfg.head, cfg.ood, cfg.test_subset)
+    """``--ood``: score the datasets ``ood`` with each of ``heads`` of the finished run in
+    ``run_dir`` where no current result is there (:func:`unseen.farood.score_run_ood`)."""
+    todo = missing_ood(run_dir, heads, ood)
     if not todo:
         return {}
     start = time.perf_counter()
     errors = score_run_ood(
         run_dir,
-        cfg.head,
-        cfg.ood,
-        data_root=cfg.data_root,
-        download=cfg.download,
-        device=cfg.device,
-        limit=cfg.test_subset,
+        heads,
+        ood,
+        data_root=data_root,
+        download=download,
+        device=device,
+        limit=limit,
         log=say,
     )
     if done := list(dict.fromkeys(d for pair in todo if pair not in errors for d in pair[1:])):
         say(f"far-OOD: {', '.join(done)} scored ({time.perf_counter() - start:.1f} s)")
+    return errors
+
+
+def complete_finished_run(
+    run_dir: str | Path,
+    ood: Sequence[str] = (),
+    *,
+    data_root: str | None = None,
+    download: bool = False,
+    device: str = "auto",
+    report: bool = True,
+    log: Callable[[str], None] | None = None,
+) -> dict[tuple[str, str], str]:
+    """Add to the finished run in ``run_dir`` what it may lack, without training: a current
+    far-OOD result of each dataset of ``ood`` for each head (its images limited as the
+    run's ``--test-subset``), and, with ``report``, the report when there is none (a run
+    stopped while writing it) or far-OOD results were added. ``unseen run --resume`` on a
+    finished run and ``unseen sweep`` on its finished runs call it; the run's own options
+    are read from its folder, so a run rescored since (other ``--scores``) is no obstacle.
+    Returns why a (head, dataset) pair could not be scored."""
+    from .runfolder import read_config_json
+
+    run_dir = Path(run_dir)
+    say = log or (lambda _msg: None)
+    config = read_config_json(run_dir / "config.json")
+    heads = [str(h) for h in config.get("head") or ()]
+    if not heads:
+        raise DataError(f"{run_dir / 'config.json'} names no head: the run folder is damaged.")
+    ood = [absolute_dataset(d) for d in ood]
+    todo = missing_ood(run_dir, heads, ood)
+    errors = {}
+    if todo:
+        say(f"scoring --ood {', '.join(dict.fromkeys(d for _, d in todo))}")
+        errors = run_ood(
+            run_dir,
+            heads,
+            ood,
+            data_root=data_root,
+            download=download,
+            device=device,
+            limit=config.get("test_subset"),
+            say=say,
+        )
+    if report and (todo or not (run_dir / "report.html").is_file()):
+        write_run_report(run_dir, say)
     return errors
 
 

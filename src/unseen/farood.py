@@ -25,6 +25,8 @@ from .metrics import confidence_summary, predicted_as, score_metrics
 from .runfolder import read_json, slug, write_json
 
 if TYPE_CHECKING:
+    import torch
+
     from .data import TestImages
 
 
@@ -40,7 +42,8 @@ def evaluate_ood(
     limit: int | None = None,
     data: TestImages | None = None,
 ) -> dict[str, Any]:
-    """The run's scores on ``dataset``'s test images (its first ``limit``), as unseen images
+    """The run's scores on ``dataset``'s test images (``limit`` of them, drawn by
+    :func:`subset_index`), as unseen images
     against the run's known test images; see the module docstring. Returns what
     ``ood/<dataset>.json`` holds: ``scores`` maps each score the run stored to its metrics,
     keyed as in ``metrics.json`` (``auroc``, ``fpr_at_95_tpr``, ``unseen_rejected`` at the
@@ -67,7 +70,7 @@ def evaluate_ood(
     dataset = absolute_dataset(dataset)  # npz:/folder: paths as config.json records them
     if data is None:
         data = load_test_images(dataset, data_root, download, bit_depth=p.bit_depth)
-    x = data.x if limit is None else data.x[: int(limit)]
+    x = data.x if limit is None else data.x[subset_index(len(data.x), int(limit))]
     if len(x) == 0:
         raise DataError(f"{dataset} has no test images to score.")
     converted = conversions(None, x, p)  # a dataset's images share their size and channels
@@ -114,6 +117,18 @@ def evaluate_ood(
     }
 
 
+def subset_index(n: int, limit: int) -> torch.Tensor:
+    """The ``limit`` of ``n`` images a far-OOD result scores: drawn at random with a fixed
+    seed (the same ones every time; a folder's images come sorted by folder, so its first N
+    would be its first classes), kept in their order. All of them when ``limit >= n``."""
+    import torch
+
+    if limit >= n:
+        return torch.arange(n)
+    drawn = torch.randperm(n, generator=torch.Generator().manual_seed(0))[:limit]
+    return drawn.sort().values
+
+
 def run_state(head_folder: str | Path) -> str | None:
     """A fingerprint of a finished run folder's results: when it was finished, and a hash of
     its metrics.json (``--overwrite`` and ``unseen rescore`` change them; copying or moving
@@ -152,19 +167,14 @@ def save_ood(result: dict[str, Any]) -> Path:
 RESULT_KEYS = ("dataset", "num_images", "num_known_test", "predicted_as", "confidence", "scores")
 
 
-def is_current(head_folder: str | Path, dataset: str, limit: int | None = None) -> bool:
-    """Whether ``head_folder`` holds a result of ``dataset`` (its first ``limit`` test images)
-    computed from the run as it stands (not stale)."""
+def is_current(head_folder: str | Path, dataset: str) -> bool:
+    """Whether ``head_folder`` holds a result of ``dataset`` computed from the run as it
+    stands (not stale), whatever number of its images it scored."""
     try:
         r = read_json(ood_path(head_folder, dataset))
     except UnseenError:  # none, or not readable: to compute
         return False
-    return (
-        isinstance(r, dict)
-        and all(k in r for k in RESULT_KEYS)
-        and r.get("limit") == limit
-        and not is_stale(r, head_folder)
-    )
+    return isinstance(r, dict) and all(k in r for k in RESULT_KEYS) and not is_stale(r, head_folder)
 
 
 def head_folders(run_dir: str | Path, heads: Sequence[str]) -> dict[str, Path]:
@@ -174,7 +184,7 @@ def head_folders(run_dir: str | Path, heads: Sequence[str]) -> dict[str, Path]:
 
 
 def missing_ood(
-    run_dir: str | Path, heads: Sequence[str], datasets: Sequence[str], limit: int | None = None
+    run_dir: str | Path, heads: Sequence[str], datasets: Sequence[str]
 ) -> list[tuple[str, str]]:
     """The (head, dataset) pairs of a finished run that have no current result."""
     from .data import absolute_dataset
@@ -183,16 +193,17 @@ def missing_ood(
         (head, dataset)
         for head, folder in head_folders(run_dir, heads).items()
         for dataset in datasets
-        if not is_current(folder, absolute_dataset(dataset), limit)
+        if not is_current(folder, absolute_dataset(dataset))
     ]
 
 
 def locate_ood(datasets: Sequence[str], data_root: str | None, download: bool = False) -> None:
     """Fail now, in one sentence naming ``--ood``, for a dataset whose files are not there
     (unless ``download`` may fetch it), rather than once the run is trained."""
-    from .data import locate_test_images
+    from .data import check_dataset_name, locate_test_images
 
     for name in datasets:
+        check_dataset_name(name, "--ood")
         if download and ":" not in name:
             continue
         try:
@@ -220,7 +231,7 @@ def score_run_ood(
     from .runfolder import read_config_json
 
     say = log or (lambda _msg: None)
-    todo = missing_ood(run_dir, heads, datasets, limit)
+    todo = missing_ood(run_dir, heads, datasets)
     if not todo:
         return {}
     bit_depth = int(read_config_json(Path(run_dir) / "config.json").get("bit_depth", 16))
@@ -249,8 +260,8 @@ def score_run_ood(
             failed[(head, dataset)] = str(exc)
             where = f"head {head}: " if len(heads) > 1 else ""
             say(
-                f"{where}far-OOD {dataset}: not scored ({exc}); `unseen ood {run_dir} --dataset "
-                f"{dataset}` tries again"
+                f"{where}far-OOD {dataset}: not scored ({str(exc).rstrip('.')}); `unseen ood "
+                f"{run_dir} --dataset {dataset}` tries again"
             )
             continue
         save_ood(result)

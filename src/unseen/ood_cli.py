@@ -77,7 +77,11 @@ def add_ood_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     )
     p.add_argument("--head", default=None, help="which head of a multi-head run")
     p.add_argument(
-        "--limit", type=_positive_int, default=None, metavar="N", help="its first N test images"
+        "--limit",
+        type=_positive_int,
+        default=None,
+        metavar="N",
+        help="N of its test images, drawn at random with a fixed seed (the same N every time)",
     )
     add_model_options(p)
     p.set_defaults(func=cmd_ood)

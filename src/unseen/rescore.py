@@ -38,7 +38,7 @@ from .experiment import (
     write_run_files,
     write_run_report,
 )
-from .farood import current_results, evaluate_ood, save_ood
+from .farood import evaluate_ood, ood_results, save_ood
 from .hardware import describe_device
 from .predict import is_head_folder, load_checkpoint, rebuild_model
 from .report import head_folder
@@ -192,9 +192,11 @@ def _rescore_run(
             f"note: --scores {','.join(cfg.scores)} now also computes {', '.join(added)}, "
             "which the run's version did not have"
         )
-    # far-OOD results of the run as it stood: scored again below, as they go stale now
+    # far-OOD results: scored again below with the rescored run (those out of date already,
+    # which an earlier rescore could not score again, too: --overwrite removes ood/, so every
+    # result there is of this network)
     far = {
-        h: [(d, r.get("limit")) for d, r in current_results(f).items()] for h, f in folders.items()
+        h: [(r["dataset"], r.get("limit")) for r in ood_results(f)[0]] for h, f in folders.items()
     }
     for head, (scored, payload) in results.items():
         write_run_files(folders[head], p, scored, payload)
@@ -221,7 +223,7 @@ def refresh_ood(
     say: Callable[[str], None],
 ) -> dict[tuple[str, str], str]:
     """Score again, with the rescored run, the far-OOD results (dataset, image limit) each
-    head had (``far``); one that cannot be (its data gone) stays, marked out of date, and
+    head has (``far``); one that cannot be (its data gone) stays, marked out of date, and
     is said and returned."""
     errors = {}
     for head, results in far.items():
@@ -240,8 +242,9 @@ def refresh_ood(
                 errors[(head, dataset)] = str(exc)
                 where = f"head {head}: " if len(far) > 1 else ""
                 say(
-                    f"note: {where}far-OOD {dataset} not scored again, so out of date ({exc}); "
-                    f"`unseen ood {run_dir} --dataset {dataset}` scores it"
+                    f"note: {where}far-OOD {dataset} not scored again, so out of date "
+                    f"({str(exc).rstrip('.')}); `unseen ood {run_dir} --dataset {dataset}` "
+                    "scores it"
                 )
                 continue
             save_ood(result)

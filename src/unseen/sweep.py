@@ -51,8 +51,9 @@ import numpy as np
 
 from .config import MAX_SEED, RESULT_NEUTRAL_KEYS, RunConfig, validate
 from .console import printable_names
+from .data import absolute_dataset
 from .errors import ConfigError, Interrupted, UnseenError
-from .farood import current_results, far_ood_stats, head_folders, missing_ood
+from .farood import current_results, far_ood_stats, head_folders, locate_ood, missing_ood
 from .metrics import CONFIDENT, absorbed_by, mean_std
 from .rare import rare_statistics
 from .runfolder import (
@@ -549,7 +550,19 @@ def _run_one_now(cfg: RunConfig, threads: int | None) -> tuple[float, str | None
     if cfg.out:
         (Path(cfg.out) / "error.txt").unlink(missing_ok=True)
     try:
-        result = experiment.run_experiment(cfg, progress=False, log=None)
+        if cfg.out and not cfg.overwrite and is_finished(cfg.out):
+            # a finished run that lacks --ood results: scored with the run as it stands (its
+            # own options, rescored or not), nothing trained
+            errors = experiment.complete_finished_run(
+                cfg.out,
+                cfg.ood,
+                data_root=cfg.data_root,
+                download=cfg.download,
+                device=cfg.device,
+                report=cfg.report,
+            )
+        else:
+            errors = experiment.run_experiment(cfg, progress=False, log=None).ood_errors
     except Interrupted as exc:  # Ctrl-C or SIGTERM (checkpoint saved): stop the whole sweep
         _STOPPING = _IN_WORKER  # a worker takes no further run
         raise RunInterrupted(str(exc), exc.exit_code) from None
@@ -562,8 +575,8 @@ def _run_one_now(cfg: RunConfig, threads: int | None) -> tuple[float, str | None
         first = detail.strip().splitlines()[0] if detail.strip() else detail
         return time.perf_counter() - start, first, None
     note = "; ".join(
-        f"far-OOD {d} not scored ({e.strip().splitlines()[0] if e.strip() else e})"
-        for (_, d), e in result.ood_errors.items()
+        f"far-OOD {d} not scored ({e.strip().splitlines()[0].rstrip('.') if e.strip() else e})"
+        for (_, d), e in errors.items()
     )
     return time.perf_counter() - start, None, note or None
 
@@ -586,7 +599,7 @@ def run_plan(
         cfg = run.config
         if not is_finished(run.run_dir) or cfg.overwrite:
             todo.append(i)
-        elif missing_ood(run.run_dir, cfg.head, cfg.ood, cfg.test_subset):
+        elif missing_ood(run.run_dir, cfg.head, cfg.ood):
             todo.append(i)
             scoring.add(i)
         else:
@@ -606,7 +619,7 @@ def run_plan(
             what = "far-OOD scored" if i in scoring else "finished"
             say(
                 f"[{done}/{total}] {run.run_dir.name}: {what} in {seconds:.1f} s"
-                + (f"; {note}" if note else "")
+                + (f", but {note}" if note else "")
             )
         else:
             outcomes[i] = RunOutcome(run, "failed", seconds, error)
@@ -624,7 +637,7 @@ def _run_todo(
     runs: Sequence[PlannedRun],
     todo: Sequence[int],
     jobs: int,
-    report: Callable[[int, float, str | None], None],
+    report: Callable[..., None],
 ) -> None:
     if jobs == 1 or len(todo) <= 1:
         for i in todo:
@@ -663,8 +676,11 @@ def _run_todo(
                     _stop_workers(pool, processes)
                     for i in todo:
                         if i not in reported:
-                            if is_finished(runs[i].run_dir):
-                                report(i, 0.0, None)
+                            cfg = runs[i].config
+                            if is_finished(runs[i].run_dir):  # its --ood results, if it got them
+                                lost = missing_ood(runs[i].run_dir, cfg.head, cfg.ood)
+                                note = f"far-OOD not scored ({WORKER_DIED})" if lost else None
+                                report(i, 0.0, None, note)
                             else:
                                 started = (runs[i].run_dir / "config.json").exists()
                                 report(i, 0.0, WORKER_DIED if started else NOT_RUN)
@@ -809,14 +825,16 @@ def _variant(record: dict) -> tuple[str, str]:
     return record["head"], record["tags"].get("balance", "none")
 
 
-def aggregate(records: Sequence[dict], protocol: str = "") -> dict:
+def aggregate(records: Sequence[dict], protocol: str = "", ood: Sequence[str] = ()) -> dict:
     """Means and standard deviations over runs, per variant (head x balance mode).
 
     Each variant holds the overall statistics (closed-set accuracy and every per-score
     metric) and one row per protocol condition (held-out class, split or fraction) with its
     closed-set accuracy, per-score AUROC, the known class absorbing most unseen images and,
     for rare-class runs, the rare class's training images, recall, precision and AUROC
-    against the other known classes.
+    against the other known classes. ``far_ood`` averages the runs' far-OOD results per
+    dataset; a dataset of ``ood`` (``--ood``, as given) that no run scored gets a coverage
+    warning.
     """
     names = _score_names(records)
     variants = []
@@ -875,7 +893,15 @@ def aggregate(records: Sequence[dict], protocol: str = "") -> dict:
         }
         if protocol != "rare" and len(conditions) > 1:
             variant["over_conditions"] = _over_conditions(mine, conditions, names)
-        variant["far_ood"] = far_ood_stats([r["ood"] for r in mine])
+        variant["far_ood"] = far_ood_stats([r.get("ood", {}) for r in mine])
+        for dataset in dict.fromkeys(absolute_dataset(d) for d in ood):
+            if dataset not in variant["far_ood"]:
+                first = Path(mine[0]["dir"])  # its head's folder in a run with several
+                first = first / key[0] if (first / key[0] / "model.pt").is_file() else first
+                coverage.append(
+                    f"{where}far-OOD {dataset} was scored on none of the {len(mine)} runs; "
+                    f"`unseen ood {first} --dataset {dataset}` says why"
+                )
         for dataset, far in variant["far_ood"].items():
             if far["runs"] < len(mine):
                 coverage.append(
@@ -1217,6 +1243,7 @@ def run_sweep(
     say = log or (lambda _msg: None)
     parse_protocol(opts.protocol)  # an unknown protocol fails before any work
     check_options(opts)  # before the dataset is loaded or anything is written
+    locate_ood(base.ood, base.data_root, base.download)  # --ood's files, as each run would
     if dry_run and summary_only:
         raise ConfigError("give --dry-run or --summary-only, not both.")
     out = Path(out_dir) if out_dir else default_sweep_dir(base.dataset, opts.protocol)
@@ -1261,7 +1288,7 @@ def dry_run_state(run: PlannedRun, overwrite: bool) -> str:
     if is_finished(run_dir):
         if overwrite:
             return "to run again (--overwrite)"
-        todo = dict.fromkeys(d for _, d in missing_ood(run_dir, cfg.head, cfg.ood, cfg.test_subset))
+        todo = dict.fromkeys(d for _, d in missing_ood(run_dir, cfg.head, cfg.ood))
         return f"finished, far-OOD to score: {', '.join(todo)}" if todo else "finished"
     stem, suffix = Path(CHECKPOINT_FILE).stem, Path(CHECKPOINT_FILE).suffix
     # checkpoint.pt, or checkpoint-K.pt for each network of an ovr-separate head
@@ -1289,7 +1316,7 @@ def summarize(
     ``opts``): ``summary.json``, ``summary.txt`` and, with ``report``, the comparison report."""
     say = log or (lambda _msg: None)
     kind, _ = parse_protocol(opts.protocol)
-    summary = aggregate(load_records(runs), kind)
+    summary = aggregate(load_records(runs), kind, base.ood)
     summary.update(
         {
             "protocol_arg": opts.protocol,
