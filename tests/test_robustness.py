@@ -704,7 +704,7 @@ def test_existing_run_folders(reference, tmp_path, capsys, monkeypatch):
     # --resume of a finished run trains nothing and reports its metrics
     monkeypatch.setattr("unseen.experiment.train_model", lambda *a, **k: pytest.fail("trained"))
     code, out, _ = cli(capsys, "run", "--resume", "--out", str(finished))
-    assert code == 0 and "nothing to resume" in out
+    assert code == 0 and "nothing to train" in out
     assert_same_results(reference, finished)
 
 
