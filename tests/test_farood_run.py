@@ -15,7 +15,7 @@ from unseen.cli import main
 from unseen.config import parse_value
 from unseen.errors import ConfigError, DataError
 from unseen.experiment import prepare, run_experiment
-from unseen.farood import evaluate_ood, is_current, ood_path
+from unseen.farood import evaluate_ood, is_current, ood_image_scores, ood_path
 from unseen.runfolder import is_finished
 from unseen.sweep import SweepOptions, config_hash, run_sweep
 
@@ -57,9 +57,17 @@ def test_a_run_with_ood_scores_each_dataset_as_unseen_ood_does(digits_run, tmp_p
     for name, m in saved["scores"].items():
         for key in ("auroc", "fpr_at_95_tpr", "unseen_rejected", "known_rejected"):
             assert m[key] == pytest.approx(own[name][key], abs=1e-9), (name, key)
+    # each image's scores, saved beside the result: those the run stored for the same images
+    stored = np.load(run / "scores.npz")
+    per_image = ood_image_scores(run, saved)
+    assert set(per_image) == set(own) and ood_path(run, nines).with_suffix(".npz").is_file()
+    for name, values in per_image.items():
+        mine = stored[f"score_{name}"][stored["is_unseen"].astype(bool)]
+        np.testing.assert_allclose(values, mine, rtol=1e-6, atol=1e-6, err_msg=name)
     # what `unseen ood` computes from the finished run, figure for figure
     again = evaluate_ood(run, other)
     assert json.loads(ood_path(run, other).read_text())["scores"] == again["scores"]
+    assert "image_scores" not in json.loads(ood_path(run, other).read_text())
     # run.json was written twice (before --ood and the report, then with their times): the
     # results stay those of the run as it stands, and the report shows them as current
     finished = json.loads((run / "run.json").read_text())
@@ -68,6 +76,11 @@ def test_a_run_with_ood_scores_each_dataset_as_unseen_ood_does(digits_run, tmp_p
     md = (run / "report.md").read_text()
     assert f"## Another dataset as unseen: {nines}" in md and "Scored before" not in md
     assert "54 test images of" in md and "40 test images of" in md
+    # with a figure of its images' scores beside the run's own, in its section only
+    figure = f"plots/ood_{ood_path(run, other).stem}.png"
+    assert (run / figure).is_file() and md.count(f"]({figure})") == 1
+    section = md.split(f"## Another dataset as unseen: {other}")[1].split("\n## ")[0]
+    assert f"energy: known vs unseen vs {other}" in section and figure in section
 
 
 def test_the_cli_prints_each_dataset_and_the_time_it_took(digits_run, tmp_path, capsys):

@@ -91,6 +91,20 @@ def test_histogram_marks_the_calibrated_threshold():
     assert labels == ["known (300)", "unseen (40)", "threshold"]
 
 
+def test_histogram_adds_another_dataset_and_spans_its_scores():
+    rng = np.random.default_rng(1)
+    far = rng.normal(-6, 1, 500)  # far below both: the axis must reach them
+    fig = plots.score_histogram(
+        rng.normal(2, 1, 300), rng.normal(0, 1, 40), 0.37, "energy", other=("mnist", far)
+    )
+    ax = fig.axes[0]
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert labels == ["known (300)", "unseen (40)", "mnist (500)", "threshold"]
+    assert ax.get_xlim()[0] <= far.min() and ax.get_title() == (
+        "energy: known vs unseen vs mnist test images"
+    )
+
+
 def test_roc_figure_curves_integrate_to_auroc():
     rng = np.random.default_rng(2)
     is_known = np.r_[np.ones(200, bool), np.zeros(60, bool)]

@@ -47,7 +47,8 @@ def evaluate_ood(
     against the run's known test images; see the module docstring. Returns what
     ``ood/<dataset>.json`` holds: ``scores`` maps each score the run stored to its metrics,
     keyed as in ``metrics.json`` (``auroc``, ``fpr_at_95_tpr``, ``unseen_rejected`` at the
-    run's threshold, ...).
+    run's threshold, ...), and ``image_scores`` each score of each image (float32 arrays,
+    which :func:`save_ood` writes to ``ood/<dataset>.npz``; the JSON file leaves them out).
 
     The images are read by :func:`unseen.data.load_test_images`, as a run reads a dataset
     (a folder's images brought to their most common size, 16-bit files at the run's
@@ -80,7 +81,7 @@ def evaluate_ood(
     n_other = len(x)
     labels = np.concatenate([stored["label_known"][known], np.full(n_other, -1)])
     predicted = np.concatenate([stored["predicted"][known], closest])
-    scores, missing_scores = {}, []
+    scores, missing_scores, image_scores = {}, [], {}
     for name, values in other.items():
         if f"score_{name}" not in stored or f"val_score_{name}" not in stored:
             missing_scores.append(name)  # a score this version computes, the run did not store
@@ -97,6 +98,7 @@ def evaluate_ood(
         # as metrics.json says it: calibrated on validation images, or the score's own rule
         m["threshold_from"] = "validation" if q.known_acceptance is not None else "score"
         scores[name] = m
+        image_scores[name] = np.asarray(values, np.float32)
     config = read_json(p.run_dir / "config.json")
     return {
         "dataset": dataset,
@@ -114,6 +116,7 @@ def evaluate_ood(
         "confidence": confidence_summary(probability),
         "scores": scores,
         "not_stored": missing_scores,
+        "image_scores": image_scores,
     }
 
 
@@ -157,10 +160,35 @@ def ood_path(head_folder: str | Path, dataset: str) -> Path:
 
 
 def save_ood(result: dict[str, Any]) -> Path:
+    """Write ``result`` as ``ood/<dataset>.json`` in its run's folder, and its images' scores
+    (``image_scores``) beside it as ``ood/<dataset>.npz`` (``score_<name>`` arrays)."""
+    from .runfolder import write_npz
+
     path = ood_path(result["run"], result["dataset"])
     path.parent.mkdir(exist_ok=True)
-    write_json(path, result)
+    per_image = result.get("image_scores") or {}
+    if per_image:  # first: a JSON file is a result only once its scores are there too
+        write_npz(path.with_suffix(".npz"), **{f"score_{n}": v for n, v in per_image.items()})
+    write_json(path, {k: v for k, v in result.items() if k != "image_scores"})
     return path
+
+
+def ood_image_scores(head_folder: str | Path, result: dict[str, Any]) -> dict[str, np.ndarray]:
+    """Each score of each image of a saved ``result`` (``ood/<dataset>.npz``), by score name;
+    empty when the file is missing, damaged, or not of that result (another image count)."""
+    from .runfolder import read_npz
+
+    path = ood_path(head_folder, result["dataset"]).with_suffix(".npz")
+    try:
+        arrays = read_npz(path) if path.is_file() else {}
+    except UnseenError:
+        return {}
+    n = result.get("num_images")
+    return {
+        k.removeprefix("score_"): v
+        for k, v in arrays.items()
+        if k.startswith("score_") and v.ndim == 1 and len(v) == n
+    }
 
 
 #: what every result of :func:`evaluate_ood` holds (a file without them is not one)

@@ -41,7 +41,15 @@ from .config import FIELDS, RESULT_NEUTRAL_KEYS, with_field_defaults
 from .console import absorbed_text, counted, counts_text, mean_std_text, valid_unicode
 from .data import absolute_paths
 from .errors import UnseenError
-from .farood import current_results, far_ood_stats, is_stale, ood_results, ood_sentence
+from .farood import (
+    current_results,
+    far_ood_stats,
+    is_stale,
+    ood_image_scores,
+    ood_path,
+    ood_results,
+    ood_sentence,
+)
 from .metrics import CONFIDENT, mean_std
 from .rare import rare_statistics
 from .runfolder import (
@@ -228,6 +236,8 @@ class HeadSection:
     plots: list[Plot] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     seconds: dict[str, float] = field(default_factory=dict)
+    #: the far-OOD figure of each dataset scored (one of ``plots``), shown in its section
+    ood_plots: dict[str, Plot] = field(default_factory=dict)
 
 
 def head_confidence(head: str, arrays: dict[str, np.ndarray]) -> tuple[np.ndarray | None, str]:
@@ -355,6 +365,29 @@ def _draw_head_figures(
                 s[o], s[k], t, first, groups=("other known", f"rare class {c}")
             ),
         )
+    # another dataset's images (`unseen ood`, --ood) beside the run's own, on the score
+    # `unseen predict` decides with by default (else the run's first score they have)
+    from .predict import DEFAULT_SCORE
+
+    for r in current_results(h.folder).values():
+        per_image = ood_image_scores(h.folder, r)
+        shown = [n for n in (DEFAULT_SCORE, *score_names) if n in per_image and f"score_{n}" in a]
+        if not shown or shown[0] not in h.metrics.get("scores", {}):
+            continue
+        name, m = shown[0], r["scores"].get(shown[0], {})
+        s, threshold = a[f"score_{name}"], h.metrics["scores"][name].get("threshold")
+        add(
+            f"ood_{ood_path(h.folder, r['dataset']).stem}",
+            f"{name}: known vs unseen vs {r['dataset']}",
+            f"The run's {name} score on its known and unseen test images and on the "
+            f"{r['num_images']} images of {r['dataset']} (grey). Left of the dashed threshold "
+            f"the run rejects {_pct(m.get('unseen_rejected'))} of them (AUROC against the "
+            f"known images {_fmt(m.get('auroc'))}).",
+            lambda s=s, t=threshold, n=name, o=(r["dataset"], per_image[name]): (
+                plots.score_histogram(s[~is_unseen], s[is_unseen], t, n, other=o)
+            ),
+        )
+        section.ood_plots[r["dataset"]] = section.plots[-1]
     if score_names and is_unseen.any() and (~is_unseen).any():
         add(
             "roc",
@@ -755,6 +788,10 @@ def _write_report_files(
                 parts_html = [f'<p class="note">{html.escape(text)}</p>',
                               score_table_html(r.get("scores", {}))]  # fmt: skip
                 parts_md = [md_text(text), "", score_table_md(r.get("scores", {}))]
+                if (p := s.ood_plots.get(r["dataset"])) is not None:
+                    parts_html.append(figure_html(p))
+                    parts_md += ["", f"**{md_text(p.title)}.** {md_text(p.caption)}", "",
+                                 f"![{md_text(p.title)}]({prefix}{p.file})"]  # fmt: skip
             html_parts[-1:-1] = [f"<{level}>{html.escape(title)}</{level}>", *parts_html]
             md_parts += [f"{md_level} {md_text(title)}", "", *parts_md, ""]
         if not_results:
@@ -763,7 +800,8 @@ def _write_report_files(
             md_parts += [f"_{md_text(text)}_", ""]
         md_parts += [f"{md_level} Figures", ""]
         hist = [p for p in s.plots if p.file.rsplit("/", 1)[-1].startswith("hist_")]
-        others = [p for p in s.plots if p not in hist]
+        shown = hist + list(s.ood_plots.values())  # those in their far-OOD section
+        others = [p for p in s.plots if p not in shown]
         if hist:
             html_parts.append(
                 '<div class="grid">' + "".join(figure_html(p) for p in hist) + "</div>"
