@@ -13,7 +13,7 @@ import pytest
 from unseen import RunConfig
 from unseen.cli import main
 from unseen.config import parse_value
-from unseen.errors import ConfigError, DataError
+from unseen.errors import ConfigError, DataError, Interrupted
 from unseen.experiment import prepare, run_experiment
 from unseen.farood import evaluate_ood, is_current, ood_image_scores, ood_path
 from unseen.runfolder import is_finished
@@ -83,7 +83,7 @@ def test_a_run_with_ood_scores_each_dataset_as_unseen_ood_does(digits_run, tmp_p
     assert f"energy: known vs unseen vs {other}" in section and figure in section
 
 
-def test_the_cli_prints_each_dataset_and_the_time_it_took(digits_run, tmp_path, capsys):
+def test_resuming_a_finished_run_with_ood_prints_each_dataset(digits_run, tmp_path, capsys):
     run = tmp_path / "run"
     shutil.copytree(digits_run, run)
     name = noise(tmp_path / "noise.npz")
@@ -134,13 +134,19 @@ def test_resuming_a_finished_run_scores_only_what_it_lacks(digits_run, tmp_path)
 def test_an_ood_dataset_that_cannot_be_read_costs_only_its_result(digits_run, tmp_path, capsys):
     run = tmp_path / "run"
     shutil.copytree(digits_run, run)
-    bad = tmp_path / "bad.npz"
-    np.savez(bad, x=np.zeros((3, 8, 8)))  # its names pass the check before training, not its floats
+    bad = undecodable(tmp_path / "bad")  # found before training, decoded after it
     args = ["run", "--out", str(run), "--epochs", "8", "--device", "cpu", "--precision", "fp32"]
-    assert main([*args, "--resume", "--ood", f"npz:{bad}", "--quiet", "--no-report"]) == 0
+    assert main([*args, "--resume", "--ood", f"folder:{bad}", "--quiet", "--no-report"]) == 0
     out = capsys.readouterr().out
-    assert f"== far-OOD npz:{bad}: not scored: x in {bad} must be uint8 images" in out
-    assert is_finished(run) and not ood_path(run, f"npz:{bad}").exists()
+    assert f"== far-OOD folder:{bad}: not scored: image {bad / 'x.png'} could not be decoded" in out
+    assert is_finished(run) and not ood_path(run, f"folder:{bad}").exists()
+
+
+def undecodable(folder):
+    """A folder holding one .png file that is no image."""
+    folder.mkdir()
+    (folder / "x.png").write_bytes(b"not a png")
+    return folder
 
 
 def test_a_run_stopped_while_writing_its_report_gets_it_on_resume(tmp_path, monkeypatch):
@@ -151,7 +157,7 @@ def test_a_run_stopped_while_writing_its_report_gets_it_on_resume(tmp_path, monk
 
     cfg = RunConfig(out=str(tmp_path / "run"), **{**FAST, "report": True})
     monkeypatch.setattr(unseen.report, "build_report", stopped)
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(Interrupted, match="--resume --out .* adds what it lacks"):
         run_experiment(cfg, progress=False, log=None)
     assert is_finished(tmp_path / "run") and not (tmp_path / "run" / "report.html").exists()
     monkeypatch.undo()
@@ -213,11 +219,14 @@ def test_a_sweep_scores_its_finished_runs_and_averages_the_results(tmp_path, cap
     # the same sweep with --ood: nothing trained again, each run scores the dataset
     states = []
     run_sweep(RunConfig(**FAST, ood=(name,)), opts, out, dry_run=True, log=states.append)
-    assert all(f"finished, far-OOD to score: {name}" in s for s in states) and len(states) == 2
+    assert all(f"finished, to complete: far-OOD {name}" in s for s in states) and len(states) == 2
     log: list[str] = []
     second = run_sweep(RunConfig(**FAST, ood=(name,)), opts, out, report=False, log=log.append)
-    assert "2 runs: 2 already finished, 0 to run, 2 finished to score --ood on" in log
-    assert sum("far-OOD scored in" in line for line in log) == 2
+    assert (
+        "2 runs: 2 already finished, 0 to run, 2 finished to complete (--ood results, or a report)"
+        in log
+    )
+    assert sum(": completed in" in line for line in log) == 2
     assert {d: digest(d / "model.pt") for d in dirs} == trained
     # the known answer: the mean and std of the two runs' own results
     results = [json.loads(ood_path(d, name).read_text()) for d in dirs]
@@ -256,8 +265,7 @@ def test_a_sweep_scores_its_rescored_runs_and_says_what_no_run_could_score(tmp_p
     opts = SweepOptions(protocol="single", seeds=2)
     run_sweep(RunConfig(**FAST), opts, out, report=False, log=None)
     assert main(["rescore", str(out), "--scores", "+vim", "--quiet"]) == 0
-    good, bad = noise(tmp_path / "good.npz"), f"npz:{tmp_path / 'bad.npz'}"
-    np.savez(tmp_path / "bad.npz", x=np.zeros((3, 8, 8)))  # found, but not uint8 images
+    good, bad = noise(tmp_path / "good.npz"), f"folder:{undecodable(tmp_path / 'bad')}"
     log: list[str] = []
     result = run_sweep(RunConfig(**FAST, ood=(good, bad)), opts, out, report=False, log=log.append)
     # the runs' options differ from the sweep's now (--scores): scored all the same, not failed
@@ -266,7 +274,7 @@ def test_a_sweep_scores_its_rescored_runs_and_says_what_no_run_could_score(tmp_p
     assert all(is_current(r.run_dir, good) for r in result.runs)
     far = result.summary["variants"][0]["far_ood"]
     assert far[good]["runs"] == 2 and "vim" in far[good]["scores"] and bad not in far
-    assert sum(f"but far-OOD {bad} not scored (x in" in line for line in log) == 2
+    assert sum(f"but far-OOD {bad} not scored (image " in line for line in log) == 2
     assert any(
         f"far-OOD {bad} was scored on none of the 2 runs" in w
         for w in result.summary["score_coverage"]
@@ -357,3 +365,130 @@ def test_an_unreadable_far_ood_set_is_one_sentence(tmp_path, kind, make, said):
     make(path)
     with pytest.raises(DataError, match=said):
         load_test_images(f"{kind}:{path}")
+
+
+def test_an_npz_set_s_type_and_shape_are_checked_before_training(tmp_path):
+    np.savez(tmp_path / "f.npz", x=np.zeros((3, 8, 8), np.float32))
+    with pytest.raises(DataError, match="x in .* must be uint8 images, not float32"):
+        run_experiment(RunConfig(out=str(tmp_path / "run"), ood=(f"npz:{tmp_path / 'f.npz'}",),
+                                 **FAST), progress=False, log=None)  # fmt: skip
+    assert not (tmp_path / "run" / "config.json").exists()
+
+
+def test_two_paths_with_one_file_safe_name_keep_two_results(digits_run, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(digits_run, run)
+    (tmp_path / "sets").mkdir()
+    one, two = noise(tmp_path / "sets" / "far.npz", n=10), noise(tmp_path / "sets_far.npz", n=20)
+    assert ood_path(run, one) != ood_path(run, two)
+    cfg = RunConfig(out=str(run), resume=True, ood=(one, two), report=False, **QUICK)
+    run_experiment(cfg, progress=False, log=None)
+    assert [json.loads(ood_path(run, d).read_text())["num_images"] for d in (one, two)] == [10, 20]
+    assert is_current(run, one) and is_current(run, two)
+
+
+def test_each_head_of_a_run_scores_the_datasets(tmp_path, capsys):
+    name = noise(tmp_path / "noise.npz", n=30)
+    bad = undecodable(tmp_path / "bad")
+    run = tmp_path / "run"
+    assert main(["run", "--out", str(run), "--head", "softmax,ovr", "--epochs", "1",
+                 "--device", "cpu", "--no-report", "--ood", f"{name},folder:{bad}",
+                 "--test-subset", "200", "--quiet"]) == 0  # fmt: skip
+    out = capsys.readouterr().out
+    for head in ("softmax", "ovr"):
+        saved = json.loads(ood_path(run / head, name).read_text())
+        assert saved["head"] == head and saved["num_images"] == 30  # --test-subset: at most
+        assert f"== far-OOD (head {head}) {name}: 30 test images" in out
+        assert f"== far-OOD (head {head}) folder:{bad}: not scored: image" in out
+    # the hint names the head's folder, which `unseen ood` takes as it is
+    assert main(["ood", str(run / "ovr"), "--dataset", name]) == 0
+
+
+def test_test_subset_scores_a_seeded_draw_of_the_other_images(digits_run, tmp_path):
+    from unseen.farood import subset_index
+
+    images = np.random.default_rng(0).integers(0, 256, (50, 1, 8, 8), dtype=np.uint8)
+    name = save_npz_dataset(tmp_path / "set.npz", images)
+    run = tmp_path / "run"
+    shutil.copytree(digits_run, run)
+    result = evaluate_ood(run, name, limit=12)
+    # the same as scoring those 12 images alone
+    drawn = images[subset_index(50, 12).numpy()]
+    alone = evaluate_ood(run, save_npz_dataset(tmp_path / "drawn.npz", drawn))
+    assert result["num_images"] == 12 and result["limit"] == 12
+    assert result["scores"]["msp"]["auroc"] == alone["scores"]["msp"]["auroc"]
+    assert result["predicted_as"] == alone["predicted_as"]
+
+
+def test_a_sweep_says_when_runs_scored_different_numbers_of_images(tmp_path, monkeypatch):
+    out = tmp_path / "sweep"
+    opts = SweepOptions(protocol="single", seeds=2)
+    name = noise(tmp_path / "noise.npz", n=40)
+    monkeypatch.chdir(tmp_path)  # given relative, recorded absolute, as the runs record it
+    first = run_sweep(RunConfig(**FAST, ood=("npz:noise.npz",)), opts, out, report=False, log=None)
+    assert json.loads((out / "sweep.json").read_text())["base_config"]["ood"] == [name]
+    assert first.summary["score_coverage"] == []  # scored on both runs, found by its path
+    evaluate = evaluate_ood(first.runs[1].run_dir, name, limit=10)
+    from unseen.farood import save_ood
+
+    save_ood(evaluate)
+    again = run_sweep(RunConfig(**FAST), opts, out, summary_only=True, report=False, log=None)
+    assert again.summary["variants"][0]["far_ood"][name]["num_images"] == [10, 40]
+    assert any("scored different numbers of its images (10, 40" in w
+               for w in again.summary["score_coverage"])  # fmt: skip
+
+
+def test_a_sweep_writes_the_report_a_stopped_run_lacks(tmp_path):
+    out = tmp_path / "sweep"
+    opts = SweepOptions(protocol="single")
+    first = run_sweep(RunConfig(**{**FAST, "report": True}), opts, out, report=False, log=None)
+    report = first.runs[0].run_dir / "report.html"
+    report.unlink()  # as a run stopped between run.json and its report leaves it
+    states: list[str] = []
+    run_sweep(RunConfig(**{**FAST, "report": True}), opts, out, dry_run=True, log=states.append)
+    assert "finished, to complete: its report" in states[0]
+    log: list[str] = []
+    run_sweep(RunConfig(**{**FAST, "report": True}), opts, out, report=False, log=log.append)
+    assert report.is_file() and any(": completed in" in line for line in log)
+
+
+def test_a_stop_while_scoring_ood_says_how_to_go_on(tmp_path, monkeypatch, capsys):
+    import unseen.farood
+
+    def stopped(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    name = noise(tmp_path / "noise.npz")
+    run = tmp_path / "run"
+    monkeypatch.setattr(unseen.farood, "evaluate_ood", stopped)
+    args = ["run", "--out", str(run), "--epochs", "1", "--device", "cpu", "--no-report"]
+    assert main([*args, "--ood", name, "--quiet"]) == 130
+    err = capsys.readouterr().err
+    assert f"`unseen run --resume --out {run}` adds what it lacks" in err
+    seconds = json.loads((run / "run.json").read_text())["seconds"]
+    assert is_finished(run) and "ood" not in seconds and "report" not in seconds
+    monkeypatch.undo()
+    assert main([*args, "--ood", name, "--resume", "--quiet"]) == 0
+    assert is_current(run, name)
+
+
+def test_a_rescore_looks_for_each_dataset_where_its_result_found_it(
+    digits_run, tmp_path, monkeypatch
+):
+    import unseen.rescore
+
+    run = tmp_path / "run"
+    shutil.copytree(digits_run, run)
+    name = noise(tmp_path / "noise.npz")
+    (tmp_path / "root").mkdir()
+    assert main(["ood", str(run), "--dataset", name, "--data-root", str(tmp_path / "root")]) == 0
+    assert json.loads(ood_path(run, name).read_text())["data_root"] == str(tmp_path / "root")
+    roots = []
+
+    def spy(*args, **kwargs):
+        roots.append(kwargs["data_root"])
+        return evaluate_ood(*args, **kwargs)
+
+    monkeypatch.setattr(unseen.rescore, "evaluate_ood", spy)
+    assert main(["rescore", str(run), "--no-report", "--quiet"]) == 0
+    assert roots == [str(tmp_path / "root")] and is_current(run, name)

@@ -292,6 +292,8 @@ def fake_runs(monkeypatch):
         calls.append(cfg)
         write_json(Path(cfg.out) / "metrics.json", _fake_metrics(cfg))
         mark_finished(cfg.out, heads=list(cfg.head))
+        if cfg.report:  # as a run does (a finished run without it would be completed)
+            (Path(cfg.out) / "report.html").write_text("<p>report</p>")
         return RunResult(Path(cfg.out), cfg, {})
 
     monkeypatch.setattr("unseen.experiment.run_experiment", fake_run_experiment)

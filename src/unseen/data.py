@@ -939,7 +939,10 @@ def _test_folder(folder: Path) -> Path:
 
 
 def _npz_test_key(file: Path) -> str:
-    """The array of :data:`TEST_NPZ_KEYS` that an npz far-OOD set holds its images in."""
+    """The array of :data:`TEST_NPZ_KEYS` that an npz far-OOD set holds its images in, its
+    type and shape checked from its header (the array itself is not read)."""
+    import zipfile
+
     names: list[str] = []
 
     def keep(key: str) -> bool:
@@ -956,7 +959,29 @@ def _npz_test_key(file: Path) -> str:
             f"npz file {file} has no array named {', '.join(TEST_NPZ_KEYS)} (it has: "
             f"{', '.join(names) or 'none'})."
         )
+    try:
+        with zipfile.ZipFile(file) as archive, archive.open(f"{key}.npy") as fh:
+            version = np.lib.format.read_magic(fh)
+            read = (
+                np.lib.format.read_array_header_1_0
+                if version == (1, 0)
+                else np.lib.format.read_array_header_2_0
+            )
+            shape, _, dtype = read(fh)
+    except Exception:  # an unusual header: the array is checked when it is read
+        return key
+    _check_test_array(file, key, dtype, shape)
     return key
+
+
+def _check_test_array(file: Path, key: str, dtype: np.dtype, shape: tuple[int, ...]) -> None:
+    """An npz far-OOD set's images: uint8, in one of :data:`NPZ_LAYOUTS`, at least one."""
+    if dtype != np.uint8:
+        raise DataError(f"{key} in {file} must be uint8 images, not {dtype}.")
+    if len(shape) < 3 or npz_images_nchw(np.empty((1, *shape[1:]), np.uint8)) is None:
+        raise DataError(f"{key} in {file} must be {NPZ_LAYOUTS}, not {shape}.")
+    if shape[0] == 0:
+        raise DataError(f"{key} in {file} holds no images.")
 
 
 def load_test_images(
@@ -984,10 +1009,8 @@ def load_test_images(
             a = read_npz(file, "npz file", keep=lambda k: k == key)[key]
         except UnseenError as exc:
             raise DataError(str(exc)) from None
-        if a.dtype != np.uint8:
-            raise DataError(f"{key} in {file} must be uint8 images, not {a.dtype}.")
-        if (nchw := npz_images_nchw(a)) is None:
-            raise DataError(f"{key} in {file} must be {NPZ_LAYOUTS}, not {a.shape}.")
+        _check_test_array(file, key, a.dtype, a.shape)
+        nchw = npz_images_nchw(a)
         # alpha is dropped, as the npz source and `unseen predict` drop it
         return TestImages(name, torch.from_numpy(np.ascontiguousarray(nchw[:, :3])), str(file))
     data = load_dataset(name, root, download, bit_depth=bit_depth)

@@ -39,7 +39,7 @@ from .config import RunConfig, validate
 from .console import counted, printable_names
 from .data import ImageData, absolute_dataset, absolute_paths, load_dataset
 from .detectors import check_vim_dim
-from .errors import ConfigError, DataError
+from .errors import ConfigError, DataError, Interrupted
 from .evaluate import check_finite, forward_pass
 from .farood import locate_ood, missing_ood, score_run_ood
 from .hardware import (
@@ -885,24 +885,31 @@ def _run_experiment(cfg: RunConfig, progress: bool, log: Callable[[str], None] |
         checkpoint.remove()
     # finished: --ood and the report read the run from its folder, as `unseen ood` and
     # `unseen report` do, and a failure of either costs only itself
-    timings = wall_clock(per_head, prepare_seconds, 0.0, started, earlier)
+    timings = wall_clock(per_head, prepare_seconds, None, started, earlier)
     finished = mark_finished(run_dir, heads=list(cfg.head), seconds=timings)
     ood_start = time.perf_counter()
     errors = {}
-    if cfg.ood:
-        errors = run_ood(
-            run_dir,
-            cfg.head,
-            cfg.ood,
-            data_root=cfg.data_root,
-            download=cfg.download,
-            device=cfg.device,
-            limit=cfg.test_subset,
-            say=say,
-        )
-    report_start = time.perf_counter()
-    if cfg.report:
-        write_run_report(run_dir, say)
+    try:
+        if cfg.ood:
+            errors = run_ood(
+                run_dir,
+                cfg.head,
+                cfg.ood,
+                data_root=cfg.data_root,
+                download=cfg.download,
+                device=cfg.device,
+                limit=cfg.test_subset,
+                say=say,
+            )
+        report_start = time.perf_counter()
+        if cfg.report:
+            write_run_report(run_dir, say)
+    except KeyboardInterrupt:
+        raise Interrupted(
+            f"interrupted after the run finished, while it scored --ood or wrote its report; "
+            f"`unseen run --resume --out {run_dir}` adds what it lacks",
+            130,
+        ) from None
     timings = wall_clock(
         per_head,
         prepare_seconds,
@@ -1002,7 +1009,7 @@ def complete_finished_run(
 def wall_clock(
     per_head: dict[str, dict],
     prepare: float,
-    report: float,
+    report: float | None,
     started: float,
     earlier: Sequence[str] = (),
     ood: float | None = None,
@@ -1015,7 +1022,8 @@ def wall_clock(
     training an earlier process did (part of a head's, or all of the ``earlier`` heads it
     finished) is ``trained_before_resume``, outside ``total``. metrics.json's
     ``train_seconds`` (for ``train_images_per_second``) covers the whole training. ``ood``
-    (scoring the ``--ood`` datasets) is there when the run had some."""
+    (scoring the ``--ood`` datasets) is there when the run had some; ``report`` once it is
+    written (None: not yet)."""
 
     def summed(key: str) -> float:
         return sum(float(m.get(key) or 0.0) for h, m in per_head.items() if h not in earlier)
@@ -1029,7 +1037,7 @@ def wall_clock(
         "train": summed("train_seconds") - summed("resumed_train_seconds"),
         **{key: summed(f"{key}_seconds") for key in ("validation", "checkpoint", "eval")},
         **({"ood": ood} if ood is not None else {}),  # with --ood
-        "report": report,
+        **({"report": report} if report is not None else {}),
     }
     out = {**parts, "other": max(total - sum(parts.values()), 0.0), "total": total}
     return out | ({"trained_before_resume": before} if before > 0 else {})

@@ -103,6 +103,8 @@ def evaluate_ood(
     return {
         "dataset": dataset,
         "source": data.source,
+        # where it was looked for (a named dataset's root): a rescore looks there again
+        "data_root": None if data_root is None else str(Path(data_root).expanduser().resolve()),
         "own_dataset": str(config.get("dataset", "")),
         "run": str(p.run_dir.resolve()),
         "limit": limit,
@@ -155,8 +157,15 @@ def is_stale(result: dict[str, Any], head_folder: str | Path) -> bool:
 
 def ood_path(head_folder: str | Path, dataset: str) -> Path:
     """Where :func:`save_ood` writes ``dataset``'s result: ``ood/<dataset>.json`` in the run's
-    folder (its head's folder in a multi-head run), the name made file-safe."""
-    return Path(head_folder) / "ood" / f"{slug(dataset)}.json"
+    folder (its head's folder in a multi-head run), the name made file-safe. A path source's
+    name (``npz:``, ``folder:``) gets 8 hex digits of its hash besides: file-safe names of
+    two paths can be the same (``sets/far.npz`` and ``sets_far.npz``, ``SVHN`` and ``svhn``)."""
+    import hashlib
+
+    name = slug(dataset)
+    if ":" in dataset:
+        name += "-" + hashlib.sha256(dataset.encode()).hexdigest()[:8]
+    return Path(head_folder) / "ood" / f"{name}.json"
 
 
 def save_ood(result: dict[str, Any]) -> Path:
@@ -202,7 +211,12 @@ def is_current(head_folder: str | Path, dataset: str) -> bool:
         r = read_json(ood_path(head_folder, dataset))
     except UnseenError:  # none, or not readable: to compute
         return False
-    return isinstance(r, dict) and all(k in r for k in RESULT_KEYS) and not is_stale(r, head_folder)
+    return (
+        isinstance(r, dict)
+        and all(k in r for k in RESULT_KEYS)
+        and r["dataset"] == dataset
+        and not is_stale(r, head_folder)
+    )
 
 
 def head_folders(run_dir: str | Path, heads: Sequence[str]) -> dict[str, Path]:
@@ -262,6 +276,7 @@ def score_run_ood(
     todo = missing_ood(run_dir, heads, datasets)
     if not todo:
         return {}
+    folders = head_folders(run_dir, heads)
     bit_depth = int(read_config_json(Path(run_dir) / "config.json").get("bit_depth", 16))
     loaded: dict[str, TestImages | UnseenError] = {}
     failed: dict[tuple[str, str], str] = {}
@@ -287,9 +302,10 @@ def score_run_ood(
         except UnseenError as exc:
             failed[(head, dataset)] = str(exc)
             where = f"head {head}: " if len(heads) > 1 else ""
+            root = f" --data-root {data_root}" if data_root and ":" not in dataset else ""
             say(
                 f"{where}far-OOD {dataset}: not scored ({str(exc).rstrip('.')}); `unseen ood "
-                f"{run_dir} --dataset {dataset}` tries again"
+                f"{folders[head]} --dataset {dataset}{root}` tries again"
             )
             continue
         save_ood(result)

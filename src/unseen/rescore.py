@@ -195,9 +195,7 @@ def _rescore_run(
     # far-OOD results: scored again below with the rescored run (those out of date already,
     # which an earlier rescore could not score again, too: --overwrite removes ood/, so every
     # result there is of this network)
-    far = {
-        h: [(r["dataset"], r.get("limit")) for r in ood_results(f)[0]] for h, f in folders.items()
-    }
+    far = {h: ood_results(f)[0] for h, f in folders.items()}
     for head, (scored, payload) in results.items():
         write_run_files(folders[head], p, scored, payload)
         if len(heads) > 1:
@@ -208,7 +206,7 @@ def _rescore_run(
     if len(heads) > 1:
         write_json(run_dir / "metrics.json", metrics)
     write_json(run_dir / "config.json", {**saved, **new_options})
-    errors = refresh_ood(run_dir, far, p.config.data_root, device, say)
+    errors = refresh_ood(run_dir, folders, far, p.config.data_root, device, say)
     if report:
         write_run_report(run_dir, say)
     seconds = {"total": time.perf_counter() - started}
@@ -217,34 +215,38 @@ def _rescore_run(
 
 def refresh_ood(
     run_dir: Path,
-    far: dict[str, list[tuple[str, int | None]]],
+    folders: dict[str, Path],
+    far: dict[str, list[dict[str, Any]]],
     data_root: str | None,
     device: str,
     say: Callable[[str], None],
 ) -> dict[tuple[str, str], str]:
-    """Score again, with the rescored run, the far-OOD results (dataset, image limit) each
-    head has (``far``); one that cannot be (its data gone) stays, marked out of date, and
-    is said and returned."""
+    """Score again, with the rescored run, the far-OOD results each head has (``far``; the
+    head's folder in ``folders``), each with its own image count and where its data was found
+    (``data_root`` for a result that does not say); one that cannot be (its data gone) stays,
+    marked out of date, and is said and returned."""
     errors = {}
     for head, results in far.items():
-        for dataset, limit in results:
+        for r in results:
+            dataset, root = r["dataset"], r.get("data_root", data_root)
             try:
                 result = evaluate_ood(
                     run_dir,
                     dataset,
-                    data_root=data_root,
+                    data_root=root,
                     head=head if len(far) > 1 else None,
                     device=device,
                     batch_size=1024,
-                    limit=limit,
+                    limit=r.get("limit"),
                 )
             except UnseenError as exc:
                 errors[(head, dataset)] = str(exc)
                 where = f"head {head}: " if len(far) > 1 else ""
+                given = f" --data-root {root}" if root and ":" not in dataset else ""
                 say(
                     f"note: {where}far-OOD {dataset} not scored again, so out of date "
-                    f"({str(exc).rstrip('.')}); `unseen ood {run_dir} --dataset {dataset}` "
-                    "scores it"
+                    f"({str(exc).rstrip('.')}); `unseen ood {folders[head]} --dataset "
+                    f"{dataset}{given}` scores it"
                 )
                 continue
             save_ood(result)

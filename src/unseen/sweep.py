@@ -574,9 +574,12 @@ def _run_one_now(cfg: RunConfig, threads: int | None) -> tuple[float, str | None
             (folder / "error.txt").write_text(traceback.format_exc())
         first = detail.strip().splitlines()[0] if detail.strip() else detail
         return time.perf_counter() - start, first, None
+    heads = len(cfg.head) > 1
     note = "; ".join(
-        f"far-OOD {d} not scored ({e.strip().splitlines()[0].rstrip('.') if e.strip() else e})"
-        for (_, d), e in errors.items()
+        f"far-OOD {d} not scored"
+        + (f" by head {h}" if heads else "")
+        + f" ({e.strip().splitlines()[0].rstrip('.') if e.strip() else e})"
+        for (h, d), e in errors.items()
     )
     return time.perf_counter() - start, None, note or None
 
@@ -594,21 +597,24 @@ def run_plan(
         raise ConfigError(f"--jobs must be at least 1 (got {jobs}).")
     outcomes: dict[int, RunOutcome] = {}
     todo = []
-    scoring = set()  # finished runs that score their --ood datasets only
+    completing = set()  # finished runs that lack --ood results or their report only
     for i, run in enumerate(runs):
-        cfg = run.config
-        if not is_finished(run.run_dir) or cfg.overwrite:
+        if not is_finished(run.run_dir) or run.config.overwrite:
             todo.append(i)
-        elif missing_ood(run.run_dir, cfg.head, cfg.ood):
+        elif lacks(run):
             todo.append(i)
-            scoring.add(i)
+            completing.add(i)
         else:
             outcomes[i] = RunOutcome(run, "skipped")
     total = len(runs)
-    unfinished = len(todo) - len(scoring)
+    unfinished = len(todo) - len(completing)
     say(
         f"{total} runs: {total - unfinished} already finished, {unfinished} to run"
-        + (f", {len(scoring)} finished to score --ood on" if scoring else "")
+        + (
+            f", {len(completing)} finished to complete (--ood results, or a report)"
+            if completing
+            else ""
+        )
     )
 
     def report(i: int, seconds: float, error: str | None, note: str | None = None) -> None:
@@ -616,7 +622,7 @@ def run_plan(
         done = len(outcomes) + 1
         if error is None:
             outcomes[i] = RunOutcome(run, "finished", seconds)
-            what = "far-OOD scored" if i in scoring else "finished"
+            what = "completed" if i in completing else "finished"
             say(
                 f"[{done}/{total}] {run.run_dir.name}: {what} in {seconds:.1f} s"
                 + (f", but {note}" if note else "")
@@ -631,6 +637,18 @@ def run_plan(
     except Interrupted as exc:
         raise Interrupted(f"{exc}; {again}", exc.exit_code) from None
     return [outcomes[i] for i in range(total)]
+
+
+def lacks(run: PlannedRun) -> list[str]:
+    """What the finished ``run`` lacks, which ``experiment.complete_finished_run`` adds: a
+    current result of each ``--ood`` dataset, and the report (a run stopped while writing it)."""
+    cfg = run.config
+    missing = list(
+        dict.fromkeys(f"far-OOD {d}" for _, d in missing_ood(run.run_dir, cfg.head, cfg.ood))
+    )
+    if cfg.report and not (run.run_dir / "report.html").is_file():
+        missing.append("its report")
+    return missing
 
 
 def _run_todo(
@@ -1241,6 +1259,8 @@ def run_sweep(
                 f"run_sweep's {name} must be a {kind.__name__}, not a {type(value).__name__}"
             )
     say = log or (lambda _msg: None)
+    # sweep.json and the summary name them as the runs' config.json do: absolute paths
+    base = base.replace(ood=tuple(absolute_dataset(d) for d in base.ood))
     parse_protocol(opts.protocol)  # an unknown protocol fails before any work
     check_options(opts)  # before the dataset is loaded or anything is written
     locate_ood(base.ood, base.data_root, base.download)  # --ood's files, as each run would
@@ -1279,17 +1299,17 @@ def _split_text(run: PlannedRun) -> str:
 
 
 def dry_run_state(run: PlannedRun, overwrite: bool) -> str:
-    """What the sweep will do with a run's folder: nothing (finished), score its ``--ood``
-    datasets (finished without them), resume it from the checkpoint an interrupted run left
-    (in its folder, or a head's), or run it."""
+    """What the sweep will do with a run's folder: nothing (finished), complete it (finished,
+    but it :func:`lacks` ``--ood`` results or its report), resume it from the checkpoint an
+    interrupted run left (in its folder, or a head's), or run it."""
     from .checkpoint import CHECKPOINT_FILE
 
-    run_dir, cfg = run.run_dir, run.config
+    run_dir = run.run_dir
     if is_finished(run_dir):
         if overwrite:
             return "to run again (--overwrite)"
-        todo = dict.fromkeys(d for _, d in missing_ood(run_dir, cfg.head, cfg.ood))
-        return f"finished, far-OOD to score: {', '.join(todo)}" if todo else "finished"
+        todo = lacks(run)
+        return f"finished, to complete: {', '.join(todo)}" if todo else "finished"
     stem, suffix = Path(CHECKPOINT_FILE).stem, Path(CHECKPOINT_FILE).suffix
     # checkpoint.pt, or checkpoint-K.pt for each network of an ovr-separate head
     kept = (f for d in (run_dir, *run_dir.glob("*/")) for f in d.glob(f"{stem}*{suffix}"))
