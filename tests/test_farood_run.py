@@ -492,3 +492,107 @@ def test_a_rescore_looks_for_each_dataset_where_its_result_found_it(
     monkeypatch.setattr(unseen.rescore, "evaluate_ood", spy)
     assert main(["rescore", str(run), "--no-report", "--quiet"]) == 0
     assert roots == [str(tmp_path / "root")] and is_current(run, name)
+
+
+def fake_npz_header(path, shape: tuple[int, ...]) -> str:
+    """An npz whose array ``x`` says it is uint8 of ``shape`` (its data left out)."""
+    import io
+    import zipfile
+
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(
+        header, {"descr": "|u1", "fortran_order": False, "shape": shape}
+    )
+    with zipfile.ZipFile(path, "w") as z:
+        z.writestr("x.npy", header.getvalue())  # the magic string, then the header
+    return f"npz:{path}"
+
+
+@pytest.mark.parametrize(
+    "shape, said",
+    [
+        ((10**9, 64, 64), "more than this machine's"),
+        ((5, 0, 8), "images of no pixels"),
+        ((5, 10**6, 10**6), "more than this machine's"),
+    ],  # fmt: skip
+)
+def test_an_npz_set_too_big_or_empty_is_refused_from_its_header(tmp_path, shape, said):
+    from unseen.farood import locate_ood
+
+    with pytest.raises(DataError, match=said):
+        locate_ood([fake_npz_header(tmp_path / "x.npz", shape)], None)
+
+
+def test_any_failure_to_score_a_dataset_costs_only_its_result(
+    digits_run, tmp_path, monkeypatch, capsys
+):
+    import unseen.farood
+
+    run = tmp_path / "run"
+    shutil.copytree(digits_run, run)
+    good, bad = noise(tmp_path / "good.npz"), noise(tmp_path / "bad.npz")
+    real = unseen.farood.evaluate_ood
+
+    def out_of_memory(run_dir, dataset, **kwargs):
+        if dataset == bad:
+            raise MemoryError("Unable to allocate 931 GiB")
+        return real(run_dir, dataset, **kwargs)
+
+    monkeypatch.setattr(unseen.farood, "evaluate_ood", out_of_memory)
+    args = ["run", "--out", str(run), "--epochs", "8", "--device", "cpu", "--precision", "fp32"]
+    assert main([*args, "--resume", "--ood", f"{bad},{good}", "--quiet", "--no-report"]) == 0
+    out = capsys.readouterr().out
+    assert f"{bad}: not scored: MemoryError: Unable to allocate 931 GiB" in out
+    assert is_current(run, good)
+
+
+def test_a_result_an_earlier_version_saved_is_used_then_replaced(digits_run, tmp_path):
+    from unseen.farood import current_results, legacy_path, save_ood
+    from unseen.runfolder import slug
+
+    run = tmp_path / "run"
+    shutil.copytree(digits_run, run)
+    name = noise(tmp_path / "noise.npz")
+    save_ood(evaluate_ood(run, name))
+    old = run / "ood" / f"{slug(name)}.json"  # the name before the hash
+    ood_path(run, name).rename(old)
+    ood_path(run, name).with_suffix(".npz").unlink()
+    assert legacy_path(run, name) == old and is_current(run, name)  # found: not scored again
+    assert main(["rescore", str(run), "--no-report", "--quiet"]) == 0  # scores it again
+    assert not old.exists() and ood_path(run, name).is_file()
+    assert list(current_results(run)) == [name]
+
+
+def test_a_sweep_leaves_a_no_report_run_without_one_and_says_when_one_fails(tmp_path, monkeypatch):
+    import unseen.experiment
+
+    out = tmp_path / "sweep"
+    opts = SweepOptions(protocol="single")
+    first = run_sweep(RunConfig(**FAST), opts, out, report=False, log=None)  # --no-report runs
+    again: list[str] = []
+    run_sweep(RunConfig(**{**FAST, "report": True}), opts, out, dry_run=True, log=again.append)
+    assert again[0].split("  ")[1] == "finished"  # its report: not a thing it lacks
+    # a run made with a report, whose report cannot be written: said, not "completed" quietly
+    run_dir = first.runs[0].run_dir
+    config = json.loads((run_dir / "config.json").read_text())
+    (run_dir / "config.json").write_text(json.dumps({**config, "report": True}))
+    monkeypatch.setattr(unseen.experiment, "write_run_report", lambda *a, **k: None)
+    log: list[str] = []
+    run_sweep(RunConfig(**{**FAST, "report": True}), opts, out, report=False, log=log.append)
+    assert any("completed in" in line and "but report not written" in line for line in log)
+
+
+def test_ctrl_c_while_completing_a_finished_run_says_how_to_go_on(
+    digits_run, tmp_path, monkeypatch, capsys
+):
+    import unseen.farood
+
+    def stopped(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    run = tmp_path / "run"
+    shutil.copytree(digits_run, run)
+    monkeypatch.setattr(unseen.farood, "evaluate_ood", stopped)
+    args = ["run", "--out", str(run), "--epochs", "8", "--device", "cpu", "--precision", "fp32"]
+    assert main([*args, "--resume", "--ood", noise(tmp_path / "n.npz"), "--quiet"]) == 130
+    assert "the same command adds what it still lacks" in capsys.readouterr().err

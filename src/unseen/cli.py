@@ -93,7 +93,7 @@ def shown_default(name: str) -> str:
     else ``none`` (a path: ``--out auto`` is a folder named auto)."""
     default = FIELDS[name].default
     if isinstance(default, tuple):
-        return ",".join(default)
+        return ",".join(default) or "none"  # an empty list (--ood): given back as none
     if default is not None:
         return str(default)
     try:

@@ -8,12 +8,13 @@ Nothing here downloads unless the user passed ``--download``.
 from __future__ import annotations
 
 import gzip
+import math
 import os
 import shutil
 import subprocess
 import tempfile
 import unicodedata
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -689,17 +690,29 @@ def _folder_source(path: str) -> tuple[Callable, Callable]:
 NPZ_LAYOUTS = "N x H x W, N x H x W x C or N x C x H x W with C = 1, 3 or 4"
 
 
-def npz_images_nchw(a: np.ndarray) -> np.ndarray | None:
-    """An npz image array as ``N x C x H x W``, from any of :data:`NPZ_LAYOUTS` (when both
-    the second and the last axis could be C, the last is); None for other shapes. The
-    ``npz:PATH`` source and ``unseen predict`` read npz files through this one rule."""
-    if a.ndim == 3:
-        return a[:, None]
-    if a.ndim == 4 and a.shape[3] in (1, 3, 4):
-        return np.moveaxis(a, 3, 1)
-    if a.ndim == 4 and a.shape[1] in (1, 3, 4):
-        return a
+def npz_layout(shape: Sequence[int]) -> str | None:
+    """Which of :data:`NPZ_LAYOUTS` an array of ``shape`` holds: ``"nhw"``, ``"nhwc"`` or
+    ``"nchw"`` (when both the second and the last axis could be C, the last is); None for
+    other shapes."""
+    if len(shape) == 3:
+        return "nhw"
+    if len(shape) == 4 and shape[3] in (1, 3, 4):
+        return "nhwc"
+    if len(shape) == 4 and shape[1] in (1, 3, 4):
+        return "nchw"
     return None
+
+
+def npz_images_nchw(a: np.ndarray) -> np.ndarray | None:
+    """An npz image array as ``N x C x H x W``, from any of :data:`NPZ_LAYOUTS`
+    (:func:`npz_layout`); None for other shapes. The ``npz:PATH`` source and ``unseen
+    predict`` read npz files through this one rule."""
+    layout = npz_layout(a.shape)
+    if layout == "nhw":
+        return a[:, None]
+    if layout == "nhwc":
+        return np.moveaxis(a, 3, 1)
+    return a if layout == "nchw" else None
 
 
 def _npz_source(path: str) -> tuple[Callable, Callable]:
@@ -975,13 +988,30 @@ def _npz_test_key(file: Path) -> str:
 
 
 def _check_test_array(file: Path, key: str, dtype: np.dtype, shape: tuple[int, ...]) -> None:
-    """An npz far-OOD set's images: uint8, in one of :data:`NPZ_LAYOUTS`, at least one."""
+    """An npz far-OOD set's images: uint8, in one of :data:`NPZ_LAYOUTS`, at least one, none
+    empty, and all of them fitting in this machine's memory."""
     if dtype != np.uint8:
         raise DataError(f"{key} in {file} must be uint8 images, not {dtype}.")
-    if len(shape) < 3 or npz_images_nchw(np.empty((1, *shape[1:]), np.uint8)) is None:
+    if npz_layout(shape) is None:
         raise DataError(f"{key} in {file} must be {NPZ_LAYOUTS}, not {shape}.")
     if shape[0] == 0:
         raise DataError(f"{key} in {file} holds no images.")
+    if 0 in shape[1:]:
+        raise DataError(f"{key} in {file} holds images of no pixels (shape {shape}).")
+    size = math.prod(shape)
+    if (memory := physical_memory()) is not None and size > memory:
+        raise DataError(
+            f"{key} in {file} holds {size / 2**30:.0f} GiB of images (shape {shape}), more "
+            f"than this machine's {memory / 2**30:.0f} GiB of memory; score fewer at once."
+        )
+
+
+def physical_memory() -> int | None:
+    """Bytes of memory this machine has, where the OS says (None elsewhere)."""
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, ValueError, OSError):
+        return None
 
 
 def load_test_images(

@@ -913,7 +913,7 @@ def _run_experiment(cfg: RunConfig, progress: bool, log: Callable[[str], None] |
     timings = wall_clock(
         per_head,
         prepare_seconds,
-        time.perf_counter() - report_start,
+        time.perf_counter() - report_start if cfg.report else 0.0,
         started,
         earlier,
         ood=report_start - ood_start if cfg.ood else None,
@@ -973,11 +973,12 @@ def complete_finished_run(
 ) -> dict[tuple[str, str], str]:
     """Add to the finished run in ``run_dir`` what it may lack, without training: a current
     far-OOD result of each dataset of ``ood`` for each head (its images limited as the
-    run's ``--test-subset``), and, with ``report``, the report when there is none (a run
-    stopped while writing it) or far-OOD results were added. ``unseen run --resume`` on a
-    finished run and ``unseen sweep`` on its finished runs call it; the run's own options
-    are read from its folder, so a run rescored since (other ``--scores``) is no obstacle.
-    Returns why a (head, dataset) pair could not be scored."""
+    run's ``--test-subset``), and, with ``report``, the report of a run made with one
+    (not ``--no-report``) when it has none (stopped while writing it) or far-OOD results
+    were added. ``unseen run --resume`` on a finished run and ``unseen sweep`` on its
+    finished runs call it; the run's own options are read from its folder, so a run
+    rescored since (other ``--scores``) is no obstacle. Returns why a (head, dataset) pair
+    could not be scored."""
     from .runfolder import read_config_json
 
     run_dir = Path(run_dir)
@@ -989,20 +990,28 @@ def complete_finished_run(
     ood = [absolute_dataset(d) for d in ood]
     todo = missing_ood(run_dir, heads, ood)
     errors = {}
-    if todo:
-        say(f"scoring --ood {', '.join(dict.fromkeys(d for _, d in todo))}")
-        errors = run_ood(
-            run_dir,
-            heads,
-            ood,
-            data_root=data_root,
-            download=download,
-            device=device,
-            limit=config.get("test_subset"),
-            say=say,
-        )
-    if report and (todo or not (run_dir / "report.html").is_file()):
-        write_run_report(run_dir, say)
+    report = report and config.get("report", True) is not False
+    try:
+        if todo:
+            say(f"scoring --ood {', '.join(dict.fromkeys(d for _, d in todo))}")
+            errors = run_ood(
+                run_dir,
+                heads,
+                ood,
+                data_root=data_root,
+                download=download,
+                device=device,
+                limit=config.get("test_subset"),
+                say=say,
+            )
+        if report and (todo or not (run_dir / "report.html").is_file()):
+            write_run_report(run_dir, say)
+    except KeyboardInterrupt:
+        raise Interrupted(
+            f"interrupted while it completed the finished run {run_dir}; the same command "
+            "adds what it still lacks",
+            130,
+        ) from None
     return errors
 
 

@@ -159,13 +159,34 @@ def ood_path(head_folder: str | Path, dataset: str) -> Path:
     """Where :func:`save_ood` writes ``dataset``'s result: ``ood/<dataset>.json`` in the run's
     folder (its head's folder in a multi-head run), the name made file-safe. A path source's
     name (``npz:``, ``folder:``) gets 8 hex digits of its hash besides: file-safe names of
-    two paths can be the same (``sets/far.npz`` and ``sets_far.npz``, ``SVHN`` and ``svhn``)."""
+    two paths can be the same (``sets/far.npz`` and ``sets_far.npz``, ``SETS`` and ``sets``).
+    (Versions before it named those by the file-safe name alone: :func:`legacy_path`.)"""
     import hashlib
 
     name = slug(dataset)
     if ":" in dataset:
         name += "-" + hashlib.sha256(dataset.encode()).hexdigest()[:8]
     return Path(head_folder) / "ood" / f"{name}.json"
+
+
+def legacy_path(head_folder: str | Path, dataset: str) -> Path | None:
+    """The file an earlier version saved ``dataset``'s result in (a path source's file-safe
+    name without the hash), when it is there and holds that dataset; None otherwise."""
+    path = Path(head_folder) / "ood" / f"{slug(dataset)}.json"
+    if ":" not in dataset or not path.is_file():
+        return None
+    try:
+        r = read_json(path)
+    except UnseenError:
+        return None
+    return path if isinstance(r, dict) and r.get("dataset") == dataset else None
+
+
+def result_path(head_folder: str | Path, dataset: str) -> Path:
+    """The file that holds ``dataset``'s result in ``head_folder``: :func:`ood_path`, or the
+    one an earlier version wrote (:func:`legacy_path`) where only that is there."""
+    path = ood_path(head_folder, dataset)
+    return path if path.is_file() else legacy_path(head_folder, dataset) or path
 
 
 def save_ood(result: dict[str, Any]) -> Path:
@@ -179,6 +200,8 @@ def save_ood(result: dict[str, Any]) -> Path:
     if per_image:  # first: a JSON file is a result only once its scores are there too
         write_npz(path.with_suffix(".npz"), **{f"score_{n}": v for n, v in per_image.items()})
     write_json(path, {k: v for k, v in result.items() if k != "image_scores"})
+    if (old := legacy_path(result["run"], result["dataset"])) is not None:
+        old.unlink()  # replaced: one result per dataset
     return path
 
 
@@ -208,7 +231,7 @@ def is_current(head_folder: str | Path, dataset: str) -> bool:
     """Whether ``head_folder`` holds a result of ``dataset`` computed from the run as it
     stands (not stale), whatever number of its images it scored."""
     try:
-        r = read_json(ood_path(head_folder, dataset))
+        r = read_json(result_path(head_folder, dataset))
     except UnseenError:  # none, or not readable: to compute
         return False
     return (
@@ -278,17 +301,17 @@ def score_run_ood(
         return {}
     folders = head_folders(run_dir, heads)
     bit_depth = int(read_config_json(Path(run_dir) / "config.json").get("bit_depth", 16))
-    loaded: dict[str, TestImages | UnseenError] = {}
+    loaded: dict[str, TestImages | Exception] = {}
     failed: dict[tuple[str, str], str] = {}
     for head, dataset in todo:
         if dataset not in loaded:
             try:
                 loaded[dataset] = load_test_images(dataset, data_root, download, bit_depth)
-            except UnseenError as exc:
+            except Exception as exc:  # noqa: BLE001 - unreadable data costs its result only
                 loaded[dataset] = exc
         data = loaded[dataset]
         try:
-            if isinstance(data, UnseenError):
+            if isinstance(data, BaseException):
                 raise data
             result = evaluate_ood(
                 run_dir,
@@ -299,17 +322,26 @@ def score_run_ood(
                 limit=limit,
                 data=data,
             )
-        except UnseenError as exc:
-            failed[(head, dataset)] = str(exc)
+        except Exception as exc:  # noqa: BLE001 - the run is finished: it costs this result only
+            failed[(head, dataset)] = describe_error(exc)
             where = f"head {head}: " if len(heads) > 1 else ""
             root = f" --data-root {data_root}" if data_root and ":" not in dataset else ""
             say(
-                f"{where}far-OOD {dataset}: not scored ({str(exc).rstrip('.')}); `unseen ood "
+                f"{where}far-OOD {dataset}: not scored ({failed[(head, dataset)].rstrip('.')}); `unseen ood "
                 f"{folders[head]} --dataset {dataset}{root}` tries again"
             )
             continue
         save_ood(result)
     return failed
+
+
+def describe_error(exc: BaseException) -> str:
+    """An exception as one line: an :class:`UnseenError`'s own sentence, else its type and
+    message (out of memory, say)."""
+    if isinstance(exc, UnseenError):
+        return str(exc)
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 def ood_results(head_folder: str | Path) -> tuple[list[dict[str, Any]], list[str]]:

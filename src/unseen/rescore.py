@@ -38,7 +38,7 @@ from .experiment import (
     write_run_files,
     write_run_report,
 )
-from .farood import evaluate_ood, ood_results, save_ood
+from .farood import describe_error, evaluate_ood, ood_results, save_ood
 from .hardware import describe_device
 from .predict import is_head_folder, load_checkpoint, rebuild_model
 from .report import head_folder
@@ -195,7 +195,9 @@ def _rescore_run(
     # far-OOD results: scored again below with the rescored run (those out of date already,
     # which an earlier rescore could not score again, too: --overwrite removes ood/, so every
     # result there is of this network)
-    far = {h: ood_results(f)[0] for h, f in folders.items()}
+    far = {
+        h: list({r["dataset"]: r for r in ood_results(f)[0]}.values()) for h, f in folders.items()
+    }
     for head, (scored, payload) in results.items():
         write_run_files(folders[head], p, scored, payload)
         if len(heads) > 1:
@@ -239,13 +241,13 @@ def refresh_ood(
                     batch_size=1024,
                     limit=r.get("limit"),
                 )
-            except UnseenError as exc:
-                errors[(head, dataset)] = str(exc)
+            except Exception as exc:  # noqa: BLE001 - the rescore is written: it costs this result only
+                errors[(head, dataset)] = describe_error(exc)
                 where = f"head {head}: " if len(far) > 1 else ""
                 given = f" --data-root {root}" if root and ":" not in dataset else ""
                 say(
                     f"note: {where}far-OOD {dataset} not scored again, so out of date "
-                    f"({str(exc).rstrip('.')}); `unseen ood {folders[head]} --dataset "
+                    f"({errors[(head, dataset)].rstrip('.')}); `unseen ood {folders[head]} --dataset "
                     f"{dataset}{given}` scores it"
                 )
                 continue

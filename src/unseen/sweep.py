@@ -574,14 +574,20 @@ def _run_one_now(cfg: RunConfig, threads: int | None) -> tuple[float, str | None
             (folder / "error.txt").write_text(traceback.format_exc())
         first = detail.strip().splitlines()[0] if detail.strip() else detail
         return time.perf_counter() - start, first, None
-    heads = len(cfg.head) > 1
-    note = "; ".join(
-        f"far-OOD {d} not scored"
-        + (f" by head {h}" if heads else "")
-        + f" ({e.strip().splitlines()[0].rstrip('.') if e.strip() else e})"
+    by = len(cfg.head) > 1  # name the head
+    notes = [
+        f"far-OOD {d} not scored" + (f" by head {h}" if by else "") + f" ({first_line(e)})"
         for (h, d), e in errors.items()
-    )
+    ]
+    if cfg.out and lacks_report(Path(cfg.out), cfg.report):
+        notes.append(f"report not written (`unseen report {cfg.out}` says why)")
+    note = "; ".join(notes)
     return time.perf_counter() - start, None, note or None
+
+
+def first_line(text: str) -> str:
+    """An error's first line, without its closing full stop (it goes inside brackets)."""
+    return text.strip().splitlines()[0].rstrip(".") if text.strip() else text
 
 
 def run_plan(
@@ -641,14 +647,26 @@ def run_plan(
 
 def lacks(run: PlannedRun) -> list[str]:
     """What the finished ``run`` lacks, which ``experiment.complete_finished_run`` adds: a
-    current result of each ``--ood`` dataset, and the report (a run stopped while writing it)."""
+    current result of each ``--ood`` dataset, and the report (a run made with one, stopped
+    while writing it)."""
     cfg = run.config
     missing = list(
         dict.fromkeys(f"far-OOD {d}" for _, d in missing_ood(run.run_dir, cfg.head, cfg.ood))
     )
-    if cfg.report and not (run.run_dir / "report.html").is_file():
+    if lacks_report(run.run_dir, cfg.report):
         missing.append("its report")
     return missing
+
+
+def lacks_report(run_dir: Path, report: bool = True) -> bool:
+    """Whether the finished run in ``run_dir``, made with a report (not ``--no-report``), has
+    none, where ``report`` asks for one."""
+    if not report or (run_dir / "report.html").is_file():
+        return False
+    try:
+        return read_json(run_dir / "config.json").get("report", True) is not False
+    except (UnseenError, AttributeError):  # no config.json to say: not this sweep's to mend
+        return False
 
 
 def _run_todo(
@@ -694,10 +712,11 @@ def _run_todo(
                     _stop_workers(pool, processes)
                     for i in todo:
                         if i not in reported:
-                            cfg = runs[i].config
-                            if is_finished(runs[i].run_dir):  # its --ood results, if it got them
-                                lost = missing_ood(runs[i].run_dir, cfg.head, cfg.ood)
-                                note = f"far-OOD not scored ({WORKER_DIED})" if lost else None
+                            if is_finished(runs[i].run_dir):  # what it got of --ood, report
+                                lost = lacks(runs[i])
+                                note = (
+                                    f"{', '.join(lost)} not made ({WORKER_DIED})" if lost else None
+                                )
                                 report(i, 0.0, None, note)
                             else:
                                 started = (runs[i].run_dir / "config.json").exists()
