@@ -325,14 +325,20 @@ def score_run_ood(
         except Exception as exc:  # noqa: BLE001 - the run is finished: it costs this result only
             failed[(head, dataset)] = describe_error(exc)
             where = f"head {head}: " if len(heads) > 1 else ""
-            root = f" --data-root {data_root}" if data_root and ":" not in dataset else ""
             say(
-                f"{where}far-OOD {dataset}: not scored ({failed[(head, dataset)].rstrip('.')}); `unseen ood "
-                f"{folders[head]} --dataset {dataset}{root}` tries again"
+                f"{where}far-OOD {dataset}: not scored ({failed[(head, dataset)].rstrip('.')}); "
+                f"{ood_command(folders[head], dataset, data_root)} tries again"
             )
             continue
         save_ood(result)
     return failed
+
+
+def ood_command(head_folder: str | Path, dataset: str, data_root: str | None = None) -> str:
+    """The ``unseen ood`` command that scores ``dataset`` with the run (or head) in
+    ``head_folder``, in backticks: for a hint."""
+    root = f" --data-root {data_root}" if data_root and ":" not in dataset else ""
+    return f"`unseen ood {head_folder} --dataset {dataset}{root}`"
 
 
 def describe_error(exc: BaseException) -> str:

@@ -38,7 +38,7 @@ from .experiment import (
     write_run_files,
     write_run_report,
 )
-from .farood import describe_error, evaluate_ood, ood_results, save_ood
+from .farood import describe_error, evaluate_ood, ood_command, ood_results, save_ood
 from .hardware import describe_device
 from .predict import is_head_folder, load_checkpoint, rebuild_model
 from .report import head_folder
@@ -244,11 +244,10 @@ def refresh_ood(
             except Exception as exc:  # noqa: BLE001 - the rescore is written: it costs this result only
                 errors[(head, dataset)] = describe_error(exc)
                 where = f"head {head}: " if len(far) > 1 else ""
-                given = f" --data-root {root}" if root and ":" not in dataset else ""
                 say(
                     f"note: {where}far-OOD {dataset} not scored again, so out of date "
-                    f"({errors[(head, dataset)].rstrip('.')}); `unseen ood {folders[head]} --dataset "
-                    f"{dataset}{given}` scores it"
+                    f"({errors[(head, dataset)].rstrip('.')}); "
+                    f"{ood_command(folders[head], dataset, root)} scores it"
                 )
                 continue
             save_ood(result)
