@@ -874,9 +874,9 @@ def absolute_dataset(name: str) -> str:
 def absolute_paths(config: Mapping[str, Any]) -> dict[str, Any]:
     """``config`` (a run's options, or its config.json) with every path absolute and ``~``
     expanded: a ``folder:``/``npz:`` dataset's path (``dataset``, and each of ``ood``),
-    ``data_root``, and a ``pretrained`` file or run folder (not 'torchvision'). Run folders record paths so, to resume from any
-    directory; ones written before recorded them as given, and a relative one is read here
-    against the working directory."""
+    ``data_root``, and a ``pretrained`` file or run folder (not 'torchvision'). Run folders
+    record paths so, to resume from any directory; ones written before recorded them as
+    given, and a relative one is read here against the working directory."""
     out = dict(config)
     if isinstance(out.get("dataset"), str):
         out["dataset"] = absolute_dataset(out["dataset"])
