@@ -546,7 +546,7 @@ def test_any_failure_to_score_a_dataset_costs_only_its_result(
     assert is_current(run, good)
 
 
-def test_a_result_an_earlier_version_saved_is_used_then_replaced(digits_run, tmp_path):
+def test_a_result_an_earlier_version_saved_is_used_then_replaced(digits_run, tmp_path, capsys):
     from unseen.farood import current_results, legacy_path, save_ood
     from unseen.runfolder import slug
 
@@ -558,8 +558,16 @@ def test_a_result_an_earlier_version_saved_is_used_then_replaced(digits_run, tmp
     ood_path(run, name).rename(old)
     ood_path(run, name).with_suffix(".npz").unlink()
     assert legacy_path(run, name) == old and is_current(run, name)  # found: not scored again
+    # a finished run's --resume with it prints it (not scored again), and so does the report
+    args = ["run", "--out", str(run), "--epochs", "8", "--device", "cpu", "--precision", "fp32"]
+    assert main([*args, "--resume", "--ood", name, "--quiet", "--no-report"]) == 0
+    assert f"== far-OOD {name}: 40 test images" in capsys.readouterr().out
+    assert not ood_path(run, name).exists()
     assert main(["rescore", str(run), "--no-report", "--quiet"]) == 0  # scores it again
     assert not old.exists() and ood_path(run, name).is_file()
+    assert sorted(p.name for p in (run / "ood").iterdir()) == sorted(
+        [ood_path(run, name).name, ood_path(run, name).with_suffix(".npz").name]
+    )
     assert list(current_results(run)) == [name]
 
 

@@ -208,7 +208,7 @@ def print_result(result: RunResult, timing: bool = True) -> None:
 def print_ood(result: RunResult) -> None:
     """``--ood``: what ``unseen ood`` prints, for each dataset (and head), or why it could
     not be scored."""
-    from .farood import head_folders, is_current, ood_path, ood_summary
+    from .farood import head_folders, is_current, ood_summary, result_path
     from .runfolder import read_json
 
     cfg = result.config
@@ -219,7 +219,7 @@ def print_ood(result: RunResult) -> None:
             if error := result.ood_errors.get((head, dataset)):
                 print(f"{dataset}: not scored: {error}")
             elif is_current(folder, dataset):
-                print(ood_summary(read_json(ood_path(folder, dataset))))
+                print(ood_summary(read_json(result_path(folder, dataset))))
             else:  # not scored, and no reason kept (a Python caller's result, say)
                 print(f"{dataset}: not scored; `unseen ood {folder} --dataset {dataset}` scores it")
 

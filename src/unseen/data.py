@@ -1002,7 +1002,8 @@ def _check_test_array(file: Path, key: str, dtype: np.dtype, shape: tuple[int, .
     if (memory := physical_memory()) is not None and size > memory:
         raise DataError(
             f"{key} in {file} holds {size / 2**30:.0f} GiB of images (shape {shape}), more "
-            f"than this machine's {memory / 2**30:.0f} GiB of memory; score fewer at once."
+            f"than this machine's {memory / 2**30:.0f} GiB of memory (it is read whole); split "
+            "it into smaller files."
         )
 
 

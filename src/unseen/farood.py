@@ -202,6 +202,7 @@ def save_ood(result: dict[str, Any]) -> Path:
     write_json(path, {k: v for k, v in result.items() if k != "image_scores"})
     if (old := legacy_path(result["run"], result["dataset"])) is not None:
         old.unlink()  # replaced: one result per dataset
+        old.with_suffix(".npz").unlink(missing_ok=True)
     return path
 
 
@@ -210,7 +211,7 @@ def ood_image_scores(head_folder: str | Path, result: dict[str, Any]) -> dict[st
     empty when the file is missing, damaged, or not of that result (another image count)."""
     from .runfolder import read_npz
 
-    path = ood_path(head_folder, result["dataset"]).with_suffix(".npz")
+    path = result_path(head_folder, result["dataset"]).with_suffix(".npz")
     try:
         arrays = read_npz(path) if path.is_file() else {}
     except UnseenError:
