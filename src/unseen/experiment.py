@@ -891,7 +891,7 @@ def _run_experiment(cfg: RunConfig, progress: bool, log: Callable[[str], None] |
     errors = {}
     try:
         if cfg.ood:
-            errors = run_ood(
+            errors = score_run_ood(
                 run_dir,
                 cfg.head,
                 cfg.ood,
@@ -899,7 +899,7 @@ def _run_experiment(cfg: RunConfig, progress: bool, log: Callable[[str], None] |
                 download=cfg.download,
                 device=cfg.device,
                 limit=cfg.test_subset,
-                say=say,
+                log=say,
             )
         report_start = time.perf_counter()
         if cfg.report:
@@ -927,38 +927,6 @@ def _run_experiment(cfg: RunConfig, progress: bool, log: Callable[[str], None] |
         finished_at=read_json(finished)["finished_at"],
     )
     return RunResult(run_dir, cfg, metrics, timings, errors)
-
-
-def run_ood(
-    run_dir: Path,
-    heads: Sequence[str],
-    ood: Sequence[str],
-    *,
-    data_root: str | None,
-    download: bool,
-    device: str,
-    limit: int | None,
-    say: Callable[[str], None],
-) -> dict[tuple[str, str], str]:
-    """``--ood``: score the datasets ``ood`` with each of ``heads`` of the finished run in
-    ``run_dir`` where no current result is there (:func:`unseen.farood.score_run_ood`)."""
-    todo = missing_ood(run_dir, heads, ood)
-    if not todo:
-        return {}
-    start = time.perf_counter()
-    errors = score_run_ood(
-        run_dir,
-        heads,
-        ood,
-        data_root=data_root,
-        download=download,
-        device=device,
-        limit=limit,
-        log=say,
-    )
-    if done := list(dict.fromkeys(d for pair in todo if pair not in errors for d in pair[1:])):
-        say(f"far-OOD: {', '.join(done)} scored ({time.perf_counter() - start:.1f} s)")
-    return errors
 
 
 def complete_finished_run(
@@ -994,7 +962,7 @@ def complete_finished_run(
     try:
         if todo:
             say(f"scoring --ood {', '.join(dict.fromkeys(d for _, d in todo))}")
-            errors = run_ood(
+            errors = score_run_ood(
                 run_dir,
                 heads,
                 ood,
@@ -1002,7 +970,7 @@ def complete_finished_run(
                 download=download,
                 device=device,
                 limit=config.get("test_subset"),
-                say=say,
+                log=say,
             )
         if report and (todo or not (run_dir / "report.html").is_file()):
             write_run_report(run_dir, say)

@@ -291,8 +291,11 @@ def score_run_ood(
 ) -> dict[tuple[str, str], str]:
     """Score ``datasets`` with every head of the finished run in ``run_dir`` (trained with
     ``heads``) where it has no current result (:func:`missing_ood`), and save each result as
-    ``unseen ood`` does. Returns why a (head, dataset) pair could not be scored (a dataset's
-    files unreadable, say): the run stays finished, and ``unseen ood`` can try again."""
+    ``unseen ood`` does, and say which were scored and how long it took. Returns why a (head,
+    dataset) pair could not be scored (a dataset's files unreadable, say): the run stays
+    finished, and ``unseen ood`` can try again."""
+    import time
+
     from .data import load_test_images
     from .runfolder import read_config_json
 
@@ -300,6 +303,7 @@ def score_run_ood(
     todo = missing_ood(run_dir, heads, datasets)
     if not todo:
         return {}
+    start = time.perf_counter()
     folders = head_folders(run_dir, heads)
     bit_depth = int(read_config_json(Path(run_dir) / "config.json").get("bit_depth", 16))
     loaded: dict[str, TestImages | Exception] = {}
@@ -332,6 +336,8 @@ def score_run_ood(
             )
             continue
         save_ood(result)
+    if done := list(dict.fromkeys(d for pair in todo if pair not in failed for d in pair[1:])):
+        say(f"far-OOD: {', '.join(done)} scored ({time.perf_counter() - start:.1f} s)")
     return failed
 
 
