@@ -658,6 +658,26 @@ def test_rare_protocol_table_shows_detection_auroc_when_classes_are_held_out_too
     assert "0.800 (n=1)" in row and "0.600 ± 0.000" in row
 
 
+def test_rare_protocol_prints_far_ood_per_fraction():
+    def far(auroc, n=100):
+        return {"digits": {"num_images": n, "scores": {"msp": {"auroc": auroc, "threshold": 1.0}}}}
+
+    records = [_rare_record(f, s, {"3": (5, 0.5, 0.6)}) for f in (0.5, 0.0) for s in (0, 1)]
+    for r, auroc in zip(records, (0.9, 0.7, 0.6, None), strict=True):
+        if auroc is not None:  # the last run never scored the far-OOD set
+            r["ood"] = far(auroc)
+    summary = sweep.aggregate(records, "rare")
+    by_fraction = {c["condition"]: c for c in summary["variants"][0]["conditions"]}
+    assert by_fraction[0.5]["far_ood"]["digits"]["scores"]["msp"]["auroc"]["mean"] == 0.8
+    assert by_fraction[0.0]["far_ood"]["digits"]["runs"] == 1
+    lines = sweep.format_summary(summary).splitlines()
+    at = lines.index("far-OOD digits per fraction: 100 of its test images as unseen")
+    assert lines[at + 1].split() == ["fraction", "runs", "AUROC", "msp"]
+    # fractions in order, each with its own runs' mean: not one figure over different tasks
+    assert lines[at + 3].split() == ["0", "1", "of", "2", "0.600"]
+    assert lines[at + 4].split() == ["0.5", "2", "of", "2", "0.800", "±", "0.141"]
+
+
 def test_console_tells_a_zero_spread_and_a_partial_sweep_apart():
     # the same value in two runs shows its zero spread; a single run shows none
     from unseen.console import mean_std_text

@@ -904,6 +904,8 @@ def aggregate(records: Sequence[dict], protocol: str = "", ood: Sequence[str] = 
             rare = rare_statistics([r["metrics"] for r in rows], names)
             if rare is not None:
                 row["rare"] = rare
+            if protocol == "rare":  # fractions are different tasks: far-OOD per fraction too
+                row["far_ood"] = far_ood_stats([r.get("ood", {}) for r in rows])
             if leaked := [r for r in rows if r["metrics"].get("pretrained_warning")]:
                 # the weights may know the held-out classes: averaged in, and said loudly
                 row["seen_in_pretraining"] = len(leaked)
@@ -1048,6 +1050,7 @@ def format_summary(summary: dict) -> str:
         head = (f"== {title}: " if title else "") + f"{v['runs']} runs"
         if protocol == "rare":  # fractions are different tasks: no figure over all of them
             lines.append(head + " (per fraction below)")
+            lines += _rare_far_ood_lines(v, names)
             continue
         lines.append(
             head
@@ -1163,6 +1166,36 @@ def format_summary(summary: dict) -> str:
         lines += _same_count_notes(variants, many_heads, many_bal)
     lines += ["", "mean ± sample standard deviation (ddof=1) over runs; (n=N): N runs had a value"]
     return "\n".join(lines)
+
+
+def _rare_far_ood_lines(variant: dict, names: Sequence[str]) -> list[str]:
+    """A rare sweep's far-OOD results: per dataset, one row per fraction with each score's
+    AUROC (a fraction's runs train other models than the next fraction's)."""
+    from .console import mean_std_text, table
+
+    conditions = sorted(variant["conditions"], key=lambda c: c["condition"])
+    datasets = dict.fromkeys(d for c in conditions for d in c.get("far_ood", {}))
+    lines = []
+    for dataset in datasets:
+        per = [(c, c.get("far_ood", {}).get(dataset)) for c in conditions]
+        scored = [n for n in names if any(f and n in f["scores"] for _, f in per)]
+        images = sorted({k for _, f in per if f for k in f["num_images"]})
+        lines.append(
+            f"far-OOD {dataset} per fraction: "
+            f"{' or '.join(f'{k:,}' for k in images)} of its test images as unseen"
+        )
+        rows = []
+        for c, f in per:
+            k = f["runs"] if f else 0
+            row: list[object] = [_condition_text(c["condition"], "rare"), f"{k} of {c['runs']}"]
+            row += [
+                mean_std_text(f["scores"].get(n, {}).get("auroc") if f else None, runs=k)
+                for n in scored
+            ]
+            rows.append(row)
+        header = ["fraction", "runs"] + [f"AUROC {n}" for n in scored]
+        lines += [table(header, rows), ""]
+    return lines
 
 
 def _same_count_notes(variants: Sequence[dict], many_heads: bool, many_bal: bool) -> list[str]:
