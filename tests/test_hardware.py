@@ -127,7 +127,7 @@ def test_a_run_gives_the_caller_its_thread_count_back(tmp_path, monkeypatch, res
     assert torch.get_num_threads() == 1  # and the caller has its own setting back
 
 
-def test_resolve_device_names_and_objects():
+def test_resolve_device_names_and_objects(monkeypatch):
     from unseen.errors import ConfigError
     from unseen.hardware import resolve_device
 
@@ -137,5 +137,13 @@ def test_resolve_device_names_and_objects():
         with pytest.raises(ConfigError, match=f"device '{bad}' {why}"):
             resolve_device(bad)
     if not torch.cuda.is_available():
-        with pytest.raises(ConfigError, match="sees no CUDA GPU"):
+        with pytest.raises(ConfigError, match="device 'cuda:1' was asked for.*sees no CUDA GPU"):
             resolve_device("cuda:1")
+
+    # a machine with one GPU (as torch would report it) has cuda:0 and no cuda:1
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    assert resolve_device("cuda") == torch.device("cuda")
+    assert resolve_device("cuda:0") == torch.device("cuda:0")
+    with pytest.raises(ConfigError, match="device 'cuda:1' was asked for.*1 CUDA GPU.*from 0"):
+        resolve_device("cuda:1")

@@ -29,7 +29,13 @@ def resolve_device(name: str | torch.device = "auto") -> torch.device:
         raise ConfigError(f"device {name!r} is not supported; choose one of: auto, cpu, cuda.")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(
-            "--device cuda was asked for, but PyTorch sees no CUDA GPU here; use --device cpu or auto."
+            f"device {name!r} was asked for, but PyTorch sees no CUDA GPU here; use 'cpu' or "
+            "'auto' (--device cpu on the command line)."
+        )
+    if device.type == "cuda" and (device.index or 0) >= (count := torch.cuda.device_count()):
+        raise ConfigError(
+            f"device {name!r} was asked for, but PyTorch sees {count} CUDA GPU(s) here, "
+            f"numbered from 0."
         )
     return device
 
