@@ -452,6 +452,43 @@ def test_a_sweep_writes_the_report_a_stopped_run_lacks(tmp_path):
     assert report.is_file() and any(": completed in" in line for line in log)
 
 
+def test_sigterm_while_scoring_ood_says_how_to_go_on(tmp_path, monkeypatch, capsys):
+    import signal
+
+    import unseen.farood
+
+    def terminated(*args, **kwargs):  # what SIGTERM does now: the handler installed, called
+        handler = signal.getsignal(signal.SIGTERM)
+        assert callable(handler), "SIGTERM would end the process without a word"
+        handler(signal.SIGTERM, None)
+
+    name = noise(tmp_path / "noise.npz")
+    run = tmp_path / "run"
+    monkeypatch.setattr(unseen.farood, "evaluate_ood", terminated)
+    args = ["run", "--out", str(run), "--epochs", "1", "--device", "cpu", "--no-report"]
+    assert main([*args, "--ood", name, "--quiet"]) == 143
+    assert f"`unseen run --resume --out {run}` adds what it lacks" in capsys.readouterr().err
+    assert is_finished(run) and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+    # the same while it writes the report (whose failures cost the report only)
+    import unseen.report
+
+    monkeypatch.setattr(unseen.report, "build_report", terminated)
+    again = ["run", "--out", str(tmp_path / "again"), "--epochs", "1", "--device", "cpu"]
+    assert main([*again, "--quiet"]) == 143
+    assert "--resume --out" in capsys.readouterr().err
+    monkeypatch.undo()
+    # where SIGTERM has a handler already (a sweep's --jobs worker), that one stays
+    from unseen.checkpoint import sigterm_raises
+
+    def own(signum, frame):
+        pass
+
+    monkeypatch.setattr(signal, "getsignal", lambda signum: own)
+    with sigterm_raises():
+        monkeypatch.undo()
+        assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # nothing installed
+
+
 def test_a_stop_while_scoring_ood_says_how_to_go_on(tmp_path, monkeypatch, capsys):
     import unseen.farood
 

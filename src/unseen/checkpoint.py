@@ -322,6 +322,29 @@ def catch_signals(checkpoint: Checkpointing | None) -> Iterator[None]:
             checkpoint.stop = None
 
 
+@contextlib.contextmanager
+def sigterm_raises() -> Iterator[None]:
+    """While active, SIGTERM raises :class:`Interrupted` (exit code 143) where the process
+    is, as Ctrl-C raises ``KeyboardInterrupt``: the code around can say how to go on (a
+    sweep's ``--jobs`` workers are stopped, a finished run's ``--ood`` scoring says that
+    ``--resume`` completes it) instead of the process ending silently. Outside the main
+    thread (where Python cannot install handlers), or where SIGTERM has a handler already
+    (a sweep's ``--jobs`` worker: it finishes the run in progress), this does nothing."""
+    is_main = threading.current_thread() is threading.main_thread()
+    if not is_main or signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+        yield
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        raise Interrupted("stopped by SIGTERM", SIGNAL_EXIT_CODES[signal.SIGTERM])
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 # ----------------------------------------------------------------------------- divergence
 
 

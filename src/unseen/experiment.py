@@ -33,6 +33,7 @@ from .checkpoint import (
     clear_run_state,
     data_fingerprint,
     resumed_precision,
+    sigterm_raises,
     to_cpu,
 )
 from .config import RunConfig, validate
@@ -669,6 +670,8 @@ def write_run_report(run_dir: Path, say: Callable[[str], None]) -> None:
 
     try:
         path = build_report(run_dir, check_finished=False)
+    except Interrupted:  # SIGTERM (sigterm_raises) stops the report, as Ctrl-C does
+        raise
     except Exception as exc:  # noqa: BLE001 - the run's results are already on disk
         say(f"report: not written ({type(exc).__name__}: {exc}); try `unseen report {run_dir}`")
         return
@@ -890,25 +893,26 @@ def _run_experiment(cfg: RunConfig, progress: bool, log: Callable[[str], None] |
     ood_start = time.perf_counter()
     errors = {}
     try:
-        if cfg.ood:
-            errors = score_run_ood(
-                run_dir,
-                cfg.head,
-                cfg.ood,
-                data_root=cfg.data_root,
-                download=cfg.download,
-                device=cfg.device,
-                limit=cfg.test_subset,
-                log=say,
-            )
-        report_start = time.perf_counter()
-        if cfg.report:
-            write_run_report(run_dir, say)
-    except KeyboardInterrupt:
+        with sigterm_raises():
+            if cfg.ood:
+                errors = score_run_ood(
+                    run_dir,
+                    cfg.head,
+                    cfg.ood,
+                    data_root=cfg.data_root,
+                    download=cfg.download,
+                    device=cfg.device,
+                    limit=cfg.test_subset,
+                    log=say,
+                )
+            report_start = time.perf_counter()
+            if cfg.report:
+                write_run_report(run_dir, say)
+    except (KeyboardInterrupt, Interrupted) as exc:  # Ctrl-C, or SIGTERM
         raise Interrupted(
             f"interrupted after the run finished, while it scored --ood or wrote its report; "
             f"`unseen run --resume --out {run_dir}` adds what it lacks",
-            130,
+            getattr(exc, "exit_code", 130),
         ) from None
     timings = wall_clock(
         per_head,
@@ -960,25 +964,26 @@ def complete_finished_run(
     errors = {}
     report = report and config.get("report", True) is not False
     try:
-        if todo:
-            say(f"scoring --ood {', '.join(dict.fromkeys(d for _, d in todo))}")
-            errors = score_run_ood(
-                run_dir,
-                heads,
-                ood,
-                data_root=data_root,
-                download=download,
-                device=device,
-                limit=config.get("test_subset"),
-                log=say,
-            )
-        if report and (todo or not (run_dir / "report.html").is_file()):
-            write_run_report(run_dir, say)
-    except KeyboardInterrupt:
+        with sigterm_raises():
+            if todo:
+                say(f"scoring --ood {', '.join(dict.fromkeys(d for _, d in todo))}")
+                errors = score_run_ood(
+                    run_dir,
+                    heads,
+                    ood,
+                    data_root=data_root,
+                    download=download,
+                    device=device,
+                    limit=config.get("test_subset"),
+                    log=say,
+                )
+            if report and (todo or not (run_dir / "report.html").is_file()):
+                write_run_report(run_dir, say)
+    except (KeyboardInterrupt, Interrupted) as exc:  # Ctrl-C, or SIGTERM
         raise Interrupted(
             f"interrupted while it completed the finished run {run_dir}; the same command "
             "adds what it still lacks",
-            130,
+            getattr(exc, "exit_code", 130),
         ) from None
     return errors
 

@@ -34,7 +34,6 @@ known class, and AUROC takes known images as positives.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import itertools
 import json
@@ -42,7 +41,7 @@ import math
 import os
 import time
 import traceback
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -683,6 +682,7 @@ def _run_todo(
         from concurrent.futures import ProcessPoolExecutor, as_completed
         from concurrent.futures.process import BrokenProcessPool
 
+        from .checkpoint import sigterm_raises
         from .threads import available_cores
 
         threads = max(1, available_cores() // jobs)
@@ -694,7 +694,7 @@ def _run_todo(
             initargs=(os.getpid(), builders),
         )
         processes = []
-        with _sigterm_raises():
+        with sigterm_raises():
             try:
                 futures = {pool.submit(_run_one, runs[i].config, threads): i for i in todo}
                 processes = list(getattr(pool, "_processes", {}).values())
@@ -759,27 +759,6 @@ WORKER_DIED = (
     "reported; run the same command again to retry it"
 )
 NOT_RUN = "not run: the sweep stopped when a worker process died; run the same command again"
-
-
-@contextlib.contextmanager
-def _sigterm_raises() -> Iterator[None]:
-    """While the ``--jobs`` workers run, SIGTERM to the sweep raises :class:`Interrupted`
-    (and so reaches the workers) instead of killing the main process alone."""
-    import signal
-    import threading
-
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def handler(signum: int, frame: Any) -> None:
-        raise Interrupted("stopped by SIGTERM", 143)
-
-    previous = signal.signal(signal.SIGTERM, handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 # ----------------------------------------------------------------------------- aggregation
