@@ -181,3 +181,26 @@ def test_absorbed_by_sums_runs_and_can_leave_a_class_out():
     assert absorbed_by(runs) == {"class": "8", "share": pytest.approx(0.45)}
     assert absorbed_by(runs, exclude="8") == {"class": "5", "share": pytest.approx(0.40)}
     assert absorbed_by([{"3": 4}], exclude="3") is None and absorbed_by([]) is None
+
+
+@pytest.mark.parametrize(
+    "n, acceptance, accepted", [(90, 0.95, 86), (101, 0.95, 96), (100, 0.55, 55), (20, 0.95, 19)]
+)
+def test_calibrate_threshold_accepts_at_least_the_fraction_asked(n, acceptance, accepted):
+    # 0.95 * 90 = 85.5: at least 95% means 86 images, not 85; 0.55 * 100 is
+    # 55.00000000000001 in floating point: still 55 images, not 56
+    val = np.random.default_rng(n).permutation(n).astype(float)
+    t = M.calibrate_threshold(val, acceptance)
+    assert int(np.sum(val >= t)) == accepted
+
+
+def test_oscr_counts_tied_scores_together():
+    # one known-correct and one unseen image tie at 2: no threshold separates them, so the
+    # curve goes diagonally from (0, .5) to (.5, 1) (a trapezoid), whatever their order
+    s = np.array([3.0, 2.0, 2.0, 1.0])
+    known = np.array([True, True, False, False])
+    correct = np.array([True, True, False, False])
+    expected = 0.5 * 0.75 + 0.5 * 1.0  # (0,0)->(0,.5)->(.5,1)->(1,1)
+    assert M.oscr(s, known, correct) == pytest.approx(expected)
+    order = [0, 2, 1, 3]  # the unseen image first among the tied pair: the same area
+    assert M.oscr(s[order], known[order], correct[order]) == pytest.approx(expected)

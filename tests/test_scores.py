@@ -40,10 +40,10 @@ def test_logit_score_values():
     assert torch.allclose(max_softmax(z), expected)
     assert torch.allclose(max_logit(z), torch.tensor([2.0, 0.0]))
     assert torch.allclose(energy(z), torch.tensor([math.log(math.exp(2) + 1), math.log(2)]))
-    assert torch.allclose(negative_entropy(z)[1], torch.tensor(-math.log(2)))
+    assert torch.allclose(negative_entropy(z)[1], torch.tensor(-math.log(2), dtype=torch.float64))
     assert (negative_entropy(z) <= 0).all()
     # a -inf logit has probability 0 and adds 0 log 0 = 0, not NaN
-    z = torch.tensor([[0.0, float("-inf")], [0.0, -200.0]])
+    z = torch.tensor([[0.0, float("-inf")], [0.0, -1000.0]])
     assert negative_entropy(z).tolist() == [0.0, 0.0]
     # ...but a NaN, +inf or all -inf row stays NaN, for the metrics to refuse
     z = torch.tensor([[float("nan"), 0.0], [float("inf"), 0.0], [float("-inf")] * 2])
@@ -69,3 +69,14 @@ def test_probability_scores_keep_confident_logits_apart(score):
         assert z.float().softmax(1).amax(1).unique().numel() == 1
     s = score(z)
     assert s.dtype == torch.float64 and bool((s.diff() > 0).all())
+
+
+def test_negative_entropy_ranks_confident_logits_as_float64_does():
+    # margins 20 and 21 on top of a logit of 35: the float32 log-softmax of the top class is
+    # quantised to the ulp of 35 (4e-6), larger than the entropy itself (about 8e-8)
+    z = torch.tensor([[35.0, 15.0, 15.0], [35.0, 14.0, 14.0], [35.0, 13.5, 14.5]])
+    logp = z.double().log_softmax(1)
+    exact = (logp.exp() * logp).sum(1)
+    got = negative_entropy(z)
+    assert got.dtype == torch.float64
+    torch.testing.assert_close(got, exact, rtol=1e-9, atol=0)
