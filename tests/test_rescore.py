@@ -182,6 +182,24 @@ def test_other_data_is_refused(msp_run, tmp_path):
         rescore_run(run, log=None, progress=False)
 
 
+def test_a_damaged_or_missing_scores_file_is_one_sentence(msp_run, tmp_path, capsys):
+    run = copy_of(msp_run, tmp_path)
+    whole = (run / "scores.npz").read_bytes()
+    (run / "scores.npz").write_bytes(whole[:500])  # a copy cut short
+    assert main(["rescore", str(run), "--scores", "+knn", "--no-report", "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"unseen: error: {run / 'scores.npz'} is truncated or damaged (BadZipFile)."
+    (run / "scores.npz").unlink()
+    with pytest.raises(DataError, match="scores.npz does not exist; the run folder is incomplete"):
+        rescore_run(run, log=None, progress=False)
+    assert read(run / "metrics.json") == read(msp_run / "metrics.json")  # nothing rewritten
+
+
+def test_changes_must_be_a_mapping(msp_run):
+    with pytest.raises(ConfigError, match="changes must map score options .* not a str"):
+        rescore_run(msp_run, "scores=+knn", log=None)
+
+
 def test_an_unfinished_run_is_refused(msp_run, tmp_path):
     run = copy_of(msp_run, tmp_path)
     (run / "run.json").unlink()

@@ -42,7 +42,7 @@ from .farood import describe_error, evaluate_ood, ood_command, ood_results, save
 from .hardware import describe_device
 from .predict import is_head_folder, load_checkpoint, rebuild_model
 from .report import head_folder
-from .runfolder import is_finished, read_json, require_finished, write_json
+from .runfolder import is_finished, read_json, read_npz, require_finished, write_json
 from .scores import unused_options_notes, unused_score_options
 
 
@@ -73,6 +73,11 @@ def rescore_run(
     :func:`~unseen.experiment.run_experiment`, it gives the caller's torch state back
     (threads, random number generators).
     """
+    if changes is not None and not isinstance(changes, Mapping):
+        raise ConfigError(
+            f"changes must map score options to values, e.g. {{'scores': ('msp', 'knn')}}, "
+            f"not a {type(changes).__name__}."
+        )
     with caller_torch_state():
         return _rescore_run(
             Path(run_dir), dict(changes or {}), device, dataset, data_root, report, progress, log
@@ -296,11 +301,14 @@ def check_same_data(p: Prepared, payload: dict, folder: Path) -> None:
             f"the training and validation images differ from those {folder} trained on; {hint}."
         )
     sd = p.split_data
-    with np.load(folder / "scores.npz") as arrays:
-        same = all(
-            key in arrays and np.array_equal(arrays[key], now.numpy())
-            for key, now in (("label", sd.y_test_original), ("val_label", sd.y_val))
-        )
+    path = folder / "scores.npz"
+    if not path.is_file():
+        raise DataError(f"{path} does not exist; the run folder is incomplete.")
+    arrays = read_npz(path, keep=lambda k: k in ("label", "val_label"))  # damage: one sentence
+    same = all(
+        key in arrays and np.array_equal(arrays[key], now.numpy())
+        for key, now in (("label", sd.y_test_original), ("val_label", sd.y_val))
+    )
     if not same:
         raise DataError(
             f"the test or validation images differ from those {folder} was scored on; {hint}."
