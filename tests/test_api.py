@@ -210,7 +210,10 @@ def test_what_a_score_needs_is_named_when_missing():
     with_head = FitContext(train=Outputs(xl, xf, y), head_weight=means, head_bias=np.zeros(3))
     for name in ("vim", "react"):  # a NumPy head is accepted as the outputs are
         assert create_score(name).fit(with_head).score(Outputs(tl, tf)).shape == (300,)
-    with pytest.raises(ValueError, match="'mahalanobis' needs the labelled known training"):
+    with pytest.raises(
+        ValueError,
+        match=r"'mahalanobis' needs the labels of the known training images \(FitContext.train.labels\)",
+    ):
         create_score("mahalanobis").fit(FitContext(train=Outputs(xl, xf)))
     create_score("knn").fit(FitContext(train=Outputs(xl, xf)))  # knn needs no labels
     with pytest.raises(ValueError, match="training labels must be 0 to 2"):

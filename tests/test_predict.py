@@ -515,6 +515,8 @@ def test_load_refuses_bad_arguments_with_one_clear_error(run_dir, tmp_path):
     for bad in (0, 1.5, float("nan")):
         with pytest.raises(UnseenError, match="known acceptance must be above 0 and at most 1"):
             load(run_dir, known_acceptance=bad, device="cpu")
+    with pytest.raises(TypeError, match="load takes a run folder's path .* not NoneType"):
+        load(None)
 
 
 def test_unseen_load_is_the_lazy_entry_point(run_dir):

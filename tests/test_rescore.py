@@ -196,7 +196,7 @@ def test_a_damaged_or_missing_scores_file_is_one_sentence(msp_run, tmp_path, cap
 
 
 def test_changes_must_be_a_mapping(msp_run):
-    with pytest.raises(ConfigError, match="changes must map score options .* not a str"):
+    with pytest.raises(TypeError, match="changes map score options to values.* not a str"):
         rescore_run(msp_run, "scores=+knn", log=None)
 
 

@@ -54,9 +54,15 @@ else:  # typing_extensions comes with torch
 def _train(score: Score, context: FitContext, labelled: bool = True) -> Outputs:
     """The known training outputs (with labels when ``labelled``), or a clear error."""
     train = context.train
-    if train is None or (labelled and train.labels is None):
-        what = "labelled known training outputs" if labelled else "known training outputs"
-        raise InputError(f"score '{score.name}' needs the {what} (FitContext.train)")
+    if train is None:
+        raise InputError(
+            f"score '{score.name}' needs the known training outputs (FitContext.train)"
+        )
+    if labelled and train.labels is None:
+        raise InputError(
+            f"score '{score.name}' needs the labels of the known training images "
+            "(FitContext.train.labels)"
+        )
     if train.features is None and score.uses_features:
         raise InputError(
             f"score '{score.name}' needs the features of the training images "

@@ -712,6 +712,10 @@ def load(
     """
     from .hardware import resolve_device
 
+    if not isinstance(run_dir, (str, os.PathLike)):
+        raise TypeError(
+            f"load takes a run folder's path (str or Path), not {type(run_dir).__name__}."
+        )
     whole = isinstance(batch_size, numbers.Integral) and not isinstance(batch_size, bool)
     if not whole or batch_size < 1:
         raise InputError(f"batch_size must be a whole number of at least 1, not {batch_size!r}.")

@@ -74,8 +74,8 @@ def rescore_run(
     (threads, random number generators).
     """
     if changes is not None and not isinstance(changes, Mapping):
-        raise ConfigError(
-            f"changes must map score options to values, e.g. {{'scores': ('msp', 'knn')}}, "
+        raise TypeError(
+            f"rescore's changes map score options to values, e.g. {{'scores': ('msp', 'knn')}}; "
             f"not a {type(changes).__name__}."
         )
     with caller_torch_state():
