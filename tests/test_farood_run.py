@@ -356,6 +356,12 @@ def test_a_far_ood_set_needs_no_labels_nor_a_training_split(digits_run, tmp_path
         ("folder", lambda p: None, "does not exist"),
         ("npz", lambda p: np.savez(p, y=np.zeros(3)), "has no array named x_test, x, images"),
         ("npz", lambda p: np.savez(p, x=np.zeros((3, 8, 8))), "must be uint8 images, not float64"),
+        # one colour image without its N axis, as `unseen predict` refuses it too
+        (
+            "npz",
+            lambda p: np.savez(p, x=np.zeros((8, 8, 3), np.uint8)),
+            r"of shape \(8, 8, 3\) looks like one H x W x C image.*save it as x\[None\]",
+        ),
     ],
 )
 def test_an_unreadable_far_ood_set_is_one_sentence(tmp_path, kind, make, said):

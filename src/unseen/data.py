@@ -703,6 +703,13 @@ def npz_layout(shape: Sequence[int]) -> str | None:
     return None
 
 
+def looks_like_one_image(shape: Sequence[int]) -> bool:
+    """``H x W x C`` with C = 3 or 4 and H, W above 4: one colour image saved without its
+    N axis, which :func:`npz_layout` would read as H images C pixels wide. ``unseen predict``
+    and the far-OOD ``npz:`` sets refuse it, saying to save ``x[None]``."""
+    return len(shape) == 3 and shape[2] in (3, 4) and min(shape[:2]) > 4
+
+
 def npz_images_nchw(a: np.ndarray) -> np.ndarray | None:
     """An npz image array as ``N x C x H x W``, from any of :data:`NPZ_LAYOUTS`
     (:func:`npz_layout`); None for other shapes. The ``npz:PATH`` source and ``unseen
@@ -994,6 +1001,11 @@ def _check_test_array(file: Path, key: str, dtype: np.dtype, shape: tuple[int, .
         raise DataError(f"{key} in {file} must be uint8 images, not {dtype}.")
     if npz_layout(shape) is None:
         raise DataError(f"{key} in {file} must be {NPZ_LAYOUTS}, not {shape}.")
+    if looks_like_one_image(shape):
+        raise DataError(
+            f"{key} in {file} of shape {shape} looks like one H x W x C image; it must hold N "
+            f"images ({NPZ_LAYOUTS}): save it as x[None]."
+        )
     if shape[0] == 0:
         raise DataError(f"{key} in {file} holds no images.")
     if 0 in shape[1:]:

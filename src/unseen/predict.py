@@ -54,6 +54,7 @@ from .data import (
     decode_error,
     image_files,
     image_tensor,
+    looks_like_one_image,
     npz_images_nchw,
     read_image_file,
     resize_images,
@@ -773,8 +774,7 @@ def _npz_items(path: Path) -> Iterator[Item]:
         )
         return
     array = arrays[key]
-    if array.ndim == 3 and array.shape[2] in (3, 4) and min(array.shape[:2]) > 4:
-        # N x H x W with W = 3 or 4 would be images 3 or 4 pixels wide: this is one image
+    if looks_like_one_image(array.shape):
         yield Item(
             str(path),
             error=f"npz array {key!r} of shape {array.shape} looks like one H x W x C image; "
