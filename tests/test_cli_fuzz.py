@@ -147,7 +147,7 @@ def test_each_bad_value_names_its_option(no_work, capsys):
         ("weight_decay", "1e309", "--weight-decay must be zero or more, and finite"),
         ("seed", "-1", "--seed must be an integer from 0 to 4294967295"),
         ("seed", "4294967296", "--seed must be an integer from 0 to 4294967295"),
-        ("flip", "maybe", "--flip must be true, false or auto"),
+        ("flip", "maybe", "--flip must be on, off or auto"),
         ("epochs", "0", "--epochs must be positive and finite"),
         ("val_fraction", "1", "--val-fraction must be between 0 and 1"),
         # an empty class list is not silently read as the default (the last class)

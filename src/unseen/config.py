@@ -34,7 +34,7 @@ def parse_bool(text: str) -> bool:
         return True
     if low in {"0", "false", "no", "off"}:
         return False
-    raise ValueError("expected true or false")
+    raise ValueError("expected true or false (also on/off, yes/no, 1/0)")
 
 
 def parse_list(text: str) -> tuple[str, ...]:
@@ -397,11 +397,12 @@ class RunConfig:
     )
     flip: bool | None = opt(
         None,
-        "force horizontal flips on or off (default: off for digits, mnist and svhn, on otherwise)",
+        "force horizontal flips on or off: on/off, true/false, yes/no (default: auto, off for "
+        "digits, mnist and svhn, on otherwise)",
         parse=lambda s: None if s.strip().lower() in {"", "auto", "none"} else parse_bool(s),
         metavar="BOOL",
         group="training",
-        accepts="true, false or auto",
+        accepts="on, off or auto (or true/false, yes/no, 1/0)",
     )
 
     # evaluation
