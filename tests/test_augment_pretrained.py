@@ -425,6 +425,19 @@ def test_pretrain_then_fine_tune_via_cli(tmp_path, capsys):
     assert "trained on digits class 7, which this run holds out" in warning
 
 
+def test_backbone_options_without_pretrained_weights_are_noted(tmp_path, capsys):
+    common = ["--device", "cpu", "--no-report", "--train-subset", "200", "--test-subset", "100",
+              "--epochs", "1"]  # fmt: skip
+    assert main(["run", "--out", str(tmp_path / "a"), "--freeze-backbone", *common]) == 0
+    said = capsys.readouterr().out
+    assert "note: --freeze-backbone without --pretrained trains a head on random features" in said
+    assert main(["run", "--out", str(tmp_path / "b"), "--backbone-lr-scale", "0.1", *common]) == 0
+    said = capsys.readouterr().out
+    assert "note: --backbone-lr-scale 0.1 without --pretrained trains the randomly" in said
+    assert main(["run", "--out", str(tmp_path / "c"), *common]) == 0
+    assert "note:" not in capsys.readouterr().out
+
+
 def test_freezing_a_backbone_the_weights_do_not_fully_fit_is_refused():
     from unseen.errors import ConfigError
     from unseen.experiment import refuse_frozen_fresh_weights

@@ -845,6 +845,11 @@ def _run_experiment(cfg: RunConfig, progress: bool, log: Callable[[str], None] |
         )
     if cfg.freeze_backbone and p.pretrained is None:
         say("note: --freeze-backbone without --pretrained trains a head on random features")
+    elif cfg.backbone_lr_scale != 1 and p.pretrained is None:
+        say(
+            f"note: --backbone-lr-scale {cfg.backbone_lr_scale:g} without --pretrained trains "
+            "the randomly initialised backbone at a scaled learning rate"
+        )
     for line in unused_options_notes(unused_score_options(cfg)):
         say(line)
     write_json(run_dir / "config.json", record)
