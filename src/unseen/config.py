@@ -377,7 +377,9 @@ class RunConfig:
     )
     schedule: str = opt(
         "onecycle",
-        "learning-rate schedule",
+        "learning-rate schedule, stepped every batch: onecycle (torch's OneCycleLR: a quarter "
+        "warm-up to --lr, then cosine annealing down), cosine (from --lr down to 0, no "
+        "warm-up), constant (--lr throughout)",
         choices=("onecycle", "cosine", "constant"),
         group="training",
     )
