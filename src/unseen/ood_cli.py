@@ -52,9 +52,9 @@ def add_ood_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         "and fitted scores (converted to the run's channels and image size, as `unseen "
         "predict` converts images), as unseen images against the run's own known test images: "
         "the run's metrics for them, at the run's thresholds, and the known classes that "
-        "took them. Saved as RUN_DIR/ood/<dataset>.json.",
+        "took them. Saved as RUN/ood/<dataset>.json.",
     )
-    p.add_argument("run_dir", type=nonempty_path, help="a finished run folder")
+    p.add_argument("run_dir", type=nonempty_path, metavar="RUN", help="a finished run folder")
     p.add_argument(
         "--dataset",
         required=True,

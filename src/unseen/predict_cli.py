@@ -78,7 +78,7 @@ def add_predict_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentPars
     p.add_argument(
         "run_dir",
         type=nonempty_path,
-        metavar="RUN_DIR",
+        metavar="RUN",
         help="a finished run folder (or RUN/<head>/)",
     )
     p.add_argument(
