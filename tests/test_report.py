@@ -614,6 +614,15 @@ def test_holdout_and_known_giving_the_same_split_are_one_configuration(digits_ru
     assert sorted(r["label"] for r in rows) == ["holdout=8", "holdout=9"]
 
 
+def test_an_option_left_at_its_default_is_labelled_as_the_command_line_spells_it(
+    digits_run, tmp_path
+):
+    runs = [_copy_run(digits_run, tmp_path / "a", vim_dim=None, pretrained=None),
+            _copy_run(digits_run, tmp_path / "b", vim_dim=16, pretrained=str(tmp_path / "p"))]  # fmt: skip
+    labels = {r["label"] for r in aggregate_runs(runs)}
+    assert labels == {"pretrained=none, vim_dim=auto", f"pretrained={tmp_path / 'p'}, vim_dim=16"}
+
+
 def test_folder_of_runs_skips_unfinished_and_writes_inside(digits_run, tmp_path, capsys):
     sweep = tmp_path / "sweep"
     _copy_run(digits_run, sweep / "s0", seed=0)

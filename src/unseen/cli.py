@@ -155,8 +155,10 @@ def add_run_options(parser: argparse.ArgumentParser, only: Sequence[str] | None 
             help="TOML file with the same option names; flags override it",
         )
     parser.add_argument(
-        "--quiet", action="store_true", help="no progress bar or log lines: only the results (the accuracy, confidence and "
-        "training lines and the table)"
+        "--quiet",
+        action="store_true",
+        help="no progress bar or log lines: only the results (the accuracy, confidence and "
+        "training lines and the table)",
     )
 
 

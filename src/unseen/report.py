@@ -997,7 +997,7 @@ def _label_rows(rows: list[dict]) -> None:
     varying = [k for k in varying if k in FIELDS] or varying
     heads_vary = len({r["head"] for r in rows}) > 1
     for r in rows:
-        parts = [f"{k}={_short(r['config'].get(k))}" for k in varying]
+        parts = [f"{k}={_short(r['config'].get(k), k)}" for k in varying]
         if heads_vary and "head" not in varying:
             parts.append(f"head={r['head']}")
         elif heads_vary:
@@ -1007,9 +1007,16 @@ def _label_rows(rows: list[dict]) -> None:
         r["label"] = ", ".join(parts)
 
 
-def _short(value: Any) -> str:
+#: how a comparison label shows an option left at None, as the command line spells it
+_NONE_WORDS = {"pretrained": "none", "rare": "none", "ood": "none", "data_root": "default",
+               "train_subset": "all", "test_subset": "all", "holdout": "auto", "known": "auto"}  # fmt: skip
+
+
+def _short(value: Any, key: str = "") -> str:
     if isinstance(value, list):
         return "+".join(map(str, value)) or "(none)"
+    if value is None:  # an option left to its default: 'auto' for most (vim_dim, epochs, lr)
+        return _NONE_WORDS.get(key, "auto")
     return str(value)
 
 
