@@ -935,6 +935,11 @@ def test_each_row_says_how_its_image_was_converted(capsys, run_dir, pngs, tmp_pa
     assert bad[column:] == "could not be read as an image (UnidentifiedImageError)"
     rc, out, _ = cli(capsys, run_dir, tmp_path / "same.png")
     assert "note" not in out.splitlines()[0]
+    np.save(tmp_path / "one.npy", np.zeros((2, 8, 8), np.uint8))  # an array, but no .npz
+    rc, out, _ = cli(capsys, run_dir, tmp_path / "one.npy", "--format", "csv")
+    assert read_csv(out)[0]["error"].endswith(
+        "save arrays of images as .npz, np.savez(path, x=images)"
+    )
 
 
 def test_an_rgb_run_says_greyscale_to_rgb_and_resized_in_height_x_width(capsys, tmp_path):

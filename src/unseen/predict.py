@@ -750,7 +750,10 @@ def _decode_file(path: Path) -> Item:
     try:
         return Item(str(path), read_image_file(path))
     except Exception as exc:  # UnidentifiedImageError, OSError, DecompressionBombError, ...
-        return Item(str(path), error=f"could not be read as an image ({decode_error(exc, path)})")
+        why = f"could not be read as an image ({decode_error(exc, path)})"
+        if path.suffix.lower() == ".npy":  # one array without a name: predict reads .npz
+            why += "; save arrays of images as .npz, np.savez(path, x=images)"
+        return Item(str(path), error=why)
 
 
 def _npz_items(path: Path) -> Iterator[Item]:
