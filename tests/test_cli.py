@@ -250,7 +250,10 @@ def test_bad_toml_key_is_rejected(tmp_path, capsys):
     f = tmp_path / "c.toml"
     f.write_text("epochz = 3\n")
     assert main(["run", "--config", str(f)]) == 2
-    assert "unknown key 'epochz'" in capsys.readouterr().err
+    assert "unknown key 'epochz' (did you mean 'epochs'?)" in capsys.readouterr().err
+    f.write_text("zzz = 3\n")  # nothing close: the keys it takes
+    assert main(["run", "--config", str(f)]) == 2
+    assert "unknown key 'zzz'; valid keys: dataset, data_root" in capsys.readouterr().err
 
 
 def test_a_command_line_option_in_a_config_file_is_named_as_such(tmp_path, capsys):

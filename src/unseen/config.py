@@ -950,6 +950,10 @@ def _unknown_key(key: str, name: str) -> str:
             f"{' or '.join(f'`unseen {c}`' for c in COMMAND_LINE_ONLY[name])}); a config file "
             "holds run options"
         )
+    import difflib
+
+    if close := difflib.get_close_matches(name, list(FIELDS), n=1):
+        return f"an unknown key '{key}' (did you mean '{close[0]}'?)"
     return f"an unknown key '{key}'; valid keys: {', '.join(FIELDS)}"
 
 
