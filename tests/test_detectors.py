@@ -108,6 +108,23 @@ def test_knn_matches_brute_force_numpy(k):
     np.testing.assert_allclose(got, numpy_knn(f32(x), f32(xt), k), rtol=1e-4, atol=1e-5)
 
 
+def test_knn_k_above_the_smallest_class_in_the_bank_is_noted():
+    from types import SimpleNamespace
+
+    labels = np.repeat([0, 1, 2], [100, 40, 60])  # 200 training images, the smallest class 40
+
+    def note(k, bank, scores=("msp", "knn")):
+        return det.knn_k_note(SimpleNamespace(scores=scores, knn_k=k, knn_bank=bank), labels)
+
+    assert note(40, None) is None  # the 40th neighbour can still be of its own class
+    assert "--knn-k 41 is above the 40 training images" in note(41, None)
+    # a bank of 100 of the 200 images holds about 20 of the smallest class
+    assert note(20, 100) is None and "above the 20 training images" in note(21, 100)
+    assert note(500, 10_000) is not None  # a bank above the training set holds them all
+    assert note(500, None, scores=("msp",)) is None  # no knn: nothing to say
+    assert note(500, None, scores=("all",)) is not None
+
+
 def test_knn_chunks_and_bank_subset():
     x, y, xt, w, b = random_problem(4, n=300, d=5)
     s = det.KNN(k=4, bank_size=120, seed=3).fit(context(x, y, w, b))

@@ -195,6 +195,13 @@ def test_a_damaged_or_missing_scores_file_is_one_sentence(msp_run, tmp_path, cap
     assert read(run / "metrics.json") == read(msp_run / "metrics.json")  # nothing rewritten
 
 
+def test_a_knn_k_above_the_smallest_class_is_noted(msp_run, tmp_path):
+    log: list[str] = []
+    rescore_run(copy_of(msp_run, tmp_path), {"scores": "+knn", "knn_k": 1000}, log=log.append,
+                progress=False, report=False)  # fmt: skip
+    assert any(line.startswith("note: --knn-k 1000 is above the") for line in log)
+
+
 def test_changes_must_be_a_mapping(msp_run):
     with pytest.raises(TypeError, match="changes map score options to values.* not a str"):
         rescore_run(msp_run, "scores=+knn", log=None)

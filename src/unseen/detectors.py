@@ -41,7 +41,7 @@ from .console import image_bar
 from .errors import ConfigError, InputError
 from .hardware import autocast
 from .models import model_input
-from .scores import FitContext, Outputs, Score, check_setting, register
+from .scores import FitContext, Outputs, Score, check_setting, expand_score_names, register
 
 if sys.version_info >= (3, 11):
     from typing import Self
@@ -312,6 +312,30 @@ class KNN(Score):
             d2, _ = index.search(np.ascontiguousarray(q.numpy(), dtype=np.float32), self.k_)
             return -torch.from_numpy(d2[:, -1]).clamp_min(0).sqrt()
         return -kth_neighbour_distance(q, self.bank_, self.k_)
+
+
+def knn_k_note(config: Any, train_labels: np.ndarray) -> str | None:
+    """A note when a run's scores (``config``: a :class:`~unseen.config.RunConfig`) take knn
+    with ``--knn-k`` above the bank's expected share of the smallest known class's training
+    images: the k-th neighbour of an image of that class then lies in another class, so its
+    known images look as far from the bank as unseen ones (on digits, k=200 with about 100
+    images per class gave AUROC 0.035, k=50 gave 0.965)."""
+    if "knn" not in expand_score_names(config.scores):
+        return None
+    k, bank_size = config.knn_k, config.knn_bank
+    counts = np.bincount(np.asarray(train_labels, dtype=np.int64))
+    counts = counts[counts > 0]
+    if not len(counts):
+        return None
+    share = 1.0 if bank_size is None else min(1.0, bank_size / int(counts.sum()))
+    smallest = int(counts.min() * share)
+    if k <= smallest:
+        return None
+    return (
+        f"note: --knn-k {k} is above the {smallest} training images the knn bank holds of the "
+        "smallest known class: their k-th neighbour lies in another class, which makes known "
+        f"images look unseen; lower --knn-k (Sun et al. scale it with the bank: 50 for 50,000)"
+    )
 
 
 # ----------------------------------------------------------------------------- ViM

@@ -39,7 +39,7 @@ from .checkpoint import (
 from .config import RunConfig, validate
 from .console import counted, printable_names
 from .data import ImageData, absolute_dataset, absolute_paths, load_dataset
-from .detectors import check_vim_dim
+from .detectors import check_vim_dim, knn_k_note
 from .errors import ConfigError, DataError, Interrupted
 from .evaluate import check_finite, forward_pass
 from .farood import locate_ood, missing_ood, score_run_ood
@@ -843,6 +843,8 @@ def _run_experiment(cfg: RunConfig, progress: bool, log: Callable[[str], None] |
         say(
             f"note: --bit-depth {cfg.bit_depth} has no effect: only folder datasets read 16-bit files"
         )
+    if note := knn_k_note(cfg, p.split_data.y_train.numpy()):
+        say(note)
     if cfg.freeze_backbone and p.pretrained is None:
         say("note: --freeze-backbone without --pretrained trains a head on random features")
     elif cfg.backbone_lr_scale != 1 and p.pretrained is None:

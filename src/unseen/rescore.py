@@ -24,6 +24,7 @@ import numpy as np
 
 from .config import FIELDS, SCORE_OPTIONS, RunConfig, scores_without_their_head
 from .console import notes_once
+from .detectors import knn_k_note
 from .errors import ConfigError, DataError, UnseenError
 from .experiment import (
     TRAINING_METRICS,
@@ -155,6 +156,8 @@ def _rescore_run(
     say(f"rescoring {run_dir} on {describe_device(p.device)}: {', '.join(cfg.scores)}")
     for line in unused_options_notes(unused_score_options(cfg, given=changes), "rescored run"):
         say(line)
+    if note := knn_k_note(cfg, p.split_data.y_train.numpy()):
+        say(note)
     resolved = p.config.to_dict()  # paths made absolute
     options = cfg.to_dict()
     new_options = {k: options[k] for k in SCORE_OPTIONS}
