@@ -311,10 +311,66 @@ def test_second_invocation_trains_nothing(tmp_path, fake_runs):
     assert [o.status for o in second.outcomes] == ["skipped"] * 4
     assert {r.run_dir: (r.run_dir / "run.json").stat().st_mtime_ns for r in second.runs} == mtimes
     assert second.summary["runs_finished"] == 4
-    # a changed setting is a different run: all four run again, in new folders
-    sweep.run_sweep(TINY.replace(lr=0.05), opts, tmp_path, report=False, log=None)
-    assert len(fake_runs) == 8
-    assert len(list((tmp_path / "runs").iterdir())) == 8
+    # a changed setting is a different run, so another sweep: not in this sweep's folder
+    record = (tmp_path / "sweep.json").read_bytes()
+    with pytest.raises(ConfigError, match="differs in --lr and does not plan 4 of its 4 runs"):
+        sweep.run_sweep(TINY.replace(lr=0.05), opts, tmp_path, report=False, log=None)
+    assert len(fake_runs) == 4 and (tmp_path / "sweep.json").read_bytes() == record
+    sweep.run_sweep(TINY.replace(lr=0.05), opts, tmp_path / "lr", report=False, log=None)
+    assert len(fake_runs) == 8 and len(list((tmp_path / "lr" / "runs").iterdir())) == 4
+
+
+def test_another_sweep_is_refused_in_a_sweeps_folder(tmp_path, fake_runs, capsys):
+    out = tmp_path / "S"
+    neal6 = SweepOptions("neal6")
+    sweep.run_sweep(TINY, neal6, out, report=False, log=None)
+    kept = {
+        name: (out / name).read_bytes() for name in ("sweep.json", "summary.json", "summary.txt")
+    }
+    for extra in (["--summary-only"], ["--dry-run"], []):
+        args = ["sweep", "--protocol", "loo", "--dataset", "digits", "--out", str(out), *extra]
+        assert main(args) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(
+            f"unseen: error: --out {out} holds another sweep (--protocol neal6 on "
+        )
+        assert "does not plan 5 of its 5 runs; give this sweep another --out" in err
+        assert len(err.strip().splitlines()) == 1
+        assert {n: (out / n).read_bytes() for n in kept} == kept  # its record as it was
+    assert len(fake_runs) == 5 and len(list((out / "runs").iterdir())) == 5
+    # fewer seeds would forget runs the record lists: refused too
+    sweep.run_sweep(TINY, SweepOptions("neal6", seeds=2), out, report=False, log=None)
+    with pytest.raises(ConfigError, match="differs in --seeds and does not plan 5 of its 10"):
+        sweep.run_sweep(TINY, neal6, out, summary_only=True, report=False, log=None)
+    # the same sweep again, with options that are not hashed or only add runs: as before
+    for base, opts in ((TINY.replace(report=False, checkpoint_every=5.0), SweepOptions("neal6", seeds=2, jobs=3)),
+                       (TINY, SweepOptions("neal6", seeds=3))):  # fmt: skip
+        result = sweep.run_sweep(base, opts, out, report=False, log=None)
+        assert result.summary["runs_finished"] == len(result.runs) and not result.failed
+    assert len(fake_runs) == 15
+    assert json.loads((out / "sweep.json").read_text())["seeds"] == 3
+
+
+def test_a_sweep_is_not_written_into_a_folder_of_other_files(tmp_path, capsys):
+    images = tmp_path / "img"
+    images.mkdir()
+    (images / "a.png").write_bytes(b"png")
+    for extra in (["--dry-run"], ["--summary-only"]):
+        assert main(["sweep", "--protocol", "single", "--out", str(images), *extra]) == 2
+        err = capsys.readouterr().err
+        assert (
+            f"--out {images} is a folder with other files in it (a.png), not a sweep folder" in err
+        )
+        assert sorted(p.name for p in images.iterdir()) == ["a.png"]
+    # hidden files, or only what a sweep writes (its record lost), are a sweep's folder
+    (images / "a.png").unlink()
+    (images / ".DS_Store").write_bytes(b"")
+    (images / "runs").mkdir()
+    assert main(["sweep", "--protocol", "single", "--out", str(images), "--dry-run"]) == 0
+    # a sweep.json that is not a sweep's record: said, not taken for a sweep
+    (images / "sweep.json").write_text("[1]")
+    assert main(["sweep", "--protocol", "single", "--out", str(images), "--dry-run"]) == 2
+    assert "sweep.json is not a sweep's record" in capsys.readouterr().err
 
 
 def test_overwrite_runs_finished_runs_again(tmp_path, fake_runs):

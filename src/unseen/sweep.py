@@ -48,7 +48,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .config import MAX_SEED, RESULT_NEUTRAL_KEYS, RunConfig, validate
+from .config import FIELDS, MAX_SEED, RESULT_NEUTRAL_KEYS, RunConfig, validate
 from .console import printable_names
 from .data import absolute_dataset
 from .errors import ConfigError, Interrupted, UnseenError
@@ -402,6 +402,100 @@ def default_sweep_dir(dataset: str, protocol: str) -> Path:
     """``sweeps/<dataset>-<protocol>``: the same command finds the same folder again."""
     name = Path(dataset).name if ":" in dataset else dataset
     return Path("sweeps") / f"{slug(name)}-{slug(protocol)}"
+
+
+# ----------------------------------------------------------------------------- the sweep folder
+
+#: what a sweep writes into its folder; a folder without sweep.json that holds anything else
+#: (hidden files aside) is not a sweep's
+SWEEP_ENTRIES = frozenset({"sweep.json", "summary.json", "summary.txt", "runs", "report"})
+
+
+def sweep_record(out: Path) -> dict | None:
+    """The ``sweep.json`` of the sweep folder ``out`` (None: a new or empty folder, or one
+    holding only what a sweep writes). Raises a :class:`ConfigError` for a file, a run
+    folder, a folder of other files, and a ``sweep.json`` that is not a sweep's record.
+    Checked before anything is planned or written."""
+    from .checkpoint import holds_run_files
+
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out} is a file, not a folder.")
+    if not out.is_dir():
+        return None
+    if holds_run_files(out):
+        raise ConfigError(
+            f"--out {out} holds a run of `unseen run`, not a sweep; give the sweep its own folder."
+        )
+    path = out / "sweep.json"
+    if not path.is_file():
+        other = sorted(
+            p.name
+            for p in out.iterdir()
+            if not p.name.startswith(".") and p.name not in SWEEP_ENTRIES
+        )
+        if other:
+            raise ConfigError(
+                f"--out {out} is a folder with other files in it ({other[0]}), not a sweep "
+                "folder (it has no sweep.json); give the sweep a new or empty folder."
+            )
+        return None
+    try:
+        record = read_json(path)
+    except UnseenError as exc:
+        raise ConfigError(f"{str(exc).rstrip('.')}; give the sweep another --out.") from None
+    runs = record.get("runs") if isinstance(record, dict) else None
+    if not isinstance(runs, list) or not all(
+        isinstance(r, dict) and isinstance(r.get("dir"), str) for r in runs
+    ):
+        raise ConfigError(
+            f"{path} is not a sweep's record (it lists no run folders); give the sweep "
+            "another --out."
+        )
+    return record
+
+
+def check_same_sweep(
+    out: Path, record: dict, base: RunConfig, opts: SweepOptions, runs: Sequence[PlannedRun]
+) -> None:
+    """Refuse to write this sweep over another one: every run that ``out``'s ``record``
+    (its sweep.json) lists must be among ``runs``, those this command plans. The same
+    command, and one that only adds runs (more ``--seeds``, ``--splits``, ``--fractions``)
+    or changes an option that is not hashed (``--ood``, ``--jobs``, ``--report``...),
+    plans them all; another protocol, dataset or hashed run option plans other folders,
+    and its sweep.json would forget the recorded runs."""
+    recorded = [Path(r["dir"]).name for r in record["runs"]]
+    planned = {r.run_dir.name for r in runs}
+    missing = [name for name in recorded if name not in planned]
+    if not missing:
+        return
+    differing = _differing_options(record, base, opts)
+    why = f"differs in {', '.join(differing)}" if differing else "plans other run folders"
+    recorded_base = record.get("base_config")
+    dataset = recorded_base.get("dataset") if isinstance(recorded_base, dict) else "?"
+    raise ConfigError(
+        f"--out {out} holds another sweep (--protocol {record.get('protocol')} on "
+        f"{dataset}, see its sweep.json): this command "
+        f"{why} and does not plan {len(missing)} of its {len(recorded)} runs; give this sweep "
+        f"another --out (or delete {out} to replace that sweep)."
+    )
+
+
+def _differing_options(record: dict, base: RunConfig, opts: SweepOptions) -> list[str]:
+    """The flags whose values differ between the sweep of ``record`` and this one: the
+    sweep options, then the run options that the run folders' hashes cover."""
+    from .config import flag_name
+    from .runfolder import jsonable
+
+    ours = {"protocol": opts.protocol, "seeds": opts.seeds, "splits": opts.splits,
+            "fractions": opts.fractions, "compare_balance": opts.balances}  # fmt: skip
+    out = [flag_name(k) for k, v in ours.items() if jsonable(v) != record.get(k)]
+    try:
+        theirs = hash_fields(RunConfig.from_dict(record["base_config"]))
+    except (KeyError, TypeError, ValueError, UnseenError):  # a record of another version
+        return out
+    mine = hash_fields(base)
+    keys = sorted(set(theirs) | set(mine), key=list(FIELDS).index)
+    return out + [flag_name(k) for k in keys if jsonable(theirs.get(k)) != jsonable(mine.get(k))]
 
 
 # ----------------------------------------------------------------------------- running
@@ -1280,10 +1374,10 @@ def run_sweep(
     """Expand, run what is not finished, aggregate: ``summary.json`` and ``summary.txt`` in ``out_dir``.
 
     ``dry_run`` only lists the run folders; ``summary_only`` aggregates the finished runs
-    without training the others.
+    without training the others. ``out_dir`` must be new, empty, or this sweep's folder
+    (:func:`sweep_record`, :func:`check_same_sweep`): another sweep's, a run's or a folder
+    of other files is refused before anything is written.
     """
-    from .checkpoint import holds_run_files
-
     for value, kind, name in ((base, RunConfig, "base"), (opts, SweepOptions, "opts")):
         if not isinstance(value, kind):
             raise TypeError(
@@ -1298,11 +1392,10 @@ def run_sweep(
     if dry_run and summary_only:
         raise ConfigError("give --dry-run or --summary-only, not both.")
     out = Path(out_dir) if out_dir else default_sweep_dir(base.dataset, opts.protocol)
-    if holds_run_files(out):
-        raise ConfigError(
-            f"--out {out} holds a run of `unseen run`, not a sweep; give the sweep its own folder."
-        )
+    record = sweep_record(out)  # a run folder, the user's own files, a damaged sweep.json
     runs = plan_sweep(base, opts, out)
+    if record is not None:  # another sweep's folder: its record must not be replaced
+        check_same_sweep(out, record, base, opts, runs)
     if dry_run:
         for r in runs:
             say(f"{r.run_dir}  {dry_run_state(r, base.overwrite)}  ({_split_text(r)})")
