@@ -741,9 +741,11 @@ def test_a_damaged_run_folder_is_one_sentence_not_a_traceback(digits_run, tmp_pa
         assert main(["report", str(run), "--no-tsne"]) == 2, name
         err = capsys.readouterr().err.strip()
         assert message in err and len(err.splitlines()) == 1, err
-    # in a folder of runs, the damaged one is named
-    assert main(["report", str(tmp_path), "--out", str(tmp_path / "cmp")]) == 2
-    assert "config/config.json is not a run's config.json" in capsys.readouterr().err
+    # in a folder of runs, the damaged one is named and left out, the others compared
+    assert main(["report", str(tmp_path), "--out", str(tmp_path / "cmp")]) == 1
+    err = capsys.readouterr().err
+    assert f"unseen: skipping {tmp_path / 'config'}: damaged: config.json holds no table\n" in err
+    assert len(json.loads((tmp_path / "cmp" / "comparison.json").read_text())[0]["runs"]) == 2
 
 
 def test_rows_are_labelled_by_options_not_by_the_records_derived_from_them(digits_run, tmp_path):

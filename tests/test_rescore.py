@@ -430,3 +430,38 @@ def test_a_sweep_on_a_named_dataset_that_moved_rescores_with_data_root(tmp_path,
         ["energy"],
     )
     assert read(tmp_path / "sw" / "summary.json")["runs_finished"] == 1
+
+
+def test_a_damaged_run_of_a_sweep_is_left_out_of_its_rescore_and_report(tmp_path, capsys):
+    from unseen.sweep import SweepOptions, run_sweep
+
+    base = RunConfig(scores=("msp",), **TINY)
+    sweep = run_sweep(base, SweepOptions("single", seeds=3), tmp_path / "sw", log=None)
+    broken, no_model, whole = (r.run_dir for r in sweep.runs)
+    (broken / "metrics.json").write_text("{\n")
+    (no_model / "model.pt").unlink()  # its results can be read, but it cannot be rescored
+    code = main(["rescore", str(tmp_path / "sw"), "--scores", "msp,energy", "--no-report"])
+    out = capsys.readouterr().out
+    assert code == 1 and "1 run rescored" in out
+    assert "2 finished runs are damaged and left out (delete a run's folder" in out
+    assert f"  {broken}: metrics.json is not valid JSON (" in out
+    assert f"  {no_model}: model.pt is missing\n" in out
+    assert list(read(whole / "metrics.json")["scores"]) == ["msp", "energy"]
+    assert list(read(no_model / "metrics.json")["scores"]) == ["msp"]
+    assert (broken / "metrics.json").read_text() == "{\n"  # left as it was
+    summary = read(tmp_path / "sw" / "summary.json")
+    assert summary["variants"][0]["runs"] == 1 and summary["score_names"] == ["msp", "energy"]
+    assert [d["dir"] for d in summary["runs_damaged"]] == [str(broken), str(no_model)]
+    # the comparison of the sweep's folder leaves the unreadable one out too, and says so
+    assert main(["report", str(tmp_path / "sw"), "--no-tsne"]) == 1
+    err = capsys.readouterr().err
+    assert f"unseen: skipping {broken}: damaged: metrics.json is not valid JSON (" in err
+    assert no_model.name not in err
+    rows = read(tmp_path / "sw" / "report" / "comparison.json")  # msp, and msp + energy
+    assert sorted(run for row in rows for run in row["runs"]) == [str(no_model), str(whole)]
+    # the run itself, named: its one-sentence error
+    for command in ("rescore", "report"):
+        assert main([command, str(broken)]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith(f"unseen: error: {broken / 'metrics.json'} is not valid JSON (")
+        assert len(err.splitlines()) == 1

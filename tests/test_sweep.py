@@ -283,6 +283,18 @@ def _fake_metrics(cfg: RunConfig, auroc: float = 0.9) -> dict:
     }
 
 
+def _finish_fake_run(cfg: RunConfig, metrics: dict | None = None) -> None:
+    """What a finished run leaves in ``cfg.out`` that reading it needs: config.json,
+    metrics.json (``metrics``, else :func:`_fake_metrics`), scores.npz and model.pt (empty
+    archives), then run.json."""
+    out = Path(cfg.out)
+    write_json(out / "config.json", cfg.to_dict())
+    write_json(out / "metrics.json", metrics or _fake_metrics(cfg))
+    np.savez(out / "scores.npz")
+    torch.save({}, out / "model.pt")
+    mark_finished(out, heads=list(cfg.head))
+
+
 @pytest.fixture
 def fake_runs(monkeypatch):
     """Replace training by a fake that writes metrics.json and run.json; record the calls."""
@@ -290,8 +302,7 @@ def fake_runs(monkeypatch):
 
     def fake_run_experiment(cfg, progress=True, log=print):
         calls.append(cfg)
-        write_json(Path(cfg.out) / "metrics.json", _fake_metrics(cfg))
-        mark_finished(cfg.out, heads=list(cfg.head))
+        _finish_fake_run(cfg)
         if cfg.report:  # as a run does (a finished run without it would be completed)
             (Path(cfg.out) / "report.html").write_text("<p>report</p>")
         return RunResult(Path(cfg.out), cfg, {})
@@ -392,8 +403,7 @@ def test_interrupted_sweep_continues_where_it_stopped(tmp_path, monkeypatch):
         if len(done) == 2:
             raise KeyboardInterrupt
         done.append(cfg.out)
-        write_json(Path(cfg.out) / "metrics.json", _fake_metrics(cfg))
-        mark_finished(cfg.out)
+        _finish_fake_run(cfg)
         return RunResult(Path(cfg.out), cfg, {})
 
     monkeypatch.setattr("unseen.experiment.run_experiment", flaky)
@@ -411,8 +421,7 @@ def test_interrupted_sweep_continues_where_it_stopped(tmp_path, monkeypatch):
 
     def record(cfg, progress=True, log=print):
         again.append(cfg.out)
-        write_json(Path(cfg.out) / "metrics.json", _fake_metrics(cfg))
-        mark_finished(cfg.out)
+        _finish_fake_run(cfg)
         return RunResult(Path(cfg.out), cfg, {})
 
     monkeypatch.setattr("unseen.experiment.run_experiment", record)
@@ -445,8 +454,7 @@ def test_a_failed_run_is_reported_and_the_others_still_run(tmp_path, monkeypatch
     def sometimes(cfg, progress=True, log=print):
         if cfg.known == expand(TINY, DIGITS, SweepOptions("random:8"))[0].config.known:
             raise ConfigError("boom")
-        write_json(Path(cfg.out) / "metrics.json", _fake_metrics(cfg))
-        mark_finished(cfg.out)
+        _finish_fake_run(cfg)
         return RunResult(Path(cfg.out), cfg, {})
 
     monkeypatch.setattr("unseen.experiment.run_experiment", sometimes)
@@ -457,6 +465,42 @@ def test_a_failed_run_is_reported_and_the_others_still_run(tmp_path, monkeypatch
     assert result.failed[0].error == "boom"
     assert (result.runs[0].run_dir / "error.txt").is_file()
     assert result.summary["runs_finished"] == 2
+
+
+#: the command line of TINY's options
+TINY_ARGS = ["--epochs", "1", "--train-subset", "200", "--scores", "msp", "--device", "cpu",
+             "--precision", "fp32", "--no-report"]  # fmt: skip
+
+
+def test_damaged_runs_are_named_and_left_out_of_the_summary(tmp_path, fake_runs, capsys):
+    out = tmp_path / "S"
+    opts = SweepOptions("random:8", splits=4)
+    runs = sweep.run_sweep(TINY.replace(report=False), opts, out, report=False, log=None).runs
+    (runs[0].run_dir / "metrics.json").write_text("{\n")
+    (runs[1].run_dir / "scores.npz").unlink()
+    (runs[2].run_dir / "scores.npz").write_bytes(b"PK\x03\x04 cut short")
+    args = ["sweep", "--protocol", "random:8", "--splits", "4", *TINY_ARGS, "--out", str(out)]
+    # --dry-run says what the sweep will do with them: leave them out
+    assert main([*args, "--dry-run"]) == 0
+    states = [ln.split("  ")[1] for ln in capsys.readouterr().out.splitlines()]
+    assert states[0].startswith("damaged, to leave out: metrics.json is not valid JSON (")
+    assert states[1:] == ["damaged, to leave out: scores.npz is missing",
+                          "damaged, to leave out: scores.npz is truncated or damaged (not a "
+                          "readable archive)", "finished"]  # fmt: skip
+    for extra in (["--summary-only"], []):  # the rest summarised; nothing trained again
+        assert main([*args, *extra]) == 1
+        stdout = capsys.readouterr().out
+        assert "3 finished runs are damaged and left out (delete a run's folder" in stdout
+        assert f"  {runs[0].run_dir}: metrics.json is not valid JSON (" in stdout
+        assert f"  {runs[1].run_dir}: scores.npz is missing\n" in stdout
+        summary = json.loads((out / "summary.json").read_text())
+        assert summary["variants"][0]["runs"] == 1 and summary["runs_finished"] == 4
+        assert [d["dir"] for d in summary["runs_damaged"]] == [str(r.run_dir) for r in runs[:3]]
+        assert "NOTE: 1 of the 4 planned runs have finished (3 more finished but damaged" in stdout
+    assert len(fake_runs) == 4
+    # --overwrite runs them again
+    result = sweep.run_sweep(TINY.replace(overwrite=True), opts, out, report=False, log=None)
+    assert not result.damaged and result.summary["variants"][0]["runs"] == 4
 
 
 # ----------------------------------------------------------------------------- aggregation

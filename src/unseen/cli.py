@@ -232,7 +232,7 @@ def cmd_rescore(args: argparse.Namespace) -> int:
 
     from .console import counted, notes_once, progress_line
     from .rescore import rescore_run, rescore_sweep
-    from .sweep import format_summary
+    from .sweep import damaged_lines, format_summary
 
     changes = {k: getattr(args, k) for k in SCORE_OPTIONS if hasattr(args, k)}
     common = dict(
@@ -242,6 +242,7 @@ def cmd_rescore(args: argparse.Namespace) -> int:
         progress=not args.quiet,
         log=None if args.quiet else notes_once(progress_line),  # a note once for all runs
     )
+    damaged = False  # a sweep's finished run left out: exit 1 at the end
     for i, folder in enumerate(args.runs):
         if i:
             print()
@@ -250,6 +251,9 @@ def cmd_rescore(args: argparse.Namespace) -> int:
                 results, sweep = rescore_sweep(folder, changes, dataset=args.dataset, **common)
                 print(format_summary(sweep.summary))
                 print(f"\nsweep folder: {sweep.out_dir}: {counted(len(results), 'run')} rescored")
+                for line in damaged_lines(sweep):
+                    print(line)
+                damaged = damaged or bool(sweep.damaged)
                 continue
             result = rescore_run(folder, changes, dataset=args.dataset, **common)
         except UnseenError as exc:  # name the folder when there are several
@@ -258,7 +262,7 @@ def cmd_rescore(args: argparse.Namespace) -> int:
             raise
         print_result(result, timing=False)
         print(f"rescored in {result.seconds['total']:.1f} s")
-    return 0
+    return 1 if damaged else 0
 
 
 def cmd_datasets(args: argparse.Namespace) -> int:
@@ -284,8 +288,11 @@ def cmd_scores(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     from .report import report_command
 
-    report_command(args.runs, out=args.out, tsne=not args.no_tsne, each=args.each)
-    return 0
+    damaged: list[str] = []  # runs of a folder left out: said, and exit 1
+    report_command(
+        args.runs, out=args.out, tsne=not args.no_tsne, each=args.each, on_damaged=damaged.append
+    )
+    return 1 if damaged else 0
 
 
 def build_parser() -> argparse.ArgumentParser:

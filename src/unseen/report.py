@@ -63,6 +63,7 @@ from .runfolder import (
     read_npz,
     require_finished,
     resolved_settings,
+    run_damage,
     write_json,
 )
 from .threads import thread_budget
@@ -828,13 +829,17 @@ def _write_report_files(
 
 
 def find_runs(
-    paths: Iterable[str | Path], on_skip: Callable[[str], None] | None = None
+    paths: Iterable[str | Path],
+    on_skip: Callable[[str], None] | None = None,
+    on_damaged: Callable[[str], None] | None = None,
 ) -> list[Path]:
     """Expand ``paths`` into finished run folders.
 
     A path that is a run must be finished (else a one-line error). A folder that is not a run
     is searched (up to three levels down) for runs; unfinished runs found that way are skipped,
-    each reported through ``on_skip``.
+    each reported through ``on_skip``, and so are finished ones whose files cannot be read
+    (:func:`~unseen.runfolder.run_damage`), each reported through ``on_damaged`` (or
+    ``on_skip``): one damaged run of a sweep does not stop its comparison.
     """
     found: list[Path] = []
     for raw in paths:
@@ -848,10 +853,16 @@ def find_runs(
                 f"{path} is neither a run folder nor a folder of runs (no config.json found)."
             )
         for run in inside:
-            if is_finished(run):
+            if not is_finished(run):
+                if on_skip is not None:
+                    on_skip(
+                        f"skipping {run}: not finished (no {FINISHED_FILE} with status 'finished')"
+                    )
+            elif problem := run_damage(run):
+                if (say := on_damaged or on_skip) is not None:
+                    say(f"skipping {run}: damaged: {problem}")
+            else:
                 found.append(run)
-            elif on_skip is not None:
-                on_skip(f"skipping {run}: not finished (no {FINISHED_FILE} with status 'finished')")
     unique: list[Path] = []
     for p in found:
         if p.resolve() not in {q.resolve() for q in unique}:
@@ -1278,12 +1289,15 @@ def report_command(
     tsne: bool = True,
     each: bool = False,
     log: Callable[[str], None] = print,
+    on_damaged: Callable[[str], None] | None = None,
 ) -> Path:
     """``unseen report``: one run -> its report; several runs or folders of runs -> comparison.
 
     The comparison goes to ``out``, by default ``<folder>/comparison`` for a single folder of
     runs (``<folder>/report`` for a sweep's, where ``unseen sweep`` writes it) and
     ``./comparison`` otherwise. ``each`` also rebuilds every compared run's report.
+    A damaged run found in a folder (:func:`find_runs`) is left out, said on stderr and
+    passed to ``on_damaged``; a run named itself must be whole.
     Returns the path of the report or comparison written.
     """
     import sys
@@ -1301,7 +1315,15 @@ def report_command(
         path = build_report(paths[0], tsne=tsne)
         log(f"report: {path} ({time.perf_counter() - start:.1f} s)")
         return path
-    runs = find_runs(paths, on_skip=lambda msg: print(f"unseen: {msg}", file=sys.stderr))
+
+    def damaged(message: str) -> None:
+        print(f"unseen: {message}", file=sys.stderr)
+        if on_damaged is not None:
+            on_damaged(message)
+
+    runs = find_runs(
+        paths, on_skip=lambda msg: print(f"unseen: {msg}", file=sys.stderr), on_damaged=damaged
+    )
     if not runs:
         raise UnseenError(f"no finished runs found in {', '.join(map(str, paths))}.")
     if each:

@@ -43,7 +43,7 @@ from .farood import describe_error, evaluate_ood, ood_command, ood_results, save
 from .hardware import describe_device
 from .predict import is_head_folder, load_checkpoint, rebuild_model
 from .report import head_folder
-from .runfolder import is_finished, read_json, read_npz, require_finished, write_json
+from .runfolder import is_finished, read_json, read_npz, require_finished, run_damage, write_json
 from .scores import unused_options_notes, unused_score_options
 
 
@@ -332,7 +332,9 @@ def rescore_sweep(
     """:func:`rescore_run` on every finished run of the sweep in ``sweep_dir`` (its
     ``sweep.json`` lists them), then the sweep's summary again (``unseen sweep
     --summary-only``, which reads the runs' new metrics). Returns the runs' results and the
-    :class:`unseen.sweep.SweepResult`; runs not finished are left alone.
+    :class:`unseen.sweep.SweepResult`; runs not finished are left alone, and so are finished
+    runs whose files cannot be read (:func:`unseen.runfolder.run_damage`, found before any
+    run is rewritten): the summary leaves them out, and the result's ``damaged`` lists them.
 
     The data is read where the runs found it (their config.json records absolute paths), so
     a sweep given a relative ``folder:``/``npz:`` path rescores from any working directory;
@@ -390,6 +392,11 @@ def rescore_sweep(
     if left := len(folders) - len(finished):
         were = "is" if left == 1 else "are"
         say(f"{left} of the sweep's {len(folders)} runs {were} not finished: left as they are")
+    # damaged runs are found before any run is rewritten, and left out (the summary says so)
+    damaged = {f: problem for f in finished if (problem := run_damage(f, model=True))}
+    for folder, problem in damaged.items():
+        say(f"{folder.name}: DAMAGED, left as it is: {problem}")
+    finished = [f for f in finished if f not in damaged]
     results = []
     for i, folder in enumerate(finished):
         say(f"run {i + 1} of {len(finished)}: {folder.name}")
@@ -405,8 +412,14 @@ def rescore_sweep(
                 log=log,
             )  # fmt: skip
         )
-    # the summary of `unseen sweep --summary-only`, from the plan rebuilt above
-    skipped = [RunOutcome(r, "skipped") for r in planned]
+    # the summary of `unseen sweep --summary-only`, from the plan rebuilt above, without
+    # the damaged runs
+    skipped = [
+        RunOutcome(r, "damaged", error=damaged[r.run_dir])
+        if r.run_dir in damaged
+        else RunOutcome(r, "skipped")
+        for r in planned
+    ]
     if report is None:
         report = (sweep_dir / "report").is_dir()
     summary = summarize(sweep_dir, base, opts, planned, skipped, report=report, log=log)
@@ -417,10 +430,11 @@ def recorded_source(
     sweep_dir: Path, names: Sequence[str], base: RunConfig
 ) -> tuple[str, str | None]:
     """The dataset and data root that the first finished run of the sweep recorded (as
-    absolute paths), or ``base``'s when no run finished or a run records another source."""
+    absolute paths; a damaged run is passed over), or ``base``'s when no run finished or a
+    run records another source."""
     for name in names:
         folder = sweep_dir / "runs" / name
-        if is_finished(folder):
+        if is_finished(folder) and run_damage(folder) is None:
             saved = read_json(folder / "config.json")
             dataset, root = saved.get("dataset"), saved.get("data_root")
             if isinstance(dataset, str) and _kind(dataset) == _kind(base.dataset):

@@ -262,6 +262,51 @@ def is_finished(run_dir: str | Path) -> bool:
         return False
 
 
+def _json_table_problem(path: Path) -> str | None:
+    """Why ``path`` is not a readable JSON table (None: it is one)."""
+    try:
+        value = json.loads(path.read_text())
+    except FileNotFoundError:
+        return "is missing"
+    except OSError as exc:
+        return f"cannot be read ({exc.strerror or type(exc).__name__})"
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        return f"is not valid JSON ({exc})"
+    return None if isinstance(value, dict) else "holds no table"
+
+
+def run_damage(run_dir: str | Path, *, model: bool = False) -> str | None:
+    """What is wrong with the finished run in ``run_dir``, naming the file (None: nothing
+    found): the files that reading a finished run's results needs, ``config.json`` and, in
+    each head's folder, ``metrics.json`` (a JSON table each) and ``scores.npz`` (a readable
+    archive: only its end is read, so this is quick); with ``model``, ``model.pt`` too
+    (rescoring rebuilds the network; a copy of a run's results may leave it out). A sweep,
+    its summary and ``unseen report``/``unseen rescore`` of a folder of runs leave such a
+    run out and say so, instead of stopping at it."""
+    import zipfile
+
+    run_dir = Path(run_dir)
+    if problem := _json_table_problem(run_dir / "config.json"):
+        return f"config.json {problem}"
+    heads = json.loads((run_dir / "config.json").read_text()).get("head") or ["softmax"]
+    if not isinstance(heads, list) or not all(isinstance(h, str) for h in heads):
+        return "config.json records no list of heads"
+    names = ["metrics.json"] + [f"{h}/metrics.json" for h in heads if len(heads) > 1]
+    for name in names:
+        if problem := _json_table_problem(run_dir / name):
+            return f"{name} {problem}"
+    archives = ("scores.npz", "model.pt") if model else ("scores.npz",)
+    for head in heads:
+        where = f"{head}/" if len(heads) > 1 else ""
+        for name in archives:
+            path = run_dir / where / name
+            if not path.is_file():
+                return f"{where}{name} is missing"
+            if not zipfile.is_zipfile(path):
+                return f"{where}{name} is truncated or damaged (not a readable archive)"
+    return None
+
+
 def require_finished(run_dir: str | Path) -> Path:
     """Raise a one-line error unless ``run_dir`` holds a finished run."""
     run_dir = Path(run_dir)

@@ -61,6 +61,7 @@ from .runfolder import (
     mixed_settings,
     read_json,
     resolved_settings,
+    run_damage,
     slug,
     write_json,
 )
@@ -511,7 +512,9 @@ class RunInterrupted(Interrupted):
 @dataclass
 class RunOutcome:
     run: PlannedRun
-    status: str  # "finished", "skipped" or "failed"
+    #: "finished", "skipped", "failed", or "damaged" (a finished run whose files cannot be
+    #: read, :func:`unseen.runfolder.run_damage`: left out, its problem in ``error``)
+    status: str
     seconds: float = 0.0
     error: str | None = None
 
@@ -700,6 +703,8 @@ def run_plan(
     for i, run in enumerate(runs):
         if not is_finished(run.run_dir) or run.config.overwrite:
             todo.append(i)
+        elif problem := run_damage(run.run_dir):  # not run again: its folder may be of use
+            outcomes[i] = RunOutcome(run, "damaged", error=problem)
         elif lacks(run):
             todo.append(i)
             completing.add(i)
@@ -707,14 +712,18 @@ def run_plan(
             outcomes[i] = RunOutcome(run, "skipped")
     total = len(runs)
     unfinished = len(todo) - len(completing)
+    damaged = [o for o in outcomes.values() if o.status == "damaged"]
     say(
-        f"{total} runs: {total - unfinished} already finished, {unfinished} to run"
+        f"{total} runs: {total - unfinished - len(damaged)} already finished, {unfinished} to run"
         + (
             f", {len(completing)} finished to complete (--ood results, or a report)"
             if completing
             else ""
         )
+        + (f", {len(damaged)} finished but damaged (left out)" if damaged else "")
     )
+    for o in damaged:
+        say(f"{o.run.run_dir.name}: DAMAGED, left out: {o.error}")
 
     def report(i: int, seconds: float, error: str | None, note: str | None = None) -> None:
         run = runs[i]
@@ -1092,10 +1101,12 @@ def format_summary(summary: dict) -> str:
     protocol = summary.get("protocol", "")
     lines = []
     planned, finished = summary.get("runs_planned"), summary.get("runs_finished")
-    if planned is not None and finished is not None and finished < planned:
+    damaged = len(summary.get("runs_damaged", []))  # summaries of earlier versions lack it
+    if planned is not None and finished is not None and finished - damaged < planned:
+        left_out = f" ({damaged} more finished but damaged: left out)" if damaged else ""
         lines += [
-            f"NOTE: {finished} of the {planned} planned runs have finished; the figures below "
-            "cover those only.",
+            f"NOTE: {finished - damaged} of the {planned} planned runs have finished{left_out}; "
+            "the figures below cover those only.",
             "",
         ]
     if warnings := summary.get("warnings"):
@@ -1308,6 +1319,26 @@ class SweepResult:
     def failed(self) -> list[RunOutcome]:
         return [o for o in self.outcomes if o.status == "failed"]
 
+    @property
+    def damaged(self) -> list[RunOutcome]:
+        """Finished runs left out of the summary because their files cannot be read."""
+        return [o for o in self.outcomes if o.status == "damaged"]
+
+
+#: how to run a damaged run of a sweep again
+DAMAGED_HINT = "delete a run's folder and run the same `unseen sweep` command again to run it again"
+
+
+def damaged_lines(result: SweepResult) -> list[str]:
+    """What ``unseen sweep`` and ``unseen rescore`` print at the end about the damaged runs
+    they left out: a line each, naming its folder and what is wrong."""
+    if not result.damaged:
+        return []
+    n = len(result.damaged)
+    return [
+        f"{n} finished {'run is' if n == 1 else 'runs are'} damaged and left out ({DAMAGED_HINT}):"
+    ] + [f"  {o.run.run_dir}: {o.error}" for o in result.damaged]
+
 
 def write_plan(
     out_dir: Path, base: RunConfig, opts: SweepOptions, runs: Sequence[PlannedRun]
@@ -1432,6 +1463,8 @@ def dry_run_state(run: PlannedRun, overwrite: bool) -> str:
     if is_finished(run_dir):
         if overwrite:
             return "to run again (--overwrite)"
+        if problem := run_damage(run_dir):
+            return f"damaged, to leave out: {problem}"
         todo = lacks(run)
         return f"finished, to complete: {', '.join(todo)}" if todo else "finished"
     stem, suffix = Path(CHECKPOINT_FILE).stem, Path(CHECKPOINT_FILE).suffix
@@ -1457,23 +1490,43 @@ def summarize(
     log: Callable[[str], None] | None = print,
 ) -> SweepResult:
     """Aggregate the finished ``runs`` of the sweep in ``out`` (planned from ``base`` and
-    ``opts``): ``summary.json``, ``summary.txt`` and, with ``report``, the comparison report."""
+    ``opts``): ``summary.json``, ``summary.txt`` and, with ``report``, the comparison report.
+    A finished run that :func:`unseen.runfolder.run_damage` finds damaged (or whose outcome,
+    one per run in ``outcomes``, says "damaged" already) is left out: its outcome becomes
+    "damaged", and ``runs_damaged`` lists it."""
     say = log or (lambda _msg: None)
     kind, _ = parse_protocol(opts.protocol)
-    summary = aggregate(load_records(runs), kind, base.ood)
+    finished = [is_finished(r.run_dir) for r in runs]
+    # a finished run whose files cannot be read is left out and said, never the end of it
+    # (or one that the caller found damaged: a rescore needs model.pt too)
+    damage = [
+        (run_damage(r.run_dir) if done else None) or (o.error if o.status == "damaged" else None)
+        for r, done, o in zip(runs, finished, outcomes, strict=True)
+    ]
+    outcomes = [
+        RunOutcome(r, "damaged", error=problem) if problem else o
+        for r, o, problem in zip(runs, outcomes, damage, strict=True)
+    ]
+    usable = [
+        r for r, done, problem in zip(runs, finished, damage, strict=True) if done and not problem
+    ]
+    summary = aggregate(load_records(usable), kind, base.ood)
     summary.update(
         {
             "protocol_arg": opts.protocol,
             "dataset": base.dataset,
             "runs_planned": len(runs),
-            "runs_finished": sum(is_finished(r.run_dir) for r in runs),
+            "runs_finished": sum(finished),
             "runs_failed": [
                 {"dir": str(o.run.run_dir), "error": o.error} for o in outcomes if o.status == "failed"
             ],
+            "runs_damaged": [
+                {"dir": str(o.run.run_dir), "error": o.error} for o in outcomes if o.status == "damaged"
+            ],
             "runs": [
                 {"label": r.label, "hash": r.hash, "dir": str(r.run_dir), "tags": r.tags,
-                 "finished": is_finished(r.run_dir)}
-                for r in runs
+                 "finished": done, **({"damaged": problem} if problem else {})}
+                for r, done, problem in zip(runs, finished, damage, strict=True)
             ],
         }
     )  # fmt: skip
@@ -1481,8 +1534,7 @@ def summarize(
     text = format_summary(summary)
     (out / "summary.txt").write_text(text + "\n")
     if report:
-        finished = [r.run_dir for r in runs if is_finished(r.run_dir)]
-        path = write_report(out, finished, say)
+        path = write_report(out, [r.run_dir for r in usable], say)
         if path is not None:
             summary["report"] = str(path)
             write_json(out / "summary.json", summary)

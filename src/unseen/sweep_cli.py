@@ -12,6 +12,7 @@ from .sweep import (
     DEFAULT_FRACTIONS,
     DEFAULT_SPLITS,
     SweepOptions,
+    damaged_lines,
     dry_run_state,
     format_summary,
     parse_balances,
@@ -77,7 +78,8 @@ def add_sweep_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    """``unseen sweep``: run the protocol, print the tables, exit 1 if a run failed."""
+    """``unseen sweep``: run the protocol, print the tables, exit 1 if a run failed or a
+    finished one is damaged (left out of the summary)."""
     base = config_from_args(args)
     opts = SweepOptions(
         protocol=args.protocol,
@@ -107,5 +109,6 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         print(f"{len(result.failed)} runs failed (see error.txt in their folders):")
         for o in result.failed:
             print(f"  {o.run.run_dir}: {o.error}")
-        return 1
-    return 0
+    for line in damaged_lines(result):
+        print(line)
+    return 1 if result.failed or result.damaged else 0
