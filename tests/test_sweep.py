@@ -21,7 +21,7 @@ from unseen import sweep
 from unseen.cli import main
 from unseen.config import FIELDS, RunConfig, resolve_config
 from unseen.data import load_dataset
-from unseen.errors import ConfigError
+from unseen.errors import ConfigError, Interrupted
 from unseen.experiment import RunResult
 from unseen.rare import rare_keep_count, rare_metrics, resolve_rare
 from unseen.runfolder import is_finished, mark_finished, write_json
@@ -408,8 +408,9 @@ def test_interrupted_sweep_continues_where_it_stopped(tmp_path, monkeypatch):
 
     monkeypatch.setattr("unseen.experiment.run_experiment", flaky)
     opts = SweepOptions("random:8", splits=4)
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(Interrupted, match="run the same `unseen sweep` command again") as info:
         sweep.run_sweep(TINY, opts, tmp_path, report=False, log=None)
+    assert info.value.exit_code == 130  # Ctrl-C, outside training: said as SIGTERM is
     runs = sweep.plan(TINY, DIGITS, opts, tmp_path)
     assert [is_finished(r.run_dir) for r in runs] == [True, True, False, False]
 
@@ -431,8 +432,6 @@ def test_interrupted_sweep_continues_where_it_stopped(tmp_path, monkeypatch):
 
 def test_an_interrupted_run_stops_the_sweep(tmp_path, monkeypatch):
     import pickle
-
-    from unseen.errors import Interrupted
 
     calls: list[str] = []
 
@@ -1108,7 +1107,7 @@ def test_a_jobs_sweep_stopped_by_a_signal_leaves_no_worker_behind(tmp_path, how)
     _, err = proc.communicate(timeout=60)
     expected = {"SIGTERM": 143, "SIGINT": 130, "SIGKILL": -9}[how]
     assert proc.returncode == expected, err
-    if how == "SIGTERM":
+    if how != "SIGKILL":  # what to do next, after Ctrl-C too
         assert b"run the same `unseen sweep` command again" in err
     assert b"Traceback" not in err
     deadline = time.monotonic() + 20

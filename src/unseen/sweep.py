@@ -692,7 +692,8 @@ def run_plan(
     """Run every planned run whose folder holds no finished run; ``jobs`` at a time.
 
     With ``jobs > 1`` the runs go to a pool of spawned processes, each limited to
-    ``cores // jobs`` threads.
+    ``cores // jobs`` threads. Ctrl-C (``KeyboardInterrupt``) and SIGTERM stop the sweep
+    with :class:`Interrupted` (exit code 130 or 143), which says how to continue it.
     """
     say = log or (lambda _msg: None)
     if jobs < 1:
@@ -744,6 +745,8 @@ def run_plan(
         _run_todo(runs, todo, jobs, report)
     except Interrupted as exc:
         raise Interrupted(f"{exc}; {again}", exc.exit_code) from None
+    except KeyboardInterrupt:  # Ctrl-C outside training, or in the main process of --jobs
+        raise Interrupted(f"interrupted; {again}", 130) from None
     return [outcomes[i] for i in range(total)]
 
 
