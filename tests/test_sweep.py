@@ -1253,3 +1253,25 @@ def test_dry_run_names_the_classes_only_the_test_set_has(tmp_path, capsys):
     for extra, said in (([], "held out: d"), (["--rare", "a:0.5"], "held out: d; rare: a:0.5")):
         assert main([*args, *extra]) == 0
         assert capsys.readouterr().out.strip().endswith(f"  ({said}; seed 0)")
+
+
+def test_sweep_help_describes_its_own_folder_and_resume_is_refused(tmp_path, capsys):
+    assert main(["sweep", "--help"]) == 0
+    text = " ".join(capsys.readouterr().out.split())  # argparse wraps to the terminal
+    assert "--out DIR the sweep folder: sweep.json, summary.json, summary.txt" in text
+    assert "[default: sweeps/<dataset>-<protocol>]" in text
+    assert "--overwrite run every run of the sweep again from scratch" in text
+    assert "runs/<time>-<dataset>-<holdout>" not in text and "--resume" not in text
+    # a sweep always continues where it stopped: --resume is refused, nothing written
+    out = tmp_path / "S"
+    assert main(["sweep", "--protocol", "single", "--resume", "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (
+        "unseen: error: a sweep continues where it stopped by itself, so it takes no "
+        "--resume: run the same `unseen sweep` command again."
+    )
+    assert not out.exists()
+    assert main(["run", "--help"]) == 0  # a run's own help is unchanged
+    text = " ".join(capsys.readouterr().out.split())
+    assert "--out DIR run folder (none: runs/<time>-<dataset>-<holdout>)" in text
+    assert "--resume continue the unfinished run in --out" in text

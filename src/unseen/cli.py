@@ -12,7 +12,7 @@ import functools
 import os
 import re
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import fields
 from typing import TYPE_CHECKING, TypeVar
 
@@ -103,11 +103,16 @@ def shown_default(name: str) -> str:
     return "auto" if auto is None or (isinstance(auto, tuple) and is_auto(auto)) else "none"
 
 
-def add_run_options(parser: argparse.ArgumentParser, only: Sequence[str] | None = None) -> None:
+def add_run_options(
+    parser: argparse.ArgumentParser,
+    only: Sequence[str] | None = None,
+    help_for: Mapping[str, str] | None = None,
+) -> None:
     """One flag per RunConfig field, grouped as in the dataclass (and a hidden ``--no-X`` for
     each boolean, to undo a config file's ``X = true``), plus --config and --quiet; with
     ``only``, the flags of those fields, whose default is a run's value (``unseen rescore``),
-    and --quiet."""
+    and --quiet. ``help_for`` gives a field's flag another help text, default included
+    (``argparse.SUPPRESS`` hides it): ``unseen sweep``'s ``--out`` is the sweep's folder."""
     groups: dict[str, argparse._ArgumentGroup] = {}
     for f in fields(RunConfig):
         if only is not None and f.name not in only:
@@ -120,7 +125,9 @@ def add_run_options(parser: argparse.ArgumentParser, only: Sequence[str] | None 
         help_text = (
             f"{meta['help']} [default: {shown_default(f.name) if only is None else RUNS_VALUE}]"
         )
-        help_text = help_text.replace("%", "%%")  # argparse formats help with %
+        help_text = (help_for or {}).get(f.name, help_text)
+        if help_text != argparse.SUPPRESS:
+            help_text = help_text.replace("%", "%%")  # argparse formats help with %
         if isinstance(default, bool):
             group.add_argument(
                 flag_name(f.name),

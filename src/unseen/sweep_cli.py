@@ -7,6 +7,7 @@ import argparse
 
 from .cli import add_run_options, config_from_args, option_type
 from .console import progress_line
+from .errors import ConfigError
 from .sweep import (
     BALANCE_MODES,
     DEFAULT_FRACTIONS,
@@ -72,14 +73,30 @@ def add_sweep_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser
         action="store_true",
         help="aggregate the runs finished so far; train nothing",
     )
-    add_run_options(sw)
+    add_run_options(sw, help_for=SWEEP_HELP)
     sw.set_defaults(func=cmd_sweep)
     return sw
+
+
+#: the run options that mean something else for a sweep; --resume is refused (cmd_sweep)
+SWEEP_HELP = {
+    "out": "the sweep folder: sweep.json, summary.json, summary.txt, report/ and runs/ (a run "
+    "folder each); new, empty, or this sweep's own (the same command again continues it) "
+    "[default: sweeps/<dataset>-<protocol>]",
+    "overwrite": "run every run of the sweep again from scratch, finished ones included "
+    "[default: False]",
+    "resume": argparse.SUPPRESS,
+}
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
     """``unseen sweep``: run the protocol, print the tables, exit 1 if a run failed or a
     finished one is damaged (left out of the summary)."""
+    if getattr(args, "resume", False):  # given on the command line (a config file's is moot)
+        raise ConfigError(
+            "a sweep continues where it stopped by itself, so it takes no --resume: run the "
+            "same `unseen sweep` command again."
+        )
     base = config_from_args(args)
     opts = SweepOptions(
         protocol=args.protocol,
