@@ -349,6 +349,10 @@ def test_another_sweep_is_refused_in_a_sweeps_folder(tmp_path, fake_runs, capsys
         assert len(err.strip().splitlines()) == 1
         assert {n: (out / n).read_bytes() for n in kept} == kept  # its record as it was
     assert len(fake_runs) == 5 and len(list((out / "runs").iterdir())) == 5
+    # other scores only: a rescore of the sweep gives them, without training
+    with pytest.raises(ConfigError, match=f"differs in --scores .*`unseen rescore {out}` with "
+                       "--scores gives its runs other scores without training them again"):  # fmt: skip
+        sweep.run_sweep(TINY.replace(scores=("msp", "knn")), neal6, out, report=False, log=None)
     # fewer seeds would forget runs the record lists: refused too
     sweep.run_sweep(TINY, SweepOptions("neal6", seeds=2), out, report=False, log=None)
     with pytest.raises(ConfigError, match="differs in --seeds and does not plan 5 of its 10"):

@@ -48,7 +48,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .config import FIELDS, MAX_SEED, RESULT_NEUTRAL_KEYS, RunConfig, validate
+from .config import FIELDS, MAX_SEED, RESULT_NEUTRAL_KEYS, SCORE_OPTIONS, RunConfig, validate
 from .console import printable_names
 from .data import absolute_dataset
 from .errors import ConfigError, Interrupted, UnseenError
@@ -473,11 +473,19 @@ def check_same_sweep(
     why = f"differs in {', '.join(differing)}" if differing else "plans other run folders"
     recorded_base = record.get("base_config")
     dataset = recorded_base.get("dataset") if isinstance(recorded_base, dict) else "?"
+    from .config import flag_name
+
+    rescore = ""
+    if differing and set(differing) <= {flag_name(k) for k in SCORE_OPTIONS}:
+        rescore = (
+            f"; `unseen rescore {out}` with {', '.join(differing)} gives its runs other scores "
+            "without training them again"
+        )
     raise ConfigError(
         f"--out {out} holds another sweep (--protocol {record.get('protocol')} on "
         f"{dataset}, see its sweep.json): this command "
         f"{why} and does not plan {len(missing)} of its {len(recorded)} runs; give this sweep "
-        f"another --out (or delete {out} to replace that sweep)."
+        f"another --out (or delete {out} to replace that sweep){rescore}."
     )
 
 
