@@ -845,7 +845,8 @@ def test_absurd_learning_rate_stops_with_exit_2(tmp_path, capsys):
     line = one_line_error(err)
     assert code == 2
     assert "training diverged: the loss became" in line and "in epoch 1, step" in line
-    assert "try --lr 100000" in line and line.endswith("no checkpoint had been saved yet.")
+    assert "(--lr 1e+06 now, try --lr 0.0433, auto's value for this batch size)" in line
+    assert line.endswith("no checkpoint had been saved yet.")
     assert not (out / "metrics.json").exists() and not is_finished(out)
 
 

@@ -717,6 +717,7 @@ def diverged(
     value: float | None,
     lr: float,
     checkpoint: Checkpointing | None,
+    auto_lr: float | None = None,
 ) -> TrainingDiverged:
     """The message for a loss that stopped being finite at (0-based) ``epoch``/``step``, or,
     with ``value`` None, for weights that did while the losses stayed finite (the update
@@ -739,8 +740,13 @@ def diverged(
             if checkpoint.path.is_file()
             else f"; no checkpoint had been saved yet{failed}"
         )
+    # a tenth of it, or --lr auto's value for this batch where that is lower (--lr 1e6)
+    if auto_lr is not None and auto_lr < lr / 10:
+        suggest = f"--lr {auto_lr:g}, auto's value for this batch size"
+    else:
+        suggest = f"--lr {lr / 10:g}"
     return TrainingDiverged(
         f"training diverged: {what}; lower the learning rate (--lr {lr:g} now, try "
-        f"--lr {lr / 10:g}) and start again{' with --overwrite' if checkpoint is not None else ''}"
+        f"{suggest}) and start again{' with --overwrite' if checkpoint is not None else ''}"
         f"{kept}."
     )

@@ -87,7 +87,7 @@ from .scores import (
     unused_score_options,
 )
 from .splits import Split, SplitData, make_split, resolve_auto, split_data
-from .train import TrainResult, TrainSettings, train_model, use_cuda_graphs
+from .train import TrainResult, TrainSettings, default_lr, train_model, use_cuda_graphs
 
 #: epochs when --epochs is not given: the default digits run fits a minute on 2 CPU cores
 DEFAULT_EPOCHS = {"digits": 60}
@@ -101,11 +101,6 @@ def default_epochs(dataset: str) -> int:
 def default_batch_size(device: torch.device) -> int:
     """128 on a CPU; 512 on a GPU, where small batches leave the chip idle."""
     return 512 if device.type == "cuda" else 128
-
-
-def default_lr(batch_size: int) -> float:
-    """0.1 at batch 128, scaled by the square root of the batch size."""
-    return round(0.1 * math.sqrt(batch_size / 128), 4)
 
 
 @dataclass

@@ -171,6 +171,11 @@ def make_optimizer(model: torch.nn.Module, s: TrainSettings) -> torch.optim.Opti
     )
 
 
+def default_lr(batch_size: int) -> float:
+    """0.1 at batch 128, scaled by the square root of the batch size (``--lr`` auto)."""
+    return round(0.1 * math.sqrt(batch_size / 128), 4)
+
+
 def make_scheduler(
     opt: torch.optim.Optimizer, s: TrainSettings, total_steps: int
 ) -> torch.optim.lr_scheduler.LRScheduler:
@@ -305,14 +310,16 @@ def train_model(
             background=device.type == "cuda",  # a GPU trains on while the CPU writes
         )  # fmt: skip
 
+    auto_lr = default_lr(min(settings.batch_size, max(n, 2)))  # what a diverged run may try
+
     def stop_if_diverged(epoch: int, step: int) -> None:
         """Raise when a loss so far was not finite, or the weights after ``step`` are not
         (the last update can overflow while its own loss was finite)."""
         if (bad := guard.first_bad()) is not None:
             bad_epoch, bad_step = divmod(bad[0], steps)
-            raise diverged(bad_epoch, bad_step, steps, bad[1], settings.lr, checkpoint)
+            raise diverged(bad_epoch, bad_step, steps, bad[1], settings.lr, checkpoint, auto_lr)
         if not weights_finite(model):
-            raise diverged(epoch, step, steps, None, settings.lr, checkpoint)
+            raise diverged(epoch, step, steps, None, settings.lr, checkpoint, auto_lr)
 
     sched_stepped = False  # in this process
     for epoch in bar:
