@@ -123,6 +123,12 @@ def test_knn_k_above_the_smallest_class_in_the_bank_is_noted():
     assert note(500, 10_000) is not None  # a bank above the training set holds them all
     assert note(500, None, scores=("msp",)) is None  # no knn: nothing to say
     assert note(500, None, scores=("all",)) is not None
+    # a --rare class, small on purpose, is not the smallest: class 1 left out, 60 is
+    exclude = det.knn_k_note(SimpleNamespace(scores=("knn",), knn_k=50, knn_bank=None), labels, [1])
+    assert exclude is None
+    assert "above the 60 training images" in det.knn_k_note(
+        SimpleNamespace(scores=("knn",), knn_k=61, knn_bank=None), labels, [1]
+    )
 
 
 def test_knn_chunks_and_bank_subset():

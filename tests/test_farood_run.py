@@ -483,6 +483,23 @@ def test_sigterm_while_scoring_ood_says_how_to_go_on(tmp_path, monkeypatch, caps
     assert main([*again, "--quiet"]) == 143
     assert "--resume --out" in capsys.readouterr().err
     monkeypatch.undo()
+    # SIGTERM while the far-OOD set is read: no `except Exception` takes it for a failed
+    # result (it is a KeyboardInterrupt, as Ctrl-C is)
+    import unseen.data
+
+    read_npz = unseen.data.read_npz
+
+    def read_then_terminated(*args, **kwargs):  # once the run is trained (checked before)
+        if callable(signal.getsignal(signal.SIGTERM)):
+            terminated()
+        return read_npz(*args, **kwargs)
+
+    monkeypatch.setattr(unseen.data, "read_npz", read_then_terminated)
+    third = ["run", "--out", str(tmp_path / "third"), "--epochs", "1", "--device", "cpu"]
+    assert main([*third, "--no-report", "--ood", name, "--quiet"]) == 143
+    err = capsys.readouterr().err
+    assert "--resume --out" in err and "not scored" not in err
+    monkeypatch.undo()
     # where SIGTERM has a handler already (a sweep's --jobs worker), that one stays
     from unseen.checkpoint import sigterm_raises
 

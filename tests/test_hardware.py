@@ -147,3 +147,5 @@ def test_resolve_device_names_and_objects(monkeypatch):
     assert resolve_device("cuda:0") == torch.device("cuda:0")
     with pytest.raises(ConfigError, match="device 'cuda:1' was asked for.*1 CUDA GPU.*from 0"):
         resolve_device("cuda:1")
+    with pytest.raises(ConfigError, match="device 'cuda:7' was asked for"):  # from Python too
+        resolve_device(torch.device("cuda", 7))

@@ -15,7 +15,7 @@ from unseen.config import RunConfig
 from unseen.errors import ConfigError, DataError, UnseenError
 from unseen.experiment import run_experiment
 from unseen.predict import load
-from unseen.rescore import rescore_run
+from unseen.rescore import rescore_run, rescore_sweep
 
 #: quick digits runs that train the same network whatever their scores
 TINY = dict(epochs=2, train_subset=400, device="cpu", precision="fp32", report=False)
@@ -205,6 +205,8 @@ def test_a_knn_k_above_the_smallest_class_is_noted(msp_run, tmp_path):
 def test_changes_must_be_a_mapping(msp_run):
     with pytest.raises(TypeError, match="changes map score options to values.* not a str"):
         rescore_run(msp_run, "scores=+knn", log=None)
+    with pytest.raises(TypeError, match="changes map score options to values.* not a str"):
+        rescore_sweep(msp_run, "scores=+knn", log=None)  # before it reads the folder
 
 
 def test_an_unfinished_run_is_refused(msp_run, tmp_path):

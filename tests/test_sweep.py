@@ -355,7 +355,9 @@ def test_another_sweep_is_refused_in_a_sweeps_folder(tmp_path, fake_runs, capsys
         sweep.run_sweep(TINY.replace(scores=("msp", "knn")), neal6, out, report=False, log=None)
     # fewer seeds would forget runs the record lists: refused too
     sweep.run_sweep(TINY, SweepOptions("neal6", seeds=2), out, report=False, log=None)
-    with pytest.raises(ConfigError, match="differs in --seeds and does not plan 5 of its 10"):
+    with pytest.raises(ConfigError, match=r"holds this sweep with more runs \(--seeds 2, see "
+                       "its sweep.json\\): this command does not plan 5 of its 10 runs; give "
+                       "those options again"):  # fmt: skip
         sweep.run_sweep(TINY, neal6, out, summary_only=True, report=False, log=None)
     # the same sweep again, with options that are not hashed or only add runs: as before
     for base, opts in ((TINY.replace(report=False, checkpoint_every=5.0), SweepOptions("neal6", seeds=2, jobs=3)),
@@ -377,8 +379,14 @@ def test_a_sweep_is_not_written_into_a_folder_of_other_files(tmp_path, capsys):
             f"--out {images} is a folder with other files in it (a.png), not a sweep folder" in err
         )
         assert sorted(p.name for p in images.iterdir()) == ["a.png"]
-    # hidden files, or only what a sweep writes (its record lost), are a sweep's folder
+    # a log that `| tee DIR/sweep.log` made before the sweep started, or its --config file
     (images / "a.png").unlink()
+    for name in ("sweep.log", "sweep.toml"):
+        (images / name).write_text("")
+        assert main(["sweep", "--protocol", "single", "--out", str(images), "--dry-run"]) == 0
+        (images / name).unlink()
+    capsys.readouterr()
+    # hidden files, or only what a sweep writes (its record lost), are a sweep's folder
     (images / ".DS_Store").write_bytes(b"")
     (images / "runs").mkdir()
     assert main(["sweep", "--protocol", "single", "--out", str(images), "--dry-run"]) == 0
@@ -435,6 +443,21 @@ def test_interrupted_sweep_continues_where_it_stopped(tmp_path, monkeypatch):
     monkeypatch.setattr("unseen.experiment.run_experiment", record)
     sweep.run_sweep(TINY, opts, tmp_path, report=False, log=None)
     assert again == [str(r.run_dir) for r in runs[2:]]
+
+
+def test_sigterm_between_runs_of_a_serial_sweep_says_how_to_continue(tmp_path, monkeypatch):
+    import signal
+
+    def terminated(cfg, progress=True, log=print):  # SIGTERM while a run loads its data
+        signal.getsignal(signal.SIGTERM)(signal.SIGTERM, None)
+
+    monkeypatch.setattr("unseen.experiment.run_experiment", terminated)
+    with pytest.raises(Interrupted) as info:
+        sweep.run_sweep(TINY, SweepOptions("random:8", splits=2), tmp_path, report=False, log=None)
+    assert info.value.exit_code == 143
+    assert "stopped by SIGTERM; the sweep stopped" in str(info.value)
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").rglob("error.txt"))
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
 
 
 def test_an_interrupted_run_stops_the_sweep(tmp_path, monkeypatch):

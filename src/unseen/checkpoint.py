@@ -322,9 +322,18 @@ def catch_signals(checkpoint: Checkpointing | None) -> Iterator[None]:
             checkpoint.stop = None
 
 
+class SigtermStop(KeyboardInterrupt):
+    """SIGTERM under :func:`sigterm_raises`. A ``KeyboardInterrupt`` (a ``BaseException``),
+    so that no ``except Exception`` or ``except UnseenError`` on its way (a damaged file
+    taken for a failed far-OOD result, a failed run) swallows it; the places that catch
+    Ctrl-C turn it into :class:`Interrupted` with its ``exit_code``."""
+
+    exit_code = SIGNAL_EXIT_CODES[signal.SIGTERM]
+
+
 @contextlib.contextmanager
 def sigterm_raises() -> Iterator[None]:
-    """While active, SIGTERM raises :class:`Interrupted` (exit code 143) where the process
+    """While active, SIGTERM raises :class:`SigtermStop` (exit code 143) where the process
     is, as Ctrl-C raises ``KeyboardInterrupt``: the code around can say how to go on (a
     sweep's ``--jobs`` workers are stopped, a finished run's ``--ood`` scoring says that
     ``--resume`` completes it) instead of the process ending silently. Outside the main
@@ -336,7 +345,7 @@ def sigterm_raises() -> Iterator[None]:
         return
 
     def handler(signum: int, frame: Any) -> None:
-        raise Interrupted("stopped by SIGTERM", SIGNAL_EXIT_CODES[signal.SIGTERM])
+        raise SigtermStop("stopped by SIGTERM")
 
     previous = signal.signal(signal.SIGTERM, handler)
     try:

@@ -164,8 +164,8 @@ def add_run_options(
     parser.add_argument(
         "--quiet",
         action="store_true",
-        help="no progress bar or log lines: only the results (the accuracy, confidence and "
-        "training lines and the table)",
+        help="no progress bar, log lines or notes: only the results printed once the run is "
+        "trained (accuracy, confidence, where the unseen images went, times, the table)",
     )
 
 

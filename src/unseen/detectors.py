@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import math
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -314,20 +314,23 @@ class KNN(Score):
         return -kth_neighbour_distance(q, self.bank_, self.k_)
 
 
-def knn_k_note(config: Any, train_labels: np.ndarray) -> str | None:
+def knn_k_note(config: Any, train_labels: np.ndarray, exclude: Sequence[int] = ()) -> str | None:
     """A note when a run's scores (``config``: a :class:`~unseen.config.RunConfig`) take knn
     with ``--knn-k`` above the bank's expected share of the smallest known class's training
     images: the k-th neighbour of an image of that class then lies in another class, so its
     known images look as far from the bank as unseen ones (on digits, k=200 with about 100
-    images per class gave AUROC 0.035, k=50 gave 0.965)."""
+    images per class gave AUROC 0.035, k=50 gave 0.965). The classes of ``exclude`` (labels:
+    ``--rare`` classes, small on purpose) are left out of "smallest"."""
     if "knn" not in expand_score_names(config.scores):
         return None
     k, bank_size = config.knn_k, config.knn_bank
-    counts = np.bincount(np.asarray(train_labels, dtype=np.int64))
+    labels = np.asarray(train_labels, dtype=np.int64)
+    counts = np.bincount(labels)
+    share = 1.0 if bank_size is None else min(1.0, bank_size / max(int(counts.sum()), 1))
+    counts[[c for c in exclude if c < len(counts)]] = 0
     counts = counts[counts > 0]
     if not len(counts):
         return None
-    share = 1.0 if bank_size is None else min(1.0, bank_size / int(counts.sum()))
     smallest = int(counts.min() * share)
     if k <= smallest:
         return None

@@ -210,6 +210,13 @@ def prepare(cfg: RunConfig, precision: str | None = None) -> Prepared:
     return Prepared(cfg, data, split, sd, device, precision, rare, pretrained=pretrained)
 
 
+def knn_note(p: Prepared) -> str | None:
+    """:func:`unseen.detectors.knn_k_note` for the run prepared in ``p``, whose ``--rare``
+    classes (small on purpose) do not count as the smallest class."""
+    rare = [p.split.known.index(c) for c, _ in p.rare if c in p.split.known]
+    return knn_k_note(p.config, p.split_data.y_train.numpy(), exclude=rare)
+
+
 def check_score_settings(cfg: RunConfig, num_known: int) -> None:
     """Score settings that depend on the network, checked before any training: ``--vim-dim``
     must be below the feature size of every head's network (K networks' features side by side
@@ -665,8 +672,6 @@ def write_run_report(run_dir: Path, say: Callable[[str], None]) -> None:
 
     try:
         path = build_report(run_dir, check_finished=False)
-    except Interrupted:  # SIGTERM (sigterm_raises) stops the report, as Ctrl-C does
-        raise
     except Exception as exc:  # noqa: BLE001 - the run's results are already on disk
         say(f"report: not written ({type(exc).__name__}: {exc}); try `unseen report {run_dir}`")
         return
@@ -838,7 +843,7 @@ def _run_experiment(cfg: RunConfig, progress: bool, log: Callable[[str], None] |
         say(
             f"note: --bit-depth {cfg.bit_depth} has no effect: only folder datasets read 16-bit files"
         )
-    if note := knn_k_note(cfg, p.split_data.y_train.numpy()):
+    if note := knn_note(p):
         say(note)
     if cfg.freeze_backbone and p.pretrained is None:
         say("note: --freeze-backbone without --pretrained trains a head on random features")
@@ -910,7 +915,7 @@ def _run_experiment(cfg: RunConfig, progress: bool, log: Callable[[str], None] |
             report_start = time.perf_counter()
             if cfg.report:
                 write_run_report(run_dir, say)
-    except (KeyboardInterrupt, Interrupted) as exc:  # Ctrl-C, or SIGTERM
+    except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM (sigterm_raises: exit code 143)
         raise Interrupted(
             f"interrupted after the run finished, while it scored --ood or wrote its report; "
             f"`unseen run --resume --out {run_dir}` adds what it lacks",
@@ -981,7 +986,7 @@ def complete_finished_run(
                 )
             if report and (todo or not (run_dir / "report.html").is_file()):
                 write_run_report(run_dir, say)
-    except (KeyboardInterrupt, Interrupted) as exc:  # Ctrl-C, or SIGTERM
+    except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM (sigterm_raises: exit code 143)
         raise Interrupted(
             f"interrupted while it completed the finished run {run_dir}; the same command "
             "adds what it still lacks",

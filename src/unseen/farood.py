@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .errors import DataError, InputError, Interrupted, UnseenError
+from .errors import DataError, InputError, UnseenError
 from .metrics import confidence_summary, predicted_as, score_metrics
 from .runfolder import read_json, slug, write_json
 
@@ -312,8 +312,6 @@ def score_run_ood(
         if dataset not in loaded:
             try:
                 loaded[dataset] = load_test_images(dataset, data_root, download, bit_depth)
-            except Interrupted:  # SIGTERM (sigterm_raises) stops the scoring, as Ctrl-C does
-                raise
             except Exception as exc:  # noqa: BLE001 - unreadable data costs its result only
                 loaded[dataset] = exc
         data = loaded[dataset]
@@ -329,8 +327,6 @@ def score_run_ood(
                 limit=limit,
                 data=data,
             )
-        except Interrupted:
-            raise
         except Exception as exc:  # noqa: BLE001 - the run is finished: it costs this result only
             failed[(head, dataset)] = describe_error(exc)
             where = f"head {head}: " if len(heads) > 1 else ""

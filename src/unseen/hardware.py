@@ -15,8 +15,8 @@ from .threads import thread_budget
 def resolve_device(name: str | torch.device = "auto") -> torch.device:
     """The torch device for ``--device``: auto, cpu or cuda (from Python also ``cuda:1`` or a
     ``torch.device``); an unknown name is a :class:`ConfigError`."""
-    if isinstance(name, torch.device):
-        return name
+    if isinstance(name, torch.device):  # checked as its name is: a GPU that is not there
+        name = str(name)
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     try:

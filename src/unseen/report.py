@@ -1020,7 +1020,7 @@ def _label_rows(rows: list[dict]) -> None:
 
 #: how a comparison label shows an option left at None, as the command line spells it
 _NONE_WORDS = {"pretrained": "none", "rare": "none", "ood": "none", "data_root": "default",
-               "train_subset": "all", "test_subset": "all", "holdout": "auto", "known": "auto"}  # fmt: skip
+               "holdout": "auto", "known": "auto"}  # fmt: skip
 
 
 def _short(value: Any, key: str = "") -> str:

@@ -24,7 +24,6 @@ import numpy as np
 
 from .config import FIELDS, SCORE_OPTIONS, RunConfig, scores_without_their_head
 from .console import notes_once
-from .detectors import knn_k_note
 from .errors import ConfigError, DataError, UnseenError
 from .experiment import (
     TRAINING_METRICS,
@@ -33,6 +32,7 @@ from .experiment import (
     Scored,
     caller_torch_state,
     finish_metrics,
+    knn_note,
     prepare,
     pretrained_metrics,
     score_head,
@@ -74,14 +74,18 @@ def rescore_run(
     :func:`~unseen.experiment.run_experiment`, it gives the caller's torch state back
     (threads, random number generators).
     """
+    _check_changes(changes)
+    with caller_torch_state():
+        return _rescore_run(
+            Path(run_dir), dict(changes or {}), device, dataset, data_root, report, progress, log
+        )
+
+
+def _check_changes(changes: Any) -> None:
     if changes is not None and not isinstance(changes, Mapping):
         raise TypeError(
             f"rescore's changes map score options to values, e.g. {{'scores': ('msp', 'knn')}}; "
             f"not a {type(changes).__name__}."
-        )
-    with caller_torch_state():
-        return _rescore_run(
-            Path(run_dir), dict(changes or {}), device, dataset, data_root, report, progress, log
         )
 
 
@@ -156,7 +160,7 @@ def _rescore_run(
     say(f"rescoring {run_dir} on {describe_device(p.device)}: {', '.join(cfg.scores)}")
     for line in unused_options_notes(unused_score_options(cfg, given=changes), "rescored run"):
         say(line)
-    if note := knn_k_note(cfg, p.split_data.y_train.numpy()):
+    if note := knn_note(p):
         say(note)
     resolved = p.config.to_dict()  # paths made absolute
     options = cfg.to_dict()
@@ -345,6 +349,7 @@ def rescore_sweep(
     from .data import load_dataset
     from .sweep import RunOutcome, SweepOptions, plan_sweep, summarize
 
+    _check_changes(changes)  # before the data is loaded, and with no run finished too
     sweep_dir = Path(sweep_dir)
     log = notes_once(log)  # what applies to every run is said once
     say = log or (lambda _msg: None)

@@ -410,6 +410,9 @@ def default_sweep_dir(dataset: str, protocol: str) -> Path:
 #: what a sweep writes into its folder; a folder without sweep.json that holds anything else
 #: (hidden files aside) is not a sweep's
 SWEEP_ENTRIES = frozenset({"sweep.json", "summary.json", "summary.txt", "runs", "report"})
+#: files of one's own that a new sweep folder may hold already: a log that `| tee DIR/x.log`
+#: or `> DIR/x.log` creates before the sweep starts, the --config file kept beside it, notes
+SIDE_FILE_SUFFIXES = frozenset({".log", ".out", ".err", ".txt", ".toml", ".md"})
 
 
 def sweep_record(out: Path) -> dict | None:
@@ -432,7 +435,9 @@ def sweep_record(out: Path) -> dict | None:
         other = sorted(
             p.name
             for p in out.iterdir()
-            if not p.name.startswith(".") and p.name not in SWEEP_ENTRIES
+            if not p.name.startswith(".")
+            and p.name not in SWEEP_ENTRIES
+            and not (p.is_file() and p.suffix.lower() in SIDE_FILE_SUFFIXES)
         )
         if other:
             raise ConfigError(
@@ -470,6 +475,17 @@ def check_same_sweep(
     if not missing:
         return
     differing = _differing_options(record, base, opts)
+    fewer = {"--seeds", "--splits", "--fractions"}
+    if differing and set(differing) <= fewer:  # this very sweep, cut short: not another one
+        recorded_opts = ", ".join(
+            f"{flag} {_option_text(record.get(flag[2:]), flag[2:])}" for flag in differing
+        )
+        raise ConfigError(
+            f"--out {out} holds this sweep with more runs ({recorded_opts}, see its "
+            f"sweep.json): this command does not plan {len(missing)} of its {len(recorded)} "
+            "runs; give those options again (its finished runs are kept and skipped), or "
+            "another --out."
+        )
     why = f"differs in {', '.join(differing)}" if differing else "plans other run folders"
     recorded_base = record.get("base_config")
     dataset = recorded_base.get("dataset") if isinstance(recorded_base, dict) else "?"
@@ -487,6 +503,14 @@ def check_same_sweep(
         f"{why} and does not plan {len(missing)} of its {len(recorded)} runs; give this sweep "
         f"another --out (or delete {out} to replace that sweep){rescore}."
     )
+
+
+def _option_text(value: Any, key: str) -> str:
+    """A sweep.json value as the command line spells it (``[0.1, 0.5]`` -> ``0.1,0.5``;
+    None: the default)."""
+    if value is None:
+        value = {"splits": DEFAULT_SPLITS, "fractions": list(DEFAULT_FRACTIONS)}.get(key)
+    return ",".join(map(str, value)) if isinstance(value, list) else str(value)
 
 
 def _differing_options(record: dict, base: RunConfig, opts: SweepOptions) -> list[str]:
@@ -748,13 +772,17 @@ def run_plan(
             outcomes[i] = RunOutcome(run, "failed", seconds, error)
             say(f"[{done}/{total}] {run.run_dir.name}: FAILED: {error}")
 
+    from .checkpoint import sigterm_raises
+
     again = "the sweep stopped: run the same `unseen sweep` command again to continue it"
     try:
-        _run_todo(runs, todo, jobs, report)
+        with sigterm_raises():  # SIGTERM between runs too, serial or --jobs
+            _run_todo(runs, todo, jobs, report)
     except Interrupted as exc:
         raise Interrupted(f"{exc}; {again}", exc.exit_code) from None
-    except KeyboardInterrupt:  # Ctrl-C outside training, or in the main process of --jobs
-        raise Interrupted(f"interrupted; {again}", 130) from None
+    except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM outside training, or in --jobs' main
+        code = getattr(exc, "exit_code", 130)  # SigtermStop: 143
+        raise Interrupted(f"{str(exc) or 'interrupted'}; {again}", code) from None
     return [outcomes[i] for i in range(total)]
 
 
@@ -796,7 +824,6 @@ def _run_todo(
         from concurrent.futures import ProcessPoolExecutor, as_completed
         from concurrent.futures.process import BrokenProcessPool
 
-        from .checkpoint import sigterm_raises
         from .threads import available_cores
 
         threads = max(1, available_cores() // jobs)
@@ -808,38 +835,35 @@ def _run_todo(
             initargs=(os.getpid(), builders),
         )
         processes = []
-        with sigterm_raises():
-            try:
-                futures = {pool.submit(_run_one, runs[i].config, threads): i for i in todo}
-                processes = list(getattr(pool, "_processes", {}).values())
-                reported: set[int] = set()
-                broken = False
-                for fut in as_completed(futures):
-                    if isinstance(fut.exception(), BrokenProcessPool):
-                        broken = True  # a worker was killed (out of memory, kill -9)
-                        break
-                    reported.add(futures[fut])
-                    report(futures[fut], *fut.result())
-                if broken:
-                    # the pool stops the other workers; once they are gone, each run not
-                    # reported is what its folder says: finished, started, or never begun
-                    _stop_workers(pool, processes)
-                    for i in todo:
-                        if i not in reported:
-                            if is_finished(runs[i].run_dir):  # what it got of --ood, report
-                                lost = lacks(runs[i])
-                                note = (
-                                    f"{', '.join(lost)} not made ({WORKER_DIED})" if lost else None
-                                )
-                                report(i, 0.0, None, note)
-                            else:
-                                started = (runs[i].run_dir / "config.json").exists()
-                                report(i, 0.0, WORKER_DIED if started else NOT_RUN)
-            except BaseException:
-                # Ctrl-C, SIGTERM, or a run stopped by one: every worker checkpoints its run
-                # and takes no further one; wait for them, so none outlives the sweep
+        try:
+            futures = {pool.submit(_run_one, runs[i].config, threads): i for i in todo}
+            processes = list(getattr(pool, "_processes", {}).values())
+            reported: set[int] = set()
+            broken = False
+            for fut in as_completed(futures):
+                if isinstance(fut.exception(), BrokenProcessPool):
+                    broken = True  # a worker was killed (out of memory, kill -9)
+                    break
+                reported.add(futures[fut])
+                report(futures[fut], *fut.result())
+            if broken:
+                # the pool stops the other workers; once they are gone, each run not
+                # reported is what its folder says: finished, started, or never begun
                 _stop_workers(pool, processes)
-                raise
+                for i in todo:
+                    if i not in reported:
+                        if is_finished(runs[i].run_dir):  # what it got of --ood, report
+                            lost = lacks(runs[i])
+                            note = f"{', '.join(lost)} not made ({WORKER_DIED})" if lost else None
+                            report(i, 0.0, None, note)
+                        else:
+                            started = (runs[i].run_dir / "config.json").exists()
+                            report(i, 0.0, WORKER_DIED if started else NOT_RUN)
+        except BaseException:
+            # Ctrl-C, SIGTERM, or a run stopped by one: every worker checkpoints its run
+            # and takes no further one; wait for them, so none outlives the sweep
+            _stop_workers(pool, processes)
+            raise
         pool.shutdown()
 
 
