@@ -48,7 +48,15 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .config import FIELDS, MAX_SEED, RESULT_NEUTRAL_KEYS, SCORE_OPTIONS, RunConfig, validate
+from .config import (
+    FIELDS,
+    MAX_SEED,
+    RESULT_NEUTRAL_KEYS,
+    SCORE_OPTIONS,
+    RunConfig,
+    flag_name,
+    validate,
+)
 from .console import printable_names
 from .data import absolute_dataset
 from .errors import ConfigError, Interrupted, UnseenError
@@ -489,8 +497,6 @@ def check_same_sweep(
     why = f"differs in {', '.join(differing)}" if differing else "plans other run folders"
     recorded_base = record.get("base_config")
     dataset = recorded_base.get("dataset") if isinstance(recorded_base, dict) else "?"
-    from .config import flag_name
-
     rescore = ""
     if differing and set(differing) <= {flag_name(k) for k in SCORE_OPTIONS}:
         rescore = (
@@ -516,7 +522,6 @@ def _option_text(value: Any, key: str) -> str:
 def _differing_options(record: dict, base: RunConfig, opts: SweepOptions) -> list[str]:
     """The flags whose values differ between the sweep of ``record`` and this one: the
     sweep options, then the run options that the run folders' hashes cover."""
-    from .config import flag_name
     from .runfolder import jsonable
 
     ours = {"protocol": opts.protocol, "seeds": opts.seeds, "splits": opts.splits,
