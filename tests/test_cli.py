@@ -159,6 +159,7 @@ def test_every_default_shown_in_help_gives_the_default_back_when_typed():
         else:
             assert value == f.default, name
     assert shown_default("out") == "none" and shown_default("epochs") == "auto"
+    assert shown_default("train_subset") == "all" and shown_default("knn_bank") == "10000"
 
 
 def test_holdout_auto_is_the_default_and_an_empty_list_is_refused(capsys):

@@ -621,6 +621,14 @@ def test_an_option_left_at_its_default_is_labelled_as_the_command_line_spells_it
             _copy_run(digits_run, tmp_path / "b", vim_dim=16, pretrained=str(tmp_path / "p"))]  # fmt: skip
     labels = {r["label"] for r in aggregate_runs(runs)}
     assert labels == {"pretrained=none, vim_dim=auto", f"pretrained={tmp_path / 'p'}, vim_dim=16"}
+    # every option's word for None, typed back on the command line, gives None again
+    from unseen.config import FIELDS, is_auto, parse_value
+    from unseen.report import _short
+
+    for name, f in FIELDS.items():  # those that can be None (out, data_root: a default place)
+        if (f.default is None or name == "knn_bank") and name not in ("out", "data_root"):
+            value = parse_value(name, _short(None, name))
+            assert value is None or is_auto(value), name
 
 
 def test_folder_of_runs_skips_unfinished_and_writes_inside(digits_run, tmp_path, capsys):

@@ -1346,3 +1346,18 @@ def test_ctrl_c_while_the_command_line_starts_is_one_line(monkeypatch, capsys):
     monkeypatch.setattr(unseen.cli, "build_parser", interrupted)
     assert unseen.cli.main(["run"]) == 130
     assert capsys.readouterr().err == "unseen: interrupted.\n"
+
+
+def test_a_signal_after_trainings_last_look_is_passed_on():
+    """SIGTERM while catch_signals is still active but training no longer looks (the report's
+    imports waited for on a GPU): passed on to the handler it would have met, not lost."""
+    import signal
+
+    from unseen.checkpoint import SigtermStop, StopSignal, sigterm_raises
+
+    with sigterm_raises(), pytest.raises(SigtermStop), StopSignal():  # a serial sweep's run
+        signal.raise_signal(signal.SIGTERM)  # recorded; nothing reads it any more
+    with sigterm_raises(), pytest.raises(ValueError), StopSignal():  # acted on: not sent again
+        signal.raise_signal(signal.SIGTERM)
+        raise ValueError
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL

@@ -368,6 +368,17 @@ def test_another_sweep_is_refused_in_a_sweeps_folder(tmp_path, fake_runs, capsys
     assert json.loads((out / "sweep.json").read_text())["seeds"] == 3
 
 
+def test_other_fractions_name_the_options_that_plan_both(tmp_path):
+    out, only = tmp_path / "S", dict(summary_only=True, report=False, log=None)
+    sweep.run_sweep(TINY, SweepOptions("rare:3", fractions=(0.5,)), out, **only)
+    # not "this sweep with more runs, give those options again": that would drop 0.1 and 0.2
+    with pytest.raises(ConfigError, match=r"holds this sweep with other runs \(--fractions 0.5, "
+                       r"see its sweep.json\).*give --fractions 0.1,0.2,0.5 \(its"):  # fmt: skip
+        sweep.run_sweep(TINY, SweepOptions("rare:3", fractions=(0.1, 0.2)), out, **only)
+    opts = SweepOptions("rare:3", fractions=(0.1, 0.2, 0.5))  # what it says: accepted
+    assert len(sweep.run_sweep(TINY, opts, out, **only).runs) == 3
+
+
 def test_a_sweep_is_not_written_into_a_folder_of_other_files(tmp_path, capsys):
     images = tmp_path / "img"
     images.mkdir()

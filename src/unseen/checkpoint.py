@@ -287,10 +287,11 @@ class StopSignal:
     def __init__(self, enabled: bool = True):
         self.enabled = enabled and threading.current_thread() is threading.main_thread()
         self.requested: int | None = PENDING_STOP
+        self._received: int | None = None  # by this handler, not PENDING_STOP
         self._previous: dict[int, Any] = {}
 
     def _handle(self, signum: int, frame: Any) -> None:
-        self.requested = signum
+        self.requested = self._received = signum
         self._restore()
 
     def _restore(self) -> None:
@@ -304,8 +305,14 @@ class StopSignal:
                 self._previous[signum] = signal.signal(signum, self._handle)
         return self
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, exc_type: Any, *exc: Any) -> None:
         self._restore()
+        if self._received is not None and exc_type is None:
+            # a signal after training's last look (while the report's imports were waited
+            # for, say): not lost, but passed on to the handler it would have met, so the
+            # process stops as by a signal after training (a sweep: SigtermStop)
+            signum, self._received = self._received, None
+            signal.raise_signal(signum)
 
 
 @contextlib.contextmanager

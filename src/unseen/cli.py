@@ -23,6 +23,7 @@ from .config import (
     RunConfig,
     flag_name,
     is_auto,
+    parse_count_or_all,
     parse_value,
     resolve_config,
     validate,
@@ -96,8 +97,11 @@ def shown_default(name: str) -> str:
         return ",".join(default) or "none"  # an empty list (--ood): given back as none
     if default is not None:
         return str(default)
+    parse = FIELDS[name].metadata["parse"]
+    if parse is parse_count_or_all:  # no limit: --train-subset all
+        return "all"
     try:
-        auto = FIELDS[name].metadata["parse"]("auto")
+        auto = parse("auto")
     except (ValueError, TypeError, UnseenError):
         return "none"
     return "auto" if auto is None or (isinstance(auto, tuple) and is_auto(auto)) else "none"

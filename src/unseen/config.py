@@ -37,6 +37,11 @@ def parse_bool(text: str) -> bool:
     raise ValueError("expected true or false (also on/off, yes/no, 1/0)")
 
 
+def parse_count_or_all(text: str) -> int | None:
+    """A count, or ``all`` (also ``none`` or nothing) for no limit: None."""
+    return None if text.strip().lower() in {"all", "none", ""} else int(text)
+
+
 def parse_list(text: str) -> tuple[str, ...]:
     """Comma-separated list; empty items are dropped."""
     return tuple(part.strip() for part in text.split(",") if part.strip())
@@ -296,19 +301,22 @@ class RunConfig:
         None,
         "use at most this many training images, drawn (seeded, stratified) over every class "
         "before the held-out classes and the validation slice are taken out: the console "
-        "prints the images trained on (for quick runs)",
-        parse=parse_optional_int,
+        "prints the images trained on (for quick runs); 'all' for no limit",
+        parse=parse_count_or_all,
         check=_positive,
         metavar="N",
         group="data",
+        accepts="an integer or 'all'",
     )
     test_subset: int | None = opt(
         None,
-        "use at most this many test images (seeded, stratified; for quick runs)",
-        parse=parse_optional_int,
+        "use at most this many test images (seeded, stratified; for quick runs); 'all' for "
+        "no limit",
+        parse=parse_count_or_all,
         check=_positive,
         metavar="N",
         group="data",
+        accepts="an integer or 'all'",
     )
     bit_depth: int = opt(
         16,
@@ -531,7 +539,7 @@ class RunConfig:
         10000,
         "knn score: at most this many training features in the neighbour bank (seeded random "
         "subset, for speed); 'all' keeps every one",
-        parse=lambda s: None if s.strip().lower() in {"all", "none", ""} else int(s),
+        parse=parse_count_or_all,
         check=_positive,
         metavar="N",
         group="detectors",

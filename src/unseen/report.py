@@ -1020,7 +1020,8 @@ def _label_rows(rows: list[dict]) -> None:
 
 #: how a comparison label shows an option left at None, as the command line spells it
 _NONE_WORDS = {"pretrained": "none", "rare": "none", "ood": "none", "data_root": "default",
-               "holdout": "auto", "known": "auto"}  # fmt: skip
+               "holdout": "auto", "known": "auto", "knn_bank": "all",
+               "train_subset": "all", "test_subset": "all"}  # fmt: skip
 
 
 def _short(value: Any, key: str = "") -> str:

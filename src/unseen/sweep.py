@@ -488,11 +488,14 @@ def check_same_sweep(
         recorded_opts = ", ".join(
             f"{flag} {_option_text(record.get(flag[2:]), flag[2:])}" for flag in differing
         )
+        if planned <= set(recorded):  # only runs it records: the record has more
+            what, give = "more", "those options again"
+        else:  # runs it lacks too (--fractions 0.1 after 0.5): name options that plan both
+            what, give = "other", _covering_options(record, opts, differing)
         raise ConfigError(
-            f"--out {out} holds this sweep with more runs ({recorded_opts}, see its "
+            f"--out {out} holds this sweep with {what} runs ({recorded_opts}, see its "
             f"sweep.json): this command does not plan {len(missing)} of its {len(recorded)} "
-            "runs; give those options again (its finished runs are kept and skipped), or "
-            "another --out."
+            f"runs; give {give} (its finished runs are kept and skipped), or another --out."
         )
     why = f"differs in {', '.join(differing)}" if differing else "plans other run folders"
     recorded_base = record.get("base_config")
@@ -517,6 +520,22 @@ def _option_text(value: Any, key: str) -> str:
     if value is None:
         value = {"splits": DEFAULT_SPLITS, "fractions": list(DEFAULT_FRACTIONS)}.get(key)
     return ",".join(map(str, value)) if isinstance(value, list) else str(value)
+
+
+def _covering_options(record: dict, opts: SweepOptions, flags: Sequence[str]) -> str:
+    """The --seeds, --splits and --fractions that plan the runs of ``record`` and those of
+    ``opts`` both: the larger count, the union of the fractions."""
+    parts = []
+    for flag in flags:
+        key = flag[2:]
+        theirs = record.get(key)
+        if key == "fractions":
+            both = set(theirs or DEFAULT_FRACTIONS) | set(opts.fractions or DEFAULT_FRACTIONS)
+            parts.append(f"{flag} {','.join(f'{f:g}' for f in sorted(both))}")
+        else:
+            default = DEFAULT_SPLITS if key == "splits" else 1
+            parts.append(f"{flag} {max(theirs or default, getattr(opts, key) or default)}")
+    return " ".join(parts)
 
 
 def _differing_options(record: dict, base: RunConfig, opts: SweepOptions) -> list[str]:
