@@ -677,15 +677,23 @@ def test_existing_run_folders(reference, tmp_path, capsys, monkeypatch):
 
     other = tmp_path / "other"
     other.mkdir()
-    (other / "notes.txt").write_text("mine")
+    (other / "photo.png").write_bytes(b"mine")
     code, _, err = cli(capsys, "run", *TINY_ARGS, "--out", str(other))
     assert code == 2 and "not a run folder" in one_line_error(err)
     # --resume there is a typo in --out, not a run to continue: refused, nothing written
     code, _, err = cli(capsys, "run", *TINY_ARGS, "--resume", "--out", str(other))
     assert code == 2 and "holds other files but no run to continue" in one_line_error(err)
-    assert sorted(p.name for p in other.iterdir()) == ["notes.txt"]
+    assert sorted(p.name for p in other.iterdir()) == ["photo.png"]
+    # a log that `unseen run --out DIR | tee DIR/run.log` made first, or a config file: new
+    (other / "photo.png").unlink()
+    for name in ("run.log", "run.toml"):
+        (other / name).write_text("")
+    assert check_run_folder(other, resume=False, overwrite=False) == "new"
+    with pytest.raises(ConfigError, match="holds other files but no run to continue"):
+        check_run_folder(other, resume=True, overwrite=False)
+    for name in ("run.log", "run.toml"):
+        (other / name).unlink()
     # a temporary file a killed write left behind is not 'other files'
-    (other / "notes.txt").unlink()
     (other / ".config.json.x1.tmp").write_text("{")
     assert check_run_folder(other, resume=True, overwrite=False) == "resume"
 

@@ -36,7 +36,14 @@ from .config import FIELDS, RESULT_NEUTRAL_KEYS, with_field_defaults
 from .data import absolute_paths
 from .errors import ConfigError, Interrupted, UnseenError
 from .hardware import describe_device
-from .runfolder import FINISHED_FILE, is_finished, jsonable, load_torch, save_torch
+from .runfolder import (
+    FINISHED_FILE,
+    is_finished,
+    is_side_file,
+    jsonable,
+    load_torch,
+    save_torch,
+)
 
 CHECKPOINT_FILE = "checkpoint.pt"
 CHECKPOINT_KIND = "unseen-training-checkpoint"
@@ -212,6 +219,9 @@ def check_run_folder(run_dir: Path, *, resume: bool, overwrite: bool) -> str:
             f"{run_dir} holds an unfinished run; pass --resume to continue it, --overwrite "
             "to start it again, or choose another --out."
         )
+    own = [p for p in run_dir.iterdir() if not p.name.startswith(".")]
+    if all(is_side_file(p) for p in own) and not holds_run_files(run_dir):
+        return "new"  # a log (`| tee DIR/run.log`), a config file or notes, and no run
     raise ConfigError(
         f"--out {run_dir} is a folder with other files in it, not a run folder; choose a new "
         "or empty folder, or pass --overwrite to write into it anyway."

@@ -262,6 +262,17 @@ def is_finished(run_dir: str | Path) -> bool:
         return False
 
 
+#: files of one's own that a new run or sweep folder may hold already: a log that
+#: `| tee DIR/x.log` or `> DIR/x.log` creates before the command starts, the --config file
+#: kept beside it, notes
+SIDE_FILE_SUFFIXES = frozenset({".log", ".out", ".err", ".txt", ".toml", ".md"})
+
+
+def is_side_file(path: Path) -> bool:
+    """Whether ``path`` is a plain file of :data:`SIDE_FILE_SUFFIXES`."""
+    return path.is_file() and path.suffix.lower() in SIDE_FILE_SUFFIXES
+
+
 def _json_table_problem(path: Path) -> str | None:
     """Why ``path`` is not a readable JSON table (None: it is one)."""
     try:

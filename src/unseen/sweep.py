@@ -66,6 +66,7 @@ from .rare import rare_statistics
 from .runfolder import (
     describe_mixed,
     is_finished,
+    is_side_file,
     mixed_settings,
     read_json,
     resolved_settings,
@@ -418,9 +419,6 @@ def default_sweep_dir(dataset: str, protocol: str) -> Path:
 #: what a sweep writes into its folder; a folder without sweep.json that holds anything else
 #: (hidden files aside) is not a sweep's
 SWEEP_ENTRIES = frozenset({"sweep.json", "summary.json", "summary.txt", "runs", "report"})
-#: files of one's own that a new sweep folder may hold already: a log that `| tee DIR/x.log`
-#: or `> DIR/x.log` creates before the sweep starts, the --config file kept beside it, notes
-SIDE_FILE_SUFFIXES = frozenset({".log", ".out", ".err", ".txt", ".toml", ".md"})
 
 
 def sweep_record(out: Path) -> dict | None:
@@ -443,9 +441,7 @@ def sweep_record(out: Path) -> dict | None:
         other = sorted(
             p.name
             for p in out.iterdir()
-            if not p.name.startswith(".")
-            and p.name not in SWEEP_ENTRIES
-            and not (p.is_file() and p.suffix.lower() in SIDE_FILE_SUFFIXES)
+            if not p.name.startswith(".") and p.name not in SWEEP_ENTRIES and not is_side_file(p)
         )
         if other:
             raise ConfigError(
