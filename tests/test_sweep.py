@@ -456,6 +456,18 @@ def test_interrupted_sweep_continues_where_it_stopped(tmp_path, monkeypatch):
     assert again == [str(r.run_dir) for r in runs[2:]]
 
 
+def test_ctrl_c_while_a_sweep_plans_says_how_to_continue(tmp_path, monkeypatch, capsys):
+    def stopped(*args, **kwargs):  # Ctrl-C while the data loads and the runs are planned
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(sweep, "plan_sweep", stopped)
+    args = ["sweep", "--protocol", "single", "--out", str(tmp_path / "S")]
+    assert main(args) == 130
+    assert f"interrupted; {sweep.SWEEP_AGAIN}" in capsys.readouterr().err
+    assert main([*args, "--dry-run"]) == 130  # a listing: no hint to continue
+    assert capsys.readouterr().err.strip() == "unseen: interrupted."
+
+
 def test_sigterm_between_runs_of_a_serial_sweep_says_how_to_continue(tmp_path, monkeypatch):
     import signal
 

@@ -553,6 +553,9 @@ def _differing_options(record: dict, base: RunConfig, opts: SweepOptions) -> lis
 
 # ----------------------------------------------------------------------------- running
 
+#: how a stopped sweep says to go on
+SWEEP_AGAIN = "the sweep stopped: run the same `unseen sweep` command again to continue it"
+
 
 class RunInterrupted(Interrupted):
     """:class:`Interrupted` that survives pickling (out of a ``--jobs`` worker process)."""
@@ -794,7 +797,7 @@ def run_plan(
 
     from .checkpoint import sigterm_raises
 
-    again = "the sweep stopped: run the same `unseen sweep` command again to continue it"
+    again = SWEEP_AGAIN
     try:
         with sigterm_raises():  # SIGTERM between runs too, serial or --jobs
             _run_todo(runs, todo, jobs, report)

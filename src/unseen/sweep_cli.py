@@ -7,11 +7,12 @@ import argparse
 
 from .cli import add_run_options, config_from_args, option_type
 from .console import progress_line
-from .errors import ConfigError
+from .errors import ConfigError, Interrupted
 from .sweep import (
     BALANCE_MODES,
     DEFAULT_FRACTIONS,
     DEFAULT_SPLITS,
+    SWEEP_AGAIN,
     SweepOptions,
     damaged_lines,
     dry_run_state,
@@ -108,9 +109,14 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     )
     listing = args.dry_run or args.summary_only  # a listing cut short by a pipe exits 141
     say = None if args.quiet else (print if listing else progress_line)
-    result = run_sweep(
-        base, opts, base.out, dry_run=args.dry_run, summary_only=args.summary_only, log=say
-    )
+    try:
+        result = run_sweep(
+            base, opts, base.out, dry_run=args.dry_run, summary_only=args.summary_only, log=say
+        )
+    except KeyboardInterrupt:  # Ctrl-C while it plans or summarises (runs say it themselves)
+        if args.dry_run:
+            raise
+        raise Interrupted(f"interrupted; {SWEEP_AGAIN}", 130) from None
     if args.dry_run:
         if args.quiet:
             for r in result.runs:
