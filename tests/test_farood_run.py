@@ -83,6 +83,16 @@ def test_a_run_with_ood_scores_each_dataset_as_unseen_ood_does(digits_run, tmp_p
     assert f"energy: known vs unseen vs {other}" in section and figure in section
 
 
+def test_a_run_records_where_it_looked_for_its_ood_data_as_unseen_ood_does(tmp_path):
+    # a rescore scores the result again from there (it was recorded as None: looked for in
+    # the usual places only)
+    other, run, root = noise(tmp_path / "noise.npz"), tmp_path / "run", tmp_path / "root"
+    cfg = RunConfig(out=str(run), ood=(other,), data_root=str(root), **{**FAST, "epochs": 1})
+    run_experiment(cfg, progress=False, log=None)
+    assert json.loads(ood_path(run, other).read_text())["data_root"] == str(root.resolve())
+    assert evaluate_ood(run, other, data_root=str(root))["data_root"] == str(root.resolve())
+
+
 def test_resuming_a_finished_run_with_ood_prints_each_dataset(digits_run, tmp_path, capsys):
     run = tmp_path / "run"
     shutil.copytree(digits_run, run)

@@ -321,6 +321,7 @@ def score_run_ood(
             result = evaluate_ood(
                 run_dir,
                 dataset,
+                data_root=data_root,  # recorded: a rescore looks there again
                 head=head if len(heads) > 1 else None,
                 device=device,
                 batch_size=1024,
