@@ -545,7 +545,7 @@ def test_a_stop_while_scoring_ood_says_how_to_go_on(tmp_path, monkeypatch, capsy
 def test_a_rescore_looks_for_each_dataset_where_its_result_found_it(
     digits_run, tmp_path, monkeypatch
 ):
-    import unseen.rescore
+    import unseen.farood
 
     run = tmp_path / "run"
     shutil.copytree(digits_run, run)
@@ -559,7 +559,7 @@ def test_a_rescore_looks_for_each_dataset_where_its_result_found_it(
         roots.append(kwargs["data_root"])
         return evaluate_ood(*args, **kwargs)
 
-    monkeypatch.setattr(unseen.rescore, "evaluate_ood", spy)
+    monkeypatch.setattr(unseen.farood, "evaluate_ood", spy)  # rescore scores through it
     assert main(["rescore", str(run), "--no-report", "--quiet"]) == 0
     assert roots == [str(tmp_path / "root")] and is_current(run, name)
 

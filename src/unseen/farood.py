@@ -296,50 +296,91 @@ def score_run_ood(
     finished, and ``unseen ood`` can try again."""
     import time
 
-    from .data import load_test_images
-    from .runfolder import read_config_json
-
     say = log or (lambda _msg: None)
     todo = missing_ood(run_dir, heads, datasets)
     if not todo:
         return {}
     start = time.perf_counter()
     folders = head_folders(run_dir, heads)
-    bit_depth = int(read_config_json(Path(run_dir) / "config.json").get("bit_depth", 16))
-    loaded: dict[str, TestImages | Exception] = {}
+    load = far_ood_loader(run_dir, download)
     failed: dict[tuple[str, str], str] = {}
     for head, dataset in todo:
-        if dataset not in loaded:
-            try:
-                loaded[dataset] = load_test_images(dataset, data_root, download, bit_depth)
-            except Exception as exc:  # noqa: BLE001 - unreadable data costs its result only
-                loaded[dataset] = exc
-        data = loaded[dataset]
-        try:
-            if isinstance(data, BaseException):
-                raise data
-            result = evaluate_ood(
-                run_dir,
-                dataset,
-                data_root=data_root,  # recorded: a rescore looks there again
-                head=head if len(heads) > 1 else None,
-                device=device,
-                batch_size=1024,
-                limit=limit,
-                data=data,
-            )
-        except Exception as exc:  # noqa: BLE001 - the run is finished: it costs this result only
-            failed[(head, dataset)] = describe_error(exc)
+        error = score_and_save(
+            run_dir,
+            dataset,
+            load(dataset, data_root),
+            data_root=data_root,  # recorded: a rescore looks there again
+            head=head if len(heads) > 1 else None,
+            device=device,
+            limit=limit,
+        )
+        if error is not None:
+            failed[(head, dataset)] = error
             where = f"head {head}: " if len(heads) > 1 else ""
             say(
-                f"{where}far-OOD {dataset}: not scored ({failed[(head, dataset)].rstrip('.')}); "
+                f"{where}far-OOD {dataset}: not scored ({error.rstrip('.')}); "
                 f"{ood_command(folders[head], dataset, data_root)} tries again"
             )
-            continue
-        save_ood(result)
     if done := list(dict.fromkeys(d for pair in todo if pair not in failed for d in pair[1:])):
         say(f"far-OOD: {', '.join(done)} scored ({time.perf_counter() - start:.1f} s)")
     return failed
+
+
+def far_ood_loader(
+    run_dir: str | Path, download: bool = False
+) -> Callable[[str, str | None], TestImages | Exception]:
+    """A function giving a far-OOD set's test images as the run in ``run_dir`` reads them
+    (at its ``--bit-depth``), read once for all the heads that score them, or the exception
+    reading them raised (it costs that set's results only: :func:`score_and_save`)."""
+    from .data import load_test_images
+    from .runfolder import read_config_json
+
+    bit_depth = int(read_config_json(Path(run_dir) / "config.json").get("bit_depth", 16))
+    loaded: dict[tuple[str, str | None], TestImages | Exception] = {}
+
+    def load(dataset: str, data_root: str | None) -> TestImages | Exception:
+        if (dataset, data_root) not in loaded:
+            try:
+                loaded[(dataset, data_root)] = load_test_images(
+                    dataset, data_root, download, bit_depth
+                )
+            except Exception as exc:  # noqa: BLE001 - unreadable data costs its result only
+                loaded[(dataset, data_root)] = exc
+        return loaded[(dataset, data_root)]
+
+    return load
+
+
+def score_and_save(
+    run_dir: str | Path,
+    dataset: str,
+    data: TestImages | Exception,
+    *,
+    data_root: str | None,
+    head: str | None,
+    device: str,
+    limit: int | None,
+) -> str | None:
+    """:func:`evaluate_ood` of ``data`` (or the exception reading it raised) with the
+    finished run in ``run_dir``, saved by :func:`save_ood`; None, or why it could not be
+    scored, in one line: the run is finished, so a failure costs this result only."""
+    try:
+        if isinstance(data, BaseException):
+            raise data
+        result = evaluate_ood(
+            run_dir,
+            dataset,
+            data_root=data_root,
+            head=head,
+            device=device,
+            batch_size=1024,
+            limit=limit,
+            data=data,
+        )
+    except Exception as exc:  # noqa: BLE001 - the run is finished: it costs this result only
+        return describe_error(exc)
+    save_ood(result)
+    return None
 
 
 def ood_command(head_folder: str | Path, dataset: str, data_root: str | None = None) -> str:

@@ -39,7 +39,7 @@ from .experiment import (
     write_run_files,
     write_run_report,
 )
-from .farood import describe_error, evaluate_ood, ood_command, ood_results, save_ood
+from .farood import far_ood_loader, ood_command, ood_results, score_and_save
 from .hardware import describe_device
 from .predict import is_head_folder, load_checkpoint, rebuild_model
 from .report import head_folder
@@ -240,29 +240,27 @@ def refresh_ood(
     (``data_root`` for a result that does not say); one that cannot be (its data gone) stays,
     marked out of date, and is said and returned."""
     errors = {}
+    load = far_ood_loader(run_dir)  # a set several heads scored is read once
     for head, results in far.items():
         for r in results:
             dataset, root = r["dataset"], r.get("data_root", data_root)
-            try:
-                result = evaluate_ood(
-                    run_dir,
-                    dataset,
-                    data_root=root,
-                    head=head if len(far) > 1 else None,
-                    device=device,
-                    batch_size=1024,
-                    limit=r.get("limit"),
-                )
-            except Exception as exc:  # noqa: BLE001 - the rescore is written: it costs this result only
-                errors[(head, dataset)] = describe_error(exc)
+            error = score_and_save(
+                run_dir,
+                dataset,
+                load(dataset, root),
+                data_root=root,
+                head=head if len(far) > 1 else None,
+                device=device,
+                limit=r.get("limit"),
+            )
+            if error is not None:  # the rescore is written: it costs this result only
+                errors[(head, dataset)] = error
                 where = f"head {head}: " if len(far) > 1 else ""
                 say(
                     f"note: {where}far-OOD {dataset} not scored again, so out of date "
-                    f"({errors[(head, dataset)].rstrip('.')}); "
-                    f"{ood_command(folders[head], dataset, root)} scores it"
+                    f"({error.rstrip('.')}); {ood_command(folders[head], dataset, root)} scores it"
                 )
                 continue
-            save_ood(result)
             say(f"far-OOD {dataset} scored again" + (f" (head {head})" if len(far) > 1 else ""))
     return errors
 
