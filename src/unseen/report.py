@@ -64,6 +64,7 @@ from .runfolder import (
     require_finished,
     resolved_settings,
     run_damage,
+    run_heads,
     write_json,
 )
 from .threads import thread_budget
@@ -166,15 +167,6 @@ def read_arrays(path: Path) -> dict[str, np.ndarray]:
         if "score_" in k and not np.isfinite(v).all():
             raise UnseenError(f"{path} holds non-finite values in {k}: the run folder is damaged.")
     return arrays
-
-
-def run_heads(run_dir: Path, config: dict) -> list[str]:
-    heads = config.get("head") or ["softmax"]
-    if not isinstance(heads, list) or not all(isinstance(h, str) for h in heads):
-        raise UnseenError(
-            f"{run_dir / 'config.json'} records no list of heads: the run folder is damaged."
-        )
-    return heads
 
 
 def head_folder(run_dir: Path, config: dict, head: str) -> Path:

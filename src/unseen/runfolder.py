@@ -273,17 +273,27 @@ def is_side_file(path: Path) -> bool:
     return path.is_file() and path.suffix.lower() in SIDE_FILE_SUFFIXES
 
 
-def _json_table_problem(path: Path) -> str | None:
-    """Why ``path`` is not a readable JSON table (None: it is one)."""
+def _read_table(path: Path) -> tuple[dict | None, str | None]:
+    """``path``'s JSON table, or None and why it is not one."""
     try:
         value = json.loads(path.read_text())
     except FileNotFoundError:
-        return "is missing"
+        return None, "is missing"
     except OSError as exc:
-        return f"cannot be read ({exc.strerror or type(exc).__name__})"
+        return None, f"cannot be read ({exc.strerror or type(exc).__name__})"
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        return f"is not valid JSON ({exc})"
-    return None if isinstance(value, dict) else "holds no table"
+        return None, f"is not valid JSON ({exc})"
+    return (value, None) if isinstance(value, dict) else (None, "holds no table")
+
+
+def run_heads(run_dir: Path, config: dict) -> list[str]:
+    """The heads a run's ``config`` (its config.json) records; softmax when it names none."""
+    heads = config.get("head") or ["softmax"]
+    if not isinstance(heads, list) or not all(isinstance(h, str) for h in heads):
+        raise UnseenError(
+            f"{run_dir / 'config.json'} records no list of heads: the run folder is damaged."
+        )
+    return heads
 
 
 def run_damage(run_dir: str | Path, *, model: bool = False) -> str | None:
@@ -297,14 +307,16 @@ def run_damage(run_dir: str | Path, *, model: bool = False) -> str | None:
     import zipfile
 
     run_dir = Path(run_dir)
-    if problem := _json_table_problem(run_dir / "config.json"):
+    config, problem = _read_table(run_dir / "config.json")
+    if config is None:
         return f"config.json {problem}"
-    heads = json.loads((run_dir / "config.json").read_text()).get("head") or ["softmax"]
-    if not isinstance(heads, list) or not all(isinstance(h, str) for h in heads):
+    try:
+        heads = run_heads(run_dir, config)
+    except UnseenError:
         return "config.json records no list of heads"
     names = ["metrics.json"] + [f"{h}/metrics.json" for h in heads if len(heads) > 1]
     for name in names:
-        if problem := _json_table_problem(run_dir / name):
+        if (problem := _read_table(run_dir / name)[1]) is not None:
             return f"{name} {problem}"
     archives = ("scores.npz", "model.pt") if model else ("scores.npz",)
     for head in heads:
