@@ -28,7 +28,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from copy import deepcopy
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 
@@ -59,6 +59,14 @@ RESUME_IGNORED_KEYS = frozenset(RESULT_NEUTRAL_KEYS) | {"pretrained_weights"}
 
 #: exit codes of a run stopped by a signal (the shell's 128 + signal number)
 SIGNAL_EXIT_CODES = {signal.SIGINT: 130, signal.SIGTERM: 143}
+
+
+class Stateful(Protocol):
+    """What a checkpoint saves of an optimiser or schedule (``unseen.optim``'s or torch's)."""
+
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None: ...
 
 
 class TrainingDiverged(UnseenError):
@@ -516,8 +524,8 @@ class Checkpointing:
         self,
         *,
         model: torch.nn.Module,
-        optimizer: torch.optim.Optimizer,
-        scheduler: torch.optim.lr_scheduler.LRScheduler,
+        optimizer: Stateful,
+        scheduler: Stateful,
         generator: torch.Generator,
         history: list[dict],
         images_seen: int,
@@ -615,8 +623,8 @@ class Checkpointing:
         self,
         *,
         model: torch.nn.Module,
-        optimizer: torch.optim.Optimizer,
-        scheduler: torch.optim.lr_scheduler.LRScheduler,
+        optimizer: Stateful,
+        scheduler: Stateful,
         generator: torch.Generator,
         result: Any,
         seed: int = 0,

@@ -13,7 +13,7 @@ What a graph needs, and how this module provides it:
 - **Hyperparameters that change without re-capture.** The learning rate and momentum of each
   parameter group live in device tensors, refilled from the optimiser's ``param_groups``
   (where the schedulers write them) before every step. :func:`sgd_update` reads them there.
-- **The optimiser's own state.** Momentum buffers are the ``torch.optim.SGD`` state tensors,
+- **The optimiser's own state.** Momentum buffers are the optimiser's state tensors,
   updated in place, so checkpoints and resumption work as in the eager loop.
 - **Warm-up before capture.** A few eager steps on a side stream (cuDNN picks its kernels,
   ``torch.compile`` compiles), then capture; autocast's weight cache is off throughout.
@@ -30,6 +30,7 @@ from dataclasses import dataclass
 import torch
 
 from .hardware import autocast
+from .optim import SGD
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -81,11 +82,12 @@ WARMUP_STEPS = 3
 class GraphedStep:
     """``step(x, y) -> (loss, logits)``: one SGD step of ``model`` on a batch, graphed on CUDA.
 
-    ``optimizer`` must be a ``torch.optim.SGD`` without dampening; its ``param_groups`` supply
-    the hyperparameters at every call and its state holds the momentum buffers. Batches of
-    ``batch_size`` images are replayed from one graph after ``warmup`` eager steps; other
-    sizes run eagerly, through ``odd_batch_model`` when given (the uncompiled network when
-    ``model`` is ``torch.compile``'d, which would otherwise compile again for the new size).
+    ``optimizer`` must be an :class:`unseen.optim.SGD` (or a ``torch.optim.SGD``) without
+    dampening; its ``param_groups`` supply the hyperparameters at every call and its state
+    holds the momentum buffers. Batches of ``batch_size`` images are replayed from one graph
+    after ``warmup`` eager steps; other sizes run eagerly, through ``odd_batch_model`` when
+    given (the uncompiled network when ``model`` is ``torch.compile``'d, which would otherwise
+    compile again for the new size).
     With ``capture=False`` (or on a CPU) every step runs eagerly through the same code, which
     is how the tests check it on machines without a GPU.
 
@@ -96,7 +98,7 @@ class GraphedStep:
         self,
         model: torch.nn.Module,
         loss_fn: LossFn,
-        optimizer: torch.optim.Optimizer,
+        optimizer: SGD | torch.optim.SGD,
         device: torch.device,
         precision: str,
         batch_size: int,
@@ -104,7 +106,7 @@ class GraphedStep:
         capture: bool = True,
         odd_batch_model: torch.nn.Module | None = None,
     ):
-        if not isinstance(optimizer, torch.optim.SGD):
+        if not isinstance(optimizer, SGD | torch.optim.SGD):
             raise TypeError("GraphedStep implements SGD; got " + type(optimizer).__name__)
         self.model, self.loss_fn, self.device, self.precision = model, loss_fn, device, precision
         # batches of another size (a compiled model would recompile for them)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import math
 import sys
 import time
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -26,6 +25,7 @@ from .evaluate import forward_pass
 from .hardware import autocast
 from .heads import Head
 from .models import Classifier
+from .optim import SGD, Schedule
 
 #: without a progress bar (stderr not a terminal), a plain progress line at the end of an
 #: epoch once this many seconds have passed since the last one (none for a run under 30 s)
@@ -143,12 +143,13 @@ def use_cuda_graphs(mode: str, device: torch.device, balance: str) -> bool:
     return False
 
 
-def make_optimizer(model: torch.nn.Module, s: TrainSettings) -> torch.optim.Optimizer:
+def make_optimizer(model: torch.nn.Module, s: TrainSettings) -> SGD:
     """SGD over the trainable parameters; the head first, then the backbone at ``lr * scale``.
 
     Frozen parameters (``requires_grad=False``) are left out. With ``backbone_lr_scale`` 1 all
     parameters form one group; otherwise a model with a ``head`` gets two groups, whose peak
-    learning rates the schedulers follow separately.
+    learning rates the schedules follow separately. :class:`unseen.optim.SGD` updates as
+    ``torch.optim.SGD`` does, without importing the compiler (see :mod:`unseen.optim`).
     """
     trainable = [q for q in model.parameters() if q.requires_grad]
     groups: list[dict] | list[torch.nn.Parameter] = trainable
@@ -161,7 +162,7 @@ def make_optimizer(model: torch.nn.Module, s: TrainSettings) -> torch.optim.Opti
         if rest:
             groups.append({"params": rest, "lr": s.lr * s.backbone_lr_scale})
     on_cuda = bool(trainable) and all(q.is_cuda for q in trainable)
-    return torch.optim.SGD(
+    return SGD(
         groups,
         lr=s.lr,
         momentum=s.momentum,
@@ -176,31 +177,29 @@ def default_lr(batch_size: int) -> float:
     return round(0.1 * math.sqrt(batch_size / 128), 4)
 
 
-def make_scheduler(
-    opt: torch.optim.Optimizer, s: TrainSettings, total_steps: int
-) -> torch.optim.lr_scheduler.LRScheduler:
+def make_scheduler(opt: SGD, s: TrainSettings, total_steps: int) -> Schedule:
+    """The learning-rate schedule of ``s.schedule`` over ``total_steps`` steps (one per batch)."""
     if s.schedule == "onecycle" and total_steps < 4:
-        # torch's warm-up would end before the first step (a single step would run at
+        # the warm-up would end before the first step (a single step would run at
         # lr / 25 / 1e4): too few steps for a cycle, so train at the peak learning rate
-        return torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 1.0)
+        return Schedule(opt, "constant", max(total_steps, 1))
     if s.schedule == "onecycle":
         # Smith's 1cycle moves the momentum against the learning rate: torch's default cycle
         # (0.95 -> 0.85 -> 0.95) is the one around the default --momentum 0.9; other values
         # shift it (without momentum there is nothing to cycle)
         m = s.momentum
-        return torch.optim.lr_scheduler.OneCycleLR(
+        return Schedule(
             opt,
-            max_lr=[g["lr"] for g in opt.param_groups],
-            total_steps=max(total_steps, 1),
-            # torch divides by zero when pct_start * total_steps == 1 (4 steps): nudge it
+            "onecycle",
+            total_steps,
+            # torch's OneCycleLR, which this one equals, divides by zero when
+            # pct_start * total_steps == 1 (4 steps): nudge it
             pct_start=0.25 if total_steps != 4 else 0.3,
-            cycle_momentum=m > 0,
-            base_momentum=max(m - 0.05, 0.0),
-            max_momentum=min(m + 0.05, 0.999),
+            momentum=(max(m - 0.05, 0.0), min(m + 0.05, 0.999)) if m > 0 else None,
         )
     if s.schedule == "cosine":
-        return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(total_steps, 1))
-    return torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 1.0)
+        return Schedule(opt, "cosine", max(total_steps, 1))
+    return Schedule(opt, "constant", max(total_steps, 1))
 
 
 def train_model(
@@ -321,7 +320,6 @@ def train_model(
         if not weights_finite(model):
             raise diverged(epoch, step, steps, None, settings.lr, checkpoint, auto_lr)
 
-    sched_stepped = False  # in this process
     for epoch in bar:
         first_step = 0
         lr_used = opt.param_groups[0]["lr"]  # the rate of the epoch's last step, for history
@@ -348,16 +346,7 @@ def train_model(
             yb = y[idx]
             lr_used = opt.param_groups[0]["lr"]  # the schedule moves it on after the step
             loss, logits = train_step(xb, yb)
-            if graphed and not sched_stepped:
-                # the graph's update is not optimizer.step(), which torch warns about at the
-                # scheduler's first step only; later steps run without catch_warnings, which
-                # is not thread-safe (unseen.preload imports on a side thread meanwhile)
-                with warnings.catch_warnings():
-                    warnings.filterwarnings("ignore", "Detected call of `lr_scheduler.step")
-                    sched.step()
-            else:
-                sched.step()
-            sched_stepped = True
+            sched.step()
             loss_sum += loss * len(idx)
             correct += (head.predict(logits) == yb).sum()
             seen += len(idx)
