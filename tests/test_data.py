@@ -119,6 +119,56 @@ def test_truncated_idx_is_one_clear_error(tmp_path):
         load_dataset("fashion-mnist", str(tmp_path))
 
 
+@pytest.mark.parametrize(
+    "code, dtype, shape",
+    [(0x08, ">u1", (3, 4, 5)), (0x09, ">i1", (7,)), (0x0B, ">i2", (2, 3)),
+     (0x0C, ">i4", (4, 1, 2)), (0x0D, ">f4", (5, 2)), (0x0E, ">f8", (3,))],
+)  # fmt: skip
+def test_idx_files_read_as_torchvision_reads_them(tmp_path, code, dtype, shape):
+    """unseen reads IDX itself (torchvision's import costs seconds): its own reader against
+    torchvision's, for every IDX type, on values that the byte order would scramble."""
+    from torchvision.datasets.mnist import read_sn3_pascalvincent_tensor
+
+    from unseen.data import _read_idx
+
+    rng = np.random.default_rng(code)
+    info = np.iinfo(dtype) if np.dtype(dtype).kind in "iu" else None
+    lo, hi = (info.min, info.max) if info else (-1e6, 1e6)
+    values = (rng.uniform(lo, hi, shape)).astype(dtype)
+    raw = struct.pack(">HBB", 0, code, len(shape)) + b"".join(struct.pack(">I", d) for d in shape)
+    path = tmp_path / "x-idx"
+    path.write_bytes(raw + values.tobytes())
+    theirs = read_sn3_pascalvincent_tensor(str(path), strict=False)
+    ours = _read_idx(path)
+    assert ours.dtype == theirs.dtype and torch.equal(ours, theirs)
+    assert np.array_equal(ours.numpy(), values)  # in the machine's byte order
+    gz = tmp_path / "x-idx.gz"
+    gz.write_bytes(gzip.compress(path.read_bytes()))
+    assert torch.equal(_read_idx(gz), theirs)
+
+
+@pytest.mark.parametrize(
+    "data, why",
+    [(b"", "no IDX header"), (b"\x00\x00\x08", "no IDX header"),
+     (b"\x01\x00\x08\x01\x00\x00\x00\x01\x05", "no IDX header"),  # a magic not starting 0 0
+     (b"\x00\x00\x07\x01\x00\x00\x00\x01\x05", "no IDX header"),  # no such type
+     (b"\x00\x00\x08\x02\x00\x00\x00\x02", "no IDX header"),  # a dimension missing
+     (b"\x00\x00\x08\x01\x00\x00\x00\x03\x01\x02", "2 bytes of values for a 3 array"),
+     (b"\x00\x00\x08\x01\x00\x00\x00\x01\x01\x02", "2 bytes of values for a 1 array")],
+)  # fmt: skip
+def test_a_damaged_idx_file_is_one_data_error(tmp_path, data, why):
+    from unseen.data import _read_idx
+
+    path = tmp_path / "bad-idx"
+    path.write_bytes(data)
+    with pytest.raises(DataError, match=f"{path} is truncated or not an IDX file .*{why}"):
+        _read_idx(path)
+    cut = tmp_path / "cut-idx.gz"  # a .gz cut short, or not gzip at all
+    cut.write_bytes(gzip.compress(b"\x00\x00\x08\x01\x00\x00\x00\x10" + bytes(16))[:-9])
+    with pytest.raises(DataError, match="truncated or not an IDX file"):
+        _read_idx(cut)
+
+
 @pytest.mark.skipif(
     not DEBIAN_FASHION_MNIST.is_dir(), reason="Debian's dataset-fashion-mnist is not installed"
 )

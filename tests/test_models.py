@@ -251,3 +251,68 @@ def test_a_sweep_with_jobs_sends_registered_networks_to_its_workers(registry, tm
     with pytest.raises(ConfigError, match="cannot be sent to the sweep's worker processes"):
         run_sweep(base.replace(model="lam"), SweepOptions("single", seeds=2, jobs=2),
                   tmp_path / "lam", log=None)  # fmt: skip
+
+
+def _torchvision_resnet18(in_channels: int, image_size: int, stem: str) -> nn.Module:
+    """What earlier versions built for ``resnet18``: torchvision's network, stem swapped."""
+    from torchvision.models import resnet18
+
+    from unseen.models import resolve_stem
+
+    net = resnet18(weights=None)
+    if resolve_stem(stem, image_size) == "small":
+        net.conv1 = nn.Conv2d(in_channels, 64, 3, 1, 1, bias=False)
+        net.maxpool = nn.Identity()
+    elif in_channels != 3:
+        net.conv1 = nn.Conv2d(in_channels, 64, 7, 2, 3, bias=False)
+    nn.init.kaiming_normal_(net.conv1.weight, mode="fan_out", nonlinearity="relu")
+    net.fc = nn.Identity()
+    return net
+
+
+@pytest.mark.parametrize(
+    "seed, in_channels, image_size, stem",
+    [(0, 1, 28, "auto"), (1, 3, 32, "small"), (2, 3, 32, "imagenet"), (3, 1, 72, "auto")],
+)
+def test_resnet18_is_torchvision_s_weight_for_weight_and_output_for_output(
+    seed, in_channels, image_size, stem
+):
+    """unseen's ResNet-18 (written out so as not to import torchvision) against torchvision's:
+    the same names in the same order, the same weights from the same seed (runs of earlier
+    versions are reproduced), and the same features from the same images, bit for bit."""
+    torch.manual_seed(seed)
+    theirs = _torchvision_resnet18(in_channels, image_size, stem)
+    their_head = nn.Linear(512, 7)  # Classifier's, made after the backbone
+    after_theirs = torch.rand(3)  # and the global generator is left where it was left
+    torch.manual_seed(seed)
+    model = create_model("resnet18", in_channels, 7, image_size, stem=stem)
+    assert torch.equal(torch.rand(3), after_theirs)
+    assert torch.equal(model.head.weight, their_head.weight)
+    ours = model.backbone.net
+    a, b = ours.state_dict(), theirs.state_dict()
+    assert list(a) == list(b)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    x = torch.rand(2, in_channels, image_size, image_size)
+    for mode in ("train", "eval"):
+        getattr(ours, mode)(), getattr(theirs, mode)()
+        with torch.no_grad():
+            assert torch.equal(ours(x), theirs(x))
+
+
+def test_resnet18_loads_torchvision_s_weights_by_name_and_folds_its_batch_norm():
+    torch.manual_seed(0)
+    theirs = _torchvision_resnet18(3, 64, "imagenet")
+    for m in theirs.modules():  # weights unlike any initialisation
+        if isinstance(m, nn.BatchNorm2d):
+            nn.init.uniform_(m.weight, 0.5, 1.5)
+            nn.init.uniform_(m.bias, -0.2, 0.2)
+            m.running_mean.uniform_(-0.1, 0.1)
+    torch.manual_seed(1)
+    model = create_model("resnet18", 3, 5, 64, stem="imagenet").eval()
+    model.backbone.net.load_state_dict(theirs.state_dict())
+    x = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(model.backbone(x), theirs.eval()(x))
+        folded = fold_batch_norm(model)
+        torch.testing.assert_close(folded(x), model(x), rtol=1e-4, atol=1e-5)
+    assert not [m for m in folded.modules() if isinstance(m, nn.BatchNorm2d)]

@@ -180,13 +180,79 @@ def build_resnet20(
 # ----------------------------------------------------------------------------- ResNet-18
 
 
-class TorchvisionBackbone(nn.Module):
-    """torchvision's ResNet without its ``fc``: images -> pooled features."""
+class ResNetBlock(nn.Module):
+    """torchvision's ``BasicBlock``, under its names: two 3x3 convolutions and a shortcut."""
+
+    def __init__(self, c_in: int, c_out: int, stride: int, downsample: nn.Module | None):
+        super().__init__()
+        self.conv1 = nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(c_out)
+        self.relu = nn.ReLU(inplace=True)
+        self.conv2 = nn.Conv2d(c_out, c_out, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(c_out)
+        self.downsample = downsample
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        out += x if self.downsample is None else self.downsample(x)
+        return self.relu(out)
+
+
+class ResNet18(nn.Module):
+    """torchvision's ``resnet18(weights=None)`` without its classifier: images -> 512 features.
+
+    The same modules, names, order of construction and initialisation as torchvision's, so
+    torchvision's ImageNet weights load by name and a seed gives the weights that earlier
+    versions of unseen got from torchvision itself (``tests/test_models.py`` checks both).
+    It is written out here because ``import torchvision`` imports ``torch._dynamo``, the
+    compiler: 1 s on a 2-core CPU, 5-7 s on an H200, for a network of 40 lines.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 64, 7, 2, 3, bias=False)
+        self.bn1 = nn.BatchNorm2d(64)
+        self.relu = nn.ReLU(inplace=True)
+        self.maxpool: nn.Module = nn.MaxPool2d(3, 2, 1)
+        c_in = 64
+        for i, width in enumerate((64, 128, 256, 512)):
+            stride = 1 if i == 0 else 2
+            downsample = None
+            if stride != 1 or c_in != width:
+                downsample = nn.Sequential(
+                    nn.Conv2d(c_in, width, 1, stride, bias=False), nn.BatchNorm2d(width)
+                )
+            blocks = [
+                ResNetBlock(c_in, width, stride, downsample),
+                ResNetBlock(width, width, 1, None),
+            ]
+            self.add_module(f"layer{i + 1}", nn.Sequential(*blocks))
+            c_in = width
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        # torchvision makes its 1000-class classifier here, which unseen replaces by its own
+        # head: drawn all the same, so that the initialisation below draws what it always drew
+        nn.Linear(512, 1000)
+        self.fc = nn.Identity()
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            elif isinstance(m, nn.BatchNorm2d):
+                nn.init.constant_(m.weight, 1)
+                nn.init.constant_(m.bias, 0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
+        return self.fc(torch.flatten(self.avgpool(x), 1))
+
+
+class ResNetBackbone(nn.Module):
+    """The ResNet-18 as a backbone; its weights are named ``backbone.net.<torchvision name>``."""
 
     def __init__(self, net: nn.Module):
         super().__init__()
         self.net = net
-        self.net.fc = nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
@@ -202,16 +268,14 @@ def build_resnet18(
     in_channels: int, num_classes: int, image_size: int, stem: str = "auto"
 ) -> Classifier:
     """torchvision's ResNet-18; the small-image stem (3x3 stride-1 conv, no max-pool) up to 64 px."""
-    from torchvision.models import resnet18
-
-    net = resnet18(weights=None)
+    net = ResNet18()
     if resolve_stem(stem, image_size) == "small":
         net.conv1 = nn.Conv2d(in_channels, 64, 3, 1, 1, bias=False)
         net.maxpool = nn.Identity()
     elif in_channels != 3:
         net.conv1 = nn.Conv2d(in_channels, 64, 7, 2, 3, bias=False)
     nn.init.kaiming_normal_(net.conv1.weight, mode="fan_out", nonlinearity="relu")
-    return Classifier(TorchvisionBackbone(net), 512, num_classes, in_channels)
+    return Classifier(ResNetBackbone(net), 512, num_classes, in_channels)
 
 
 #: name -> builder(in_channels, num_classes, image_size, stem) -> Classifier
