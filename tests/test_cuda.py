@@ -84,3 +84,30 @@ def test_a_balanced_sampler_and_a_rare_class_on_the_gpu(tmp_path):
     run_experiment(cfg, progress=False, log=None)
     m = metrics_of(out)
     assert m["cuda_graphs"] is True and "3" in m["rare"]
+
+
+@pytest.mark.parametrize("graphs", ["on", "off"])
+def test_a_gpu_run_does_not_import_the_compiler(graphs, tmp_path):
+    """On the CPU, tests/test_optim.py checks this of training; on a GPU a whole run (its
+    fused or graphed SGD update, CUDA graph capture, a resnet18 from unseen.models) must not
+    import torch._dynamo either: 5-7 s on the H200 machine."""
+    import subprocess
+    import sys
+    import textwrap
+
+    code = textwrap.dedent(
+        f"""
+        import sys
+        from unseen import RunConfig
+        from unseen.experiment import run_experiment
+        run_experiment(RunConfig(out={str(tmp_path / "run")!r}, model="resnet18", epochs=1,
+                                 batch_size=64, cuda_graphs={graphs!r}, report=False),
+                       progress=False, log=None)
+        print("torch._dynamo" in sys.modules)
+        """
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=True
+    )
+    assert out.stdout.strip().splitlines()[-1] == "False", out.stderr
+    assert metrics_of(tmp_path / "run")["cuda_graphs"] is (graphs == "on")
