@@ -38,9 +38,10 @@ def groups_of(params: list[torch.Tensor], split: bool) -> list:
     [(0.9, True, 5e-4, False), (0.9, False, 0.0, False), (0.0, False, 1e-2, False),
      (0.5, True, 0.0, True)],
 )  # fmt: skip
-def test_sgd_updates_bit_for_bit_as_torch_sgd(momentum, nesterov, weight_decay, split):
+@pytest.mark.parametrize("fused", [None, True])  # fused: one kernel (a GPU run's; CPUs have it too)
+def test_sgd_updates_bit_for_bit_as_torch_sgd(momentum, nesterov, weight_decay, split, fused):
     ours, theirs = twin_params()
-    kw = dict(lr=0.1, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay)
+    kw = dict(lr=0.1, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay, fused=fused)
     a = SGD(groups_of(ours, split), **kw)
     b = torch.optim.SGD(groups_of(theirs, split), **kw)
     for step in range(6):
@@ -211,6 +212,10 @@ def test_training_does_not_import_the_compiler():
         r = train_model(model, x, y, TrainSettings(epochs=2, batch_size=16), HEADS["softmax"],
                         spec, torch.device("cpu"), progress=False)
         assert len(r.history) == 2
+        from unseen.optim import SGD  # and the fused update, which a GPU run takes
+        p = torch.zeros(3, requires_grad=True)
+        p.grad = torch.ones(3)
+        SGD([p], lr=0.1, momentum=0.9, fused=True).step()
         print("torch._dynamo" in sys.modules)
         """
     )
