@@ -98,6 +98,20 @@ def test_state_dicts_load_both_ways_and_the_update_goes_on_the_same(split):
         assert torch.equal(p, q)
 
 
+def test_state_saved_with_the_fused_update_resumes_with_this_optimiser_s_own_choice():
+    # a checkpoint of a GPU run (fused=True) resumed on a CPU, or the other way round:
+    # the saved momentum buffers and rates come back, the way the update runs does not
+    ours, _ = twin_params()
+    gpu_like = SGD(ours, lr=0.1, momentum=0.9, fused=True)
+    for p in ours:
+        p.grad = torch.ones_like(p)
+    gpu_like.step()
+    cpu = SGD(ours, lr=1.0, momentum=0.9)
+    cpu.load_state_dict(gpu_like.state_dict())
+    assert cpu.param_groups[0]["fused"] is None and cpu.param_groups[0]["lr"] == 0.1
+    assert torch.equal(cpu.state[ours[0]]["momentum_buffer"], torch.ones(SHAPES[0]))
+
+
 def test_loading_state_of_other_parameter_groups_is_a_value_error():
     ours, _ = twin_params()
     sd = SGD(ours, lr=0.1, momentum=0.9).state_dict()

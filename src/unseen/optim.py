@@ -126,7 +126,8 @@ class SGD:
         return {"state": state, "param_groups": groups}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Restore hyperparameters and momentum buffers (also from ``torch.optim.SGD``).
+        """Restore hyperparameters and momentum buffers (also from ``torch.optim.SGD``), cast
+        to each parameter's device and dtype.
 
         Raises ``ValueError`` when the saved groups do not match these in number or size.
         """
@@ -147,7 +148,9 @@ class SGD:
                 for k, v in values.items()
             }
         for s, g in zip(saved, self.param_groups, strict=True):
-            g.update({k: v for k, v in s.items() if k != "params"})
+            # the hyperparameters; how to run the update stays this device's choice (a run
+            # saved on a GPU with fused=True may resume on a CPU)
+            g.update({k: v for k, v in s.items() if k not in ("params", "fused", "foreach")})
 
 
 def _annealing_cos(start: float, end: float, pct: float) -> float:
