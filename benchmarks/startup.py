@@ -84,8 +84,9 @@ def _stages(args: argparse.Namespace, mark, stages: list[tuple[str, float]]) -> 
     for name, seconds in stages:
         print(f"{name:{width}s} {seconds:7.3f} s")
     print(f"{'total':{width}s} {time.perf_counter() - STARTED:7.3f} s")
-    # torch.optim and torchvision import the compiler (seconds on a GPU machine); a run uses
-    # neither, so none of the stages above should have imported it
+    # torch.optim's optimisers and schedulers (at every call) and torchvision (on import)
+    # import the compiler (seconds on a GPU machine); a run uses neither, so none of the stages
+    # above should have imported it
     print(f"torch._dynamo imported: {'yes' if 'torch._dynamo' in sys.modules else 'no'}")
     return 0
 

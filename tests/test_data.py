@@ -153,6 +153,7 @@ def test_idx_files_read_as_torchvision_reads_them(tmp_path, code, dtype, shape):
      (b"\x01\x00\x08\x01\x00\x00\x00\x01\x05", "no IDX header"),  # a magic not starting 0 0
      (b"\x00\x00\x07\x01\x00\x00\x00\x01\x05", "no IDX header"),  # no such type
      (b"\x00\x00\x08\x02\x00\x00\x00\x02", "no IDX header"),  # a dimension missing
+     (b"\x00\x00\x08\x41" + b"\x00\x00\x00\x01" * 65 + b"\x05", "no IDX header"),  # 65 dims
      (b"\x00\x00\x08\x01\x00\x00\x00\x03\x01\x02", "2 bytes of values for a 3 array"),
      (b"\x00\x00\x08\x01\x00\x00\x00\x01\x01\x02", "2 bytes of values for a 1 array")],
 )  # fmt: skip

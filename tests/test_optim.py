@@ -222,18 +222,62 @@ def test_training_does_not_import_the_compiler():
         x = torch.randint(0, 256, (40, 1, 8, 8), dtype=torch.uint8)
         y = torch.arange(40) % 3
         spec = A.make_augment_spec("standard", 8, flip_ok=True)
-        model = create_model("resnet20", 1, 3, 8)
-        r = train_model(model, x, y, TrainSettings(epochs=2, batch_size=16), HEADS["softmax"],
-                        spec, torch.device("cpu"), progress=False)
-        assert len(r.history) == 2
+        from unseen.data import _read_idx
+        from pathlib import Path
+        import tempfile
+        with tempfile.TemporaryDirectory() as tmp:  # an IDX file, as Fashion-MNIST's are read
+            path = Path(tmp) / "x-idx"
+            path.write_bytes(bytes([0, 0, 8, 1, 0, 0, 0, 2, 5, 6]))
+            assert _read_idx(path).tolist() == [5, 6]
+        for name in ("resnet20", "resnet18"):
+            model = create_model(name, 1, 3, 8)
+            r = train_model(model, x, y, TrainSettings(epochs=2, batch_size=16), HEADS["softmax"],
+                            spec, torch.device("cpu"), progress=False)
+            assert len(r.history) == 2
         from unseen.optim import SGD  # and the fused update, which a GPU run takes
         p = torch.zeros(3, requires_grad=True)
         p.grad = torch.ones(3)
         SGD([p], lr=0.1, momentum=0.9, fused=True).step()
-        print("torch._dynamo" in sys.modules)
+        print("torch._dynamo" in sys.modules or "torchvision" in sys.modules)
         """
     )
     out = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=True
     )
     assert out.stdout.strip() == "False", out.stderr
+
+
+@pytest.mark.parametrize("kind", ["onecycle", "cosine", "constant"])
+def test_torch_s_schedulers_resume_from_our_state(kind):
+    """A checkpoint written here resumes under torch.optim (earlier versions of unseen): torch's
+    schedulers keep their peaks in the optimiser's groups, so ours writes them there too."""
+
+    def torch_pair(params):
+        opt = torch.optim.SGD(groups_of(params, True), lr=0.1, momentum=0.9, nesterov=True)
+        if kind == "onecycle":
+            sched = torch.optim.lr_scheduler.OneCycleLR(
+                opt, max_lr=[0.3, 0.1], total_steps=20, pct_start=0.25,
+                base_momentum=0.85, max_momentum=0.95,
+            )  # fmt: skip
+        elif kind == "cosine":
+            sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=20)
+        else:
+            sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 1.0)
+        return opt, sched
+
+    ours, theirs = twin_params()
+    a = SGD(groups_of(ours, True), lr=0.1, momentum=0.9, nesterov=True)
+    a_sched = Schedule(a, kind, 20, momentum=(0.85, 0.95) if kind == "onecycle" else None)
+    b, b_sched = torch_pair(theirs)
+    for _ in range(7):
+        a_sched.step()
+        b_sched.step()
+    resumed, resumed_sched = torch_pair([p.detach().clone().requires_grad_() for p in ours])
+    resumed.load_state_dict(a.state_dict())
+    resumed_sched.load_state_dict(a_sched.state_dict())
+
+    def flat(seen):
+        return [x for step in seen for group in step for x in group]
+
+    later = flat(rates(b, b_sched, 10))
+    assert flat(rates(resumed, resumed_sched, 10)) == pytest.approx(later, rel=1e-12)

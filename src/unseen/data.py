@@ -153,7 +153,7 @@ def _first_labels(path: Path, n: int = 10) -> tuple[int, ...] | None:
     try:
         with opener(path, "rb") as fh:
             head = fh.read(8 + n)  # 4 bytes magic, 4 bytes count, then one byte per label
-    except (OSError, EOFError):
+    except (OSError, EOFError, zlib.error):
         return None
     return tuple(head[8:]) if len(head) == 8 + n else None
 
@@ -182,10 +182,11 @@ def _read_idx(path: Path) -> torch.Tensor:
         with opener(path, "rb") as fh:
             raw = fh.read()
     except (OSError, EOFError, zlib.error) as exc:  # a cut .gz, a corrupt stream
-        raise DataError(f"{path} is truncated or not an IDX file ({type(exc).__name__}).") from None
+        why = "corrupt gzip data" if isinstance(exc, zlib.error) else type(exc).__name__
+        raise DataError(f"{path} is truncated or not an IDX file ({why}).") from None
     ndim = raw[3] if len(raw) >= 4 else 0
     header = 4 + 4 * ndim
-    if len(raw) < header or raw[0] or raw[1] or raw[2] not in IDX_DTYPES:
+    if len(raw) < header or raw[0] or raw[1] or raw[2] not in IDX_DTYPES or ndim > 32:
         raise DataError(f"{path} is truncated or not an IDX file (no IDX header).")
     shape = struct.unpack(f">{ndim}I", raw[4:header])
     dtype = np.dtype(IDX_DTYPES[raw[2]])

@@ -210,6 +210,14 @@ class Schedule:
         self.optimizer, self.kind, self.total_steps = optimizer, kind, total_steps
         self.pct_start, self.momentum = pct_start, momentum
         self.peak_lrs = [float(g["lr"]) for g in optimizer.param_groups]
+        # the keys torch's schedulers keep in each group, so that the optimiser state of a
+        # checkpoint written here still resumes under torch's (earlier versions of unseen)
+        for group, peak in zip(optimizer.param_groups, self.peak_lrs, strict=True):
+            group["initial_lr"] = peak / 25.0 if kind == "onecycle" else peak
+            if kind == "onecycle":
+                group["max_lr"], group["min_lr"] = peak, peak / 25.0 / 1e4
+                if momentum is not None:
+                    group["base_momentum"], group["max_momentum"] = momentum
         self.last_epoch = 0
         self._apply()
 
@@ -246,7 +254,10 @@ class Schedule:
         self._apply()
 
     def state_dict(self) -> dict[str, Any]:
-        return {"kind": self.kind, "last_epoch": self.last_epoch, "total_steps": self.total_steps}
+        state = {"kind": self.kind, "last_epoch": self.last_epoch, "total_steps": self.total_steps}
+        if self.kind == "constant":  # what torch's LambdaLR (earlier versions) reads back
+            state["lr_lambdas"] = [None] * len(self.peak_lrs)
+        return state
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.last_epoch = int(state_dict["last_epoch"])
