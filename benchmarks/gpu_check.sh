@@ -11,14 +11,16 @@
 #      unseen.preload's imports during training (UNSEEN_PRELOAD=0): with, without, with. Each
 #      with the run's own account of where the time went (run.json; compare its `report` and
 #      `train`, less noisy than the wall time);
-#   2. the fixed start-up costs (benchmarks/startup.py: imports, CUDA, fonts, data), and
-#      whether Python can cache bytecode there;
+#   2. the fixed start-up costs (benchmarks/startup.py: imports, CUDA, fonts, data; its last
+#      line says whether torch._dynamo was imported: it should not be), and whether Python can
+#      cache bytecode there;
 #   3. training images/s of unseen's loop, with and without CUDA graphs, against the
 #      conventional DataLoader loop (8 workers), with evaluation time and peak memory;
 #   4. one training step alone at batch 512, bf16 and fp16, with its GPU kernel time;
 #   5. unseen's loop compiled at batch 2048 (the 100,000 images/s target);
 #   6. the tests that need CUDA (tests/test_cuda.py: whole small runs, a resume across devices,
-#      one-vs-rest heads, a sampler; tests/test_cudagraphs.py; the benchmarks' tests).
+#      one-vs-rest heads, a sampler, no torch._dynamo in a GPU run; tests/test_cudagraphs.py;
+#      the benchmarks' tests).
 #
 # The machine needs torch >= 2.11 with CUDA and the package's dependencies (the project's
 # H200 image has them, and pytest); the package itself is read from src/ through PYTHONPATH.
@@ -97,10 +99,10 @@ PYEOF
         --model resnet18 --images 65536 --workers 8 --cuda-graphs both --json \
         >"$OUT/bench_resnet18.json"
     step 25 "one step alone" "$PY" benchmarks/profile_step.py --batch-size 512 --dtype bf16 fp16
-    step 75 "compiled, batch 2048" "$PY" benchmarks/bench_train.py --data-root "$DATA" \
+    step 60 "compiled, batch 2048" "$PY" benchmarks/bench_train.py --data-root "$DATA" \
         --model resnet18 --images 262144 --skip-conventional --compile --batch-size 2048 \
         --json >"$OUT/bench_compiled_2048.json"
-    step 120 "tests that need CUDA" "$PY" -m pytest -q -p no:cacheprovider \
+    step 135 "tests that need CUDA" "$PY" -m pytest -q -p no:cacheprovider \
         tests/test_cuda.py tests/test_cudagraphs.py tests/test_benchmarks.py
     for f in "$OUT"/*.json; do echo "--- $f"; cat "$f"; done
 } 2>&1 | tee "$LOG"

@@ -159,7 +159,9 @@ def _annealing_cos(start: float, end: float, pct: float) -> float:
     return end + (start - end) / 2.0 * cos_out
 
 
-def one_cycle(step: int, total_steps: int, pct_start: float, values: tuple[float, float, float]):
+def one_cycle(
+    step: int, total_steps: int, pct_start: float, values: tuple[float, float, float]
+) -> float:
     """The value at ``step`` of a two-phase cosine cycle, as torch's ``OneCycleLR`` computes it.
 
     ``values`` = (start, turn, end): from ``start`` to ``turn`` over the first
