@@ -14,6 +14,11 @@ Prints images/s of both loops and their ratio, evaluation time (one forward pass
 test set plus every score but odin), optionally the time to reach a validation accuracy,
 and peak memory per phase. ``--json`` prints one JSON object instead.
 
+With ``--rounds N`` (N > 1) both loops are timed N times, alternating which goes first
+(round 1: unseen's loop first, round 2: the conventional loop first, ...), each time on a fresh
+network, and the ratio reported is the median of the rounds' ratios: a machine whose speed
+drifts moves both loops of a round alike.
+
 unseen's loop trains two epochs on ``--images`` images and times the second. The first holds
 the one-off costs, CUDA graph capture included, which is why ``--images`` must hold at least
 one full batch, and with CUDA graphs four (three warm-up steps and the capture). The
@@ -30,6 +35,7 @@ import json
 import math
 import platform
 import resource
+import statistics
 import sys
 import time
 
@@ -212,6 +218,28 @@ def tool_images_per_second(model, x, y, args, device, precision, spec, graphs: s
     return out
 
 
+def more_rounds(out: dict, rounds: int, tool, conventional) -> list[dict]:
+    """Round 1 is the one ``out`` holds (unseen's loop first); rounds 2..N time both loops
+    again, ``tool()`` and ``conventional()`` each on a fresh network, the conventional loop
+    first in even rounds. Each round's images/s of both loops, their ratio and which went
+    first."""
+    done = [{"tool": out["tool"]["images_per_second"], "first": "tool",
+             "conventional": out["conventional"]["images_per_second"]}]  # fmt: skip
+    for i in range(2, rounds + 1):
+        if i % 2 == 0:
+            c = conventional()["images_per_second"]
+            t = tool()["images_per_second"]
+        else:
+            t = tool()["images_per_second"]
+            c = conventional()["images_per_second"]
+        done.append(
+            {"tool": t, "conventional": c, "first": "conventional" if i % 2 == 0 else "tool"}
+        )
+    for r in done:
+        r["speedup"] = r["tool"] / r["conventional"]
+    return done
+
+
 def evaluation_seconds(model, sd, device, precision) -> dict:
     """As ``unseen run`` evaluates: fold batch norm into a copy of the network, one forward
     pass over the test set, the passes over the training and validation images that the
@@ -335,6 +363,13 @@ def main(argv=None) -> int:
     ap.add_argument("--epochs", type=int, default=15)
     ap.add_argument("--skip-conventional", action="store_true")
     ap.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="time both loops this many times, alternating their order; the ratio is the "
+        "median of the rounds' (default: %(default)s)",
+    )
+    ap.add_argument(
         "--cudnn-benchmark", action="store_true", help="let cuDNN time its kernels (autotuning)"
     )
     ap.add_argument("--json", action="store_true")
@@ -360,6 +395,10 @@ def main(argv=None) -> int:
         graphed = use_cuda_graphs(mode, device, "none")
         if args.batch_size < 2:
             raise UnseenError("--batch-size must be at least 2 (batch norm needs two images).")
+        if args.rounds < 1:
+            raise UnseenError(f"--rounds must be 1 or more, not {args.rounds}.")
+        if args.rounds > 1 and args.skip_conventional:
+            raise UnseenError("--rounds times both loops; it cannot go with --skip-conventional.")
         if (message := too_few_images(args.images, args.batch_size, graphed)) is not None:
             raise UnseenError(message)
         data = load_dataset(args.dataset, args.data_root)
@@ -431,6 +470,16 @@ def main(argv=None) -> int:
             **conv,
         }
         out["speedup"] = out["tool"]["images_per_second"] / conv["images_per_second"]
+        if args.rounds > 1:
+            out["rounds"] = more_rounds(
+                out,
+                args.rounds,
+                lambda: tool_images_per_second(fresh(), x, y, args, device, precision, spec, mode),
+                lambda: conventional_images_per_second(
+                    fresh(), x, y, args, device, spec, mean, std, n
+                ),
+            )
+            out["speedup"] = statistics.median(r["speedup"] for r in out["rounds"])
     if args.target_accuracy is not None:
         with memory.phase("time_to_accuracy"):
             out["time_to_accuracy"] = time_to_accuracy(args, data, sd, device, precision, spec)
@@ -468,7 +517,14 @@ def main(argv=None) -> int:
         print(
             f"conventional loop : {c['images_per_second']:10.0f} images/s  over {c['images_timed']} images after 2 untimed batches (fp32, NCHW, DataLoader with {c['workers']} workers, per-image transforms)"
         )
-        print(f"speedup           : {out['speedup']:10.2f}x")
+        if "rounds" in out:
+            each = ", ".join(f"{r['speedup']:.2f}x" for r in out["rounds"])
+            print(f"  rounds          : {each} (images/s of unseen's loop: "
+                  f"{', '.join(str(round(r['tool'])) for r in out['rounds'])}; conventional: "
+                  f"{', '.join(str(round(r['conventional'])) for r in out['rounds'])})")  # fmt: skip
+            print(f"speedup           : {out['speedup']:10.2f}x  (median of {len(out['rounds'])} rounds)")  # fmt: skip
+        else:
+            print(f"speedup           : {out['speedup']:10.2f}x")
     ev = out["evaluation"]
     print(f"evaluation        : forward pass over {ev['test_images']} test images {ev['forward_seconds']:.3f} s "
           f"with batch norm folded ({ev['fold_batch_norm_seconds']:.3f} s to fold), {ev['forward_seconds_unfolded']:.3f} s unfolded "

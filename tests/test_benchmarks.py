@@ -172,6 +172,42 @@ def test_bench_train_counts_the_images_it_trained(capsys):
         )
 
 
+def test_bench_train_rounds_alternate_the_loops_and_report_the_median_ratio(capsys, monkeypatch):
+    bench = load("bench_train")
+    order = []
+    for name in ("tool_images_per_second", "conventional_images_per_second"):
+        real = getattr(bench, name)
+        monkeypatch.setattr(
+            bench, name, lambda *a, _r=real, _n=name: order.append(_n[:4]) or _r(*a)
+        )
+    assert (
+        bench.main([*SMALL, "--images", "128", "--batch-size", "64", "--rounds", "3", "--json"])
+        == 0
+    )
+    out = json.loads(capsys.readouterr().out)
+    assert order == ["tool", "conv", "conv", "tool", "tool", "conv"]  # 1: tool first, 2: conv...
+    rounds = out["rounds"]
+    assert [r["first"] for r in rounds] == ["tool", "conventional", "tool"]
+    assert rounds[0]["tool"] == out["tool"]["images_per_second"]  # round 1 is the one reported
+    assert rounds[0]["conventional"] == out["conventional"]["images_per_second"]
+    for r in rounds:
+        assert r["speedup"] == pytest.approx(r["tool"] / r["conventional"])
+    assert out["speedup"] == sorted(r["speedup"] for r in rounds)[1]  # the median of three
+    assert bench.main([*SMALL, "--images", "128", "--batch-size", "64", "--rounds", "2"]) == 0
+    text = capsys.readouterr().out
+    assert "(median of 2 rounds)" in text and text.count("x, ") >= 1
+
+
+@pytest.mark.parametrize(
+    "args, said",
+    [(["--rounds", "0"], "--rounds must be 1 or more, not 0."),
+     (["--rounds", "2", "--skip-conventional"], "it cannot go with --skip-conventional")],
+)  # fmt: skip
+def test_bench_train_refuses_rounds_it_cannot_time(args, said, capsys):
+    assert load("bench_train").main([*SMALL, "--images", "128", "--batch-size", "64", *args]) == 2
+    assert said in capsys.readouterr().err
+
+
 def test_bench_train_reports_peak_memory_per_phase(capsys):
     bench = load("bench_train")
     args = [*SMALL, "--images", "192", "--batch-size", "64", "--json"]
