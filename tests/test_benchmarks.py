@@ -193,9 +193,16 @@ def test_bench_train_rounds_alternate_the_loops_and_report_the_median_ratio(caps
     for r in rounds:
         assert r["speedup"] == pytest.approx(r["tool"] / r["conventional"])
     assert out["speedup"] == sorted(r["speedup"] for r in rounds)[1]  # the median of three
+    assert set(out["peak_memory"]["mib"]) == {"tool", "evaluation", "conventional", "rounds"}
     assert bench.main([*SMALL, "--images", "128", "--batch-size", "64", "--rounds", "2"]) == 0
     text = capsys.readouterr().out
-    assert "(median of 2 rounds)" in text and text.count("x, ") >= 1
+    line = next(s for s in text.splitlines() if s.startswith("  rounds"))
+    two = [float(w.rstrip("x,")) for w in line.split("(")[0].split(":")[1].split()]
+    assert len(two) == 2  # an even count: the median is the mean of the middle two
+    speedup = next(s for s in text.splitlines() if s.startswith("speedup"))
+    assert "(median of 2 rounds)" in speedup
+    assert float(speedup.split(":")[1].split("x")[0]) == pytest.approx(sum(two) / 2, abs=0.006)
+    assert "rounds 2 on" in text  # their peak memory, a phase of its own
 
 
 @pytest.mark.parametrize(
