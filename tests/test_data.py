@@ -147,6 +147,29 @@ def test_idx_files_read_as_torchvision_reads_them(tmp_path, code, dtype, shape):
     assert torch.equal(_read_idx(gz), theirs)
 
 
+@pytest.mark.parametrize("capability", ["AVX512", "DEFAULT"])  # uint8 kernel, or via float32
+@pytest.mark.parametrize(
+    "shape, size",
+    [((3, 1, 28, 28), (8, 8)), ((2, 3, 17, 23), (32, 32)), ((1, 3, 40, 30), (12, 45)),
+     ((4, 1, 8, 8), (9, 7)), ((0, 3, 5, 5), (2, 2))],
+)  # fmt: skip
+def test_resize_images_gives_what_torchvision_s_resize_gives(shape, size, capability, monkeypatch):
+    """unseen resizes uint8 images itself (torchvision's import costs seconds): its result
+    against torchvision's resize, bit for bit, on both of torchvision's paths, which it picks
+    by the CPU's vector units (patched here, for both)."""
+    from torchvision.transforms.v2.functional import InterpolationMode, resize
+
+    from unseen.data import resize_images
+
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: capability)
+    x = torch.randint(0, 256, shape, dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    x[:, :, ::3] = 255  # edges and saturated pixels, where rounding shows
+    ours = resize_images(x, size)
+    theirs = resize(x, list(size), interpolation=InterpolationMode.BILINEAR, antialias=True)
+    assert ours.dtype == torch.uint8 and ours.shape == (*shape[:2], *size)
+    assert torch.equal(ours, theirs)
+
+
 @pytest.mark.parametrize(
     "data, why",
     [(b"", "no IDX header"), (b"\x00\x00\x08", "no IDX header"),

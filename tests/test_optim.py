@@ -229,6 +229,8 @@ def test_training_does_not_import_the_compiler():
             path = Path(tmp) / "x-idx"
             path.write_bytes(bytes([0, 0, 8, 1, 0, 0, 0, 2, 5, 6]))
             assert _read_idx(path).tolist() == [5, 6]
+        from unseen.data import resize_images  # as predict and folder datasets resize
+        assert resize_images(torch.zeros(1, 1, 4, 4, dtype=torch.uint8), (6, 6)).shape[-1] == 6
         for name in ("resnet20", "resnet18"):
             model = create_model(name, 1, 3, 8)
             r = train_model(model, x, y, TrainSettings(epochs=2, batch_size=16), HEADS["softmax"],

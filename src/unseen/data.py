@@ -10,6 +10,7 @@ from __future__ import annotations
 import gzip
 import math
 import os
+import platform
 import shutil
 import struct
 import subprocess
@@ -22,6 +23,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from .console import valid_unicode
 from .errors import ConfigError, DataError, UnseenError
@@ -478,12 +480,26 @@ def convert_channels(x: torch.Tensor, channels: int) -> torch.Tensor:
 
 def resize_images(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """uint8 N x C x H x W -> N x C x ``size`` (height, width): bilinear, antialiased, the
-    aspect ratio not kept."""
+    aspect ratio not kept.
+
+    What torchvision's ``resize`` gives a uint8 tensor (a test compares them), without
+    importing torchvision, which imports ``torch._dynamo`` (seconds, in ``unseen predict``
+    too): on a CPU with AVX2 or AVX-512, or an ARM one, torch interpolates the uint8 values
+    directly; elsewhere, and on a GPU, in float32, rounded back to uint8.
+    """
     if tuple(x.shape[-2:]) == tuple(size):
         return x
-    from torchvision.transforms.v2.functional import InterpolationMode, resize
-
-    return resize(x, list(size), interpolation=InterpolationMode.BILINEAR, antialias=True)
+    if x.numel() == 0:
+        return x.new_empty((*x.shape[:-2], *size))
+    native = x.device.type == "cpu" and (
+        torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512")
+        or platform.machine() in ("aarch64", "arm64")
+    )
+    y = F.interpolate(
+        x if native else x.float(), size=list(size), mode="bilinear", align_corners=False,
+        antialias=True,
+    )  # fmt: skip
+    return y if native else y.round_().to(torch.uint8)
 
 
 def image_tensor(image, bit_depth: int = 16) -> torch.Tensor:
