@@ -9,6 +9,9 @@ import pickle
 import re
 import shutil
 import struct
+import subprocess
+import sys
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -307,49 +310,176 @@ def test_folder_source_bad_image_and_empty_class(tmp_path, monkeypatch):
         load_dataset(f"folder:{tmp_path / 'train'}")
 
 
-def _write_cifar10(root: Path, monkeypatch) -> None:
-    """Tiny CIFAR-10 python-format files, with torchvision's md5 table pointed at them."""
+def _dump(base: Path, name: str, obj: dict) -> tuple[str, str]:
+    base.mkdir(parents=True, exist_ok=True)
+    (base / name).write_bytes(pickle.dumps(obj))
+    return name, hashlib.md5((base / name).read_bytes()).hexdigest()
+
+
+def _write_cifar10(root: Path, monkeypatch) -> dict:
+    """Tiny CIFAR-10 python-format files, with unseen's (and torchvision's) MD5 table pointed
+    at them; returns unseen's table."""
     from torchvision.datasets import CIFAR10
 
+    import unseen.data as data_module
+
     base = root / "cifar-10-batches-py"
-    base.mkdir(parents=True)
     rng = np.random.default_rng(0)
-
-    def dump(name: str, obj: dict) -> list[str]:
-        (base / name).write_bytes(pickle.dumps(obj))
-        return [name, hashlib.md5((base / name).read_bytes()).hexdigest()]
-
     train_list = [
-        dump(
-            f"data_batch_{i}",
-            {"data": rng.integers(0, 256, (4, 3072), dtype=np.uint8), "labels": [i % 10, 1, 2, 3]},
-        )
+        _dump(base, f"data_batch_{i}",
+              {"data": rng.integers(0, 256, (4, 3072), dtype=np.uint8), "labels": [i % 10, 1, 2, 3]})
         for i in range(1, 6)
-    ]
+    ]  # fmt: skip
     test_list = [
-        dump(
-            "test_batch",
-            {"data": rng.integers(0, 256, (5, 3072), dtype=np.uint8), "labels": [0, 1, 2, 3, 9]},
-        )
-    ]
-    names = [
-        "airplane",
-        "automobile",
-        "bird",
-        "cat",
-        "deer",
-        "dog",
-        "frog",
-        "horse",
-        "ship",
-        "truck",
-    ]
-    meta = dump("batches.meta", {"label_names": names})
-    monkeypatch.setattr(CIFAR10, "train_list", train_list)
-    monkeypatch.setattr(CIFAR10, "test_list", test_list)
+        _dump(base, "test_batch",
+              {"data": rng.integers(0, 256, (5, 3072), dtype=np.uint8), "labels": [0, 1, 2, 3, 9]})
+    ]  # fmt: skip
+    names = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship",
+             "truck"]  # fmt: skip
+    meta = _dump(base, "batches.meta", {"label_names": names})
+    table = {"folder": base.name, "train": tuple(train_list), "test": tuple(test_list),
+             "meta": (meta[0], "label_names", meta[1])}  # fmt: skip
+    monkeypatch.setitem(data_module.TORCHVISION_FILES, "cifar10", table)
+    monkeypatch.setattr(CIFAR10, "train_list", [list(t) for t in train_list])
+    monkeypatch.setattr(CIFAR10, "test_list", [list(t) for t in test_list])
     monkeypatch.setattr(
         CIFAR10, "meta", {"filename": "batches.meta", "key": "label_names", "md5": meta[1]}
     )
+    return table
+
+
+def _write_cifar100(root: Path, monkeypatch) -> None:
+    from torchvision.datasets import CIFAR100
+
+    import unseen.data as data_module
+
+    base = root / "cifar-100-python"
+    rng = np.random.default_rng(1)
+
+    def split(n: int) -> dict:
+        return {"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8),
+                "fine_labels": [int(v) for v in rng.integers(0, 100, n)],
+                "coarse_labels": [0] * n}  # fmt: skip
+
+    train, test = _dump(base, "train", split(7)), _dump(base, "test", split(3))
+    meta = _dump(base, "meta", {"fine_label_names": [f"c{i}" for i in range(100)]})
+    monkeypatch.setitem(data_module.TORCHVISION_FILES, "cifar100",
+                        {"folder": base.name, "train": (train,), "test": (test,),
+                         "meta": (meta[0], "fine_label_names", meta[1])})  # fmt: skip
+    monkeypatch.setattr(CIFAR100, "train_list", [list(train)])
+    monkeypatch.setattr(CIFAR100, "test_list", [list(test)])
+    monkeypatch.setattr(
+        CIFAR100, "meta", {"filename": "meta", "key": "fine_label_names", "md5": meta[1]}
+    )
+
+
+def _write_svhn(root: Path, monkeypatch) -> None:
+    from scipy.io import savemat
+    from torchvision.datasets import SVHN
+
+    import unseen.data as data_module
+
+    rng = np.random.default_rng(2)
+    listed = {}
+    for split, n in (("train", 6), ("test", 4)):
+        file = root / f"{split}_32x32.mat"
+        labels = np.array([[10], [1], [2], [10], [9], [5]][:n], dtype=np.uint8)  # 10 is digit 0
+        savemat(str(file), {"X": rng.integers(0, 256, (32, 32, 3, n), dtype=np.uint8), "y": labels})
+        listed[split] = (file.name, hashlib.md5(file.read_bytes()).hexdigest())
+    monkeypatch.setitem(data_module.TORCHVISION_FILES, "svhn",
+                        {"folder": "", "train": (listed["train"],), "test": (listed["test"],)})  # fmt: skip
+    monkeypatch.setattr(SVHN, "split_list", {s: ["", f, md5] for s, (f, md5) in listed.items()})
+
+
+def test_unseen_s_md5_tables_are_torchvision_s():
+    from torchvision import datasets
+
+    from unseen.data import TORCHVISION_FILES
+
+    for name, cls in (("cifar10", datasets.CIFAR10), ("cifar100", datasets.CIFAR100)):
+        t = TORCHVISION_FILES[name]
+        assert t["folder"] == cls.base_folder
+        assert [list(f) for f in t["train"]] == cls.train_list
+        assert [list(f) for f in t["test"]] == cls.test_list
+        assert t["meta"] == (cls.meta["filename"], cls.meta["key"], cls.meta["md5"])
+    svhn = TORCHVISION_FILES["svhn"]
+    for split in ("train", "test"):
+        assert list(svhn[split][0]) == datasets.SVHN.split_list[split][1:]
+
+
+@pytest.mark.parametrize("name", ["cifar10", "cifar100", "svhn"])
+def test_cifar_and_svhn_read_as_torchvision_reads_them(name, tmp_path, monkeypatch):
+    """unseen reads these files itself (torchvision's import costs seconds): its arrays against
+    what torchvision's dataset classes give for the same files, turned into N x C x H x W."""
+    from torchvision import datasets
+
+    {"cifar10": _write_cifar10, "cifar100": _write_cifar100, "svhn": _write_svhn}[name](
+        tmp_path, monkeypatch
+    )
+    ours = load_dataset(name, str(tmp_path))
+    for train, x, y in ((True, ours.x_train, ours.y_train), (False, ours.x_test, ours.y_test)):
+        if name == "svhn":
+            ref = datasets.SVHN(str(tmp_path), split="train" if train else "test")
+            rx, ry = torch.from_numpy(ref.data), torch.as_tensor(ref.labels)
+        else:
+            cls = datasets.CIFAR10 if name == "cifar10" else datasets.CIFAR100
+            ref = cls(str(tmp_path), train=train)
+            rx = torch.from_numpy(ref.data).permute(0, 3, 1, 2)
+            ry = torch.as_tensor(ref.targets)
+            assert ours.classes == tuple(ref.classes)
+        assert x.dtype == torch.uint8 and x.is_contiguous() and torch.equal(x, rx)
+        assert y.dtype == torch.long and torch.equal(y, ry.long())
+    if name == "svhn":
+        assert ours.y_train.tolist() == [0, 1, 2, 0, 9, 5]  # the files' 10 is the digit 0
+
+
+def test_download_goes_through_torchvision_then_unseen_reads_the_files(tmp_path, monkeypatch):
+    """--download asks torchvision's class for each split (it skips files already right) and
+    only then are the files read; a failed download is one sentence."""
+    from torchvision import datasets
+
+    calls = []
+
+    class FakeCIFAR10:  # what a machine with internet gets: the files appear in root
+        def __init__(self, root, train, download):
+            calls.append((root, train, download))
+            if not (tmp_path / "cifar-10-batches-py").is_dir():
+                shutil.copytree(source / "cifar-10-batches-py", tmp_path / "cifar-10-batches-py")
+
+    source = tmp_path / "elsewhere"  # the tiny files, and unseen's MD5 table for them
+    _write_cifar10(source, monkeypatch)
+    monkeypatch.setattr(datasets, "CIFAR10", FakeCIFAR10)
+    data = load_dataset("cifar10", str(tmp_path), download=True)
+    assert calls == [(str(tmp_path), True, True), (str(tmp_path), False, True)]
+    assert data.x_train.shape == (20, 3, 32, 32)
+    calls.clear()
+    load_dataset("cifar10", str(tmp_path), download=True)
+    assert calls == []  # the files are there and right: nothing to fetch
+
+    class Offline:
+        def __init__(self, root, train, download):
+            raise OSError("no route to host")
+
+    monkeypatch.setattr(datasets, "CIFAR10", Offline)
+    with pytest.raises(DataError, match=r"cifar10 could not be downloaded into .*no route to host"):
+        load_dataset("cifar10", str(tmp_path / "empty"), download=True)
+
+
+def test_reading_cifar10_imports_no_torchvision(tmp_path, monkeypatch):
+    table = _write_cifar10(tmp_path, monkeypatch)
+    code = textwrap.dedent(
+        f"""
+        import sys
+        import unseen.data as d
+        d.TORCHVISION_FILES["cifar10"] = {table!r}
+        data = d.load_dataset("cifar10", {str(tmp_path)!r})
+        assert data.x_train.shape == (20, 3, 32, 32)
+        print("torchvision" in sys.modules or "torch._dynamo" in sys.modules)
+        """
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=120, check=True)  # fmt: skip
+    assert out.stdout.strip() == "False", out.stderr
 
 
 def test_cifar10_through_torchvision(tmp_path, monkeypatch):
