@@ -266,6 +266,14 @@ def test_pt_safetensors_and_module_prefix(tmp_path):
         load_weights_file(ensemble)
 
 
+def test_the_weights_address_is_torchvision_s():
+    from torchvision.models import ResNet18_Weights
+
+    from unseen.pretrained import TORCHVISION_WEIGHTS_URL
+
+    assert ResNet18_Weights.IMAGENET1K_V1.url == TORCHVISION_WEIGHTS_URL
+
+
 def test_torchvision_weights_offline(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
     path, url = torchvision_weights_file()

@@ -37,6 +37,9 @@ from .runfolder import load_torch
 
 TORCHVISION = "torchvision"
 TORCHVISION_WEIGHTS = "ResNet18_Weights.IMAGENET1K_V1"
+#: where torchvision fetches those weights from (``ResNet18_Weights.IMAGENET1K_V1.url``; a test
+#: keeps them equal), named here so that finding the file does not import torchvision
+TORCHVISION_WEIGHTS_URL = "https://download.pytorch.org/models/resnet18-f37072fd.pth"
 TORCHVISION_DESCRIPTION = f"imagenet-1k (torchvision {TORCHVISION_WEIGHTS})"
 #: keys of a source's classifier: never loaded, the run's head is new
 HEAD_PREFIXES = ("fc.", "head.")
@@ -146,9 +149,7 @@ class LoadReport:
 
 def torchvision_weights_file() -> tuple[Path, str]:
     """Where torch's hub keeps the ImageNet ResNet-18 file, and the URL it comes from."""
-    from torchvision.models import ResNet18_Weights
-
-    url = ResNet18_Weights.IMAGENET1K_V1.url
+    url = TORCHVISION_WEIGHTS_URL
     folder = Path(torch.hub.get_dir()) / "checkpoints"
     return folder / os.path.basename(url), url
 
