@@ -173,6 +173,44 @@ def test_resize_images_gives_what_torchvision_s_resize_gives(shape, size, capabi
     assert torch.equal(ours, theirs)
 
 
+@pytest.mark.parametrize("capability", ["AVX512", "DEFAULT"])
+@pytest.mark.parametrize(
+    "layout", ["nhwc", "nhwc_alpha", "grey_expand", "hwc_one", "nchw_alpha", "channels_last"]
+)
+@pytest.mark.parametrize("n, size", [(1, (64, 1)), (1, (12, 45)), (3, (40, 1)), (2, (9, 7))])
+def test_resize_images_matches_torchvision_on_the_layouts_unseen_passes(
+    layout, n, size, capability, monkeypatch
+):
+    """The strided views unseen resizes (image_tensor's 1 x C x H x W of an H x W x C array,
+    convert_channels' alpha dropped or grey expanded, predict's N x H x W x C arrays): torch's
+    float kernel gives some layouts other values (an RGBA batch of one to width 1 differed by
+    up to 41), so unseen must lay its input out as torchvision does."""
+    from torchvision.transforms.v2.functional import InterpolationMode, resize
+
+    from unseen.data import convert_channels, resize_images
+
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: capability)
+    g = torch.Generator().manual_seed(0)
+    h, w = 28, 23
+
+    def rand(*shape):
+        return torch.randint(0, 256, shape, dtype=torch.uint8, generator=g)
+
+    x = {
+        "nhwc": lambda: rand(n, h, w, 3).permute(0, 3, 1, 2),
+        "nhwc_alpha": lambda: convert_channels(rand(n, h, w, 4).permute(0, 3, 1, 2), 3),
+        "grey_expand": lambda: convert_channels(rand(n, h, w, 1).permute(0, 3, 1, 2), 3),
+        "hwc_one": lambda: convert_channels(
+            rand(h, w, 4).permute(2, 0, 1)[None].expand(n, -1, -1, -1), 3
+        ),
+        "nchw_alpha": lambda: convert_channels(rand(n, 4, h, w), 3),
+        "channels_last": lambda: rand(n, 3, h, w).contiguous(memory_format=torch.channels_last),
+    }[layout]()
+    ours = resize_images(x, size)
+    theirs = resize(x, list(size), interpolation=InterpolationMode.BILINEAR, antialias=True)
+    assert torch.equal(ours, theirs)
+
+
 @pytest.mark.parametrize(
     "data, why",
     [(b"", "no IDX header"), (b"\x00\x00\x08", "no IDX header"),
@@ -480,6 +518,53 @@ def test_reading_cifar10_imports_no_torchvision(tmp_path, monkeypatch):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          timeout=120, check=True)  # fmt: skip
     assert out.stdout.strip() == "False", out.stderr
+
+
+def test_cifar10_data_root_with_tilde(tmp_path, monkeypatch):
+    """``--data-root=~/data`` reaches unseen unexpanded (no shell expands ``~`` after ``=``);
+    torchvision's classes expanded it, and so does unseen's reader."""
+    from unseen.data import describe_sources
+
+    _write_cifar10(tmp_path / "data", monkeypatch)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    data = load_dataset("cifar10", "~/data")
+    assert data.x_train.shape == (20, 3, 32, 32)
+    row = next(r for r in describe_sources("~/data") if r[0] == "cifar10")
+    assert row[2] == f"found: {tmp_path / 'data'}"
+
+
+def test_cifar10_files_hashed_once_per_load(tmp_path, monkeypatch):
+    """Each file's MD5 is computed once per load, also with --download and the files there."""
+    import unseen.data as data_module
+
+    table = _write_cifar10(tmp_path, monkeypatch)
+    hashed = []
+    real = data_module._md5_matches
+    monkeypatch.setattr(
+        data_module, "_md5_matches", lambda path, md5: hashed.append(path.name) or real(path, md5)
+    )
+    n_files = len(table["train"]) + len(table["test"]) + 1
+    for download in (False, True):
+        hashed.clear()
+        load_dataset("cifar10", str(tmp_path), download=download)
+        assert len(hashed) == n_files == len(set(hashed))
+
+
+def test_cifar10_file_that_cannot_be_opened_is_one_sentence(tmp_path, monkeypatch):
+    """A file that cannot be read (no permission) is a DataError, so `unseen datasets` still
+    lists every source (torchvision's check turned it into one too)."""
+    import unseen.data as data_module
+
+    _write_cifar10(tmp_path, monkeypatch)
+
+    def refused(path, md5):
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(data_module, "_md5_matches", refused)
+    with pytest.raises(DataError, match=r"cifar10 file .*data_batch_1 could not be read \(Perm"):
+        load_dataset("cifar10", str(tmp_path))
+    rows = {r[0]: r[2] for r in describe_sources(str(tmp_path))}
+    assert rows["cifar10"].startswith("missing: cifar10 file") and "digits" in rows
 
 
 def test_cifar10_through_torchvision(tmp_path, monkeypatch):

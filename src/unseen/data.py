@@ -369,9 +369,23 @@ def _torchvision_source(name: str, flip_ok: bool) -> tuple[Callable, Callable]:
             "or add --download on a machine with internet."
         )
 
+    def where(root: str | None) -> str:
+        # ``~`` expanded, as torchvision's classes expanded it (``--data-root=~/data`` reaches
+        # here unexpanded: a shell expands no ``~`` after ``=``)
+        return os.path.expanduser(str(root or default_root()))
+
+    def intact(r: str) -> bool:
+        try:
+            return all(_md5_matches(f, md5) for f, md5 in files(r))
+        except OSError as exc:  # no permission, an I/O error: one sentence (and `unseen
+            # datasets` lists the other sources), as when torchvision's check refused them
+            raise DataError(
+                f"{name} file {exc.filename} could not be read ({exc.strerror or exc})."
+            ) from None
+
     def locate(root: str | None) -> str:
-        r = str(root or default_root())
-        if not all(_md5_matches(f, md5) for f, md5 in files(r)):
+        r = where(root)
+        if not intact(r):
             raise DataError(how(r))
         return r
 
@@ -419,13 +433,16 @@ def _torchvision_source(name: str, flip_ok: bool) -> tuple[Callable, Callable]:
         return ImageData(name, xtr, ytr, xte, yte, classes, root, flip_ok=flip_ok)
 
     def load(root: str | None = None, download: bool = False) -> ImageData:
-        r = str(root or default_root())
-        if download and not all(_md5_matches(f, md5) for f, md5 in files(r)):
+        r = where(root)
+        ok = intact(r)  # each file hashed once when it is there (~180 MB for each dataset)
+        if download and not ok:
             try:
                 fetch(r)
-            except (RuntimeError, OSError, ValueError) as exc:
+            except Exception as exc:  # URLError, torchvision's RuntimeError, tarfile's errors
                 raise DataError(f"{name} could not be downloaded into {r} ({exc}).") from None
-        locate(r)  # present and intact, or one sentence on how to get them
+            ok = intact(r)
+        if not ok:  # missing or damaged: one sentence on how to get them
+            raise DataError(how(r))
         try:
             return read(r)
         except Exception as exc:  # unpickling or scipy.io errors, a file of other contents
@@ -557,6 +574,15 @@ def resize_images(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
         torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512")
         or platform.machine() in ("aarch64", "arm64")
     )
+    # torchvision's steps before interpolating: the reshape recomputes the strides of size-1
+    # dimensions and a channels-last batch of one is restrided to stay channels-last. They
+    # change no value, but torch's float kernel does not give every layout the same values
+    # (a 1 x 3 x H x W view of an RGBA array resized to width 1, for one), so the float path
+    # (no AVX2, or a GPU) matches torchvision's only when its input is laid out the same.
+    n, c, h, w = x.shape
+    x = x.reshape(-1, c, h, w)
+    if x.is_contiguous(memory_format=torch.channels_last) and n == 1 and x.numel() != x.stride(0):
+        x = x.as_strided((1, c, h, w), (x.numel(), *x.stride()[1:]))
     y = F.interpolate(
         x if native else x.float(), size=list(size), mode="bilinear", align_corners=False,
         antialias=True,
