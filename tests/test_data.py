@@ -533,6 +533,20 @@ def test_cifar10_data_root_with_tilde(tmp_path, monkeypatch):
     assert row[2] == f"found: {tmp_path / 'data'}"
 
 
+def test_idx_data_root_with_tilde(tmp_path, monkeypatch):
+    """The IDX sources look under ``~`` expanded too (one helper, data_root, for every named
+    source), from --data-root and from UNSEEN_DATA_ROOT."""
+    from unseen.data import describe_sources
+
+    make_idx_set(tmp_path / "data", gz=True)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert load_dataset("fashion-mnist", "~/data").x_train.shape == (30, 1, 28, 28)
+    row = next(r for r in describe_sources("~/data") if r[0] == "fashion-mnist")
+    assert row[2] == f"found: {tmp_path / 'data'}"
+    monkeypatch.setenv("UNSEEN_DATA_ROOT", "~/data")
+    assert load_dataset("fashion-mnist").x_test.shape == (20, 1, 28, 28)
+
+
 def test_cifar10_files_hashed_once_per_load(tmp_path, monkeypatch):
     """Each file's MD5 is computed once per load, also with --download and the files there."""
     import unseen.data as data_module

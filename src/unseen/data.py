@@ -87,7 +87,14 @@ class Source:
 
 
 def default_root() -> Path:
-    return Path(os.environ.get("UNSEEN_DATA_ROOT", "data"))
+    return Path(os.path.expanduser(os.environ.get("UNSEEN_DATA_ROOT", "data")))
+
+
+def data_root(root: str | None) -> Path:
+    """The folder a named dataset is looked for in: ``root`` (``--data-root``) with ``~``
+    expanded, as torchvision's dataset classes expanded it (``--data-root=~/data`` reaches
+    here unexpanded: no shell expands ``~`` after ``=``), or :func:`default_root`."""
+    return Path(os.path.expanduser(root)) if root else default_root()
 
 
 # ----------------------------------------------------------------------------- digits
@@ -127,9 +134,8 @@ _IDX_FILES = {
 
 
 def _idx_candidates(root: str | None, folder: str, debian: Path | None) -> list[Path]:
-    dirs: list[Path] = []
-    for base in [Path(root)] if root else [default_root()]:
-        dirs += [base / folder / "raw", base / folder, base]
+    base = data_root(root)
+    dirs = [base / folder / "raw", base / folder, base]
     if root is None and debian is not None:
         dirs.append(debian)
         debian_dirs = _dpkg_listed_dirs("dataset-fashion-mnist") if folder == "FashionMNIST" else []
@@ -369,11 +375,6 @@ def _torchvision_source(name: str, flip_ok: bool) -> tuple[Callable, Callable]:
             "or add --download on a machine with internet."
         )
 
-    def where(root: str | None) -> str:
-        # ``~`` expanded, as torchvision's classes expanded it (``--data-root=~/data`` reaches
-        # here unexpanded: a shell expands no ``~`` after ``=``)
-        return os.path.expanduser(str(root or default_root()))
-
     def intact(r: str) -> bool:
         try:
             return all(_md5_matches(f, md5) for f, md5 in files(r))
@@ -384,7 +385,7 @@ def _torchvision_source(name: str, flip_ok: bool) -> tuple[Callable, Callable]:
             ) from None
 
     def locate(root: str | None) -> str:
-        r = where(root)
+        r = str(data_root(root))
         if not intact(r):
             raise DataError(how(r))
         return r
@@ -433,7 +434,7 @@ def _torchvision_source(name: str, flip_ok: bool) -> tuple[Callable, Callable]:
         return ImageData(name, xtr, ytr, xte, yte, classes, root, flip_ok=flip_ok)
 
     def load(root: str | None = None, download: bool = False) -> ImageData:
-        r = where(root)
+        r = str(data_root(root))
         ok = intact(r)  # each file hashed once when it is there (~180 MB for each dataset)
         if download and not ok:
             try:

@@ -797,15 +797,14 @@ def run_plan(
 
     from .checkpoint import sigterm_raises
 
-    again = SWEEP_AGAIN
     try:
         with sigterm_raises():  # SIGTERM between runs too, serial or --jobs
             _run_todo(runs, todo, jobs, report)
     except Interrupted as exc:
-        raise Interrupted(f"{exc}; {again}", exc.exit_code) from None
+        raise Interrupted(f"{exc}; {SWEEP_AGAIN}", exc.exit_code) from None
     except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM outside training, or in --jobs' main
         code = getattr(exc, "exit_code", 130)  # SigtermStop: 143
-        raise Interrupted(f"{str(exc) or 'interrupted'}; {again}", code) from None
+        raise Interrupted(f"{str(exc) or 'interrupted'}; {SWEEP_AGAIN}", code) from None
     return [outcomes[i] for i in range(total)]
 
 
