@@ -1,11 +1,13 @@
-"""Does bf16 autocast pay on this machine? fp32 and bf16 training steps, side by side.
+"""Does 16-bit autocast pay on this machine? fp32, bf16 (and fp16) training steps, side by side.
 
 ``--precision auto`` picks bf16 on CPUs with native bf16 units (AMX, AVX512-BF16) and on CUDA
-GPUs of compute capability 8.0 or newer, fp32 elsewhere. This script checks that choice on
-the machine it runs on: one process builds the same network twice (channels_last), then
-alternates rounds of training steps in fp32 and in bf16 autocast on one fixed batch, so that
-both see the same machine load, and prints each precision's median images/s and their ratio.
-No data or augmentation: the step alone.
+GPUs of compute capability 8.0 or newer, fp16 on CUDA GPUs of compute capability 7.x, fp32
+elsewhere. This script checks that choice on the machine it runs on: one process builds the
+same network once per precision (channels_last), then alternates rounds of training steps in
+each on one fixed batch, so that all see the same machine load, and prints each precision's
+median images/s and its ratio to fp32. fp16 steps scale the loss as a run does
+(:class:`unseen.optim.LossScale`). By default fp16 is timed on CUDA only (a CPU emulates it,
+30x slower); ``--precisions`` chooses. No data or augmentation: the step alone.
 
     python benchmarks/bench_precision.py                       # resnet20, 28 px, batch 128
     python benchmarks/bench_precision.py --model resnet18 --rounds 5 --json
@@ -24,6 +26,7 @@ import time
 
 import torch
 
+from unseen.config import PRECISIONS
 from unseen.hardware import (
     autocast,
     configure_threads,
@@ -34,6 +37,7 @@ from unseen.hardware import (
     sync,
 )
 from unseen.models import create_model
+from unseen.optim import LossScale
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -45,6 +49,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--steps", type=int, default=8, help="training steps per round")
     parser.add_argument("--rounds", type=int, default=10, help="rounds per precision")
+    parser.add_argument(
+        "--precisions", nargs="+", choices=PRECISIONS, default=None,
+        help="what to time (default: fp32 bf16, and fp16 on CUDA)",
+    )  # fmt: skip
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
 
@@ -62,18 +70,29 @@ def main(argv: list[str] | None = None) -> int:
         net = net.to(memory_format=torch.channels_last)
         return net, torch.optim.SGD(net.parameters(), lr=0.05, momentum=0.9, nesterov=True)
 
-    nets = {precision: build() for precision in ("fp32", "bf16")}
+    precisions = args.precisions or ["fp32", "bf16"] + (["fp16"] if device.type == "cuda" else [])
+    precisions = ["fp32", *[p for p in dict.fromkeys(precisions) if p != "fp32"]]  # the baseline
+    nets = {precision: build() for precision in precisions}
+    scales = {"fp16": LossScale(device)}
 
     def steps(precision: str, n: int) -> float:
         net, opt = nets[precision]
+        scale = scales.get(precision)
         sync(device)
         start = time.perf_counter()
         for _ in range(n):
             with autocast(device, precision):
-                loss = torch.nn.functional.cross_entropy(net(x), y)
+                loss = torch.nn.functional.cross_entropy(net(x).float(), y)
             opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+            if scale is None:
+                loss.backward()
+                opt.step()
+                continue
+            scale.scale_loss(loss).backward()  # as train_model's eager fp16 step
+            scale.unscale_([q.grad for q in net.parameters() if q.grad is not None])
+            if not scale.found_inf.item():
+                opt.step()
+            scale.update()
         sync(device)
         return n * args.batch_size / (time.perf_counter() - start)
 
@@ -96,7 +115,11 @@ def main(argv: list[str] | None = None) -> int:
         "image_size": args.image_size,
         "images_per_s_median": {k: round(v, 1) for k, v in medians.items()},
         "images_per_s_rounds": {k: [round(v, 1) for v in r] for k, r in rates.items()},
-        "bf16_over_fp32": round(medians["bf16"] / medians["fp32"], 3),
+        **{
+            f"{p}_over_fp32": round(medians[p] / medians["fp32"], 3)
+            for p in precisions
+            if p != "fp32"
+        },
     }
     if args.json:
         print(json.dumps(result, indent=2))
@@ -104,10 +127,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{args.model}, batch {args.batch_size}, {args.image_size} px on {result['device']}")
     for precision, rate in medians.items():
         print(f"  {precision}: {rate:,.0f} images/s (median of {args.rounds} rounds)")
-    print(
-        f"  bf16 / fp32: {result['bf16_over_fp32']:.2f}x; --precision auto picks "
-        f"{result['auto_precision']} here"
-    )
+    for precision in precisions[1:]:
+        print(f"  {precision} / fp32: {result[f'{precision}_over_fp32']:.2f}x")
+    print(f"  --precision auto picks {result['auto_precision']} here")
     return 0
 
 

@@ -44,6 +44,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
 from unseen.augment import make_augment_spec
+from unseen.config import PRECISIONS
 from unseen.cudagraphs import WARMUP_STEPS
 from unseen.data import DEBIAN_FASHION_MNIST, load_dataset
 from unseen.errors import UnseenError
@@ -334,7 +335,7 @@ def main(argv=None) -> int:
     ap.add_argument(
         "--precision",
         default="auto",
-        choices=("auto", "bf16", "fp32"),
+        choices=("auto", *PRECISIONS),
         help="precision of unseen's loop (the conventional one is fp32)",
     )
     ap.add_argument(

@@ -7,10 +7,11 @@
 # What it measures, in this order, each in its own process:
 #   1. a full `unseen run --dataset fashion-mnist --holdout 9 --model resnet18` on a fresh
 #      machine (the first Python process to import torch there), start to end (target: under
-#      20 s, closed-set accuracy >= 0.94); then warm, alternately with and without
-#      unseen.preload's imports during training (UNSEEN_PRELOAD=0): with, without, with. Each
-#      with the run's own account of where the time went (run.json; compare its `report` and
-#      `train`, less noisy than the wall time);
+#      20 s, closed-set accuracy >= 0.94); then warm, with and without unseen.preload's
+#      imports during training (UNSEEN_PRELOAD=0), and in fp16 (--precision fp16: its batch
+#      norm runs through cuDNN, whose kernels took 16% less time than bf16's on 2026-11-29).
+#      Each with the run's own account of where the time went (run.json; compare its `report`
+#      and `train`, less noisy than the wall time);
 #   2. the fixed start-up costs (benchmarks/startup.py: imports, CUDA, fonts, data; its last
 #      line says whether torch._dynamo was imported: it should not be), and whether Python can
 #      cache bytecode there;
@@ -63,7 +64,8 @@ for run in sorted(pathlib.Path(sys.argv[1]).glob("**/run.json")):
     for m in sorted(run.parent.glob("**/metrics.json")):
         d = json.loads(m.read_text())
         keys = ("closed_set_accuracy", "train_seconds", "train_images_per_second",
-                "validation_seconds", "eval_seconds", "cuda_graphs", "precision")
+                "validation_seconds", "eval_seconds", "cuda_graphs", "precision",
+                "fp16_skipped_steps", "fp16_loss_scale")
         print(m.relative_to(run.parent), {k: d.get(k) for k in keys})
 PYEOF
 }
@@ -80,12 +82,14 @@ PYEOF
 
     step 60 "full run, fresh machine" "$PY" "${RUN[@]}" --out "$RUNS/run1"
     timings "$RUNS/run1"
-    for n in 2 3 4; do  # warm: with unseen.preload, without it, with it again
+    for n in 2 3; do  # warm: with unseen.preload, then without it
         if [ "$n" = 3 ]; then preload=0; else preload=1; fi
         step 35 "full run, warm, UNSEEN_PRELOAD=$preload" env UNSEEN_PRELOAD=$preload \
             "$PY" "${RUN[@]}" --out "$RUNS/run$n"
         timings "$RUNS/run$n"
     done
+    step 35 "full run, warm, fp16" "$PY" "${RUN[@]}" --precision fp16 --out "$RUNS/run4"
+    timings "$RUNS/run4"
     timeout -k 2 20 "$PY" - <<'PYEOF'
 import glob, os, sys, torch
 site = os.path.dirname(os.path.dirname(torch.__file__))

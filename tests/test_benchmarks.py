@@ -147,13 +147,16 @@ def test_bench_train_needs_four_full_batches_for_cuda_graphs():
     assert bench.too_few_images(2048, 512, graphed=True) is None
 
 
-def test_bench_train_rejects_unknown_precisions(capsys):
+def test_bench_train_rejects_unknown_precisions_and_runs_fp16(capsys):
     bench = load("bench_train")
-    with pytest.raises(SystemExit) as exc:  # fp16 used to be printed as fp16 and run as fp32
-        bench.main([*SMALL, "--images", "128", "--batch-size", "64", "--skip-conventional",
-                    "--precision", "fp16", "--json"])  # fmt: skip
+    small = [*SMALL, "--images", "128", "--batch-size", "64", "--skip-conventional", "--json"]
+    with pytest.raises(SystemExit) as exc:
+        bench.main([*small, "--precision", "fp8"])
     assert exc.value.code == 2
     assert "invalid choice" in capsys.readouterr().err
+    # fp16 (once printed as fp16 and run as fp32): run as fp16, with its loss scaling
+    assert bench.main([*small, "--precision", "fp16"]) == 0
+    assert json.loads(capsys.readouterr().out)["tool"]["precision"] == "fp16"
 
 
 def test_bench_train_counts_the_images_it_trained(capsys):
@@ -260,3 +263,16 @@ def test_bench_precision_times_both_precisions_side_by_side(capsys):
     medians = out["images_per_s_median"]
     assert out["bf16_over_fp32"] == pytest.approx(medians["bf16"] / medians["fp32"], rel=1e-2)
     assert out["auto_precision"] == ("bf16" if out["cpu_bf16_units"] else "fp32")
+    assert "fp16" not in rounds  # emulated on a CPU: timed only when asked for
+
+
+def test_bench_precision_times_fp16_with_loss_scaling_when_asked(capsys):
+    bench = load("bench_precision")
+    args = ["--device", "cpu", "--batch-size", "4", "--image-size", "8", "--steps", "1",
+            "--rounds", "1", "--precisions", "fp16", "--json"]  # fmt: skip
+    assert bench.main(args) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert list(out["images_per_s_rounds"]) == ["fp32", "fp16"]  # fp32 is always the baseline
+    medians = out["images_per_s_median"]
+    assert out["fp16_over_fp32"] == pytest.approx(medians["fp16"] / medians["fp32"], rel=1e-2)
+    assert "bf16_over_fp32" not in out

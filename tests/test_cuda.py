@@ -47,6 +47,26 @@ def test_a_gpu_run_captures_its_steps_and_predict_gives_its_scores(tmp_path):
             np.testing.assert_allclose(got, stored[f"score_{name}"], rtol=tol, atol=tol)
 
 
+def test_an_fp16_run_captures_its_steps_with_loss_scaling(tmp_path):
+    """What a V100 or T4 runs by default: fp16 autocast, the loss scale inside the graph."""
+    from unseen.predict import load
+
+    out = tmp_path / "run"
+    cfg = RunConfig(out=str(out), precision="fp16", report=False, scores=("msp", "energy"),
+                    **GPU_RUN)  # fmt: skip
+    run_experiment(cfg, progress=False, log=None)
+    m = metrics_of(out)
+    assert m["precision"] == "fp16" and m["cuda_graphs"] is True
+    skipped = m["fp16_skipped_steps"]  # 45 steps: too few for the scale to grow (2,000)
+    assert 0 <= skipped < 45 and m["fp16_loss_scale"] == 2.0**16 * 0.5**skipped
+    assert m["closed_set_accuracy"] > 0.3  # it learnt (chance: 0.11)
+    stored = np.load(out / "scores.npz")
+    x = prepare(cfg).split_data.x_test
+    p = load(out, device="cuda")
+    assert p.precision == "fp16"  # the run's arithmetic, which its threshold was calibrated on
+    np.testing.assert_allclose(p.scores(x), stored["score_energy"], rtol=1e-3, atol=1e-3)
+
+
 @pytest.mark.parametrize("first, then", [("cuda", "cpu"), ("cpu", "cuda")])
 def test_a_run_stopped_on_one_device_finishes_on_the_other(
     first, then, tmp_path, monkeypatch, capsys

@@ -13,6 +13,7 @@ from unseen.cudagraphs import GraphedStep, sgd_update
 from unseen.errors import ConfigError
 from unseen.heads import HEADS, one_vs_rest_targets
 from unseen.models import create_model
+from unseen.optim import LossScale
 from unseen.train import TrainSettings, make_optimizer, make_scheduler, train_model, use_cuda_graphs
 
 CPU = torch.device("cpu")
@@ -164,9 +165,10 @@ def exact_cuda():
 
 
 @needs_cuda
-@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+@pytest.mark.parametrize("precision", ["fp32", "bf16", "fp16"])
 def test_replayed_graph_equals_the_same_step_run_eagerly(exact_cuda, precision):
-    """Capture and replay against the very same step code run eagerly, under a moving lr."""
+    """Capture and replay against the very same step code run eagerly, under a moving lr (in
+    fp16 with a loss scale that overflows at first, so that the graph skips steps too)."""
     dev = exact_cuda
     nets, opts = [], []
     for _ in range(2):
@@ -177,8 +179,14 @@ def test_replayed_graph_equals_the_same_step_run_eagerly(exact_cuda, precision):
     def loss_fn(z, t):
         return HEADS["softmax"].loss(z, t, 0.0)
 
-    graphed = GraphedStep(nets[0], loss_fn, opts[0], dev, precision, batch_size=32, warmup=2)
-    eager = GraphedStep(nets[1], loss_fn, opts[1], dev, precision, batch_size=32, capture=False)
+    scales = [
+        LossScale(dev, init_scale=2.0**24, growth_interval=2) if precision == "fp16" else None
+        for _ in range(2)
+    ]
+    graphed = GraphedStep(nets[0], loss_fn, opts[0], dev, precision, batch_size=32, warmup=2,
+                          loss_scale=scales[0])  # fmt: skip
+    eager = GraphedStep(nets[1], loss_fn, opts[1], dev, precision, batch_size=32, capture=False,
+                        loss_scale=scales[1])  # fmt: skip
     x, y = tiny_data(n=32 * 8)
     x = x.to(dev).float().div(255).contiguous(memory_format=torch.channels_last)
     y = y.to(dev)
@@ -193,6 +201,9 @@ def test_replayed_graph_equals_the_same_step_run_eagerly(exact_cuda, precision):
     assert graphed.graph is not None and eager.graph is None
     for p, q in zip(nets[0].parameters(), nets[1].parameters(), strict=True):
         torch.testing.assert_close(p, q, rtol=1e-3, atol=1e-4)
+    if precision == "fp16":
+        a, b = (s.state_dict() for s in scales)
+        assert a == b and a["skipped_steps"] >= 1
 
 
 @needs_cuda

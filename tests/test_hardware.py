@@ -97,13 +97,15 @@ def test_cuda_without_a_gpu_is_one_clear_error():
         hardware.resolve_device("cuda")
 
 
-def test_auto_precision_on_cuda_needs_native_bf16(monkeypatch):
-    # is_bf16_supported() says yes on a V100 or T4 too (emulated, slow): the capability decides
+def test_auto_precision_on_cuda_needs_native_bf16_or_fp16_tensor_cores(monkeypatch):
+    # is_bf16_supported() says yes on a V100 or T4 too (emulated, slow): the capability decides.
+    # Volta and Turing (7.x) have fp16 tensor cores; Pascal (6.x) none
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
     gpu = torch.device("cuda")
     for capability, expected in [
-        ((7, 0), "fp32"),
-        ((7, 5), "fp32"),
+        ((6, 1), "fp32"),
+        ((7, 0), "fp16"),
+        ((7, 5), "fp16"),
         ((8, 0), "bf16"),
         ((9, 0), "bf16"),
     ]:

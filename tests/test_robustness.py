@@ -502,6 +502,7 @@ def test_a_resume_keeps_the_arithmetic_the_run_started_in(reference, tmp_path, c
     [
         ({"precision": "bf16", "computed_on": "cpu (2 threads)"}, "bf16"),
         ({"precision": "fp32", "computed_on": "cpu (2 threads, AMX)"}, "fp32"),
+        ({"precision": "fp16", "computed_on": "cuda (Tesla T4), torch 2.11.0"}, "fp16"),
         # checkpoints of versions that did not record it: what their `auto` chose on a CPU
         ({"computed_on": "cpu (2 threads, AMX), torch 2.14.1"}, "bf16"),
         ({"computed_on": "cpu (2 threads), torch 2.14.1"}, "fp32"),

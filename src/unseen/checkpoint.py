@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 
-from .config import FIELDS, RESULT_NEUTRAL_KEYS, with_field_defaults
+from .config import FIELDS, PRECISIONS, RESULT_NEUTRAL_KEYS, with_field_defaults
 from .data import absolute_paths
 from .errors import ConfigError, Interrupted, UnseenError
 from .hardware import describe_device
@@ -62,7 +62,8 @@ SIGNAL_EXIT_CODES = {signal.SIGINT: 130, signal.SIGTERM: 143}
 
 
 class Stateful(Protocol):
-    """What a checkpoint saves of an optimiser or schedule (``unseen.optim``'s or torch's)."""
+    """What a checkpoint saves of an optimiser, schedule or loss scale (``unseen.optim``'s or
+    torch's)."""
 
     def state_dict(self) -> dict[str, Any]: ...
 
@@ -491,8 +492,8 @@ class Checkpointing:
     every: float = 0.0
     #: what the run trains on (:func:`data_fingerprint`): stored, and on resume it must match
     data: dict[str, Any] = field(default_factory=dict)
-    #: the arithmetic the run trains in, as resolved (bf16 or fp32): stored, so that a resume
-    #: keeps it (:func:`resumed_precision`) wherever ``--precision auto`` would now resolve
+    #: the arithmetic the run trains in, as resolved (bf16, fp16 or fp32): stored, so that a
+    #: resume keeps it (:func:`resumed_precision`) wherever ``--precision auto`` would now resolve
     precision: str = ""
     #: where a resume's warning goes: stderr, whatever --quiet or a sweep does with the log
     warn: Callable[[str], None] = field(default=lambda m: print(f"unseen: {m}", file=sys.stderr))
@@ -535,11 +536,13 @@ class Checkpointing:
         epoch_state: dict[str, Any] | None,
         wall_seconds: float = 0.0,
         background: bool = False,
+        loss_scale: Stateful | None = None,
     ) -> float:
         """Write the checkpoint atomically; return the seconds it took.
 
         ``epoch`` is the 0-based epoch to continue with and ``step`` the next step in it;
-        ``epoch_state`` holds that epoch's permutation and running sums when ``step > 0``.
+        ``epoch_state`` holds that epoch's permutation and running sums when ``step > 0``;
+        ``loss_scale`` is fp16's (:class:`unseen.optim.LossScale`).
 
         With ``background``, the state is copied to the CPU now and written by a writer
         thread while training goes on; the returned seconds are those of the copy. The next
@@ -559,6 +562,7 @@ class Checkpointing:
             "model": weights if background else to_cpu(weights),
             "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(),
+            "loss_scale": None if loss_scale is None else loss_scale.state_dict(),
             "torch_rng": torch.get_rng_state(),
             "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
             "generator": generator.get_state(),
@@ -629,9 +633,11 @@ class Checkpointing:
         result: Any,
         seed: int = 0,
         epochs: int | None = None,
+        loss_scale: Stateful | None = None,
     ) -> Position:
         """Where training starts: from the checkpoint when resuming (model, optimiser,
-        scheduler, RNGs, ``result.history`` and ``result.images_seen`` restored), else at 0.
+        scheduler, fp16's ``loss_scale``, RNGs, ``result.history`` and ``result.images_seen``
+        restored), else at 0.
         ``seed`` is the one ``generator`` was seeded with and ``epochs`` the training's length
         (see :func:`restore_generator`)."""
         self._last_saved = time.monotonic()
@@ -642,6 +648,8 @@ class Checkpointing:
         try:
             optimizer.load_state_dict(state["optimizer"])
             scheduler.load_state_dict(state["scheduler"])
+            if loss_scale is not None and state.get("loss_scale"):
+                loss_scale.load_state_dict(state["loss_scale"])
             torch.set_rng_state(state["torch_rng"])
             reseeded = restore_generator(generator, state, seed)
             if epochs is not None and int(state["epoch"]) >= epochs:
@@ -708,9 +716,11 @@ def data_fingerprint(*tensors: torch.Tensor) -> dict[str, Any]:
 
 def resumed_precision(run_dir: str | Path) -> str | None:
     """The arithmetic an interrupted run trained in, from its checkpoint (or a head's), which
-    its ``--resume`` keeps: ``bf16`` or ``fp32``. A checkpoint of a version that did not record
-    it gets what that version's ``auto`` chose on a CPU (bf16 with AMX, else fp32); None for
-    such a checkpoint from a GPU (the rule there is unchanged), or without a readable one."""
+    its ``--resume`` keeps: ``bf16``, ``fp16`` or ``fp32``. A checkpoint of a version that did
+    not record it gets what that version's ``auto`` chose on a CPU (bf16 with AMX, else fp32);
+    None for such a checkpoint from a GPU (where those versions picked bf16 from Ampere on, as
+    ``auto`` does, but fp32 on the 7.x GPUs where ``auto`` now picks fp16: the project's only
+    GPU then was an H200), or without a readable one."""
     run_dir = Path(run_dir)
     stem, suffix = Path(CHECKPOINT_FILE).stem, Path(CHECKPOINT_FILE).suffix
     for path in sorted({*run_dir.glob(f"{stem}*{suffix}"), *run_dir.glob(f"*/{stem}*{suffix}")}):
@@ -720,7 +730,7 @@ def resumed_precision(run_dir: str | Path) -> str | None:
             continue
         if not isinstance(state, dict) or state.get("kind") != CHECKPOINT_KIND:
             continue
-        if state.get("precision") in ("bf16", "fp32"):
+        if state.get("precision") in PRECISIONS:
             return str(state["precision"])
         where = str(state.get("computed_on") or "")
         if where.startswith("cpu"):

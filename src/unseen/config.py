@@ -25,6 +25,10 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
+#: the arithmetic a network can train and run in (``--precision``, besides ``auto``): bf16 or
+#: fp16 autocast (fp32 weights; convolutions and matrix products in 16 bits), or fp32
+PRECISIONS = ("bf16", "fp16", "fp32")
+
 # ----------------------------------------------------------------------------- parsers
 
 
@@ -458,8 +462,9 @@ class RunConfig:
     device: str = opt("auto", "where to train", choices=("auto", "cpu", "cuda"), group="execution")
     precision: str = opt(
         "auto",
-        "arithmetic: auto (bf16 autocast on CUDA GPUs and CPUs with native bf16), bf16 or fp32",
-        choices=("auto", "bf16", "fp32"),
+        "arithmetic: auto (bf16 autocast on CUDA GPUs and CPUs with native bf16, fp16 with "
+        "loss scaling on older GPUs with tensor cores), bf16, fp16 or fp32",
+        choices=("auto", *PRECISIONS),
         group="execution",
     )
     out: str | None = opt(

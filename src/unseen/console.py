@@ -147,6 +147,13 @@ def confidence_text(summary: dict) -> str:
     return f"mean {mean}, {above} above {CONFIDENT}"
 
 
+def _skipped_text(skipped: int | None) -> str:
+    """fp16's skipped steps, for the training line (nothing when none were skipped)."""
+    if not skipped:
+        return ""
+    return f"; fp16 loss scaling skipped {counted(skipped, 'step')} (gradients overflowed)"
+
+
 def run_summary(metrics: dict, with_scores: bool = True) -> str:
     """What a finished run prints: the figures a naive evaluation hides, then one row per score
     (left out with ``with_scores=False``, when several heads share one table)."""
@@ -158,7 +165,8 @@ def run_summary(metrics: dict, with_scores: bool = True) -> str:
         f"{metrics.get('confidence_from', 'max softmax probability')} on known images: "
         f"{confidence_text(kc)} | on unseen images: {confidence_text(uc)}",
         f"unseen images were labelled as: {absorbed}",
-        f"training: {fmt(metrics['train_seconds'], 1)} s, {fmt(metrics['train_images_per_second'], 0)} images/s on {metrics['device']}",
+        f"training: {fmt(metrics['train_seconds'], 1)} s, {fmt(metrics['train_images_per_second'], 0)} images/s on {metrics['device']}"
+        + _skipped_text(metrics.get("fp16_skipped_steps")),
     ]
     if with_scores:
         lines += ["", score_table(metrics["scores"], sort_by="auroc")]

@@ -15,6 +15,9 @@ What a graph needs, and how this module provides it:
   (where the schedulers write them) before every step. :func:`sgd_update` reads them there.
 - **The optimiser's own state.** Momentum buffers are the optimiser's state tensors,
   updated in place, so checkpoints and resumption work as in the eager loop.
+- **fp16's loss scaling on the device.** ``torch.amp.GradScaler`` asks the host whether a
+  gradient overflowed before it steps; here :class:`unseen.optim.LossScale` keeps the scale
+  and that flag in device tensors, and :func:`sgd_update` turns a flagged step into no change.
 - **Warm-up before capture.** A few eager steps on a side stream (cuDNN picks its kernels,
   ``torch.compile`` compiles), then capture; autocast's weight cache is off throughout.
 
@@ -30,7 +33,7 @@ from dataclasses import dataclass
 import torch
 
 from .hardware import autocast
-from .optim import SGD
+from .optim import SGD, LossScale
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -44,6 +47,7 @@ def sgd_update(
     momentum: torch.Tensor,
     weight_decay: float,
     nesterov: bool,
+    skip: torch.Tensor | None = None,
 ) -> None:
     """``torch.optim.SGD``'s update (dampening 0) with the learning rate and momentum as tensors.
 
@@ -51,10 +55,23 @@ def sgd_update(
     ``g + momentum * buf`` with Nesterov, else ``buf``; ``p -= lr * direction``. A zero buffer
     gives torch's first step (``buf = g``). Everything is in place and free of host
     synchronisation, so it can be captured in a CUDA graph.
+
+    ``skip`` (fp16 loss scaling: :attr:`unseen.optim.LossScale.found_inf`), a device tensor:
+    at 1, parameters and buffers are left exactly as they are (the gradients, which then hold
+    an inf or NaN, are zeroed in place, ``g`` is taken as 0, the momentum as 1 and the rate as
+    0); at 0, the update is the one above, to the bit.
     """
     if not params:
         return
+    if skip is not None:
+        for grad in grads:  # inf * 0 would be NaN: zero them (they are finite unless skipped)
+            torch.nan_to_num_(grad, nan=0.0, posinf=0.0, neginf=0.0)
     g = torch._foreach_add(grads, params, alpha=weight_decay) if weight_decay else list(grads)
+    if skip is not None:  # times 1 or 0; the momentum 1 keeps the buffer, the rate 0 the weights
+        keep = 1.0 - skip
+        torch._foreach_mul_(g, keep)
+        momentum = torch.where(skip > 0, 1.0, momentum)
+        lr = lr * keep
     torch._foreach_mul_(momentum_buffers, momentum)
     torch._foreach_add_(momentum_buffers, g)
     if nesterov:
@@ -89,7 +106,8 @@ class GraphedStep:
     given (the uncompiled network when ``model`` is ``torch.compile``'d, which would otherwise
     compile again for the new size).
     With ``capture=False`` (or on a CPU) every step runs eagerly through the same code, which
-    is how the tests check it on machines without a GPU.
+    is how the tests check it on machines without a GPU. In fp16, ``loss_scale`` (required
+    there) scales the loss and skips a step whose gradients overflowed, inside the graph.
 
     The returned tensors are the graph's outputs: read (or copy) them before the next call.
     """
@@ -105,9 +123,13 @@ class GraphedStep:
         warmup: int = WARMUP_STEPS,
         capture: bool = True,
         odd_batch_model: torch.nn.Module | None = None,
+        loss_scale: LossScale | None = None,
     ):
         if not isinstance(optimizer, SGD | torch.optim.SGD):
             raise TypeError("GraphedStep implements SGD; got " + type(optimizer).__name__)
+        if (precision == "fp16") != (loss_scale is not None):
+            raise ValueError("GraphedStep takes a loss_scale in fp16, and only there")
+        self.loss_scale = loss_scale
         self.model, self.loss_fn, self.device, self.precision = model, loss_fn, device, precision
         # batches of another size (a compiled model would recompile for them)
         self.odd_batch_model = odd_batch_model or model
@@ -143,20 +165,29 @@ class GraphedStep:
 
     def _step(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         model = self.model if len(x) == self.batch_size else self.odd_batch_model
-        # autocast's cache of bf16 weight copies must not outlive a capture; off in every step,
+        # autocast's cache of 16-bit weight copies must not outlive a capture; off in every step,
         # so that a compiled network sees the same autocast state and never recompiles
         with autocast(self.device, self.precision, cache=False):
             logits = model(x)
         loss = self.loss_fn(logits.float(), y)
-        grads = torch.autograd.grad(loss, self.params, allow_unused=True, materialize_grads=True)
+        scaled = loss if self.loss_scale is None else self.loss_scale.scale_loss(loss)
+        grads = list(
+            torch.autograd.grad(scaled, self.params, allow_unused=True, materialize_grads=True)
+        )
+        skip = None
+        if self.loss_scale is not None:
+            self.loss_scale.unscale_(grads)
+            skip = self.loss_scale.found_inf
         start = 0
         for g in self.groups:
             n = len(g.params)
             sgd_update(
-                g.params, list(grads[start : start + n]), g.buffers, g.lr, g.momentum,
-                g.group["weight_decay"], g.group["nesterov"],
+                g.params, grads[start : start + n], g.buffers, g.lr, g.momentum,
+                g.group["weight_decay"], g.group["nesterov"], skip=skip,
             )  # fmt: skip
             start += n
+        if self.loss_scale is not None:
+            self.loss_scale.update()
         return loss.detach(), logits.detach()
 
     def _load_hyperparameters(self) -> None:

@@ -46,6 +46,7 @@ from .farood import locate_ood, missing_ood, score_run_ood
 from .hardware import (
     configure_threads,
     describe_device,
+    precision_warning,
     resolve_device,
     resolve_precision,
     sync,
@@ -537,6 +538,9 @@ def training_metrics(trained: TrainResult) -> dict:
         "checkpoint_seconds": trained.checkpoint_seconds,
         "resumed_train_seconds": trained.resumed_seconds,
         "cuda_graphs": trained.cuda_graphs,
+        # fp16 only (null otherwise): steps its loss scaling skipped, and the scale it ended at
+        "fp16_skipped_steps": trained.skipped_steps if trained.loss_scale is not None else None,
+        "fp16_loss_scale": trained.loss_scale,
     }
 
 
@@ -782,6 +786,8 @@ def _run_experiment(cfg: RunConfig, progress: bool, log: Callable[[str], None] |
         f"{cfg.model}{stem}{resized}, {epochs} on {describe_device(p.device)}, {p.precision}; "
         f"run folder {run_dir}"
     )
+    if warning := precision_warning(p.precision, p.device):
+        say(f"warning: {warning}")
     if p.pretrained is not None:
         for head, report in p.load_reports.items():
             for line in report.lines():

@@ -71,16 +71,35 @@ def cpu_bf16_units() -> str | None:
     return None
 
 
+#: the 16-bit type each autocast precision (:data:`unseen.config.PRECISIONS`) computes in
+AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
 def resolve_precision(precision: str, device: torch.device) -> str:
-    """'bf16' or 'fp32'. Auto picks bf16 on CUDA GPUs with native bf16 and on CPUs with native
-    bf16 units (:func:`cpu_bf16_units`)."""
+    """'bf16', 'fp16' or 'fp32'. Auto picks bf16 on CUDA GPUs with native bf16 (compute
+    capability 8.0, Ampere, or newer) and on CPUs with native bf16 units
+    (:func:`cpu_bf16_units`); fp16 on CUDA GPUs with fp16 tensor cores but no native bf16
+    (7.x: V100, T4, RTX 20); fp32 elsewhere. fp16 trains with loss scaling (see
+    :mod:`unseen.train`); a CPU never picks it (no CPU this project knows has fp16 units)."""
     if precision != "auto":
         return precision
     if device.type == "cuda":
-        # native bf16 from compute capability 8.0 (Ampere); torch's is_bf16_supported() also
-        # says yes for the slow emulation on older GPUs (V100, T4)
-        return "bf16" if torch.cuda.get_device_capability(device)[0] >= 8 else "fp32"
+        # torch's is_bf16_supported() also says yes for the slow emulation on older GPUs
+        major = torch.cuda.get_device_capability(device)[0]
+        return "bf16" if major >= 8 else "fp16" if major == 7 else "fp32"
     return "bf16" if device.type == "cpu" and cpu_bf16_units() else "fp32"
+
+
+def precision_warning(precision: str, device: torch.device) -> str | None:
+    """What to tell a user who trains in ``precision`` on ``device`` where it is slow: fp16 on
+    a CPU (emulated; no CPU this project knows has fp16 units)."""
+    if precision == "fp16" and device.type == "cpu":
+        return (
+            "fp16 on a CPU is emulated: a ResNet-20 training step ran 30x slower than in fp32 "
+            "on a 2-core AMD EPYC; fp16 is meant for CUDA GPUs without native bf16 (use "
+            "--precision auto, bf16 or fp32 here)"
+        )
+    return None
 
 
 def sync(device: torch.device) -> None:
@@ -91,12 +110,14 @@ def sync(device: torch.device) -> None:
 
 
 def autocast(device: torch.device, precision: str, cache: bool = True):
-    """bf16 autocast context for the forward pass, or a no-op for fp32.
+    """bf16 or fp16 autocast context for the forward pass, or a no-op for fp32.
 
-    ``cache=False`` turns off autocast's cache of bf16 weight copies (required inside a CUDA
+    ``cache=False`` turns off autocast's cache of 16-bit weight copies (required inside a CUDA
     graph capture)."""
-    if precision == "bf16":
-        return torch.autocast(device_type=device.type, dtype=torch.bfloat16, cache_enabled=cache)
+    if precision in AUTOCAST_DTYPES:
+        return torch.autocast(
+            device_type=device.type, dtype=AUTOCAST_DTYPES[precision], cache_enabled=cache
+        )
     return contextlib.nullcontext()
 
 

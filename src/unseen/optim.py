@@ -1,4 +1,4 @@
-"""SGD and its learning-rate schedules, without ``torch.optim``'s classes.
+"""SGD, its learning-rate schedules and fp16 loss scaling, without ``torch.optim``'s classes.
 
 Why not ``torch.optim.SGD`` and ``torch.optim.lr_scheduler``: every call of their methods
 (constructing, ``zero_grad``, ``step``, ``state_dict``) imports ``torch._dynamo``, the
@@ -16,6 +16,10 @@ The schedules are closed forms of the step count, equal to torch's ``OneCycleLR`
 arithmetic, so the same floats) and ``CosineAnnealingLR`` (which computes the same curve
 recursively: equal within rounding). ``tests/test_optim.py`` checks both, step by step,
 against torch's own classes.
+
+:class:`LossScale` is fp16's dynamic loss scaling, ``torch.amp.GradScaler``'s arithmetic
+(through the same two torch operations) without its wait: ``GradScaler.step`` reads on the
+host whether a gradient overflowed, which a CUDA graph cannot capture.
 """
 
 from __future__ import annotations
@@ -264,3 +268,81 @@ class Schedule:
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.last_epoch = int(state_dict["last_epoch"])
         self._apply()
+
+
+class LossScale:
+    """Dynamic loss scaling for fp16 training, as ``torch.amp.GradScaler`` does it, held in
+    device tensors so that a CUDA graph can capture it (see :mod:`unseen.cudagraphs`).
+
+    fp16 keeps about 3.3 decimal digits between 6e-8 and 65504: the small gradients of a
+    cross-entropy flush to zero in it. So the loss is multiplied by ``scale`` (2**16 to start)
+    before the backward pass and the gradients are divided by it after (:meth:`unscale_`).
+    When a gradient overflowed (inf or NaN), that step is skipped (``found_inf`` is 1) and the
+    scale halves; after ``growth_interval`` steps in a row without, it doubles
+    (:meth:`update`). The two operations are torch's own, those ``GradScaler`` calls:
+    ``torch._amp_foreach_non_finite_check_and_unscale_`` and ``torch._amp_update_scale_``.
+    Nothing here waits for the device.
+
+    ``state_dict`` has ``GradScaler``'s keys (and ``skipped_steps``), so a checkpoint's
+    state loads into either.
+    """
+
+    def __init__(
+        self,
+        device: torch.device | str,
+        init_scale: float = 2.0**16,
+        growth_factor: float = 2.0,
+        backoff_factor: float = 0.5,
+        growth_interval: int = 2000,
+    ):
+        self.growth_factor, self.backoff_factor = growth_factor, backoff_factor
+        self.growth_interval = growth_interval
+        self.scale = torch.full((), init_scale, dtype=torch.float32, device=device)
+        self.growth_tracker = torch.zeros((), dtype=torch.int32, device=device)
+        #: 1.0 when the last :meth:`unscale_` met an inf or NaN gradient, else 0.0
+        self.found_inf = torch.zeros((), dtype=torch.float32, device=device)
+        #: steps skipped so far for an overflow (a device tensor: read it when training ends)
+        self.skipped_steps = torch.zeros((), dtype=torch.int64, device=device)
+
+    def scale_loss(self, loss: torch.Tensor) -> torch.Tensor:
+        """``loss * scale``, to run the backward pass on."""
+        return loss * self.scale
+
+    @torch.no_grad()
+    def unscale_(self, grads: list[torch.Tensor]) -> None:
+        """Divide the float32 ``grads`` by the scale in place, and set ``found_inf``."""
+        self.found_inf.zero_()
+        if grads:  # GradScaler's inverse: computed in float64, rounded once
+            inv_scale = self.scale.double().reciprocal().float()
+            torch._amp_foreach_non_finite_check_and_unscale_(grads, self.found_inf, inv_scale)
+
+    @torch.no_grad()
+    def update(self) -> None:
+        """Count a skipped step, then halve the scale after an overflow or grow it after
+        ``growth_interval`` clean steps (``GradScaler.update``)."""
+        self.skipped_steps.add_(self.found_inf.to(torch.int64))
+        torch._amp_update_scale_(
+            self.scale, self.growth_tracker, self.found_inf,
+            self.growth_factor, self.backoff_factor, self.growth_interval,
+        )  # fmt: skip
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "scale": float(self.scale),
+            "growth_factor": self.growth_factor,
+            "backoff_factor": self.backoff_factor,
+            "growth_interval": self.growth_interval,
+            "_growth_tracker": int(self.growth_tracker),
+            "skipped_steps": int(self.skipped_steps),
+        }
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Restore the scale and its counters (also from ``GradScaler.state_dict()``)."""
+        if not state_dict:  # what a disabled GradScaler saves
+            raise ValueError("the saved loss scale is empty")
+        self.growth_factor = float(state_dict["growth_factor"])
+        self.backoff_factor = float(state_dict["backoff_factor"])
+        self.growth_interval = int(state_dict["growth_interval"])
+        self.scale.fill_(float(state_dict["scale"]))
+        self.growth_tracker.fill_(int(state_dict["_growth_tracker"]))
+        self.skipped_steps.fill_(int(state_dict.get("skipped_steps", 0)))

@@ -137,4 +137,7 @@ def train_separate(
         result.checkpoint_seconds += trained.checkpoint_seconds
         result.resumed_seconds += trained.resumed_seconds
         result.cuda_graphs = result.cuda_graphs or trained.cuda_graphs  # captured for any
+        if trained.loss_scale is not None:  # fp16: the skips of all members, the last's scale
+            result.skipped_steps += trained.skipped_steps
+            result.loss_scale = trained.loss_scale
     return result

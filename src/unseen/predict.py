@@ -46,6 +46,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .config import PRECISIONS
 from .console import valid_unicode
 from .data import (
     IMAGE_EXTENSIONS,
@@ -677,7 +678,10 @@ def _is_prepared(images: Any, p: Predictor) -> bool:
 
 
 def resolve_predict_precision(run_dir: Path, device: torch.device) -> str:
-    """The precision the run evaluated in (its thresholds were calibrated on those scores)."""
+    """The precision the run evaluated in (its thresholds were calibrated on those scores),
+    except where ``device`` lacks it: fp32 for a bf16 run on a GPU without bf16, and for an
+    fp16 run on a CPU (emulated there: its forward pass ran 6x slower than fp32's on the
+    2-core AMD EPYC). Those scores differ from the run's by the 16-bit type's rounding."""
     metrics_path = run_dir / "metrics.json"
     precision = "fp32"
     if metrics_path.is_file():
@@ -685,9 +689,11 @@ def resolve_predict_precision(run_dir: Path, device: torch.device) -> str:
             precision = str(json.loads(metrics_path.read_text()).get("precision", "fp32"))
         except (ValueError, AttributeError, OSError):
             precision = "fp32"
-    if precision not in {"fp32", "bf16"}:
+    if precision not in PRECISIONS:
         precision = "fp32"
     if precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        precision = "fp32"
+    if precision == "fp16" and device.type == "cpu":
         precision = "fp32"
     return precision
 
@@ -726,8 +732,8 @@ def load(
     ckpt = load_checkpoint(folder / "model.pt")
     if precision is None:
         precision = resolve_predict_precision(folder, dev)
-    elif precision not in {"fp32", "bf16"}:
-        raise InputError(f"precision must be fp32 or bf16, not {precision!r}.")
+    elif precision not in PRECISIONS:
+        raise InputError(f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}.")
     model = rebuild_model(ckpt, folder / "model.pt")
     detectors = load_detectors(folder / "detectors.pt", dev, run_config(ckpt))
     predictor = Predictor(folder, ckpt, model, detectors, dev, precision, batch_size)

@@ -3,7 +3,8 @@
 The whole known-class training set sits on the training device as one uint8 tensor. Each
 epoch draws a seeded permutation; each batch is indexed, converted to float, augmented per
 sample in a few tensor operations and fed through the network in ``channels_last`` layout
-(bf16 autocast where it pays). There is no DataLoader and no per-image Python.
+(bf16 autocast where it pays; fp16 autocast with dynamic loss scaling on GPUs without native
+bf16). There is no DataLoader and no per-image Python.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from .evaluate import forward_pass
 from .hardware import autocast
 from .heads import Head
 from .models import Classifier
-from .optim import SGD, Schedule
+from .optim import SGD, LossScale, Schedule
 
 #: without a progress bar (stderr not a terminal), a plain progress line at the end of an
 #: epoch once this many seconds have passed since the last one (none for a run under 30 s)
@@ -76,6 +77,9 @@ class TrainResult:
     checkpoint_seconds: float = 0.0
     #: the part of ``seconds`` that an earlier process trained (restored on ``--resume``)
     resumed_seconds: float = 0.0
+    #: fp16 only: steps skipped because a gradient overflowed, and the final loss scale
+    skipped_steps: int = 0
+    loss_scale: float | None = None
 
     @property
     def images_per_second(self) -> float:
@@ -244,12 +248,14 @@ def train_model(
     sample_weights = weights[y]
     opt = make_optimizer(model, settings)
     sched = make_scheduler(opt, settings, steps * settings.epochs)
+    # fp16 holds too few exponent bits for small gradients: scale the loss (see LossScale)
+    scaler = LossScale(device) if precision == "fp16" else None
     result = TrainResult()
     pos = Position()
     if checkpoint is not None:
         pos = checkpoint.start(
             model=model, optimizer=opt, scheduler=sched, generator=generator, result=result,
-            seed=settings.seed, epochs=settings.epochs,
+            seed=settings.seed, epochs=settings.epochs, loss_scale=scaler,
         )  # fmt: skip
         result.resumed_seconds = pos.train_seconds
     guard = FiniteGuard(device)
@@ -266,19 +272,27 @@ def train_model(
             logits = net(xb)
         loss = loss_fn(logits.float(), yb)
         opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        if scaler is None:
+            loss.backward()
+            opt.step()
+            return loss.detach(), logits.detach()
+        scaler.scale_loss(loss).backward()
+        scaler.unscale_(
+            [q.grad for g in opt.param_groups for q in g["params"] if q.grad is not None]
+        )
+        if not scaler.found_inf.item():  # an overflow skips the step, as GradScaler.step does
+            opt.step()
+        scaler.update()
         return loss.detach(), logits.detach()
 
     graphed = use_cuda_graphs(settings.cuda_graphs, device, settings.balance)
     train_step: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
-    train_step = (
-        GraphedStep(
-            forward, loss_fn, opt, device, precision, settings.batch_size, odd_batch_model=model
-        )
-        if graphed
-        else eager_step
-    )
+    train_step = eager_step
+    if graphed:
+        train_step = GraphedStep(
+            forward, loss_fn, opt, device, precision, settings.batch_size, odd_batch_model=model,
+            loss_scale=scaler,
+        )  # fmt: skip
     bar = tqdm(
         range(pos.epoch, settings.epochs),
         initial=pos.epoch,
@@ -305,7 +319,7 @@ def train_model(
             model=model, optimizer=opt, scheduler=sched, generator=generator,
             history=result.history, images_seen=result.images_seen,
             train_seconds=train_seconds(), epoch=epoch, step=step, epoch_state=epoch_state,
-            wall_seconds=wall_seconds(),
+            wall_seconds=wall_seconds(), loss_scale=scaler,
             background=device.type == "cuda",  # a GPU trains on while the CPU writes
         )  # fmt: skip
 
@@ -409,4 +423,6 @@ def train_model(
     # replayed as graphs: captured, which takes more than its warm-up steps and a GPU
     result.cuda_graphs = isinstance(train_step, GraphedStep) and train_step.graph is not None
     result.validation_seconds, result.checkpoint_seconds = eval_seconds, save_seconds
+    if scaler is not None:
+        result.skipped_steps, result.loss_scale = int(scaler.skipped_steps), float(scaler.scale)
     return result
