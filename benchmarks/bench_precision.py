@@ -89,10 +89,7 @@ def main(argv: list[str] | None = None) -> int:
                 opt.step()
                 continue
             scale.scale_loss(loss).backward()  # as train_model's eager fp16 step
-            scale.unscale_([q.grad for q in net.parameters() if q.grad is not None])
-            if not scale.found_inf.item():
-                opt.step()
-            scale.update()
+            scale.step(opt)
         sync(device)
         return n * args.batch_size / (time.perf_counter() - start)
 

@@ -108,10 +108,7 @@ def main(argv=None) -> int:
                 opt.step()
                 return
             scale.scale_loss(loss).backward()
-            scale.unscale_([q.grad for q in model.parameters() if q.grad is not None])
-            if not scale.found_inf.item():
-                opt.step()
-            scale.update()
+            scale.step(opt)
 
         ms_eager = time_steps(eager, x, y, args.steps)
         graphed = GraphedStep(

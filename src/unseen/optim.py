@@ -316,6 +316,16 @@ class LossScale:
             inv_scale = self.scale.double().reciprocal().float()
             torch._amp_foreach_non_finite_check_and_unscale_(grads, self.found_inf, inv_scale)
 
+    def step(self, optimizer: SGD | torch.optim.Optimizer) -> None:
+        """The eager loop's ``GradScaler.step`` and ``update``: unscale the gradients of
+        ``optimizer``'s parameters, step unless one overflowed (reading that waits for the
+        device), then :meth:`update`. The backward pass ran on :meth:`scale_loss`'s loss."""
+        grads = [p.grad for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
+        self.unscale_(grads)
+        if not self.found_inf.item():
+            optimizer.step()
+        self.update()
+
     @torch.no_grad()
     def update(self) -> None:
         """Count a skipped step, then halve the scale after an overflow or grow it after

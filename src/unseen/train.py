@@ -277,12 +277,7 @@ def train_model(
             opt.step()
             return loss.detach(), logits.detach()
         scaler.scale_loss(loss).backward()
-        scaler.unscale_(
-            [q.grad for g in opt.param_groups for q in g["params"] if q.grad is not None]
-        )
-        if not scaler.found_inf.item():  # an overflow skips the step, as GradScaler.step does
-            opt.step()
-        scaler.update()
+        scaler.step(opt)  # skipped when a gradient overflowed, as GradScaler.step does
         return loss.detach(), logits.detach()
 
     graphed = use_cuda_graphs(settings.cuda_graphs, device, settings.balance)
