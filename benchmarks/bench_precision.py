@@ -7,7 +7,8 @@ same network once per precision (channels_last), then alternates rounds of train
 each on one fixed batch, so that all see the same machine load, and prints each precision's
 median images/s and its ratio to fp32. fp16 steps scale the loss as a run does
 (:class:`unseen.optim.LossScale`). By default fp16 is timed on CUDA only (a CPU emulates it,
-30x slower); ``--precisions`` chooses. No data or augmentation: the step alone.
+18-24x slower than fp32: docs/speed.md); ``--precisions`` chooses. No data or augmentation:
+the step alone.
 
     python benchmarks/bench_precision.py                       # resnet20, 28 px, batch 128
     python benchmarks/bench_precision.py --model resnet18 --rounds 5 --json

@@ -9,7 +9,8 @@
 #      machine (the first Python process to import torch there), start to end (target: under
 #      20 s, closed-set accuracy >= 0.94); then warm, with and without unseen.preload's
 #      imports during training (UNSEEN_PRELOAD=0), and in fp16 (--precision fp16: its batch
-#      norm runs through cuDNN, whose kernels took 16% less time than bf16's on 2026-11-29).
+#      norm runs through cuDNN; an eager fp16 step without loss scaling spent 16% less time
+#      in kernels than bf16's on 2026-11-29).
 #      Each with the run's own account of where the time went (run.json; compare its `report`
 #      and `train`, less noisy than the wall time);
 #   2. the fixed start-up costs (benchmarks/startup.py: imports, CUDA, fonts, data; its last

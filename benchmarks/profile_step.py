@@ -53,8 +53,8 @@ def main(argv=None) -> int:
         nargs="+",
         default=["bf16"],
         choices=("bf16", "fp16"),
-        help="autocast dtype of the step; fp16 (unscaled, for timing only: batch norm then "
-        "runs through cuDNN, which PyTorch does not use for bf16) is timed eager only",
+        help="autocast dtype of the step; fp16 scales its loss as a run does (its batch norm "
+        "runs through cuDNN, which PyTorch does not use for bf16), eager and graphed",
     )
     ap.add_argument(
         "--layout",

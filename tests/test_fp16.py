@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 from test_cudagraphs import tiny_data
-from test_robustness import TINY_ARGS, assert_same_results, interrupt_at, run
+from test_robustness import TINY, TINY_ARGS, assert_same_results, interrupt_at, run
 
 from unseen import train as train_module
 from unseen.augment import make_augment_spec
@@ -96,7 +96,7 @@ def test_a_skipped_update_changes_nothing_and_a_kept_one_is_the_plain_update(
     sgd_update(kept_p, [g.clone() for g in good], kept_b, lr, momentum, weight_decay, nesterov,
                skip=torch.tensor(0.0))  # fmt: skip
     for a, c in zip(kept_p + kept_b, plain_p + plain_b, strict=True):
-        assert torch.equal(a, c)  # to the bit
+        assert torch.equal(a.view(torch.int32), c.view(torch.int32))  # to the bit
     assert not torch.equal(kept_p[0], params[0])  # (and it did update)
 
 
@@ -207,9 +207,13 @@ def test_fp16_on_a_cpu_runs_with_a_warning_and_predicts_in_fp32(tmp_path, capsys
     args = [a for a in TINY_ARGS if a != "--quiet"]
     args[args.index("fp32")] = "fp16"
     assert main(["run", *args, "--out", str(out)]) == 0
-    printed = capsys.readouterr().out
-    assert "fp16; run folder" in printed
-    assert "warning: fp16 on a CPU is emulated" in printed
+    printed = capsys.readouterr()
+    assert "fp16; run folder" in printed.out
+    assert "unseen: warning: fp16 on a CPU is emulated" in printed.err
+    assert main(["run", *args, "--quiet", "--out", str(tmp_path / "quiet")]) == 0
+    printed = capsys.readouterr()
+    assert "run folder /" not in printed.out  # the header is left out, the warning is not
+    assert "warning: fp16 on a CPU is emulated" in printed.err
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["precision"] == "fp16"
     skipped = metrics["fp16_skipped_steps"]
@@ -228,3 +232,81 @@ def test_fp16_on_a_cpu_runs_with_a_warning_and_predicts_in_fp32(tmp_path, capsys
     np.testing.assert_allclose(a, b, rtol=2e-2, atol=2e-2)  # ...within fp16's rounding
     with pytest.raises(UnseenError, match="precision must be one of bf16, fp16, fp32, not 'fp8'"):
         load(out, device="cpu", precision="fp8")
+
+
+def test_far_ood_images_of_an_fp16_run_are_scored_in_fp16_on_a_cpu(tmp_path):
+    """Known answer: the run's own held-out images, scored as another dataset, get the run's
+    own scores, which it computed in fp16 (predict's fp32 on a CPU would differ from them)."""
+    from test_farood import save_npz_dataset
+
+    from unseen import RunConfig
+    from unseen.experiment import prepare
+    from unseen.farood import evaluate_ood
+
+    out = tmp_path / "run"
+    run(out, scores=("msp", "energy"), **FP16)
+    cfg = RunConfig(out=str(out), **{**TINY, "scores": ("msp", "energy"), **FP16})
+    sd = prepare(cfg).split_data
+    unseen = sd.test_is_unseen.numpy()
+    result = evaluate_ood(out, save_npz_dataset(tmp_path / "nines.npz", sd.x_test[unseen].numpy()))
+    stored = np.load(out / "scores.npz")
+    for name in ("msp", "energy"):
+        got = result["image_scores"][name]
+        np.testing.assert_allclose(got, stored[f"score_{name}"][unseen], rtol=1e-5, atol=1e-6)
+
+
+def test_a_run_auto_started_in_fp16_goes_on_in_auto_s_choice_on_a_cpu(
+    tmp_path, monkeypatch, capsys
+):
+    """`auto` picks fp16 on a V100 or T4; resumed on a CPU, which emulates it (about 20x
+    slower), the run goes on in what `auto` picks there, and says so."""
+    from unseen import experiment, hardware
+
+    real = experiment.resolve_precision
+    monkeypatch.setattr(  # as on a 7.x GPU
+        experiment, "resolve_precision", lambda p, d: "fp16" if p == "auto" else real(p, d)
+    )
+    out = tmp_path / "run"
+    auto = [a if a != "fp32" else "auto" for a in TINY_ARGS]
+    interrupt_at(monkeypatch, 12)
+    assert main(["run", *auto, "--out", str(out)]) == 130
+    capsys.readouterr()
+    monkeypatch.undo()
+    monkeypatch.setenv("UNSEEN_NUM_THREADS", "1")
+    assert main(["run", "--resume", "--out", str(out), "--quiet"]) == 0
+    err = capsys.readouterr().err
+    assert f"unseen: warning: {out} trained in fp16" in err and "not equal" in err
+    assert "fp16 on a CPU is emulated" not in err  # it did not train on in fp16
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["precision"] == hardware.resolve_precision("auto", CPU) != "fp16"
+    assert metrics["fp16_skipped_steps"] is None
+    # asked for by name, fp16 stays fp16 (the user's choice, with the CPU warning)
+    named = tmp_path / "named"
+    fp16 = [a if a != "fp32" else "fp16" for a in TINY_ARGS]
+    interrupt_at(monkeypatch, 12)
+    assert main(["run", *fp16, "--out", str(named)]) == 130
+    monkeypatch.undo()
+    monkeypatch.setenv("UNSEEN_NUM_THREADS", "1")
+    capsys.readouterr()
+    assert main(["run", "--resume", "--out", str(named), "--quiet"]) == 0
+    assert "fp16 on a CPU is emulated" in capsys.readouterr().err
+    assert json.loads((named / "metrics.json").read_text())["precision"] == "fp16"
+
+
+@pytest.mark.parametrize(
+    ("capability", "expected"), [((7, 5), "fp32"), ((8, 0), "bf16"), (None, None)]
+)
+def test_an_old_gpu_checkpoint_resumes_in_what_its_version_picked(
+    tmp_path, monkeypatch, capability, expected
+):
+    """Versions that did not record the precision never trained in fp16: on a 7.x GPU their
+    `auto` gave fp32, from Ampere on bf16 (resumed on a CPU: what auto picks there, None)."""
+    from unseen.checkpoint import CHECKPOINT_KIND, resumed_precision
+
+    saved = {"kind": CHECKPOINT_KIND, "computed_on": "cuda (Tesla T4), torch 2.11.0"}
+    torch.save(saved, tmp_path / "checkpoint.pt")
+    device = CPU
+    if capability is not None:
+        device = torch.device("cuda")
+        monkeypatch.setattr(torch.cuda, "get_device_capability", lambda d=None: capability)
+    assert resumed_precision(tmp_path, device) == expected

@@ -714,13 +714,13 @@ def data_fingerprint(*tensors: torch.Tensor) -> dict[str, Any]:
     return {"images": len(tensors[0]), "crc32": crc}
 
 
-def resumed_precision(run_dir: str | Path) -> str | None:
+def resumed_precision(run_dir: str | Path, device: torch.device | None = None) -> str | None:
     """The arithmetic an interrupted run trained in, from its checkpoint (or a head's), which
     its ``--resume`` keeps: ``bf16``, ``fp16`` or ``fp32``. A checkpoint of a version that did
-    not record it gets what that version's ``auto`` chose on a CPU (bf16 with AMX, else fp32);
-    None for such a checkpoint from a GPU (where those versions picked bf16 from Ampere on, as
-    ``auto`` does, but fp32 on the 7.x GPUs where ``auto`` now picks fp16: the project's only
-    GPU then was an H200), or without a readable one."""
+    not record it gets what that version's ``auto`` chose: on a CPU, bf16 with AMX, else fp32;
+    on a GPU, resumed on the CUDA ``device``, bf16 from compute capability 8.0 on, else fp32
+    (never fp16). None for such a GPU checkpoint resumed elsewhere, or without a readable
+    checkpoint."""
     run_dir = Path(run_dir)
     stem, suffix = Path(CHECKPOINT_FILE).stem, Path(CHECKPOINT_FILE).suffix
     for path in sorted({*run_dir.glob(f"{stem}*{suffix}"), *run_dir.glob(f"*/{stem}*{suffix}")}):
@@ -735,6 +735,8 @@ def resumed_precision(run_dir: str | Path) -> str | None:
         where = str(state.get("computed_on") or "")
         if where.startswith("cpu"):
             return "bf16" if "AMX" in where else "fp32"
+        if device is not None and device.type == "cuda":
+            return "bf16" if torch.cuda.get_device_capability(device)[0] >= 8 else "fp32"
         return None
     return None
 

@@ -57,9 +57,10 @@ def sgd_update(
     synchronisation, so it can be captured in a CUDA graph.
 
     ``skip`` (fp16 loss scaling: :attr:`unseen.optim.LossScale.found_inf`), a device tensor:
-    at 1, parameters and buffers are left exactly as they are (the gradients, which then hold
-    an inf or NaN, are zeroed in place, ``g`` is taken as 0, the momentum as 1 and the rate as
-    0); at 0, the update is the one above, to the bit.
+    at 1, parameters and buffers keep their values (the gradients, which then hold an inf or
+    NaN, are zeroed in place, ``g`` is taken as 0, the momentum as 1 and the rate as 0; being
+    arithmetic, this can turn a -0.0 into +0.0, which no later step can tell apart); at 0, the
+    update is the one above, to the bit.
     """
     if not params:
         return

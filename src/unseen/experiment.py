@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import math
+import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -93,6 +94,11 @@ from .train import TrainResult, TrainSettings, default_lr, train_model, use_cuda
 #: epochs when --epochs is not given: the default digits run fits a minute on 2 CPU cores
 DEFAULT_EPOCHS = {"digits": 60}
 FALLBACK_EPOCHS = 15
+
+
+def warn(message: str) -> None:
+    """A warning on stderr, with --quiet and in sweeps too (as a resume's warnings)."""
+    print(f"unseen: warning: {message}", file=sys.stderr)
 
 
 def default_epochs(dataset: str) -> int:
@@ -736,7 +742,17 @@ def _run_experiment(cfg: RunConfig, progress: bool, log: Callable[[str], None] |
     # (another machine, or a version whose rule changed)
     kept = None
     if folder == "resume" and cfg.precision == "auto":
-        kept = resumed_precision(Path(cfg.out))
+        device = resolve_device(cfg.device)
+        kept = resumed_precision(Path(cfg.out), device)
+        if kept == "fp16" and device.type == "cpu":
+            # except fp16, which a CPU emulates: a run that `auto` started on a V100 or T4
+            # goes on in what `auto` picks here (its loss scale has no use there)
+            kept = None
+            warn(
+                f"{cfg.out} trained in fp16 (what --precision auto picked on its GPU), which a "
+                "CPU only emulates, slowly; it goes on in what auto picks here, so its results "
+                "will not equal those of an uninterrupted run"
+            )
     p = prepare(cfg, precision=kept)
     prepare_seconds = time.perf_counter() - started
     cfg = p.config
@@ -787,7 +803,7 @@ def _run_experiment(cfg: RunConfig, progress: bool, log: Callable[[str], None] |
         f"run folder {run_dir}"
     )
     if warning := precision_warning(p.precision, p.device):
-        say(f"warning: {warning}")
+        warn(warning)  # with --quiet too
     if p.pretrained is not None:
         for head, report in p.load_reports.items():
             for line in report.lines():

@@ -56,12 +56,16 @@ def evaluate_ood(
     ``x``), then converted to the run's channels and image size as ``unseen predict``
     converts images. ``data`` is what it read already (for several heads of one run)."""
     from .data import absolute_dataset, load_test_images
-    from .predict import conversions, load
+    from .predict import conversions, load, run_precision
     from .report import read_arrays
 
     if limit is not None and (isinstance(limit, bool) or int(limit) != limit or limit < 1):
         raise InputError(f"limit must be a whole number of at least 1, not {limit!r}.")
     p = load(run_dir, head=head, device=device, batch_size=batch_size)
+    if run_precision(p.run_dir) == "fp16":
+        # the known test scores below are the run's, in fp16: score the other images in it
+        # too (on a CPU, load() predicts an fp16 run in fp32)
+        p.precision = "fp16"
     stored = read_arrays(p.run_dir / "scores.npz")  # checked: one sentence if damaged
     if missing := {"is_unseen", "label_known", "predicted"} - set(stored):
         raise DataError(

@@ -95,8 +95,8 @@ def precision_warning(precision: str, device: torch.device) -> str | None:
     a CPU (emulated; no CPU this project knows has fp16 units)."""
     if precision == "fp16" and device.type == "cpu":
         return (
-            "fp16 on a CPU is emulated: a ResNet-20 training step ran 30x slower than in fp32 "
-            "on a 2-core AMD EPYC; fp16 is meant for CUDA GPUs without native bf16 (use "
+            "fp16 on a CPU is emulated: a ResNet-20 training step ran 18-24x slower than in "
+            "fp32 on a 2-core AMD EPYC; fp16 is meant for CUDA GPUs without native bf16 (use "
             "--precision auto, bf16 or fp32 here)"
         )
     return None

@@ -677,11 +677,9 @@ def _is_prepared(images: Any, p: Predictor) -> bool:
     )
 
 
-def resolve_predict_precision(run_dir: Path, device: torch.device) -> str:
-    """The precision the run evaluated in (its thresholds were calibrated on those scores),
-    except where ``device`` lacks it: fp32 for a bf16 run on a GPU without bf16, and for an
-    fp16 run on a CPU (emulated there: its forward pass ran 6x slower than fp32's on the
-    2-core AMD EPYC). Those scores differ from the run's by the 16-bit type's rounding."""
+def run_precision(run_dir: Path) -> str:
+    """The precision the run (a head's folder) evaluated in, from its metrics.json: its stored
+    scores, and the thresholds calibrated on them, are in that arithmetic (fp32 when unknown)."""
     metrics_path = run_dir / "metrics.json"
     precision = "fp32"
     if metrics_path.is_file():
@@ -689,8 +687,15 @@ def resolve_predict_precision(run_dir: Path, device: torch.device) -> str:
             precision = str(json.loads(metrics_path.read_text()).get("precision", "fp32"))
         except (ValueError, AttributeError, OSError):
             precision = "fp32"
-    if precision not in PRECISIONS:
-        precision = "fp32"
+    return precision if precision in PRECISIONS else "fp32"
+
+
+def resolve_predict_precision(run_dir: Path, device: torch.device) -> str:
+    """:func:`run_precision`, except where ``device`` lacks it: fp32 for a bf16 run on a GPU
+    without bf16, and for an fp16 run on a CPU (emulated there: its forward pass ran 6x slower
+    than fp32's on the 2-core AMD EPYC). Those scores differ from the run's by the 16-bit
+    type's rounding."""
+    precision = run_precision(run_dir)
     if precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
         precision = "fp32"
     if precision == "fp16" and device.type == "cpu":
