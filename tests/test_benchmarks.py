@@ -273,6 +273,8 @@ def test_bench_precision_times_fp16_with_loss_scaling_when_asked(capsys):
     assert bench.main(args) == 0
     out = json.loads(capsys.readouterr().out)
     assert list(out["images_per_s_rounds"]) == ["fp32", "fp16"]  # fp32 is always the baseline
-    medians = out["images_per_s_median"]
-    assert out["fp16_over_fp32"] == pytest.approx(medians["fp16"] / medians["fp32"], rel=1e-2)
+    m16, m32 = out["images_per_s_median"]["fp16"], out["images_per_s_median"]["fp32"]
+    # the medians are printed to 0.1 images/s; fp16, emulated here, runs a few images/s
+    low, high = (m16 - 0.05) / (m32 + 0.05), (m16 + 0.05) / (m32 - 0.05)
+    assert low - 1e-3 <= out["fp16_over_fp32"] <= high + 1e-3
     assert "bf16_over_fp32" not in out

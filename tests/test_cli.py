@@ -461,3 +461,24 @@ def test_class_counts_are_unambiguous_and_say_when_some_are_left_out():
     assert counts_text({str(i): 5 - i for i in range(5)}) == "0 (5), 1 (4), 2 (3), 3 (2), ..."
     assert counts_text({}) == "-"
     assert absorbed_text({"class": "8", "share": 0.45}) == "8 (45%)" and absorbed_text(None) == "-"
+
+
+@pytest.mark.parametrize(
+    ("argv", "said"),
+    [
+        (["run", "--holdout", "3", "--holdout", "4"], "argument --holdout: given twice; give "
+         "several values once, comma-separated"),
+        (["run", "--scores", "vim", "--scores=knn"], "argument --scores: given twice"),
+        (["run", "--epochs", "3", "--epochs", "3"], "argument --epochs: given twice; give it once"),
+        (["sweep", "--protocol", "loo", "--seeds", "1", "--seeds", "2"], "--seeds: given twice"),
+        (["rescore", "runs/x", "--scores", "msp", "--scores", "knn"], "--scores: given twice"),
+    ],
+)  # fmt: skip
+def test_an_option_given_twice_is_refused_not_overridden(capsys, argv, said):
+    # argparse keeps the last value: --holdout 3 --holdout 4 would hold out 4 alone
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and said in err[0] and "Traceback" not in err[0]
+    # once is fine, and a list is given comma-separated
+    args = build_parser().parse_args(["run", "--holdout", "3,4", "--no-report", "--report"])
+    assert config_from_args(args).holdout == ("3", "4") and config_from_args(args).report is True

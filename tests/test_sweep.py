@@ -1021,6 +1021,12 @@ def test_bad_rare_and_protocol_exit_2(capsys):
     assert main(["sweep", "--protocol", "nope", "--epochs", "1"]) == 2
     assert "--protocol" in capsys.readouterr().err
     assert main(["sweep", "--protocol", "neal6", "--known", "1,2,3", "--dry-run"]) == 2
+    capsys.readouterr()
+    # a class the rare protocol does not know: named as given, not as --rare (not given)
+    assert main(["sweep", "--protocol", "rare:foo", "--dry-run"]) == 2
+    err = capsys.readouterr().err
+    assert "--protocol rare:CLASS 'foo' is not a class of this dataset" in err
+    assert "--rare" not in err
 
 
 def test_dry_run_lists_folders(tmp_path, capsys):

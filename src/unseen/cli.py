@@ -14,7 +14,7 @@ import re
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import fields
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from .config import (
     FIELDS,
@@ -47,7 +47,13 @@ def one_line(message: object) -> str:
 
 
 class Parser(argparse.ArgumentParser):
-    """argparse, but a usage error is one line (no usage dump) and exit code 2."""
+    """argparse, but a usage error is one line (no usage dump) and exit code 2, and an
+    option given twice is refused (:class:`StoreOnce`, every plain option's action)."""
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.register("action", None, StoreOnce)
+        self.register("action", "store", StoreOnce)
 
     def error(self, message: str):  # type: ignore[override]
         self.exit(EXIT_USAGE, f"{self.prog}: error: {one_line(message)} (see {self.prog} --help)\n")
@@ -59,6 +65,28 @@ def nonempty_path(text: str) -> str:
     if not text.strip():
         raise argparse.ArgumentTypeError("an empty string is not a path")
     return text
+
+
+class StoreOnce(argparse.Action):
+    """Store a flag's value, refusing a second one: argparse would keep only the last, so
+    ``--holdout 3 --holdout 4`` would hold out 4 alone and ``--scores vim --scores knn``
+    compute knn alone. ``several``: the option takes a comma-separated list."""
+
+    def __init__(self, *args: object, several: bool = False, **kwargs: object):
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        self.several = several
+
+    def __call__(self, parser, namespace, values, option_string=None):  # noqa: ANN001
+        given = vars(namespace).setdefault("_given", set())  # (defaults are set beforehand)
+        if self.dest in given:
+            raise argparse.ArgumentError(
+                self,
+                "given twice; give several values once, comma-separated"
+                if self.several
+                else "given twice; give it once",
+            )
+        given.add(self.dest)
+        setattr(namespace, self.dest, values)
 
 
 class OptionError(UnseenError):
@@ -156,6 +184,7 @@ def add_run_options(
                 default=argparse.SUPPRESS,
                 metavar=metavar,
                 help=help_text,
+                several=str(f.type).startswith("tuple"),  # a comma-separated list
             )
     if only is None:
         parser.add_argument(

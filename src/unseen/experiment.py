@@ -739,20 +739,11 @@ def _run_experiment(cfg: RunConfig, progress: bool, log: Callable[[str], None] |
                 {"dataset": saved["dataset"]}, {"dataset": cfg.dataset}, Path(cfg.out)
             )
     # a resumed run keeps the arithmetic it started in, though `auto` may resolve otherwise now
-    # (another machine, or a version whose rule changed)
+    # (another machine, or a version whose rule changed): also fp16 on a CPU, which emulates
+    # it slowly (the warning below says so), so that every head of a run shares one arithmetic
     kept = None
     if folder == "resume" and cfg.precision == "auto":
-        device = resolve_device(cfg.device)
-        kept = resumed_precision(Path(cfg.out), device)
-        if kept == "fp16" and device.type == "cpu":
-            # except fp16, which a CPU emulates: a run that `auto` started on a V100 or T4
-            # goes on in what `auto` picks here (its loss scale has no use there)
-            kept = None
-            warn(
-                f"{cfg.out} trained in fp16 (what --precision auto picked on its GPU), which a "
-                "CPU only emulates, slowly; it goes on in what auto picks here, so its results "
-                "will not equal those of an uninterrupted run"
-            )
+        kept = resumed_precision(Path(cfg.out), resolve_device(cfg.device))
     p = prepare(cfg, precision=kept)
     prepare_seconds = time.perf_counter() - started
     cfg = p.config
@@ -802,7 +793,7 @@ def _run_experiment(cfg: RunConfig, progress: bool, log: Callable[[str], None] |
         f"{cfg.model}{stem}{resized}, {epochs} on {describe_device(p.device)}, {p.precision}; "
         f"run folder {run_dir}"
     )
-    if warning := precision_warning(p.precision, p.device):
+    if warning := precision_warning(p.precision, p.device, resumed=folder == "resume"):
         warn(warning)  # with --quiet too
     if p.pretrained is not None:
         for head, report in p.load_reports.items():

@@ -90,16 +90,34 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     return "bf16" if device.type == "cpu" and cpu_bf16_units() else "fp32"
 
 
-def precision_warning(precision: str, device: torch.device) -> str | None:
+def precision_warning(precision: str, device: torch.device, resumed: bool = False) -> str | None:
     """What to tell a user who trains in ``precision`` on ``device`` where it is slow: fp16 on
-    a CPU (emulated; no CPU this project knows has fp16 units)."""
-    if precision == "fp16" and device.type == "cpu":
-        return (
-            "fp16 on a CPU is emulated: a ResNet-20 training step ran 18-24x slower than in "
-            "fp32 on a 2-core AMD EPYC; fp16 is meant for CUDA GPUs without native bf16 (use "
-            "--precision auto, bf16 or fp32 here)"
-        )
-    return None
+    a CPU (emulated; no CPU this project knows has fp16 units). A ``resumed`` run keeps the
+    precision it started in, so the advice differs."""
+    if precision != "fp16" or device.type != "cpu":
+        return None
+    advice = (
+        "a resumed run keeps the arithmetic it started in: finish it on a GPU, or start it "
+        "again with --overwrite and --precision auto, bf16 or fp32"
+        if resumed
+        else "use --precision auto, bf16 or fp32 here"
+    )
+    return (
+        "fp16 on a CPU is emulated: a ResNet-20 training step ran 18-24x slower than in fp32 "
+        f"on a 2-core AMD EPYC; fp16 is meant for CUDA GPUs without native bf16 ({advice})"
+    )
+
+
+def scoring_warning(precision: str, device: torch.device) -> str | None:
+    """What to tell a user who scores images with an fp16 run on a CPU (``unseen rescore``,
+    ``unseen ood``): they keep the run's arithmetic, which the CPU emulates."""
+    if precision != "fp16" or device.type != "cpu":
+        return None
+    return (
+        "this run computes in fp16, which a CPU only emulates: its forward passes run several "
+        "times slower than in fp32 (6x for a ResNet-20 on a 2-core AMD EPYC); on a GPU, "
+        "--device cuda avoids it"
+    )
 
 
 def sync(device: torch.device) -> None:

@@ -11,12 +11,17 @@ from .predict_cli import _positive_int, add_model_options
 
 def cmd_ood(args: argparse.Namespace) -> int:
     from .data import absolute_dataset
+    from .experiment import warn
     from .farood import evaluate_ood, ood_path, ood_summary, save_ood
-    from .predict import locate_run
+    from .hardware import resolve_device, scoring_warning
+    from .predict import locate_run, run_precision
     from .runfolder import check_writable
 
     # the result can be saved: checked before the work, not after it
-    path = ood_path(locate_run(args.run_dir, args.head), absolute_dataset(args.dataset))
+    folder = locate_run(args.run_dir, args.head)
+    path = ood_path(folder, absolute_dataset(args.dataset))
+    if warning := scoring_warning(run_precision(folder), resolve_device(args.device)):
+        warn(warning)
     made = not path.parent.exists()
     try:
         check_writable(path)  # creates ood/

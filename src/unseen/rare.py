@@ -107,8 +107,11 @@ def parse_rare(text: str) -> tuple[str, ...] | None:
     return tuple(out)
 
 
-def resolve_rare(rare: Sequence[str] | None, classes: Sequence[str]) -> list[tuple[int, float]]:
-    """``cfg.rare`` -> ``[(original class index, fraction), ...]``, checked against ``classes``."""
+def resolve_rare(
+    rare: Sequence[str] | None, classes: Sequence[str], option: str = "--rare"
+) -> list[tuple[int, float]]:
+    """``cfg.rare`` -> ``[(original class index, fraction), ...]``, checked against ``classes``;
+    errors name ``option`` (what the user typed: ``--protocol rare:CLASS`` in a sweep)."""
     from .splits import resolve_classes
 
     out: dict[int, float] = {}
@@ -116,10 +119,10 @@ def resolve_rare(rare: Sequence[str] | None, classes: Sequence[str]) -> list[tup
         try:
             name, frac = parse_rare_item(item)
         except ValueError:
-            raise ConfigError(f"--rare expects CLASS:FRACTION items, not {item!r}.") from None
-        (idx,) = resolve_classes((name,), tuple(classes), "--rare")
+            raise ConfigError(f"{option} expects CLASS:FRACTION items, not {item!r}.") from None
+        (idx,) = resolve_classes((name,), tuple(classes), option)
         if idx in out:
-            raise ConfigError(f"--rare names class {classes[idx]!r} twice.")
+            raise ConfigError(f"{option} names class {classes[idx]!r} twice.")
         out[idx] = frac
     return sorted(out.items())
 

@@ -36,11 +36,12 @@ from .experiment import (
     prepare,
     pretrained_metrics,
     score_head,
+    warn,
     write_run_files,
     write_run_report,
 )
 from .farood import far_ood_loader, ood_command, ood_results, score_and_save
-from .hardware import describe_device
+from .hardware import describe_device, scoring_warning
 from .predict import is_head_folder, load_checkpoint, rebuild_model
 from .report import head_folder
 from .runfolder import is_finished, read_json, read_npz, require_finished, run_damage, write_json
@@ -157,7 +158,11 @@ def _rescore_run(
     except DataError as exc:
         hint = moved_hint(cfg.dataset, cfg.data_root, dataset, data_root)
         raise DataError(f"{str(exc).rstrip('.')}{hint}.") from None
-    say(f"rescoring {run_dir} on {describe_device(p.device)}: {', '.join(cfg.scores)}")
+    say(
+        f"rescoring {run_dir} on {describe_device(p.device)}, {p.precision}: {', '.join(cfg.scores)}"
+    )
+    if warning := scoring_warning(p.precision, p.device):
+        warn(warning)  # with --quiet too
     for line in unused_options_notes(unused_score_options(cfg, given=changes), "rescored run"):
         say(line)
     if note := knn_note(p):

@@ -335,7 +335,7 @@ def expand(
             for i, known in enumerate(picks)
         ]
     elif kind == "rare":
-        ((cls, _),) = resolve_rare((f"{arg}:1",), classes)
+        ((cls, _),) = resolve_rare((f"{arg}:1",), classes, "--protocol rare:CLASS")
         name = classes[cls]
         # exact text (0.1 stays "0.1"; 0.1234561 and 0.1234564 stay apart): the text goes
         # into the hash and the folder name, so two fractions must never share one

@@ -54,12 +54,12 @@ def add_sweep_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser
     )  # fmt: skip
     g.add_argument(
         "--fractions", type=option_type(parse_fractions), default=None, metavar="LIST",
-        help="rare:CLASS fractions of the class's training images "
+        several=True, help="rare:CLASS fractions of the class's training images "
         f"[default: {','.join(f'{f:g}' for f in DEFAULT_FRACTIONS)}]",
     )  # fmt: skip
     g.add_argument(
         "--compare-balance", type=option_type(parse_balances), default=None, metavar="MODES",
-        help="run every condition once per --balance mode and compare them: comma-separated "
+        several=True, help="run every condition once per --balance mode and compare them: comma-separated "
         f"modes from {', '.join(BALANCE_MODES)}, or all [default: only --balance]",
     )  # fmt: skip
     g.add_argument(
