@@ -122,6 +122,33 @@ def test_truncated_idx_is_one_clear_error(tmp_path):
         load_dataset("fashion-mnist", str(tmp_path))
 
 
+@pytest.mark.parametrize("gz", [True, False])
+def test_damaged_idx_files_are_found_before_they_load(tmp_path, gz):
+    """A file cut short is named when the dataset is looked for (before a run trains, for
+    --ood), and `unseen datasets` calls it damaged, not found; whole files of several gzip
+    members (whose trailer has only the last member's size) are not mistaken for damaged."""
+    from unseen.data import get_source
+    from unseen.errors import DamagedData
+
+    arrays = make_idx_set(tmp_path, gz=gz)
+    source = get_source("fashion-mnist")
+    assert source.locate(str(tmp_path)) == str(tmp_path)  # whole: found
+    name = "t10k-images-idx3-ubyte" + (".gz" if gz else "")
+    f = tmp_path / name
+    whole = f.read_bytes()
+    f.write_bytes(whole[: len(whole) - 100])
+    with pytest.raises(DamagedData, match=f"{f} is truncated or not an IDX file"):
+        source.locate(str(tmp_path))
+    row = {n: where for n, _, where in describe_sources(str(tmp_path))}["fashion-mnist"]
+    assert row.startswith("damaged: ") and name in row
+    if gz:  # the same bytes in two gzip members: whole, and read as such
+        payload = gzip.decompress(whole)
+        f.write_bytes(gzip.compress(payload[:1000]) + gzip.compress(payload[1000:]))
+        assert source.locate(str(tmp_path)) == str(tmp_path)
+        x = load_dataset("fashion-mnist", str(tmp_path)).x_test
+        assert np.array_equal(x[:, 0].numpy(), arrays["t10k-images-idx3-ubyte"])
+
+
 @pytest.mark.parametrize(
     "code, dtype, shape",
     [(0x08, ">u1", (3, 4, 5)), (0x09, ">i1", (7,)), (0x0B, ">i2", (2, 3)),

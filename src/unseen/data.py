@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from .console import valid_unicode
-from .errors import ConfigError, DataError, UnseenError
+from .errors import ConfigError, DamagedData, DataError, UnseenError
 from .runfolder import read_npz
 
 #: The folder Debian's ``dataset-fashion-mnist`` package installs.
@@ -168,6 +168,40 @@ def _first_labels(path: Path, n: int = 10) -> tuple[int, ...] | None:
     return tuple(head[8:]) if len(head) == 8 + n else None
 
 
+def _idx_damage(path: Path) -> str | None:
+    """Why the IDX file at ``path`` cannot be whole, found cheaply: its header gives the size
+    of the values, which a plain file must have, and which a .gz file's trailer (the size
+    unpacked, modulo 2**32) must give. Only where the trailer disagrees is the file read whole
+    (a .gz of several members has only the last one's size there). None: it looks whole, and
+    a corrupt stream inside a .gz is still found when the dataset loads."""
+    opener: Callable[..., Any] = gzip.open if path.suffix == ".gz" else open
+    try:
+        with opener(path, "rb") as fh:
+            head = fh.read(4 + 4 * 32)  # magic, then at most 32 dimensions
+        ndim = head[3] if len(head) >= 4 else 0
+        bad = head[0] or head[1] or head[2] not in IDX_DTYPES or ndim > 32 if ndim else True
+        if bad or len(head) < 4 + 4 * ndim:
+            raise EOFError
+        shape = struct.unpack(f">{ndim}I", head[4 : 4 + 4 * ndim])
+        size = 4 + 4 * ndim + math.prod(shape) * np.dtype(IDX_DTYPES[head[2]]).itemsize
+        if path.suffix != ".gz":
+            return (
+                None if path.stat().st_size == size else f"{path} is truncated or not an IDX file"
+            )
+        with open(path, "rb") as fh:
+            fh.seek(-4, os.SEEK_END)
+            unpacked = int.from_bytes(fh.read(4), "little")
+    except (OSError, EOFError, zlib.error, ValueError):
+        return f"{path} is truncated or not an IDX file"
+    if unpacked == size % 2**32:
+        return None
+    try:
+        _read_idx(path)  # the whole file decides (and says what is wrong)
+    except DataError as exc:
+        return str(exc).rstrip(".")
+    return None
+
+
 def _idx_file(folder: Path, stem: str) -> Path | None:
     for name in (stem, stem + ".gz"):
         if (folder / name).is_file():
@@ -239,6 +273,11 @@ def _idx_loader(
             first = (_first_labels(files["y_train"]), _first_labels(files["y_test"]))
             other = next((o for o, f in IDX_FINGERPRINTS.items() if o != name and f == first), None)
             if other is None:
+                # damage found now, not once the data loads (after training, for --ood)
+                for file in files.values():
+                    assert file is not None
+                    if why := _idx_damage(file):
+                        raise DamagedData(f"{why}; replace it with an undamaged copy.")
                 return str(d)
             other_found = other_found or (d, other)
         if other_found is not None:
@@ -363,14 +402,14 @@ def _torchvision_source(name: str, flip_ok: bool) -> tuple[Callable, Callable]:
             listed.append((table["meta"][0], table["meta"][2]))
         return [(base / f, md5) for f, md5 in listed]
 
-    def how(root: str) -> str:
+    def how(root: str) -> DataError:
         if all(f.is_file() for f, _ in files(root)):  # there, but not the published files
-            return (
+            return DamagedData(
                 f"the {name} files in {root} are there but fail torchvision's integrity (MD5) "
                 "check: they are damaged or incomplete; replace them, or delete them and add "
                 "--download on a machine with internet."
             )
-        return (
+        return DataError(
             f"{name} not found in {root}; pass --data-root DIR holding torchvision's files for it, "
             "or add --download on a machine with internet."
         )
@@ -387,7 +426,7 @@ def _torchvision_source(name: str, flip_ok: bool) -> tuple[Callable, Callable]:
     def locate(root: str | None) -> str:
         r = str(data_root(root))
         if not intact(r):
-            raise DataError(how(r))
+            raise how(r)
         return r
 
     def fetch(root: str) -> None:
@@ -443,7 +482,7 @@ def _torchvision_source(name: str, flip_ok: bool) -> tuple[Callable, Callable]:
                 raise DataError(f"{name} could not be downloaded into {r} ({exc}).") from None
             ok = intact(r)
         if not ok:  # missing or damaged: one sentence on how to get them
-            raise DataError(how(r))
+            raise how(r)
         try:
             return read(r)
         except Exception as exc:  # unpickling or scipy.io errors, a file of other contents
@@ -1194,6 +1233,8 @@ def describe_sources(root: str | None = None) -> list[tuple[str, str, str]]:
     for src in SOURCES.values():
         try:
             where = "found: " + src.locate(root)
+        except DamagedData as exc:
+            where = "damaged: " + str(exc)
         except DataError as exc:
             where = "missing: " + str(exc)
         rows.append((src.name, src.description, where))

@@ -38,6 +38,10 @@ class DataError(UnseenError):
     """Data that is missing, truncated or malformed."""
 
 
+class DamagedData(DataError):
+    """Data that is there, but truncated or malformed (``unseen datasets`` says "damaged")."""
+
+
 class Interrupted(UnseenError):
     """A run stopped by SIGINT or SIGTERM after saving a checkpoint (exit 130 or 143)."""
 
