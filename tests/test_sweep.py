@@ -210,7 +210,9 @@ def test_split_mistake_in_a_sweep_exits_2_before_any_folder(tmp_path, capsys):
             "--out", str(out)]  # fmt: skip
     assert main(args) == 2
     err = capsys.readouterr().err.strip()
-    assert "--rare class '3' is held out" in err and len(err.splitlines()) == 1
+    # named as given (--protocol rare:CLASS), not as --rare, which was not given
+    assert "--protocol rare:CLASS class '3' is held out" in err and len(err.splitlines()) == 1
+    assert "--rare" not in err
     assert not out.exists()
     assert main([*args, "--dry-run"]) == 2
     assert not out.exists()

@@ -281,6 +281,7 @@ def cmd_rescore(args: argparse.Namespace) -> int:
         report=args.report,
         progress=not args.quiet,
         log=None if args.quiet else notes_once(progress_line),  # a note once for all runs
+        warned=set(),  # and a warning once (fp16 on a CPU)
     )
     damaged = False  # a sweep's finished run left out: exit 1 at the end
     for i, folder in enumerate(args.runs):

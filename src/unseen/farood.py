@@ -41,6 +41,7 @@ def evaluate_ood(
     batch_size: int = 256,
     limit: int | None = None,
     data: TestImages | None = None,
+    warn: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """The run's scores on ``dataset``'s test images (``limit`` of them, drawn by
     :func:`subset_index`), as unseen images
@@ -56,6 +57,7 @@ def evaluate_ood(
     ``x``), then converted to the run's channels and image size as ``unseen predict``
     converts images. ``data`` is what it read already (for several heads of one run)."""
     from .data import absolute_dataset, load_test_images
+    from .hardware import scoring_warning
     from .predict import conversions, load, run_precision
     from .report import read_arrays
 
@@ -79,6 +81,9 @@ def evaluate_ood(
     if len(x) == 0:
         raise DataError(f"{dataset} has no test images to score.")
     converted = conversions(None, x, p)  # a dataset's images share their size and channels
+    # the slow part, once the run, the dataset and its images have been accepted
+    if warn is not None and (warning := scoring_warning(p.precision, p.device)):
+        warn(warning)
     # one forward pass: every score, and the closest class with its probability
     other, closest, probability = p.all_scores_and_closest(p.conform(x))
     known = ~stored["is_unseen"].astype(bool)

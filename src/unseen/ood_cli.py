@@ -13,15 +13,11 @@ def cmd_ood(args: argparse.Namespace) -> int:
     from .data import absolute_dataset
     from .experiment import warn
     from .farood import evaluate_ood, ood_path, ood_summary, save_ood
-    from .hardware import resolve_device, scoring_warning
-    from .predict import locate_run, run_precision
+    from .predict import locate_run
     from .runfolder import check_writable
 
     # the result can be saved: checked before the work, not after it
-    folder = locate_run(args.run_dir, args.head)
-    path = ood_path(folder, absolute_dataset(args.dataset))
-    if warning := scoring_warning(run_precision(folder), resolve_device(args.device)):
-        warn(warning)
+    path = ood_path(locate_run(args.run_dir, args.head), absolute_dataset(args.dataset))
     made = not path.parent.exists()
     try:
         check_writable(path)  # creates ood/
@@ -34,6 +30,7 @@ def cmd_ood(args: argparse.Namespace) -> int:
             device=args.device,
             batch_size=args.batch_size,
             limit=args.limit,
+            warn=warn,  # fp16 on a CPU: once the dataset is read, before the forward pass
         )
     except BaseException:
         if made:  # no empty ood/ left behind by a dataset that could not be read, or a refusal

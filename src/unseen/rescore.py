@@ -58,6 +58,7 @@ def rescore_run(
     report: bool | None = None,
     progress: bool = True,
     log: Callable[[str], None] | None = print,
+    warned: set[str] | None = None,
 ) -> RunResult:
     """Fit and apply the scores of the finished run in ``run_dir`` again, with ``changes``
     to its score options (:data:`~unseen.config.SCORE_OPTIONS`, e.g. ``{"scores":
@@ -78,7 +79,15 @@ def rescore_run(
     _check_changes(changes)
     with caller_torch_state():
         return _rescore_run(
-            Path(run_dir), dict(changes or {}), device, dataset, data_root, report, progress, log
+            Path(run_dir),
+            dict(changes or {}),
+            device,
+            dataset,
+            data_root,
+            report,
+            progress,
+            log,
+            warned,
         )
 
 
@@ -99,6 +108,7 @@ def _rescore_run(
     report: bool | None,
     progress: bool,
     log: Callable[[str], None] | None,
+    warned: set[str] | None = None,
 ) -> RunResult:
     say = log or (lambda _msg: None)
     started = time.perf_counter()
@@ -161,8 +171,11 @@ def _rescore_run(
     say(
         f"rescoring {run_dir} on {describe_device(p.device)}, {p.precision}: {', '.join(cfg.scores)}"
     )
-    if warning := scoring_warning(p.precision, p.device):
-        warn(warning)  # with --quiet too
+    warning = scoring_warning(p.precision, p.device)
+    if warning and warning not in (warned if warned is not None else ()):
+        warn(warning)  # with --quiet too; once for the runs of a sweep or command
+        if warned is not None:
+            warned.add(warning)
     for line in unused_options_notes(unused_score_options(cfg, given=changes), "rescored run"):
         say(line)
     if note := knn_note(p):
@@ -335,6 +348,7 @@ def rescore_sweep(
     report: bool | None = None,
     progress: bool = True,
     log: Callable[[str], None] | None = print,
+    warned: set[str] | None = None,
 ) -> tuple[list[RunResult], Any]:
     """:func:`rescore_run` on every finished run of the sweep in ``sweep_dir`` (its
     ``sweep.json`` lists them), then the sweep's summary again (``unseen sweep
@@ -355,6 +369,7 @@ def rescore_sweep(
     _check_changes(changes)  # before the data is loaded, and with no run finished too
     sweep_dir = Path(sweep_dir)
     log = notes_once(log)  # what applies to every run is said once
+    warned = set() if warned is None else warned  # and so is a warning
     say = log or (lambda _msg: None)
     plan_file = sweep_dir / "sweep.json"
     plan = read_json(plan_file)
@@ -418,6 +433,7 @@ def rescore_sweep(
                 report=report,
                 progress=progress,
                 log=log,
+                warned=warned,
             )  # fmt: skip
         )
     # the summary of `unseen sweep --summary-only`, from the plan rebuilt above, without

@@ -149,6 +149,7 @@ def make_split(
     known: tuple[str, ...] | None = None,
     rare: Sequence[tuple[int, float]] = (),
     untrained: Sequence[int] = (),
+    rare_option: str = "--rare",
 ) -> Split:
     """Known/unseen split from ``holdout`` or its complement ``known`` (not both).
 
@@ -187,13 +188,13 @@ def make_split(
             known_idx = [i for i in known_idx if i != cls]
         elif cls in untrained:
             raise ConfigError(
-                f"--rare class {classes[cls]!r} has no training images (only the test set "
-                "holds any); it can only be held out."
+                f"{rare_option} class {classes[cls]!r} has no training images (only the test "
+                "set holds any); it can only be held out."
             )
         elif cls not in known_idx:
             raise ConfigError(
-                f"--rare class {classes[cls]!r} is held out; a rare class with a fraction above 0 "
-                "must be a known class (fraction 0 leaves it out)."
+                f"{rare_option} class {classes[cls]!r} is held out; a rare class with a "
+                "fraction above 0 must be a known class (fraction 0 leaves it out)."
             )
     unseen_idx = [i for i in range(n) if i not in known_idx]
     if not known_idx:

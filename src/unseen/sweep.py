@@ -398,8 +398,13 @@ def plan(
         key = (cfg.holdout, cfg.known, cfg.rare)
         if key not in checked:  # runs differing only in seed or balance share a split
             try:
-                rare = resolve_rare(cfg.rare, classes)
-                split = make_split(classes, cfg.holdout, cfg.known, rare=rare, untrained=untrained)
+                # a rare:CLASS protocol's errors name what the user typed, not --rare
+                option = "--protocol rare:CLASS" if run.tags["protocol"] == "rare" else "--rare"
+                rare = resolve_rare(cfg.rare, classes, option)
+                split = make_split(
+                    classes, cfg.holdout, cfg.known, rare=rare, untrained=untrained,
+                    rare_option=option,
+                )  # fmt: skip
                 check_score_settings(cfg, split.num_known)
             except ConfigError as exc:
                 raise ConfigError(f"run {run.label}: {exc}") from None
