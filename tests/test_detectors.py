@@ -90,6 +90,16 @@ def test_rmd_matches_sklearn_background_gaussian():
     np.testing.assert_allclose(s.score(outputs(xt, w, b)).numpy(), expected, rtol=1e-6, atol=1e-8)
 
 
+def test_rmd_refuses_a_single_known_class():
+    """With one class the background Gaussian is the class's own: every image would score 0."""
+    from unseen.errors import InputError
+
+    x, y, xt, w, b = random_problem(2, k=1)
+    with pytest.raises(InputError, match="'rmd' needs at least two known classes"):
+        create_score("rmd").fit(context(x, y, w, b))
+    assert create_score("mahalanobis").fit(context(x, y, w, b)).score(outputs(xt, w, b)).std() > 0
+
+
 # ----------------------------------------------------------------------------- KNN
 
 

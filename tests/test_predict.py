@@ -517,6 +517,10 @@ def test_load_refuses_bad_arguments_with_one_clear_error(run_dir, tmp_path):
             load(run_dir, known_acceptance=bad, device="cpu")
     with pytest.raises(TypeError, match="load takes a run folder's path .* not NoneType"):
         load(None)
+    for bad in ("1", [0.5], None.__class__):  # a threshold that is no number: one sentence
+        with pytest.raises(InputError, match="the threshold must be a number, not"):
+            p.with_options(threshold=bad)
+    assert p.with_options(threshold=np.float32(0.25)).threshold == 0.25  # a NumPy number is one
 
 
 def test_unseen_load_is_the_lazy_entry_point(run_dir):

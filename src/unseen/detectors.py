@@ -202,6 +202,11 @@ class RelativeMahalanobis(Mahalanobis):
 
     def fit(self, context: FitContext) -> Self:
         super().fit(context)
+        if len(self.means_) < 2:  # (a run always has two or more known classes)
+            raise InputError(
+                "score 'rmd' needs at least two known classes: with one, the background "
+                "Gaussian is the class's own and every image scores 0; use 'mahalanobis'."
+            )
         x = _train(self, context).features.double()
         self.background_mean_ = x.mean(0)
         (

@@ -515,6 +515,12 @@ class Predictor:
                 f"choose from: {', '.join(self.detectors)}."
             )
         if threshold is not None:
+            try:
+                if isinstance(threshold, (str, bytes)):
+                    raise TypeError
+                threshold = float(threshold)  # a NumPy scalar or one-element tensor too
+            except (TypeError, ValueError):
+                raise InputError(f"the threshold must be a number, not {threshold!r}.") from None
             if not math.isfinite(threshold):
                 raise InputError(f"the threshold must be a finite number, not {threshold}.")
             self.threshold, self.known_acceptance, self.threshold_source = (
