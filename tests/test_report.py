@@ -833,3 +833,16 @@ def test_a_rare_run_report_plots_the_rare_class_against_the_other_known_ones(tmp
     auroc = json.loads((out / "metrics.json").read_text())["rare"]["3"]["auroc_vs_known"]["msp"]
     assert f"AUROC of the others against it: {auroc:.3f}" in md
     assert "msp: known test images" in md  # nothing unseen: the score histogram says so
+
+
+def test_runs_that_computed_other_scores_share_one_row(tmp_path):
+    """The score list changes neither the network nor any score's values: two runs of one
+    configuration, one of them with energy as well (a sweep rescored, then continued), are one
+    row, and `computed` says how many of its runs have each score."""
+    from test_robustness import run
+
+    run(tmp_path / "a", scores=("msp",))
+    run(tmp_path / "b", scores=("msp", "energy"), seed=1)
+    (row,) = aggregate_runs([tmp_path / "a", tmp_path / "b"])
+    assert row["n_runs"] == 2 and row["computed"] == {"msp": 2, "energy": 1}
+    assert row["scores"]["msp"]["auroc"]["n"] == 2 and row["scores"]["energy"]["auroc"]["n"] == 1

@@ -372,7 +372,8 @@ def test_another_sweep_is_refused_in_a_sweeps_folder(tmp_path, fake_runs, capsys
 
 def test_other_fractions_name_the_options_that_plan_both(tmp_path):
     out, only = tmp_path / "S", dict(summary_only=True, report=False, log=None)
-    sweep.run_sweep(TINY, SweepOptions("rare:3", fractions=(0.5,)), out, **only)
+    first = SweepOptions("rare:3", fractions=(0.5,))  # its record, as a sweep writes it
+    sweep.write_plan(out, TINY, first, sweep.plan_sweep(TINY, first, out))
     # not "this sweep with more runs, give those options again": that would drop 0.1 and 0.2
     with pytest.raises(ConfigError, match=r"holds this sweep with other runs \(--fractions 0.5, "
                        r"see its sweep.json\).*give --fractions 0.1,0.2,0.5 \(its"):  # fmt: skip
@@ -1336,3 +1337,36 @@ def test_sweep_help_describes_its_own_folder_and_resume_is_refused(tmp_path, cap
     text = " ".join(capsys.readouterr().out.split())
     assert "--out DIR run folder (none: runs/<time>-<dataset>-<holdout>)" in text
     assert "--resume continue the unfinished run in --out" in text
+
+
+def test_summary_only_changes_no_record_and_needs_a_sweep(tmp_path, capsys):
+    """Aggregating trains nothing, so it leaves sweep.json as the sweep wrote it (other
+    options, say more seeds, used to replace it and lock the sweep's own command out); with no
+    sweep and no finished run there is nothing to summarise (a mistyped --out)."""
+    out = tmp_path / "S"
+    args = ["sweep", "--protocol", "single", "--out", str(out), "--epochs", "1",
+            "--train-subset", "200", "--test-subset", "100", "--no-report", "--quiet"]  # fmt: skip
+    assert main(args) == 0
+    record = (out / "sweep.json").read_text()
+    assert main([*args, "--seeds", "3", "--summary-only"]) == 0
+    assert "1 of the 3 planned runs" in capsys.readouterr().out
+    assert (out / "sweep.json").read_text() == record
+    assert main([*args, "--dry-run"]) == 0  # the sweep's own command still fits its folder
+    none = tmp_path / "none"
+    assert main([*args[:4], str(none), *args[5:], "--summary-only"]) == 2
+    assert "holds no sweep (no sweep.json) and no finished run" in capsys.readouterr().err
+    assert not none.exists()
+
+
+def test_a_diverged_run_of_a_sweep_is_told_what_the_sweep_accepts(tmp_path, capsys):
+    """A run's advice (a lower --lr, then --overwrite) is another sweep's in a sweep: --lr is
+    part of the folder names, and this folder refuses other options."""
+    out = tmp_path / "S"
+    args = ["sweep", "--protocol", "single", "--out", str(out), "--epochs", "2", "--lr", "1e6",
+            "--train-subset", "300", "--test-subset", "100", "--no-report", "--quiet"]  # fmt: skip
+    assert main(args) == 1
+    printed = capsys.readouterr()
+    said = printed.out + printed.err
+    assert "training diverged" in said and "lower the learning rate" in said
+    assert "run the sweep with it and another --out" in said
+    assert "start again with --overwrite" not in said

@@ -879,7 +879,10 @@ def _grouping_config(config: dict) -> dict:
     both become ``holdout`` = the unseen class names that the run's split recorded."""
     # older runs recorded paths as given, and lack the options added since (at their default)
     config = absolute_paths(with_field_defaults(config))
-    out = {k: v for k, v in config.items() if k not in GROUPING_IGNORES}
+    # the score list changes neither the network nor any score's values: runs that computed
+    # other scores (a sweep rescored, then continued) are one configuration, and `computed`
+    # (with its warning) says which scores fewer of the row's runs have
+    out = {k: v for k, v in config.items() if k not in GROUPING_IGNORES and k != "scores"}
     unseen = (config.get("split") or {}).get("unseen_names")
     if unseen is not None:
         out["holdout"], out["known"] = sorted(map(str, unseen)), None

@@ -39,6 +39,7 @@ import itertools
 import json
 import math
 import os
+import re
 import time
 import traceback
 from collections.abc import Callable, Sequence
@@ -724,6 +725,14 @@ def _run_one_now(cfg: RunConfig, threads: int | None) -> tuple[float, str | None
         raise RunInterrupted(str(exc), exc.exit_code) from None
     except Exception as exc:  # one failed run must not stop the sweep
         detail = str(exc) if isinstance(exc, UnseenError) else f"{type(exc).__name__}: {exc}"
+        if type(exc).__name__ == "TrainingDiverged":  # a new --lr is another sweep's folders
+            detail = re.sub(
+                r" and start again( with --overwrite)?",
+                " and run the sweep with it and another --out (--lr is hashed: --overwrite "
+                "in this folder is refused)",
+                detail,
+                count=1,
+            )
         folder = Path(cfg.out) if cfg.out else None
         if folder is not None:
             folder.mkdir(parents=True, exist_ok=True)
@@ -1493,7 +1502,14 @@ def run_sweep(
         for r in runs:
             say(f"{r.run_dir}  {dry_run_state(r, base.overwrite)}  ({_split_text(r)})")
         return SweepResult(out, runs, [], {})
-    write_plan(out, base, opts, runs)
+    if summary_only and record is None and not any(is_finished(r.run_dir) for r in runs):
+        # nothing to aggregate: a mistyped --out, or other options than the sweep's
+        raise ConfigError(
+            f"--summary-only: {out} holds no sweep (no sweep.json) and no finished run of this "
+            "one to summarise."
+        )
+    if not summary_only or record is None:  # aggregating alone leaves a sweep's record as it
+        write_plan(out, base, opts, runs)  # is (a lost one is written again from the runs)
     say(f"sweep {opts.protocol} on {base.dataset} in {out}")
     for line in unused_options_notes(unused_score_options(base), "sweep"):
         say(line)
