@@ -72,7 +72,10 @@ from .threads import thread_budget
 #: config.json keys that do not make a different configuration: runs differing only here
 #: are repetitions of one setting and are averaged together (the seed, and the options that
 #: change where a run is written or how fast it runs, not what it computes)
-GROUPING_IGNORES = ("seed", *RESULT_NEUTRAL_KEYS, "pretrained_weights")
+#: config.json keys in which repeats of one configuration may differ; ``scores``: the score
+#: list changes neither the network nor any score's values (a sweep rescored with +vim, then
+#: given more seeds, is one row per condition, whose ``computed`` counts each score's runs)
+GROUPING_IGNORES = ("seed", "scores", *RESULT_NEUTRAL_KEYS, "pretrained_weights")
 
 #: metrics of each score shown in tables: key, column label, True when higher is better
 SCORE_METRICS = (
@@ -879,10 +882,7 @@ def _grouping_config(config: dict) -> dict:
     both become ``holdout`` = the unseen class names that the run's split recorded."""
     # older runs recorded paths as given, and lack the options added since (at their default)
     config = absolute_paths(with_field_defaults(config))
-    # the score list changes neither the network nor any score's values: runs that computed
-    # other scores (a sweep rescored, then continued) are one configuration, and `computed`
-    # (with its warning) says which scores fewer of the row's runs have
-    out = {k: v for k, v in config.items() if k not in GROUPING_IGNORES and k != "scores"}
+    out = {k: v for k, v in config.items() if k not in GROUPING_IGNORES}
     unseen = (config.get("split") or {}).get("unseen_names")
     if unseen is not None:
         out["holdout"], out["known"] = sorted(map(str, unseen)), None

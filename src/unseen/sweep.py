@@ -725,7 +725,9 @@ def _run_one_now(cfg: RunConfig, threads: int | None) -> tuple[float, str | None
         raise RunInterrupted(str(exc), exc.exit_code) from None
     except Exception as exc:  # one failed run must not stop the sweep
         detail = str(exc) if isinstance(exc, UnseenError) else f"{type(exc).__name__}: {exc}"
-        if type(exc).__name__ == "TrainingDiverged":  # a new --lr is another sweep's folders
+        from .checkpoint import TrainingDiverged
+
+        if isinstance(exc, TrainingDiverged):  # a new --lr is another sweep's folders
             detail = re.sub(
                 r" and start again( with --overwrite)?",
                 " and run the sweep with it and another --out (--lr is hashed: --overwrite "
