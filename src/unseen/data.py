@@ -168,6 +168,17 @@ def _first_labels(path: Path, n: int = 10) -> tuple[int, ...] | None:
     return tuple(head[8:]) if len(head) == 8 + n else None
 
 
+def _idx_layout(head: bytes) -> tuple[int, tuple[int, ...], np.dtype] | None:
+    """``(header length, shape, dtype)`` from the first bytes of an IDX file: 4 magic bytes
+    (0, 0, the type code, the number of dimensions, at most 32), then each dimension as a
+    big-endian uint32. None when they are no IDX header."""
+    ndim = head[3] if len(head) >= 4 else 0
+    header = 4 + 4 * ndim
+    if len(head) < header or head[0] or head[1] or head[2] not in IDX_DTYPES or ndim > 32:
+        return None
+    return header, struct.unpack(f">{ndim}I", head[4:header]), np.dtype(IDX_DTYPES[head[2]])
+
+
 def _idx_damage(path: Path) -> str | None:
     """Why the IDX file at ``path`` cannot be whole, found cheaply: its header gives the size
     of the values, which a plain file must have, and which a .gz file's trailer (the size
@@ -177,13 +188,11 @@ def _idx_damage(path: Path) -> str | None:
     opener: Callable[..., Any] = gzip.open if path.suffix == ".gz" else open
     try:
         with opener(path, "rb") as fh:
-            head = fh.read(4 + 4 * 32)  # magic, then at most 32 dimensions
-        ndim = head[3] if len(head) >= 4 else 0
-        bad = head[0] or head[1] or head[2] not in IDX_DTYPES or ndim > 32 if ndim else True
-        if bad or len(head) < 4 + 4 * ndim:
+            layout = _idx_layout(fh.read(4 + 4 * 32))  # magic, then at most 32 dimensions
+        if layout is None:
             raise EOFError
-        shape = struct.unpack(f">{ndim}I", head[4 : 4 + 4 * ndim])
-        size = 4 + 4 * ndim + math.prod(shape) * np.dtype(IDX_DTYPES[head[2]]).itemsize
+        header, shape, dtype = layout
+        size = header + math.prod(shape) * dtype.itemsize
         if path.suffix != ".gz":
             return (
                 None if path.stat().st_size == size else f"{path} is truncated or not an IDX file"
@@ -228,12 +237,9 @@ def _read_idx(path: Path) -> torch.Tensor:
     except (OSError, EOFError, zlib.error) as exc:  # a cut .gz, a corrupt stream
         why = "corrupt gzip data" if isinstance(exc, zlib.error) else type(exc).__name__
         raise DataError(f"{path} is truncated or not an IDX file ({why}).") from None
-    ndim = raw[3] if len(raw) >= 4 else 0
-    header = 4 + 4 * ndim
-    if len(raw) < header or raw[0] or raw[1] or raw[2] not in IDX_DTYPES or ndim > 32:
+    if (layout := _idx_layout(raw)) is None:
         raise DataError(f"{path} is truncated or not an IDX file (no IDX header).")
-    shape = struct.unpack(f">{ndim}I", raw[4:header])
-    dtype = np.dtype(IDX_DTYPES[raw[2]])
+    header, shape, dtype = layout
     values = math.prod(shape)
     if len(raw) != header + values * dtype.itemsize:
         raise DataError(
