@@ -20,7 +20,6 @@ import contextlib
 import dataclasses
 import json
 import signal
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -33,6 +32,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import torch
 
 from .config import FIELDS, PRECISIONS, RESULT_NEUTRAL_KEYS, with_field_defaults
+from .console import warn
 from .data import absolute_paths
 from .errors import ConfigError, Interrupted, UnseenError
 from .hardware import describe_device
@@ -496,7 +496,7 @@ class Checkpointing:
     #: resume keeps it (:func:`resumed_precision`) wherever ``--precision auto`` would now resolve
     precision: str = ""
     #: where a resume's warning goes: stderr, whatever --quiet or a sweep does with the log
-    warn: Callable[[str], None] = field(default=lambda m: print(f"unseen: {m}", file=sys.stderr))
+    warn: Callable[[str], None] = field(default=warn)
     #: a checkpoint still being written in the background (see ``save(background=True)``)
     _pending: Future | None = field(default=None, init=False, repr=False, compare=False)
     #: when the last checkpoint was saved (or training started), ``time.monotonic()``
@@ -665,13 +665,13 @@ class Checkpointing:
         # versions before 2026-11-29 did not name AVX512-BF16 units: the same machine
         if before is not None and before not in (now, now.replace(", AVX512-BF16)", ")")):
             self.warn(
-                f"warning: this run trained on {before} and resumes on {now}; a different "
+                f"this run trained on {before} and resumes on {now}; a different "
                 "thread count, device or torch version rounds differently, so the results "
                 "will not equal those of an uninterrupted run bit for bit"
                 + (f", and {RESEEDED}" if reseeded else "")
             )
         elif reseeded:
-            self.warn(f"warning: {self.path} resumes on {now}: {RESEEDED}")
+            self.warn(f"{self.path} resumes on {now}: {RESEEDED}")
         result.history = list(state.get("history") or [])
         result.images_seen = int(state.get("images_seen") or 0)
         # wall-clock seconds at the save (inside an epoch, its steps so far count too); a

@@ -270,7 +270,7 @@ def print_ood(result: RunResult) -> None:
 def cmd_rescore(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from .console import counted, notes_once, progress_line
+    from .console import counted, notes_once, once, progress_line, warn
     from .rescore import rescore_run, rescore_sweep
     from .sweep import damaged_lines, format_summary
 
@@ -281,7 +281,7 @@ def cmd_rescore(args: argparse.Namespace) -> int:
         report=args.report,
         progress=not args.quiet,
         log=None if args.quiet else notes_once(progress_line),  # a note once for all runs
-        warned=set(),  # and a warning once (fp16 on a CPU)
+        warn=once(warn),  # and a warning once (fp16 on a CPU)
     )
     damaged = False  # a sweep's finished run left out: exit 1 at the end
     for i, folder in enumerate(args.runs):

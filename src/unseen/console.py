@@ -279,6 +279,24 @@ def image_bar(desc: str | None, total: int | None = None) -> Any:
                 disable=None if desc else True)  # fmt: skip
 
 
+def warn(message: str) -> None:
+    """A warning on stderr, with --quiet and in sweeps too (which run without a log)."""
+    print(f"unseen: warning: {message}", file=sys.stderr)
+
+
+def once(emit: Callable[[str], None]) -> Callable[[str], None]:
+    """``emit`` passing each message only the first time: a command over several runs gives
+    a warning that applies to all of them once."""
+    seen: set[str] = set()
+
+    def emit_once(message: str) -> None:
+        if message not in seen:
+            seen.add(message)
+            emit(message)
+
+    return emit_once
+
+
 def notes_once(log: Callable[[str], None] | None) -> Callable[[str], None] | None:
     """``log`` passing each note (a line starting ``note:``) only the first time: a command
     over several runs says what applies to all of them once."""

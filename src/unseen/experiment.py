@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import math
-import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -38,7 +37,7 @@ from .checkpoint import (
     to_cpu,
 )
 from .config import RunConfig, validate
-from .console import counted, printable_names
+from .console import counted, printable_names, warn
 from .data import ImageData, absolute_dataset, absolute_paths, load_dataset
 from .detectors import check_vim_dim, knn_k_note
 from .errors import ConfigError, DataError, Interrupted
@@ -94,11 +93,6 @@ from .train import TrainResult, TrainSettings, default_lr, train_model, use_cuda
 #: epochs when --epochs is not given: the default digits run fits a minute on 2 CPU cores
 DEFAULT_EPOCHS = {"digits": 60}
 FALLBACK_EPOCHS = 15
-
-
-def warn(message: str) -> None:
-    """A warning on stderr, with --quiet and in sweeps too (as a resume's warnings)."""
-    print(f"unseen: warning: {message}", file=sys.stderr)
 
 
 def default_epochs(dataset: str) -> int:

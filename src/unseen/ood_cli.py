@@ -10,8 +10,8 @@ from .predict_cli import _positive_int, add_model_options
 
 
 def cmd_ood(args: argparse.Namespace) -> int:
+    from .console import warn
     from .data import absolute_dataset
-    from .experiment import warn
     from .farood import evaluate_ood, ood_path, ood_summary, save_ood
     from .predict import locate_run
     from .runfolder import check_writable

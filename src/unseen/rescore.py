@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from .config import FIELDS, SCORE_OPTIONS, RunConfig, scores_without_their_head
-from .console import notes_once
+from .console import notes_once, once, warn
 from .errors import ConfigError, DataError, UnseenError
 from .experiment import (
     TRAINING_METRICS,
@@ -36,7 +36,6 @@ from .experiment import (
     prepare,
     pretrained_metrics,
     score_head,
-    warn,
     write_run_files,
     write_run_report,
 )
@@ -58,7 +57,7 @@ def rescore_run(
     report: bool | None = None,
     progress: bool = True,
     log: Callable[[str], None] | None = print,
-    warned: set[str] | None = None,
+    warn: Callable[[str], None] = warn,
 ) -> RunResult:
     """Fit and apply the scores of the finished run in ``run_dir`` again, with ``changes``
     to its score options (:data:`~unseen.config.SCORE_OPTIONS`, e.g. ``{"scores":
@@ -74,7 +73,8 @@ def rescore_run(
     gets none, and an existing report does not go stale). Returns
     the new metrics (``metrics["rescored"]`` says what changed). Like
     :func:`~unseen.experiment.run_experiment`, it gives the caller's torch state back
-    (threads, random number generators).
+    (threads, random number generators). ``warn`` takes what must be said even without a
+    log (fp16 on a CPU): on stderr by default.
     """
     _check_changes(changes)
     with caller_torch_state():
@@ -87,7 +87,7 @@ def rescore_run(
             report,
             progress,
             log,
-            warned,
+            warn,
         )
 
 
@@ -108,7 +108,7 @@ def _rescore_run(
     report: bool | None,
     progress: bool,
     log: Callable[[str], None] | None,
-    warned: set[str] | None = None,
+    warn: Callable[[str], None] = warn,
 ) -> RunResult:
     say = log or (lambda _msg: None)
     started = time.perf_counter()
@@ -171,11 +171,8 @@ def _rescore_run(
     say(
         f"rescoring {run_dir} on {describe_device(p.device)}, {p.precision}: {', '.join(cfg.scores)}"
     )
-    warning = scoring_warning(p.precision, p.device)
-    if warning and warning not in (warned if warned is not None else ()):
-        warn(warning)  # with --quiet too; once for the runs of a sweep or command
-        if warned is not None:
-            warned.add(warning)
+    if warning := scoring_warning(p.precision, p.device):
+        warn(warning)  # with --quiet too
     for line in unused_options_notes(unused_score_options(cfg, given=changes), "rescored run"):
         say(line)
     if note := knn_note(p):
@@ -348,7 +345,7 @@ def rescore_sweep(
     report: bool | None = None,
     progress: bool = True,
     log: Callable[[str], None] | None = print,
-    warned: set[str] | None = None,
+    warn: Callable[[str], None] = warn,
 ) -> tuple[list[RunResult], Any]:
     """:func:`rescore_run` on every finished run of the sweep in ``sweep_dir`` (its
     ``sweep.json`` lists them), then the sweep's summary again (``unseen sweep
@@ -369,7 +366,7 @@ def rescore_sweep(
     _check_changes(changes)  # before the data is loaded, and with no run finished too
     sweep_dir = Path(sweep_dir)
     log = notes_once(log)  # what applies to every run is said once
-    warned = set() if warned is None else warned  # and so is a warning
+    warn = once(warn)  # and so is a warning
     say = log or (lambda _msg: None)
     plan_file = sweep_dir / "sweep.json"
     plan = read_json(plan_file)
@@ -433,7 +430,7 @@ def rescore_sweep(
                 report=report,
                 progress=progress,
                 log=log,
-                warned=warned,
+                warn=warn,
             )  # fmt: skip
         )
     # the summary of `unseen sweep --summary-only`, from the plan rebuilt above, without
